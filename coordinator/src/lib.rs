@@ -1,0 +1,2 @@
+//! The coordinator: rounds, streaming aggregation of ciphertexts into the encrypted model, and
+//! the audit log it operates. It never holds a key share, a partial decryption or a plaintext.

@@ -1,0 +1,10 @@
+#![no_main]
+//! Any input: an error or a value that re-encodes to the same bytes, never a panic.
+use libfuzzer_sys::fuzz_target;
+use protocol::wire::{decode_public_key, encode_public_key};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(value) = decode_public_key(data) {
+        assert_eq!(encode_public_key(&value), data);
+    }
+});

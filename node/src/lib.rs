@@ -1,0 +1,2 @@
+//! An institution's node: local training, encryption of updates, witnessing of the audit log,
+//! and the release policy that guards its key share.

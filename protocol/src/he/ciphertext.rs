@@ -1,0 +1,365 @@
+//! Encryption into tfhe's compact-list layout and linear operations on it.
+//!
+//! A ciphertext of c values has ceil(c / N) bins; each bin is one mask polynomial of N
+//! coefficients and the bodies of up to N values, like tfhe's `LweCompactCiphertextList`. It
+//! is never expanded (that would take N + 1 words per value). The encryptor rounds bodies to
+//! multiples of 2^64 and mask coefficients to multiples of 2^8 before anything leaves it; sums
+//! keep those low bits zero, so bodies are stored as their top 64 bits and masks travel as
+//! their top 120 bits: 15 + 8 bytes per value.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha12Rng;
+use rand_core::{CryptoRng, RngCore};
+use rayon::prelude::*;
+
+use super::keys::EncryptionKey;
+use super::ntt::NttContext;
+use super::sampling::{GaussianSampler, fill_binary};
+use super::{Budget, HeError, POLYNOMIAL_SIZE};
+
+/// Largest number of values one ciphertext may hold (2^26, a 64M-parameter model: 1.5 GiB).
+pub const MAX_VALUES: u64 = 1 << 26;
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Ciphertext {
+    pub(crate) value_count: usize,
+    /// One mask polynomial per bin, bins * N coefficients.
+    pub(crate) masks: Vec<u128>,
+    /// Top 64 bits of each value's body.
+    pub(crate) bodies: Vec<u64>,
+}
+
+impl std::fmt::Debug for Ciphertext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ciphertext({} values)", self.value_count)
+    }
+}
+
+pub(crate) fn bin_count(values: usize) -> usize {
+    values.div_ceil(POLYNOMIAL_SIZE)
+}
+
+/// Rounds a full body to its top 64 bits.
+#[inline]
+pub(crate) fn round_body(body: u128) -> u64 {
+    (body.wrapping_add(1u128 << 63) >> 64) as u64
+}
+
+/// Low bits of a mask coefficient that are dropped (see `ParameterSet::mask_dropped_bits`).
+pub(crate) const MASK_DROPPED_BITS: u32 = super::QUORATE_RLWE128_V1.mask_dropped_bits;
+
+/// Rounds a mask coefficient to the nearest multiple of 2^MASK_DROPPED_BITS.
+#[inline]
+pub(crate) fn round_mask(mask: u128) -> u128 {
+    mask.wrapping_add(1u128 << (MASK_DROPPED_BITS - 1)) & !((1u128 << MASK_DROPPED_BITS) - 1)
+}
+
+impl Ciphertext {
+    /// The trivial encryption of zeros: the neutral element for sums.
+    pub fn zero(value_count: usize) -> Self {
+        Self {
+            value_count,
+            masks: vec![0; bin_count(value_count) * POLYNOMIAL_SIZE],
+            bodies: vec![0; value_count],
+        }
+    }
+
+    /// Builds a ciphertext from decoded parts; masks must already be multiples of 2^8.
+    pub(crate) fn from_parts(
+        value_count: usize,
+        masks: Vec<u128>,
+        bodies: Vec<u64>,
+    ) -> Result<Self, HeError> {
+        debug_assert!(masks.iter().all(|m| *m == round_mask(*m)));
+        if masks.len() != bin_count(value_count) * POLYNOMIAL_SIZE || bodies.len() != value_count {
+            return Err(HeError::Mismatch(format!(
+                "a ciphertext of {value_count} values needs {} mask and {value_count} body words, got {} and {}",
+                bin_count(value_count) * POLYNOMIAL_SIZE,
+                masks.len(),
+                bodies.len()
+            )));
+        }
+        Ok(Self {
+            value_count,
+            masks,
+            bodies,
+        })
+    }
+
+    pub fn value_count(&self) -> usize {
+        self.value_count
+    }
+
+    pub fn bin_count(&self) -> usize {
+        bin_count(self.value_count)
+    }
+
+    pub fn masks(&self) -> &[u128] {
+        &self.masks
+    }
+
+    pub fn bodies(&self) -> &[u64] {
+        &self.bodies
+    }
+
+    fn check_same_shape(&self, other_values: usize) -> Result<(), HeError> {
+        if self.value_count != other_values {
+            return Err(HeError::Mismatch(format!(
+                "cannot combine ciphertexts of {} and {other_values} values",
+                self.value_count
+            )));
+        }
+        Ok(())
+    }
+
+    /// self += other.
+    pub fn add_assign(&mut self, other: &Ciphertext) -> Result<(), HeError> {
+        self.add_weighted(other, 1)
+    }
+
+    /// self += weight * other.
+    pub fn add_weighted(&mut self, other: &Ciphertext, weight: i64) -> Result<(), HeError> {
+        self.check_same_shape(other.value_count)?;
+        let w128 = weight as i128 as u128;
+        let w64 = weight as u64;
+        for (acc, value) in self.masks.iter_mut().zip(&other.masks) {
+            *acc = acc.wrapping_add(value.wrapping_mul(w128));
+        }
+        for (acc, value) in self.bodies.iter_mut().zip(&other.bodies) {
+            *acc = acc.wrapping_add(value.wrapping_mul(w64));
+        }
+        Ok(())
+    }
+
+    /// The integer-weighted sum of ciphertexts, computed block by block so that the accumulator
+    /// stays in cache while every input streams through once.
+    pub fn weighted_sum(terms: &[(&Ciphertext, i64)]) -> Result<Ciphertext, HeError> {
+        let first = terms
+            .first()
+            .ok_or_else(|| HeError::Mismatch("a weighted sum needs at least one term".into()))?;
+        let mut acc = Ciphertext::zero(first.0.value_count);
+        for (term, _) in terms {
+            acc.check_same_shape(term.value_count)?;
+        }
+        const BLOCK: usize = 4096;
+        acc.masks
+            .par_chunks_mut(BLOCK)
+            .enumerate()
+            .for_each(|(block, out)| {
+                let start = block * BLOCK;
+                for (term, weight) in terms {
+                    let w = *weight as i128 as u128;
+                    for (acc, value) in out.iter_mut().zip(&term.masks[start..]) {
+                        *acc = acc.wrapping_add(value.wrapping_mul(w));
+                    }
+                }
+            });
+        acc.bodies
+            .par_chunks_mut(BLOCK)
+            .enumerate()
+            .for_each(|(block, out)| {
+                let start = block * BLOCK;
+                for (term, weight) in terms {
+                    let w = *weight as u64;
+                    for (acc, value) in out.iter_mut().zip(&term.bodies[start..]) {
+                        *acc = acc.wrapping_add(value.wrapping_mul(w));
+                    }
+                }
+            });
+        Ok(acc)
+    }
+}
+
+/// Per-bin randomness of an encryption: r (binary, N), mask noise e1 (N) and body noise e2
+/// (one per value in the bin), all mod 2^128.
+pub(crate) struct BinRandomness<'a> {
+    pub binary: &'a [u128],
+    pub mask_noise: &'a [u128],
+    pub body_noise: &'a [u128],
+}
+
+impl EncryptionKey {
+    /// Encrypts messages (each |m| <= budget's max value) as m * 2^delta.
+    pub fn encrypt<R: RngCore + CryptoRng>(
+        &self,
+        messages: &[i64],
+        budget: &Budget,
+        rng: &mut R,
+    ) -> Result<Ciphertext, HeError> {
+        let max = budget.max_value();
+        if let Some(index) = messages.iter().position(|m| m.unsigned_abs() > max as u64) {
+            return Err(HeError::ValueOutOfRange {
+                index,
+                value: messages[index],
+                bits: budget.request.value_bits,
+            });
+        }
+        let delta = budget.delta_bits;
+        Ok(self.encrypt_with(messages, |m| (*m as i128 as u128) << delta, rng))
+    }
+
+    /// A fresh encryption of zeros, to re-randomise a ciphertext before a retried decryption.
+    pub fn encrypt_zeros<R: RngCore + CryptoRng>(
+        &self,
+        value_count: usize,
+        rng: &mut R,
+    ) -> Ciphertext {
+        self.encrypt_with(&vec![(); value_count], |()| 0, rng)
+    }
+
+    /// Adds a fresh encryption of zero: the plaintext stays, the ciphertext becomes unlinkable
+    /// to any earlier partial decryption.
+    pub fn rerandomize<R: RngCore + CryptoRng>(
+        &self,
+        ciphertext: &mut Ciphertext,
+        rng: &mut R,
+    ) -> Result<(), HeError> {
+        let zeros = self.encrypt_zeros(ciphertext.value_count, rng);
+        ciphertext.add_assign(&zeros)
+    }
+
+    /// Encrypts `encode(message)` for every message, encoding bin by bin so no plaintext
+    /// vector of the whole size is ever allocated.
+    fn encrypt_with<M: Sync, R: RngCore + CryptoRng>(
+        &self,
+        messages: &[M],
+        encode: impl Fn(&M) -> u128 + Sync,
+        rng: &mut R,
+    ) -> Ciphertext {
+        let value_count = messages.len();
+        let mut ciphertext = Ciphertext::zero(value_count);
+        // One independent stream per bin, drawn in order, so the result does not depend on how
+        // many threads run the bins.
+        let seeds: Vec<[u8; 32]> = (0..ciphertext.bin_count()).map(|_| rng.r#gen()).collect();
+        let sampler = GaussianSampler::standard();
+        ciphertext
+            .masks
+            .par_chunks_mut(POLYNOMIAL_SIZE)
+            .zip(ciphertext.bodies.par_chunks_mut(POLYNOMIAL_SIZE))
+            .zip(messages.par_chunks(POLYNOMIAL_SIZE))
+            .zip(seeds.par_iter())
+            .for_each_init(
+                EncryptScratch::new,
+                |scratch, (((mask, bodies), messages), seed)| {
+                    let mut bin_rng = ChaCha12Rng::from_seed(*seed);
+                    let len = messages.len();
+                    for (plaintext, message) in scratch.plaintexts.iter_mut().zip(messages) {
+                        *plaintext = encode(message);
+                    }
+                    fill_binary(&mut bin_rng, &mut scratch.binary);
+                    sampler.fill_u128(&mut bin_rng, &mut scratch.mask_noise);
+                    sampler.fill_u128(&mut bin_rng, &mut scratch.body_noise[..len]);
+                    let randomness = BinRandomness {
+                        binary: &scratch.binary,
+                        mask_noise: &scratch.mask_noise,
+                        body_noise: &scratch.body_noise[..len],
+                    };
+                    self.encrypt_bin(
+                        &scratch.plaintexts[..len],
+                        &randomness,
+                        &mut scratch.work,
+                        mask,
+                        &mut scratch.full_bodies[..len],
+                    );
+                    for coefficient in mask.iter_mut() {
+                        *coefficient = round_mask(*coefficient);
+                    }
+                    for (body, full) in bodies.iter_mut().zip(&scratch.full_bodies) {
+                        *body = round_body(*full);
+                    }
+                },
+            );
+        ciphertext
+    }
+
+    /// The compact public-key encryption of one bin, as tfhe defines it:
+    /// mask = a * rev(r) + e1 and body[k] = (b * rev(r))[N-1-k] + e2[k] + plaintext[k], with the
+    /// two products done on precomputed transforms of a and b.
+    pub(crate) fn encrypt_bin(
+        &self,
+        plaintexts: &[u128],
+        randomness: &BinRandomness<'_>,
+        work: &mut EncryptWork,
+        mask_out: &mut [u128],
+        body_out: &mut [u128],
+    ) {
+        let context = NttContext::get();
+        context.transform_binary_reversed(randomness.binary, &mut work.binary_form);
+        context.binary_product(
+            &self.mask_form,
+            &work.binary_form,
+            &mut work.scratch,
+            mask_out,
+        );
+        for (mask, noise) in mask_out.iter_mut().zip(randomness.mask_noise) {
+            *mask = mask.wrapping_add(*noise);
+        }
+        context.binary_product(
+            &self.body_form,
+            &work.binary_form,
+            &mut work.scratch,
+            &mut work.product,
+        );
+        for (k, body) in body_out.iter_mut().enumerate() {
+            *body = work.product[POLYNOMIAL_SIZE - 1 - k]
+                .wrapping_add(randomness.body_noise[k])
+                .wrapping_add(plaintexts[k]);
+        }
+    }
+}
+
+pub(crate) struct EncryptWork {
+    binary_form: super::ntt::BinaryForm,
+    scratch: super::ntt::BinaryForm,
+    product: Vec<u128>,
+}
+
+impl EncryptWork {
+    pub(crate) fn new() -> Self {
+        let context = NttContext::get();
+        Self {
+            binary_form: context.new_binary_form(),
+            scratch: context.new_binary_form(),
+            product: vec![0; POLYNOMIAL_SIZE],
+        }
+    }
+}
+
+struct EncryptScratch {
+    plaintexts: Vec<u128>,
+    binary: Vec<u128>,
+    mask_noise: Vec<u128>,
+    body_noise: Vec<u128>,
+    full_bodies: Vec<u128>,
+    work: EncryptWork,
+}
+
+impl Drop for EncryptScratch {
+    fn drop(&mut self) {
+        // r and the noise would let anyone strip the encryption off the last bin.
+        zeroize::Zeroize::zeroize(&mut self.plaintexts);
+        zeroize::Zeroize::zeroize(&mut self.binary);
+        zeroize::Zeroize::zeroize(&mut self.mask_noise);
+        zeroize::Zeroize::zeroize(&mut self.body_noise);
+        zeroize::Zeroize::zeroize(&mut self.full_bodies);
+    }
+}
+
+impl EncryptScratch {
+    fn new() -> Self {
+        Self {
+            plaintexts: vec![0; POLYNOMIAL_SIZE],
+            binary: vec![0; POLYNOMIAL_SIZE],
+            mask_noise: vec![0; POLYNOMIAL_SIZE],
+            body_noise: vec![0; POLYNOMIAL_SIZE],
+            full_bodies: vec![0; POLYNOMIAL_SIZE],
+            work: EncryptWork::new(),
+        }
+    }
+}
+
+impl Ciphertext {
+    pub(crate) fn parts_mut(&mut self) -> (&mut [u128], &mut [u64]) {
+        (&mut self.masks, &mut self.bodies)
+    }
+}

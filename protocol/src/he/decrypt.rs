@@ -1,0 +1,247 @@
+//! Threshold decryption: partial decryptions by an agreed quorum, and their combination.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha12Rng;
+use rand_core::{CryptoRng, RngCore};
+use rayon::prelude::*;
+use zeroize::Zeroize;
+
+use super::ciphertext::{Ciphertext, round_body};
+use super::keys::KeyShare;
+use super::ntt::{FullForm, NttContext};
+use super::sampling::add_smudging;
+use super::{Budget, HeError, POLYNOMIAL_SIZE, Quorum, Subset};
+
+/// SHA-256 of a ciphertext's canonical encoding: what a decryption request names and what
+/// every partial decryption is bound to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CiphertextDigest(pub [u8; 32]);
+
+impl std::fmt::Display for CiphertextDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// One quorum member's contribution to decrypting one ciphertext: for each value, the top 64
+/// bits of <mask, F_j> + E_j, where F_j sums the key-share pieces assigned to the member and E_j
+/// is fresh smudging noise. The low bits lie under the smudging and are not sent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PartialDecryption {
+    pub party: u8,
+    pub quorum: Vec<u8>,
+    pub ciphertext: CiphertextDigest,
+    pub values: Vec<u64>,
+}
+
+impl std::fmt::Debug for PartialDecryption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PartialDecryption(party {}, quorum {:?}, ciphertext {}, {} values)",
+            self.party,
+            self.quorum,
+            self.ciphertext,
+            self.values.len()
+        )
+    }
+}
+
+impl KeyShare {
+    /// This member's partial decryption of `ciphertext` for `quorum`. The caller (the node's
+    /// release policy) decides whether it may be released at all.
+    pub fn partial_decrypt<R: RngCore + CryptoRng>(
+        &self,
+        ciphertext: &Ciphertext,
+        digest: CiphertextDigest,
+        quorum: &Quorum,
+        budget: &Budget,
+        rng: &mut R,
+    ) -> Result<PartialDecryption, HeError> {
+        if !quorum.contains(self.party) {
+            return Err(HeError::Mismatch(format!(
+                "party {} is not in the quorum {:?}",
+                self.party,
+                quorum.members()
+            )));
+        }
+        if budget.request.config != self.config {
+            return Err(HeError::Mismatch(
+                "the budget was computed for another threshold configuration".into(),
+            ));
+        }
+        let assigned: Vec<Subset> = self
+            .config
+            .share_subsets()
+            .into_iter()
+            .filter(|&subset| quorum.assignee(subset) == self.party)
+            .collect();
+        let values = self.partial_decrypt_subsets(ciphertext, &assigned, budget.smudging_bits, rng);
+        Ok(PartialDecryption {
+            party: self.party,
+            quorum: quorum.members().to_vec(),
+            ciphertext: digest,
+            values,
+        })
+    }
+
+    /// The smudged, rounded inner products of every bin's mask with the sum of the shares of
+    /// `subsets` (all of which this member must hold).
+    pub(crate) fn partial_decrypt_subsets<R: RngCore + CryptoRng>(
+        &self,
+        ciphertext: &Ciphertext,
+        subsets: &[Subset],
+        smudging_bits: u32,
+        rng: &mut R,
+    ) -> Vec<u64> {
+        let context = NttContext::get();
+        // F_j = sum of the assigned pieces; <mask_k, F_j> = (A * rev(F_j))[N-1-k].
+        let mut reversed_sum = vec![0u128; POLYNOMIAL_SIZE];
+        for subshare in self
+            .subshares
+            .iter()
+            .filter(|s| subsets.contains(&s.subset))
+        {
+            for (acc, value) in reversed_sum
+                .iter_mut()
+                .zip(subshare.coefficients.iter().rev())
+            {
+                *acc = acc.wrapping_add(*value);
+            }
+        }
+        let mut key_form = context.new_full_form();
+        context.full_form(&reversed_sum, &mut key_form);
+        reversed_sum.zeroize();
+
+        let seeds: Vec<[u8; 32]> = (0..ciphertext.bin_count()).map(|_| rng.r#gen()).collect();
+        let mut out = vec![0u64; ciphertext.value_count];
+        out.par_chunks_mut(POLYNOMIAL_SIZE)
+            .zip(ciphertext.masks.par_chunks(POLYNOMIAL_SIZE))
+            .zip(seeds.par_iter())
+            .for_each_init(
+                || PartialScratch::new(context),
+                |scratch, ((out, mask), seed)| {
+                    context.full_product(mask, &key_form, &mut scratch.form, &mut scratch.product);
+                    let len = out.len();
+                    for (k, value) in scratch.values[..len].iter_mut().enumerate() {
+                        *value = scratch.product[POLYNOMIAL_SIZE - 1 - k];
+                    }
+                    let mut bin_rng = ChaCha12Rng::from_seed(*seed);
+                    add_smudging(&mut bin_rng, &mut scratch.values[..len], smudging_bits);
+                    for (o, v) in out.iter_mut().zip(&scratch.values) {
+                        *o = round_body(*v);
+                    }
+                },
+            );
+        key_form.zeroize();
+        out
+    }
+}
+
+struct PartialScratch {
+    form: FullForm,
+    product: Vec<u128>,
+    values: Vec<u128>,
+}
+
+impl PartialScratch {
+    fn new(context: &NttContext) -> Self {
+        Self {
+            form: context.new_full_form(),
+            product: vec![0; POLYNOMIAL_SIZE],
+            values: vec![0; POLYNOMIAL_SIZE],
+        }
+    }
+}
+
+impl Drop for PartialScratch {
+    fn drop(&mut self) {
+        // The product holds <mask, F_j> before smudging: as sensitive as the share itself.
+        self.form.zeroize();
+        self.product.zeroize();
+        self.values.zeroize();
+    }
+}
+
+/// Combines the partial decryptions of the whole quorum and decodes the messages.
+pub fn combine(
+    ciphertext: &Ciphertext,
+    digest: CiphertextDigest,
+    quorum: &Quorum,
+    partials: &[PartialDecryption],
+    budget: &Budget,
+) -> Result<Vec<i64>, HeError> {
+    let mut seen = 0u16;
+    for partial in partials {
+        if partial.ciphertext != digest {
+            return Err(HeError::Partial {
+                party: partial.party,
+                reason: format!(
+                    "it decrypts ciphertext {}, not {digest}",
+                    partial.ciphertext
+                ),
+            });
+        }
+        if partial.quorum != quorum.members() {
+            return Err(HeError::Partial {
+                party: partial.party,
+                reason: format!(
+                    "it was made for quorum {:?}, not {:?}",
+                    partial.quorum,
+                    quorum.members()
+                ),
+            });
+        }
+        if !quorum.contains(partial.party) || seen & (1 << partial.party) != 0 {
+            return Err(HeError::Partial {
+                party: partial.party,
+                reason: "the party is outside the quorum or sent twice".into(),
+            });
+        }
+        if partial.values.len() != ciphertext.value_count {
+            return Err(HeError::Partial {
+                party: partial.party,
+                reason: format!(
+                    "it has {} values, the ciphertext {}",
+                    partial.values.len(),
+                    ciphertext.value_count
+                ),
+            });
+        }
+        seen |= 1 << partial.party;
+    }
+    if seen.count_ones() as usize != quorum.members().len() {
+        return Err(HeError::Mismatch(format!(
+            "{} of {} quorum members' partial decryptions are present",
+            seen.count_ones(),
+            quorum.members().len()
+        )));
+    }
+    let shares: Vec<&[u64]> = partials.iter().map(|p| p.values.as_slice()).collect();
+    Ok(combine_raw(&ciphertext.bodies, &shares, budget.delta_bits))
+}
+
+/// body - sum of shares, then signed rounding by Delta. Everything lives in the top 64 bits
+/// (bodies and shares were both rounded there), so the subtraction is done on u64 and the
+/// result is shifted back up before decoding.
+pub(crate) fn combine_raw(bodies: &[u64], shares: &[&[u64]], delta_bits: u32) -> Vec<i64> {
+    let half = 1u128 << (delta_bits - 1);
+    let mut out = vec![0i64; bodies.len()];
+    const BLOCK: usize = 4096;
+    out.par_chunks_mut(BLOCK)
+        .enumerate()
+        .for_each(|(block, out)| {
+            let start = block * BLOCK;
+            let mut phase: Vec<u64> = bodies[start..start + out.len()].to_vec();
+            for share in shares {
+                for (p, s) in phase.iter_mut().zip(&share[start..]) {
+                    *p = p.wrapping_sub(*s);
+                }
+            }
+            for (o, p) in out.iter_mut().zip(&phase) {
+                let full = u128::from(*p) << 64;
+                *o = ((full.wrapping_add(half) as i128) >> delta_bits) as i64;
+            }
+        });
+    out
+}

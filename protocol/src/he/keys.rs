@@ -1,0 +1,487 @@
+//! Key generation without a dealer: secret contributions, the collective public key, and the
+//! replicated sharing of the collective secret.
+
+use rand::Rng;
+use rand_core::{CryptoRng, RngCore};
+use tfhe::core_crypto::commons::math::random::{CompressionSeed, Seed, Seeder};
+use tfhe::core_crypto::prelude::{
+    CiphertextModulus, Gaussian, LweCompactPublicKey, LweDimension, LweSecretKey,
+    SeededLweCompactPublicKeyOwned, StandardDev, generate_seeded_lwe_compact_public_key,
+};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use super::ntt::{BinaryForm, NttContext};
+use super::sampling::{fill_ternary, fill_uniform};
+use super::{HeError, POLYNOMIAL_SIZE, QUORATE_RLWE128_V1, Subset, ThresholdConfig};
+
+/// tfhe's Gaussian is parametrised relative to the modulus (the torus).
+pub(crate) fn tfhe_noise_distribution() -> Gaussian<f64> {
+    Gaussian::from_standard_dev(
+        StandardDev(QUORATE_RLWE128_V1.noise_std_dev / 2f64.powi(128)),
+        0.0,
+    )
+}
+
+/// Lets tfhe draw its noise seed from the caller's CSPRNG instead of its own OS seeder, so
+/// key generation stays sans-IO and reproducible in tests.
+struct RngSeeder<'a, R>(&'a mut R);
+
+impl<R: RngCore + CryptoRng> Seeder for RngSeeder<'_, R> {
+    fn seed(&mut self) -> Seed {
+        Seed(self.0.r#gen())
+    }
+
+    fn is_available() -> bool {
+        true
+    }
+}
+
+/// One member's secret s_i: a uniform ternary polynomial. The collective secret is the sum of
+/// all members' contributions, which nobody ever holds.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct SecretContribution {
+    coefficients: Vec<u128>,
+}
+
+impl std::fmt::Debug for SecretContribution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretContribution(<redacted>)")
+    }
+}
+
+impl SecretContribution {
+    pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
+        let mut coefficients = vec![0u128; POLYNOMIAL_SIZE];
+        fill_ternary(rng, &mut coefficients);
+        Self { coefficients }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn coefficients(&self) -> &[u128] {
+        &self.coefficients
+    }
+
+    /// This member's public-key body b_i = a * rev(s_i) + e_i, with the mask a expanded from
+    /// the ceremony's common seed by tfhe, so that the bodies of all members add up to a
+    /// public key for the collective secret.
+    pub fn public_key_contribution<R: RngCore + CryptoRng>(
+        &self,
+        party: u8,
+        mask_seed: u128,
+        rng: &mut R,
+    ) -> PublicKeyContribution {
+        let secret = LweSecretKey::from_container(self.coefficients.as_slice());
+        let mut seeded = SeededLweCompactPublicKeyOwned::new(
+            0u128,
+            LweDimension(POLYNOMIAL_SIZE),
+            CompressionSeed::from(Seed(mask_seed)),
+            CiphertextModulus::new_native(),
+        );
+        generate_seeded_lwe_compact_public_key(
+            &secret,
+            &mut seeded,
+            tfhe_noise_distribution(),
+            &mut RngSeeder(rng),
+        );
+        PublicKeyContribution {
+            party,
+            mask_seed,
+            body: seeded.get_body().as_ref().to_vec(),
+        }
+    }
+
+    /// Splits s_i into one additive piece per (t-1)-subset U (all uniform but the last), to be
+    /// sent to the members outside U. Any t members together receive every piece; any t-1 miss
+    /// the piece of the subset they form.
+    pub fn deal<R: RngCore + CryptoRng>(&self, config: &ThresholdConfig, rng: &mut R) -> Dealing {
+        let subsets = config.share_subsets();
+        let mut remainder = self.coefficients.clone();
+        let mut subshares = Vec::with_capacity(subsets.len());
+        for (index, subset) in subsets.iter().enumerate() {
+            let coefficients = if index + 1 == subsets.len() {
+                std::mem::take(&mut remainder)
+            } else {
+                let mut piece = vec![0u128; POLYNOMIAL_SIZE];
+                fill_uniform(rng, &mut piece);
+                for (rest, value) in remainder.iter_mut().zip(&piece) {
+                    *rest = rest.wrapping_sub(*value);
+                }
+                piece
+            };
+            subshares.push(Subshare {
+                subset: *subset,
+                coefficients,
+            });
+        }
+        remainder.zeroize();
+        Dealing { subshares }
+    }
+}
+
+/// One additive piece of a member's secret contribution, for the subset `subset`.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct Subshare {
+    #[zeroize(skip)]
+    pub subset: Subset,
+    pub(crate) coefficients: Vec<u128>,
+}
+
+impl std::fmt::Debug for Subshare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Subshare({:?}, <redacted>)", self.subset)
+    }
+}
+
+impl Subshare {
+    pub fn from_coefficients(subset: Subset, coefficients: Vec<u128>) -> Result<Self, HeError> {
+        if coefficients.len() != POLYNOMIAL_SIZE {
+            return Err(HeError::Mismatch(format!(
+                "a subshare has {} coefficients, expected {POLYNOMIAL_SIZE}",
+                coefficients.len()
+            )));
+        }
+        Ok(Self {
+            subset,
+            coefficients,
+        })
+    }
+
+    pub fn coefficients(&self) -> &[u128] {
+        &self.coefficients
+    }
+}
+
+/// Everything one member deals: one subshare per (t-1)-subset.
+#[derive(Debug)]
+pub struct Dealing {
+    subshares: Vec<Subshare>,
+}
+
+impl Dealing {
+    /// The subshares destined for `party` (those of the subsets it is not in).
+    pub fn for_party(&self, party: u8) -> Vec<Subshare> {
+        self.subshares
+            .iter()
+            .filter(|subshare| !subshare.subset.contains(party))
+            .cloned()
+            .collect()
+    }
+}
+
+/// A member's share of the collective public key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKeyContribution {
+    pub party: u8,
+    pub mask_seed: u128,
+    pub body: Vec<u128>,
+}
+
+/// The collective public key: the mask expanded from `mask_seed` and the sum of the members'
+/// bodies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKey {
+    pub mask_seed: u128,
+    pub body: Vec<u128>,
+}
+
+impl PublicKey {
+    /// Adds the contributions of all members, each exactly once.
+    pub fn combine(
+        config: &ThresholdConfig,
+        contributions: &[PublicKeyContribution],
+    ) -> Result<Self, HeError> {
+        let first = contributions
+            .first()
+            .ok_or_else(|| HeError::Mismatch("no public-key contributions".into()))?;
+        let mut seen = 0u16;
+        let mut body = vec![0u128; POLYNOMIAL_SIZE];
+        for contribution in contributions {
+            config.check_party(contribution.party)?;
+            if seen & (1 << contribution.party) != 0 {
+                return Err(HeError::Mismatch(format!(
+                    "party {} contributed to the public key twice",
+                    contribution.party
+                )));
+            }
+            seen |= 1 << contribution.party;
+            if contribution.mask_seed != first.mask_seed {
+                return Err(HeError::Mismatch(format!(
+                    "party {} used a different common seed",
+                    contribution.party
+                )));
+            }
+            if contribution.body.len() != POLYNOMIAL_SIZE {
+                return Err(HeError::Mismatch(format!(
+                    "party {} sent a body of {} coefficients",
+                    contribution.party,
+                    contribution.body.len()
+                )));
+            }
+            for (sum, value) in body.iter_mut().zip(&contribution.body) {
+                *sum = sum.wrapping_add(*value);
+            }
+        }
+        if seen.count_ones() != u32::from(config.parties()) {
+            return Err(HeError::Mismatch(format!(
+                "{} of {} parties contributed to the public key",
+                seen.count_ones(),
+                config.parties()
+            )));
+        }
+        Ok(Self {
+            mask_seed: first.mask_seed,
+            body,
+        })
+    }
+
+    /// The mask a, expanded from the seed exactly as tfhe expands a seeded compact public key.
+    pub fn mask(&self) -> Vec<u128> {
+        let seeded = self.as_tfhe_seeded();
+        let expanded: LweCompactPublicKey<Vec<u128>> =
+            seeded.decompress_into_lwe_compact_public_key();
+        expanded.get_mask().as_ref().to_vec()
+    }
+
+    pub(crate) fn as_tfhe_seeded(&self) -> SeededLweCompactPublicKeyOwned<u128> {
+        let mut seeded = SeededLweCompactPublicKeyOwned::new(
+            0u128,
+            LweDimension(POLYNOMIAL_SIZE),
+            CompressionSeed::from(Seed(self.mask_seed)),
+            CiphertextModulus::new_native(),
+        );
+        seeded.get_mut_body().as_mut().copy_from_slice(&self.body);
+        seeded
+    }
+
+    /// Precomputes the transforms encryption needs (done once per key, not per ciphertext).
+    pub fn prepare(&self) -> EncryptionKey {
+        let context = NttContext::get();
+        EncryptionKey {
+            public: self.clone(),
+            mask_form: context.binary_form(&self.mask()),
+            body_form: context.binary_form(&self.body),
+        }
+    }
+
+    /// A short, stable identifier of the key: SHA-256 over its canonical encoding.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(crate::wire::encode_public_key(self)).into()
+    }
+}
+
+/// A public key ready for fast encryption.
+pub struct EncryptionKey {
+    pub(crate) public: PublicKey,
+    pub(crate) mask_form: BinaryForm,
+    pub(crate) body_form: BinaryForm,
+}
+
+impl std::fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptionKey")
+            .field("mask_seed", &self.public.mask_seed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EncryptionKey {
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+}
+
+/// A member's share of the collective secret: the sum, over all dealers, of the subshares for
+/// every (t-1)-subset the member is not in.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct KeyShare {
+    #[zeroize(skip)]
+    pub(crate) config: ThresholdConfig,
+    pub(crate) party: u8,
+    pub(crate) subshares: Vec<Subshare>,
+}
+
+impl std::fmt::Debug for KeyShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "KeyShare(party {} of {}/{}, <redacted>)",
+            self.party,
+            self.config.threshold(),
+            self.config.parties()
+        )
+    }
+}
+
+impl KeyShare {
+    pub fn config(&self) -> &ThresholdConfig {
+        &self.config
+    }
+
+    pub fn party(&self) -> u8 {
+        self.party
+    }
+
+    pub fn subshares(&self) -> &[Subshare] {
+        &self.subshares
+    }
+
+    /// Rebuilds a share from its parts (as read back from a sealed file), checking that it holds
+    /// exactly the subsets its party should.
+    pub fn from_parts(
+        config: ThresholdConfig,
+        party: u8,
+        subshares: Vec<Subshare>,
+    ) -> Result<Self, HeError> {
+        config.check_party(party)?;
+        let expected = config.subsets_held_by(party);
+        let actual: Vec<Subset> = subshares.iter().map(|s| s.subset).collect();
+        if actual != expected {
+            return Err(HeError::Mismatch(format!(
+                "party {party}'s key share holds subsets {actual:?}, expected {expected:?}"
+            )));
+        }
+        if subshares
+            .iter()
+            .any(|s| s.coefficients.len() != POLYNOMIAL_SIZE)
+        {
+            return Err(HeError::Mismatch(
+                "a key share subshare has the wrong length".into(),
+            ));
+        }
+        Ok(Self {
+            config,
+            party,
+            subshares,
+        })
+    }
+}
+
+/// Collects the subshares one member receives from every dealer.
+pub struct KeyShareBuilder {
+    config: ThresholdConfig,
+    party: u8,
+    dealers_seen: u16,
+    sums: Vec<Subshare>,
+}
+
+impl std::fmt::Debug for KeyShareBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "KeyShareBuilder(party {}, dealers {:#b}, <redacted>)",
+            self.party, self.dealers_seen
+        )
+    }
+}
+
+impl KeyShareBuilder {
+    pub fn new(config: ThresholdConfig, party: u8) -> Result<Self, HeError> {
+        config.check_party(party)?;
+        let sums = config
+            .subsets_held_by(party)
+            .into_iter()
+            .map(|subset| Subshare {
+                subset,
+                coefficients: vec![0u128; POLYNOMIAL_SIZE],
+            })
+            .collect();
+        Ok(Self {
+            config,
+            party,
+            dealers_seen: 0,
+            sums,
+        })
+    }
+
+    /// Adds dealer `dealer`'s subshares for this member: exactly one per held subset.
+    pub fn add(&mut self, dealer: u8, subshares: &[Subshare]) -> Result<(), HeError> {
+        self.config.check_party(dealer)?;
+        if self.dealers_seen & (1 << dealer) != 0 {
+            return Err(HeError::Mismatch(format!(
+                "dealer {dealer} delivered subshares twice"
+            )));
+        }
+        let received: Vec<Subset> = subshares.iter().map(|s| s.subset).collect();
+        let expected: Vec<Subset> = self.sums.iter().map(|s| s.subset).collect();
+        if received != expected {
+            return Err(HeError::Mismatch(format!(
+                "dealer {dealer} sent subsets {received:?} to party {}, expected {expected:?}",
+                self.party
+            )));
+        }
+        if subshares
+            .iter()
+            .any(|s| s.coefficients.len() != POLYNOMIAL_SIZE)
+        {
+            return Err(HeError::Mismatch(format!(
+                "dealer {dealer} sent a subshare of the wrong length"
+            )));
+        }
+        for (sum, subshare) in self.sums.iter_mut().zip(subshares) {
+            for (acc, value) in sum.coefficients.iter_mut().zip(&subshare.coefficients) {
+                *acc = acc.wrapping_add(*value);
+            }
+        }
+        self.dealers_seen |= 1 << dealer;
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<KeyShare, HeError> {
+        let dealt = self.dealers_seen.count_ones();
+        if dealt != u32::from(self.config.parties()) {
+            return Err(HeError::Mismatch(format!(
+                "party {} received subshares from {dealt} of {} dealers",
+                self.party,
+                self.config.parties()
+            )));
+        }
+        Ok(KeyShare {
+            config: self.config,
+            party: self.party,
+            subshares: std::mem::take(&mut self.sums),
+        })
+    }
+}
+
+impl Drop for KeyShareBuilder {
+    fn drop(&mut self) {
+        self.sums.zeroize();
+    }
+}
+
+/// A whole consortium's keys generated in one process, for tests, benchmarks and rehearsals.
+/// Real deployments run the same steps at each member's site through the key ceremony.
+#[derive(Debug)]
+pub struct LocalKeySet {
+    pub public_key: PublicKey,
+    pub shares: Vec<KeyShare>,
+}
+
+impl LocalKeySet {
+    pub fn generate<R: RngCore + CryptoRng>(
+        config: &ThresholdConfig,
+        rng: &mut R,
+    ) -> Result<Self, HeError> {
+        let mask_seed: u128 = rng.r#gen();
+        let secrets: Vec<SecretContribution> = (0..config.parties())
+            .map(|_| SecretContribution::generate(rng))
+            .collect();
+        let contributions: Vec<PublicKeyContribution> = secrets
+            .iter()
+            .enumerate()
+            .map(|(party, secret)| secret.public_key_contribution(party as u8, mask_seed, rng))
+            .collect();
+        let public_key = PublicKey::combine(config, &contributions)?;
+        let dealings: Vec<Dealing> = secrets.iter().map(|s| s.deal(config, rng)).collect();
+        let mut shares = Vec::with_capacity(usize::from(config.parties()));
+        for party in 0..config.parties() {
+            let mut builder = KeyShareBuilder::new(*config, party)?;
+            for (dealer, dealing) in dealings.iter().enumerate() {
+                builder.add(dealer as u8, &dealing.for_party(party))?;
+            }
+            shares.push(builder.finish()?);
+        }
+        Ok(Self { public_key, shares })
+    }
+}

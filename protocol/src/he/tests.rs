@@ -1,0 +1,465 @@
+//! Tests of the scheme against tfhe itself and against plain integer arithmetic.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use tfhe::core_crypto::commons::generators::NoiseRandomGenerator;
+use tfhe::core_crypto::commons::math::random::{RandomGenerator, Seed};
+use tfhe::core_crypto::prelude::{
+    CiphertextModulus, ContiguousEntityContainer, DefaultRandomGenerator, LweCiphertextCount,
+    LweCompactCiphertextListOwned, LweSecretKey, LweSize, PlaintextList, decrypt_lwe_ciphertext,
+    encrypt_lwe_compact_ciphertext_list_with_compact_public_key,
+};
+
+use super::ciphertext::{BinRandomness, EncryptWork, round_body, round_mask};
+use super::decrypt::combine_raw;
+use super::keys::{SecretContribution, tfhe_noise_distribution};
+use super::ntt::NttContext;
+use super::*;
+
+/// Keys with the collective secret kept, which only a test may do.
+struct TestKeys {
+    public_key: PublicKey,
+    shares: Vec<KeyShare>,
+    collective_secret: Vec<u128>,
+}
+
+fn test_keys(config: &ThresholdConfig, seed: u64) -> TestKeys {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mask_seed: u128 = rng.r#gen();
+    let secrets: Vec<SecretContribution> = (0..config.parties())
+        .map(|_| SecretContribution::generate(&mut rng))
+        .collect();
+    let contributions: Vec<_> = secrets
+        .iter()
+        .enumerate()
+        .map(|(party, s)| s.public_key_contribution(party as u8, mask_seed, &mut rng))
+        .collect();
+    let public_key = PublicKey::combine(config, &contributions).unwrap();
+    let dealings: Vec<_> = secrets.iter().map(|s| s.deal(config, &mut rng)).collect();
+    let shares = (0..config.parties())
+        .map(|party| {
+            let mut builder = KeyShareBuilder::new(*config, party).unwrap();
+            for (dealer, dealing) in dealings.iter().enumerate() {
+                builder
+                    .add(dealer as u8, &dealing.for_party(party))
+                    .unwrap();
+            }
+            builder.finish().unwrap()
+        })
+        .collect();
+    let mut collective_secret = vec![0u128; POLYNOMIAL_SIZE];
+    for secret in &secrets {
+        for (acc, v) in collective_secret.iter_mut().zip(secret.coefficients()) {
+            *acc = acc.wrapping_add(*v);
+        }
+    }
+    TestKeys {
+        public_key,
+        shares,
+        collective_secret,
+    }
+}
+
+fn budget(config: ThresholdConfig, value_bits: u32, contributions: u32, weight: u64) -> Budget {
+    Budget::compute(BudgetRequest {
+        config,
+        max_contributions: contributions,
+        weight_bound: weight,
+        value_bits,
+        kappa: 40,
+        rounds: 1,
+    })
+    .unwrap()
+}
+
+/// tfhe's own encryption, and the randomness it drew, replayed from the same seed.
+struct TfheReference {
+    container: Vec<u128>,
+    binary: Vec<u128>,
+    mask_noise: Vec<u128>,
+    body_noise: Vec<u128>,
+}
+
+fn tfhe_reference(public_key: &PublicKey, plaintexts: &[u128], seed: u128) -> TfheReference {
+    let count = plaintexts.len();
+    let bins = count.div_ceil(POLYNOMIAL_SIZE);
+    let tfhe_key = public_key
+        .as_tfhe_seeded()
+        .decompress_into_lwe_compact_public_key();
+    let mut list = LweCompactCiphertextListOwned::new(
+        0u128,
+        LweSize(POLYNOMIAL_SIZE + 1),
+        LweCiphertextCount(count),
+        CiphertextModulus::new_native(),
+    );
+    let mut generator = NoiseRandomGenerator::<DefaultRandomGenerator>::new_from_seed(Seed(seed));
+    encrypt_lwe_compact_ciphertext_list_with_compact_public_key(
+        &tfhe_key,
+        &mut list,
+        &PlaintextList::from_container(plaintexts.to_vec()),
+        tfhe_noise_distribution(),
+        tfhe_noise_distribution(),
+        &mut generator,
+    );
+    // The same draws, in tfhe's order: r, then the mask noise, then the body noise.
+    let mut replay = RandomGenerator::<DefaultRandomGenerator>::new(Seed(seed));
+    let mut binary = vec![0u128; bins * POLYNOMIAL_SIZE];
+    replay.fill_slice_with_random_uniform_binary_bits(&mut binary);
+    let mut mask_noise = vec![0u128; bins * POLYNOMIAL_SIZE];
+    replay.fill_slice_with_random_from_distribution(&mut mask_noise, tfhe_noise_distribution());
+    let mut body_noise = vec![0u128; count];
+    replay.fill_slice_with_random_from_distribution(&mut body_noise, tfhe_noise_distribution());
+    TfheReference {
+        container: list.into_container(),
+        binary,
+        mask_noise,
+        body_noise,
+    }
+}
+
+#[test]
+fn fast_encryption_equals_tfhe_compact_list_encryption_bit_for_bit() {
+    let config = ThresholdConfig::new(5, 3).unwrap();
+    let keys = test_keys(&config, 10);
+    let key = keys.public_key.prepare();
+    let count = POLYNOMIAL_SIZE + 777;
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let plaintexts: Vec<u128> = (0..count).map(|_| rng.r#gen()).collect();
+    let reference = tfhe_reference(&keys.public_key, &plaintexts, 99);
+
+    let bins = count.div_ceil(POLYNOMIAL_SIZE);
+    let mut masks = vec![0u128; bins * POLYNOMIAL_SIZE];
+    let mut bodies = vec![0u128; count];
+    let mut work = EncryptWork::new();
+    for bin in 0..bins {
+        let poly = bin * POLYNOMIAL_SIZE..(bin + 1) * POLYNOMIAL_SIZE;
+        let values = poly.start..count.min(poly.end);
+        key.encrypt_bin(
+            &plaintexts[values.clone()],
+            &BinRandomness {
+                binary: &reference.binary[poly.clone()],
+                mask_noise: &reference.mask_noise[poly.clone()],
+                body_noise: &reference.body_noise[values.clone()],
+            },
+            &mut work,
+            &mut masks[poly],
+            &mut bodies[values],
+        );
+    }
+    let (tfhe_masks, tfhe_bodies) = reference.container.split_at(bins * POLYNOMIAL_SIZE);
+    assert_eq!(masks, tfhe_masks, "masks differ from tfhe's");
+    assert_eq!(bodies, tfhe_bodies, "bodies differ from tfhe's");
+}
+
+#[test]
+fn noise_sampler_matches_tfhe_gaussian_in_distribution() {
+    let mut replay = RandomGenerator::<DefaultRandomGenerator>::new(Seed(5));
+    let mut tfhe_samples = vec![0u128; 200_000];
+    replay.fill_slice_with_random_from_distribution(&mut tfhe_samples, tfhe_noise_distribution());
+    let mut ours = vec![0u128; 200_000];
+    sampling::GaussianSampler::standard().fill_u128(&mut ChaCha20Rng::seed_from_u64(5), &mut ours);
+    let moments = |samples: &[u128]| {
+        let values: Vec<f64> = samples.iter().map(|&v| v as i128 as f64).collect();
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
+        let tail = values.iter().filter(|v| v.abs() > 6.0).count() as f64 / values.len() as f64;
+        (mean, var, tail)
+    };
+    let (tfhe_mean, tfhe_var, tfhe_tail) = moments(&tfhe_samples);
+    let (mean, var, tail) = moments(&ours);
+    assert!((mean - tfhe_mean).abs() < 0.05, "{mean} vs {tfhe_mean}");
+    assert!((var / tfhe_var - 1.0).abs() < 0.03, "{var} vs {tfhe_var}");
+    assert!((tail - tfhe_tail).abs() < 0.01, "{tail} vs {tfhe_tail}");
+}
+
+#[test]
+fn fast_ciphertexts_decrypt_under_tfhe_and_partials_match_tfhe_expansion() {
+    let config = ThresholdConfig::new(5, 3).unwrap();
+    let keys = test_keys(&config, 12);
+    let key = keys.public_key.prepare();
+    let budget = budget(config, 40, 1, 1);
+    let count = POLYNOMIAL_SIZE + 300;
+    let mut rng = ChaCha20Rng::seed_from_u64(13);
+    let max = budget.max_value();
+    let messages: Vec<i64> = (0..count).map(|_| rng.gen_range(-max..=max)).collect();
+    let ciphertext = key.encrypt(&messages, &budget, &mut rng).unwrap();
+
+    // Into tfhe's layout (bodies back at full width) and through tfhe's own expand + decrypt.
+    let mut container = ciphertext.masks().to_vec();
+    container.extend(ciphertext.bodies().iter().map(|&b| u128::from(b) << 64));
+    let list = LweCompactCiphertextListOwned::from_container(
+        container,
+        LweSize(POLYNOMIAL_SIZE + 1),
+        LweCiphertextCount(count),
+        CiphertextModulus::new_native(),
+    );
+    let expanded = list.expand_into_lwe_ciphertext_list();
+    let secret = LweSecretKey::from_container(keys.collective_secret.as_slice());
+
+    let context = NttContext::get();
+    let reversed: Vec<u128> = keys.collective_secret.iter().rev().copied().collect();
+    let mut secret_form = context.new_full_form();
+    context.full_form(&reversed, &mut secret_form);
+    let mut scratch = context.new_full_form();
+    let mut product = vec![0u128; POLYNOMIAL_SIZE];
+
+    let half = 1u128 << (budget.delta_bits - 1);
+    for (index, lwe) in expanded.iter().enumerate() {
+        let phase = decrypt_lwe_ciphertext(&secret, &lwe).0;
+        let decoded = ((phase.wrapping_add(half) as i128) >> budget.delta_bits) as i64;
+        assert_eq!(decoded, messages[index], "tfhe decryption of value {index}");
+
+        let bin = index / POLYNOMIAL_SIZE;
+        let k = index % POLYNOMIAL_SIZE;
+        if k == 0 {
+            let mask = &ciphertext.masks()[bin * POLYNOMIAL_SIZE..(bin + 1) * POLYNOMIAL_SIZE];
+            context.full_product(mask, &secret_form, &mut scratch, &mut product);
+        }
+        let body = u128::from(ciphertext.bodies()[index]) << 64;
+        assert_eq!(
+            body.wrapping_sub(product[POLYNOMIAL_SIZE - 1 - k]),
+            phase,
+            "bin-wise inner product differs from tfhe's expand-then-decrypt at {index}"
+        );
+    }
+}
+
+fn random_messages(rng: &mut ChaCha20Rng, count: usize, max: i64) -> Vec<i64> {
+    (0..count).map(|_| rng.gen_range(-max..=max)).collect()
+}
+
+fn all_subsets_of_size(n: u8, size: usize) -> Vec<Vec<u8>> {
+    (0u16..(1 << n))
+        .filter(|bits| bits.count_ones() as usize == size)
+        .map(|bits| Subset(bits).members().collect())
+        .collect()
+}
+
+/// Every t-subset decrypts the aggregate exactly; every (t-1)-subset, doing the best it can
+/// with the shares it holds, gets essentially nothing right.
+fn check_threshold(n: u8, t: u8, seed: u64) {
+    let config = ThresholdConfig::new(n, t).unwrap();
+    let keys = test_keys(&config, seed);
+    let key = keys.public_key.prepare();
+    let budget = budget(config, 32, u32::from(n), 1);
+    let mut rng = ChaCha20Rng::seed_from_u64(seed + 1);
+    let count = POLYNOMIAL_SIZE + 1000;
+    let inputs: Vec<Vec<i64>> = (0..n)
+        .map(|_| random_messages(&mut rng, count, budget.max_value()))
+        .collect();
+    let expected: Vec<i64> = (0..count)
+        .map(|i| inputs.iter().map(|v| v[i]).sum())
+        .collect();
+    let ciphertexts: Vec<Ciphertext> = inputs
+        .iter()
+        .map(|m| key.encrypt(m, &budget, &mut rng).unwrap())
+        .collect();
+    let terms: Vec<(&Ciphertext, i64)> = ciphertexts.iter().map(|c| (c, 1)).collect();
+    let aggregate = Ciphertext::weighted_sum(&terms).unwrap();
+    let digest = crate::wire::ciphertext_digest(&aggregate);
+
+    for members in all_subsets_of_size(n, usize::from(t)) {
+        let quorum = Quorum::new(&config, members.clone()).unwrap();
+        let partials: Vec<PartialDecryption> = members
+            .iter()
+            .map(|&m| {
+                keys.shares[usize::from(m)]
+                    .partial_decrypt(&aggregate, digest, &quorum, &budget, &mut rng)
+                    .unwrap()
+            })
+            .collect();
+        let decrypted = combine(&aggregate, digest, &quorum, &partials, &budget).unwrap();
+        assert_eq!(decrypted, expected, "quorum {members:?} of {t}-of-{n}");
+    }
+
+    let subsets = config.share_subsets();
+    let mut worst = 0.0f64;
+    for members in all_subsets_of_size(n, usize::from(t) - 1) {
+        let mut shares = Vec::new();
+        for &member in &members {
+            let assigned: Vec<Subset> = subsets
+                .iter()
+                .copied()
+                .filter(|u| members.iter().copied().find(|&m| !u.contains(m)) == Some(member))
+                .collect();
+            shares.push(keys.shares[usize::from(member)].partial_decrypt_subsets(
+                &aggregate,
+                &assigned,
+                budget.smudging_bits,
+                &mut rng,
+            ));
+        }
+        let refs: Vec<&[u64]> = shares.iter().map(Vec::as_slice).collect();
+        let guess = combine_raw(aggregate.bodies(), &refs, budget.delta_bits);
+        let right = guess.iter().zip(&expected).filter(|(a, b)| a == b).count();
+        let fraction = right as f64 / count as f64;
+        worst = worst.max(fraction);
+    }
+    println!("{t}-of-{n}: best (t-1)-subset decrypted a fraction {worst:.2e} of values right");
+    assert!(
+        worst < 0.001,
+        "a (t-1)-subset decrypted {worst} of the values"
+    );
+}
+
+#[test]
+fn every_quorum_of_5_3_decrypts_and_no_pair_does() {
+    check_threshold(5, 3, 20);
+}
+
+#[test]
+fn every_quorum_of_7_4_decrypts_and_no_triple_does() {
+    check_threshold(7, 4, 30);
+}
+
+#[test]
+fn extreme_values_and_weights_at_the_budget_limit_decrypt_exactly() {
+    let config = ThresholdConfig::new(5, 3).unwrap();
+    let keys = test_keys(&config, 40);
+    let key = keys.public_key.prepare();
+    let contributions = 5u32;
+    let weight = 1u64 << 10;
+    let probe = budget(config, 20, contributions, weight);
+    // The largest value width the budget admits for this configuration.
+    let budget = budget(config, 20 + probe.spare_bits, contributions, weight);
+    assert_eq!(budget.spare_bits, 0);
+    let max = budget.max_value();
+    let count = 2 * POLYNOMIAL_SIZE;
+    let mut rng = ChaCha20Rng::seed_from_u64(41);
+    let ciphertexts: Vec<(Ciphertext, i64, Vec<i64>)> = (0..contributions)
+        .map(|i| {
+            let sign = if i % 2 == 0 { 1 } else { -1 };
+            let values: Vec<i64> = (0..count)
+                .map(|j| {
+                    if j % 3 == 0 {
+                        sign * max
+                    } else {
+                        rng.gen_range(-max..=max)
+                    }
+                })
+                .collect();
+            let ct = key.encrypt(&values, &budget, &mut rng).unwrap();
+            (ct, weight as i64, values)
+        })
+        .collect();
+    // All-positive extremes in the first coordinates hit the top of the message range.
+    let expected: Vec<i64> = (0..count)
+        .map(|j| ciphertexts.iter().map(|(_, w, v)| w * v[j]).sum())
+        .collect();
+    let terms: Vec<(&Ciphertext, i64)> = ciphertexts.iter().map(|(c, w, _)| (c, *w)).collect();
+    let aggregate = Ciphertext::weighted_sum(&terms).unwrap();
+    let digest = crate::wire::ciphertext_digest(&aggregate);
+    let quorum = Quorum::new(&config, vec![0, 2, 4]).unwrap();
+    let partials: Vec<_> = [0usize, 2, 4]
+        .iter()
+        .map(|&m| {
+            keys.shares[m]
+                .partial_decrypt(&aggregate, digest, &quorum, &budget, &mut rng)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        combine(&aggregate, digest, &quorum, &partials, &budget).unwrap(),
+        expected
+    );
+    // And a value one past the limit is refused at encryption.
+    assert!(matches!(
+        key.encrypt(&[max + 1], &budget, &mut rng),
+        Err(HeError::ValueOutOfRange { index: 0, .. })
+    ));
+}
+
+#[test]
+fn rerandomized_ciphertext_decrypts_to_the_same_values_with_a_new_digest() {
+    let config = ThresholdConfig::new(3, 2).unwrap();
+    let keys = test_keys(&config, 50);
+    let key = keys.public_key.prepare();
+    let budget = budget(config, 30, 2, 1);
+    let mut rng = ChaCha20Rng::seed_from_u64(51);
+    let values = random_messages(&mut rng, 500, budget.max_value());
+    let mut ciphertext = key.encrypt(&values, &budget, &mut rng).unwrap();
+    let before = crate::wire::ciphertext_digest(&ciphertext);
+    key.rerandomize(&mut ciphertext, &mut rng).unwrap();
+    let digest = crate::wire::ciphertext_digest(&ciphertext);
+    assert_ne!(before, digest);
+    let quorum = Quorum::new(&config, vec![1, 2]).unwrap();
+    let partials: Vec<_> = [1usize, 2]
+        .iter()
+        .map(|&m| {
+            keys.shares[m]
+                .partial_decrypt(&ciphertext, digest, &quorum, &budget, &mut rng)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        combine(&ciphertext, digest, &quorum, &partials, &budget).unwrap(),
+        values
+    );
+}
+
+#[test]
+fn combine_rejects_partials_for_another_ciphertext_quorum_or_a_missing_member() {
+    let config = ThresholdConfig::new(3, 2).unwrap();
+    let keys = test_keys(&config, 60);
+    let key = keys.public_key.prepare();
+    let budget = budget(config, 30, 1, 1);
+    let mut rng = ChaCha20Rng::seed_from_u64(61);
+    let ciphertext = key.encrypt(&[1, 2, 3], &budget, &mut rng).unwrap();
+    let digest = crate::wire::ciphertext_digest(&ciphertext);
+    let quorum = Quorum::new(&config, vec![0, 1]).unwrap();
+    let partial = |m: usize, rng: &mut ChaCha20Rng| {
+        keys.shares[m]
+            .partial_decrypt(&ciphertext, digest, &quorum, &budget, rng)
+            .unwrap()
+    };
+    let good = vec![partial(0, &mut rng), partial(1, &mut rng)];
+    assert_eq!(
+        combine(&ciphertext, digest, &quorum, &good, &budget).unwrap(),
+        vec![1, 2, 3]
+    );
+
+    let mut other_digest = good.clone();
+    other_digest[1].ciphertext = CiphertextDigest([7; 32]);
+    let err = combine(&ciphertext, digest, &quorum, &other_digest, &budget).unwrap_err();
+    assert!(matches!(err, HeError::Partial { party: 1, .. }), "{err}");
+
+    let err = combine(&ciphertext, digest, &quorum, &good[..1], &budget).unwrap_err();
+    assert!(err.to_string().contains("1 of 2"), "{err}");
+
+    let twice = vec![good[0].clone(), good[0].clone()];
+    assert!(combine(&ciphertext, digest, &quorum, &twice, &budget).is_err());
+
+    let outsider = keys.shares[2].partial_decrypt(&ciphertext, digest, &quorum, &budget, &mut rng);
+    assert!(outsider.is_err(), "party 2 is not in the quorum");
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let config = ThresholdConfig::new(3, 2).unwrap();
+    let keys = test_keys(&config, 70);
+    let shown = format!("{:?}", keys.shares[0]);
+    assert!(shown.contains("<redacted>"), "{shown}");
+    let first = keys.shares[0].subshares()[0].coefficients()[0];
+    assert!(!shown.contains(&first.to_string()));
+    let mut rng = ChaCha20Rng::seed_from_u64(71);
+    let secret = SecretContribution::generate(&mut rng);
+    assert_eq!(format!("{secret:?}"), "SecretContribution(<redacted>)");
+}
+
+#[test]
+fn round_body_rounds_to_nearest() {
+    assert_eq!(round_body(0), 0);
+    assert_eq!(round_body((1u128 << 63) - 1), 0);
+    assert_eq!(round_body(1u128 << 63), 1);
+    assert_eq!(round_body(u128::MAX), 0);
+    assert_eq!(round_body(5u128 << 64), 5);
+}
+
+#[test]
+fn round_mask_rounds_to_the_nearest_multiple_of_256() {
+    assert_eq!(round_mask(0), 0);
+    assert_eq!(round_mask(127), 0);
+    assert_eq!(round_mask(128), 256);
+    assert_eq!(round_mask(0x1234_5680), 0x1234_5700);
+    assert_eq!(round_mask(u128::MAX), 0);
+}

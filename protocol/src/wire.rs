@@ -1,0 +1,533 @@
+//! Versioned binary encodings of every key, ciphertext and partial decryption.
+//!
+//! Every encoding starts with the same header: the magic `QRAT`, a format version, a kind byte
+//! and the parameter-set id. Integers are little-endian. Decoders reject an unknown version,
+//! kind or parameter set, check every declared count against a limit and the exact input length
+//! *before* allocating, and reject trailing bytes, so each object has exactly one encoding.
+
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::he::{
+    Ciphertext, CiphertextDigest, HeError, KeyShare, MAX_VALUES, POLYNOMIAL_SIZE,
+    PartialDecryption, PublicKey, PublicKeyContribution, QUORATE_RLWE128_V1, Subset, Subshare,
+    ThresholdConfig,
+};
+
+pub const MAGIC: [u8; 4] = *b"QRAT";
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Bytes of one ciphertext mask coefficient on the wire: its top 120 bits (the encryptor
+/// rounded the low 8 away).
+pub const MASK_WIRE_BYTES: usize = 15;
+
+/// What an encoding holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    PublicKeyContribution = 1,
+    PublicKey = 2,
+    KeyShare = 3,
+    Ciphertext = 4,
+    PartialDecryption = 5,
+}
+
+impl Kind {
+    fn from_byte(byte: u8) -> Option<Self> {
+        Some(match byte {
+            1 => Kind::PublicKeyContribution,
+            2 => Kind::PublicKey,
+            3 => Kind::KeyShare,
+            4 => Kind::Ciphertext,
+            5 => Kind::PartialDecryption,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("not a Quorate object (bad magic bytes)")]
+    BadMagic,
+    #[error("format version {0} is not supported (this build reads version {FORMAT_VERSION})")]
+    UnsupportedVersion(u8),
+    #[error("expected a {expected:?}, found kind byte {found}")]
+    WrongKind { expected: Kind, found: u8 },
+    #[error("parameter set {0:?} is not supported (this build uses quorate-rlwe128-v1)")]
+    UnknownParameterSet(String),
+    #[error("input truncated: {field} needs {needed} bytes, {available} left")]
+    Truncated {
+        field: &'static str,
+        needed: usize,
+        available: usize,
+    },
+    #[error("{field} = {value} exceeds the limit of {limit}")]
+    TooLarge {
+        field: &'static str,
+        value: u64,
+        limit: u64,
+    },
+    #[error("input has the wrong length for its header: expected {expected} bytes, got {actual}")]
+    WrongLength { expected: u64, actual: u64 },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl From<HeError> for WireError {
+    fn from(err: HeError) -> Self {
+        WireError::Invalid {
+            field: "content",
+            reason: err.to_string(),
+        }
+    }
+}
+
+/// Limits a decoder enforces before allocating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    pub max_values: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_values: MAX_VALUES,
+        }
+    }
+}
+
+fn header(kind: Kind) -> Vec<u8> {
+    let id = QUORATE_RLWE128_V1.id.as_bytes();
+    let mut out = Vec::with_capacity(7 + id.len());
+    out.extend_from_slice(&MAGIC);
+    out.push(FORMAT_VERSION);
+    out.push(kind as u8);
+    out.push(id.len() as u8);
+    out.extend_from_slice(id);
+    out
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, field: &'static str, len: usize) -> Result<&'a [u8], WireError> {
+        if self.bytes.len() < len {
+            return Err(WireError::Truncated {
+                field,
+                needed: len,
+                available: self.bytes.len(),
+            });
+        }
+        let (head, rest) = self.bytes.split_at(len);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
+        Ok(self.take(field, 1)?[0])
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, WireError> {
+        Ok(u16::from_le_bytes(
+            self.take(field, 2)?.try_into().expect("2 bytes"),
+        ))
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(
+            self.take(field, 8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn u128(&mut self, field: &'static str) -> Result<u128, WireError> {
+        Ok(u128::from_le_bytes(
+            self.take(field, 16)?.try_into().expect("16 bytes"),
+        ))
+    }
+
+    fn header(&mut self, expected: Kind) -> Result<(), WireError> {
+        if self.take("magic", 4).map_err(|_| WireError::BadMagic)? != MAGIC {
+            return Err(WireError::BadMagic);
+        }
+        let version = self.u8("format version")?;
+        if version != FORMAT_VERSION {
+            return Err(WireError::UnsupportedVersion(version));
+        }
+        let kind = self.u8("kind")?;
+        if Kind::from_byte(kind) != Some(expected) {
+            return Err(WireError::WrongKind {
+                expected,
+                found: kind,
+            });
+        }
+        let id_len = self.u8("parameter set id length")?;
+        let id = self.take("parameter set id", usize::from(id_len))?;
+        if id != QUORATE_RLWE128_V1.id.as_bytes() {
+            return Err(WireError::UnknownParameterSet(
+                String::from_utf8_lossy(id).into_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Requires the rest of the input to be exactly `expected` bytes, checked before the
+    /// caller allocates anything of that size.
+    fn expect_remaining(&self, expected: u64) -> Result<(), WireError> {
+        if self.bytes.len() as u64 != expected {
+            return Err(WireError::WrongLength {
+                expected,
+                actual: self.bytes.len() as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(&self) -> Result<(), WireError> {
+        self.expect_remaining(0)
+    }
+}
+
+fn put_u128s(out: &mut Vec<u8>, values: &[u128]) {
+    out.reserve(values.len() * 16);
+    for value in values {
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+}
+
+fn read_polynomial(reader: &mut Reader<'_>, field: &'static str) -> Result<Vec<u128>, WireError> {
+    let bytes = reader.take(field, POLYNOMIAL_SIZE * 16)?;
+    Ok(bytes
+        .chunks_exact(16)
+        .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+        .collect())
+}
+
+pub fn encode_public_key_contribution(contribution: &PublicKeyContribution) -> Vec<u8> {
+    let mut out = header(Kind::PublicKeyContribution);
+    out.push(contribution.party);
+    out.extend_from_slice(&contribution.mask_seed.to_le_bytes());
+    put_u128s(&mut out, &contribution.body);
+    out
+}
+
+pub fn decode_public_key_contribution(bytes: &[u8]) -> Result<PublicKeyContribution, WireError> {
+    let mut reader = Reader { bytes };
+    reader.header(Kind::PublicKeyContribution)?;
+    reader.expect_remaining(1 + 16 + POLYNOMIAL_SIZE as u64 * 16)?;
+    let party = reader.u8("party")?;
+    let mask_seed = reader.u128("mask seed")?;
+    let body = read_polynomial(&mut reader, "public key body")?;
+    reader.finish()?;
+    Ok(PublicKeyContribution {
+        party,
+        mask_seed,
+        body,
+    })
+}
+
+pub fn encode_public_key(key: &PublicKey) -> Vec<u8> {
+    let mut out = header(Kind::PublicKey);
+    out.extend_from_slice(&key.mask_seed.to_le_bytes());
+    put_u128s(&mut out, &key.body);
+    out
+}
+
+pub fn decode_public_key(bytes: &[u8]) -> Result<PublicKey, WireError> {
+    let mut reader = Reader { bytes };
+    reader.header(Kind::PublicKey)?;
+    reader.expect_remaining(16 + POLYNOMIAL_SIZE as u64 * 16)?;
+    let mask_seed = reader.u128("mask seed")?;
+    let body = read_polynomial(&mut reader, "public key body")?;
+    reader.finish()?;
+    Ok(PublicKey { mask_seed, body })
+}
+
+/// The plaintext encoding of a key share, to be sealed before it touches a disk.
+pub fn encode_key_share(share: &KeyShare) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(header(Kind::KeyShare));
+    out.push(share.config().parties());
+    out.push(share.config().threshold());
+    out.push(share.party());
+    out.extend_from_slice(&(share.subshares().len() as u16).to_le_bytes());
+    for subshare in share.subshares() {
+        out.extend_from_slice(&subshare.subset.0.to_le_bytes());
+        out.reserve(POLYNOMIAL_SIZE * 16);
+        for value in subshare.coefficients() {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+    out
+}
+
+pub fn decode_key_share(bytes: &[u8]) -> Result<KeyShare, WireError> {
+    let mut reader = Reader { bytes };
+    reader.header(Kind::KeyShare)?;
+    let parties = reader.u8("parties")?;
+    let threshold = reader.u8("threshold")?;
+    let config = ThresholdConfig::new(parties, threshold)?;
+    let party = reader.u8("party")?;
+    let count = reader.u16("subshare count")?;
+    let expected = config
+        .subsets_held_by(party.min(parties.saturating_sub(1)))
+        .len();
+    if usize::from(count) != expected {
+        return Err(WireError::Invalid {
+            field: "subshare count",
+            reason: format!("{count}, but a {threshold}-of-{parties} member holds {expected}"),
+        });
+    }
+    reader.expect_remaining(u64::from(count) * (2 + POLYNOMIAL_SIZE as u64 * 16))?;
+    let mut subshares = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let subset = Subset(reader.u16("subset")?);
+        let coefficients = read_polynomial(&mut reader, "subshare")?;
+        subshares.push(Subshare::from_coefficients(subset, coefficients)?);
+    }
+    reader.finish()?;
+    Ok(KeyShare::from_parts(config, party, subshares)?)
+}
+
+fn ciphertext_header(value_count: usize) -> Vec<u8> {
+    let mut out = header(Kind::Ciphertext);
+    out.extend_from_slice(&(value_count as u64).to_le_bytes());
+    out
+}
+
+fn put_masks(out: &mut Vec<u8>, masks: &[u128]) {
+    out.reserve(masks.len() * MASK_WIRE_BYTES);
+    for mask in masks {
+        out.extend_from_slice(&mask.to_le_bytes()[16 - MASK_WIRE_BYTES..]);
+    }
+}
+
+pub fn encode_ciphertext(ciphertext: &Ciphertext) -> Vec<u8> {
+    let mut out = ciphertext_header(ciphertext.value_count());
+    out.reserve(ciphertext.masks().len() * MASK_WIRE_BYTES + ciphertext.bodies().len() * 8);
+    put_masks(&mut out, ciphertext.masks());
+    for body in ciphertext.bodies() {
+        out.extend_from_slice(&body.to_le_bytes());
+    }
+    out
+}
+
+/// The digest of a ciphertext's encoding, computed without materialising the encoding.
+pub fn ciphertext_digest(ciphertext: &Ciphertext) -> CiphertextDigest {
+    let mut hasher = Sha256::new();
+    hasher.update(ciphertext_header(ciphertext.value_count()));
+    let mut buffer = Vec::with_capacity(64 * 1024);
+    for chunk in ciphertext.masks().chunks(4096) {
+        buffer.clear();
+        put_masks(&mut buffer, chunk);
+        hasher.update(&buffer);
+    }
+    for chunk in ciphertext.bodies().chunks(8192) {
+        buffer.clear();
+        for body in chunk {
+            buffer.extend_from_slice(&body.to_le_bytes());
+        }
+        hasher.update(&buffer);
+    }
+    CiphertextDigest(hasher.finalize().into())
+}
+
+/// The digest of an encoded ciphertext (equal to [`ciphertext_digest`] of the decoded one).
+pub fn encoded_digest(bytes: &[u8]) -> CiphertextDigest {
+    CiphertextDigest(Sha256::digest(bytes).into())
+}
+
+/// A validated, borrowed view of an encoded ciphertext: aggregation reads it in place.
+#[derive(Clone, Copy, Debug)]
+pub struct CiphertextView<'a> {
+    value_count: usize,
+    masks: &'a [u8],
+    bodies: &'a [u8],
+}
+
+pub fn decode_ciphertext_view(
+    bytes: &[u8],
+    limits: DecodeLimits,
+) -> Result<CiphertextView<'_>, WireError> {
+    let mut reader = Reader { bytes };
+    reader.header(Kind::Ciphertext)?;
+    let value_count = reader.u64("value count")?;
+    let limit = limits.max_values.min(MAX_VALUES);
+    if value_count > limit {
+        return Err(WireError::TooLarge {
+            field: "value count",
+            value: value_count,
+            limit,
+        });
+    }
+    let bins = value_count.div_ceil(POLYNOMIAL_SIZE as u64);
+    let mask_bytes = bins * POLYNOMIAL_SIZE as u64 * MASK_WIRE_BYTES as u64;
+    reader.expect_remaining(mask_bytes + value_count * 8)?;
+    let masks = reader.take("masks", mask_bytes as usize)?;
+    let bodies = reader.take("bodies", value_count as usize * 8)?;
+    Ok(CiphertextView {
+        value_count: value_count as usize,
+        masks,
+        bodies,
+    })
+}
+
+pub fn decode_ciphertext(bytes: &[u8], limits: DecodeLimits) -> Result<Ciphertext, WireError> {
+    decode_ciphertext_view(bytes, limits)?.to_ciphertext()
+}
+
+#[inline(always)]
+fn read_mask(bytes: &[u8]) -> u128 {
+    let mut word = [0u8; 16];
+    word[16 - MASK_WIRE_BYTES..].copy_from_slice(&bytes[..MASK_WIRE_BYTES]);
+    u128::from_le_bytes(word)
+}
+
+#[inline]
+fn body_at(bytes: &[u8], index: usize) -> u64 {
+    u64::from_le_bytes(bytes[index * 8..index * 8 + 8].try_into().expect("8 bytes"))
+}
+
+impl CiphertextView<'_> {
+    pub fn value_count(&self) -> usize {
+        self.value_count
+    }
+
+    pub fn to_ciphertext(&self) -> Result<Ciphertext, WireError> {
+        let masks = self
+            .masks
+            .chunks_exact(MASK_WIRE_BYTES)
+            .map(read_mask)
+            .collect();
+        let bodies = (0..self.value_count)
+            .map(|i| body_at(self.bodies, i))
+            .collect();
+        Ok(Ciphertext::from_parts(self.value_count, masks, bodies)?)
+    }
+
+    /// acc += weight * self, read straight from the encoded bytes.
+    pub fn add_weighted_into(&self, acc: &mut Ciphertext, weight: i64) -> Result<(), HeError> {
+        Self::accumulate(acc, &[(*self, weight)])
+    }
+
+    /// The weighted sum of encoded ciphertexts, block by block so that the accumulator stays
+    /// in cache while each input streams through once.
+    pub fn weighted_sum(terms: &[(CiphertextView<'_>, i64)]) -> Result<Ciphertext, HeError> {
+        let first = terms
+            .first()
+            .ok_or_else(|| HeError::Mismatch("a weighted sum needs at least one term".into()))?;
+        let mut acc = Ciphertext::zero(first.0.value_count);
+        Self::accumulate(&mut acc, terms)?;
+        Ok(acc)
+    }
+
+    fn accumulate(
+        acc: &mut Ciphertext,
+        terms: &[(CiphertextView<'_>, i64)],
+    ) -> Result<(), HeError> {
+        use rayon::prelude::*;
+        for (term, _) in terms {
+            if term.value_count != acc.value_count() {
+                return Err(HeError::Mismatch(format!(
+                    "cannot add a ciphertext of {} values to one of {}",
+                    term.value_count,
+                    acc.value_count()
+                )));
+            }
+        }
+        const BLOCK: usize = 4096;
+        let (masks, bodies) = acc.parts_mut();
+        masks
+            .par_chunks_mut(BLOCK)
+            .enumerate()
+            .for_each(|(block, out)| {
+                let start = block * BLOCK;
+                for (term, weight) in terms {
+                    let w = *weight as i128 as u128;
+                    let bytes =
+                        &term.masks[start * MASK_WIRE_BYTES..(start + out.len()) * MASK_WIRE_BYTES];
+                    for (acc, chunk) in out.iter_mut().zip(bytes.chunks_exact(MASK_WIRE_BYTES)) {
+                        *acc = acc.wrapping_add(read_mask(chunk).wrapping_mul(w));
+                    }
+                }
+            });
+        bodies
+            .par_chunks_mut(BLOCK)
+            .enumerate()
+            .for_each(|(block, out)| {
+                let start = block * BLOCK;
+                for (term, weight) in terms {
+                    let w = *weight as u64;
+                    let bytes = &term.bodies[start * 8..(start + out.len()) * 8];
+                    for (acc, chunk) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                        let value = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+                        *acc = acc.wrapping_add(value.wrapping_mul(w));
+                    }
+                }
+            });
+        Ok(())
+    }
+}
+
+pub fn encode_partial_decryption(partial: &PartialDecryption) -> Vec<u8> {
+    let mut out = header(Kind::PartialDecryption);
+    out.push(partial.party);
+    out.push(partial.quorum.len() as u8);
+    out.extend_from_slice(&partial.quorum);
+    out.extend_from_slice(&partial.ciphertext.0);
+    out.extend_from_slice(&(partial.values.len() as u64).to_le_bytes());
+    out.reserve(partial.values.len() * 8);
+    for value in &partial.values {
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+    out
+}
+
+pub fn decode_partial_decryption(
+    bytes: &[u8],
+    limits: DecodeLimits,
+) -> Result<PartialDecryption, WireError> {
+    let mut reader = Reader { bytes };
+    reader.header(Kind::PartialDecryption)?;
+    let party = reader.u8("party")?;
+    let quorum_len = reader.u8("quorum size")?;
+    if quorum_len > crate::he::MAX_PARTIES {
+        return Err(WireError::TooLarge {
+            field: "quorum size",
+            value: u64::from(quorum_len),
+            limit: u64::from(crate::he::MAX_PARTIES),
+        });
+    }
+    let quorum = reader.take("quorum", usize::from(quorum_len))?.to_vec();
+    if quorum.windows(2).any(|w| w[0] >= w[1]) || !quorum.contains(&party) {
+        return Err(WireError::Invalid {
+            field: "quorum",
+            reason: format!("{quorum:?} is not strictly increasing or lacks party {party}"),
+        });
+    }
+    let digest: [u8; 32] = reader
+        .take("ciphertext digest", 32)?
+        .try_into()
+        .expect("32 bytes");
+    let value_count = reader.u64("value count")?;
+    let limit = limits.max_values.min(MAX_VALUES);
+    if value_count > limit {
+        return Err(WireError::TooLarge {
+            field: "value count",
+            value: value_count,
+            limit,
+        });
+    }
+    reader.expect_remaining(value_count * 8)?;
+    let values = reader
+        .take("values", value_count as usize * 8)?
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    Ok(PartialDecryption {
+        party,
+        quorum,
+        ciphertext: CiphertextDigest(digest),
+        values,
+    })
+}

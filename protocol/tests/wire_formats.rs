@@ -1,0 +1,264 @@
+//! Golden bytes for every encoding, and decoders that fail cleanly on bad input.
+
+mod common;
+
+use proptest::prelude::*;
+use protocol::he::{Ciphertext, PartialDecryption, Quorum};
+use protocol::wire::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use sha2::{Digest, Sha256};
+use std::sync::OnceLock;
+
+/// One deterministic object of every kind, encoded.
+struct Samples {
+    contribution: Vec<u8>,
+    public_key: Vec<u8>,
+    key_share: Vec<u8>,
+    ciphertext: Vec<u8>,
+    partial: Vec<u8>,
+}
+
+fn samples() -> &'static Samples {
+    static SAMPLES: OnceLock<Samples> = OnceLock::new();
+    SAMPLES.get_or_init(|| {
+        let mut rng = ChaCha20Rng::seed_from_u64(77);
+        let keys = common::keys();
+        let secret = protocol::he::SecretContribution::generate(&mut rng);
+        let contribution =
+            encode_public_key_contribution(&secret.public_key_contribution(1, 42, &mut rng));
+        let budget = common::budget(16, 1, 1);
+        let ciphertext = keys
+            .public_key
+            .prepare()
+            .encrypt(&[1, -2, 3, -4, 5], &budget, &mut rng)
+            .unwrap();
+        let digest = ciphertext_digest(&ciphertext);
+        let quorum = Quorum::new(&common::config(), vec![0, 1]).unwrap();
+        let partial = keys.shares[1]
+            .partial_decrypt(&ciphertext, digest, &quorum, &budget, &mut rng)
+            .unwrap();
+        Samples {
+            contribution,
+            public_key: encode_public_key(&keys.public_key),
+            key_share: encode_key_share(&keys.shares[2]).to_vec(),
+            ciphertext: encode_ciphertext(&ciphertext),
+            partial: encode_partial_decryption(&partial),
+        }
+    })
+}
+
+/// A readable golden record: the length, the first 96 bytes (header and leading fields) and
+/// the SHA-256 of the whole, which pins every byte.
+fn golden(bytes: &[u8]) -> String {
+    let head = &bytes[..bytes.len().min(96)];
+    let hex_lines: Vec<String> = head.chunks(32).map(hex::encode).collect();
+    format!(
+        "length: {}\nhead:\n{}\nsha256: {}\n",
+        bytes.len(),
+        hex_lines.join("\n"),
+        hex::encode(Sha256::digest(bytes))
+    )
+}
+
+#[test]
+fn golden_public_key_contribution() {
+    insta::assert_snapshot!(golden(&samples().contribution));
+}
+
+#[test]
+fn golden_public_key() {
+    insta::assert_snapshot!(golden(&samples().public_key));
+}
+
+#[test]
+fn golden_key_share() {
+    insta::assert_snapshot!(golden(&samples().key_share));
+}
+
+#[test]
+fn golden_ciphertext() {
+    insta::assert_snapshot!(golden(&samples().ciphertext));
+}
+
+#[test]
+fn golden_partial_decryption() {
+    insta::assert_snapshot!(golden(&samples().partial));
+}
+
+#[test]
+fn every_encoding_round_trips() {
+    let s = samples();
+    let limits = DecodeLimits::default();
+    assert_eq!(
+        encode_public_key_contribution(&decode_public_key_contribution(&s.contribution).unwrap()),
+        s.contribution
+    );
+    assert_eq!(
+        encode_public_key(&decode_public_key(&s.public_key).unwrap()),
+        s.public_key
+    );
+    assert_eq!(
+        *encode_key_share(&decode_key_share(&s.key_share).unwrap()),
+        s.key_share
+    );
+    let ciphertext = decode_ciphertext(&s.ciphertext, limits).unwrap();
+    assert_eq!(encode_ciphertext(&ciphertext), s.ciphertext);
+    assert_eq!(
+        ciphertext_digest(&ciphertext),
+        encoded_digest(&s.ciphertext)
+    );
+    assert_eq!(
+        encode_partial_decryption(&decode_partial_decryption(&s.partial, limits).unwrap()),
+        s.partial
+    );
+}
+
+/// Runs every decoder on `bytes`; none may panic.
+fn decode_all(bytes: &[u8]) -> usize {
+    let limits = DecodeLimits::default();
+    [
+        decode_public_key_contribution(bytes).is_ok(),
+        decode_public_key(bytes).is_ok(),
+        decode_key_share(bytes).is_ok(),
+        decode_ciphertext(bytes, limits).is_ok(),
+        decode_partial_decryption(bytes, limits).is_ok(),
+    ]
+    .iter()
+    .filter(|ok| **ok)
+    .count()
+}
+
+#[test]
+fn every_truncation_of_every_encoding_is_an_error() {
+    let s = samples();
+    for bytes in [
+        &s.contribution,
+        &s.public_key,
+        &s.key_share,
+        &s.ciphertext,
+        &s.partial,
+    ] {
+        assert_eq!(
+            decode_all(bytes),
+            1,
+            "exactly one decoder accepts each encoding"
+        );
+        // Every cut in the header and first fields, then a sample of cuts further in.
+        let cuts = (0..bytes.len().min(200)).chain((200..bytes.len()).step_by(997));
+        for cut in cuts {
+            assert_eq!(
+                decode_all(&bytes[..cut]),
+                0,
+                "a truncation at {cut} was accepted"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode_all(&longer), 0, "trailing bytes were accepted");
+    }
+}
+
+#[test]
+fn wrong_version_kind_and_parameter_set_are_named() {
+    let mut bytes = samples().partial.clone();
+    bytes[4] = 2;
+    assert_eq!(
+        decode_partial_decryption(&bytes, DecodeLimits::default()).unwrap_err(),
+        WireError::UnsupportedVersion(2)
+    );
+    let err = decode_ciphertext(&samples().partial, DecodeLimits::default()).unwrap_err();
+    assert!(matches!(err, WireError::WrongKind { .. }), "{err}");
+    let mut bytes = samples().partial.clone();
+    bytes[7 + 8] = b'X';
+    let err = decode_partial_decryption(&bytes, DecodeLimits::default()).unwrap_err();
+    assert!(err.to_string().contains("quorate-Xlwe128-v1"), "{err}");
+}
+
+#[test]
+fn oversized_counts_are_refused_before_allocation() {
+    // A ciphertext header that claims 2^40 values, followed by nothing.
+    let mut bytes = samples().ciphertext[..25].to_vec();
+    bytes.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    let err = decode_ciphertext(&bytes, DecodeLimits::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::TooLarge {
+                field: "value count",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A count within the limit but not backed by bytes is a length error, also before allocation.
+    let mut bytes = samples().ciphertext[..25].to_vec();
+    bytes.extend_from_slice(&(1u64 << 20).to_le_bytes());
+    let err = decode_ciphertext(&bytes, DecodeLimits::default()).unwrap_err();
+    assert!(matches!(err, WireError::WrongLength { .. }), "{err}");
+    // A caller's tighter limit applies.
+    let err = decode_ciphertext(&samples().ciphertext, DecodeLimits { max_values: 4 }).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::TooLarge {
+                value: 5,
+                limit: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn key_share_of_another_party_layout_is_refused() {
+    let mut bytes = samples().key_share.clone();
+    // Party byte sits after the header (25), parties and threshold.
+    bytes[27] = 9;
+    assert!(decode_key_share(&bytes).is_err());
+}
+
+#[test]
+fn a_flipped_ciphertext_bit_changes_the_digest_partials_are_bound_to() {
+    let s = samples();
+    let limits = DecodeLimits::default();
+    let partial: PartialDecryption = decode_partial_decryption(&s.partial, limits).unwrap();
+    let mut tampered = s.ciphertext.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    let ciphertext: Ciphertext = decode_ciphertext(&tampered, limits).unwrap();
+    assert_eq!(encoded_digest(&s.ciphertext), partial.ciphertext);
+    assert_ne!(ciphertext_digest(&ciphertext), partial.ciphertext);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        decode_all(&bytes);
+    }
+
+    #[test]
+    fn garbage_after_a_valid_header_never_panics(
+        kind in 1u8..=5,
+        rest in prop::collection::vec(any::<u8>(), 0..600),
+    ) {
+        let mut bytes = samples().partial[..25].to_vec();
+        bytes[5] = kind;
+        bytes.extend_from_slice(&rest);
+        decode_all(&bytes);
+    }
+
+    #[test]
+    fn single_bit_flips_never_panic(index in any::<prop::sample::Index>(), bit in 0u8..8) {
+        let s = samples();
+        for original in [&s.contribution, &s.key_share, &s.ciphertext, &s.partial] {
+            let mut bytes = original.clone();
+            let i = index.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+            decode_all(&bytes);
+        }
+    }
+}

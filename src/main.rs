@@ -1,0 +1,118 @@
+//! `quorate`: one binary for every role. This file only parses the command line and dispatches;
+//! the work lives in the workspace libraries (and `bench.rs` for measurements).
+
+mod bench;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::process::ExitCode;
+
+/// Exit code for a command that exists but is not available in this build yet.
+const EXIT_UNAVAILABLE: u8 = 69;
+
+/// Federated learning under threshold homomorphic encryption.
+///
+/// Institutions train one model together: each node encrypts its update under a key shared
+/// among the members, the coordinator adds ciphertexts without being able to read them, and
+/// only a quorum of t of the n members can decrypt an agreed aggregate. Every step is recorded
+/// in a signed, append-only audit log.
+#[derive(Debug, Parser)]
+#[command(name = "quorate", version, propagate_version = true)]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// Log filter (tracing's EnvFilter syntax), also read from RUST_LOG.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a whole consortium on this machine: key ceremony, coordinator and one node per
+    /// institution as separate processes, training on the shipped data. [not available yet]
+    Demo(Unavailable),
+    /// Run an institution's node: encrypt local updates, witness the log, release partial
+    /// decryptions under the release policy. [not available yet]
+    Node(Unavailable),
+    /// Run the coordinator: aggregate ciphertexts, keep the encrypted model, operate the audit
+    /// log. [not available yet]
+    Coordinator(Unavailable),
+    /// Create the consortium's threshold key with no trusted dealer, and verify ceremony
+    /// transcripts. [not available yet]
+    Ceremony(Unavailable),
+    /// Export, verify and show the signed audit log, offline. [not available yet]
+    Audit(Unavailable),
+    /// Measure performance on this machine.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Arguments of a command that a later release fills in; accepted so that the message below
+/// is what a user sees, not a parse error.
+#[derive(Debug, clap::Args)]
+struct Unavailable {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Threshold encryption: encrypt, aggregate, partial decryption and combination of one
+    /// vector per party, checked for exactness against integer sums.
+    He(bench::HeBenchArgs),
+    /// A whole federated round over loopback. [not available yet]
+    Round(Unavailable),
+}
+
+fn init_tracing(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn unavailable(command: &str, arrives_with: &str) -> ExitCode {
+    eprintln!(
+        "quorate {command} is not available in this build yet: it arrives with {arrives_with}."
+    );
+    ExitCode::from(EXIT_UNAVAILABLE)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format, &cli.log);
+    let result = match cli.command {
+        Command::Demo(_) => return unavailable("demo", "end-to-end training"),
+        Command::Node(_) => return unavailable("node", "encrypted federated rounds"),
+        Command::Coordinator(_) => return unavailable("coordinator", "encrypted federated rounds"),
+        Command::Ceremony(_) => return unavailable("ceremony", "the key ceremony"),
+        Command::Audit(_) => return unavailable("audit", "the signed audit log"),
+        Command::Bench(BenchCommand::Round(_)) => {
+            return unavailable("bench round", "encrypted federated rounds");
+        }
+        Command::Bench(BenchCommand::He(args)) => bench::run_he(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
