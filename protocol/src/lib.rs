@@ -6,5 +6,6 @@
 //! the offline auditor alike.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod he;
 pub mod wire;
