@@ -6,7 +6,8 @@ use protocol::he::{
     Budget, BudgetRequest, Ciphertext, LocalKeySet, Quorum, ThresholdConfig, combine,
 };
 use protocol::wire::{
-    DecodeLimits, decode_ciphertext_view, encode_ciphertext, encode_partial_decryption,
+    BoundCiphertext, DecodeLimits, decode_ciphertext_view, encode_ciphertext,
+    encode_partial_decryption,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -219,7 +220,7 @@ fn measure(args: &HeBenchArgs, config: ThresholdConfig, budget: &Budget) -> Resu
         .collect::<Result<Vec<_>, _>>()?;
     let mut aggregate_times = Vec::new();
     let mut memcpy_times = Vec::new();
-    let mut aggregate = Ciphertext::zero(args.values);
+    let mut aggregate = Ciphertext::zero(args.values, budget.delta_bits());
     let mut copy = vec![0u8; total_bytes];
     for _ in 0..args.repetitions {
         let (sum, ms) = time(|| protocol::wire::CiphertextView::weighted_sum(&views));
@@ -235,7 +236,7 @@ fn measure(args: &HeBenchArgs, config: ThresholdConfig, budget: &Budget) -> Resu
         });
         memcpy_times.push(ms);
     }
-    let digest = protocol::wire::ciphertext_digest(&aggregate);
+    let aggregate = BoundCiphertext::new(aggregate);
 
     tracing::info!("decrypting");
     let quorum = Quorum::new(&config, (0..args.threshold).collect())?;
@@ -245,7 +246,7 @@ fn measure(args: &HeBenchArgs, config: ThresholdConfig, budget: &Budget) -> Resu
         let share = &keys.shares[usize::from(member)];
         for repetition in 0..args.repetitions {
             let (partial, ms) =
-                time(|| share.partial_decrypt(&aggregate, digest, &quorum, budget, &mut rng));
+                time(|| share.partial_decrypt(&aggregate, &quorum, budget, &mut rng));
             partial_times.push(ms);
             if repetition == 0 {
                 partials.push(partial?);
@@ -257,7 +258,7 @@ fn measure(args: &HeBenchArgs, config: ThresholdConfig, budget: &Budget) -> Resu
     let mut combine_times = Vec::new();
     let mut decrypted = Vec::new();
     for _ in 0..args.repetitions {
-        let (result, ms) = time(|| combine(&aggregate, digest, &quorum, &partials, budget));
+        let (result, ms) = time(|| combine(&aggregate, &quorum, &partials, budget));
         decrypted = result?;
         combine_times.push(ms);
     }
@@ -274,8 +275,8 @@ fn measure(args: &HeBenchArgs, config: ThresholdConfig, budget: &Budget) -> Resu
         threshold: args.threshold,
         threads: args.threads,
         repetitions: args.repetitions,
-        delta_bits: budget.delta_bits,
-        smudging_bits: budget.smudging_bits,
+        delta_bits: budget.delta_bits(),
+        smudging_bits: budget.smudging_bits(),
         keygen_ms,
         encrypt_ms: median(encrypt_times),
         aggregate_ms: median(aggregate_times),

@@ -244,16 +244,19 @@ pub fn decode_public_key(bytes: &[u8]) -> Result<PublicKey, WireError> {
     Ok(PublicKey { mask_seed, body })
 }
 
-/// The plaintext encoding of a key share, to be sealed before it touches a disk.
+/// The plaintext encoding of a key share, to be sealed before it touches a disk. The buffer is
+/// allocated once at its final size, so no reallocation leaves share bytes behind.
 pub fn encode_key_share(share: &KeyShare) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(header(Kind::KeyShare));
+    let head = header(Kind::KeyShare);
+    let size = head.len() + 5 + share.subshares().len() * (2 + POLYNOMIAL_SIZE * 16);
+    let mut out = Zeroizing::new(Vec::with_capacity(size));
+    out.extend_from_slice(&head);
     out.push(share.config().parties());
     out.push(share.config().threshold());
     out.push(share.party());
     out.extend_from_slice(&(share.subshares().len() as u16).to_le_bytes());
     for subshare in share.subshares() {
         out.extend_from_slice(&subshare.subset.0.to_le_bytes());
-        out.reserve(POLYNOMIAL_SIZE * 16);
         for value in subshare.coefficients() {
             out.extend_from_slice(&value.to_le_bytes());
         }
@@ -289,9 +292,10 @@ pub fn decode_key_share(bytes: &[u8]) -> Result<KeyShare, WireError> {
     Ok(KeyShare::from_parts(config, party, subshares)?)
 }
 
-fn ciphertext_header(value_count: usize) -> Vec<u8> {
+fn ciphertext_header(value_count: usize, delta_bits: u32) -> Vec<u8> {
     let mut out = header(Kind::Ciphertext);
     out.extend_from_slice(&(value_count as u64).to_le_bytes());
+    out.push(delta_bits as u8);
     out
 }
 
@@ -303,7 +307,7 @@ fn put_masks(out: &mut Vec<u8>, masks: &[u128]) {
 }
 
 pub fn encode_ciphertext(ciphertext: &Ciphertext) -> Vec<u8> {
-    let mut out = ciphertext_header(ciphertext.value_count());
+    let mut out = ciphertext_header(ciphertext.value_count(), ciphertext.delta_bits());
     out.reserve(ciphertext.masks().len() * MASK_WIRE_BYTES + ciphertext.bodies().len() * 8);
     put_masks(&mut out, ciphertext.masks());
     for body in ciphertext.bodies() {
@@ -315,7 +319,10 @@ pub fn encode_ciphertext(ciphertext: &Ciphertext) -> Vec<u8> {
 /// The digest of a ciphertext's encoding, computed without materialising the encoding.
 pub fn ciphertext_digest(ciphertext: &Ciphertext) -> CiphertextDigest {
     let mut hasher = Sha256::new();
-    hasher.update(ciphertext_header(ciphertext.value_count()));
+    hasher.update(ciphertext_header(
+        ciphertext.value_count(),
+        ciphertext.delta_bits(),
+    ));
     let mut buffer = Vec::with_capacity(64 * 1024);
     for chunk in ciphertext.masks().chunks(4096) {
         buffer.clear();
@@ -337,10 +344,47 @@ pub fn encoded_digest(bytes: &[u8]) -> CiphertextDigest {
     CiphertextDigest(Sha256::digest(bytes).into())
 }
 
+/// A ciphertext together with the digest of its encoding, which partial decryptions are bound
+/// to. Built only by hashing, so the digest always belongs to the ciphertext.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoundCiphertext {
+    ciphertext: Ciphertext,
+    digest: CiphertextDigest,
+}
+
+impl BoundCiphertext {
+    pub fn new(ciphertext: Ciphertext) -> Self {
+        let digest = ciphertext_digest(&ciphertext);
+        Self { ciphertext, digest }
+    }
+
+    /// Decodes an encoded ciphertext and binds it to the digest of exactly these bytes.
+    pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Self, WireError> {
+        let ciphertext = decode_ciphertext(bytes, limits)?;
+        Ok(Self {
+            ciphertext,
+            digest: encoded_digest(bytes),
+        })
+    }
+
+    pub fn ciphertext(&self) -> &Ciphertext {
+        &self.ciphertext
+    }
+
+    pub fn digest(&self) -> CiphertextDigest {
+        self.digest
+    }
+
+    pub fn into_ciphertext(self) -> Ciphertext {
+        self.ciphertext
+    }
+}
+
 /// A validated, borrowed view of an encoded ciphertext: aggregation reads it in place.
 #[derive(Clone, Copy, Debug)]
 pub struct CiphertextView<'a> {
     value_count: usize,
+    delta_bits: u32,
     masks: &'a [u8],
     bodies: &'a [u8],
 }
@@ -360,6 +404,13 @@ pub fn decode_ciphertext_view(
             limit,
         });
     }
+    let delta_bits = u32::from(reader.u8("message scale")?);
+    if !(1..128).contains(&delta_bits) {
+        return Err(WireError::Invalid {
+            field: "message scale",
+            reason: format!("2^{delta_bits} is impossible"),
+        });
+    }
     let bins = value_count.div_ceil(POLYNOMIAL_SIZE as u64);
     let mask_bytes = bins * POLYNOMIAL_SIZE as u64 * MASK_WIRE_BYTES as u64;
     reader.expect_remaining(mask_bytes + value_count * 8)?;
@@ -367,6 +418,7 @@ pub fn decode_ciphertext_view(
     let bodies = reader.take("bodies", value_count as usize * 8)?;
     Ok(CiphertextView {
         value_count: value_count as usize,
+        delta_bits,
         masks,
         bodies,
     })
@@ -393,6 +445,10 @@ impl CiphertextView<'_> {
         self.value_count
     }
 
+    pub fn delta_bits(&self) -> u32 {
+        self.delta_bits
+    }
+
     pub fn to_ciphertext(&self) -> Result<Ciphertext, WireError> {
         let masks = self
             .masks
@@ -402,7 +458,12 @@ impl CiphertextView<'_> {
         let bodies = (0..self.value_count)
             .map(|i| body_at(self.bodies, i))
             .collect();
-        Ok(Ciphertext::from_parts(self.value_count, masks, bodies)?)
+        Ok(Ciphertext::from_parts(
+            self.value_count,
+            self.delta_bits,
+            masks,
+            bodies,
+        )?)
     }
 
     /// acc += weight * self, read straight from the encoded bytes.
@@ -416,7 +477,7 @@ impl CiphertextView<'_> {
         let first = terms
             .first()
             .ok_or_else(|| HeError::Mismatch("a weighted sum needs at least one term".into()))?;
-        let mut acc = Ciphertext::zero(first.0.value_count);
+        let mut acc = Ciphertext::zero(first.0.value_count, first.0.delta_bits);
         Self::accumulate(&mut acc, terms)?;
         Ok(acc)
     }
@@ -427,13 +488,7 @@ impl CiphertextView<'_> {
     ) -> Result<(), HeError> {
         use rayon::prelude::*;
         for (term, _) in terms {
-            if term.value_count != acc.value_count() {
-                return Err(HeError::Mismatch(format!(
-                    "cannot add a ciphertext of {} values to one of {}",
-                    term.value_count,
-                    acc.value_count()
-                )));
-            }
+            acc.check_same_shape(term.value_count, term.delta_bits)?;
         }
         const BLOCK: usize = 4096;
         let (masks, bodies) = acc.parts_mut();

@@ -33,10 +33,10 @@ fn samples() -> &'static Samples {
             .prepare()
             .encrypt(&[1, -2, 3, -4, 5], &budget, &mut rng)
             .unwrap();
-        let digest = ciphertext_digest(&ciphertext);
+        let bound = BoundCiphertext::new(ciphertext.clone());
         let quorum = Quorum::new(&common::config(), vec![0, 1]).unwrap();
         let partial = keys.shares[1]
-            .partial_decrypt(&ciphertext, digest, &quorum, &budget, &mut rng)
+            .partial_decrypt(&bound, &quorum, &budget, &mut rng)
             .unwrap();
         Samples {
             contribution,
@@ -194,8 +194,23 @@ fn oversized_counts_are_refused_before_allocation() {
     // A count within the limit but not backed by bytes is a length error, also before allocation.
     let mut bytes = samples().ciphertext[..25].to_vec();
     bytes.extend_from_slice(&(1u64 << 20).to_le_bytes());
+    bytes.push(69);
     let err = decode_ciphertext(&bytes, DecodeLimits::default()).unwrap_err();
     assert!(matches!(err, WireError::WrongLength { .. }), "{err}");
+    // An impossible message scale is refused.
+    let mut bytes = samples().ciphertext.clone();
+    bytes[33] = 0;
+    let err = decode_ciphertext(&bytes, DecodeLimits::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::Invalid {
+                field: "message scale",
+                ..
+            }
+        ),
+        "{err}"
+    );
     // A caller's tighter limit applies.
     let err = decode_ciphertext(&samples().ciphertext, DecodeLimits { max_values: 4 }).unwrap_err();
     assert!(

@@ -25,6 +25,10 @@ const TAIL_SIGMAS: f64 = 9.42;
 /// 2^-LIFETIME_DISTANCE_BITS.
 pub const LIFETIME_DISTANCE_BITS: u32 = 16;
 
+/// Largest smudging margin accepted: beyond it the message space is gone anyway, and the bound
+/// keeps every shift and sum below in range.
+pub const MAX_KAPPA: u32 = 80;
+
 /// What a consortium intends to do with one key, to be checked before a ceremony or round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BudgetRequest {
@@ -44,20 +48,15 @@ pub struct BudgetRequest {
 }
 
 /// The outcome: where messages sit in the 128-bit word and how much noise each member adds.
+/// Only [`Budget::compute`] makes one, so every budget in use has passed its checks.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Budget {
-    pub request: BudgetRequest,
-    /// Messages are encoded as m * 2^delta_bits.
-    pub delta_bits: u32,
-    /// Each member smudges with noise uniform in [-2^smudging_bits, 2^smudging_bits).
-    pub smudging_bits: u32,
-    /// Bits to spare between the largest possible aggregate and the top of the message space.
-    pub spare_bits: u32,
-    /// log2 of the high-probability bound of one fresh encryption's noise.
-    pub fresh_noise_bits: f64,
-    /// log2 of the high-probability bound of the secret-dependent noise of one ciphertext as
-    /// sent (fresh noise plus mask rounding).
-    pub ciphertext_noise_bits: f64,
+    request: BudgetRequest,
+    delta_bits: u32,
+    smudging_bits: u32,
+    spare_bits: u32,
+    fresh_noise_bits: f64,
+    ciphertext_noise_bits: f64,
 }
 
 impl Budget {
@@ -66,7 +65,7 @@ impl Budget {
         Self::compute_for(&QUORATE_RLWE128_V1, request)
     }
 
-    pub fn compute_for(params: &ParameterSet, request: BudgetRequest) -> Result<Self, HeError> {
+    fn compute_for(params: &ParameterSet, request: BudgetRequest) -> Result<Self, HeError> {
         let BudgetRequest {
             config,
             max_contributions,
@@ -75,10 +74,15 @@ impl Budget {
             kappa,
             rounds,
         } = request;
-        if kappa < params.min_kappa {
+        if kappa < params.min_kappa || kappa > MAX_KAPPA {
             return Err(HeError::Budget(format!(
-                "kappa = {kappa} is below the minimum of {} bits of smudging margin",
+                "kappa = {kappa}: the smudging margin must be between {} and {MAX_KAPPA} bits",
                 params.min_kappa
+            )));
+        }
+        if value_bits == 0 || value_bits > 62 {
+            return Err(HeError::Budget(format!(
+                "value_bits = {value_bits}: values must take between 1 and 62 bits"
             )));
         }
         if max_contributions == 0 || weight_bound == 0 || rounds == 0 {
@@ -104,7 +108,9 @@ impl Budget {
         let l1 = f64::from(max_contributions) * weight_bound as f64 * f64::from(rounds);
         let l1_bits = l1.log2();
         let secret_noise_bits = ciphertext_noise_bits + l1_bits;
-        let smudging_bits = (secret_noise_bits.ceil() as u32) + kappa;
+        // Both terms are bounded (noise below 2^30 per unit weight, L1 below 2^128, kappa <= 80),
+        // so the sum cannot overflow; anything past 2^120 leaves no message space.
+        let smudging_bits = (secret_noise_bits.ceil() as u32).saturating_add(kappa);
         if smudging_bits >= 120 {
             return Err(HeError::Budget(format!(
                 "smudging would need 2^{smudging_bits}: too many contributions or rounds"
@@ -118,6 +124,11 @@ impl Budget {
             + threshold * (f64::from(smudging_bits).exp2() + share_rounding);
         // |error| < Delta / 2, with one bit of margin for the floating-point estimate.
         let delta_bits = total_error.log2().ceil() as u32 + 2;
+        if delta_bits >= 127 {
+            return Err(HeError::Budget(format!(
+                "the decryption error would reach 2^{delta_bits}: too many contributions or rounds"
+            )));
+        }
         let message_bits = i64::from(value_bits) + l1_bits.ceil() as i64;
         // Signed messages live in [-2^(127 - delta), 2^(127 - delta)).
         let available = 127 - i64::from(delta_bits);
@@ -140,6 +151,36 @@ impl Budget {
             fresh_noise_bits,
             ciphertext_noise_bits,
         })
+    }
+
+    pub fn request(&self) -> &BudgetRequest {
+        &self.request
+    }
+
+    /// Messages are encoded as m * 2^delta_bits.
+    pub fn delta_bits(&self) -> u32 {
+        self.delta_bits
+    }
+
+    /// Each quorum member smudges with noise uniform in [-2^smudging_bits, 2^smudging_bits).
+    pub fn smudging_bits(&self) -> u32 {
+        self.smudging_bits
+    }
+
+    /// Bits to spare between the largest possible aggregate and the top of the message space.
+    pub fn spare_bits(&self) -> u32 {
+        self.spare_bits
+    }
+
+    /// log2 of the high-probability bound of one fresh encryption's noise.
+    pub fn fresh_noise_bits(&self) -> f64 {
+        self.fresh_noise_bits
+    }
+
+    /// log2 of the high-probability bound of the secret-dependent noise of one ciphertext as
+    /// sent (fresh noise plus mask rounding), per unit of weight.
+    pub fn ciphertext_noise_bits(&self) -> f64 {
+        self.ciphertext_noise_bits
     }
 
     /// Largest absolute value one contribution may hold.
@@ -186,6 +227,24 @@ impl LifetimeLedger {
         }
         self.revealed = after;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// A valid budget for `config` whose Delta differs from the small-value budgets in tests.
+    pub(crate) fn budget_with_other_delta(config: ThresholdConfig) -> Budget {
+        Budget::compute(BudgetRequest {
+            config,
+            max_contributions: 1000,
+            weight_bound: 1000,
+            value_bits: 8,
+            kappa: 40,
+            rounds: 1,
+        })
+        .expect("a small request fits")
     }
 }
 

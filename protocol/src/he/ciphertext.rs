@@ -8,7 +8,7 @@
 //! their top 120 bits: 15 + 8 bytes per value.
 
 use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha12Rng;
+use rand_chacha::{ChaCha12Rng, ChaCha20Rng};
 use rand_core::{CryptoRng, RngCore};
 use rayon::prelude::*;
 
@@ -23,6 +23,9 @@ pub const MAX_VALUES: u64 = 1 << 26;
 #[derive(Clone, PartialEq, Eq)]
 pub struct Ciphertext {
     pub(crate) value_count: usize,
+    /// The scale messages were encoded at (m * 2^delta_bits): ciphertexts of different scales
+    /// never add up, and a decryption with another scale is refused.
+    pub(crate) delta_bits: u32,
     /// One mask polynomial per bin, bins * N coefficients.
     pub(crate) masks: Vec<u128>,
     /// Top 64 bits of each value's body.
@@ -31,7 +34,11 @@ pub struct Ciphertext {
 
 impl std::fmt::Debug for Ciphertext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Ciphertext({} values)", self.value_count)
+        write!(
+            f,
+            "Ciphertext({} values at 2^{})",
+            self.value_count, self.delta_bits
+        )
     }
 }
 
@@ -56,9 +63,10 @@ pub(crate) fn round_mask(mask: u128) -> u128 {
 
 impl Ciphertext {
     /// The trivial encryption of zeros: the neutral element for sums.
-    pub fn zero(value_count: usize) -> Self {
+    pub fn zero(value_count: usize, delta_bits: u32) -> Self {
         Self {
             value_count,
+            delta_bits,
             masks: vec![0; bin_count(value_count) * POLYNOMIAL_SIZE],
             bodies: vec![0; value_count],
         }
@@ -67,6 +75,7 @@ impl Ciphertext {
     /// Builds a ciphertext from decoded parts; masks must already be multiples of 2^8.
     pub(crate) fn from_parts(
         value_count: usize,
+        delta_bits: u32,
         masks: Vec<u128>,
         bodies: Vec<u64>,
     ) -> Result<Self, HeError> {
@@ -79,8 +88,14 @@ impl Ciphertext {
                 bodies.len()
             )));
         }
+        if !(1..128).contains(&delta_bits) {
+            return Err(HeError::Mismatch(format!(
+                "a message scale of 2^{delta_bits} is impossible"
+            )));
+        }
         Ok(Self {
             value_count,
+            delta_bits,
             masks,
             bodies,
         })
@@ -102,11 +117,19 @@ impl Ciphertext {
         &self.bodies
     }
 
-    fn check_same_shape(&self, other_values: usize) -> Result<(), HeError> {
-        if self.value_count != other_values {
+    pub fn delta_bits(&self) -> u32 {
+        self.delta_bits
+    }
+
+    pub(crate) fn check_same_shape(
+        &self,
+        value_count: usize,
+        delta_bits: u32,
+    ) -> Result<(), HeError> {
+        if self.value_count != value_count || self.delta_bits != delta_bits {
             return Err(HeError::Mismatch(format!(
-                "cannot combine ciphertexts of {} and {other_values} values",
-                self.value_count
+                "cannot combine ciphertexts of {} values at 2^{} and {value_count} values at 2^{delta_bits}",
+                self.value_count, self.delta_bits
             )));
         }
         Ok(())
@@ -119,7 +142,7 @@ impl Ciphertext {
 
     /// self += weight * other.
     pub fn add_weighted(&mut self, other: &Ciphertext, weight: i64) -> Result<(), HeError> {
-        self.check_same_shape(other.value_count)?;
+        self.check_same_shape(other.value_count, other.delta_bits)?;
         let w128 = weight as i128 as u128;
         let w64 = weight as u64;
         for (acc, value) in self.masks.iter_mut().zip(&other.masks) {
@@ -137,9 +160,9 @@ impl Ciphertext {
         let first = terms
             .first()
             .ok_or_else(|| HeError::Mismatch("a weighted sum needs at least one term".into()))?;
-        let mut acc = Ciphertext::zero(first.0.value_count);
+        let mut acc = Ciphertext::zero(first.0.value_count, first.0.delta_bits);
         for (term, _) in terms {
-            acc.check_same_shape(term.value_count)?;
+            acc.check_same_shape(term.value_count, term.delta_bits)?;
         }
         const BLOCK: usize = 4096;
         acc.masks
@@ -191,30 +214,29 @@ impl EncryptionKey {
             return Err(HeError::ValueOutOfRange {
                 index,
                 value: messages[index],
-                bits: budget.request.value_bits,
+                bits: budget.request().value_bits,
             });
         }
-        let delta = budget.delta_bits;
-        Ok(self.encrypt_with(messages, |m| (*m as i128 as u128) << delta, rng))
+        let delta = budget.delta_bits();
+        Ok(self.encrypt_with(messages, delta, |m| (*m as i128 as u128) << delta, rng))
     }
 
-    /// A fresh encryption of zeros, to re-randomise a ciphertext before a retried decryption.
-    pub fn encrypt_zeros<R: RngCore + CryptoRng>(
-        &self,
-        value_count: usize,
-        rng: &mut R,
-    ) -> Ciphertext {
-        self.encrypt_with(&vec![(); value_count], |()| 0, rng)
-    }
-
-    /// Adds a fresh encryption of zero: the plaintext stays, the ciphertext becomes unlinkable
-    /// to any earlier partial decryption.
-    pub fn rerandomize<R: RngCore + CryptoRng>(
-        &self,
-        ciphertext: &mut Ciphertext,
-        rng: &mut R,
-    ) -> Result<(), HeError> {
-        let zeros = self.encrypt_zeros(ciphertext.value_count, rng);
+    /// Re-randomises a ciphertext before a retried decryption by adding an encryption of zero
+    /// whose randomness is expanded from `seed`.
+    ///
+    /// The seed is public (the decryption request names it), so every member recomputes the
+    /// same term and can check the retried ciphertext. Whoever chose the term freely could
+    /// otherwise add a malformed "encryption of zero" (say, a scaled unit in the mask) whose
+    /// decryption reveals the collective secret. Knowing the term's randomness costs nothing:
+    /// the retry only needs a ciphertext no member has partially decrypted before.
+    pub fn rerandomize(&self, ciphertext: &mut Ciphertext, seed: [u8; 32]) -> Result<(), HeError> {
+        let mut stream = ChaCha20Rng::from_seed(seed);
+        let zeros = self.encrypt_with(
+            &vec![(); ciphertext.value_count],
+            ciphertext.delta_bits,
+            |()| 0,
+            &mut stream,
+        );
         ciphertext.add_assign(&zeros)
     }
 
@@ -223,14 +245,15 @@ impl EncryptionKey {
     fn encrypt_with<M: Sync, R: RngCore + CryptoRng>(
         &self,
         messages: &[M],
+        delta_bits: u32,
         encode: impl Fn(&M) -> u128 + Sync,
         rng: &mut R,
     ) -> Ciphertext {
         let value_count = messages.len();
-        let mut ciphertext = Ciphertext::zero(value_count);
+        let mut ciphertext = Ciphertext::zero(value_count, delta_bits);
         // One independent stream per bin, drawn in order, so the result does not depend on how
         // many threads run the bins.
-        let seeds: Vec<[u8; 32]> = (0..ciphertext.bin_count()).map(|_| rng.r#gen()).collect();
+        let mut seeds: Vec<[u8; 32]> = (0..ciphertext.bin_count()).map(|_| rng.r#gen()).collect();
         let sampler = GaussianSampler::standard();
         ciphertext
             .masks
@@ -269,6 +292,7 @@ impl EncryptionKey {
                     }
                 },
             );
+        zeroize::Zeroize::zeroize(&mut seeds);
         ciphertext
     }
 
@@ -308,10 +332,20 @@ impl EncryptionKey {
     }
 }
 
+/// Scratch space of one bin's encryption; it holds the transform of r and b * rev(r), which
+/// would strip the encryption, so it is wiped when dropped.
 pub(crate) struct EncryptWork {
     binary_form: super::ntt::BinaryForm,
     scratch: super::ntt::BinaryForm,
     product: Vec<u128>,
+}
+
+impl Drop for EncryptWork {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.binary_form);
+        zeroize::Zeroize::zeroize(&mut self.scratch);
+        zeroize::Zeroize::zeroize(&mut self.product);
+    }
 }
 
 impl EncryptWork {

@@ -11,6 +11,7 @@ use super::keys::KeyShare;
 use super::ntt::{FullForm, NttContext};
 use super::sampling::add_smudging;
 use super::{Budget, HeError, POLYNOMIAL_SIZE, Quorum, Subset};
+use crate::wire::BoundCiphertext;
 
 /// SHA-256 of a ciphertext's canonical encoding: what a decryption request names and what
 /// every partial decryption is bound to.
@@ -48,16 +49,21 @@ impl std::fmt::Debug for PartialDecryption {
 }
 
 impl KeyShare {
-    /// This member's partial decryption of `ciphertext` for `quorum`. The caller (the node's
-    /// release policy) decides whether it may be released at all.
+    /// This member's partial decryption of `ciphertext` for `quorum`, bound to the
+    /// ciphertext's digest. The caller (the node's release policy) decides whether it may be
+    /// released at all, and records the release against that same digest.
     pub fn partial_decrypt<R: RngCore + CryptoRng>(
         &self,
-        ciphertext: &Ciphertext,
-        digest: CiphertextDigest,
+        ciphertext: &BoundCiphertext,
         quorum: &Quorum,
         budget: &Budget,
         rng: &mut R,
     ) -> Result<PartialDecryption, HeError> {
+        if quorum.config() != &self.config {
+            return Err(HeError::Mismatch(
+                "the quorum was formed for another threshold configuration".into(),
+            ));
+        }
         if !quorum.contains(self.party) {
             return Err(HeError::Mismatch(format!(
                 "party {} is not in the quorum {:?}",
@@ -65,7 +71,7 @@ impl KeyShare {
                 quorum.members()
             )));
         }
-        if budget.request.config != self.config {
+        if budget.request().config != self.config {
             return Err(HeError::Mismatch(
                 "the budget was computed for another threshold configuration".into(),
             ));
@@ -74,26 +80,40 @@ impl KeyShare {
             .config
             .share_subsets()
             .into_iter()
-            .filter(|&subset| quorum.assignee(subset) == self.party)
+            .filter(|&subset| quorum.assignee(subset) == Some(self.party))
             .collect();
-        let values = self.partial_decrypt_subsets(ciphertext, &assigned, budget.smudging_bits, rng);
+        let values = self.partial_decrypt_subsets(
+            ciphertext.ciphertext(),
+            &assigned,
+            budget.smudging_bits(),
+            rng,
+        )?;
         Ok(PartialDecryption {
             party: self.party,
             quorum: quorum.members().to_vec(),
-            ciphertext: digest,
+            ciphertext: ciphertext.digest(),
             values,
         })
     }
 
     /// The smudged, rounded inner products of every bin's mask with the sum of the shares of
-    /// `subsets` (all of which this member must hold).
+    /// `subsets`, all of which this member must hold.
     pub(crate) fn partial_decrypt_subsets<R: RngCore + CryptoRng>(
         &self,
         ciphertext: &Ciphertext,
         subsets: &[Subset],
         smudging_bits: u32,
         rng: &mut R,
-    ) -> Vec<u64> {
+    ) -> Result<Vec<u64>, HeError> {
+        if let Some(missing) = subsets
+            .iter()
+            .find(|subset| !self.subshares.iter().any(|s| s.subset == **subset))
+        {
+            return Err(HeError::Mismatch(format!(
+                "party {} does not hold the share of {missing:?}",
+                self.party
+            )));
+        }
         let context = NttContext::get();
         // F_j = sum of the assigned pieces; <mask_k, F_j> = (A * rev(F_j))[N-1-k].
         let mut reversed_sum = vec![0u128; POLYNOMIAL_SIZE];
@@ -113,7 +133,7 @@ impl KeyShare {
         context.full_form(&reversed_sum, &mut key_form);
         reversed_sum.zeroize();
 
-        let seeds: Vec<[u8; 32]> = (0..ciphertext.bin_count()).map(|_| rng.r#gen()).collect();
+        let mut seeds: Vec<[u8; 32]> = (0..ciphertext.bin_count()).map(|_| rng.r#gen()).collect();
         let mut out = vec![0u64; ciphertext.value_count];
         out.par_chunks_mut(POLYNOMIAL_SIZE)
             .zip(ciphertext.masks.par_chunks(POLYNOMIAL_SIZE))
@@ -134,7 +154,8 @@ impl KeyShare {
                 },
             );
         key_form.zeroize();
-        out
+        seeds.zeroize();
+        Ok(out)
     }
 }
 
@@ -165,12 +186,20 @@ impl Drop for PartialScratch {
 
 /// Combines the partial decryptions of the whole quorum and decodes the messages.
 pub fn combine(
-    ciphertext: &Ciphertext,
-    digest: CiphertextDigest,
+    ciphertext: &BoundCiphertext,
     quorum: &Quorum,
     partials: &[PartialDecryption],
     budget: &Budget,
 ) -> Result<Vec<i64>, HeError> {
+    let digest = ciphertext.digest();
+    let ciphertext = ciphertext.ciphertext();
+    if ciphertext.delta_bits != budget.delta_bits() {
+        return Err(HeError::Mismatch(format!(
+            "the ciphertext encodes messages at 2^{}, the budget at 2^{}",
+            ciphertext.delta_bits,
+            budget.delta_bits()
+        )));
+    }
     let mut seen = 0u16;
     for partial in partials {
         if partial.ciphertext != digest {
@@ -218,7 +247,11 @@ pub fn combine(
         )));
     }
     let shares: Vec<&[u64]> = partials.iter().map(|p| p.values.as_slice()).collect();
-    Ok(combine_raw(&ciphertext.bodies, &shares, budget.delta_bits))
+    Ok(combine_raw(
+        &ciphertext.bodies,
+        &shares,
+        budget.delta_bits(),
+    ))
 }
 
 /// body - sum of shares, then signed rounding by Delta. Everything lives in the top 64 bits

@@ -24,6 +24,14 @@ pub(crate) struct BinaryForm([Vec<u32>; BINARY_PRIMES]);
 #[derive(Clone)]
 pub(crate) struct FullForm([Vec<u32>; FULL_PRIMES]);
 
+impl zeroize::Zeroize for BinaryForm {
+    fn zeroize(&mut self) {
+        for residues in &mut self.0 {
+            residues.zeroize();
+        }
+    }
+}
+
 impl zeroize::Zeroize for FullForm {
     fn zeroize(&mut self) {
         for residues in &mut self.0 {

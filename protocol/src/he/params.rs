@@ -144,6 +144,7 @@ impl Subset {
 /// split without talking to each other.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Quorum {
+    config: ThresholdConfig,
     members: Vec<u8>,
 }
 
@@ -161,7 +162,14 @@ impl Quorum {
         for &member in &members {
             config.check_party(member)?;
         }
-        Ok(Self { members })
+        Ok(Self {
+            config: *config,
+            members,
+        })
+    }
+
+    pub fn config(&self) -> &ThresholdConfig {
+        &self.config
     }
 
     pub fn members(&self) -> &[u8] {
@@ -172,14 +180,13 @@ impl Quorum {
         self.members.contains(&party)
     }
 
-    /// The quorum member responsible for decrypting with share `subset`.
-    pub fn assignee(&self, subset: Subset) -> u8 {
-        // |Q| = t > t - 1 = |U|, so some member lies outside U.
+    /// The quorum member responsible for decrypting with share `subset`: the lowest-indexed
+    /// member outside it. Every (t-1)-subset has one, since |Q| = t.
+    pub fn assignee(&self, subset: Subset) -> Option<u8> {
         self.members
             .iter()
             .copied()
             .find(|&member| !subset.contains(member))
-            .unwrap_or(self.members[0])
     }
 }
 
@@ -224,7 +231,7 @@ mod tests {
         let quorum = Quorum::new(&config, vec![6, 1, 3, 4]).unwrap();
         assert_eq!(quorum.members(), &[1, 3, 4, 6]);
         for subset in config.share_subsets() {
-            let assignee = quorum.assignee(subset);
+            let assignee = quorum.assignee(subset).unwrap();
             assert!(quorum.contains(assignee) && !subset.contains(assignee));
         }
         assert!(Quorum::new(&config, vec![1, 1, 2, 3]).is_err());

@@ -108,6 +108,7 @@ pub fn fill_binary<R: RngCore + CryptoRng>(rng: &mut R, out: &mut [u128]) {
     for (index, value) in out.iter_mut().enumerate() {
         *value = u128::from((bytes[index / 8] >> (index % 8)) & 1);
     }
+    zeroize::Zeroize::zeroize(&mut bytes);
 }
 
 /// Fills `out` with uniform values mod 2^128.
@@ -160,12 +161,15 @@ pub fn add_smudging<R: RngCore + CryptoRng>(rng: &mut R, values: &mut [u128], bi
             let noise = (u128::from(*word) & mask).wrapping_sub(offset);
             *value = value.wrapping_add(noise);
         }
+        // The noise would reveal the unsmudged inner product, hence the share.
+        zeroize::Zeroize::zeroize(&mut words);
     } else {
         let mut noise = vec![0u128; values.len()];
         fill_uniform(rng, &mut noise);
         for (value, noise) in values.iter_mut().zip(&noise) {
             *value = value.wrapping_add((noise & mask).wrapping_sub(offset));
         }
+        zeroize::Zeroize::zeroize(&mut noise);
     }
 }
 

@@ -15,6 +15,7 @@ use super::decrypt::combine_raw;
 use super::keys::{SecretContribution, tfhe_noise_distribution};
 use super::ntt::NttContext;
 use super::*;
+use crate::wire::BoundCiphertext;
 
 /// Keys with the collective secret kept, which only a test may do.
 struct TestKeys {
@@ -203,10 +204,10 @@ fn fast_ciphertexts_decrypt_under_tfhe_and_partials_match_tfhe_expansion() {
     let mut scratch = context.new_full_form();
     let mut product = vec![0u128; POLYNOMIAL_SIZE];
 
-    let half = 1u128 << (budget.delta_bits - 1);
+    let half = 1u128 << (budget.delta_bits() - 1);
     for (index, lwe) in expanded.iter().enumerate() {
         let phase = decrypt_lwe_ciphertext(&secret, &lwe).0;
-        let decoded = ((phase.wrapping_add(half) as i128) >> budget.delta_bits) as i64;
+        let decoded = ((phase.wrapping_add(half) as i128) >> budget.delta_bits()) as i64;
         assert_eq!(decoded, messages[index], "tfhe decryption of value {index}");
 
         let bin = index / POLYNOMIAL_SIZE;
@@ -235,8 +236,9 @@ fn all_subsets_of_size(n: u8, size: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Every t-subset decrypts the aggregate exactly; every (t-1)-subset, doing the best it can
-/// with the shares it holds, gets essentially nothing right.
+/// Every t-subset decrypts the aggregate exactly; every (t-1)-subset lacks exactly the share of
+/// the subset it forms and, doing the best it can with the shares it holds, gets essentially
+/// nothing right.
 fn check_threshold(n: u8, t: u8, seed: u64) {
     let config = ThresholdConfig::new(n, t).unwrap();
     let keys = test_keys(&config, seed);
@@ -255,8 +257,7 @@ fn check_threshold(n: u8, t: u8, seed: u64) {
         .map(|m| key.encrypt(m, &budget, &mut rng).unwrap())
         .collect();
     let terms: Vec<(&Ciphertext, i64)> = ciphertexts.iter().map(|c| (c, 1)).collect();
-    let aggregate = Ciphertext::weighted_sum(&terms).unwrap();
-    let digest = crate::wire::ciphertext_digest(&aggregate);
+    let aggregate = BoundCiphertext::new(Ciphertext::weighted_sum(&terms).unwrap());
 
     for members in all_subsets_of_size(n, usize::from(t)) {
         let quorum = Quorum::new(&config, members.clone()).unwrap();
@@ -264,36 +265,63 @@ fn check_threshold(n: u8, t: u8, seed: u64) {
             .iter()
             .map(|&m| {
                 keys.shares[usize::from(m)]
-                    .partial_decrypt(&aggregate, digest, &quorum, &budget, &mut rng)
+                    .partial_decrypt(&aggregate, &quorum, &budget, &mut rng)
                     .unwrap()
             })
             .collect();
-        let decrypted = combine(&aggregate, digest, &quorum, &partials, &budget).unwrap();
+        let decrypted = combine(&aggregate, &quorum, &partials, &budget).unwrap();
         assert_eq!(decrypted, expected, "quorum {members:?} of {t}-of-{n}");
     }
 
     let subsets = config.share_subsets();
     let mut worst = 0.0f64;
     for members in all_subsets_of_size(n, usize::from(t) - 1) {
+        let coalition = Subset(members.iter().fold(0u16, |bits, &m| bits | (1 << m)));
+        let held: Vec<Subset> = subsets
+            .iter()
+            .copied()
+            .filter(|u| {
+                members.iter().any(|&m| {
+                    keys.shares[usize::from(m)]
+                        .subshares()
+                        .iter()
+                        .any(|s| s.subset == *u)
+                })
+            })
+            .collect();
+        let missing: Vec<Subset> = subsets
+            .iter()
+            .copied()
+            .filter(|u| !held.contains(u))
+            .collect();
+        assert_eq!(
+            missing,
+            vec![coalition],
+            "coalition {members:?} must miss exactly its own share"
+        );
+
         let mut shares = Vec::new();
         for &member in &members {
-            let assigned: Vec<Subset> = subsets
+            let assigned: Vec<Subset> = held
                 .iter()
                 .copied()
                 .filter(|u| members.iter().copied().find(|&m| !u.contains(m)) == Some(member))
                 .collect();
-            shares.push(keys.shares[usize::from(member)].partial_decrypt_subsets(
-                &aggregate,
-                &assigned,
-                budget.smudging_bits,
-                &mut rng,
-            ));
+            shares.push(
+                keys.shares[usize::from(member)]
+                    .partial_decrypt_subsets(
+                        aggregate.ciphertext(),
+                        &assigned,
+                        budget.smudging_bits(),
+                        &mut rng,
+                    )
+                    .unwrap(),
+            );
         }
         let refs: Vec<&[u64]> = shares.iter().map(Vec::as_slice).collect();
-        let guess = combine_raw(aggregate.bodies(), &refs, budget.delta_bits);
+        let guess = combine_raw(aggregate.ciphertext().bodies(), &refs, budget.delta_bits());
         let right = guess.iter().zip(&expected).filter(|(a, b)| a == b).count();
-        let fraction = right as f64 / count as f64;
-        worst = worst.max(fraction);
+        worst = worst.max(right as f64 / count as f64);
     }
     println!("{t}-of-{n}: best (t-1)-subset decrypted a fraction {worst:.2e} of values right");
     assert!(
@@ -321,45 +349,48 @@ fn extreme_values_and_weights_at_the_budget_limit_decrypt_exactly() {
     let weight = 1u64 << 10;
     let probe = budget(config, 20, contributions, weight);
     // The largest value width the budget admits for this configuration.
-    let budget = budget(config, 20 + probe.spare_bits, contributions, weight);
-    assert_eq!(budget.spare_bits, 0);
+    let budget = budget(config, 20 + probe.spare_bits(), contributions, weight);
+    assert_eq!(budget.spare_bits(), 0);
     let max = budget.max_value();
     let count = 2 * POLYNOMIAL_SIZE;
     let mut rng = ChaCha20Rng::seed_from_u64(41);
+    // Every third coordinate holds +max in every contribution and the next one -max, so the
+    // weighted sums there reach the very top and bottom of what the budget allows.
     let ciphertexts: Vec<(Ciphertext, i64, Vec<i64>)> = (0..contributions)
-        .map(|i| {
-            let sign = if i % 2 == 0 { 1 } else { -1 };
+        .map(|_| {
             let values: Vec<i64> = (0..count)
-                .map(|j| {
-                    if j % 3 == 0 {
-                        sign * max
-                    } else {
-                        rng.gen_range(-max..=max)
-                    }
+                .map(|j| match j % 3 {
+                    0 => max,
+                    1 => -max,
+                    _ => rng.gen_range(-max..=max),
                 })
                 .collect();
             let ct = key.encrypt(&values, &budget, &mut rng).unwrap();
             (ct, weight as i64, values)
         })
         .collect();
-    // All-positive extremes in the first coordinates hit the top of the message range.
     let expected: Vec<i64> = (0..count)
         .map(|j| ciphertexts.iter().map(|(_, w, v)| w * v[j]).sum())
         .collect();
+    let top = i64::from(contributions) * weight as i64 * max;
+    assert_eq!(expected[0], top);
+    assert!(
+        top > (1i64 << (126 - budget.delta_bits())),
+        "the test must reach the top bit"
+    );
     let terms: Vec<(&Ciphertext, i64)> = ciphertexts.iter().map(|(c, w, _)| (c, *w)).collect();
-    let aggregate = Ciphertext::weighted_sum(&terms).unwrap();
-    let digest = crate::wire::ciphertext_digest(&aggregate);
+    let aggregate = BoundCiphertext::new(Ciphertext::weighted_sum(&terms).unwrap());
     let quorum = Quorum::new(&config, vec![0, 2, 4]).unwrap();
     let partials: Vec<_> = [0usize, 2, 4]
         .iter()
         .map(|&m| {
             keys.shares[m]
-                .partial_decrypt(&aggregate, digest, &quorum, &budget, &mut rng)
+                .partial_decrypt(&aggregate, &quorum, &budget, &mut rng)
                 .unwrap()
         })
         .collect();
     assert_eq!(
-        combine(&aggregate, digest, &quorum, &partials, &budget).unwrap(),
+        combine(&aggregate, &quorum, &partials, &budget).unwrap(),
         expected
     );
     // And a value one past the limit is refused at encryption.
@@ -367,6 +398,113 @@ fn extreme_values_and_weights_at_the_budget_limit_decrypt_exactly() {
         key.encrypt(&[max + 1], &budget, &mut rng),
         Err(HeError::ValueOutOfRange { index: 0, .. })
     ));
+}
+
+/// The budget's noise bound is neither violated nor vacuous: the secret-dependent noise of
+/// real ciphertexts as sent (fresh encryption plus mask rounding) stays below
+/// 2^ciphertext_noise_bits and comes within a few bits of it.
+#[test]
+fn measured_ciphertext_noise_stays_under_the_budget_bound() {
+    let config = ThresholdConfig::new(5, 3).unwrap();
+    let keys = test_keys(&config, 45);
+    let key = keys.public_key.prepare();
+    let budget = budget(config, 20, 1, 1);
+    let mut rng = ChaCha20Rng::seed_from_u64(46);
+    let context = NttContext::get();
+    let reversed: Vec<u128> = keys.collective_secret.iter().rev().copied().collect();
+    let mut secret_form = context.new_full_form();
+    context.full_form(&reversed, &mut secret_form);
+    let mut scratch = context.new_full_form();
+    let mut product = vec![0u128; POLYNOMIAL_SIZE];
+    let mut work = EncryptWork::new();
+    let mut largest = 0u128;
+    for _ in 0..4 {
+        let mut binary = vec![0u128; POLYNOMIAL_SIZE];
+        let mut mask_noise = vec![0u128; POLYNOMIAL_SIZE];
+        let mut body_noise = vec![0u128; POLYNOMIAL_SIZE];
+        sampling::fill_binary(&mut rng, &mut binary);
+        sampling::GaussianSampler::standard().fill_u128(&mut rng, &mut mask_noise);
+        sampling::GaussianSampler::standard().fill_u128(&mut rng, &mut body_noise);
+        let plaintexts = vec![0u128; POLYNOMIAL_SIZE];
+        let mut mask = vec![0u128; POLYNOMIAL_SIZE];
+        let mut body = vec![0u128; POLYNOMIAL_SIZE];
+        key.encrypt_bin(
+            &plaintexts,
+            &BinRandomness {
+                binary: &binary,
+                mask_noise: &mask_noise,
+                body_noise: &body_noise,
+            },
+            &mut work,
+            &mut mask,
+            &mut body,
+        );
+        let mask: Vec<u128> = mask.iter().map(|&m| round_mask(m)).collect();
+        context.full_product(&mask, &secret_form, &mut scratch, &mut product);
+        for k in 0..POLYNOMIAL_SIZE {
+            let noise = body[k].wrapping_sub(product[POLYNOMIAL_SIZE - 1 - k]) as i128;
+            largest = largest.max(noise.unsigned_abs());
+        }
+    }
+    let bound = budget.ciphertext_noise_bits().exp2() as u128;
+    println!(
+        "largest noise 2^{:.2}, bound 2^{:.2}",
+        (largest as f64).log2(),
+        budget.ciphertext_noise_bits()
+    );
+    assert!(largest < bound, "noise {largest} exceeds the bound {bound}");
+    assert!(
+        largest > bound >> 4,
+        "the bound {bound} is far from the noise {largest}"
+    );
+}
+
+/// Partial decryptions carry the smudging the budget asks for: their distance from the exact
+/// inner product spreads over +-2^smudging_bits, far beyond the 2^63 of rounding alone.
+#[test]
+fn partial_decryptions_are_smudged_to_the_budget() {
+    let config = ThresholdConfig::new(3, 2).unwrap();
+    let keys = test_keys(&config, 47);
+    let key = keys.public_key.prepare();
+    // Many heavy contributions push the smudging above the 64 dropped bits, where it shows.
+    let budget = budget(config, 8, 4, 1 << 24);
+    let smudging = budget.smudging_bits();
+    assert!(smudging >= 70, "{smudging}");
+    let mut rng = ChaCha20Rng::seed_from_u64(48);
+    let ciphertext = key
+        .encrypt(&vec![0; POLYNOMIAL_SIZE], &budget, &mut rng)
+        .unwrap();
+    let share = &keys.shares[0];
+    let subsets = config.subsets_held_by(0);
+    let partial = share
+        .partial_decrypt_subsets(&ciphertext, &subsets, smudging, &mut rng)
+        .unwrap();
+
+    let context = NttContext::get();
+    let mut sum = vec![0u128; POLYNOMIAL_SIZE];
+    for subshare in share.subshares() {
+        for (acc, v) in sum.iter_mut().zip(subshare.coefficients().iter().rev()) {
+            *acc = acc.wrapping_add(*v);
+        }
+    }
+    let mut form = context.new_full_form();
+    context.full_form(&sum, &mut form);
+    let mut scratch = context.new_full_form();
+    let mut exact = vec![0u128; POLYNOMIAL_SIZE];
+    context.full_product(ciphertext.masks(), &form, &mut scratch, &mut exact);
+    let bound = 1i128 << smudging;
+    let mut wide = 0;
+    for k in 0..POLYNOMIAL_SIZE {
+        let sent = u128::from(partial[k]) << 64;
+        let diff = sent.wrapping_sub(exact[POLYNOMIAL_SIZE - 1 - k]) as i128;
+        assert!(diff.abs() <= bound + (1 << 63), "{diff} at {k}");
+        if diff.abs() > bound / 2 {
+            wide += 1;
+        }
+    }
+    // Uniform noise exceeds half its bound half of the time.
+    let fraction = f64::from(wide) / POLYNOMIAL_SIZE as f64;
+    assert!((0.4..0.6).contains(&fraction), "{fraction}");
 }
 
 #[test]
@@ -377,70 +515,91 @@ fn rerandomized_ciphertext_decrypts_to_the_same_values_with_a_new_digest() {
     let budget = budget(config, 30, 2, 1);
     let mut rng = ChaCha20Rng::seed_from_u64(51);
     let values = random_messages(&mut rng, 500, budget.max_value());
-    let mut ciphertext = key.encrypt(&values, &budget, &mut rng).unwrap();
-    let before = crate::wire::ciphertext_digest(&ciphertext);
-    key.rerandomize(&mut ciphertext, &mut rng).unwrap();
-    let digest = crate::wire::ciphertext_digest(&ciphertext);
-    assert_ne!(before, digest);
+    let original = key.encrypt(&values, &budget, &mut rng).unwrap();
+    let mut retried = original.clone();
+    key.rerandomize(&mut retried, [9; 32]).unwrap();
+    // Every member recomputes the same retried ciphertext from the public seed.
+    let mut recomputed = original.clone();
+    key.rerandomize(&mut recomputed, [9; 32]).unwrap();
+    assert_eq!(retried, recomputed);
+    let retried = BoundCiphertext::new(retried);
+    assert_ne!(BoundCiphertext::new(original).digest(), retried.digest());
     let quorum = Quorum::new(&config, vec![1, 2]).unwrap();
     let partials: Vec<_> = [1usize, 2]
         .iter()
         .map(|&m| {
             keys.shares[m]
-                .partial_decrypt(&ciphertext, digest, &quorum, &budget, &mut rng)
+                .partial_decrypt(&retried, &quorum, &budget, &mut rng)
                 .unwrap()
         })
         .collect();
     assert_eq!(
-        combine(&ciphertext, digest, &quorum, &partials, &budget).unwrap(),
+        combine(&retried, &quorum, &partials, &budget).unwrap(),
         values
     );
 }
 
 #[test]
-fn combine_rejects_partials_for_another_ciphertext_quorum_or_a_missing_member() {
+fn combine_rejects_partials_for_another_ciphertext_quorum_scale_or_a_missing_member() {
     let config = ThresholdConfig::new(3, 2).unwrap();
     let keys = test_keys(&config, 60);
     let key = keys.public_key.prepare();
     let budget = budget(config, 30, 1, 1);
     let mut rng = ChaCha20Rng::seed_from_u64(61);
-    let ciphertext = key.encrypt(&[1, 2, 3], &budget, &mut rng).unwrap();
-    let digest = crate::wire::ciphertext_digest(&ciphertext);
+    let ciphertext = BoundCiphertext::new(key.encrypt(&[1, 2, 3], &budget, &mut rng).unwrap());
     let quorum = Quorum::new(&config, vec![0, 1]).unwrap();
     let partial = |m: usize, rng: &mut ChaCha20Rng| {
         keys.shares[m]
-            .partial_decrypt(&ciphertext, digest, &quorum, &budget, rng)
+            .partial_decrypt(&ciphertext, &quorum, &budget, rng)
             .unwrap()
     };
     let good = vec![partial(0, &mut rng), partial(1, &mut rng)];
     assert_eq!(
-        combine(&ciphertext, digest, &quorum, &good, &budget).unwrap(),
+        combine(&ciphertext, &quorum, &good, &budget).unwrap(),
         vec![1, 2, 3]
     );
 
     let mut other_digest = good.clone();
     other_digest[1].ciphertext = CiphertextDigest([7; 32]);
-    let err = combine(&ciphertext, digest, &quorum, &other_digest, &budget).unwrap_err();
+    let err = combine(&ciphertext, &quorum, &other_digest, &budget).unwrap_err();
     assert!(matches!(err, HeError::Partial { party: 1, .. }), "{err}");
 
-    let err = combine(&ciphertext, digest, &quorum, &good[..1], &budget).unwrap_err();
+    let err = combine(&ciphertext, &quorum, &good[..1], &budget).unwrap_err();
     assert!(err.to_string().contains("1 of 2"), "{err}");
 
     let twice = vec![good[0].clone(), good[0].clone()];
-    assert!(combine(&ciphertext, digest, &quorum, &twice, &budget).is_err());
+    assert!(combine(&ciphertext, &quorum, &twice, &budget).is_err());
 
-    let outsider = keys.shares[2].partial_decrypt(&ciphertext, digest, &quorum, &budget, &mut rng);
+    let outsider = keys.shares[2].partial_decrypt(&ciphertext, &quorum, &budget, &mut rng);
     assert!(outsider.is_err(), "party 2 is not in the quorum");
+
+    let other_scale = budget::tests_support::budget_with_other_delta(config);
+    assert_ne!(other_scale.delta_bits(), budget.delta_bits());
+    let err = combine(&ciphertext, &quorum, &good, &other_scale).unwrap_err();
+    assert!(err.to_string().contains("2^"), "{err}");
+
+    let foreign = Quorum::new(&ThresholdConfig::new(4, 2).unwrap(), vec![0, 1]).unwrap();
+    assert!(
+        keys.shares[0]
+            .partial_decrypt(&ciphertext, &foreign, &budget, &mut rng)
+            .is_err()
+    );
 }
 
 #[test]
-fn secrets_never_show_in_debug_output() {
+fn secrets_never_show_in_debug_output_and_are_wiped_on_drop() {
+    fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    wiped_on_drop::<KeyShare>();
+    wiped_on_drop::<Subshare>();
+    wiped_on_drop::<SecretContribution>();
+
     let config = ThresholdConfig::new(3, 2).unwrap();
     let keys = test_keys(&config, 70);
     let shown = format!("{:?}", keys.shares[0]);
     assert!(shown.contains("<redacted>"), "{shown}");
     let first = keys.shares[0].subshares()[0].coefficients()[0];
     assert!(!shown.contains(&first.to_string()));
+    assert!(!format!("{:?}", keys.shares[0].subshares()[0]).contains(&first.to_string()));
     let mut rng = ChaCha20Rng::seed_from_u64(71);
     let secret = SecretContribution::generate(&mut rng);
     assert_eq!(format!("{secret:?}"), "SecretContribution(<redacted>)");

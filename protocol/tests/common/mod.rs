@@ -4,6 +4,7 @@
 use protocol::he::{
     Budget, BudgetRequest, Ciphertext, LocalKeySet, PartialDecryption, Quorum, ThresholdConfig,
 };
+use protocol::wire::BoundCiphertext;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use std::sync::OnceLock;
@@ -32,15 +33,15 @@ pub fn budget(value_bits: u32, contributions: u32, weight_bound: u64) -> Budget 
 }
 
 pub fn decrypt(ciphertext: &Ciphertext, budget: &Budget, rng: &mut ChaCha20Rng) -> Vec<i64> {
-    let digest = protocol::wire::ciphertext_digest(ciphertext);
+    let ciphertext = &BoundCiphertext::new(ciphertext.clone());
     let quorum = Quorum::new(&config(), vec![0, 2]).unwrap();
     let partials: Vec<PartialDecryption> = [0usize, 2]
         .iter()
         .map(|&m| {
             keys().shares[m]
-                .partial_decrypt(ciphertext, digest, &quorum, budget, rng)
+                .partial_decrypt(ciphertext, &quorum, budget, rng)
                 .unwrap()
         })
         .collect();
-    protocol::he::combine(ciphertext, digest, &quorum, &partials, budget).unwrap()
+    protocol::he::combine(ciphertext, &quorum, &partials, budget).unwrap()
 }
