@@ -7,5 +7,6 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod bytes;
 pub mod he;
 pub mod wire;

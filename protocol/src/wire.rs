@@ -8,6 +8,7 @@
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::bytes::{ReadError, Reader};
 use crate::he::{
     Ciphertext, CiphertextDigest, HeError, KeyShare, MAX_VALUES, POLYNOMIAL_SIZE,
     PartialDecryption, PublicKey, PublicKeyContribution, QUORATE_RLWE128_V1, Subset, Subshare,
@@ -107,44 +108,62 @@ fn header(kind: Kind) -> Vec<u8> {
     out
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
+impl From<ReadError> for WireError {
+    fn from(err: ReadError) -> Self {
+        match err {
+            ReadError::Truncated {
+                field,
+                needed,
+                available,
+            } => WireError::Truncated {
+                field,
+                needed,
+                available,
+            },
+            ReadError::TooLarge {
+                field,
+                value,
+                limit,
+            } => WireError::TooLarge {
+                field,
+                value,
+                limit,
+            },
+            ReadError::Invalid { field, reason } => WireError::Invalid { field, reason },
+        }
+    }
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, field: &'static str, len: usize) -> Result<&'a [u8], WireError> {
-        if self.bytes.len() < len {
-            return Err(WireError::Truncated {
-                field,
-                needed: len,
-                available: self.bytes.len(),
-            });
+/// The shared reader plus the checks every Quorate encoding starts with.
+struct WireReader<'a> {
+    inner: Reader<'a>,
+}
+
+impl<'a> WireReader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            inner: Reader::new(bytes),
         }
-        let (head, rest) = self.bytes.split_at(len);
-        self.bytes = rest;
-        Ok(head)
+    }
+
+    fn take(&mut self, field: &'static str, len: usize) -> Result<&'a [u8], WireError> {
+        Ok(self.inner.take(field, len)?)
     }
 
     fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
-        Ok(self.take(field, 1)?[0])
+        Ok(self.inner.u8(field)?)
     }
 
     fn u16(&mut self, field: &'static str) -> Result<u16, WireError> {
-        Ok(u16::from_le_bytes(
-            self.take(field, 2)?.try_into().expect("2 bytes"),
-        ))
+        Ok(self.inner.u16(field)?)
     }
 
     fn u64(&mut self, field: &'static str) -> Result<u64, WireError> {
-        Ok(u64::from_le_bytes(
-            self.take(field, 8)?.try_into().expect("8 bytes"),
-        ))
+        Ok(self.inner.u64(field)?)
     }
 
     fn u128(&mut self, field: &'static str) -> Result<u128, WireError> {
-        Ok(u128::from_le_bytes(
-            self.take(field, 16)?.try_into().expect("16 bytes"),
-        ))
+        Ok(self.inner.u128(field)?)
     }
 
     fn header(&mut self, expected: Kind) -> Result<(), WireError> {
@@ -175,11 +194,9 @@ impl<'a> Reader<'a> {
     /// Requires the rest of the input to be exactly `expected` bytes, checked before the
     /// caller allocates anything of that size.
     fn expect_remaining(&self, expected: u64) -> Result<(), WireError> {
-        if self.bytes.len() as u64 != expected {
-            return Err(WireError::WrongLength {
-                expected,
-                actual: self.bytes.len() as u64,
-            });
+        let actual = self.inner.remaining() as u64;
+        if actual != expected {
+            return Err(WireError::WrongLength { expected, actual });
         }
         Ok(())
     }
@@ -196,7 +213,10 @@ fn put_u128s(out: &mut Vec<u8>, values: &[u128]) {
     }
 }
 
-fn read_polynomial(reader: &mut Reader<'_>, field: &'static str) -> Result<Vec<u128>, WireError> {
+fn read_polynomial(
+    reader: &mut WireReader<'_>,
+    field: &'static str,
+) -> Result<Vec<u128>, WireError> {
     let bytes = reader.take(field, POLYNOMIAL_SIZE * 16)?;
     Ok(bytes
         .chunks_exact(16)
@@ -213,7 +233,7 @@ pub fn encode_public_key_contribution(contribution: &PublicKeyContribution) -> V
 }
 
 pub fn decode_public_key_contribution(bytes: &[u8]) -> Result<PublicKeyContribution, WireError> {
-    let mut reader = Reader { bytes };
+    let mut reader = WireReader::new(bytes);
     reader.header(Kind::PublicKeyContribution)?;
     reader.expect_remaining(1 + 16 + POLYNOMIAL_SIZE as u64 * 16)?;
     let party = reader.u8("party")?;
@@ -235,7 +255,7 @@ pub fn encode_public_key(key: &PublicKey) -> Vec<u8> {
 }
 
 pub fn decode_public_key(bytes: &[u8]) -> Result<PublicKey, WireError> {
-    let mut reader = Reader { bytes };
+    let mut reader = WireReader::new(bytes);
     reader.header(Kind::PublicKey)?;
     reader.expect_remaining(16 + POLYNOMIAL_SIZE as u64 * 16)?;
     let mask_seed = reader.u128("mask seed")?;
@@ -265,7 +285,7 @@ pub fn encode_key_share(share: &KeyShare) -> Zeroizing<Vec<u8>> {
 }
 
 pub fn decode_key_share(bytes: &[u8]) -> Result<KeyShare, WireError> {
-    let mut reader = Reader { bytes };
+    let mut reader = WireReader::new(bytes);
     reader.header(Kind::KeyShare)?;
     let parties = reader.u8("parties")?;
     let threshold = reader.u8("threshold")?;
@@ -393,7 +413,7 @@ pub fn decode_ciphertext_view(
     bytes: &[u8],
     limits: DecodeLimits,
 ) -> Result<CiphertextView<'_>, WireError> {
-    let mut reader = Reader { bytes };
+    let mut reader = WireReader::new(bytes);
     reader.header(Kind::Ciphertext)?;
     let value_count = reader.u64("value count")?;
     let limit = limits.max_values.min(MAX_VALUES);
@@ -542,7 +562,7 @@ pub fn decode_partial_decryption(
     bytes: &[u8],
     limits: DecodeLimits,
 ) -> Result<PartialDecryption, WireError> {
-    let mut reader = Reader { bytes };
+    let mut reader = WireReader::new(bytes);
     reader.header(Kind::PartialDecryption)?;
     let party = reader.u8("party")?;
     let quorum_len = reader.u8("quorum size")?;

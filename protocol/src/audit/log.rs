@@ -1,0 +1,289 @@
+//! The log itself, sans-IO: the ordered leaves, their Merkle tree, and the entry-level rules
+//! every appended entry must satisfy (origin, author authorised for the kind, per-author
+//! sequence without gaps, references to earlier leaves only). The coordinator checks an entry
+//! with these rules before it acts on it, and the auditor replays them.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::{Signature, VerifyingKey};
+
+use super::checkpoint::Checkpoint;
+use super::entry::{Body, EntryError, KeyBytes, Membership, SignedEntry, approval_message};
+use super::merkle::{self, Hash, MerkleError};
+use super::note::{COSIGNATURE_V1, ED25519, NoteError, NoteVerifier};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    #[error("entry {index}: {source}")]
+    Entry { index: u64, source: EntryError },
+    #[error("entry {index}: {reason}")]
+    Rule { index: u64, reason: String },
+    #[error(transparent)]
+    Merkle(#[from] MerkleError),
+    #[error("membership: {0}")]
+    Membership(String),
+}
+
+/// Who may author an entry of a given kind.
+fn allowed_author(membership: &Membership, author: &KeyBytes, body: &Body) -> bool {
+    let coordinator = *author == membership.coordinator_signing_key;
+    let member = membership.members.iter().any(|m| m.signing_key == *author);
+    match body {
+        Body::Membership(_)
+        | Body::RoundOpen { .. }
+        | Body::RoundClose { .. }
+        | Body::DecryptionRequest { .. }
+        | Body::ConfigChange { .. } => coordinator,
+        Body::CeremonyStep { .. }
+        | Body::Contribution { .. }
+        | Body::ShareReleased { .. }
+        | Body::DecryptionResult { .. } => member,
+        Body::Incident { .. } => coordinator || member,
+    }
+}
+
+/// Checks a membership manifest on its own: parameters in range, names usable as note key
+/// names, distinct keys, every member's approval present and valid.
+pub fn check_membership(membership: &Membership) -> Result<(), LogError> {
+    let fail = |why: String| Err(LogError::Membership(why));
+    let n = membership.members.len();
+    if n < 2 || n > usize::from(crate::he::MAX_PARTIES) {
+        return fail(format!("{n} members; between 2 and 10 are supported"));
+    }
+    let t = usize::from(membership.threshold);
+    if t < 2 || t > n {
+        return fail(format!("threshold {t} is not between 2 and {n}"));
+    }
+    if usize::from(membership.k_min) < 2 || usize::from(membership.k_min) > n {
+        return fail(format!(
+            "k_min {} is not between 2 and {n}",
+            membership.k_min
+        ));
+    }
+    let q = usize::from(membership.witness_quorum);
+    if q > n || 2 * q < n + t {
+        return fail(format!(
+            "witness quorum {q} is unsafe: forks are impossible only if q > (n + f) / 2 with \
+             f = t - 1 = {} colluding members, so q must be at least {}",
+            t - 1,
+            safe_witness_quorum(n as u8, t as u8)
+        ));
+    }
+    let mut keys: Vec<&KeyBytes> = vec![&membership.coordinator_signing_key, &membership.log_key];
+    for member in &membership.members {
+        NoteVerifier::new(
+            &member.name,
+            COSIGNATURE_V1,
+            verifying_key(&member.witness_key)?,
+        )
+        .map_err(|e| LogError::Membership(e.to_string()))?;
+        keys.push(&member.signing_key);
+        keys.push(&member.witness_key);
+    }
+    let mut sorted = keys.clone();
+    sorted.sort();
+    sorted.dedup();
+    if sorted.len() != keys.len() {
+        return fail("a key is used twice".into());
+    }
+    if membership.approvals.len() != n {
+        return fail(format!(
+            "{} approvals for {n} members",
+            membership.approvals.len()
+        ));
+    }
+    let message = approval_message(&membership.consortium);
+    for (member, approval) in membership.members.iter().zip(&membership.approvals) {
+        verifying_key(&member.signing_key)?
+            .verify_strict(&message, &Signature::from_bytes(approval))
+            .map_err(|_| {
+                LogError::Membership(format!("{}'s approval does not verify", member.name))
+            })?;
+    }
+    Ok(())
+}
+
+/// The smallest witness quorum that rules out forks with t - 1 colluding members.
+pub fn safe_witness_quorum(parties: u8, threshold: u8) -> u8 {
+    (parties + threshold - 1) / 2 + 1
+}
+
+fn verifying_key(bytes: &KeyBytes) -> Result<VerifyingKey, LogError> {
+    VerifyingKey::from_bytes(bytes).map_err(|_| LogError::Membership("invalid public key".into()))
+}
+
+/// The verifiers for a membership's checkpoints: the log key (named after the origin) and
+/// each member's witness key (named after the member).
+pub fn checkpoint_verifiers(
+    origin: &str,
+    membership: &Membership,
+) -> Result<(NoteVerifier, Vec<NoteVerifier>), NoteError> {
+    let log_key = VerifyingKey::from_bytes(&membership.log_key)
+        .map_err(|_| NoteError::BadKeyName("log key".into()))?;
+    let log = NoteVerifier::new(origin, ED25519, log_key)?;
+    let witnesses = membership
+        .members
+        .iter()
+        .map(|m| {
+            let key = VerifyingKey::from_bytes(&m.witness_key)
+                .map_err(|_| NoteError::BadKeyName(m.name.clone()))?;
+            NoteVerifier::new(&m.name, COSIGNATURE_V1, key)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((log, witnesses))
+}
+
+#[derive(Clone, Debug)]
+pub struct LogState {
+    origin: String,
+    leaves: Vec<Vec<u8>>,
+    hashes: Vec<Hash>,
+    next_sequence: BTreeMap<KeyBytes, u64>,
+    membership: Option<Membership>,
+}
+
+impl LogState {
+    pub fn new(origin: &str) -> Self {
+        Self {
+            origin: origin.to_owned(),
+            leaves: Vec::new(),
+            hashes: Vec::new(),
+            next_sequence: BTreeMap::new(),
+            membership: None,
+        }
+    }
+
+    /// Rebuilds the state from stored leaves, re-checking every one.
+    pub fn restore(
+        origin: &str,
+        leaves: impl IntoIterator<Item = Vec<u8>>,
+    ) -> Result<Self, LogError> {
+        let mut state = Self::new(origin);
+        for (index, leaf) in leaves.into_iter().enumerate() {
+            let entry = SignedEntry::open(&leaf).map_err(|source| LogError::Entry {
+                index: index as u64,
+                source,
+            })?;
+            state.append(entry)?;
+        }
+        Ok(state)
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn membership(&self) -> Option<&Membership> {
+        self.membership.as_ref()
+    }
+
+    pub fn size(&self) -> u64 {
+        self.leaves.len() as u64
+    }
+
+    pub fn leaf(&self, index: u64) -> Option<&[u8]> {
+        self.leaves.get(index as usize).map(Vec::as_slice)
+    }
+
+    pub fn leaves(&self) -> &[Vec<u8>] {
+        &self.leaves
+    }
+
+    /// The sequence number `author`'s next entry must carry.
+    pub fn next_sequence(&self, author: &KeyBytes) -> u64 {
+        self.next_sequence.get(author).copied().unwrap_or(0)
+    }
+
+    /// Checks the entry-level rules for appending `entry` as the next leaf.
+    pub fn check(&self, entry: &SignedEntry) -> Result<(), LogError> {
+        let index = self.size();
+        let rule = |reason: String| Err(LogError::Rule { index, reason });
+        let e = &entry.entry;
+        if e.origin != self.origin {
+            return rule(format!(
+                "origin {:?} is not this log's {:?}",
+                e.origin, self.origin
+            ));
+        }
+        let expected = self.next_sequence(&e.author);
+        if e.sequence != expected {
+            return rule(format!(
+                "sequence {} from author {}, expected {expected}",
+                e.sequence,
+                hex::encode(&e.author[..8])
+            ));
+        }
+        if e.references.windows(2).any(|w| w[0] >= w[1])
+            || e.references.last().is_some_and(|&r| r >= index)
+        {
+            return rule("references must be increasing and point to earlier entries".into());
+        }
+        match (&self.membership, &e.body) {
+            (None, Body::Membership(membership)) => {
+                if index != 0 {
+                    return rule("the membership manifest must be the first entry".into());
+                }
+                check_membership(membership)?;
+                if membership.coordinator_signing_key != e.author {
+                    return rule(
+                        "the membership manifest must be authored by its coordinator".into(),
+                    );
+                }
+                Ok(())
+            }
+            (None, _) => rule("the first entry must be the membership manifest".into()),
+            (Some(_), Body::Membership(_)) => {
+                rule("a second membership manifest (use a config change)".into())
+            }
+            (Some(membership), body) => {
+                if allowed_author(membership, &e.author, body) {
+                    Ok(())
+                } else {
+                    rule(format!(
+                        "author {} may not write {} entries",
+                        hex::encode(&e.author[..8]),
+                        body.kind_name()
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Checks and appends; returns the new leaf's index.
+    pub fn append(&mut self, entry: SignedEntry) -> Result<u64, LogError> {
+        self.check(&entry)?;
+        let index = self.size();
+        if let Body::Membership(membership) = &entry.entry.body {
+            self.membership = Some(membership.clone());
+        }
+        self.next_sequence
+            .insert(entry.entry.author, entry.entry.sequence + 1);
+        self.hashes.push(merkle::leaf_hash(entry.leaf()));
+        self.leaves.push(entry.leaf().to_vec());
+        Ok(index)
+    }
+
+    pub fn root(&self) -> Hash {
+        merkle::root(&self.hashes)
+    }
+
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            origin: self.origin.clone(),
+            size: self.size(),
+            root: self.root(),
+        }
+    }
+
+    pub fn root_at(&self, size: u64) -> Option<Hash> {
+        (size <= self.size()).then(|| merkle::root(&self.hashes[..size as usize]))
+    }
+
+    pub fn inclusion_proof(&self, index: u64) -> Result<Vec<Hash>, LogError> {
+        Ok(merkle::inclusion_proof(&self.hashes, index as usize)?)
+    }
+
+    pub fn consistency_proof(&self, old_size: u64) -> Result<Vec<Hash>, LogError> {
+        Ok(merkle::consistency_proof(&self.hashes, old_size as usize)?)
+    }
+}
