@@ -1,6 +1,7 @@
 //! `quorate`: one binary for every role. This file only parses the command line and dispatches;
 //! the work lives in the workspace libraries (and `bench.rs` for measurements).
 
+mod audit_cmd;
 mod bench;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -50,8 +51,9 @@ enum Command {
     /// Create the consortium's threshold key with no trusted dealer, and verify ceremony
     /// transcripts. [not available yet]
     Ceremony(Unavailable),
-    /// Export, verify and show the signed audit log, offline. [not available yet]
-    Audit(Unavailable),
+    /// Export, verify and show the signed audit log, offline.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
     /// Measure performance on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -102,14 +104,24 @@ fn main() -> ExitCode {
         Command::Node(_) => return unavailable("node", "encrypted federated rounds"),
         Command::Coordinator(_) => return unavailable("coordinator", "encrypted federated rounds"),
         Command::Ceremony(_) => return unavailable("ceremony", "the key ceremony"),
-        Command::Audit(_) => return unavailable("audit", "the signed audit log"),
         Command::Bench(BenchCommand::Round(_)) => {
             return unavailable("bench round", "encrypted federated rounds");
         }
         Command::Bench(BenchCommand::He(args)) => bench::run_he(&args),
+        Command::Audit(command) => audit_cmd::run(&command),
     };
     match result {
         Ok(code) => code,
+        // A reader that went away (`quorate audit show | head`) is not an error.
+        Err(err)
+            if err.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE

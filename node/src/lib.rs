@@ -1,2 +1,4 @@
 //! An institution's node: local training, encryption of updates, witnessing of the audit log,
 //! and the release policy that guards its key share.
+
+pub mod witness_store;
