@@ -3,12 +3,13 @@
 
 mod audit_cmd;
 mod bench;
+mod ceremony_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
 
 /// Exit code for a command that exists but is not available in this build yet.
-const EXIT_UNAVAILABLE: u8 = 69;
+pub(crate) const EXIT_UNAVAILABLE: u8 = 69;
 
 /// Federated learning under threshold homomorphic encryption.
 ///
@@ -48,9 +49,10 @@ enum Command {
     /// Run the coordinator: aggregate ciphertexts, keep the encrypted model, operate the audit
     /// log. [not available yet]
     Coordinator(Unavailable),
-    /// Create the consortium's threshold key with no trusted dealer, and verify ceremony
-    /// transcripts. [not available yet]
-    Ceremony(Unavailable),
+    /// Identities, approval of the consortium file, and the key ceremony that creates the
+    /// consortium's threshold key with no trusted dealer.
+    #[command(subcommand)]
+    Ceremony(ceremony_cmd::CeremonyCommand),
     /// Export, verify and show the signed audit log, offline.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
@@ -62,7 +64,7 @@ enum Command {
 /// Arguments of a command that a later release fills in; accepted so that the message below
 /// is what a user sees, not a parse error.
 #[derive(Debug, clap::Args)]
-struct Unavailable {
+pub(crate) struct Unavailable {
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
     args: Vec<String>,
 }
@@ -103,12 +105,12 @@ fn main() -> ExitCode {
         Command::Demo(_) => return unavailable("demo", "end-to-end training"),
         Command::Node(_) => return unavailable("node", "encrypted federated rounds"),
         Command::Coordinator(_) => return unavailable("coordinator", "encrypted federated rounds"),
-        Command::Ceremony(_) => return unavailable("ceremony", "the key ceremony"),
         Command::Bench(BenchCommand::Round(_)) => {
             return unavailable("bench round", "encrypted federated rounds");
         }
         Command::Bench(BenchCommand::He(args)) => bench::run_he(&args),
         Command::Audit(command) => audit_cmd::run(&command),
+        Command::Ceremony(command) => ceremony_cmd::run(&command),
     };
     match result {
         Ok(code) => code,

@@ -1,3 +1,6 @@
 //! The key ceremony: distributed generation of the consortium's threshold key, its signed
 //! transcript and the sealed key shares. The cryptographic steps it drives live in
 //! `protocol::he` (secret contributions, public-key contributions, dealing, share assembly).
+
+pub mod files;
+pub mod identity;

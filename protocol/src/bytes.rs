@@ -20,20 +20,21 @@ pub enum ReadError {
     Invalid { field: &'static str, reason: String },
 }
 
-pub(crate) struct Reader<'a> {
+#[derive(Debug)]
+pub struct Reader<'a> {
     bytes: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+    pub fn new(bytes: &'a [u8]) -> Self {
         Self { bytes }
     }
 
-    pub(crate) fn remaining(&self) -> usize {
+    pub fn remaining(&self) -> usize {
         self.bytes.len()
     }
 
-    pub(crate) fn take(&mut self, field: &'static str, len: usize) -> Result<&'a [u8], ReadError> {
+    pub fn take(&mut self, field: &'static str, len: usize) -> Result<&'a [u8], ReadError> {
         if self.bytes.len() < len {
             return Err(ReadError::Truncated {
                 field,
@@ -46,35 +47,32 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    pub(crate) fn array<const N: usize>(
-        &mut self,
-        field: &'static str,
-    ) -> Result<[u8; N], ReadError> {
+    pub fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], ReadError> {
         Ok(self.take(field, N)?.try_into().expect("length checked"))
     }
 
-    pub(crate) fn u8(&mut self, field: &'static str) -> Result<u8, ReadError> {
+    pub fn u8(&mut self, field: &'static str) -> Result<u8, ReadError> {
         Ok(self.take(field, 1)?[0])
     }
 
-    pub(crate) fn u16(&mut self, field: &'static str) -> Result<u16, ReadError> {
+    pub fn u16(&mut self, field: &'static str) -> Result<u16, ReadError> {
         Ok(u16::from_le_bytes(self.array(field)?))
     }
 
-    pub(crate) fn u32(&mut self, field: &'static str) -> Result<u32, ReadError> {
+    pub fn u32(&mut self, field: &'static str) -> Result<u32, ReadError> {
         Ok(u32::from_le_bytes(self.array(field)?))
     }
 
-    pub(crate) fn u64(&mut self, field: &'static str) -> Result<u64, ReadError> {
+    pub fn u64(&mut self, field: &'static str) -> Result<u64, ReadError> {
         Ok(u64::from_le_bytes(self.array(field)?))
     }
 
-    pub(crate) fn u128(&mut self, field: &'static str) -> Result<u128, ReadError> {
+    pub fn u128(&mut self, field: &'static str) -> Result<u128, ReadError> {
         Ok(u128::from_le_bytes(self.array(field)?))
     }
 
     /// A count, checked against `limit` before anything is allocated for it.
-    pub(crate) fn count(
+    pub fn count(
         &mut self,
         field: &'static str,
         width: usize,
@@ -97,7 +95,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A UTF-8 string with a 16-bit length.
-    pub(crate) fn string(&mut self, field: &'static str, limit: u64) -> Result<String, ReadError> {
+    pub fn string(&mut self, field: &'static str, limit: u64) -> Result<String, ReadError> {
         let len = self.count(field, 2, limit)?;
         let bytes = self.take(field, len)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| ReadError::Invalid {
@@ -107,11 +105,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Requires the rest of the input to be exactly `expected` bytes.
-    pub(crate) fn expect_remaining(
-        &self,
-        field: &'static str,
-        expected: u64,
-    ) -> Result<(), ReadError> {
+    pub fn expect_remaining(&self, field: &'static str, expected: u64) -> Result<(), ReadError> {
         if self.bytes.len() as u64 != expected {
             return Err(ReadError::Invalid {
                 field,
@@ -121,43 +115,47 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    pub(crate) fn finish(&self, field: &'static str) -> Result<(), ReadError> {
+    pub fn finish(&self, field: &'static str) -> Result<(), ReadError> {
         self.expect_remaining(field, 0)
     }
 }
 
-#[derive(Default)]
-pub(crate) struct Writer {
+#[derive(Debug, Default)]
+pub struct Writer {
     pub(crate) bytes: Vec<u8>,
 }
 
 impl Writer {
-    pub(crate) fn u8(&mut self, value: u8) -> &mut Self {
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    pub fn u8(&mut self, value: u8) -> &mut Self {
         self.bytes.push(value);
         self
     }
 
-    pub(crate) fn u16(&mut self, value: u16) -> &mut Self {
+    pub fn u16(&mut self, value: u16) -> &mut Self {
         self.bytes.extend_from_slice(&value.to_le_bytes());
         self
     }
 
-    pub(crate) fn u32(&mut self, value: u32) -> &mut Self {
+    pub fn u32(&mut self, value: u32) -> &mut Self {
         self.bytes.extend_from_slice(&value.to_le_bytes());
         self
     }
 
-    pub(crate) fn u64(&mut self, value: u64) -> &mut Self {
+    pub fn u64(&mut self, value: u64) -> &mut Self {
         self.bytes.extend_from_slice(&value.to_le_bytes());
         self
     }
 
-    pub(crate) fn bytes(&mut self, value: &[u8]) -> &mut Self {
+    pub fn bytes(&mut self, value: &[u8]) -> &mut Self {
         self.bytes.extend_from_slice(value);
         self
     }
 
-    pub(crate) fn string(&mut self, value: &str) -> &mut Self {
+    pub fn string(&mut self, value: &str) -> &mut Self {
         self.u16(value.len() as u16).bytes(value.as_bytes())
     }
 }

@@ -8,5 +8,7 @@
 
 pub mod audit;
 pub mod bytes;
+pub mod consortium;
 pub mod he;
+pub mod seal;
 pub mod wire;
