@@ -317,8 +317,8 @@ fn author_name(membership: Option<&Membership>, author: &[u8; 32]) -> String {
     let Some(membership) = membership else {
         return hex::encode(&author[..8]);
     };
-    if *author == membership.coordinator_signing_key {
-        return membership.coordinator_name.clone();
+    if *author == membership.coordinator.signing_key {
+        return membership.coordinator.name.clone();
     }
     membership
         .members

@@ -81,8 +81,18 @@ impl LogStore {
         self.flush()
     }
 
-    pub fn len(&self) -> u64 {
-        self.leaves.len() as u64
+    /// The number of leaves: one more than the last key (a lookup, not a scan).
+    pub fn len(&self) -> Result<u64, StoreError> {
+        match self.leaves.last().map_err(|e| self.err(e))? {
+            None => Ok(0),
+            Some((key, _)) => {
+                let key: [u8; 8] = key
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| self.corrupt("a leaf key is not 8 bytes".into()))?;
+                Ok(u64::from_be_bytes(key) + 1)
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -91,7 +101,7 @@ impl LogStore {
 
     /// Stores leaf `index` (which must be the next one) durably.
     pub fn append(&self, index: u64, leaf: &[u8]) -> Result<(), StoreError> {
-        let expected = self.len();
+        let expected = self.len()?;
         if index != expected {
             return Err(self.corrupt(format!("append of leaf {index}, the next is {expected}")));
         }
@@ -121,7 +131,8 @@ impl LogStore {
 
     /// Stores (or replaces, with more cosignatures) the checkpoint note of `size`, durably,
     /// before it is published: the log must never sign two inconsistent checkpoints, so it
-    /// has to remember every one it signed.
+    /// has to remember every one it signed. Callers check consistency first
+    /// ([`crate::audit_log::AuditLog::sign_checkpoint`]).
     pub fn put_checkpoint(&self, size: u64, note: &[u8]) -> Result<(), StoreError> {
         self.checkpoints
             .insert(size.to_be_bytes(), note)

@@ -20,6 +20,32 @@ fn sample() -> SampleConsortium {
     SampleConsortium::new(3, 2, 2, 11)
 }
 
+/// Entry `index` of the crash test's log: the sample membership, then incidents. Signatures
+/// are deterministic, so the supervisor can rebuild every acknowledged leaf byte for byte.
+fn expected_leaf(sample: &SampleConsortium, index: u64) -> Vec<u8> {
+    if index == 0 {
+        return sample.log.leaf(0).unwrap().to_vec();
+    }
+    Entry {
+        origin: sample.origin.clone(),
+        config_epoch: 1,
+        author: sample.coordinator.verifying_key().to_bytes(),
+        sequence: index,
+        subject: [0; 32],
+        references: vec![],
+        payload: None,
+        claimed_time_ms: 0,
+        body: Body::Incident {
+            code: 0,
+            evidence: [1; 32],
+            description: "crash test".into(),
+        },
+    }
+    .sign(&sample.coordinator)
+    .leaf()
+    .to_vec()
+}
+
 /// The appender: appends entries forever, printing `ack <index>` after each durable append.
 #[test]
 fn crash_child() {
@@ -33,24 +59,10 @@ fn crash_child() {
             protocol::audit::entry::SignedEntry::open(sample.log.leaf(0).unwrap()).unwrap();
         log.append(membership).unwrap();
     }
-    let author = sample.coordinator.verifying_key().to_bytes();
     loop {
-        let entry = Entry {
-            origin: sample.origin.clone(),
-            config_epoch: 1,
-            author,
-            sequence: log.state().next_sequence(&author),
-            subject: [0; 32],
-            references: vec![],
-            payload: None,
-            claimed_time_ms: 0,
-            body: Body::Incident {
-                code: 0,
-                evidence: [1; 32],
-                description: "crash test".into(),
-            },
-        }
-        .sign(&sample.coordinator);
+        let next = log.state().size();
+        let entry =
+            protocol::audit::entry::SignedEntry::open(&expected_leaf(&sample, next)).unwrap();
         let index = log.append(entry).unwrap();
         println!("ack {index}");
     }
@@ -100,6 +112,13 @@ fn kill_9_at_random_points_loses_no_acknowledged_entry() {
                 "trial {trial}: entry {last} was acknowledged but the log has {} entries",
                 log.state().size()
             );
+            for index in 0..=last {
+                assert_eq!(
+                    log.state().leaf(index).unwrap(),
+                    expected_leaf(&sample, index).as_slice(),
+                    "trial {trial}: acknowledged entry {index} changed"
+                );
+            }
         }
     }
     assert!(

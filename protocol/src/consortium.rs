@@ -2,18 +2,17 @@
 //! they agreed on. Every member signs its canonical digest; nothing proceeds on a file that is
 //! unsigned or only partly signed.
 //!
-//! The digest covers a canonical binary encoding of the parsed file (not its TOML text, whose
-//! whitespace and key order carry no meaning), without the approvals themselves.
+//! The digest is that of the membership manifest the audit log records (every field but the
+//! approvals, in a canonical binary encoding rather than the TOML text, whose whitespace and
+//! key order carry no meaning), so what members approve is exactly what the log holds.
 
 use std::collections::BTreeMap;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
-use crate::audit::entry::{Digest, Member, Membership, approval_message};
+use crate::audit::entry::{CoordinatorKeys, Digest, Member, Membership, approval_message};
 use crate::audit::log::safe_witness_quorum;
-use crate::bytes::Writer;
 use crate::he::{MAX_PARTIES, ParameterSet, ThresholdConfig};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -199,7 +198,7 @@ impl Consortium {
                 return Err(field(format!("approvals.{name}"), "not a member"));
             }
         }
-        let digest = canonical_digest(&file, witness_quorum);
+        let digest = unapproved_membership(&file, witness_quorum).digest();
         Ok(Self {
             file,
             config,
@@ -268,38 +267,19 @@ impl Consortium {
     /// The membership manifest entry body for the audit log (approvals must be complete).
     pub fn membership(&self) -> Result<Membership, ConsortiumError> {
         self.check_approvals()?;
-        let decode = |hex_key: &str| key("", hex_key).expect("validated").to_bytes();
-        Ok(Membership {
-            consortium: self.digest,
-            parameter_set: self.file.parameter_set.clone(),
-            threshold: self.file.threshold,
-            k_min: self.file.k_min,
-            witness_quorum: self.witness_quorum,
-            coordinator_name: self.file.coordinator.name.clone(),
-            coordinator_signing_key: decode(&self.file.coordinator.signing_key),
-            log_key: decode(&self.file.coordinator.log_key),
-            members: self
-                .file
-                .members
-                .iter()
-                .map(|m| Member {
-                    name: m.name.clone(),
-                    signing_key: decode(&m.signing_key),
-                    witness_key: decode(&m.witness_key),
-                })
-                .collect(),
-            approvals: self
-                .file
-                .members
-                .iter()
-                .map(|m| {
-                    hex::decode(&self.file.approvals[&m.name])
-                        .ok()
-                        .and_then(|b| b.try_into().ok())
-                        .expect("checked above")
-                })
-                .collect(),
-        })
+        let mut membership = unapproved_membership(&self.file, self.witness_quorum);
+        membership.approvals = self
+            .file
+            .members
+            .iter()
+            .map(|m| {
+                hex::decode(&self.file.approvals[&m.name])
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .expect("checked above")
+            })
+            .collect();
+        Ok(membership)
     }
 
     pub fn to_toml(&self) -> String {
@@ -307,28 +287,38 @@ impl Consortium {
     }
 }
 
-fn canonical_digest(file: &ConsortiumFile, witness_quorum: u8) -> Digest {
-    let mut w = Writer::default();
-    w.bytes(b"quorate/consortium/v1\0")
-        .string(&file.name)
-        .string(&file.parameter_set)
-        .u8(file.threshold)
-        .u8(file.k_min)
-        .u8(witness_quorum)
-        .string(&file.coordinator.name)
-        .string(&file.coordinator.signing_key.to_ascii_lowercase())
-        .string(&file.coordinator.log_key.to_ascii_lowercase())
-        .string(&file.coordinator.peer_id)
-        .string(&file.coordinator.address)
-        .u8(file.members.len() as u8);
-    for member in &file.members {
-        w.string(&member.name)
-            .string(&member.signing_key.to_ascii_lowercase())
-            .string(&member.witness_key.to_ascii_lowercase())
-            .string(&member.peer_id)
-            .string(&member.address);
+fn decode_key(hex_key: &str) -> [u8; 32] {
+    key("", hex_key).expect("validated").to_bytes()
+}
+
+/// The consortium as the log records it, without approvals; its digest is what members sign.
+fn unapproved_membership(file: &ConsortiumFile, witness_quorum: u8) -> Membership {
+    Membership {
+        name: file.name.clone(),
+        parameter_set: file.parameter_set.clone(),
+        threshold: file.threshold,
+        k_min: file.k_min,
+        witness_quorum,
+        coordinator: CoordinatorKeys {
+            name: file.coordinator.name.clone(),
+            signing_key: decode_key(&file.coordinator.signing_key),
+            log_key: decode_key(&file.coordinator.log_key),
+            peer_id: file.coordinator.peer_id.clone(),
+            address: file.coordinator.address.clone(),
+        },
+        members: file
+            .members
+            .iter()
+            .map(|m| Member {
+                name: m.name.clone(),
+                signing_key: decode_key(&m.signing_key),
+                witness_key: decode_key(&m.witness_key),
+                peer_id: m.peer_id.clone(),
+                address: m.address.clone(),
+            })
+            .collect(),
+        approvals: Vec::new(),
     }
-    Sha256::digest(&w.bytes).into()
 }
 
 #[cfg(test)]

@@ -302,13 +302,159 @@ fn replay_rules_flag_each_kind_of_forbidden_decryption() {
     });
     assert_policy(&report, "subset or difference");
 
-    // The same round decrypted twice.
+    // The same round decrypted twice: a "retry" after the first attempt was fully released.
     let report = replay(|s| {
         let (close, aggregate) = open_and_close(s, 1, &[0, 1, 2]);
         s.decrypt(1, close, aggregate, &[0, 1, 2], 0);
         s.decrypt(1, close, [77; 32], &[1, 2, 3], 1);
     });
     assert_policy(&report, "decrypted twice");
+    assert_policy(&report, "fully released");
+
+    // A legitimate retry: the first quorum released only partly, the second attempt succeeds.
+    let report = replay(|s| {
+        let (close, aggregate) = open_and_close(s, 1, &[0, 1, 2]);
+        let first = s.request(1, close, aggregate, &[0, 1, 2], 0);
+        s.append(
+            Author::Member(0),
+            Body::ShareReleased {
+                request: first,
+                ciphertext: aggregate,
+                share: [1; 32],
+            },
+            vec![first],
+        );
+        s.decrypt(1, close, [77; 32], &[1, 2, 3], 1);
+    });
+    assert!(report.ok(), "{:#?}", report.findings);
+
+    // A "retry" that targets one member's contribution instead of a re-randomised aggregate.
+    let report = replay(|s| {
+        let (close, aggregate) = open_and_close(s, 1, &[0, 1, 2]);
+        s.request(1, close, aggregate, &[0, 1, 2], 0);
+        s.decrypt(1, close, [10; 32], &[1, 2, 3], 1);
+    });
+    assert_policy(&report, "subset or difference");
+
+    // Attempts out of order.
+    let report = replay(|s| {
+        let (close, _) = open_and_close(s, 1, &[0, 1, 2]);
+        s.decrypt(1, close, [78; 32], &[0, 1, 2], 2);
+    });
+    assert_policy(&report, "expected 0");
+
+    // A round whose "aggregate" is one member's contribution.
+    let report = replay(|s| {
+        s.append(
+            Author::Coordinator,
+            Body::RoundOpen {
+                round: 1,
+                model: [1; 32],
+                deadline_ms: 0,
+                expected: 0b111,
+            },
+            vec![],
+        );
+        let leaves: Vec<u64> = (0..3)
+            .map(|m| {
+                s.append(
+                    Author::Member(m),
+                    Body::Contribution {
+                        round: 1,
+                        ciphertext: [m as u8 + 10; 32],
+                        samples: 1,
+                    },
+                    vec![],
+                )
+            })
+            .collect();
+        let close = s.append(
+            Author::Coordinator,
+            Body::RoundClose {
+                round: 1,
+                contributions: leaves.clone(),
+                aggregate: [10; 32],
+            },
+            leaves,
+        );
+        s.decrypt(1, close, [10; 32], &[0, 1, 2], 0);
+    });
+    assert_policy(&report, "single contribution");
+
+    // Members decoding different models is flagged.
+    let report = replay(|s| {
+        let (close, aggregate) = open_and_close(s, 1, &[0, 1, 2]);
+        let request = s.request(1, close, aggregate, &[0, 1, 2], 0);
+        for m in 0..3 {
+            s.append(
+                Author::Member(m),
+                Body::ShareReleased {
+                    request,
+                    ciphertext: aggregate,
+                    share: [m as u8; 32],
+                },
+                vec![request],
+            );
+        }
+        for m in 0..2u8 {
+            s.append(
+                Author::Member(usize::from(m)),
+                Body::DecryptionResult {
+                    request,
+                    ciphertext: aggregate,
+                    model: [m; 32],
+                },
+                vec![request],
+            );
+        }
+    });
+    assert_policy(&report, "different models");
+}
+
+#[test]
+fn a_manifest_whose_keys_changed_after_approval_is_refused() {
+    // The coordinator keeps the members' approvals but swaps in witness keys it controls, so
+    // that it could cosign its own checkpoints: the approvals no longer verify.
+    let sample = honest_log(1);
+    let mut export = sample.export();
+    let membership_entry = protocol::audit::entry::SignedEntry::open(&export.entries[0]).unwrap();
+    let mut entry = membership_entry.entry.clone();
+    if let Body::Membership(m) = &mut entry.body {
+        m.members[0].witness_key = ed25519_dalek::SigningKey::from_bytes(&[9; 32])
+            .verifying_key()
+            .to_bytes();
+        m.k_min = 2;
+    }
+    export.entries[0] = entry.sign(&sample.coordinator).leaf().to_vec();
+    let report = audit(&export, None);
+    assert_eq!(
+        report.exit_code(),
+        ViolationClass::Format.exit_code(),
+        "{:#?}",
+        report.findings
+    );
+    assert!(
+        report.findings[0].message.contains("approval"),
+        "{:#?}",
+        report.findings
+    );
+}
+
+#[test]
+fn a_bad_entry_at_the_end_does_not_hide_other_findings() {
+    let sample = honest_log(2);
+    let mut export = sample.export();
+    export.entries.push(vec![1, 2, 3]);
+    let report = audit(&export, None);
+    // The junk is a format violation, and the entries beyond the checkpoint are still noticed.
+    assert!(
+        classes(&report).contains(&ViolationClass::Format),
+        "{report:?}"
+    );
+    assert!(
+        report.latest_size.is_some(),
+        "checkpoints were still checked"
+    );
 }
 
 fn assert_policy(report: &AuditReport, needle: &str) {

@@ -47,27 +47,69 @@ pub struct Member {
     pub signing_key: KeyBytes,
     /// Cosigns checkpoints as a witness.
     pub witness_key: KeyBytes,
+    /// libp2p PeerId and address, as in the consortium file.
+    pub peer_id: String,
+    pub address: String,
 }
 
-/// The membership manifest: who may do what, and the consortium's agreed parameters. The log's
-/// first entry, authored by the coordinator and approved by every member's signature over the
-/// consortium digest.
+/// The coordinator as the log knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoordinatorKeys {
+    pub name: String,
+    /// Signs the coordinator's entries.
+    pub signing_key: KeyBytes,
+    /// Signs checkpoints (a separate key, as a signed-note key must not serve two purposes).
+    pub log_key: KeyBytes,
+    pub peer_id: String,
+    pub address: String,
+}
+
+/// The membership manifest: the consortium file as the log records it, with every member's
+/// approval. The approvals sign [`Membership::digest`], which covers every field (keys,
+/// threshold, `k_min`, witness quorum, addresses), so none can be swapped after approval.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Membership {
-    /// SHA-256 of the canonical consortium file every member signed.
-    pub consortium: Digest,
+    pub name: String,
     pub parameter_set: String,
     pub threshold: u8,
     pub k_min: u8,
     /// Cosignatures a checkpoint needs before members act on it.
     pub witness_quorum: u8,
-    pub coordinator_name: String,
-    pub coordinator_signing_key: KeyBytes,
-    /// Signs checkpoints (a separate key, as a signed-note key must not serve two purposes).
-    pub log_key: KeyBytes,
+    pub coordinator: CoordinatorKeys,
     pub members: Vec<Member>,
-    /// Member i's Ed25519 signature over [`approval_message`] of `consortium`, in member order.
+    /// Member i's Ed25519 signature over [`approval_message`] of the digest, in member order.
     pub approvals: Vec<[u8; 64]>,
+}
+
+impl Membership {
+    fn encode_fields(&self, w: &mut Writer) {
+        w.string(&self.name)
+            .string(&self.parameter_set)
+            .u8(self.threshold)
+            .u8(self.k_min)
+            .u8(self.witness_quorum)
+            .string(&self.coordinator.name)
+            .bytes(&self.coordinator.signing_key)
+            .bytes(&self.coordinator.log_key)
+            .string(&self.coordinator.peer_id)
+            .string(&self.coordinator.address)
+            .u8(self.members.len() as u8);
+        for member in &self.members {
+            w.string(&member.name)
+                .bytes(&member.signing_key)
+                .bytes(&member.witness_key)
+                .string(&member.peer_id)
+                .string(&member.address);
+        }
+    }
+
+    /// The digest every member approves: everything but the approvals.
+    pub fn digest(&self) -> Digest {
+        let mut w = Writer::default();
+        w.bytes(b"quorate/consortium/v1\0");
+        self.encode_fields(&mut w);
+        <sha2::Sha256 as sha2::Digest>::digest(w.into_bytes()).into()
+    }
 }
 
 /// What each member signs to approve a consortium.
@@ -189,20 +231,7 @@ impl Body {
     fn encode(&self, w: &mut Writer) {
         match self {
             Body::Membership(m) => {
-                w.bytes(&m.consortium)
-                    .string(&m.parameter_set)
-                    .u8(m.threshold)
-                    .u8(m.k_min)
-                    .u8(m.witness_quorum)
-                    .string(&m.coordinator_name)
-                    .bytes(&m.coordinator_signing_key)
-                    .bytes(&m.log_key)
-                    .u8(m.members.len() as u8);
-                for member in &m.members {
-                    w.string(&member.name)
-                        .bytes(&member.signing_key)
-                        .bytes(&member.witness_key);
-                }
+                m.encode_fields(w);
                 w.u8(m.approvals.len() as u8);
                 for approval in &m.approvals {
                     w.bytes(approval);
@@ -289,21 +318,27 @@ impl Body {
     fn decode(kind: u16, r: &mut Reader<'_>) -> Result<Self, EntryError> {
         Ok(match kind {
             1 => {
-                let consortium = r.array("consortium digest")?;
+                let name = r.string("consortium name", 64)?;
                 let parameter_set = r.string("parameter set", 64)?;
                 let threshold = r.u8("threshold")?;
                 let k_min = r.u8("k_min")?;
                 let witness_quorum = r.u8("witness quorum")?;
-                let coordinator_name = r.string("coordinator name", 256)?;
-                let coordinator_signing_key = r.array("coordinator signing key")?;
-                let log_key = r.array("log key")?;
+                let coordinator = CoordinatorKeys {
+                    name: r.string("coordinator name", 64)?,
+                    signing_key: r.array("coordinator signing key")?,
+                    log_key: r.array("log key")?,
+                    peer_id: r.string("coordinator peer id", 128)?,
+                    address: r.string("coordinator address", 256)?,
+                };
                 let count = r.count("members", 1, MAX_MEMBERS)?;
                 let mut members = Vec::with_capacity(count);
                 for _ in 0..count {
                     members.push(Member {
-                        name: r.string("member name", 256)?,
+                        name: r.string("member name", 64)?,
                         signing_key: r.array("member signing key")?,
                         witness_key: r.array("member witness key")?,
+                        peer_id: r.string("member peer id", 128)?,
+                        address: r.string("member address", 256)?,
                     });
                 }
                 let count = r.count("approvals", 1, MAX_MEMBERS)?;
@@ -312,14 +347,12 @@ impl Body {
                     approvals.push(r.array("approval")?);
                 }
                 Body::Membership(Membership {
-                    consortium,
+                    name,
                     parameter_set,
                     threshold,
                     k_min,
                     witness_quorum,
-                    coordinator_name,
-                    coordinator_signing_key,
-                    log_key,
+                    coordinator,
                     members,
                     approvals,
                 })
@@ -554,18 +587,24 @@ mod tests {
     pub(crate) fn sample_bodies() -> Vec<Body> {
         vec![
             Body::Membership(Membership {
-                consortium: [1; 32],
+                name: "consortium".into(),
                 parameter_set: "quorate-rlwe128-v1".into(),
                 threshold: 2,
                 k_min: 2,
                 witness_quorum: 3,
-                coordinator_name: "coordinator.example".into(),
-                coordinator_signing_key: [2; 32],
-                log_key: [3; 32],
+                coordinator: CoordinatorKeys {
+                    name: "coordinator.example".into(),
+                    signing_key: [2; 32],
+                    log_key: [3; 32],
+                    peer_id: "peer-c".into(),
+                    address: "/ip4/127.0.0.1/tcp/1".into(),
+                },
                 members: vec![Member {
                     name: "hospital-a".into(),
                     signing_key: [4; 32],
                     witness_key: [5; 32],
+                    peer_id: "peer-a".into(),
+                    address: "/ip4/127.0.0.1/tcp/2".into(),
                 }],
                 approvals: vec![[6; 64]],
             }),

@@ -26,7 +26,7 @@ pub enum LogError {
 
 /// Who may author an entry of a given kind.
 fn allowed_author(membership: &Membership, author: &KeyBytes, body: &Body) -> bool {
-    let coordinator = *author == membership.coordinator_signing_key;
+    let coordinator = *author == membership.coordinator.signing_key;
     let member = membership.members.iter().any(|m| m.signing_key == *author);
     match body {
         Body::Membership(_)
@@ -69,7 +69,10 @@ pub fn check_membership(membership: &Membership) -> Result<(), LogError> {
             safe_witness_quorum(n as u8, t as u8)
         ));
     }
-    let mut keys: Vec<&KeyBytes> = vec![&membership.coordinator_signing_key, &membership.log_key];
+    let mut keys: Vec<&KeyBytes> = vec![
+        &membership.coordinator.signing_key,
+        &membership.coordinator.log_key,
+    ];
     for member in &membership.members {
         NoteVerifier::new(
             &member.name,
@@ -92,7 +95,7 @@ pub fn check_membership(membership: &Membership) -> Result<(), LogError> {
             membership.approvals.len()
         ));
     }
-    let message = approval_message(&membership.consortium);
+    let message = approval_message(&membership.digest());
     for (member, approval) in membership.members.iter().zip(&membership.approvals) {
         verifying_key(&member.signing_key)?
             .verify_strict(&message, &Signature::from_bytes(approval))
@@ -118,7 +121,7 @@ pub fn checkpoint_verifiers(
     origin: &str,
     membership: &Membership,
 ) -> Result<(NoteVerifier, Vec<NoteVerifier>), NoteError> {
-    let log_key = VerifyingKey::from_bytes(&membership.log_key)
+    let log_key = VerifyingKey::from_bytes(&membership.coordinator.log_key)
         .map_err(|_| NoteError::BadKeyName("log key".into()))?;
     let log = NoteVerifier::new(origin, ED25519, log_key)?;
     let witnesses = membership
@@ -224,7 +227,7 @@ impl LogState {
                     return rule("the membership manifest must be the first entry".into());
                 }
                 check_membership(membership)?;
-                if membership.coordinator_signing_key != e.author {
+                if membership.coordinator.signing_key != e.author {
                     return rule(
                         "the membership manifest must be authored by its coordinator".into(),
                     );
@@ -232,8 +235,9 @@ impl LogState {
                 Ok(())
             }
             (None, _) => rule("the first entry must be the membership manifest".into()),
-            (Some(_), Body::Membership(_)) => {
-                rule("a second membership manifest (use a config change)".into())
+            (Some(_), Body::Membership(_)) => rule("a second membership manifest".into()),
+            (Some(_), Body::ConfigChange { .. }) => {
+                rule("configuration changes are not supported by this version of the log".into())
             }
             (Some(membership), body) => {
                 if allowed_author(membership, &e.author, body) {

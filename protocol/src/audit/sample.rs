@@ -7,7 +7,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use sha2::{Digest as _, Sha256};
 
-use super::entry::{Body, Digest, Entry, Member, Membership, SignedEntry, approval_message};
+use super::entry::{
+    Body, CoordinatorKeys, Digest, Entry, Member, Membership, SignedEntry, approval_message,
+};
 use super::log::{LogState, safe_witness_quorum};
 use super::note::{COSIGNATURE_V1, ED25519, NoteSigner};
 use super::verify::ExportedLog;
@@ -82,29 +84,37 @@ impl SampleConsortium {
                 }
             })
             .collect();
-        let consortium = digest("consortium", seed);
-        let membership = Membership {
-            consortium,
+        let mut membership = Membership {
+            name: format!("sample-{seed}"),
             parameter_set: crate::he::QUORATE_RLWE128_V1.id.to_owned(),
             threshold,
             k_min,
             witness_quorum: safe_witness_quorum(parties, threshold),
-            coordinator_name: "coordinator".into(),
-            coordinator_signing_key: coordinator.verifying_key().to_bytes(),
-            log_key: log_signer.verifier().key().to_bytes(),
+            coordinator: CoordinatorKeys {
+                name: "coordinator".into(),
+                signing_key: coordinator.verifying_key().to_bytes(),
+                log_key: log_signer.verifier().key().to_bytes(),
+                peer_id: "sample-coordinator-peer".into(),
+                address: "/ip4/127.0.0.1/tcp/7400".into(),
+            },
             members: members
                 .iter()
-                .map(|m| Member {
+                .enumerate()
+                .map(|(i, m)| Member {
                     name: m.name.clone(),
                     signing_key: m.signing.verifying_key().to_bytes(),
                     witness_key: m.witness.verifier().key().to_bytes(),
+                    peer_id: format!("sample-peer-{i}"),
+                    address: format!("/ip4/127.0.0.1/tcp/{}", 7401 + i),
                 })
                 .collect(),
-            approvals: members
-                .iter()
-                .map(|m| m.signing.sign(&approval_message(&consortium)).to_bytes())
-                .collect(),
+            approvals: Vec::new(),
         };
+        let digest = membership.digest();
+        membership.approvals = members
+            .iter()
+            .map(|m| m.signing.sign(&approval_message(&digest)).to_bytes())
+            .collect();
         let mut sample = Self {
             log: LogState::new(&origin),
             origin,

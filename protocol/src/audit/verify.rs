@@ -189,11 +189,13 @@ pub fn audit(export: &ExportedLog, trusted: Option<&[u8]>) -> AuditReport {
     let mut opened = Vec::new();
     for (index, leaf) in export.entries.iter().enumerate() {
         let location = format!("entry {index}");
+        // A bad entry ends the replay of entries, but the valid prefix is still checked
+        // against the checkpoints, so forks, rollbacks and earlier violations are reported too.
         let entry = match SignedEntry::open(leaf) {
             Ok(entry) => entry,
             Err(err) => {
                 report.flag(entry_class(&err), location, err.to_string());
-                return report;
+                break;
             }
         };
         *report
@@ -206,16 +208,18 @@ pub fn audit(export: &ExportedLog, trusted: Option<&[u8]>) -> AuditReport {
                 _ => ViolationClass::EntryRule,
             };
             report.flag(class, location, err.to_string());
-            return report;
+            break;
         }
         opened.push(entry);
     }
     let Some(membership) = log.membership().cloned() else {
-        report.flag(
-            ViolationClass::Completeness,
-            "entries",
-            "the log is empty: there is no membership manifest",
-        );
+        if report.findings.is_empty() {
+            report.flag(
+                ViolationClass::Completeness,
+                "entries",
+                "the log is empty: there is no membership manifest",
+            );
+        }
         return report;
     };
     report.witness_quorum = Some(membership.witness_quorum);
@@ -380,10 +384,17 @@ struct Request {
     quorum: u16,
     contributors: usize,
     released: BTreeSet<usize>,
+    models: BTreeSet<Digest>,
     results: usize,
 }
 
 /// Replays the decryption rules over the entries in log order.
+///
+/// A decryption happens as soon as the quorum's t shares are out, whether or not anyone logs
+/// a result, so that is what is counted. A round's aggregate may be requested once per
+/// attempt, in order (0, 1, ...), and a retry is allowed only if the previous attempt did not
+/// get all its releases; a retry targets a re-randomisation of the aggregate, which can never
+/// equal any contribution or any other round's aggregate.
 fn replay_policy(membership: &Membership, entries: &[SignedEntry], report: &mut AuditReport) {
     let member_index = |key: &[u8; 32]| {
         membership
@@ -391,12 +402,16 @@ fn replay_policy(membership: &Membership, entries: &[SignedEntry], report: &mut 
             .iter()
             .position(|m| m.signing_key == *key)
     };
+    let threshold = usize::from(membership.threshold);
     let mut opened_rounds = BTreeSet::new();
     let mut closed_rounds = BTreeSet::new();
     let mut contributions: BTreeMap<u64, (u64, usize)> = BTreeMap::new();
     let mut contributed: BTreeSet<(u64, usize)> = BTreeSet::new();
+    let mut contribution_digests: BTreeSet<Digest> = BTreeSet::new();
+    let mut aggregates: BTreeSet<Digest> = BTreeSet::new();
     let mut closes: BTreeMap<u64, (u64, usize, Digest)> = BTreeMap::new();
     let mut requests: BTreeMap<u64, Request> = BTreeMap::new();
+    let mut latest_attempt: BTreeMap<u64, (u8, u64)> = BTreeMap::new();
     let mut requested: BTreeSet<Digest> = BTreeSet::new();
     let mut released: BTreeSet<(usize, Digest)> = BTreeSet::new();
     let mut decrypted_rounds: BTreeMap<u64, u64> = BTreeMap::new();
@@ -415,8 +430,11 @@ fn replay_policy(membership: &Membership, entries: &[SignedEntry], report: &mut 
                     violation(format!("round {round} opened twice"));
                 }
             }
-            Body::Contribution { round, .. } => {
+            Body::Contribution {
+                round, ciphertext, ..
+            } => {
                 let Some(member) = author else { continue };
+                contribution_digests.insert(*ciphertext);
                 if !opened_rounds.contains(round) || closed_rounds.contains(round) {
                     violation(format!("contribution to round {round}, which is not open"));
                 } else if !contributed.insert((*round, member)) {
@@ -450,6 +468,11 @@ fn replay_policy(membership: &Membership, entries: &[SignedEntry], report: &mut 
                 if members.len() != leaves.len() {
                     violation(format!("the close of round {round} counts a member twice"));
                 }
+                if contribution_digests.contains(aggregate) || !aggregates.insert(*aggregate) {
+                    violation(format!(
+                        "the aggregate of round {round} is a single contribution or another round's aggregate"
+                    ));
+                }
                 closes.insert(index, (*round, members.len(), *aggregate));
             }
             Body::DecryptionRequest {
@@ -477,29 +500,40 @@ fn replay_policy(membership: &Membership, entries: &[SignedEntry], report: &mut 
                         membership.k_min
                     ));
                 }
-                let quorum_size = quorum.count_ones() as usize;
-                if quorum_size != usize::from(membership.threshold)
-                    || usize::from(16 - quorum.leading_zeros() as u8) > membership.members.len()
+                let in_range = u32::from(*quorum) >> membership.members.len() == 0;
+                if quorum.count_ones() as usize != threshold || !in_range {
+                    violation(format!("quorum {quorum:#b} is not {threshold} members"));
+                }
+                let expected_attempt = latest_attempt.get(close).map_or(0, |(a, _)| a + 1);
+                if *attempt != expected_attempt || *attempt > MAX_ATTEMPT {
+                    violation(format!(
+                        "attempt {attempt} for round {round}, expected {expected_attempt} (at most {MAX_ATTEMPT})"
+                    ));
+                }
+                if let Some((_, previous)) = latest_attempt.get(close)
+                    && requests[previous].released.len() >= threshold
                 {
                     violation(format!(
-                        "quorum {quorum:#b} is not {} members",
-                        membership.threshold
+                        "a retry of round {round} after the previous attempt was fully released"
                     ));
                 }
                 let retargeted = if *attempt == 0 {
                     *ciphertext != aggregate
                 } else {
-                    *ciphertext == aggregate || *seed == [0; 32] || *attempt > MAX_ATTEMPT
+                    *seed == [0; 32]
+                        || aggregates.contains(ciphertext)
+                        || contribution_digests.contains(ciphertext)
                 };
                 if retargeted {
                     violation(format!(
                         "request {index} targets a ciphertext other than round {round}'s aggregate \
-                         (or its logged re-randomisation): a subset or difference"
+                         (or a logged re-randomisation of it): a subset or difference"
                     ));
                 }
                 if !requested.insert(*ciphertext) {
                     violation("a second decryption request for the same ciphertext".into());
                 }
+                latest_attempt.insert(*close, (*attempt, index));
                 requests.insert(
                     index,
                     Request {
@@ -508,6 +542,7 @@ fn replay_policy(membership: &Membership, entries: &[SignedEntry], report: &mut 
                         quorum: *quorum,
                         contributors,
                         released: BTreeSet::new(),
+                        models: BTreeSet::new(),
                         results: 0,
                     },
                 );
@@ -540,11 +575,17 @@ fn replay_policy(membership: &Membership, entries: &[SignedEntry], report: &mut 
                     ));
                 }
                 req.released.insert(member);
+                if req.released.len() == threshold {
+                    let first = *decrypted_rounds.entry(req.round).or_insert(*request);
+                    if first != *request {
+                        violation(format!("round {} decrypted twice", req.round));
+                    }
+                }
             }
             Body::DecryptionResult {
                 request,
                 ciphertext,
-                ..
+                model,
             } => {
                 let Some(req) = requests.get_mut(request) else {
                     violation(format!(
@@ -552,10 +593,10 @@ fn replay_policy(membership: &Membership, entries: &[SignedEntry], report: &mut 
                     ));
                     continue;
                 };
-                let needed = (0..membership.members.len())
+                let complete = (0..membership.members.len())
                     .filter(|m| req.quorum & (1 << m) != 0)
                     .all(|m| req.released.contains(&m));
-                if !needed || req.released.is_empty() {
+                if !complete || req.released.is_empty() {
                     violation(
                         "decryption result without the share releases of the whole quorum".into(),
                     );
@@ -565,9 +606,12 @@ fn replay_policy(membership: &Membership, entries: &[SignedEntry], report: &mut 
                         "decryption result for a ciphertext the request does not name".into(),
                     );
                 }
-                let first = *decrypted_rounds.entry(req.round).or_insert(*request);
-                if first != *request {
-                    violation(format!("round {} decrypted twice", req.round));
+                req.models.insert(*model);
+                if req.models.len() > 1 {
+                    violation(format!(
+                        "members decoded different models for round {}",
+                        req.round
+                    ));
                 }
                 req.results += 1;
             }
@@ -576,7 +620,7 @@ fn replay_policy(membership: &Membership, entries: &[SignedEntry], report: &mut 
     }
     report.decryptions = requests
         .iter()
-        .filter(|(_, r)| r.results > 0)
+        .filter(|(_, r)| r.released.len() >= threshold)
         .map(|(&leaf, r)| DecryptionRecord {
             round: r.round,
             request: leaf,

@@ -118,6 +118,87 @@ impl SecretContribution {
     }
 }
 
+/// One piece of a seeded dealing as it travels to a recipient: all pieces but the last are
+/// uniform and so can be sent as the 32-byte seed they expand from; the last one is whatever
+/// makes the pieces add up to the secret, and must be sent whole.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub enum DealtPiece {
+    Seed([u8; 32]),
+    Full(Vec<u128>),
+}
+
+impl std::fmt::Debug for DealtPiece {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DealtPiece::Seed(_) => f.write_str("DealtPiece::Seed(<redacted>)"),
+            DealtPiece::Full(_) => f.write_str("DealtPiece::Full(<redacted>)"),
+        }
+    }
+}
+
+impl DealtPiece {
+    /// The polynomial this piece stands for.
+    pub fn expand(&self, subset: Subset) -> Subshare {
+        let coefficients = match self {
+            DealtPiece::Seed(seed) => {
+                let mut stream = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::from_seed(*seed);
+                let mut piece = vec![0u128; POLYNOMIAL_SIZE];
+                fill_uniform(&mut stream, &mut piece);
+                piece
+            }
+            DealtPiece::Full(coefficients) => coefficients.clone(),
+        };
+        Subshare {
+            subset,
+            coefficients,
+        }
+    }
+}
+
+/// A dealing whose uniform pieces are given by seeds (see [`DealtPiece`]), so that what a
+/// dealer sends each recipient is small.
+#[derive(Debug)]
+pub struct SeededDealing {
+    pub pieces: Vec<(Subset, DealtPiece)>,
+}
+
+impl SeededDealing {
+    /// The pieces destined for `party` (those of the subsets it is not in).
+    pub fn for_party(&self, party: u8) -> Vec<(Subset, DealtPiece)> {
+        self.pieces
+            .iter()
+            .filter(|(subset, _)| !subset.contains(party))
+            .cloned()
+            .collect()
+    }
+}
+
+impl SecretContribution {
+    /// Like [`SecretContribution::deal`], with the uniform pieces expanded from fresh seeds.
+    pub fn deal_seeded<R: RngCore + CryptoRng>(
+        &self,
+        config: &ThresholdConfig,
+        rng: &mut R,
+    ) -> SeededDealing {
+        let subsets = config.share_subsets();
+        let mut remainder = self.coefficients.clone();
+        let mut pieces = Vec::with_capacity(subsets.len());
+        for (index, subset) in subsets.iter().enumerate() {
+            if index + 1 == subsets.len() {
+                pieces.push((*subset, DealtPiece::Full(std::mem::take(&mut remainder))));
+            } else {
+                let piece = DealtPiece::Seed(rng.r#gen());
+                let expanded = piece.expand(*subset);
+                for (rest, value) in remainder.iter_mut().zip(expanded.coefficients()) {
+                    *rest = rest.wrapping_sub(*value);
+                }
+                pieces.push((*subset, piece));
+            }
+        }
+        SeededDealing { pieces }
+    }
+}
+
 /// One additive piece of a member's secret contribution, for the subset `subset`.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct Subshare {

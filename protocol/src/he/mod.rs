@@ -31,8 +31,8 @@ pub use ciphertext::{Ciphertext, MAX_VALUES};
 pub use codec::FixedPointCodec;
 pub use decrypt::{CiphertextDigest, PartialDecryption, combine};
 pub use keys::{
-    Dealing, EncryptionKey, KeyShare, KeyShareBuilder, LocalKeySet, PublicKey,
-    PublicKeyContribution, SecretContribution, Subshare,
+    Dealing, DealtPiece, EncryptionKey, KeyShare, KeyShareBuilder, LocalKeySet, PublicKey,
+    PublicKeyContribution, SecretContribution, SeededDealing, Subshare,
 };
 pub use params::{
     MAX_PARTIES, POLYNOMIAL_SIZE, ParameterSet, QUORATE_RLWE128_V1, Quorum, Subset, ThresholdConfig,

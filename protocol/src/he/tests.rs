@@ -622,3 +622,23 @@ fn round_mask_rounds_to_the_nearest_multiple_of_256() {
     assert_eq!(round_mask(0x1234_5680), 0x1234_5700);
     assert_eq!(round_mask(u128::MAX), 0);
 }
+
+#[test]
+fn seeded_dealings_share_the_same_secret_as_plain_ones() {
+    let config = ThresholdConfig::new(4, 2).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(80);
+    let secret = SecretContribution::generate(&mut rng);
+    let dealing = secret.deal_seeded(&config, &mut rng);
+    assert!(matches!(
+        dealing.pieces.last(),
+        Some((_, DealtPiece::Full(_)))
+    ));
+    let mut sum = vec![0u128; POLYNOMIAL_SIZE];
+    for (subset, piece) in &dealing.pieces {
+        for (acc, v) in sum.iter_mut().zip(piece.expand(*subset).coefficients()) {
+            *acc = acc.wrapping_add(*v);
+        }
+    }
+    assert_eq!(sum, secret.coefficients());
+    assert!(dealing.for_party(0).iter().all(|(u, _)| !u.contains(0)));
+}
