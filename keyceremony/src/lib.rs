@@ -4,3 +4,5 @@
 
 pub mod files;
 pub mod identity;
+pub mod machine;
+pub mod message;

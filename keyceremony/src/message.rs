@@ -65,17 +65,44 @@ impl Phase {
 /// What each phase's message says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
-    Attendance { nonce: Digest, exchange_key: Digest },
-    SeedCommit { commitment: Digest, view: Digest },
-    SeedReveal { seed: Digest, view: Digest },
-    KeyCommit { contribution: Digest, blobs: Digest, view: Digest },
+    Attendance {
+        nonce: Digest,
+        exchange_key: Digest,
+    },
+    SeedCommit {
+        commitment: Digest,
+        view: Vec<Digest>,
+    },
+    SeedReveal {
+        seed: Digest,
+        view: Vec<Digest>,
+    },
+    KeyCommit {
+        contribution: Digest,
+        blobs: Digest,
+        view: Vec<Digest>,
+    },
     /// The public-key contribution in full; the encrypted subshare blobs by digest only (they
     /// travel as attachments, so the transcript can keep the signed message without them).
-    KeyReveal { contribution: Vec<u8>, blobs: Vec<(u8, Digest)>, view: Digest },
-    Complaints { against: Vec<(u8, String)>, view: Digest },
-    TranscriptSignature { transcript: Digest, share_commitment: Digest },
-    ValidationShares { partials: Vec<(u16, Vec<u8>)> },
-    ValidationReport { failures: Vec<u16> },
+    KeyReveal {
+        contribution: Vec<u8>,
+        blobs: Vec<(u8, Digest)>,
+        view: Vec<Digest>,
+    },
+    Complaints {
+        against: Vec<(u8, String)>,
+        view: Vec<Digest>,
+    },
+    TranscriptSignature {
+        transcript: Digest,
+        share_commitment: Digest,
+    },
+    ValidationShares {
+        partials: Vec<(u16, Vec<u8>)>,
+    },
+    ValidationReport {
+        failures: Vec<u16>,
+    },
 }
 
 impl Body {
@@ -93,14 +120,15 @@ impl Body {
         }
     }
 
-    /// The sender's digest of the previous phase as it saw it (equivocation shows up here).
-    pub fn view(&self) -> Option<&Digest> {
+    /// The sender's digests of the previous phase's messages as it saw them, one per sender
+    /// (equivocation shows up here).
+    pub fn view(&self) -> Option<&[Digest]> {
         match self {
             Body::SeedCommit { view, .. }
             | Body::SeedReveal { view, .. }
             | Body::KeyCommit { view, .. }
             | Body::KeyReveal { view, .. }
-            | Body::Complaints { view, .. } => Some(view),
+            | Body::Complaints { view, .. } => Some(view.as_slice()),
             _ => None,
         }
     }
@@ -108,21 +136,27 @@ impl Body {
     fn encode(&self, w: &mut Writer) {
         w.u8(self.phase() as u8);
         match self {
-            Body::Attendance { nonce, exchange_key } => {
+            Body::Attendance {
+                nonce,
+                exchange_key,
+            } => {
                 w.bytes(nonce).bytes(exchange_key);
             }
             Body::SeedCommit { commitment, view } => {
-                w.bytes(commitment).bytes(view);
+                w.bytes(commitment);
+                put_view(w, view);
             }
             Body::SeedReveal { seed, view } => {
-                w.bytes(seed).bytes(view);
+                w.bytes(seed);
+                put_view(w, view);
             }
             Body::KeyCommit {
                 contribution,
                 blobs,
                 view,
             } => {
-                w.bytes(contribution).bytes(blobs).bytes(view);
+                w.bytes(contribution).bytes(blobs);
+                put_view(w, view);
             }
             Body::KeyReveal {
                 contribution,
@@ -134,14 +168,14 @@ impl Body {
                 for (recipient, digest) in blobs {
                     w.u8(*recipient).bytes(digest);
                 }
-                w.bytes(view);
+                put_view(w, view);
             }
             Body::Complaints { against, view } => {
                 w.u16(against.len() as u16);
                 for (dealer, reason) in against {
                     w.u8(*dealer).string(reason);
                 }
-                w.bytes(view);
+                put_view(w, view);
             }
             Body::TranscriptSignature {
                 transcript,
@@ -177,16 +211,16 @@ impl Body {
             },
             Phase::SeedCommit => Body::SeedCommit {
                 commitment: r.array("commitment")?,
-                view: r.array("view")?,
+                view: read_view(r)?,
             },
             Phase::SeedReveal => Body::SeedReveal {
                 seed: r.array("seed")?,
-                view: r.array("view")?,
+                view: read_view(r)?,
             },
             Phase::KeyCommit => Body::KeyCommit {
                 contribution: r.array("contribution digest")?,
                 blobs: r.array("blobs digest")?,
-                view: r.array("view")?,
+                view: read_view(r)?,
             },
             Phase::KeyReveal => {
                 let len = r.count("contribution length", 4, MAX_BLOB)?;
@@ -199,7 +233,7 @@ impl Body {
                 Body::KeyReveal {
                     contribution,
                     blobs,
-                    view: r.array("view")?,
+                    view: read_view(r)?,
                 }
             }
             Phase::Complaints => {
@@ -210,7 +244,7 @@ impl Body {
                 }
                 Body::Complaints {
                     against,
-                    view: r.array("view")?,
+                    view: read_view(r)?,
                 }
             }
             Phase::TranscriptSignature => Body::TranscriptSignature {
@@ -237,6 +271,18 @@ impl Body {
             }
         })
     }
+}
+
+fn put_view(w: &mut Writer, view: &[Digest]) {
+    w.u8(view.len() as u8);
+    for digest in view {
+        w.bytes(digest);
+    }
+}
+
+fn read_view(r: &mut Reader<'_>) -> Result<Vec<Digest>, ReadError> {
+    let count = r.count("view", 1, 16)?;
+    (0..count).map(|_| r.array("view digest")).collect()
 }
 
 /// A signed ceremony message.
@@ -318,5 +364,46 @@ impl Message {
 
     pub fn digest(&self) -> Digest {
         Sha256::digest(self.encode()).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_refuse_tampering() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let bodies = vec![
+            Body::Attendance {
+                nonce: [1; 32],
+                exchange_key: [2; 32],
+            },
+            Body::KeyReveal {
+                contribution: vec![5; 40],
+                blobs: vec![(1, [6; 32])],
+                view: vec![[7; 32]; 3],
+            },
+            Body::Complaints {
+                against: vec![(2, "bad subshare".into())],
+                view: vec![[8; 32]; 3],
+            },
+            Body::ValidationShares {
+                partials: vec![(0b11, vec![9; 20])],
+            },
+            Body::ValidationReport { failures: vec![] },
+        ];
+        for body in bodies {
+            let message = Message::sign([4; 32], 1, body, &key);
+            let bytes = message.encode();
+            assert_eq!(Message::decode(&bytes).unwrap(), message);
+            assert!(message.verify(&key.verifying_key()));
+            for index in 0..bytes.len() {
+                let mut bad = bytes.clone();
+                bad[index] ^= 0x20;
+                let survives = Message::decode(&bad).is_ok_and(|m| m.verify(&key.verifying_key()));
+                assert!(!survives, "flip at {index}");
+            }
+        }
     }
 }

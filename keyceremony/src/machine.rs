@@ -1,0 +1,891 @@
+//! The key ceremony as a sans-IO state machine: messages and randomness in, messages out.
+//! One `Participant` per member; the runner (network or test harness) delivers every
+//! broadcast to every other member and calls [`Participant::missing`] when a phase times out.
+//!
+//! Phases (see `ceremony.md`): attendance; commit-then-reveal of a seed each, whose hash is the
+//! common reference (nobody can grind the public key's mask); commit-then-reveal of each
+//! member's public-key body and encrypted subshares (nobody can choose the key after seeing
+//! the others); complaints; signatures of the transcript hash by all; validation of every
+//! t-subset by decrypting a fresh challenge. Any deviation aborts, naming the member.
+
+use std::collections::BTreeMap;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use protocol::bytes::{Reader, Writer};
+use protocol::consortium::Consortium;
+use protocol::he::{
+    Budget, BudgetRequest, DealtPiece, KeyShare, KeyShareBuilder, PartialDecryption, PublicKey,
+    PublicKeyContribution, Quorum, SecretContribution, Subset, ThresholdConfig, combine,
+};
+use protocol::wire::{
+    BoundCiphertext, DecodeLimits, decode_partial_decryption, decode_public_key_contribution,
+    encode_key_share, encode_partial_decryption, encode_public_key_contribution,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{CryptoRng, RngCore};
+use sha2::{Digest as _, Sha256};
+use x25519_dalek::{PublicKey as ExchangePublic, StaticSecret};
+use zeroize::Zeroizing;
+
+use crate::message::{Body, Digest, Message, Phase};
+
+/// Values in the validation challenge.
+const CHALLENGE_VALUES: usize = 16;
+
+/// Why a ceremony stopped, and who caused it (when someone did).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Abort {
+    pub culprit: Option<u8>,
+    pub phase: Phase,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Abort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.culprit {
+            Some(member) => write!(
+                f,
+                "member {member} at {}: {}",
+                self.phase.name(),
+                self.reason
+            ),
+            None => write!(f, "at {}: {}", self.phase.name(), self.reason),
+        }
+    }
+}
+
+/// What a finished ceremony leaves a member with.
+pub struct Outcome {
+    pub ceremony: Digest,
+    pub public_key: PublicKey,
+    pub share: KeyShare,
+    /// Every signed message of the ceremony, in phase and member order.
+    pub transcript: Vec<Message>,
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Outcome(ceremony {}, <redacted share>)",
+            hex_short(&self.ceremony)
+        )
+    }
+}
+
+fn hex_short(digest: &Digest) -> String {
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hash(parts: &[&[u8]]) -> Digest {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
+/// What a step produced: messages to broadcast (with attachments for their recipients), or
+/// the finished ceremony.
+#[derive(Debug)]
+pub enum Step {
+    Send(Vec<Outgoing>),
+    Done(Box<Outcome>),
+}
+
+/// A message to broadcast, plus encrypted blobs addressed to single members.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub message: Message,
+    pub attachments: Vec<(u8, Vec<u8>)>,
+}
+
+/// A received message with the attachment meant for this member, if any.
+#[derive(Clone, Debug)]
+pub struct Incoming {
+    pub message: Message,
+    pub attachment: Option<Vec<u8>>,
+}
+
+pub struct Participant {
+    consortium: Consortium,
+    config: ThresholdConfig,
+    me: u8,
+    signing: SigningKey,
+    keys: Vec<VerifyingKey>,
+    phase: Phase,
+    received: BTreeMap<(Phase, u8), Incoming>,
+    ceremony: Option<Digest>,
+    nonce: Digest,
+    exchange: StaticSecret,
+    seed: Zeroizing<Digest>,
+    mask_seed: u128,
+    secret: Option<SecretContribution>,
+    contribution: Option<PublicKeyContribution>,
+    my_pieces: Vec<(Subset, DealtPiece)>,
+    pending_reveal: Option<PendingReveal>,
+    public_key: Option<PublicKey>,
+    share: Option<KeyShare>,
+    transcript_hash: Option<Digest>,
+    challenge: Option<Challenge>,
+}
+
+/// The key reveal prepared at the key commitment: the contribution's encoding, the digests
+/// of the encrypted blobs, and the blobs themselves.
+type PendingReveal = (Vec<u8>, Vec<(u8, Digest)>, Vec<(u8, Vec<u8>)>);
+
+/// The validation challenge: values everybody derives from the transcript hash, and their
+/// encryption under the new key (the same ciphertext for everybody).
+struct Challenge {
+    values: Vec<i64>,
+    ciphertext: BoundCiphertext,
+    budget: Budget,
+}
+
+impl std::fmt::Debug for Participant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Participant(member {}, {:?}, <redacted>)",
+            self.me, self.phase
+        )
+    }
+}
+
+impl Participant {
+    /// Starts a ceremony for member `me` of an approved consortium; returns the attendance
+    /// message to broadcast.
+    pub fn start<R: RngCore + CryptoRng>(
+        consortium: Consortium,
+        me: u8,
+        signing: SigningKey,
+        rng: &mut R,
+    ) -> Result<(Self, Outgoing), Abort> {
+        let abort = |reason: String| Abort {
+            culprit: None,
+            phase: Phase::Attendance,
+            reason,
+        };
+        consortium
+            .check_approvals()
+            .map_err(|e| abort(format!("the manifest is not fully approved: {e}")))?;
+        let config = consortium.config();
+        if me >= config.parties() || consortium.member_signing_key(me) != signing.verifying_key() {
+            return Err(abort(format!(
+                "this identity is not member {me} of the consortium"
+            )));
+        }
+        let keys = (0..config.parties())
+            .map(|i| consortium.member_signing_key(i))
+            .collect();
+        let exchange = StaticSecret::random_from_rng(&mut *rng);
+        let participant = Self {
+            config,
+            me,
+            keys,
+            phase: Phase::Attendance,
+            received: BTreeMap::new(),
+            ceremony: None,
+            nonce: rng.r#gen(),
+            seed: Zeroizing::new(rng.r#gen()),
+            exchange,
+            mask_seed: 0,
+            secret: None,
+            contribution: None,
+            my_pieces: Vec::new(),
+            pending_reveal: None,
+            public_key: None,
+            share: None,
+            transcript_hash: None,
+            challenge: None,
+            consortium,
+            signing,
+        };
+        let body = Body::Attendance {
+            nonce: participant.nonce,
+            exchange_key: ExchangePublic::from(&participant.exchange).to_bytes(),
+        };
+        let message = participant.sign(participant.consortium.digest(), body);
+        Ok((participant, message))
+    }
+
+    pub fn me(&self) -> u8 {
+        self.me
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    fn parties(&self) -> u8 {
+        self.config.parties()
+    }
+
+    fn sign(&self, context: Digest, body: Body) -> Outgoing {
+        Outgoing {
+            message: Message::sign(context, self.me, body, &self.signing),
+            attachments: Vec::new(),
+        }
+    }
+
+    fn fail(&self, culprit: Option<u8>, reason: impl Into<String>) -> Abort {
+        Abort {
+            culprit,
+            phase: self.phase,
+            reason: reason.into(),
+        }
+    }
+
+    /// Members whose message for the current phase has not arrived: on a timeout the runner
+    /// aborts naming them.
+    pub fn missing(&self) -> Vec<u8> {
+        (0..self.parties())
+            .filter(|&m| !self.received.contains_key(&(self.phase, m)))
+            .collect()
+    }
+
+    /// The abort a timeout causes.
+    pub fn timeout(&self) -> Abort {
+        let missing = self.missing();
+        self.fail(
+            missing.first().copied(),
+            format!(
+                "no {} from member(s) {missing:?} in time",
+                self.phase.name()
+            ),
+        )
+    }
+
+    /// Accepts one message (our own broadcasts included) and advances as far as possible.
+    pub fn receive<R: RngCore + CryptoRng>(
+        &mut self,
+        incoming: Incoming,
+        rng: &mut R,
+    ) -> Result<Step, Abort> {
+        let message = &incoming.message;
+        let sender = message.sender;
+        if sender >= self.parties() {
+            return Err(self.fail(
+                None,
+                format!("a message from {sender}, who is not in the manifest"),
+            ));
+        }
+        if !message.verify(&self.keys[usize::from(sender)]) {
+            return Err(self.fail(Some(sender), "wrong signature"));
+        }
+        let phase = message.phase();
+        let expected_context = if phase == Phase::Attendance {
+            Some(self.consortium.digest())
+        } else {
+            self.ceremony
+        };
+        if let Some(context) = expected_context
+            && context != message.context
+        {
+            return Err(self.fail(
+                Some(sender),
+                format!(
+                    "a {} message from another ceremony (a replay?)",
+                    phase.name()
+                ),
+            ));
+        }
+        match self.received.get(&(phase, sender)) {
+            Some(previous) if previous.message == *message => return Ok(Step::Send(vec![])),
+            Some(_) => {
+                return Err(self.fail(
+                    Some(sender),
+                    format!(
+                        "sent two different {} messages (equivocation)",
+                        phase.name()
+                    ),
+                ));
+            }
+            None => {}
+        }
+        if phase < self.phase {
+            return Err(self.fail(Some(sender), format!("a late {} message", phase.name())));
+        }
+        self.received.insert((phase, sender), incoming);
+        let mut out = Vec::new();
+        while self.missing().is_empty() {
+            match self.advance(rng)? {
+                Step::Send(mut messages) => out.append(&mut messages),
+                done @ Step::Done(_) => return Ok(done),
+            }
+        }
+        Ok(Step::Send(out))
+    }
+
+    fn messages(&self, phase: Phase) -> Vec<&Incoming> {
+        (0..self.parties())
+            .map(|m| &self.received[&(phase, m)])
+            .collect()
+    }
+
+    /// This member's digests of a phase's messages, as it received them, one per sender.
+    fn view_of(&self, phase: Phase) -> Vec<Digest> {
+        self.messages(phase)
+            .iter()
+            .map(|i| i.message.digest())
+            .collect()
+    }
+
+    /// Every member must have seen the previous phase exactly as we did. A sender whose
+    /// message others saw differently sent different messages to different members
+    /// (equivocation); reporters are members and, in this version, assumed to report truly.
+    fn check_views(&self, phase: Phase) -> Result<(), Abort> {
+        let Some(previous) = Phase::ALL.iter().copied().find(|p| p.next() == Some(phase)) else {
+            return Ok(());
+        };
+        let mine = self.view_of(previous);
+        for incoming in self.messages(phase) {
+            let Some(view) = incoming.message.body.view() else {
+                continue;
+            };
+            if view.len() != mine.len() {
+                return Err(self.fail(Some(incoming.message.sender), "a malformed view"));
+            }
+            if let Some(culprit) = (0..mine.len()).find(|&i| view[i] != mine[i]) {
+                return Err(self.fail(
+                    Some(culprit as u8),
+                    format!(
+                        "sent different {} messages to different members (equivocation, seen by member {})",
+                        previous.name(),
+                        incoming.message.sender
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn advance<R: RngCore + CryptoRng>(&mut self, rng: &mut R) -> Result<Step, Abort> {
+        self.check_views(self.phase)?;
+        let step = match self.phase {
+            Phase::Attendance => self.after_attendance(),
+            Phase::SeedCommit => self.after_seed_commit(),
+            Phase::SeedReveal => self.after_seed_reveal(rng)?,
+            Phase::KeyCommit => self.after_key_commit()?,
+            Phase::KeyReveal => self.after_key_reveal()?,
+            Phase::Complaints => self.after_complaints()?,
+            Phase::TranscriptSignature => self.after_transcript(rng)?,
+            Phase::ValidationShares => self.after_validation_shares()?,
+            Phase::ValidationReport => return self.finish(),
+        };
+        self.phase = self.phase.next().expect("not the last phase");
+        Ok(Step::Send(step))
+    }
+
+    fn ceremony(&self) -> Digest {
+        self.ceremony.expect("set after attendance")
+    }
+
+    fn after_attendance(&mut self) -> Vec<Outgoing> {
+        let mut parts: Vec<Vec<u8>> = vec![
+            b"quorate/ceremony-id/v1".to_vec(),
+            self.consortium.digest().to_vec(),
+        ];
+        for incoming in self.messages(Phase::Attendance) {
+            if let Body::Attendance {
+                nonce,
+                exchange_key,
+            } = &incoming.message.body
+            {
+                parts.push(nonce.to_vec());
+                parts.push(exchange_key.to_vec());
+            }
+        }
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let ceremony = hash(&refs);
+        self.ceremony = Some(ceremony);
+        let commitment = self.seed_commitment(self.me, &self.seed);
+        let view = self.view_of(Phase::Attendance);
+        vec![self.sign(ceremony, Body::SeedCommit { commitment, view })]
+    }
+
+    fn seed_commitment(&self, member: u8, seed: &Digest) -> Digest {
+        hash(&[
+            b"quorate/seed-commitment/v1",
+            &self.ceremony(),
+            &[member],
+            seed,
+        ])
+    }
+
+    fn after_seed_commit(&mut self) -> Vec<Outgoing> {
+        let view = self.view_of(Phase::SeedCommit);
+        vec![self.sign(
+            self.ceremony(),
+            Body::SeedReveal {
+                seed: *self.seed,
+                view,
+            },
+        )]
+    }
+
+    fn after_seed_reveal<R: RngCore + CryptoRng>(
+        &mut self,
+        rng: &mut R,
+    ) -> Result<Vec<Outgoing>, Abort> {
+        let mut seeds = Vec::new();
+        for member in 0..self.parties() {
+            let Body::SeedCommit { commitment, .. } =
+                &self.received[&(Phase::SeedCommit, member)].message.body
+            else {
+                unreachable!("stored by phase");
+            };
+            let Body::SeedReveal { seed, .. } =
+                &self.received[&(Phase::SeedReveal, member)].message.body
+            else {
+                unreachable!("stored by phase");
+            };
+            if self.seed_commitment(member, seed) != *commitment {
+                return Err(self.fail(
+                    Some(member),
+                    "its seed reveal does not match its commitment",
+                ));
+            }
+            seeds.push(*seed);
+        }
+        let manifest = self.consortium.digest();
+        let mut parts: Vec<&[u8]> = vec![b"quorate/common-reference/v1", &manifest];
+        let ceremony = self.ceremony();
+        parts.push(&ceremony);
+        for seed in &seeds {
+            parts.push(seed);
+        }
+        let reference = hash(&parts);
+        self.mask_seed = u128::from_le_bytes(reference[..16].try_into().expect("16 bytes"));
+
+        let secret = SecretContribution::generate(rng);
+        let contribution = secret.public_key_contribution(self.me, self.mask_seed, rng);
+        let dealing = secret.deal_seeded(&self.config, rng);
+        let mut attachments = Vec::new();
+        for recipient in 0..self.parties() {
+            let pieces = dealing.for_party(recipient);
+            if recipient == self.me {
+                self.my_pieces = pieces;
+                continue;
+            }
+            let blob = self.encrypt_pieces(recipient, &pieces, rng);
+            attachments.push((recipient, blob));
+        }
+        let contribution_bytes = encode_public_key_contribution(&contribution);
+        let blob_digests: Vec<(u8, Digest)> = attachments
+            .iter()
+            .map(|(recipient, blob)| (*recipient, Sha256::digest(blob).into()))
+            .collect();
+        let commit = Body::KeyCommit {
+            contribution: Sha256::digest(&contribution_bytes).into(),
+            blobs: blobs_digest(&blob_digests),
+            view: self.view_of(Phase::SeedReveal),
+        };
+        self.secret = Some(secret);
+        self.contribution = Some(contribution);
+        self.pending_reveal = Some((contribution_bytes, blob_digests, attachments));
+        Ok(vec![self.sign(self.ceremony(), commit)])
+    }
+
+    fn blob_key(&self, dealer: u8, recipient: u8, other: &Digest) -> Zeroizing<Digest> {
+        let shared = self.exchange.diffie_hellman(&ExchangePublic::from(*other));
+        Zeroizing::new(hash(&[
+            b"quorate/subshare-key/v1",
+            &self.ceremony(),
+            &[dealer, recipient],
+            shared.as_bytes(),
+        ]))
+    }
+
+    fn exchange_key_of(&self, member: u8) -> Digest {
+        match &self.received[&(Phase::Attendance, member)].message.body {
+            Body::Attendance { exchange_key, .. } => *exchange_key,
+            _ => unreachable!("stored by phase"),
+        }
+    }
+
+    /// Encrypts the pieces of `recipient`'s subsets to it (X25519 with its attendance key,
+    /// XChaCha20-Poly1305 bound to the ceremony, dealer and recipient).
+    fn encrypt_pieces<R: RngCore + CryptoRng>(
+        &self,
+        recipient: u8,
+        pieces: &[(Subset, DealtPiece)],
+        rng: &mut R,
+    ) -> Vec<u8> {
+        let mut plain = Writer::default();
+        plain.u16(pieces.len() as u16);
+        for (subset, piece) in pieces {
+            plain.u16(subset.0);
+            match piece {
+                DealtPiece::Seed(seed) => {
+                    plain.u8(0).bytes(seed);
+                }
+                DealtPiece::Full(coefficients) => {
+                    plain.u8(1);
+                    for c in coefficients {
+                        plain.bytes(&c.to_le_bytes());
+                    }
+                }
+            }
+        }
+        let plain = Zeroizing::new(plain.into_bytes());
+        let key = self.blob_key(self.me, recipient, &self.exchange_key_of(recipient));
+        let nonce: [u8; 24] = rng.r#gen();
+        let aad = [self.ceremony().as_slice(), &[self.me, recipient]].concat();
+        let sealed = XChaCha20Poly1305::new(key.as_ref().into())
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &aad,
+                },
+            )
+            .expect("encryption of a bounded message succeeds");
+        [nonce.as_slice(), &sealed].concat()
+    }
+
+    fn decrypt_pieces(&self, dealer: u8, blob: &[u8]) -> Result<Vec<(Subset, DealtPiece)>, String> {
+        if blob.len() < 24 {
+            return Err("the subshare blob is truncated".into());
+        }
+        let key = self.blob_key(dealer, self.me, &self.exchange_key_of(dealer));
+        let aad = [self.ceremony().as_slice(), &[dealer, self.me]].concat();
+        let plain = Zeroizing::new(
+            XChaCha20Poly1305::new(key.as_ref().into())
+                .decrypt(
+                    XNonce::from_slice(&blob[..24]),
+                    Payload {
+                        msg: &blob[24..],
+                        aad: &aad,
+                    },
+                )
+                .map_err(|_| "the subshares do not decrypt".to_owned())?,
+        );
+        let mut r = Reader::new(&plain);
+        let bad = |e: protocol::bytes::ReadError| format!("malformed subshares: {e}");
+        let count = r.count("pieces", 2, 1024).map_err(bad)?;
+        let mut pieces = Vec::with_capacity(count);
+        for _ in 0..count {
+            let subset = Subset(r.u16("subset").map_err(bad)?);
+            let piece = match r.u8("piece kind").map_err(bad)? {
+                0 => DealtPiece::Seed(r.array("seed").map_err(bad)?),
+                1 => {
+                    let bytes = r
+                        .take("coefficients", protocol::he::POLYNOMIAL_SIZE * 16)
+                        .map_err(bad)?;
+                    DealtPiece::Full(
+                        bytes
+                            .chunks_exact(16)
+                            .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+                            .collect(),
+                    )
+                }
+                other => return Err(format!("unknown piece kind {other}")),
+            };
+            pieces.push((subset, piece));
+        }
+        r.finish("subshares").map_err(bad)?;
+        let held: Vec<Subset> = pieces.iter().map(|(s, _)| *s).collect();
+        if held != self.config.subsets_held_by(self.me) {
+            return Err("the subshares are not for the subsets this member holds".into());
+        }
+        Ok(pieces)
+    }
+
+    fn after_key_commit(&mut self) -> Result<Vec<Outgoing>, Abort> {
+        let (contribution, blobs, attachments) = self
+            .pending_reveal
+            .take()
+            .expect("prepared at the seed reveal");
+        let body = Body::KeyReveal {
+            contribution,
+            blobs,
+            view: self.view_of(Phase::KeyCommit),
+        };
+        let mut outgoing = self.sign(self.ceremony(), body);
+        outgoing.attachments = attachments;
+        Ok(vec![outgoing])
+    }
+
+    fn after_key_reveal(&mut self) -> Result<Vec<Outgoing>, Abort> {
+        let mut contributions = Vec::new();
+        let mut complaints = Vec::new();
+        let mut builder = KeyShareBuilder::new(self.config, self.me)
+            .map_err(|e| self.fail(None, e.to_string()))?;
+        for dealer in 0..self.parties() {
+            let (
+                Body::KeyCommit {
+                    contribution: committed,
+                    blobs: committed_blobs,
+                    ..
+                },
+                reveal,
+            ) = (
+                &self.received[&(Phase::KeyCommit, dealer)].message.body,
+                &self.received[&(Phase::KeyReveal, dealer)],
+            )
+            else {
+                unreachable!("stored by phase");
+            };
+            let Body::KeyReveal {
+                contribution,
+                blobs,
+                ..
+            } = &reveal.message.body
+            else {
+                unreachable!("stored by phase");
+            };
+            let contribution_digest: Digest = Sha256::digest(contribution).into();
+            if contribution_digest != *committed || blobs_digest(blobs) != *committed_blobs {
+                return Err(self.fail(Some(dealer), "its key reveal does not match its commitment"));
+            }
+            let recipients: Vec<u8> = blobs.iter().map(|(r, _)| *r).collect();
+            let expected: Vec<u8> = (0..self.parties()).filter(|&r| r != dealer).collect();
+            if recipients != expected {
+                return Err(self.fail(
+                    Some(dealer),
+                    "its subshares do not address every other member once",
+                ));
+            }
+            let decoded = decode_public_key_contribution(contribution).map_err(|e| {
+                self.fail(
+                    Some(dealer),
+                    format!("an unreadable public-key contribution: {e}"),
+                )
+            })?;
+            if decoded.party != dealer || decoded.mask_seed != self.mask_seed {
+                return Err(self.fail(
+                    Some(dealer),
+                    "a public-key contribution for another party or reference",
+                ));
+            }
+            contributions.push(decoded);
+            let pieces = if dealer == self.me {
+                Ok(std::mem::take(&mut self.my_pieces))
+            } else {
+                let listed = blobs.iter().find(|(r, _)| *r == self.me).map(|(_, d)| *d);
+                match &reveal.attachment {
+                    None => Err("no subshares arrived for this member".to_owned()),
+                    Some(blob) if Some(Sha256::digest(blob).into()) != listed => {
+                        Err("the subshares received do not match the committed digest".to_owned())
+                    }
+                    Some(blob) => self.decrypt_pieces(dealer, blob),
+                }
+            };
+            match pieces {
+                Ok(pieces) => {
+                    let subshares: Vec<_> = pieces.iter().map(|(u, p)| p.expand(*u)).collect();
+                    builder
+                        .add(dealer, &subshares)
+                        .map_err(|e| self.fail(Some(dealer), e.to_string()))?;
+                }
+                Err(reason) => complaints.push((dealer, reason)),
+            }
+        }
+        if complaints.is_empty() {
+            let public_key = PublicKey::combine(&self.config, &contributions)
+                .map_err(|e| self.fail(None, e.to_string()))?;
+            self.public_key = Some(public_key);
+            self.share = Some(
+                builder
+                    .finish()
+                    .map_err(|e| self.fail(None, e.to_string()))?,
+            );
+        }
+        let body = Body::Complaints {
+            against: complaints,
+            view: self.view_of(Phase::KeyReveal),
+        };
+        Ok(vec![self.sign(self.ceremony(), body)])
+    }
+
+    /// The transcript hash: every message of the phases before the signatures, in phase and
+    /// member order.
+    fn transcript_hash(&self) -> Digest {
+        let encodings: Vec<Vec<u8>> = Phase::ALL
+            .iter()
+            .take_while(|p| **p < Phase::TranscriptSignature)
+            .flat_map(|p| self.messages(*p).into_iter().map(|i| i.message.encode()))
+            .collect();
+        let mut parts: Vec<&[u8]> = vec![b"quorate/ceremony-transcript/v1"];
+        parts.extend(encodings.iter().map(Vec::as_slice));
+        hash(&parts)
+    }
+
+    fn after_complaints(&mut self) -> Result<Vec<Outgoing>, Abort> {
+        for incoming in self.messages(Phase::Complaints) {
+            if let Body::Complaints { against, .. } = &incoming.message.body
+                && let Some((dealer, reason)) = against.first()
+            {
+                return Err(self.fail(
+                    Some(*dealer),
+                    format!("member {} complains: {reason}", incoming.message.sender),
+                ));
+            }
+        }
+        let transcript = self.transcript_hash();
+        self.transcript_hash = Some(transcript);
+        let share = self.share.as_ref().expect("built when nobody complains");
+        let share_commitment = hash(&[b"quorate/share-commitment/v1", &encode_key_share(share)]);
+        Ok(vec![self.sign(
+            self.ceremony(),
+            Body::TranscriptSignature {
+                transcript,
+                share_commitment,
+            },
+        )])
+    }
+
+    fn after_transcript<R: RngCore + CryptoRng>(
+        &mut self,
+        rng: &mut R,
+    ) -> Result<Vec<Outgoing>, Abort> {
+        let mine = self.transcript_hash.expect("computed before signing");
+        for incoming in self.messages(Phase::TranscriptSignature) {
+            if let Body::TranscriptSignature { transcript, .. } = &incoming.message.body
+                && *transcript != mine
+            {
+                return Err(self.fail(
+                    Some(incoming.message.sender),
+                    "signed a different transcript: the members do not agree on the ceremony",
+                ));
+            }
+        }
+        // Every t-subset decrypts a challenge everybody derives from the transcript.
+        let budget = Budget::compute(BudgetRequest {
+            config: self.config,
+            max_contributions: 1,
+            weight_bound: 1,
+            value_bits: 20,
+            kappa: 40,
+            rounds: 1,
+        })
+        .map_err(|e| self.fail(None, e.to_string()))?;
+        let mut stream = ChaCha20Rng::from_seed(hash(&[b"quorate/validation-challenge/v1", &mine]));
+        let values: Vec<i64> = (0..CHALLENGE_VALUES)
+            .map(|_| stream.gen_range(-budget.max_value()..=budget.max_value()))
+            .collect();
+        let public_key = self.public_key.as_ref().expect("combined before signing");
+        let ciphertext = public_key
+            .prepare()
+            .encrypt(&values, &budget, &mut stream)
+            .map_err(|e| self.fail(None, e.to_string()))?;
+        let ciphertext = BoundCiphertext::new(ciphertext);
+        let share = self.share.as_ref().expect("built before signing");
+        let mut partials = Vec::new();
+        for quorum in t_subsets(self.config)
+            .into_iter()
+            .filter(|q| q.contains(self.me))
+        {
+            let members: Vec<u8> = quorum.members().collect();
+            let quorum_set =
+                Quorum::new(&self.config, members).map_err(|e| self.fail(None, e.to_string()))?;
+            let partial = share
+                .partial_decrypt(&ciphertext, &quorum_set, &budget, rng)
+                .map_err(|e| self.fail(None, e.to_string()))?;
+            partials.push((quorum.0, encode_partial_decryption(&partial)));
+        }
+        self.challenge = Some(Challenge {
+            values,
+            ciphertext,
+            budget,
+        });
+        Ok(vec![self.sign(
+            self.ceremony(),
+            Body::ValidationShares { partials },
+        )])
+    }
+
+    fn after_validation_shares(&mut self) -> Result<Vec<Outgoing>, Abort> {
+        let challenge = self.challenge.as_ref().expect("set before sending shares");
+        let mut failures = Vec::new();
+        for quorum in t_subsets(self.config) {
+            let members: Vec<u8> = quorum.members().collect();
+            let Ok(quorum_set) = Quorum::new(&self.config, members.clone()) else {
+                failures.push(quorum.0);
+                continue;
+            };
+            let partials: Option<Vec<PartialDecryption>> = members
+                .iter()
+                .map(
+                    |&m| match &self.received[&(Phase::ValidationShares, m)].message.body {
+                        Body::ValidationShares { partials } => partials
+                            .iter()
+                            .find(|(q, _)| *q == quorum.0)
+                            .and_then(|(_, bytes)| {
+                                decode_partial_decryption(bytes, DecodeLimits { max_values: 64 })
+                                    .ok()
+                            })
+                            .filter(|p| p.party == m),
+                        _ => None,
+                    },
+                )
+                .collect();
+            let decrypted = partials.and_then(|partials| {
+                combine(
+                    &challenge.ciphertext,
+                    &quorum_set,
+                    &partials,
+                    &challenge.budget,
+                )
+                .ok()
+            });
+            if decrypted.as_deref() != Some(challenge.values.as_slice()) {
+                failures.push(quorum.0);
+            }
+        }
+        Ok(vec![self.sign(
+            self.ceremony(),
+            Body::ValidationReport { failures },
+        )])
+    }
+
+    fn finish(&mut self) -> Result<Step, Abort> {
+        for incoming in self.messages(Phase::ValidationReport) {
+            if let Body::ValidationReport { failures } = &incoming.message.body
+                && let Some(first) = failures.first()
+            {
+                let members: Vec<u8> = Subset(*first).members().collect();
+                return Err(self.fail(
+                    None,
+                    format!(
+                        "member {} could not decrypt the challenge with quorum {members:?}",
+                        incoming.message.sender
+                    ),
+                ));
+            }
+        }
+        let transcript = Phase::ALL
+            .iter()
+            .flat_map(|p| self.messages(*p).into_iter().map(|i| i.message.clone()))
+            .collect();
+        Ok(Step::Done(Box::new(Outcome {
+            ceremony: self.ceremony(),
+            public_key: self.public_key.take().expect("combined"),
+            share: self.share.take().expect("built"),
+            transcript,
+        })))
+    }
+}
+
+fn blobs_digest(blobs: &[(u8, Digest)]) -> Digest {
+    let mut parts: Vec<&[u8]> = vec![b"quorate/subshare-blobs/v1"];
+    let recipients: Vec<[u8; 1]> = blobs.iter().map(|(r, _)| [*r]).collect();
+    for ((_, digest), recipient) in blobs.iter().zip(&recipients) {
+        parts.push(recipient);
+        parts.push(digest);
+    }
+    hash(&parts)
+}
+
+/// Every t-subset of the members, as bit masks.
+pub fn t_subsets(config: ThresholdConfig) -> Vec<Subset> {
+    (0u16..(1 << config.parties()))
+        .filter(|bits| bits.count_ones() == u32::from(config.threshold()))
+        .map(Subset)
+        .collect()
+}

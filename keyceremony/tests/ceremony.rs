@@ -1,0 +1,336 @@
+//! The ceremony's state machines run together in one process, with a router that can drop,
+//! alter or replay messages: an honest run gives every member the same key and a working
+//! share; each kind of misbehaviour aborts, names the culprit, and leaves nobody a share.
+
+use std::collections::VecDeque;
+
+use ed25519_dalek::{Signer, SigningKey};
+use keyceremony::machine::{Abort, Incoming, Outcome, Participant, Step};
+use keyceremony::message::{Body, Message, Phase};
+use protocol::audit::entry::approval_message;
+use protocol::consortium::Consortium;
+use protocol::he::{Budget, BudgetRequest, Quorum, combine};
+use protocol::wire::BoundCiphertext;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+fn consortium(n: u8, t: u8) -> (Consortium, Vec<SigningKey>) {
+    let hex_key = |seed: u8| {
+        hex::encode(
+            SigningKey::from_bytes(&[seed; 32])
+                .verifying_key()
+                .to_bytes(),
+        )
+    };
+    let mut text = format!(
+        "name = \"ceremony-test\"\nparameter_set = \"quorate-rlwe128-v1\"\nthreshold = {t}\nk_min = 2\n\n\
+         [coordinator]\nname = \"coordinator\"\nsigning_key = \"{}\"\nlog_key = \"{}\"\n\
+         peer_id = \"peer-c\"\naddress = \"/ip4/127.0.0.1/tcp/7400\"\n",
+        hex_key(200),
+        hex_key(201)
+    );
+    let keys: Vec<SigningKey> = (0..n)
+        .map(|i| SigningKey::from_bytes(&[i + 1; 32]))
+        .collect();
+    for i in 0..n {
+        text.push_str(&format!(
+            "\n[[members]]\nname = \"member-{i}\"\nsigning_key = \"{}\"\nwitness_key = \"{}\"\n\
+             peer_id = \"peer-{i}\"\naddress = \"/ip4/127.0.0.1/tcp/{}\"\n",
+            hex_key(i + 1),
+            hex_key(i + 100),
+            7401 + u32::from(i)
+        ));
+    }
+    let mut consortium = Consortium::parse(&text).unwrap();
+    let message = approval_message(&consortium.digest());
+    for (i, key) in keys.iter().enumerate() {
+        consortium =
+            consortium.with_approval(&format!("member-{i}"), &key.sign(&message).to_bytes());
+    }
+    (consortium, keys)
+}
+
+/// What the router does with a message on its way to `to`: deliver (possibly altered) or drop.
+type Tamper<'a> = dyn FnMut(u8, &mut Incoming) -> bool + 'a;
+
+struct Run {
+    outcomes: Vec<Option<Outcome>>,
+    aborts: Vec<Option<Abort>>,
+    transcripts: Vec<Message>,
+}
+
+fn run(n: u8, t: u8, seed: u64, tamper: &mut Tamper<'_>) -> Run {
+    let (consortium, keys) = consortium(n, t);
+    let mut rngs: Vec<ChaCha20Rng> = (0..n)
+        .map(|i| ChaCha20Rng::seed_from_u64(seed * 100 + u64::from(i)))
+        .collect();
+    let mut queue = VecDeque::new();
+    let mut participants = Vec::new();
+    let mut sent = Vec::new();
+    for i in 0..n {
+        let (participant, outgoing) = Participant::start(
+            consortium.clone(),
+            i,
+            keys[usize::from(i)].clone(),
+            &mut rngs[usize::from(i)],
+        )
+        .unwrap();
+        participants.push(participant);
+        queue.push_back(outgoing);
+    }
+    let mut outcomes: Vec<Option<Outcome>> = (0..n).map(|_| None).collect();
+    let mut aborts: Vec<Option<Abort>> = (0..n).map(|_| None).collect();
+    while let Some(outgoing) = queue.pop_front() {
+        sent.push(outgoing.message.clone());
+        for to in 0..n {
+            let index = usize::from(to);
+            if outcomes[index].is_some() || aborts[index].is_some() {
+                continue;
+            }
+            let mut incoming = Incoming {
+                message: outgoing.message.clone(),
+                attachment: outgoing
+                    .attachments
+                    .iter()
+                    .find(|(r, _)| *r == to)
+                    .map(|(_, b)| b.clone()),
+            };
+            if !tamper(to, &mut incoming) {
+                continue;
+            }
+            match participants[index].receive(incoming, &mut rngs[index]) {
+                Ok(Step::Send(messages)) => queue.extend(messages),
+                Ok(Step::Done(outcome)) => outcomes[index] = Some(*outcome),
+                Err(abort) => aborts[index] = Some(abort),
+            }
+        }
+    }
+    // Whoever is still waiting has timed out.
+    for (index, participant) in participants.iter().enumerate() {
+        if outcomes[index].is_none() && aborts[index].is_none() {
+            aborts[index] = Some(participant.timeout());
+        }
+    }
+    Run {
+        outcomes,
+        aborts,
+        transcripts: sent,
+    }
+}
+
+fn honest(_: u8, _: &mut Incoming) -> bool {
+    true
+}
+
+#[test]
+fn an_honest_ceremony_gives_everyone_the_same_key_and_working_shares() {
+    for (n, t) in [(3u8, 2u8), (5, 3)] {
+        let result = run(n, t, 1, &mut honest);
+        assert!(
+            result.aborts.iter().all(Option::is_none),
+            "{:?}",
+            result.aborts
+        );
+        let outcomes: Vec<&Outcome> = result
+            .outcomes
+            .iter()
+            .map(|o| o.as_ref().unwrap())
+            .collect();
+        let key = &outcomes[0].public_key;
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| o.public_key == *key && o.ceremony == outcomes[0].ceremony)
+        );
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| o.transcript == outcomes[0].transcript)
+        );
+        assert_eq!(outcomes[0].transcript.len(), 9 * usize::from(n));
+        // Independently of the ceremony's own validation: a fresh message under the new key
+        // decrypts with every t-subset.
+        let config = *outcomes[0].share.config();
+        let budget = Budget::compute(BudgetRequest {
+            config,
+            max_contributions: 1,
+            weight_bound: 1,
+            value_bits: 30,
+            kappa: 40,
+            rounds: 1,
+        })
+        .unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let values = vec![12345, -6789, 0, 1 << 29];
+        let ciphertext =
+            BoundCiphertext::new(key.prepare().encrypt(&values, &budget, &mut rng).unwrap());
+        for quorum in keyceremony::machine::t_subsets(config) {
+            let members: Vec<u8> = quorum.members().collect();
+            let quorum = Quorum::new(&config, members.clone()).unwrap();
+            let partials: Vec<_> = members
+                .iter()
+                .map(|&m| {
+                    outcomes[usize::from(m)]
+                        .share
+                        .partial_decrypt(&ciphertext, &quorum, &budget, &mut rng)
+                        .unwrap()
+                })
+                .collect();
+            assert_eq!(
+                combine(&ciphertext, &quorum, &partials, &budget).unwrap(),
+                values
+            );
+        }
+    }
+}
+
+fn assert_aborts_naming(result: &Run, culprit: u8, needle: &str) {
+    assert!(
+        result.outcomes.iter().all(Option::is_none),
+        "somebody kept a share"
+    );
+    let honest_aborts: Vec<&Abort> = result
+        .aborts
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u8 != culprit)
+        .map(|(_, a)| a.as_ref().expect("every honest member aborts"))
+        .collect();
+    assert!(
+        honest_aborts
+            .iter()
+            .any(|a| a.culprit == Some(culprit) && a.reason.contains(needle)),
+        "expected an abort naming member {culprit} ({needle}): {honest_aborts:#?}"
+    );
+}
+
+/// Re-signs an altered message with the sender's own key: what a misbehaving member can do.
+fn resign(incoming: &mut Incoming, body: Body) {
+    let key = SigningKey::from_bytes(&[incoming.message.sender + 1; 32]);
+    incoming.message = Message::sign(
+        incoming.message.context,
+        incoming.message.sender,
+        body,
+        &key,
+    );
+}
+
+#[test]
+fn a_wrong_signature_aborts_naming_the_sender() {
+    let result = run(3, 2, 2, &mut |_, incoming| {
+        if incoming.message.sender == 1 && incoming.message.phase() == Phase::SeedCommit {
+            incoming.message.signature[5] ^= 1;
+        }
+        true
+    });
+    assert_aborts_naming(&result, 1, "wrong signature");
+}
+
+#[test]
+fn a_reveal_that_does_not_match_its_commitment_aborts() {
+    let result = run(3, 2, 3, &mut |_, incoming| {
+        if incoming.message.sender == 2
+            && let Body::SeedReveal { view, .. } = &incoming.message.body
+        {
+            let body = Body::SeedReveal {
+                seed: [0xee; 32],
+                view: view.clone(),
+            };
+            resign(incoming, body);
+        }
+        true
+    });
+    assert_aborts_naming(&result, 2, "does not match its commitment");
+}
+
+#[test]
+fn a_subshare_that_does_not_match_aborts_naming_the_dealer() {
+    let result = run(3, 2, 4, &mut |to, incoming| {
+        if incoming.message.sender == 1
+            && to == 0
+            && incoming.message.phase() == Phase::KeyReveal
+            && let Some(blob) = &mut incoming.attachment
+        {
+            let last = blob.len() - 1;
+            blob[last] ^= 1;
+        }
+        true
+    });
+    assert_aborts_naming(&result, 1, "complains");
+}
+
+#[test]
+fn equivocation_aborts_naming_the_equivocator() {
+    // Member 2 sends member 0 a different (validly signed) seed commitment than everyone else.
+    let result = run(3, 2, 5, &mut |to, incoming| {
+        if incoming.message.sender == 2
+            && to == 0
+            && let Body::SeedCommit { view, .. } = &incoming.message.body
+        {
+            let body = Body::SeedCommit {
+                commitment: [0x42; 32],
+                view: view.clone(),
+            };
+            resign(incoming, body);
+        }
+        true
+    });
+    assert_aborts_naming(&result, 2, "equivocation");
+}
+
+#[test]
+fn a_missing_member_aborts_naming_it() {
+    let result = run(3, 2, 6, &mut |_, incoming| {
+        !(incoming.message.sender == 1 && incoming.message.phase() == Phase::KeyReveal)
+    });
+    assert_aborts_naming(&result, 1, "in time");
+}
+
+#[test]
+fn a_message_replayed_from_an_earlier_ceremony_aborts() {
+    // Record member 1's seed commitment from one ceremony...
+    let earlier = run(3, 2, 7, &mut honest);
+    let replayed = earlier
+        .transcripts
+        .iter()
+        .find(|m| m.sender == 1 && m.phase() == Phase::SeedCommit)
+        .unwrap()
+        .clone();
+    // ...and slip it into the next one in place of the real message.
+    let result = run(3, 2, 8, &mut |_, incoming| {
+        if incoming.message.sender == 1 && incoming.message.phase() == Phase::SeedCommit {
+            incoming.message = replayed.clone();
+        }
+        true
+    });
+    assert_aborts_naming(&result, 1, "another ceremony");
+}
+
+#[test]
+fn a_stranger_is_not_heard() {
+    let stranger = SigningKey::from_bytes(&[77; 32]);
+    let result = run(3, 2, 9, &mut |_, incoming| {
+        if incoming.message.sender == 0 && incoming.message.phase() == Phase::Attendance {
+            // Someone outside the manifest speaks as member 0.
+            let body = incoming.message.body.clone();
+            incoming.message = Message::sign(incoming.message.context, 0, body, &stranger);
+        }
+        true
+    });
+    assert_aborts_naming(&result, 0, "wrong signature");
+    let outsider = run(3, 2, 10, &mut |_, incoming| {
+        if incoming.message.sender == 0 && incoming.message.phase() == Phase::Attendance {
+            let body = incoming.message.body.clone();
+            incoming.message = Message::sign(incoming.message.context, 7, body, &stranger);
+        }
+        true
+    });
+    assert!(outsider.outcomes.iter().all(Option::is_none));
+    assert!(
+        outsider
+            .aborts
+            .iter()
+            .flatten()
+            .any(|a| a.reason.contains("not in the manifest"))
+    );
+}
