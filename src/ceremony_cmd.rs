@@ -55,8 +55,14 @@ pub enum CeremonyCommand {
     },
     /// Run the key ceremony at this site. [not available yet]
     Run(crate::Unavailable),
-    /// Verify a ceremony transcript offline. [not available yet]
-    Verify(crate::Unavailable),
+    /// Verify a ceremony transcript offline: approvals, every signature, commitments against
+    /// reveals, the public key as the sum of the contributions, the transcript hash signed by
+    /// all, and the decryption of the validation challenge by every t-subset. Exits 0 only if
+    /// all hold (20 otherwise) and prints the key's fingerprint to compare aloud.
+    Verify {
+        /// The transcript file.
+        transcript: PathBuf,
+    },
     /// Rehearse a whole ceremony on this machine. [not available yet]
     Rehearse(crate::Unavailable),
 }
@@ -171,12 +177,57 @@ pub fn run(command: &CeremonyCommand) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        CeremonyCommand::Run(_) | CeremonyCommand::Verify(_) | CeremonyCommand::Rehearse(_) => {
+        CeremonyCommand::Verify { transcript } => verify_transcript(transcript),
+        CeremonyCommand::Run(_) | CeremonyCommand::Rehearse(_) => {
             eprintln!(
                 "this ceremony step is not available in this build yet: the distributed ceremony \
                  arrives with the next release (keygen and sign are available)."
             );
             Ok(ExitCode::from(crate::EXIT_UNAVAILABLE))
+        }
+    }
+}
+
+/// Exit code of a transcript that does not verify.
+const EXIT_TRANSCRIPT_INVALID: u8 = 20;
+const MAX_TRANSCRIPT_BYTES: u64 = 256 << 20;
+
+fn verify_transcript(path: &Path) -> Result<ExitCode> {
+    use keyceremony::transcript::{Transcript, fingerprint_words, verify};
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if size > MAX_TRANSCRIPT_BYTES {
+        bail!(
+            "{} is {size} bytes, more than any transcript",
+            path.display()
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let verdict = Transcript::decode(&bytes).and_then(|t| verify(&t));
+    match verdict {
+        Ok(verified) => {
+            println!("Ceremony transcript {}: VALID", path.display());
+            println!(
+                "  consortium   {} ({}-of-{})",
+                verified.consortium, verified.threshold, verified.parties
+            );
+            println!("  members      {}", verified.members.join(", "));
+            println!("  ceremony     {}", hex::encode(verified.ceremony));
+            println!("  public key   {}", hex::encode(verified.fingerprint));
+            println!(
+                "  read aloud   {}",
+                fingerprint_words(&verified.fingerprint, 4)
+            );
+            println!(
+                "  validation   all {} quorums of {} decrypted the challenge",
+                verified.quorums_validated, verified.threshold
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            println!("Ceremony transcript {}: INVALID: {err}", path.display());
+            Ok(ExitCode::from(EXIT_TRANSCRIPT_INVALID))
         }
     }
 }

@@ -153,3 +153,74 @@ fn admins_create_identities_and_approve_the_consortium_file() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a member"));
 }
+
+#[test]
+fn ceremony_verify_accepts_a_real_transcript_and_refuses_a_flipped_byte() {
+    use ed25519_dalek::{Signer, SigningKey};
+    use rand::SeedableRng;
+    let hex_key = |seed: u8| {
+        hex::encode(
+            SigningKey::from_bytes(&[seed; 32])
+                .verifying_key()
+                .to_bytes(),
+        )
+    };
+    let mut text = format!(
+        "name = \"cli\"\nparameter_set = \"quorate-rlwe128-v1\"\nthreshold = 2\nk_min = 2\n\n\
+         [coordinator]\nname = \"coordinator\"\nsigning_key = \"{}\"\nlog_key = \"{}\"\n\
+         peer_id = \"c\"\naddress = \"/ip4/127.0.0.1/tcp/7400\"\n",
+        hex_key(90),
+        hex_key(91)
+    );
+    let keys: Vec<SigningKey> = (1..=3u8)
+        .map(|i| SigningKey::from_bytes(&[i; 32]))
+        .collect();
+    for i in 1..=3u8 {
+        text.push_str(&format!(
+            "\n[[members]]\nname = \"m{i}\"\nsigning_key = \"{}\"\nwitness_key = \"{}\"\npeer_id = \"p{i}\"\naddress = \"/ip4/127.0.0.1/tcp/74{i}0\"\n",
+            hex_key(i),
+            hex_key(i + 50)
+        ));
+    }
+    let mut consortium = protocol::consortium::Consortium::parse(&text).unwrap();
+    let message = protocol::audit::entry::approval_message(&consortium.digest());
+    for (i, key) in keys.iter().enumerate() {
+        consortium =
+            consortium.with_approval(&format!("m{}", i + 1), &key.sign(&message).to_bytes());
+    }
+    let mut rngs: Vec<rand_chacha::ChaCha20Rng> = (0..3)
+        .map(rand_chacha::ChaCha20Rng::seed_from_u64)
+        .collect();
+    let run = keyceremony::local::run_in_process(&consortium, &keys, &mut rngs, &mut |_, _| true)
+        .unwrap();
+    let outcome = run.outcomes[0].as_ref().unwrap();
+    let transcript = keyceremony::transcript::Transcript {
+        consortium_toml: consortium.to_toml(),
+        messages: outcome.transcript.clone(),
+    };
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("transcript"), transcript.encode()).unwrap();
+    let ok = quorate(&["ceremony", "verify", "transcript"], work.path(), "unused");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        stdout.contains("VALID") && stdout.contains("read aloud"),
+        "{stdout}"
+    );
+
+    let mut bytes = transcript.encode();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(work.path().join("transcript"), bytes).unwrap();
+    let bad = quorate(&["ceremony", "verify", "transcript"], work.path(), "unused");
+    assert_eq!(
+        bad.status.code(),
+        Some(20),
+        "{}",
+        String::from_utf8_lossy(&bad.stdout)
+    );
+}

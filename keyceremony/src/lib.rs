@@ -4,5 +4,8 @@
 
 pub mod files;
 pub mod identity;
+pub mod local;
 pub mod machine;
 pub mod message;
+pub mod share_file;
+pub mod transcript;

@@ -139,11 +139,125 @@ pub struct Participant {
 type PendingReveal = (Vec<u8>, Vec<(u8, Digest)>, Vec<(u8, Vec<u8>)>);
 
 /// The validation challenge: values everybody derives from the transcript hash, and their
-/// encryption under the new key (the same ciphertext for everybody).
-struct Challenge {
-    values: Vec<i64>,
-    ciphertext: BoundCiphertext,
-    budget: Budget,
+/// encryption under the new key (the same ciphertext for everybody, and for an auditor).
+#[derive(Debug)]
+pub struct Challenge {
+    pub values: Vec<i64>,
+    pub ciphertext: BoundCiphertext,
+    pub budget: Budget,
+}
+
+impl Challenge {
+    /// The t-subsets whose partial decryptions (in the members' validation-share messages,
+    /// in member order) fail to decrypt the challenge.
+    pub fn failures(&self, config: ThresholdConfig, shares: &[&Body]) -> Vec<u16> {
+        let mut failures = Vec::new();
+        for quorum in t_subsets(config) {
+            let members: Vec<u8> = quorum.members().collect();
+            let Ok(quorum_set) = Quorum::new(&config, members.clone()) else {
+                failures.push(quorum.0);
+                continue;
+            };
+            let partials: Option<Vec<PartialDecryption>> = members
+                .iter()
+                .map(|&m| match shares.get(usize::from(m)) {
+                    Some(Body::ValidationShares { partials }) => partials
+                        .iter()
+                        .find(|(q, _)| *q == quorum.0)
+                        .and_then(|(_, bytes)| {
+                            decode_partial_decryption(bytes, DecodeLimits { max_values: 64 }).ok()
+                        })
+                        .filter(|p| p.party == m),
+                    _ => None,
+                })
+                .collect();
+            let decrypted = partials.and_then(|partials| {
+                combine(&self.ciphertext, &quorum_set, &partials, &self.budget).ok()
+            });
+            if decrypted.as_deref() != Some(self.values.as_slice()) {
+                failures.push(quorum.0);
+            }
+        }
+        failures
+    }
+}
+
+/// The ceremony id: a hash of the consortium and every member's attendance (fresh nonces), so
+/// each run has a new id and no message of an earlier run fits.
+pub fn ceremony_id(manifest: &Digest, attendance: &[&Body]) -> Digest {
+    let mut parts: Vec<Vec<u8>> = vec![b"quorate/ceremony-id/v1".to_vec(), manifest.to_vec()];
+    for body in attendance {
+        if let Body::Attendance {
+            nonce,
+            exchange_key,
+        } = body
+        {
+            parts.push(nonce.to_vec());
+            parts.push(exchange_key.to_vec());
+        }
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    hash(&refs)
+}
+
+pub fn seed_commitment(ceremony: &Digest, member: u8, seed: &Digest) -> Digest {
+    hash(&[b"quorate/seed-commitment/v1", ceremony, &[member], seed])
+}
+
+/// The public key's mask seed: the common reference from everyone's revealed seeds.
+pub fn mask_seed(manifest: &Digest, ceremony: &Digest, seeds: &[Digest]) -> u128 {
+    let mut parts: Vec<&[u8]> = vec![b"quorate/common-reference/v1", manifest, ceremony];
+    for seed in seeds {
+        parts.push(seed);
+    }
+    let reference = hash(&parts);
+    u128::from_le_bytes(reference[..16].try_into().expect("16 bytes"))
+}
+
+/// The transcript hash T: every message of the phases before the signatures, in phase and
+/// member order.
+pub fn transcript_hash(messages: &[&Message]) -> Digest {
+    let encodings: Vec<Vec<u8>> = messages.iter().map(|m| m.encode()).collect();
+    let mut parts: Vec<&[u8]> = vec![b"quorate/ceremony-transcript/v1"];
+    parts.extend(encodings.iter().map(Vec::as_slice));
+    hash(&parts)
+}
+
+/// A commitment to a member's key share, published in the transcript and kept in the sealed
+/// share file, so a share file can be checked against the ceremony that made it.
+pub fn share_commitment(share: &KeyShare) -> Digest {
+    hash(&[b"quorate/share-commitment/v1", &encode_key_share(share)])
+}
+
+/// The validation challenge for transcript hash `transcript` under `public_key`.
+pub fn validation_challenge(
+    config: ThresholdConfig,
+    transcript: &Digest,
+    public_key: &PublicKey,
+) -> Result<Challenge, String> {
+    let budget = Budget::compute(BudgetRequest {
+        config,
+        max_contributions: 1,
+        weight_bound: 1,
+        value_bits: 20,
+        kappa: 40,
+        rounds: 1,
+    })
+    .map_err(|e| e.to_string())?;
+    let mut stream =
+        ChaCha20Rng::from_seed(hash(&[b"quorate/validation-challenge/v1", transcript]));
+    let values: Vec<i64> = (0..CHALLENGE_VALUES)
+        .map(|_| stream.gen_range(-budget.max_value()..=budget.max_value()))
+        .collect();
+    let ciphertext = public_key
+        .prepare()
+        .encrypt(&values, &budget, &mut stream)
+        .map_err(|e| e.to_string())?;
+    Ok(Challenge {
+        values,
+        ciphertext: BoundCiphertext::new(ciphertext),
+        budget,
+    })
 }
 
 impl std::fmt::Debug for Participant {
@@ -386,22 +500,12 @@ impl Participant {
     }
 
     fn after_attendance(&mut self) -> Vec<Outgoing> {
-        let mut parts: Vec<Vec<u8>> = vec![
-            b"quorate/ceremony-id/v1".to_vec(),
-            self.consortium.digest().to_vec(),
-        ];
-        for incoming in self.messages(Phase::Attendance) {
-            if let Body::Attendance {
-                nonce,
-                exchange_key,
-            } = &incoming.message.body
-            {
-                parts.push(nonce.to_vec());
-                parts.push(exchange_key.to_vec());
-            }
-        }
-        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-        let ceremony = hash(&refs);
+        let attendance: Vec<&Body> = self
+            .messages(Phase::Attendance)
+            .iter()
+            .map(|i| &i.message.body)
+            .collect();
+        let ceremony = ceremony_id(&self.consortium.digest(), &attendance);
         self.ceremony = Some(ceremony);
         let commitment = self.seed_commitment(self.me, &self.seed);
         let view = self.view_of(Phase::Attendance);
@@ -452,15 +556,7 @@ impl Participant {
             }
             seeds.push(*seed);
         }
-        let manifest = self.consortium.digest();
-        let mut parts: Vec<&[u8]> = vec![b"quorate/common-reference/v1", &manifest];
-        let ceremony = self.ceremony();
-        parts.push(&ceremony);
-        for seed in &seeds {
-            parts.push(seed);
-        }
-        let reference = hash(&parts);
-        self.mask_seed = u128::from_le_bytes(reference[..16].try_into().expect("16 bytes"));
+        self.mask_seed = mask_seed(&self.consortium.digest(), &self.ceremony(), &seeds);
 
         let secret = SecretContribution::generate(rng);
         let contribution = secret.public_key_contribution(self.me, self.mask_seed, rng);
@@ -703,17 +799,13 @@ impl Participant {
         Ok(vec![self.sign(self.ceremony(), body)])
     }
 
-    /// The transcript hash: every message of the phases before the signatures, in phase and
-    /// member order.
     fn transcript_hash(&self) -> Digest {
-        let encodings: Vec<Vec<u8>> = Phase::ALL
+        let messages: Vec<&Message> = Phase::ALL
             .iter()
             .take_while(|p| **p < Phase::TranscriptSignature)
-            .flat_map(|p| self.messages(*p).into_iter().map(|i| i.message.encode()))
+            .flat_map(|p| self.messages(*p).into_iter().map(|i| &i.message))
             .collect();
-        let mut parts: Vec<&[u8]> = vec![b"quorate/ceremony-transcript/v1"];
-        parts.extend(encodings.iter().map(Vec::as_slice));
-        hash(&parts)
+        transcript_hash(&messages)
     }
 
     fn after_complaints(&mut self) -> Result<Vec<Outgoing>, Abort> {
@@ -730,7 +822,7 @@ impl Participant {
         let transcript = self.transcript_hash();
         self.transcript_hash = Some(transcript);
         let share = self.share.as_ref().expect("built when nobody complains");
-        let share_commitment = hash(&[b"quorate/share-commitment/v1", &encode_key_share(share)]);
+        let share_commitment = share_commitment(share);
         Ok(vec![self.sign(
             self.ceremony(),
             Body::TranscriptSignature {
@@ -755,26 +847,9 @@ impl Participant {
                 ));
             }
         }
-        // Every t-subset decrypts a challenge everybody derives from the transcript.
-        let budget = Budget::compute(BudgetRequest {
-            config: self.config,
-            max_contributions: 1,
-            weight_bound: 1,
-            value_bits: 20,
-            kappa: 40,
-            rounds: 1,
-        })
-        .map_err(|e| self.fail(None, e.to_string()))?;
-        let mut stream = ChaCha20Rng::from_seed(hash(&[b"quorate/validation-challenge/v1", &mine]));
-        let values: Vec<i64> = (0..CHALLENGE_VALUES)
-            .map(|_| stream.gen_range(-budget.max_value()..=budget.max_value()))
-            .collect();
         let public_key = self.public_key.as_ref().expect("combined before signing");
-        let ciphertext = public_key
-            .prepare()
-            .encrypt(&values, &budget, &mut stream)
-            .map_err(|e| self.fail(None, e.to_string()))?;
-        let ciphertext = BoundCiphertext::new(ciphertext);
+        let challenge =
+            validation_challenge(self.config, &mine, public_key).map_err(|e| self.fail(None, e))?;
         let share = self.share.as_ref().expect("built before signing");
         let mut partials = Vec::new();
         for quorum in t_subsets(self.config)
@@ -785,15 +860,11 @@ impl Participant {
             let quorum_set =
                 Quorum::new(&self.config, members).map_err(|e| self.fail(None, e.to_string()))?;
             let partial = share
-                .partial_decrypt(&ciphertext, &quorum_set, &budget, rng)
+                .partial_decrypt(&challenge.ciphertext, &quorum_set, &challenge.budget, rng)
                 .map_err(|e| self.fail(None, e.to_string()))?;
             partials.push((quorum.0, encode_partial_decryption(&partial)));
         }
-        self.challenge = Some(Challenge {
-            values,
-            ciphertext,
-            budget,
-        });
+        self.challenge = Some(challenge);
         Ok(vec![self.sign(
             self.ceremony(),
             Body::ValidationShares { partials },
@@ -802,42 +873,12 @@ impl Participant {
 
     fn after_validation_shares(&mut self) -> Result<Vec<Outgoing>, Abort> {
         let challenge = self.challenge.as_ref().expect("set before sending shares");
-        let mut failures = Vec::new();
-        for quorum in t_subsets(self.config) {
-            let members: Vec<u8> = quorum.members().collect();
-            let Ok(quorum_set) = Quorum::new(&self.config, members.clone()) else {
-                failures.push(quorum.0);
-                continue;
-            };
-            let partials: Option<Vec<PartialDecryption>> = members
-                .iter()
-                .map(
-                    |&m| match &self.received[&(Phase::ValidationShares, m)].message.body {
-                        Body::ValidationShares { partials } => partials
-                            .iter()
-                            .find(|(q, _)| *q == quorum.0)
-                            .and_then(|(_, bytes)| {
-                                decode_partial_decryption(bytes, DecodeLimits { max_values: 64 })
-                                    .ok()
-                            })
-                            .filter(|p| p.party == m),
-                        _ => None,
-                    },
-                )
-                .collect();
-            let decrypted = partials.and_then(|partials| {
-                combine(
-                    &challenge.ciphertext,
-                    &quorum_set,
-                    &partials,
-                    &challenge.budget,
-                )
-                .ok()
-            });
-            if decrypted.as_deref() != Some(challenge.values.as_slice()) {
-                failures.push(quorum.0);
-            }
-        }
+        let shares: Vec<&Body> = self
+            .messages(Phase::ValidationShares)
+            .iter()
+            .map(|i| &i.message.body)
+            .collect();
+        let failures = challenge.failures(self.config, &shares);
         Ok(vec![self.sign(
             self.ceremony(),
             Body::ValidationReport { failures },

@@ -2,10 +2,9 @@
 //! alter or replay messages: an honest run gives every member the same key and a working
 //! share; each kind of misbehaviour aborts, names the culprit, and leaves nobody a share.
 
-use std::collections::VecDeque;
-
 use ed25519_dalek::{Signer, SigningKey};
-use keyceremony::machine::{Abort, Incoming, Outcome, Participant, Step};
+use keyceremony::local::{LocalRun, run_in_process};
+use keyceremony::machine::{Abort, Incoming, Outcome};
 use keyceremony::message::{Body, Message, Phase};
 use protocol::audit::entry::approval_message;
 use protocol::consortium::Consortium;
@@ -53,69 +52,12 @@ fn consortium(n: u8, t: u8) -> (Consortium, Vec<SigningKey>) {
 /// What the router does with a message on its way to `to`: deliver (possibly altered) or drop.
 type Tamper<'a> = dyn FnMut(u8, &mut Incoming) -> bool + 'a;
 
-struct Run {
-    outcomes: Vec<Option<Outcome>>,
-    aborts: Vec<Option<Abort>>,
-    transcripts: Vec<Message>,
-}
-
-fn run(n: u8, t: u8, seed: u64, tamper: &mut Tamper<'_>) -> Run {
+fn run(n: u8, t: u8, seed: u64, tamper: &mut Tamper<'_>) -> LocalRun {
     let (consortium, keys) = consortium(n, t);
     let mut rngs: Vec<ChaCha20Rng> = (0..n)
         .map(|i| ChaCha20Rng::seed_from_u64(seed * 100 + u64::from(i)))
         .collect();
-    let mut queue = VecDeque::new();
-    let mut participants = Vec::new();
-    let mut sent = Vec::new();
-    for i in 0..n {
-        let (participant, outgoing) = Participant::start(
-            consortium.clone(),
-            i,
-            keys[usize::from(i)].clone(),
-            &mut rngs[usize::from(i)],
-        )
-        .unwrap();
-        participants.push(participant);
-        queue.push_back(outgoing);
-    }
-    let mut outcomes: Vec<Option<Outcome>> = (0..n).map(|_| None).collect();
-    let mut aborts: Vec<Option<Abort>> = (0..n).map(|_| None).collect();
-    while let Some(outgoing) = queue.pop_front() {
-        sent.push(outgoing.message.clone());
-        for to in 0..n {
-            let index = usize::from(to);
-            if outcomes[index].is_some() || aborts[index].is_some() {
-                continue;
-            }
-            let mut incoming = Incoming {
-                message: outgoing.message.clone(),
-                attachment: outgoing
-                    .attachments
-                    .iter()
-                    .find(|(r, _)| *r == to)
-                    .map(|(_, b)| b.clone()),
-            };
-            if !tamper(to, &mut incoming) {
-                continue;
-            }
-            match participants[index].receive(incoming, &mut rngs[index]) {
-                Ok(Step::Send(messages)) => queue.extend(messages),
-                Ok(Step::Done(outcome)) => outcomes[index] = Some(*outcome),
-                Err(abort) => aborts[index] = Some(abort),
-            }
-        }
-    }
-    // Whoever is still waiting has timed out.
-    for (index, participant) in participants.iter().enumerate() {
-        if outcomes[index].is_none() && aborts[index].is_none() {
-            aborts[index] = Some(participant.timeout());
-        }
-    }
-    Run {
-        outcomes,
-        aborts,
-        transcripts: sent,
-    }
+    run_in_process(&consortium, &keys, &mut rngs, tamper).unwrap()
 }
 
 fn honest(_: u8, _: &mut Incoming) -> bool {
@@ -184,7 +126,7 @@ fn an_honest_ceremony_gives_everyone_the_same_key_and_working_shares() {
     }
 }
 
-fn assert_aborts_naming(result: &Run, culprit: u8, needle: &str) {
+fn assert_aborts_naming(result: &LocalRun, culprit: u8, needle: &str) {
     assert!(
         result.outcomes.iter().all(Option::is_none),
         "somebody kept a share"
@@ -291,7 +233,7 @@ fn a_message_replayed_from_an_earlier_ceremony_aborts() {
     // Record member 1's seed commitment from one ceremony...
     let earlier = run(3, 2, 7, &mut honest);
     let replayed = earlier
-        .transcripts
+        .sent
         .iter()
         .find(|m| m.sender == 1 && m.phase() == Phase::SeedCommit)
         .unwrap()
@@ -333,4 +275,73 @@ fn a_stranger_is_not_heard() {
             .flatten()
             .any(|a| a.reason.contains("not in the manifest"))
     );
+}
+
+#[test]
+fn the_transcript_verifies_offline_and_any_flipped_byte_breaks_it() {
+    use keyceremony::transcript::{Transcript, fingerprint_words, verify};
+    let (consortium, _) = consortium(3, 2);
+    let result = run(3, 2, 11, &mut honest);
+    let outcome = result.outcomes[0].as_ref().unwrap();
+    let transcript = Transcript {
+        consortium_toml: consortium.to_toml(),
+        messages: outcome.transcript.clone(),
+    };
+    let bytes = transcript.encode();
+    let verified = verify(&Transcript::decode(&bytes).unwrap()).unwrap();
+    assert_eq!(verified.public_key, outcome.public_key);
+    assert_eq!(verified.ceremony, outcome.ceremony);
+    assert_eq!(verified.quorums_validated, 3);
+    assert_eq!(
+        fingerprint_words(&verified.fingerprint, 4)
+            .split('-')
+            .count(),
+        4
+    );
+
+    let mut rng = ChaCha20Rng::seed_from_u64(12);
+    for _ in 0..300 {
+        let mut tampered = bytes.clone();
+        let index = rand::Rng::gen_range(&mut rng, 0..tampered.len());
+        tampered[index] ^= 1 << rand::Rng::gen_range(&mut rng, 0..8);
+        let verdict = Transcript::decode(&tampered)
+            .map_err(|e| e.to_string())
+            .and_then(|t| verify(&t).map_err(|e| e.to_string()));
+        assert!(verdict.is_err(), "a flip at {index} went unnoticed");
+    }
+}
+
+#[test]
+fn share_files_open_only_with_the_passphrase_and_for_their_own_ceremony() {
+    use keyceremony::share_file::{ShareFileError, load_share, seal_share};
+    use keyceremony::transcript::{Transcript, verify};
+    let (consortium, _) = consortium(3, 2);
+    let first = run(3, 2, 13, &mut honest);
+    let second = run(3, 2, 14, &mut honest);
+    let verified = |run: &LocalRun| {
+        let outcome = run.outcomes[0].as_ref().unwrap();
+        verify(&Transcript {
+            consortium_toml: consortium.to_toml(),
+            messages: outcome.transcript.clone(),
+        })
+        .unwrap()
+    };
+    let (first_transcript, second_transcript) = (verified(&first), verified(&second));
+    let outcome = first.outcomes[1].as_ref().unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(15);
+    let sealed = seal_share(&outcome.share, &outcome.ceremony, b"share pass", &mut rng).unwrap();
+    let loaded = load_share(&sealed, b"share pass", &first_transcript).unwrap();
+    assert_eq!(loaded.party(), 1);
+    assert!(matches!(
+        load_share(&sealed, b"wrong", &first_transcript),
+        Err(ShareFileError::Seal(_))
+    ));
+    let mut flipped = sealed.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 1;
+    assert!(load_share(&flipped, b"share pass", &first_transcript).is_err());
+    assert!(matches!(
+        load_share(&sealed, b"share pass", &second_transcript),
+        Err(ShareFileError::OtherCeremony { .. })
+    ));
 }
