@@ -224,3 +224,16 @@ fn ceremony_verify_accepts_a_real_transcript_and_refuses_a_flipped_byte() {
         String::from_utf8_lossy(&bad.stdout)
     );
 }
+
+#[test]
+fn the_example_consortium_file_is_valid_and_awaits_approval() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/consortium.example.toml");
+    let consortium =
+        protocol::consortium::Consortium::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(consortium.config().parties(), 3);
+    assert_eq!(consortium.witness_quorum(), 3);
+    assert!(
+        consortium.check_approvals().is_err(),
+        "the example is not approved by anyone"
+    );
+}
