@@ -53,8 +53,25 @@ pub enum CeremonyCommand {
         #[command(flatten)]
         passphrase: PassphraseArgs,
     },
-    /// Run the key ceremony at this site. [not available yet]
-    Run(crate::Unavailable),
+    /// Run the key ceremony at this site, with the other members over libp2p. Writes the
+    /// transcript, the sealed key share (only after all n signed the transcript), the public
+    /// key and this member's ceremony entry for the audit log into --out.
+    Run {
+        /// The consortium file, approved by every member.
+        #[arg(long)]
+        consortium: PathBuf,
+        /// This member's sealed identity.
+        #[arg(long)]
+        identity: PathBuf,
+        /// Directory for the results.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seconds to wait for every member's message in each phase before aborting.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
     /// Verify a ceremony transcript offline: approvals, every signature, commitments against
     /// reveals, the public key as the sum of the contributions, the transcript hash signed by
     /// all, and the decryption of the validation challenge by every t-subset. Exits 0 only if
@@ -63,8 +80,21 @@ pub enum CeremonyCommand {
         /// The transcript file.
         transcript: PathBuf,
     },
-    /// Rehearse a whole ceremony on this machine. [not available yet]
-    Rehearse(crate::Unavailable),
+    /// Rehearse a whole ceremony on this machine: every member its own process, talking libp2p
+    /// on loopback. Leaves the consortium file, identities, sealed shares, the transcript
+    /// (DIR/transcript) and the ceremony's audit log (DIR/audit) in --out. Uses
+    /// QUORATE_PASSPHRASE, or a throwaway passphrase saved in DIR/passphrase.
+    Rehearse {
+        #[arg(long, default_value_t = 5)]
+        members: u8,
+        #[arg(long, default_value_t = 3)]
+        threshold: u8,
+        #[arg(long)]
+        out: PathBuf,
+        /// Seconds each phase may take.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
 }
 
 fn passphrase(args: &PassphraseArgs, confirm: bool) -> Result<Zeroizing<String>> {
@@ -178,13 +208,19 @@ pub fn run(command: &CeremonyCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         CeremonyCommand::Verify { transcript } => verify_transcript(transcript),
-        CeremonyCommand::Run(_) | CeremonyCommand::Rehearse(_) => {
-            eprintln!(
-                "this ceremony step is not available in this build yet: the distributed ceremony \
-                 arrives with the next release (keygen and sign are available)."
-            );
-            Ok(ExitCode::from(crate::EXIT_UNAVAILABLE))
-        }
+        CeremonyCommand::Run {
+            consortium,
+            identity,
+            out,
+            timeout,
+            passphrase: args,
+        } => run_ceremony(consortium, identity, out, args, *timeout),
+        CeremonyCommand::Rehearse {
+            members,
+            threshold,
+            out,
+            timeout,
+        } => rehearse(*members, *threshold, out, *timeout),
     }
 }
 
@@ -230,4 +266,234 @@ fn verify_transcript(path: &Path) -> Result<ExitCode> {
             Ok(ExitCode::from(EXIT_TRANSCRIPT_INVALID))
         }
     }
+}
+
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn run_ceremony(
+    consortium_path: &Path,
+    identity_path: &Path,
+    out: &Path,
+    args: &PassphraseArgs,
+    timeout: u64,
+) -> Result<ExitCode> {
+    let consortium = read_consortium(consortium_path)?;
+    consortium.check_approvals().with_context(|| {
+        format!(
+            "{} is not approved by every member",
+            consortium_path.display()
+        )
+    })?;
+    let sealed = std::fs::read(identity_path)
+        .with_context(|| format!("reading {}", identity_path.display()))?;
+    let secret = passphrase(args, false)?;
+    let identity = Identity::open(&sealed, secret.as_bytes())
+        .with_context(|| format!("opening {}", identity_path.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the network runtime")?;
+    let outcome = runtime.block_on(keyceremony::run::run_member(
+        consortium,
+        &identity,
+        secret.as_bytes(),
+        out,
+        std::time::Duration::from_secs(timeout),
+    ));
+    match outcome {
+        Ok(outcome) => {
+            println!(
+                "{}: ceremony {} complete; transcript, sealed share and public key in {}",
+                identity.name,
+                hex::encode(&outcome.ceremony[..8]),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            eprintln!("{}: {err}", identity.name);
+            Ok(ExitCode::from(EXIT_CEREMONY_ABORTED))
+        }
+    }
+}
+
+/// Exit code of a ceremony that aborted.
+const EXIT_CEREMONY_ABORTED: u8 = 21;
+
+fn rehearse(members: u8, threshold: u8, out: &Path, timeout: u64) -> Result<ExitCode> {
+    use keyceremony::run::{ENTRY_FILE, TRANSCRIPT_FILE, log_origin};
+    use protocol::audit::note::{COSIGNATURE_V1, ED25519, NoteSigner};
+    use protocol::consortium::ConsortiumFile;
+
+    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+        bail!(
+            "{} exists and is not empty; rehearse into a new directory",
+            out.display()
+        );
+    }
+    protocol::he::ThresholdConfig::new(members, threshold)?;
+    std::fs::create_dir_all(out)?;
+    let secret = match std::env::var(PASSPHRASE_VAR) {
+        Ok(value) if !value.is_empty() => Zeroizing::new(value),
+        _ => {
+            let mut bytes = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+            let throwaway = Zeroizing::new(format!("rehearsal-{}", hex::encode(bytes)));
+            write_secret(&out.join("passphrase"), throwaway.as_bytes())?;
+            throwaway
+        }
+    };
+    let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
+    println!(
+        "rehearsal: {members} members, threshold {threshold}, in {}",
+        out.display()
+    );
+    let coordinator = Identity::generate(Role::Coordinator, "coordinator", &mut rng)?;
+    std::fs::create_dir_all(out.join("coordinator"))?;
+    write_secret(
+        &out.join("coordinator/identity"),
+        &coordinator.seal(secret.as_bytes(), &mut rng)?,
+    )?;
+    let mut identities = Vec::new();
+    let mut entries = Vec::new();
+    for i in 0..members {
+        let name = format!("member-{}", (b'a' + i) as char);
+        let identity = Identity::generate(Role::Member, &name, &mut rng)?;
+        std::fs::create_dir_all(out.join(&name))?;
+        write_secret(
+            &out.join(&name).join("identity"),
+            &identity.seal(secret.as_bytes(), &mut rng)?,
+        )?;
+        entries.push(identity.member_entry(&format!("/ip4/127.0.0.1/tcp/{}", free_port()?)));
+        identities.push(identity);
+    }
+    let file = ConsortiumFile {
+        name: "rehearsal".into(),
+        parameter_set: protocol::he::QUORATE_RLWE128_V1.id.into(),
+        threshold,
+        k_min: threshold,
+        witness_quorum: None,
+        coordinator: coordinator.coordinator_entry(&format!("/ip4/127.0.0.1/tcp/{}", free_port()?)),
+        members: entries,
+        approvals: Default::default(),
+    };
+    let mut consortium = Consortium::from_file(file)?;
+    let message = approval_message(&consortium.digest());
+    for identity in &identities {
+        consortium =
+            consortium.with_approval(&identity.name, &identity.signing.sign(&message).to_bytes());
+    }
+    let consortium_path = out.join("consortium.toml");
+    std::fs::write(&consortium_path, consortium.to_toml())?;
+    println!(
+        "  consortium file approved by all {members} members: {}",
+        consortium_path.display()
+    );
+
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for identity in &identities {
+        let dir = out.join(&identity.name);
+        let child = std::process::Command::new(&exe)
+            .args(["ceremony", "run", "--consortium"])
+            .arg(&consortium_path)
+            .arg("--identity")
+            .arg(dir.join("identity"))
+            .arg("--out")
+            .arg(&dir)
+            .args(["--timeout", &timeout.to_string()])
+            .env(PASSPHRASE_VAR, secret.as_str())
+            .spawn()
+            .with_context(|| format!("starting {}'s process", identity.name))?;
+        children.push((identity.name.clone(), child));
+    }
+    let mut failed = Vec::new();
+    for (name, mut child) in children {
+        let status = child.wait()?;
+        if !status.success() {
+            failed.push(name);
+        }
+    }
+    if !failed.is_empty() {
+        for name in &failed {
+            if let Ok(text) =
+                std::fs::read_to_string(out.join(name).join(keyceremony::run::ABORT_FILE))
+            {
+                eprint!("{text}");
+            }
+        }
+        bail!("the ceremony failed for {}", failed.join(", "));
+    }
+    let transcripts: Vec<Vec<u8>> = identities
+        .iter()
+        .map(|i| std::fs::read(out.join(&i.name).join(TRANSCRIPT_FILE)))
+        .collect::<std::io::Result<_>>()?;
+    if transcripts.iter().any(|t| *t != transcripts[0]) {
+        bail!("the members' transcripts differ");
+    }
+    std::fs::write(out.join("transcript"), &transcripts[0])?;
+
+    // The ceremony's audit log, with the rehearsal playing the coordinator and each member's
+    // witness: the membership manifest, each member's signed ceremony entry, one checkpoint
+    // cosigned by all.
+    let origin = log_origin(&consortium);
+    let store = out.join("coordinator/log-store");
+    let mut log = coordinator::audit_log::AuditLog::open(&store, &origin)?;
+    let membership = protocol::audit::entry::Entry {
+        origin: origin.clone(),
+        config_epoch: 1,
+        author: coordinator.signing.verifying_key().to_bytes(),
+        sequence: 0,
+        subject: consortium.digest(),
+        references: vec![],
+        payload: None,
+        claimed_time_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as u64,
+        body: protocol::audit::entry::Body::Membership(consortium.membership()?),
+    }
+    .sign(&coordinator.signing);
+    log.append(membership)?;
+    for identity in &identities {
+        let leaf = std::fs::read(out.join(&identity.name).join(ENTRY_FILE))?;
+        log.append(protocol::audit::entry::SignedEntry::open(&leaf)?)?;
+    }
+    let log_signer = NoteSigner::new(&origin, ED25519, coordinator.second.clone())?;
+    let (checkpoint, note) = log.sign_checkpoint(&log_signer)?;
+    let (_, witnesses) = protocol::audit::log::checkpoint_verifiers(
+        &origin,
+        log.state().membership().expect("appended"),
+    )?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut lines = Vec::new();
+    for identity in &identities {
+        let witness = NoteSigner::new(&identity.name, COSIGNATURE_V1, identity.second.clone())?;
+        let state = node::witness_store::WitnessStore::open(
+            &out.join(&identity.name).join("witness-store"),
+        )?;
+        let (new_state, line) = state.load(&origin)?.cosign(
+            0,
+            &[],
+            note.encode().as_bytes(),
+            log_signer.verifier(),
+            &witness,
+            now,
+        )?;
+        state.save(&new_state)?;
+        lines.push(line);
+    }
+    log.add_cosignatures(checkpoint.size, &lines, &witnesses)?;
+    coordinator::export::export(log.store(), &out.join("audit"))?;
+    println!(
+        "  audit log: {} entries, cosigned by {members}, exported to {}",
+        checkpoint.size,
+        out.join("audit").display()
+    );
+    verify_transcript(&out.join("transcript"))
 }

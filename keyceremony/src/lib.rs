@@ -7,5 +7,7 @@ pub mod identity;
 pub mod local;
 pub mod machine;
 pub mod message;
+pub mod network;
+pub mod run;
 pub mod share_file;
 pub mod transcript;

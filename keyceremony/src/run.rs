@@ -1,0 +1,270 @@
+//! `quorate ceremony run`: one member's side of the ceremony over libp2p. The state machine
+//! decides; this loop only moves its messages, enforces the per-phase deadline, and writes the
+//! results (transcript, sealed share, public key, the member's ceremony entry for the log).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::request_response;
+use libp2p::swarm::SwarmEvent;
+use protocol::audit::entry::{Body as EntryBody, Entry};
+use protocol::consortium::Consortium;
+use protocol::wire::encode_public_key;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use sha2::{Digest as _, Sha256};
+
+use crate::identity::Identity;
+use crate::machine::{Abort, Incoming, Outcome, Outgoing, Participant, Step};
+use crate::network::{
+    CeremonyBehaviourEvent, build_swarm, decode_envelope, encode_envelope, peers,
+};
+use crate::share_file::seal_share;
+use crate::transcript::{Transcript, verify};
+
+/// The origin of a consortium's audit log.
+pub fn log_origin(consortium: &Consortium) -> String {
+    format!("quorate/{}", consortium.file().name)
+}
+
+/// Files a member's run leaves in its output directory.
+pub const TRANSCRIPT_FILE: &str = "transcript";
+pub const SHARE_FILE: &str = "key-share";
+pub const PUBLIC_KEY_FILE: &str = "public-key";
+pub const ENTRY_FILE: &str = "ceremony-entry";
+pub const ABORT_FILE: &str = "abort";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("ceremony aborted: {0}")]
+    Aborted(Abort),
+    #[error("{0}")]
+    Setup(String),
+    #[error("writing {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+fn write(path: &Path, bytes: &[u8], secret: bool) -> Result<(), RunError> {
+    let result = if secret {
+        crate::files::write_secret(path, bytes)
+    } else {
+        crate::files::write_atomically(path, bytes, 0o644)
+    };
+    result.map_err(|source| RunError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Runs the ceremony for `identity` and writes its results into `out`.
+pub async fn run_member(
+    consortium: Consortium,
+    identity: &Identity,
+    share_passphrase: &[u8],
+    out: &Path,
+    phase_timeout: Duration,
+) -> Result<Outcome, RunError> {
+    let me = consortium.member_index(&identity.name).ok_or_else(|| {
+        RunError::Setup(format!(
+            "{} is not a member of this consortium",
+            identity.name
+        ))
+    })?;
+    let members = peers(&consortium).map_err(RunError::Setup)?;
+    if members[usize::from(me)].0 != identity.peer_id() {
+        return Err(RunError::Setup(
+            "the consortium lists another PeerId for this identity".into(),
+        ));
+    }
+    let index: HashMap<libp2p::PeerId, u8> = members
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| (*p, i as u8))
+        .collect();
+    let mut swarm = build_swarm(identity.keypair(), phase_timeout).map_err(RunError::Setup)?;
+    swarm
+        .listen_on(members[usize::from(me)].1.clone())
+        .map_err(|e| {
+            RunError::Setup(format!(
+                "cannot listen on {}: {e}",
+                members[usize::from(me)].1
+            ))
+        })?;
+    for (i, (peer, address)) in members.iter().enumerate() {
+        if i != usize::from(me) {
+            swarm.add_peer_address(*peer, address.clone());
+        }
+    }
+    let mut rng = ChaCha20Rng::from_entropy();
+    let (mut participant, first) =
+        Participant::start(consortium.clone(), me, identity.signing.clone(), &mut rng)
+            .map_err(RunError::Aborted)?;
+    // Requests in flight (to resend if the peer is not up yet), and those waiting to be resent.
+    let mut pending: HashMap<request_response::OutboundRequestId, (libp2p::PeerId, Vec<u8>)> =
+        HashMap::new();
+    let mut retry: Vec<(libp2p::PeerId, Vec<u8>)> = Vec::new();
+    let mut retry_tick = tokio::time::interval(Duration::from_millis(250));
+    let mut local: Vec<Outgoing> = vec![first];
+    let mut outcome: Option<Outcome> = None;
+    let mut deadline = tokio::time::Instant::now() + phase_timeout;
+    let mut phase = participant.phase();
+
+    let result: Result<(), Abort> = 'run: loop {
+        // Broadcast what the machine produced, and feed it our own messages.
+        while let Some(outgoing) = local.pop() {
+            for (i, (peer, _)) in members.iter().enumerate() {
+                if i == usize::from(me) {
+                    continue;
+                }
+                let attachment = outgoing
+                    .attachments
+                    .iter()
+                    .find(|(r, _)| usize::from(*r) == i)
+                    .map(|(_, b)| b.as_slice());
+                let envelope = encode_envelope(&outgoing.message, attachment);
+                let id = swarm
+                    .behaviour_mut()
+                    .exchange
+                    .send_request(peer, envelope.clone());
+                pending.insert(id, (*peer, envelope));
+            }
+            let own = Incoming {
+                message: outgoing.message.clone(),
+                attachment: None,
+            };
+            match participant.receive(own, &mut rng) {
+                Ok(Step::Send(more)) => local.extend(more),
+                Ok(Step::Done(done)) => outcome = Some(*done),
+                Err(abort) => break 'run Err(abort),
+            }
+        }
+        if participant.phase() != phase {
+            phase = participant.phase();
+            deadline = tokio::time::Instant::now() + phase_timeout;
+            tracing::info!(phase = phase.name(), "ceremony phase");
+        }
+        if outcome.is_some() && pending.is_empty() && retry.is_empty() {
+            break Ok(());
+        }
+        tokio::select! {
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if !index.contains_key(&peer_id) => {
+                    tracing::warn!(%peer_id, "a peer outside the consortium connected; disconnecting");
+                    let _ = swarm.disconnect_peer_id(peer_id);
+                }
+                SwarmEvent::Behaviour(CeremonyBehaviourEvent::Exchange(request_response::Event::Message { peer, message, .. })) => match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        let Some(&sender) = index.get(&peer) else { continue };
+                        let _ = swarm.behaviour_mut().exchange.send_response(channel, Vec::new());
+                        let (message, attachment) = match decode_envelope(&request) {
+                            Ok(decoded) => decoded,
+                            Err(reason) => break 'run Err(Abort { culprit: Some(sender), phase: participant.phase(), reason: format!("an unreadable message: {reason}") }),
+                        };
+                        if message.sender != sender {
+                            break 'run Err(Abort { culprit: Some(sender), phase: participant.phase(), reason: format!("sent a message claiming to be from member {}", message.sender) });
+                        }
+                        if outcome.is_some() {
+                            continue;
+                        }
+                        match participant.receive(Incoming { message, attachment }, &mut rng) {
+                            Ok(Step::Send(more)) => local.extend(more),
+                            Ok(Step::Done(done)) => outcome = Some(*done),
+                            Err(abort) => break 'run Err(abort),
+                        }
+                    }
+                    request_response::Message::Response { request_id, .. } => {
+                        pending.remove(&request_id);
+                    }
+                },
+                SwarmEvent::Behaviour(CeremonyBehaviourEvent::Exchange(request_response::Event::OutboundFailure { peer, request_id, error, .. })) => {
+                    // The peer may not be up yet, or restarting: try again until the phase's
+                    // deadline, after which the timeout names whoever is missing.
+                    // Once this member is done, a peer that no longer answers has finished too
+                    // (it could not have without our last message), so nothing is resent.
+                    tracing::debug!(%peer, %error, "delivery failed");
+                    if let Some(request) = pending.remove(&request_id)
+                        && outcome.is_none()
+                    {
+                        retry.push(request);
+                    }
+                }
+                _ => {}
+            },
+            _ = retry_tick.tick(), if !retry.is_empty() => {
+                for (peer, envelope) in std::mem::take(&mut retry) {
+                    let id = swarm.behaviour_mut().exchange.send_request(&peer, envelope.clone());
+                    pending.insert(id, (peer, envelope));
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                if outcome.is_none() {
+                    break 'run Err(participant.timeout());
+                }
+                break 'run Ok(());
+            }
+        }
+    };
+    if let Err(abort) = result {
+        let text = format!(
+            "ceremony aborted by member {me} ({}): {abort}\n",
+            identity.name
+        );
+        write(&out.join(ABORT_FILE), text.as_bytes(), false)?;
+        return Err(RunError::Aborted(abort));
+    }
+    let outcome = outcome.expect("the loop ends with an outcome or an abort");
+    // The transcript first, then the share: a share is only ever written for a ceremony whose
+    // transcript all n signed and that verifies.
+    let transcript = Transcript {
+        consortium_toml: consortium.to_toml(),
+        messages: outcome.transcript.clone(),
+    };
+    let verified = verify(&transcript)
+        .map_err(|e| RunError::Setup(format!("the transcript does not verify: {e}")))?;
+    write(&out.join(TRANSCRIPT_FILE), &transcript.encode(), false)?;
+    let sealed = seal_share(
+        &outcome.share,
+        &outcome.ceremony,
+        share_passphrase,
+        &mut rng,
+    )
+    .map_err(|e| RunError::Setup(e.to_string()))?;
+    write(&out.join(SHARE_FILE), &sealed, true)?;
+    let reloaded = std::fs::read(out.join(SHARE_FILE)).map_err(|source| RunError::Io {
+        path: out.join(SHARE_FILE).display().to_string(),
+        source,
+    })?;
+    crate::share_file::load_share(&reloaded, share_passphrase, &verified)
+        .map_err(|e| RunError::Setup(format!("the sealed share does not reload: {e}")))?;
+    write(
+        &out.join(PUBLIC_KEY_FILE),
+        &encode_public_key(&outcome.public_key),
+        false,
+    )?;
+    // This member's ceremony entry for the audit log: the transcript by digest.
+    let entry = Entry {
+        origin: log_origin(&consortium),
+        config_epoch: 1,
+        author: identity.signing.verifying_key().to_bytes(),
+        sequence: 0,
+        subject: outcome.ceremony,
+        references: vec![],
+        payload: Some(Sha256::digest(transcript.encode()).into()),
+        claimed_time_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        body: EntryBody::CeremonyStep {
+            ceremony: outcome.ceremony,
+            phase: 9,
+            artefact: verified.fingerprint,
+        },
+    }
+    .sign(&identity.signing);
+    write(&out.join(ENTRY_FILE), entry.leaf(), false)?;
+    Ok(outcome)
+}
