@@ -325,7 +325,7 @@ fn run_ceremony(
 const EXIT_CEREMONY_ABORTED: u8 = 21;
 
 fn rehearse(members: u8, threshold: u8, out: &Path, timeout: u64) -> Result<ExitCode> {
-    use keyceremony::run::{ENTRY_FILE, TRANSCRIPT_FILE, log_origin};
+    use keyceremony::run::{ENTRIES_FILE, TRANSCRIPT_FILE, log_origin};
     use protocol::audit::note::{COSIGNATURE_V1, ED25519, NoteSigner};
     use protocol::consortium::ConsortiumFile;
 
@@ -459,8 +459,16 @@ fn rehearse(members: u8, threshold: u8, out: &Path, timeout: u64) -> Result<Exit
     .sign(&coordinator.signing);
     log.append(membership)?;
     for identity in &identities {
-        let leaf = std::fs::read(out.join(&identity.name).join(ENTRY_FILE))?;
-        log.append(protocol::audit::entry::SignedEntry::open(&leaf)?)?;
+        let bytes = std::fs::read(out.join(&identity.name).join(ENTRIES_FILE))?;
+        let mut rest = bytes.as_slice();
+        while rest.len() >= 4 {
+            let len = u32::from_le_bytes(rest[..4].try_into()?) as usize;
+            let leaf = rest
+                .get(4..4 + len)
+                .with_context(|| format!("{}'s ceremony entries are truncated", identity.name))?;
+            log.append(protocol::audit::entry::SignedEntry::open(leaf)?)?;
+            rest = &rest[4 + len..];
+        }
     }
     let log_signer = NoteSigner::new(&origin, ED25519, coordinator.second.clone())?;
     let (checkpoint, note) = log.sign_checkpoint(&log_signer)?;

@@ -70,3 +70,84 @@ fn a_rehearsed_ceremony_verifies_and_so_does_its_audit_log() {
     let tampered = quorate(&["ceremony", "verify", "rehearsal/transcript"], work.path());
     assert_eq!(tampered.status.code(), Some(20));
 }
+
+#[test]
+fn a_member_that_stays_away_aborts_the_ceremony_with_a_signed_reason_naming_it() {
+    let work = tempfile::tempdir().unwrap();
+    let out = quorate(
+        &[
+            "ceremony",
+            "rehearse",
+            "--members",
+            "3",
+            "--threshold",
+            "2",
+            "--out",
+            "r",
+            "--timeout",
+            "60",
+        ],
+        work.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passphrase = std::fs::read_to_string(work.path().join("r/passphrase")).unwrap();
+    // A new ceremony among the same consortium, but member-c never shows up.
+    let children: Vec<_> = ["member-a", "member-b"]
+        .iter()
+        .map(|member| {
+            Command::new(env!("CARGO_BIN_EXE_quorate"))
+                .args([
+                    "ceremony",
+                    "run",
+                    "--consortium",
+                    "r/consortium.toml",
+                    "--timeout",
+                    "10",
+                ])
+                .args([
+                    "--identity",
+                    &format!("r/{member}/identity"),
+                    "--out",
+                    &format!("again/{member}"),
+                ])
+                .current_dir(work.path())
+                .env("QUORATE_PASSPHRASE", &passphrase)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let children: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for (child, member) in children.iter().zip(["member-a", "member-b"]) {
+        assert_eq!(
+            child.status.code(),
+            Some(21),
+            "{}",
+            String::from_utf8_lossy(&child.stderr)
+        );
+        let abort =
+            std::fs::read_to_string(work.path().join("again").join(member).join("abort")).unwrap();
+        assert!(
+            abort.contains("member 2") && abort.contains("in time"),
+            "{abort}"
+        );
+        assert!(abort.contains("signature "), "{abort}");
+        assert!(
+            !work
+                .path()
+                .join("again")
+                .join(member)
+                .join("key-share")
+                .exists(),
+            "no share after an abort"
+        );
+    }
+}

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+use ed25519_dalek::Signer;
 use futures::StreamExt;
 use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
@@ -29,11 +30,14 @@ pub fn log_origin(consortium: &Consortium) -> String {
     format!("quorate/{}", consortium.file().name)
 }
 
+const ABORT_LABEL: &[u8] = b"quorate/ceremony-abort/v1\0";
+
 /// Files a member's run leaves in its output directory.
 pub const TRANSCRIPT_FILE: &str = "transcript";
 pub const SHARE_FILE: &str = "key-share";
 pub const PUBLIC_KEY_FILE: &str = "public-key";
-pub const ENTRY_FILE: &str = "ceremony-entry";
+/// The member's signed audit-log entries, one per ceremony phase (length-prefixed leaves).
+pub const ENTRIES_FILE: &str = "ceremony-entries";
 pub const ABORT_FILE: &str = "abort";
 
 #[derive(Debug, thiserror::Error)]
@@ -210,11 +214,16 @@ pub async fn run_member(
         }
     };
     if let Err(abort) = result {
+        // A signed statement of why this member stopped, naming the member at fault.
         let text = format!(
             "ceremony aborted by member {me} ({}): {abort}\n",
             identity.name
         );
-        write(&out.join(ABORT_FILE), text.as_bytes(), false)?;
+        let signature = identity
+            .signing
+            .sign(&[ABORT_LABEL, text.as_bytes()].concat());
+        let signed = format!("{text}signature {}\n", hex::encode(signature.to_bytes()));
+        write(&out.join(ABORT_FILE), signed.as_bytes(), false)?;
         return Err(RunError::Aborted(abort));
     }
     let outcome = outcome.expect("the loop ends with an outcome or an abort");
@@ -246,25 +255,43 @@ pub async fn run_member(
         &encode_public_key(&outcome.public_key),
         false,
     )?;
-    // This member's ceremony entry for the audit log: the transcript by digest.
-    let entry = Entry {
-        origin: log_origin(&consortium),
-        config_epoch: 1,
-        author: identity.signing.verifying_key().to_bytes(),
-        sequence: 0,
-        subject: outcome.ceremony,
-        references: vec![],
-        payload: Some(Sha256::digest(transcript.encode()).into()),
-        claimed_time_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-        body: EntryBody::CeremonyStep {
-            ceremony: outcome.ceremony,
-            phase: 9,
-            artefact: verified.fingerprint,
-        },
+    // This member's audit-log entries: one per phase, naming its own message of that phase by
+    // digest; the last one also carries the transcript's digest.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let transcript_digest: [u8; 32] = Sha256::digest(transcript.encode()).into();
+    let own: Vec<&crate::message::Message> = outcome
+        .transcript
+        .iter()
+        .filter(|m| m.sender == me)
+        .collect();
+    let mut entries = Vec::new();
+    for (sequence, message) in own.iter().enumerate() {
+        let last = sequence + 1 == own.len();
+        let entry = Entry {
+            origin: log_origin(&consortium),
+            config_epoch: 1,
+            author: identity.signing.verifying_key().to_bytes(),
+            sequence: sequence as u64,
+            subject: outcome.ceremony,
+            references: vec![],
+            payload: last.then_some(transcript_digest),
+            claimed_time_ms: now,
+            body: EntryBody::CeremonyStep {
+                ceremony: outcome.ceremony,
+                phase: message.phase() as u8,
+                artefact: if last {
+                    verified.fingerprint
+                } else {
+                    message.digest()
+                },
+            },
+        }
+        .sign(&identity.signing);
+        entries.extend_from_slice(&(entry.leaf().len() as u32).to_le_bytes());
+        entries.extend_from_slice(entry.leaf());
     }
-    .sign(&identity.signing);
-    write(&out.join(ENTRY_FILE), entry.leaf(), false)?;
+    write(&out.join(ENTRIES_FILE), &entries, false)?;
     Ok(outcome)
 }
