@@ -30,7 +30,7 @@ pub enum AuditCommand {
     /// completeness, per-entry rules and the decryption rules. Exits 0 only if all hold;
     /// otherwise with the code of the most fundamental violation: 10 format, 11 signature,
     /// 12 fork, 13 rollback, 14 completeness, 15 cosignature quorum, 16 entry rules,
-    /// 17 decryption rules.
+    /// 17 decryption rules, 18 ceremony transcript.
     Verify {
         /// The exported log directory.
         dir: PathBuf,
@@ -43,6 +43,10 @@ pub enum AuditCommand {
         /// Where to write the evidence of a fork or rollback.
         #[arg(long, default_value = "audit-evidence.txt")]
         evidence: PathBuf,
+        /// The key ceremony's transcript: it must verify, be the consortium the log's manifest
+        /// records, and be certified in the log by every member's final ceremony entry.
+        #[arg(long)]
+        transcript: Option<PathBuf>,
     },
     /// List the entries of an exported log readably.
     Show {
@@ -94,7 +98,14 @@ pub fn run(command: &AuditCommand) -> Result<ExitCode> {
             trusted,
             json,
             evidence,
-        } => verify(dir, trusted.as_deref(), *json, evidence),
+            transcript,
+        } => verify(
+            dir,
+            trusted.as_deref(),
+            transcript.as_deref(),
+            *json,
+            evidence,
+        ),
         AuditCommand::Show { dir } => show(dir),
     }
 }
@@ -224,13 +235,72 @@ fn read_export(dir: &Path) -> Result<(ExportedLog, Vec<Finding>)> {
     Ok((export, findings))
 }
 
+/// The ceremony certificate: the transcript verifies, its consortium is the one in the log's
+/// manifest, and every member's last ceremony entry names this transcript and key.
+fn check_transcript(path: &Path, export: &ExportedLog) -> Result<Vec<Finding>> {
+    use keyceremony::transcript::{Transcript, verify};
+    let flag = |message: String| Finding {
+        class: ViolationClass::Transcript,
+        location: path.display().to_string(),
+        message,
+    };
+    let bytes = match read_limited(path, 256 << 20)? {
+        Ok(bytes) => bytes,
+        Err(why) => return Ok(vec![flag(why)]),
+    };
+    let transcript = match Transcript::decode(&bytes) {
+        Ok(transcript) => transcript,
+        Err(err) => return Ok(vec![flag(format!("the transcript is unreadable: {err}"))]),
+    };
+    let verified = match verify(&transcript) {
+        Ok(verified) => verified,
+        Err(err) => return Ok(vec![flag(format!("the transcript does not verify: {err}"))]),
+    };
+    let entries: Vec<SignedEntry> = export
+        .entries
+        .iter()
+        .filter_map(|leaf| SignedEntry::open(leaf).ok())
+        .collect();
+    let Some(Body::Membership(membership)) = entries.first().map(|e| &e.entry.body) else {
+        return Ok(vec![flag("the log has no membership manifest".into())]);
+    };
+    let consortium = protocol::consortium::Consortium::parse(&transcript.consortium_toml)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if consortium.digest() != membership.digest() {
+        return Ok(vec![flag(
+            "the transcript's consortium is not the one the log records".into(),
+        )]);
+    }
+    let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
+    let mut findings = Vec::new();
+    for member in &membership.members {
+        let certified = entries.iter().any(|e| {
+            e.entry.author == member.signing_key
+                && e.entry.payload == Some(digest)
+                && matches!(e.entry.body, Body::CeremonyStep { ceremony, artefact, .. }
+                    if ceremony == verified.ceremony && artefact == verified.fingerprint)
+        });
+        if !certified {
+            findings.push(flag(format!(
+                "{} has not certified this transcript in the log",
+                member.name
+            )));
+        }
+    }
+    Ok(findings)
+}
+
 fn verify(
     dir: &Path,
     trusted: Option<&Path>,
+    transcript: Option<&Path>,
     json: bool,
     evidence_path: &Path,
 ) -> Result<ExitCode> {
     let (export, mut findings) = read_export(dir)?;
+    if let Some(path) = transcript {
+        findings.extend(check_transcript(path, &export)?);
+    }
     let trusted = trusted
         .map(|path| read_limited(path, MAX_NOTE_BYTES))
         .transpose()?

@@ -106,7 +106,7 @@ fn a_member_that_stays_away_aborts_the_ceremony_with_a_signed_reason_naming_it()
                     "--consortium",
                     "r/consortium.toml",
                     "--timeout",
-                    "10",
+                    "20",
                 ])
                 .args([
                     "--identity",
@@ -135,8 +135,10 @@ fn a_member_that_stays_away_aborts_the_ceremony_with_a_signed_reason_naming_it()
         );
         let abort =
             std::fs::read_to_string(work.path().join("again").join(member).join("abort")).unwrap();
+        // member-c (index 2) is named among those missing; on a loaded machine the other
+        // present member may also be named if it was slower to start than the deadline.
         assert!(
-            abort.contains("member 2") && abort.contains("in time"),
+            abort.contains("in time") && (abort.contains("[2]") || abort.contains(", 2]")),
             "{abort}"
         );
         assert!(abort.contains("signature "), "{abort}");
