@@ -4,7 +4,12 @@ use libfuzzer_sys::fuzz_target;
 use protocol::wire::{DecodeLimits, decode_partial_decryption, encode_partial_decryption};
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(value) = decode_partial_decryption(data, DecodeLimits { max_values: 1 << 16 }) {
+    if let Ok(value) = decode_partial_decryption(
+        data,
+        DecodeLimits {
+            max_values: 1 << 16,
+        },
+    ) {
         assert_eq!(encode_partial_decryption(&value), data);
     }
 });
