@@ -194,60 +194,18 @@ fn replay(build: impl FnOnce(&mut SampleConsortium)) -> AuditReport {
     audit(&sample.export(), None)
 }
 
-fn open_and_close(
-    sample: &mut SampleConsortium,
-    round: u64,
-    contributors: &[usize],
-) -> (u64, [u8; 32]) {
-    sample.append(
-        Author::Coordinator,
-        Body::RoundOpen {
-            round,
-            model: [1; 32],
-            deadline_ms: 0,
-            expected: 0b11111,
-        },
-        vec![],
-    );
-    let leaves: Vec<u64> = contributors
-        .iter()
-        .map(|&m| {
-            sample.append(
-                Author::Member(m),
-                Body::Contribution {
-                    round,
-                    ciphertext: [m as u8 + 10; 32],
-                    samples: 1,
-                },
-                vec![],
-            )
-        })
-        .collect();
-    let aggregate = [round as u8 + 50; 32];
-    let close = sample.append(
-        Author::Coordinator,
-        Body::RoundClose {
-            round,
-            contributions: leaves.clone(),
-            aggregate,
-        },
-        leaves,
-    );
-    (close, aggregate)
-}
-
 #[test]
 fn replay_rules_flag_each_kind_of_forbidden_decryption() {
     // The honest baseline passes.
     let report = replay(|s| {
-        let (close, aggregate) = open_and_close(s, 1, &[0, 1, 2]);
+        let (close, aggregate) = s.open_and_close(1, &[0, 1, 2]);
         s.decrypt(1, close, aggregate, &[0, 1, 2], 0);
     });
     assert!(report.ok(), "{:#?}", report.findings);
 
     // A result without the whole quorum's releases.
     let report = replay(|s| {
-        let (close, aggregate) = open_and_close(s, 1, &[0, 1, 2]);
+        let (close, aggregate) = s.open_and_close(1, &[0, 1, 2]);
         let request = s.request(1, close, aggregate, &[0, 1, 2], 0);
         s.append(
             Author::Member(0),
@@ -272,7 +230,7 @@ fn replay_rules_flag_each_kind_of_forbidden_decryption() {
 
     // A second share from one member for one ciphertext.
     let report = replay(|s| {
-        let (close, aggregate) = open_and_close(s, 1, &[0, 1, 2]);
+        let (close, aggregate) = s.open_and_close(1, &[0, 1, 2]);
         let request = s.request(1, close, aggregate, &[0, 1, 2], 0);
         for _ in 0..2 {
             s.append(
@@ -290,21 +248,27 @@ fn replay_rules_flag_each_kind_of_forbidden_decryption() {
 
     // A round with fewer than k_min = 3 contributors.
     let report = replay(|s| {
-        let (close, aggregate) = open_and_close(s, 1, &[0, 1]);
+        let (close, aggregate) = s.open_and_close(1, &[0, 1]);
         s.decrypt(1, close, aggregate, &[0, 1, 2], 0);
     });
     assert_policy(&report, "fewer than k_min");
 
     // A single contribution (or any ciphertext other than the aggregate).
     let report = replay(|s| {
-        let (close, _) = open_and_close(s, 1, &[0, 1, 2]);
-        s.decrypt(1, close, [10; 32], &[0, 1, 2], 0);
+        let (close, _) = s.open_and_close(1, &[0, 1, 2]);
+        s.decrypt(
+            1,
+            close,
+            SampleConsortium::contribution_digest(1, 0),
+            &[0, 1, 2],
+            0,
+        );
     });
     assert_policy(&report, "subset or difference");
 
     // The same round decrypted twice: a "retry" after the first attempt was fully released.
     let report = replay(|s| {
-        let (close, aggregate) = open_and_close(s, 1, &[0, 1, 2]);
+        let (close, aggregate) = s.open_and_close(1, &[0, 1, 2]);
         s.decrypt(1, close, aggregate, &[0, 1, 2], 0);
         s.decrypt(1, close, [77; 32], &[1, 2, 3], 1);
     });
@@ -313,7 +277,7 @@ fn replay_rules_flag_each_kind_of_forbidden_decryption() {
 
     // A legitimate retry: the first quorum released only partly, the second attempt succeeds.
     let report = replay(|s| {
-        let (close, aggregate) = open_and_close(s, 1, &[0, 1, 2]);
+        let (close, aggregate) = s.open_and_close(1, &[0, 1, 2]);
         let first = s.request(1, close, aggregate, &[0, 1, 2], 0);
         s.append(
             Author::Member(0),
@@ -330,15 +294,21 @@ fn replay_rules_flag_each_kind_of_forbidden_decryption() {
 
     // A "retry" that targets one member's contribution instead of a re-randomised aggregate.
     let report = replay(|s| {
-        let (close, aggregate) = open_and_close(s, 1, &[0, 1, 2]);
+        let (close, aggregate) = s.open_and_close(1, &[0, 1, 2]);
         s.request(1, close, aggregate, &[0, 1, 2], 0);
-        s.decrypt(1, close, [10; 32], &[1, 2, 3], 1);
+        s.decrypt(
+            1,
+            close,
+            SampleConsortium::contribution_digest(1, 0),
+            &[1, 2, 3],
+            1,
+        );
     });
     assert_policy(&report, "subset or difference");
 
     // Attempts out of order.
     let report = replay(|s| {
-        let (close, _) = open_and_close(s, 1, &[0, 1, 2]);
+        let (close, _) = s.open_and_close(1, &[0, 1, 2]);
         s.decrypt(1, close, [78; 32], &[0, 1, 2], 2);
     });
     assert_policy(&report, "expected 0");
@@ -377,13 +347,19 @@ fn replay_rules_flag_each_kind_of_forbidden_decryption() {
             },
             leaves,
         );
-        s.decrypt(1, close, [10; 32], &[0, 1, 2], 0);
+        s.decrypt(
+            1,
+            close,
+            SampleConsortium::contribution_digest(1, 0),
+            &[0, 1, 2],
+            0,
+        );
     });
     assert_policy(&report, "single contribution");
 
     // Members decoding different models is flagged.
     let report = replay(|s| {
-        let (close, aggregate) = open_and_close(s, 1, &[0, 1, 2]);
+        let (close, aggregate) = s.open_and_close(1, &[0, 1, 2]);
         let request = s.request(1, close, aggregate, &[0, 1, 2], 0);
         for m in 0..3 {
             s.append(

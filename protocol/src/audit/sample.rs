@@ -193,9 +193,14 @@ impl SampleConsortium {
         bytes
     }
 
-    /// An honest round: open, one contribution per contributor, close, a request to `quorum`,
-    /// every quorum member's release, and a result from each of them. Returns the request leaf.
-    pub fn honest_round(&mut self, round: u64, contributors: &[usize], quorum: &[usize]) -> u64 {
+    /// The digest member `member`'s contribution to `round` carries in sample logs.
+    pub fn contribution_digest(round: u64, member: usize) -> Digest {
+        digest("contribution", round * 100 + member as u64)
+    }
+
+    /// Opens `round`, appends one contribution per contributor and closes it; returns the
+    /// close's leaf and the aggregate's digest.
+    pub fn open_and_close(&mut self, round: u64, contributors: &[usize]) -> (u64, Digest) {
         let expected = contributors.iter().fold(0u16, |bits, &m| bits | (1 << m));
         self.append(
             Author::Coordinator,
@@ -214,7 +219,7 @@ impl SampleConsortium {
                     Author::Member(m),
                     Body::Contribution {
                         round,
-                        ciphertext: digest("contribution", round * 100 + m as u64),
+                        ciphertext: Self::contribution_digest(round, m),
                         samples: 100 + m as u64,
                     },
                     vec![],
@@ -231,6 +236,13 @@ impl SampleConsortium {
             },
             leaves,
         );
+        (close, aggregate)
+    }
+
+    /// An honest round: open, one contribution per contributor, close, a request to `quorum`,
+    /// every quorum member's release, and a result from each of them. Returns the request leaf.
+    pub fn honest_round(&mut self, round: u64, contributors: &[usize], quorum: &[usize]) -> u64 {
+        let (close, aggregate) = self.open_and_close(round, contributors);
         self.decrypt(round, close, aggregate, quorum, 0)
     }
 

@@ -13,7 +13,7 @@ use tfhe::core_crypto::prelude::{
 use super::ciphertext::{BinRandomness, EncryptWork, round_body, round_mask};
 use super::decrypt::combine_raw;
 use super::keys::{SecretContribution, tfhe_noise_distribution};
-use super::ntt::NttContext;
+use super::ntt::{FullForm, NttContext};
 use super::*;
 use crate::wire::BoundCiphertext;
 
@@ -197,12 +197,8 @@ fn fast_ciphertexts_decrypt_under_tfhe_and_partials_match_tfhe_expansion() {
     let expanded = list.expand_into_lwe_ciphertext_list();
     let secret = LweSecretKey::from_container(keys.collective_secret.as_slice());
 
-    let context = NttContext::get();
-    let reversed: Vec<u128> = keys.collective_secret.iter().rev().copied().collect();
-    let mut secret_form = context.new_full_form();
-    context.full_form(&reversed, &mut secret_form);
-    let mut scratch = context.new_full_form();
-    let mut product = vec![0u128; POLYNOMIAL_SIZE];
+    let mut exact = ExactInnerProducts::new(&keys.collective_secret);
+    let mut inner = Vec::new();
 
     let half = 1u128 << (budget.delta_bits() - 1);
     for (index, lwe) in expanded.iter().enumerate() {
@@ -214,14 +210,43 @@ fn fast_ciphertexts_decrypt_under_tfhe_and_partials_match_tfhe_expansion() {
         let k = index % POLYNOMIAL_SIZE;
         if k == 0 {
             let mask = &ciphertext.masks()[bin * POLYNOMIAL_SIZE..(bin + 1) * POLYNOMIAL_SIZE];
-            context.full_product(mask, &secret_form, &mut scratch, &mut product);
+            inner = exact.of(mask);
         }
         let body = u128::from(ciphertext.bodies()[index]) << 64;
         assert_eq!(
-            body.wrapping_sub(product[POLYNOMIAL_SIZE - 1 - k]),
+            body.wrapping_sub(inner[k]),
             phase,
             "bin-wise inner product differs from tfhe's expand-then-decrypt at {index}"
         );
+    }
+}
+
+/// The exact inner products <mask_k, secret> of one bin's mask with a secret polynomial: the
+/// reference the fast paths are compared with, computed as (A * rev(secret))[N-1-k].
+struct ExactInnerProducts {
+    form: FullForm,
+    scratch: FullForm,
+    product: Vec<u128>,
+}
+
+impl ExactInnerProducts {
+    fn new(secret: &[u128]) -> Self {
+        let context = NttContext::get();
+        let reversed: Vec<u128> = secret.iter().rev().copied().collect();
+        let mut form = context.new_full_form();
+        context.full_form(&reversed, &mut form);
+        Self {
+            form,
+            scratch: context.new_full_form(),
+            product: vec![0u128; POLYNOMIAL_SIZE],
+        }
+    }
+
+    fn of(&mut self, mask: &[u128]) -> Vec<u128> {
+        NttContext::get().full_product(mask, &self.form, &mut self.scratch, &mut self.product);
+        (0..POLYNOMIAL_SIZE)
+            .map(|k| self.product[POLYNOMIAL_SIZE - 1 - k])
+            .collect()
     }
 }
 
@@ -410,12 +435,7 @@ fn measured_ciphertext_noise_stays_under_the_budget_bound() {
     let key = keys.public_key.prepare();
     let budget = budget(config, 20, 1, 1);
     let mut rng = ChaCha20Rng::seed_from_u64(46);
-    let context = NttContext::get();
-    let reversed: Vec<u128> = keys.collective_secret.iter().rev().copied().collect();
-    let mut secret_form = context.new_full_form();
-    context.full_form(&reversed, &mut secret_form);
-    let mut scratch = context.new_full_form();
-    let mut product = vec![0u128; POLYNOMIAL_SIZE];
+    let mut exact = ExactInnerProducts::new(&keys.collective_secret);
     let mut work = EncryptWork::new();
     let mut largest = 0u128;
     for _ in 0..4 {
@@ -440,9 +460,9 @@ fn measured_ciphertext_noise_stays_under_the_budget_bound() {
             &mut body,
         );
         let mask: Vec<u128> = mask.iter().map(|&m| round_mask(m)).collect();
-        context.full_product(&mask, &secret_form, &mut scratch, &mut product);
+        let inner = exact.of(&mask);
         for k in 0..POLYNOMIAL_SIZE {
-            let noise = body[k].wrapping_sub(product[POLYNOMIAL_SIZE - 1 - k]) as i128;
+            let noise = body[k].wrapping_sub(inner[k]) as i128;
             largest = largest.max(noise.unsigned_abs());
         }
     }
@@ -480,23 +500,18 @@ fn partial_decryptions_are_smudged_to_the_budget() {
         .partial_decrypt_subsets(&ciphertext, &subsets, smudging, &mut rng)
         .unwrap();
 
-    let context = NttContext::get();
     let mut sum = vec![0u128; POLYNOMIAL_SIZE];
     for subshare in share.subshares() {
-        for (acc, v) in sum.iter_mut().zip(subshare.coefficients().iter().rev()) {
+        for (acc, v) in sum.iter_mut().zip(subshare.coefficients()) {
             *acc = acc.wrapping_add(*v);
         }
     }
-    let mut form = context.new_full_form();
-    context.full_form(&sum, &mut form);
-    let mut scratch = context.new_full_form();
-    let mut exact = vec![0u128; POLYNOMIAL_SIZE];
-    context.full_product(ciphertext.masks(), &form, &mut scratch, &mut exact);
+    let exact = ExactInnerProducts::new(&sum).of(ciphertext.masks());
     let bound = 1i128 << smudging;
     let mut wide = 0;
     for k in 0..POLYNOMIAL_SIZE {
         let sent = u128::from(partial[k]) << 64;
-        let diff = sent.wrapping_sub(exact[POLYNOMIAL_SIZE - 1 - k]) as i128;
+        let diff = sent.wrapping_sub(exact[k]) as i128;
         assert!(diff.abs() <= bound + (1 << 63), "{diff} at {k}");
         if diff.abs() > bound / 2 {
             wide += 1;
