@@ -10,5 +10,6 @@ pub mod audit;
 pub mod bytes;
 pub mod consortium;
 pub mod he;
+pub mod round;
 pub mod seal;
 pub mod wire;

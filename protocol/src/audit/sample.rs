@@ -39,6 +39,8 @@ pub struct SampleConsortium {
     pub checkpoints: Vec<(u64, Vec<u8>)>,
     /// Seconds since the epoch used for claimed times and cosignatures.
     pub now: u64,
+    /// The round plan digest `round open` entries carry as their payload.
+    pub round_plan: Option<Digest>,
 }
 
 impl std::fmt::Debug for SampleConsortium {
@@ -123,6 +125,7 @@ impl SampleConsortium {
             members,
             checkpoints: Vec::new(),
             now: 1_800_000_000,
+            round_plan: None,
         };
         sample.append(Author::Coordinator, Body::Membership(membership), vec![]);
         sample
@@ -135,6 +138,10 @@ impl SampleConsortium {
             Author::Member(i) => &self.members[i].signing,
         };
         let author_key = key.verifying_key().to_bytes();
+        let payload = match body {
+            Body::RoundOpen { .. } => self.round_plan,
+            _ => None,
+        };
         Entry {
             origin: self.origin.clone(),
             config_epoch: 1,
@@ -142,7 +149,7 @@ impl SampleConsortium {
             sequence: self.log.next_sequence(&author_key),
             subject: body.round().map_or([0; 32], |r| digest("round", r)),
             references,
-            payload: None,
+            payload,
             claimed_time_ms: self.now * 1000,
             body,
         }

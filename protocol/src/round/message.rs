@@ -1,0 +1,335 @@
+//! The round protocol's messages: one request type and one response type, each with a
+//! versioned header and the id of the request it belongs to. Ciphertexts and partial
+//! decryptions travel in chunks of at most [`CHUNK_BYTES`], each checked against a digest
+//! announced beforehand, so no message is larger than [`MAX_MESSAGE_BYTES`] and a receiver
+//! never buffers more than one chunk per stream before checking it.
+
+use crate::audit::entry::{Digest, MAX_ENTRY_BYTES};
+use crate::bytes::{ReadError, Reader, Writer};
+
+const MAGIC: &[u8; 4] = b"QRND";
+const VERSION: u8 = 1;
+/// Bytes of ciphertext or partial decryption per chunk.
+pub const CHUNK_BYTES: usize = 4 * 1024 * 1024;
+/// No round message is larger.
+pub const MAX_MESSAGE_BYTES: usize = CHUNK_BYTES + 64 * 1024;
+/// Most entries one witness request carries (a catching-up member asks again).
+pub const MAX_ENTRIES_PER_MESSAGE: usize = 256;
+const MAX_NOTE_BYTES: u64 = 16 * 1024;
+const MAX_REASON_BYTES: u64 = 1024;
+/// Chunks of one artefact at most (4 GiB).
+pub const MAX_CHUNKS: u64 = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Coordinator to member: the log's entries from leaf `from`, and a checkpoint of the
+    /// whole log to witness. The member answers with its cosignature.
+    Witness {
+        from: u64,
+        entries: Vec<Vec<u8>>,
+        note: Vec<u8>,
+    },
+    /// Coordinator to member: a checkpoint with a quorum of cosignatures; the member acts on
+    /// the entries it covers.
+    Act { note: Vec<u8> },
+    /// Member to coordinator: a signed contribution entry, and the chunk digests of the
+    /// ciphertext it names.
+    Offer {
+        entry: Vec<u8>,
+        length: u64,
+        chunks: Vec<Digest>,
+    },
+    /// Member to coordinator: one chunk of an offered ciphertext.
+    Chunk {
+        ciphertext: Digest,
+        index: u32,
+        bytes: Vec<u8>,
+    },
+    /// Member to coordinator: a signed entry to append (share released, result, incident).
+    Append { entry: Vec<u8> },
+    /// Member to coordinator: a chunk of a stored ciphertext.
+    Fetch { ciphertext: Digest, index: u32 },
+    /// Member to member: one chunk of a partial decryption for the request at leaf `request`.
+    /// The whole must hash to the share digest its author logged.
+    Partial {
+        request: u64,
+        index: u32,
+        count: u32,
+        bytes: Vec<u8>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    Ok,
+    /// The witness's cosignature line and its log size after the update.
+    Cosigned {
+        size: u64,
+        line: String,
+    },
+    /// The member's copy of the log has `size` entries: send from there.
+    Behind {
+        size: u64,
+    },
+    /// The entry is acknowledged at this leaf.
+    Appended {
+        leaf: u64,
+    },
+    /// A chunk, the total length of the artefact, and the digest of every chunk.
+    Data {
+        length: u64,
+        chunks: Vec<Digest>,
+        bytes: Vec<u8>,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("message of {0} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")]
+    TooLarge(usize),
+    #[error("not a round message")]
+    Magic,
+    #[error("unsupported round message version {0}")]
+    Version(u8),
+    #[error("unknown message kind {0}")]
+    Kind(u8),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+fn start(id: u64, kind: u8) -> Writer {
+    let mut w = Writer::default();
+    w.bytes(MAGIC).u8(VERSION).u64(id).u8(kind);
+    w
+}
+
+fn blob(w: &mut Writer, bytes: &[u8]) {
+    w.u32(bytes.len() as u32).bytes(bytes);
+}
+
+fn digests(w: &mut Writer, list: &[Digest]) {
+    w.u32(list.len() as u32);
+    for d in list {
+        w.bytes(d);
+    }
+}
+
+fn open(bytes: &[u8]) -> Result<(Reader<'_>, u64, u8), MessageError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(MessageError::TooLarge(bytes.len()));
+    }
+    let mut r = Reader::new(bytes);
+    if r.array::<4>("magic")? != *MAGIC {
+        return Err(MessageError::Magic);
+    }
+    let version = r.u8("version")?;
+    if version != VERSION {
+        return Err(MessageError::Version(version));
+    }
+    let id = r.u64("request id")?;
+    let kind = r.u8("kind")?;
+    Ok((r, id, kind))
+}
+
+fn read_blob(r: &mut Reader<'_>, field: &'static str, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let len = r.count(field, 4, limit)?;
+    Ok(r.take(field, len)?.to_vec())
+}
+
+fn read_digests(r: &mut Reader<'_>, field: &'static str) -> Result<Vec<Digest>, ReadError> {
+    let count = r.count(field, 4, MAX_CHUNKS)?;
+    (0..count).map(|_| r.array(field)).collect()
+}
+
+impl Request {
+    pub fn encode(&self, id: u64) -> Vec<u8> {
+        let mut w;
+        match self {
+            Request::Witness {
+                from,
+                entries,
+                note,
+            } => {
+                w = start(id, 1);
+                w.u64(*from).u32(entries.len() as u32);
+                for entry in entries {
+                    blob(&mut w, entry);
+                }
+                blob(&mut w, note);
+            }
+            Request::Act { note } => {
+                w = start(id, 2);
+                blob(&mut w, note);
+            }
+            Request::Offer {
+                entry,
+                length,
+                chunks,
+            } => {
+                w = start(id, 3);
+                blob(&mut w, entry);
+                w.u64(*length);
+                digests(&mut w, chunks);
+            }
+            Request::Chunk {
+                ciphertext,
+                index,
+                bytes,
+            } => {
+                w = start(id, 4);
+                w.bytes(ciphertext).u32(*index);
+                blob(&mut w, bytes);
+            }
+            Request::Append { entry } => {
+                w = start(id, 5);
+                blob(&mut w, entry);
+            }
+            Request::Fetch { ciphertext, index } => {
+                w = start(id, 6);
+                w.bytes(ciphertext).u32(*index);
+            }
+            Request::Partial {
+                request,
+                index,
+                count,
+                bytes,
+            } => {
+                w = start(id, 7);
+                w.u64(*request).u32(*index).u32(*count);
+                blob(&mut w, bytes);
+            }
+        }
+        w.into_bytes()
+    }
+
+    /// Decodes a request and its id; every length is checked before anything is allocated.
+    pub fn decode(bytes: &[u8]) -> Result<(u64, Request), MessageError> {
+        let (mut r, id, kind) = open(bytes)?;
+        let entry_limit = MAX_ENTRY_BYTES as u64;
+        let chunk_limit = CHUNK_BYTES as u64;
+        let request = match kind {
+            1 => {
+                let from = r.u64("from")?;
+                let count = r.count("entries", 4, MAX_ENTRIES_PER_MESSAGE as u64)?;
+                let entries = (0..count)
+                    .map(|_| read_blob(&mut r, "entry", entry_limit))
+                    .collect::<Result<_, _>>()?;
+                let note = read_blob(&mut r, "note", MAX_NOTE_BYTES)?;
+                Request::Witness {
+                    from,
+                    entries,
+                    note,
+                }
+            }
+            2 => Request::Act {
+                note: read_blob(&mut r, "note", MAX_NOTE_BYTES)?,
+            },
+            3 => Request::Offer {
+                entry: read_blob(&mut r, "entry", entry_limit)?,
+                length: r.u64("length")?,
+                chunks: read_digests(&mut r, "chunk digests")?,
+            },
+            4 => Request::Chunk {
+                ciphertext: r.array("ciphertext")?,
+                index: r.u32("chunk index")?,
+                bytes: read_blob(&mut r, "chunk", chunk_limit)?,
+            },
+            5 => Request::Append {
+                entry: read_blob(&mut r, "entry", entry_limit)?,
+            },
+            6 => Request::Fetch {
+                ciphertext: r.array("ciphertext")?,
+                index: r.u32("chunk index")?,
+            },
+            7 => Request::Partial {
+                request: r.u64("request")?,
+                index: r.u32("chunk index")?,
+                count: r.u32("chunk count")?,
+                bytes: read_blob(&mut r, "chunk", chunk_limit)?,
+            },
+            other => return Err(MessageError::Kind(other)),
+        };
+        r.finish("request")?;
+        Ok((id, request))
+    }
+}
+
+impl Response {
+    pub fn encode(&self, id: u64) -> Vec<u8> {
+        let mut w;
+        match self {
+            Response::Ok => w = start(id, 1),
+            Response::Cosigned { size, line } => {
+                w = start(id, 2);
+                w.u64(*size).string(line);
+            }
+            Response::Behind { size } => {
+                w = start(id, 3);
+                w.u64(*size);
+            }
+            Response::Appended { leaf } => {
+                w = start(id, 4);
+                w.u64(*leaf);
+            }
+            Response::Data {
+                length,
+                chunks,
+                bytes,
+            } => {
+                w = start(id, 5);
+                w.u64(*length);
+                digests(&mut w, chunks);
+                blob(&mut w, bytes);
+            }
+            Response::Refused { reason } => {
+                w = start(id, 6);
+                let mut end = reason.len().min(MAX_REASON_BYTES as usize);
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                w.string(&reason[..end]);
+            }
+        }
+        w.into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<(u64, Response), MessageError> {
+        let (mut r, id, kind) = open(bytes)?;
+        let response = match kind {
+            1 => Response::Ok,
+            2 => Response::Cosigned {
+                size: r.u64("size")?,
+                line: r.string("cosignature", MAX_NOTE_BYTES)?,
+            },
+            3 => Response::Behind {
+                size: r.u64("size")?,
+            },
+            4 => Response::Appended {
+                leaf: r.u64("leaf")?,
+            },
+            5 => Response::Data {
+                length: r.u64("length")?,
+                chunks: read_digests(&mut r, "chunk digests")?,
+                bytes: read_blob(&mut r, "chunk", CHUNK_BYTES as u64)?,
+            },
+            6 => Response::Refused {
+                reason: r.string("reason", MAX_REASON_BYTES)?,
+            },
+            other => return Err(MessageError::Kind(other)),
+        };
+        r.finish("response")?;
+        Ok((id, response))
+    }
+}
+
+/// The digests of each [`CHUNK_BYTES`] chunk of `bytes`.
+pub fn chunk_digests(bytes: &[u8]) -> Vec<Digest> {
+    use sha2::{Digest as _, Sha256};
+    bytes
+        .chunks(CHUNK_BYTES)
+        .map(|c| Sha256::digest(c).into())
+        .collect()
+}

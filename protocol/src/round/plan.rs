@@ -1,0 +1,178 @@
+//! The round plan: the agreement every member and the coordinator share for a training run.
+
+use sha2::{Digest as _, Sha256};
+
+use super::RoundError;
+use crate::audit::entry::Digest;
+use crate::bytes::Writer;
+use crate::he::{Budget, BudgetRequest, FixedPointCodec, ThresholdConfig};
+
+/// The digest of a decoded model, as `decryption result` entries carry it.
+pub type ModelDigest = Digest;
+
+/// Largest sample count a contribution may declare: weights are computed in 128-bit integers.
+pub const MAX_SAMPLES: u64 = 1 << 40;
+/// Largest model a plan may describe (values per contribution).
+pub const MAX_PLAN_VALUES: u32 = 1 << 27;
+
+/// What a training run agrees on. Members refuse a round whose `round open` names another
+/// plan digest, so the coordinator cannot change the codec, the aggregation rule or the
+/// retry cap on its own.
+///
+/// The encrypted global model holds integers at scale 2^(fraction_bits + weight_bits): a
+/// contribution (an update at scale 2^fraction_bits) enters with the integer weight
+/// round(2^weight_bits * rate * n_i / sum n_j), so every round keeps one scale and a dropout
+/// only renormalises the weights of those who did contribute.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundPlan {
+    /// Values in the model (and in every update).
+    pub values: u32,
+    /// Updates are clipped to [-clip, clip] before encoding.
+    pub clip: f32,
+    /// Fixed-point fraction bits of an update.
+    pub fraction_bits: u8,
+    /// Extra scale 2^weight_bits at which the aggregation weights are integers.
+    pub weight_bits: u8,
+    /// The server learning rate, in thousandths (1000 = plain FedAvg).
+    pub server_rate_millis: u32,
+    /// Rounds one key serves; the noise budget grows with them.
+    pub rounds: u32,
+    /// Re-randomised retries of one round's decryption, at most.
+    pub max_retries: u8,
+    /// Smudging margin in bits.
+    pub kappa: u8,
+}
+
+impl Default for RoundPlan {
+    fn default() -> Self {
+        Self {
+            values: 1000,
+            clip: 1.0,
+            fraction_bits: 16,
+            weight_bits: 12,
+            server_rate_millis: 1000,
+            rounds: 50,
+            max_retries: 3,
+            kappa: 40,
+        }
+    }
+}
+
+impl RoundPlan {
+    /// Checks the plan against itself and the threshold configuration, returning its budget.
+    pub fn budget(&self, config: ThresholdConfig) -> Result<Budget, RoundError> {
+        let plan = |reason: String| RoundError::Plan(reason);
+        if self.values == 0 || self.values > MAX_PLAN_VALUES {
+            return Err(plan(format!(
+                "values = {}: a model has between 1 and {MAX_PLAN_VALUES} values",
+                self.values
+            )));
+        }
+        if self.weight_bits > 30 {
+            return Err(plan(format!(
+                "weight_bits = {}: at most 30",
+                self.weight_bits
+            )));
+        }
+        if self.server_rate_millis == 0 || self.server_rate_millis > 100_000 {
+            return Err(plan(format!(
+                "server_rate_millis = {}: between 1 and 100000",
+                self.server_rate_millis
+            )));
+        }
+        if self.max_retries > crate::audit::verify::MAX_ATTEMPT {
+            return Err(plan(format!(
+                "max_retries = {}: at most {}",
+                self.max_retries,
+                crate::audit::verify::MAX_ATTEMPT
+            )));
+        }
+        let codec = self.codec()?;
+        Budget::compute(BudgetRequest {
+            config,
+            // The weights of one round sum to the rate at scale 2^weight_bits, plus at most
+            // one unit of rounding per member, plus one encryption of zero per retry: that
+            // sum bounds the L1 norm of everything added to the model in a round.
+            max_contributions: 1,
+            weight_bound: self.weight_bound()
+                + u64::from(config.parties())
+                + u64::from(self.max_retries),
+            value_bits: codec.value_bits(),
+            kappa: u32::from(self.kappa),
+            rounds: self.rounds,
+        })
+        .map_err(|e| plan(e.to_string()))
+    }
+
+    pub fn codec(&self) -> Result<FixedPointCodec, RoundError> {
+        FixedPointCodec::new(self.clip, u32::from(self.fraction_bits))
+            .map_err(|e| RoundError::Plan(e.to_string()))
+    }
+
+    /// The largest weight any contribution can receive: the whole rate, rounded up.
+    pub fn weight_bound(&self) -> u64 {
+        ((u64::from(self.server_rate_millis) << self.weight_bits) / 1000) + 1
+    }
+
+    /// Bits of scale of the global model's integers.
+    pub fn model_scale_bits(&self) -> u32 {
+        u32::from(self.fraction_bits) + u32::from(self.weight_bits)
+    }
+
+    /// The integer weight of each contribution from the declared sample counts:
+    /// round(2^weight_bits * rate * n_i / sum n_j), computed exactly. A zero count gets no
+    /// weight and is refused, since it would count towards `k_min` without being in the sum.
+    pub fn weights(&self, samples: &[u64]) -> Result<Vec<i64>, RoundError> {
+        if let Some(i) = samples.iter().position(|&n| n == 0 || n > MAX_SAMPLES) {
+            return Err(RoundError::Plan(format!(
+                "contribution {i} declares {} samples (1 to {MAX_SAMPLES})",
+                samples[i]
+            )));
+        }
+        let total: u128 = samples.iter().map(|&n| u128::from(n)).sum();
+        if total == 0 {
+            return Err(RoundError::Plan("no contributions to weigh".into()));
+        }
+        let denominator = 1000 * total;
+        Ok(samples
+            .iter()
+            .map(|&n| {
+                let numerator =
+                    (u128::from(self.server_rate_millis) << self.weight_bits) * u128::from(n);
+                ((2 * numerator + denominator) / (2 * denominator)) as i64
+            })
+            .collect())
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.bytes(b"quorate/round-plan/v1\0")
+            .u32(self.values)
+            .u32(self.clip.to_bits())
+            .u8(self.fraction_bits)
+            .u8(self.weight_bits)
+            .u32(self.server_rate_millis)
+            .u32(self.rounds)
+            .u8(self.max_retries)
+            .u8(self.kappa);
+        w.into_bytes()
+    }
+
+    /// The digest `round open` entries carry (as their payload).
+    pub fn digest(&self) -> Digest {
+        Sha256::digest(self.encode()).into()
+    }
+}
+
+/// The digest of a decoded global model (integers at the model's scale), as members log it.
+pub fn model_digest(model: &[i64]) -> ModelDigest {
+    let mut hasher = Sha256::new();
+    hasher.update(b"quorate/model/v1\0");
+    hasher.update((model.len() as u64).to_le_bytes());
+    for chunk in model.chunks(8192) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+        hasher.update(&bytes);
+    }
+    hasher.finalize().into()
+}

@@ -1,0 +1,581 @@
+use super::machine::*;
+use super::message::*;
+use super::plan::*;
+use super::policy::*;
+use crate::audit::entry::{Body, SignedEntry};
+use crate::audit::sample::{Author, SampleConsortium};
+use crate::he::{Ciphertext, LocalKeySet, ThresholdConfig};
+use crate::wire::{DecodeLimits, ciphertext_digest, encode_ciphertext};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+fn plan() -> RoundPlan {
+    RoundPlan {
+        values: 20,
+        ..RoundPlan::default()
+    }
+}
+
+#[test]
+fn weights_are_exact_rounded_shares_of_the_rate() {
+    let plan = plan();
+    let w = plan.weights(&[100, 100, 200]).unwrap();
+    assert_eq!(w, vec![1024, 1024, 2048]);
+    // Rounding half up, computed in integers: 2^12 / 3 = 1365.33, 2^12 * 2 / 3 = 2730.67.
+    assert_eq!(plan.weights(&[1, 1, 1]).unwrap(), vec![1365; 3]);
+    assert_eq!(plan.weights(&[1, 2]).unwrap(), vec![1365, 2731]);
+    let half = RoundPlan {
+        server_rate_millis: 500,
+        ..plan.clone()
+    };
+    assert_eq!(half.weights(&[1]).unwrap(), vec![2048]);
+    assert!(plan.weights(&[5, 0]).is_err());
+    assert!(plan.weights(&[MAX_SAMPLES + 1]).is_err());
+    assert!(
+        plan.weights(&[MAX_SAMPLES; 5])
+            .unwrap()
+            .iter()
+            .all(|&w| w > 0)
+    );
+    assert!(plan.weights(&[]).is_err());
+}
+
+proptest::proptest! {
+    #[test]
+    fn weights_sum_to_the_rate_within_rounding(samples in proptest::collection::vec(1u64..1_000_000, 1..10)) {
+        let plan = plan();
+        let weights = plan.weights(&samples).unwrap();
+        let total: i64 = weights.iter().sum();
+        let target = 1i64 << plan.weight_bits;
+        proptest::prop_assert!((total - target).abs() <= samples.len() as i64);
+        proptest::prop_assert!(weights.iter().all(|&w| w as u64 <= plan.weight_bound()));
+    }
+
+    #[test]
+    fn message_decoders_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+        let _ = Request::decode(&bytes);
+        let _ = Response::decode(&bytes);
+        let mut framed = b"QRND\x01".to_vec();
+        framed.extend_from_slice(&bytes);
+        let _ = Request::decode(&framed);
+        let _ = Response::decode(&framed);
+    }
+}
+
+#[test]
+fn plan_digest_covers_every_field_and_the_budget_fits() {
+    let base = plan();
+    let variants = [
+        RoundPlan {
+            values: 21,
+            ..base.clone()
+        },
+        RoundPlan {
+            clip: 2.0,
+            ..base.clone()
+        },
+        RoundPlan {
+            fraction_bits: 12,
+            ..base.clone()
+        },
+        RoundPlan {
+            weight_bits: 10,
+            ..base.clone()
+        },
+        RoundPlan {
+            server_rate_millis: 900,
+            ..base.clone()
+        },
+        RoundPlan {
+            rounds: 7,
+            ..base.clone()
+        },
+        RoundPlan {
+            max_retries: 1,
+            ..base.clone()
+        },
+        RoundPlan {
+            kappa: 41,
+            ..base.clone()
+        },
+    ];
+    for variant in &variants {
+        assert_ne!(variant.digest(), base.digest(), "{variant:?}");
+    }
+    let config = ThresholdConfig::new(5, 3).unwrap();
+    base.budget(config).unwrap();
+    assert!(
+        RoundPlan {
+            values: 0,
+            ..base.clone()
+        }
+        .budget(config)
+        .is_err()
+    );
+    assert!(
+        RoundPlan {
+            max_retries: 9,
+            ..base.clone()
+        }
+        .budget(config)
+        .is_err()
+    );
+    assert!(RoundPlan { rounds: 0, ..base }.budget(config).is_err());
+}
+
+fn entries(sample: &SampleConsortium) -> Vec<SignedEntry> {
+    sample
+        .log
+        .leaves()
+        .iter()
+        .map(|leaf| SignedEntry::open(leaf).unwrap())
+        .collect()
+}
+
+fn sample() -> SampleConsortium {
+    let mut sample = SampleConsortium::new(5, 3, 3, 11);
+    sample.round_plan = Some(plan().digest());
+    sample
+}
+
+fn check(sample: &SampleConsortium, me: u8, request: u64) -> Result<ReleaseTarget, Refusal> {
+    let membership = sample.log.membership().unwrap().clone();
+    check_request(&entries(sample), &membership, &plan(), me, request)
+}
+
+#[test]
+fn an_honest_request_names_the_aggregate_and_its_weighted_terms() {
+    let mut s = sample();
+    let (close, aggregate) = s.open_and_close(1, &[0, 1, 2, 3, 4]);
+    let request = s.request(1, close, aggregate, &[0, 2, 4], 0);
+    let target = check(&s, 2, request).unwrap();
+    assert_eq!(target.round, 1);
+    assert_eq!(target.ciphertext, aggregate);
+    assert_eq!(target.base, None);
+    assert_eq!(target.quorum, vec![0, 2, 4]);
+    assert_eq!(target.terms.len(), 5);
+    let samples: Vec<u64> = (0..5).map(|m| 100 + m).collect();
+    let weights: Vec<i64> = target.terms.iter().map(|t| t.weight).collect();
+    assert_eq!(weights, plan().weights(&samples).unwrap());
+    assert_eq!(
+        target.terms[3].ciphertext,
+        SampleConsortium::contribution_digest(1, 3)
+    );
+    // Not in the quorum.
+    assert_eq!(check(&s, 1, request), Err(Refusal::NotInQuorum));
+
+    // After round 1 is decrypted, round 2 builds on round 1's aggregate.
+    for m in [0usize, 2, 4] {
+        s.append(
+            Author::Member(m),
+            Body::ShareReleased {
+                request,
+                ciphertext: aggregate,
+                share: [m as u8; 32],
+            },
+            vec![request],
+        );
+    }
+    s.append(
+        Author::Member(0),
+        Body::DecryptionResult {
+            request,
+            ciphertext: aggregate,
+            model: [9; 32],
+        },
+        vec![request],
+    );
+    // A member that released never releases again for the same ciphertext.
+    assert_eq!(check(&s, 2, request), Err(Refusal::AlreadyReleased));
+    let (close2, aggregate2) = s.open_and_close(2, &[0, 1, 2]);
+    let request2 = s.request(2, close2, aggregate2, &[1, 2, 3], 0);
+    assert_eq!(check(&s, 3, request2).unwrap().base, Some(aggregate));
+}
+
+/// The malicious coordinator's table: every request a member must refuse.
+#[test]
+fn members_refuse_everything_but_the_agreed_aggregate() {
+    let k_min = 3;
+    // A single contribution as the target.
+    let mut s = sample();
+    let (close, _) = s.open_and_close(1, &[0, 1, 2]);
+    let single = SampleConsortium::contribution_digest(1, 0);
+    let request = s.request(1, close, single, &[0, 1, 2], 0);
+    assert_eq!(check(&s, 0, request), Err(Refusal::NotTheAggregate(1)));
+
+    // A set below k_min.
+    let mut s = sample();
+    let (close, aggregate) = s.open_and_close(1, &[0, 1]);
+    let request = s.request(1, close, aggregate, &[0, 1, 2], 0);
+    assert_eq!(
+        check(&s, 0, request),
+        Err(Refusal::TooFewContributors {
+            round: 1,
+            count: 2,
+            k_min
+        })
+    );
+
+    // A difference of two aggregates of the same round: a second close of the round, over a
+    // subset, is refused for either close.
+    let mut s = sample();
+    let (close, aggregate) = s.open_and_close(1, &[0, 1, 2, 3]);
+    let subset: Vec<u64> = match &entries(&s)[close as usize].entry.body {
+        Body::RoundClose { contributions, .. } => contributions[..3].to_vec(),
+        _ => unreachable!(),
+    };
+    let second = s.append(
+        Author::Coordinator,
+        Body::RoundClose {
+            round: 1,
+            contributions: subset.clone(),
+            aggregate: [0xdd; 32],
+        },
+        subset,
+    );
+    let first_request = s.request(1, close, aggregate, &[0, 1, 2], 0);
+    assert_eq!(check(&s, 0, first_request), Err(Refusal::SecondClose(1)));
+    let second_request = s.request(1, second, [0xdd; 32], &[0, 1, 2], 0);
+    assert_eq!(check(&s, 0, second_request), Err(Refusal::SecondClose(1)));
+
+    // A ciphertext other than the logged aggregate.
+    let mut s = sample();
+    let (close, _) = s.open_and_close(1, &[0, 1, 2]);
+    let request = s.request(1, close, [0xee; 32], &[0, 1, 2], 0);
+    assert_eq!(check(&s, 0, request), Err(Refusal::NotTheAggregate(1)));
+
+    // An old round again, once a later round is open.
+    let mut s = sample();
+    let (close, aggregate) = s.open_and_close(1, &[0, 1, 2]);
+    s.open_and_close(2, &[0, 1, 2]);
+    let request = s.request(1, close, aggregate, &[0, 1, 2], 0);
+    assert_eq!(check(&s, 0, request), Err(Refusal::StaleRound(1)));
+
+    // An old round again, after its decryption produced a result.
+    let mut s = sample();
+    let (close, aggregate) = s.open_and_close(1, &[0, 1, 2]);
+    let first = s.decrypt(1, close, aggregate, &[0, 1, 2], 0);
+    let again = s.request(1, close, [0xab; 32], &[0, 3, 4], 1);
+    assert_eq!(check(&s, 3, again), Err(Refusal::StaleRound(1)));
+    assert_eq!(check(&s, 0, first), Err(Refusal::AlreadyReleased));
+
+    // A round opened under another plan.
+    let mut s = sample();
+    s.round_plan = Some([1; 32]);
+    let (close, aggregate) = s.open_and_close(1, &[0, 1, 2]);
+    let request = s.request(1, close, aggregate, &[0, 1, 2], 0);
+    assert_eq!(check(&s, 0, request), Err(Refusal::OtherPlan(1)));
+
+    // A quorum that is not the threshold, and an entry that is not a request.
+    let mut s = sample();
+    let (close, aggregate) = s.open_and_close(1, &[0, 1, 2]);
+    let request = s.request(1, close, aggregate, &[0, 1], 0);
+    assert_eq!(check(&s, 0, request), Err(Refusal::BadQuorum(0b11)));
+    assert_eq!(check(&s, 0, close), Err(Refusal::NotARequest(close)));
+
+    // Retries: in order, superseding earlier attempts, re-randomised, and capped.
+    let mut s = sample();
+    let (close, aggregate) = s.open_and_close(1, &[0, 1, 2, 3]);
+    let r0 = s.request(1, close, aggregate, &[0, 1, 2], 0);
+    let r1 = s.request(1, close, [0x11; 32], &[0, 1, 3], 1);
+    assert_eq!(check(&s, 0, r0), Err(Refusal::Superseded(1)));
+    assert_eq!(check(&s, 3, r1).unwrap().attempt, 1);
+    let mut s = sample();
+    let (close, aggregate) = s.open_and_close(1, &[0, 1, 2, 3]);
+    s.request(1, close, aggregate, &[0, 1, 2], 0);
+    let reused = s.request(1, close, aggregate, &[0, 1, 3], 1);
+    assert_eq!(check(&s, 3, reused), Err(Refusal::NotTheAggregate(1)));
+    let mut s = sample();
+    let (close, aggregate) = s.open_and_close(1, &[0, 1, 2, 3]);
+    let skipped = s.request(1, close, aggregate, &[0, 1, 2], 0);
+    let _ = skipped;
+    let mut last = 0;
+    for attempt in 1..=3u8 {
+        last = s.request(1, close, [attempt; 32], &[0, 1, 3], attempt);
+    }
+    let capped = RoundPlan {
+        max_retries: 2,
+        ..plan()
+    };
+    let membership = s.log.membership().unwrap().clone();
+    let mut s2 = SampleConsortium::new(5, 3, 3, 11);
+    s2.round_plan = Some(capped.digest());
+    assert!(check_request(&entries(&s), &membership, &plan(), 3, last).is_ok());
+    let (close, aggregate) = s2.open_and_close(1, &[0, 1, 2, 3]);
+    s2.request(1, close, aggregate, &[0, 1, 2], 0);
+    let mut last = 0;
+    for attempt in 1..=3u8 {
+        last = s2.request(1, close, [attempt; 32], &[0, 1, 3], attempt);
+    }
+    let membership = s2.log.membership().unwrap().clone();
+    assert_eq!(
+        check_request(&entries(&s2), &membership, &capped, 3, last),
+        Err(Refusal::Attempt {
+            round: 1,
+            attempt: 3,
+            cap: 2
+        })
+    );
+}
+
+#[test]
+fn members_recompute_the_coordinators_aggregate_exactly() {
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let config = ThresholdConfig::new(3, 2).unwrap();
+    let keys = LocalKeySet::generate(&config, &mut rng).unwrap();
+    let key = keys.public_key.prepare();
+    let plan = plan();
+    let budget = plan.budget(config).unwrap();
+    let updates: Vec<Vec<i64>> = (0..3)
+        .map(|m| (0..20).map(|i| (i * 7 + m * 1000) - 50).collect())
+        .collect();
+    let blobs: Vec<Vec<u8>> = updates
+        .iter()
+        .map(|u| encode_ciphertext(&key.encrypt(u, &budget, &mut rng).unwrap()))
+        .collect();
+    let digests: Vec<[u8; 32]> = blobs
+        .iter()
+        .map(|b| crate::wire::encoded_digest(b).0)
+        .collect();
+    let weights = plan.weights(&[10, 20, 30]).unwrap();
+    let terms: Vec<_> = digests.iter().copied().zip(weights.clone()).collect();
+    let read = |d: &[u8; 32]| -> Result<Vec<u8>, String> {
+        let i = digests.iter().position(|x| x == d).ok_or("unknown")?;
+        Ok(blobs[i].clone())
+    };
+    let mut coordinator = Ciphertext::zero(20, budget.delta_bits());
+    aggregate(&mut coordinator, &terms, DecodeLimits::default(), read).unwrap();
+    let mut member = Ciphertext::zero(20, budget.delta_bits());
+    aggregate(&mut member, &terms, DecodeLimits::default(), read).unwrap();
+    assert_eq!(ciphertext_digest(&coordinator), ciphertext_digest(&member));
+
+    // A contribution whose bytes do not hash to the logged digest is refused.
+    let tampered = |d: &[u8; 32]| -> Result<Vec<u8>, String> {
+        let mut bytes = read(d)?;
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        Ok(bytes)
+    };
+    let mut acc = Ciphertext::zero(20, budget.delta_bits());
+    assert!(matches!(
+        aggregate(&mut acc, &terms, DecodeLimits::default(), tampered),
+        Err(AggregateError::Digest { .. })
+    ));
+
+    // Decrypting the aggregate gives the integer weighted sum, exactly.
+    let quorum = crate::he::Quorum::new(&config, vec![0, 2]).unwrap();
+    let bound = crate::wire::BoundCiphertext::new(coordinator);
+    let partials: Vec<_> = [0usize, 2]
+        .iter()
+        .map(|&p| {
+            keys.shares[p]
+                .partial_decrypt(&bound, &quorum, &budget, &mut rng)
+                .unwrap()
+        })
+        .collect();
+    let decoded = crate::he::combine(&bound, &quorum, &partials, &budget).unwrap();
+    let expected: Vec<i64> = (0..20)
+        .map(|i| (0..3).map(|m| weights[m] * updates[m][i]).sum())
+        .collect();
+    assert_eq!(decoded, expected);
+}
+
+fn membership() -> crate::audit::entry::Membership {
+    sample().log.membership().unwrap().clone()
+}
+
+#[test]
+fn the_coordinator_closes_on_all_or_at_the_deadline_with_k_min() {
+    let mut round = CoordinatorRound::open(1, &membership(), plan(), 0b11111, 1000);
+    assert_eq!(round.poll_close(0), CloseDecision::Wait);
+    for m in 0..3u8 {
+        round.check_contribution(m, 1, 10, 5).unwrap();
+        round.contributed(m, 10 + u64::from(m), 10, [m; 32]);
+    }
+    assert!(
+        round.check_contribution(0, 1, 10, 5).is_err(),
+        "second contribution"
+    );
+    assert!(
+        round.check_contribution(3, 2, 10, 5).is_err(),
+        "other round"
+    );
+    assert!(
+        round.check_contribution(3, 1, 0, 5).is_err(),
+        "zero samples"
+    );
+    assert!(round.check_contribution(3, 1, 10, 1001).is_err(), "late");
+    assert_eq!(round.poll_close(999), CloseDecision::Wait);
+    assert_eq!(round.poll_close(1000), CloseDecision::Close);
+    let (leaves, terms) = round.close_terms().unwrap();
+    assert_eq!(leaves, vec![10, 11, 12]);
+    assert_eq!(terms.len(), 3);
+
+    let mut short = CoordinatorRound::open(2, &membership(), plan(), 0b11111, 1000);
+    short.contributed(4, 20, 10, [4; 32]);
+    assert_eq!(
+        short.poll_close(1000),
+        CloseDecision::Fail { contributors: 1 }
+    );
+    assert!(short.close_terms().is_err());
+
+    let mut all = CoordinatorRound::open(3, &membership(), plan(), 0b00111, 1000);
+    assert!(
+        all.check_contribution(4, 3, 10, 0).is_err(),
+        "unexpected member"
+    );
+    for m in 0..3u8 {
+        all.contributed(m, u64::from(m), 1, [m; 32]);
+    }
+    assert_eq!(all.poll_close(1), CloseDecision::Close);
+}
+
+#[test]
+fn a_failed_quorum_member_leads_to_a_retry_with_another_quorum_then_a_cap() {
+    let everyone = 0b11111;
+    let mut round = CoordinatorRound::open(1, &membership(), plan(), everyone, 1000);
+    for m in 0..5u8 {
+        round.contributed(m, u64::from(m), 10, [m; 32]);
+    }
+    round.closed();
+    let quorum = round.choose_quorum(everyone).unwrap();
+    assert_eq!(quorum, 0b00111);
+    round.requested(50, 0, quorum, 2000);
+    round.share_released(50, 0);
+    round.share_released(50, 4); // not in the quorum: ignored
+    assert_eq!(
+        round.poll_decryption(2100, everyone, 10_000),
+        DecryptionStatus::Waiting
+    );
+    // Member 1 disconnects: retry without it.
+    let available = everyone & !0b10;
+    assert_eq!(
+        round.poll_decryption(2200, available, 10_000),
+        DecryptionStatus::Retry {
+            attempt: 1,
+            quorum: 0b01101
+        }
+    );
+    round.requested(60, 1, 0b01101, 2300);
+    // A release for the old request does not count for the new one.
+    round.share_released(50, 2);
+    round.share_released(60, 0);
+    round.share_released(60, 2);
+    // Member 3 times out.
+    assert_eq!(
+        round.poll_decryption(12_300, everyone, 10_000),
+        DecryptionStatus::Retry {
+            attempt: 2,
+            quorum: 0b10101
+        }
+    );
+    round.requested(70, 2, 0b10101, 12_400);
+    for m in [0, 2, 4] {
+        round.share_released(70, m);
+    }
+    assert_eq!(
+        round.poll_decryption(12_500, everyone, 10_000),
+        DecryptionStatus::Released
+    );
+
+    // With the cap reached, or too few members left, the round gives up.
+    let capped = RoundPlan {
+        max_retries: 0,
+        ..plan()
+    };
+    let mut round = CoordinatorRound::open(1, &membership(), capped, everyone, 1000);
+    round.requested(50, 0, 0b111, 0);
+    assert!(matches!(
+        round.poll_decryption(1, 0b11110, 10),
+        DecryptionStatus::GiveUp(_)
+    ));
+    let mut round = CoordinatorRound::open(1, &membership(), plan(), everyone, 1000);
+    round.requested(50, 0, 0b111, 0);
+    assert!(matches!(
+        round.poll_decryption(1, 0b00110, 10),
+        DecryptionStatus::GiveUp(_)
+    ));
+}
+
+#[test]
+fn messages_round_trip_with_their_id_and_refuse_oversize() {
+    let requests = vec![
+        Request::Witness {
+            from: 3,
+            entries: vec![vec![1, 2, 3], vec![]],
+            note: b"note".to_vec(),
+        },
+        Request::Act {
+            note: b"cosigned".to_vec(),
+        },
+        Request::Offer {
+            entry: vec![9; 10],
+            length: 12345,
+            chunks: vec![[1; 32], [2; 32]],
+        },
+        Request::Chunk {
+            ciphertext: [3; 32],
+            index: 1,
+            bytes: vec![7; 100],
+        },
+        Request::Append { entry: vec![4; 8] },
+        Request::Fetch {
+            ciphertext: [5; 32],
+            index: 2,
+        },
+        Request::Partial {
+            request: 77,
+            index: 0,
+            count: 3,
+            bytes: vec![8; 16],
+        },
+    ];
+    for (id, request) in requests.into_iter().enumerate() {
+        let bytes = request.encode(id as u64);
+        assert_eq!(Request::decode(&bytes).unwrap(), (id as u64, request));
+        for cut in 0..bytes.len() {
+            assert!(Request::decode(&bytes[..cut]).is_err());
+        }
+    }
+    let responses = vec![
+        Response::Ok,
+        Response::Cosigned {
+            size: 9,
+            line: "— member-a abc".into(),
+        },
+        Response::Behind { size: 4 },
+        Response::Appended { leaf: 12 },
+        Response::Data {
+            length: 99,
+            chunks: vec![[6; 32]],
+            bytes: vec![1; 99],
+        },
+        Response::Refused {
+            reason: "no".into(),
+        },
+    ];
+    for (id, response) in responses.into_iter().enumerate() {
+        let bytes = response.encode(id as u64 + 100);
+        assert_eq!(
+            Response::decode(&bytes).unwrap(),
+            (id as u64 + 100, response)
+        );
+    }
+    // Over the limit before anything is read; an oversized declared chunk is refused.
+    assert!(matches!(
+        Request::decode(&vec![0; MAX_MESSAGE_BYTES + 1]),
+        Err(MessageError::TooLarge(_))
+    ));
+    let mut big = Request::Chunk {
+        ciphertext: [0; 32],
+        index: 0,
+        bytes: vec![],
+    }
+    .encode(1);
+    let at = big.len() - 4;
+    big[at..].copy_from_slice(&(CHUNK_BYTES as u32 + 1).to_le_bytes());
+    assert!(Request::decode(&big).is_err());
+    let mut version = Request::Act { note: vec![] }.encode(1);
+    version[4] = 2;
+    assert_eq!(Request::decode(&version), Err(MessageError::Version(2)));
+}
