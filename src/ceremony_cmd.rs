@@ -21,7 +21,15 @@ pub struct PassphraseArgs {
     /// Read the passphrase from this file (first line) instead of QUORATE_PASSPHRASE or a
     /// prompt.
     #[arg(long)]
-    passphrase_file: Option<PathBuf>,
+    pub(crate) passphrase_file: Option<PathBuf>,
+}
+
+impl PassphraseArgs {
+    pub fn file(path: PathBuf) -> Self {
+        Self {
+            passphrase_file: Some(path),
+        }
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -97,7 +105,7 @@ pub enum CeremonyCommand {
     },
 }
 
-fn passphrase(args: &PassphraseArgs, confirm: bool) -> Result<Zeroizing<String>> {
+pub(crate) fn passphrase(args: &PassphraseArgs, confirm: bool) -> Result<Zeroizing<String>> {
     if let Some(path) = &args.passphrase_file {
         let text = Zeroizing::new(
             std::fs::read_to_string(path)
@@ -498,6 +506,14 @@ fn rehearse(members: u8, threshold: u8, out: &Path, timeout: u64) -> Result<Exit
     }
     log.add_cosignatures(checkpoint.size, &lines, &witnesses)?;
     coordinator::export::export(log.store(), &out.join("audit"))?;
+    let names: Vec<String> = identities.iter().map(|i| i.name.clone()).collect();
+    crate::round_cmd::write_deployment_configs(
+        out,
+        &names,
+        &protocol::round::RoundPlan::default(),
+        3,
+        300,
+    )?;
     println!(
         "  audit log: {} entries, cosigned by {members}, exported to {}",
         checkpoint.size,

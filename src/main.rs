@@ -3,7 +3,9 @@
 
 mod audit_cmd;
 mod bench;
+mod bench_round;
 mod ceremony_cmd;
+mod round_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -44,11 +46,13 @@ enum Command {
     /// institution as separate processes, training on the shipped data. [not available yet]
     Demo(Unavailable),
     /// Run an institution's node: encrypt local updates, witness the log, release partial
-    /// decryptions under the release policy. [not available yet]
-    Node(Unavailable),
+    /// decryptions under the release policy.
+    #[command(subcommand)]
+    Node(round_cmd::NodeCommand),
     /// Run the coordinator: aggregate ciphertexts, keep the encrypted model, operate the audit
-    /// log. [not available yet]
-    Coordinator(Unavailable),
+    /// log.
+    #[command(subcommand)]
+    Coordinator(round_cmd::CoordinatorCommand),
     /// Identities, approval of the consortium file, and the key ceremony that creates the
     /// consortium's threshold key with no trusted dealer.
     #[command(subcommand)]
@@ -74,8 +78,9 @@ enum BenchCommand {
     /// Threshold encryption: encrypt, aggregate, partial decryption and combination of one
     /// vector per party, checked for exactness against integer sums.
     He(bench::HeBenchArgs),
-    /// A whole federated round over loopback. [not available yet]
-    Round(Unavailable),
+    /// Whole federated rounds over loopback: a rehearsed consortium, the coordinator and one
+    /// node per institution as processes, synthetic updates, checked for exactness.
+    Round(bench_round::RoundBenchArgs),
 }
 
 fn init_tracing(format: LogFormat, filter: &str) {
@@ -103,11 +108,9 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format, &cli.log);
     let result = match cli.command {
         Command::Demo(_) => return unavailable("demo", "end-to-end training"),
-        Command::Node(_) => return unavailable("node", "encrypted federated rounds"),
-        Command::Coordinator(_) => return unavailable("coordinator", "encrypted federated rounds"),
-        Command::Bench(BenchCommand::Round(_)) => {
-            return unavailable("bench round", "encrypted federated rounds");
-        }
+        Command::Node(command) => round_cmd::run_node(&command),
+        Command::Coordinator(command) => round_cmd::run_coordinator(&command),
+        Command::Bench(BenchCommand::Round(args)) => bench_round::run_round(&args),
         Command::Bench(BenchCommand::He(args)) => bench::run_he(&args),
         Command::Audit(command) => audit_cmd::run(&command),
         Command::Ceremony(command) => ceremony_cmd::run(&command),

@@ -11,3 +11,4 @@ pub mod network;
 pub mod run;
 pub mod share_file;
 pub mod transcript;
+pub mod transport;

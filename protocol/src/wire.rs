@@ -336,6 +336,14 @@ pub fn encode_ciphertext(ciphertext: &Ciphertext) -> Vec<u8> {
     out
 }
 
+/// The length of the encoding of a ciphertext of `value_count` values.
+pub fn ciphertext_encoded_len(value_count: usize) -> usize {
+    let bins = value_count.div_ceil(POLYNOMIAL_SIZE);
+    ciphertext_header(value_count, 1).len()
+        + bins * POLYNOMIAL_SIZE * MASK_WIRE_BYTES
+        + value_count * 8
+}
+
 /// The digest of a ciphertext's encoding, computed without materialising the encoding.
 pub fn ciphertext_digest(ciphertext: &Ciphertext) -> CiphertextDigest {
     let mut hasher = Sha256::new();

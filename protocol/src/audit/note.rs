@@ -224,7 +224,8 @@ impl SignatureLine {
         )
     }
 
-    fn parse(line: &str) -> Result<Self, NoteError> {
+    /// Parses one line, without its newline.
+    pub fn parse(line: &str) -> Result<Self, NoteError> {
         let malformed = || NoteError::Malformed(format!("bad signature line {line:?}"));
         let rest = line.strip_prefix(SIGNATURE_PREFIX).ok_or_else(malformed)?;
         let (name, encoded) = rest.split_once(' ').ok_or_else(malformed)?;

@@ -47,6 +47,14 @@ enum Phase {
     Released,
 }
 
+/// What a round's close aggregates: the contribution entries, in log order, and each
+/// contribution's digest with its integer weight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseTerms {
+    pub leaves: Vec<u64>,
+    pub terms: Vec<(Digest, i64)>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Accepted {
     leaf: u64,
@@ -182,7 +190,7 @@ impl CoordinatorRound {
     }
 
     /// The close: the contributions' leaves, and each contribution's digest with its weight.
-    pub fn close_terms(&self) -> Result<(Vec<u64>, Vec<(Digest, i64)>), RoundError> {
+    pub fn close_terms(&self) -> Result<CloseTerms, RoundError> {
         if self.contributions.len() < usize::from(self.k_min) {
             return Err(RoundError::State {
                 round: self.round,
@@ -193,16 +201,19 @@ impl CoordinatorRound {
                 ),
             });
         }
-        let samples: Vec<u64> = self.contributions.values().map(|a| a.samples).collect();
+        // In log order: a close references earlier leaves in increasing order.
+        let mut accepted: Vec<&Accepted> = self.contributions.values().collect();
+        accepted.sort_by_key(|a| a.leaf);
+        let samples: Vec<u64> = accepted.iter().map(|a| a.samples).collect();
         let weights = self.plan.weights(&samples)?;
-        Ok((
-            self.contributions.values().map(|a| a.leaf).collect(),
-            self.contributions
-                .values()
+        Ok(CloseTerms {
+            leaves: accepted.iter().map(|a| a.leaf).collect(),
+            terms: accepted
+                .iter()
                 .zip(weights)
                 .map(|(a, w)| (a.ciphertext, w))
                 .collect(),
-        ))
+        })
     }
 
     pub fn closed(&mut self) {

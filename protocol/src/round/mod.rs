@@ -19,7 +19,7 @@ pub mod policy;
 #[cfg(test)]
 mod tests;
 
-pub use machine::{CloseDecision, CoordinatorRound, DecryptionStatus};
+pub use machine::{CloseDecision, CloseTerms, CoordinatorRound, DecryptionStatus};
 pub use plan::{ModelDigest, RoundPlan, model_digest};
 pub use policy::{Refusal, ReleaseTarget, Term, check_request};
 

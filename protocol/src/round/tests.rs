@@ -407,9 +407,9 @@ fn the_coordinator_closes_on_all_or_at_the_deadline_with_k_min() {
     assert!(round.check_contribution(3, 1, 10, 1001).is_err(), "late");
     assert_eq!(round.poll_close(999), CloseDecision::Wait);
     assert_eq!(round.poll_close(1000), CloseDecision::Close);
-    let (leaves, terms) = round.close_terms().unwrap();
-    assert_eq!(leaves, vec![10, 11, 12]);
-    assert_eq!(terms.len(), 3);
+    let close = round.close_terms().unwrap();
+    assert_eq!(close.leaves, vec![10, 11, 12]);
+    assert_eq!(close.terms.len(), 3);
 
     let mut short = CoordinatorRound::open(2, &membership(), plan(), 0b11111, 1000);
     short.contributed(4, 20, 10, [4; 32]);

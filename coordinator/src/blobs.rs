@@ -1,0 +1,223 @@
+//! Content-addressed storage for ciphertexts: each is a file named by the SHA-256 of its
+//! bytes, written under a temporary name and renamed into place once complete and checked,
+//! so a crash never leaves a partial blob under a real name. Uploads stream to disk chunk by
+//! chunk; nothing holds a whole contribution in memory.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use protocol::audit::entry::Digest;
+use protocol::round::message::CHUNK_BYTES;
+use sha2::{Digest as _, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob store {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no ciphertext {0} is stored")]
+    Missing(String),
+    #[error("upload of {digest}: {reason}")]
+    Upload { digest: String, reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    dir: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BlobError + '_ {
+    move |source| BlobError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl BlobStore {
+    pub fn open(dir: &Path) -> Result<Self, BlobError> {
+        std::fs::create_dir_all(dir.join("incoming")).map_err(io(dir))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    fn path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(hex::encode(digest))
+    }
+
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.path(digest).exists()
+    }
+
+    /// Stores `bytes` under their digest (durably) and returns it.
+    pub fn put(&self, bytes: &[u8]) -> Result<Digest, BlobError> {
+        let digest: Digest = Sha256::digest(bytes).into();
+        let path = self.path(&digest);
+        if !path.exists() {
+            let temp = self
+                .dir
+                .join("incoming")
+                .join(format!("put-{}", hex::encode(digest)));
+            let mut file = std::fs::File::create(&temp).map_err(io(&temp))?;
+            file.write_all(bytes).map_err(io(&temp))?;
+            file.sync_all().map_err(io(&temp))?;
+            std::fs::rename(&temp, &path).map_err(io(&path))?;
+        }
+        Ok(digest)
+    }
+
+    pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, BlobError> {
+        let path = self.path(digest);
+        if !path.exists() {
+            return Err(BlobError::Missing(hex::encode(digest)));
+        }
+        std::fs::read(&path).map_err(io(&path))
+    }
+
+    /// Chunk `index` of a stored blob, with the blob's length and every chunk's digest.
+    pub fn read_chunk(
+        &self,
+        digest: &Digest,
+        index: u32,
+    ) -> Result<(u64, Vec<Digest>, Vec<u8>), BlobError> {
+        let path = self.path(digest);
+        let mut file =
+            std::fs::File::open(&path).map_err(|_| BlobError::Missing(hex::encode(digest)))?;
+        let length = file.metadata().map_err(io(&path))?.len();
+        let chunks = self.chunk_digests(digest, length)?;
+        let start = u64::from(index) * CHUNK_BYTES as u64;
+        if start >= length.max(1) {
+            return Err(BlobError::Missing(format!(
+                "{} chunk {index}",
+                hex::encode(digest)
+            )));
+        }
+        let size = (length - start).min(CHUNK_BYTES as u64) as usize;
+        let mut bytes = vec![0u8; size];
+        file.seek(SeekFrom::Start(start)).map_err(io(&path))?;
+        file.read_exact(&mut bytes).map_err(io(&path))?;
+        Ok((length, chunks, bytes))
+    }
+
+    /// The chunk digests of a stored blob, computed once and kept beside it.
+    fn chunk_digests(&self, digest: &Digest, length: u64) -> Result<Vec<Digest>, BlobError> {
+        let side = self.dir.join(format!("{}.chunks", hex::encode(digest)));
+        if let Ok(bytes) = std::fs::read(&side)
+            && bytes.len() as u64 == length.div_ceil(CHUNK_BYTES as u64) * 32
+        {
+            return Ok(bytes
+                .chunks_exact(32)
+                .map(|c| c.try_into().expect("32 bytes"))
+                .collect());
+        }
+        let bytes = self.read(digest)?;
+        let digests = protocol::round::message::chunk_digests(&bytes);
+        let flat: Vec<u8> = digests.iter().flatten().copied().collect();
+        let temp = self
+            .dir
+            .join("incoming")
+            .join(format!("chunks-{}", hex::encode(digest)));
+        std::fs::write(&temp, &flat).map_err(io(&temp))?;
+        std::fs::rename(&temp, &side).map_err(io(&side))?;
+        Ok(digests)
+    }
+
+    /// Starts receiving the blob `digest` of `length` bytes in chunks with these digests.
+    pub fn begin_upload(
+        &self,
+        digest: Digest,
+        length: u64,
+        chunks: Vec<Digest>,
+    ) -> Result<Upload, BlobError> {
+        let reason = |reason: String| BlobError::Upload {
+            digest: hex::encode(digest),
+            reason,
+        };
+        if chunks.len() as u64 != length.div_ceil(CHUNK_BYTES as u64) {
+            return Err(reason(format!(
+                "{} chunk digests for {length} bytes",
+                chunks.len()
+            )));
+        }
+        let path = self.dir.join("incoming").join(hex::encode(digest));
+        let file = std::fs::File::create(&path).map_err(io(&path))?;
+        Ok(Upload {
+            digest,
+            length,
+            chunks,
+            next: 0,
+            hasher: Sha256::new(),
+            file,
+            path,
+        })
+    }
+
+    /// Moves a completed, checked upload into place.
+    pub fn finish_upload(&self, upload: Upload) -> Result<Digest, BlobError> {
+        let Upload {
+            digest, file, path, ..
+        } = upload;
+        file.sync_all().map_err(io(&path))?;
+        let target = self.path(&digest);
+        std::fs::rename(&path, &target).map_err(io(&target))?;
+        Ok(digest)
+    }
+}
+
+/// A ciphertext arriving chunk by chunk, in order, each chunk checked on arrival.
+#[derive(Debug)]
+pub struct Upload {
+    pub digest: Digest,
+    length: u64,
+    chunks: Vec<Digest>,
+    next: u32,
+    hasher: Sha256,
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Upload {
+    /// Writes chunk `index`; returns true when the upload is complete and its whole digest
+    /// checked.
+    pub fn write(&mut self, index: u32, bytes: &[u8]) -> Result<bool, BlobError> {
+        let reason = |reason: String| BlobError::Upload {
+            digest: hex::encode(self.digest),
+            reason,
+        };
+        if index != self.next {
+            return Err(reason(format!(
+                "chunk {index} arrived, expected {}",
+                self.next
+            )));
+        }
+        let expected = self
+            .chunks
+            .get(index as usize)
+            .ok_or_else(|| reason(format!("chunk {index} was not announced")))?;
+        if Sha256::digest(bytes).as_slice() != expected {
+            return Err(reason(format!("chunk {index} does not match its digest")));
+        }
+        let last = index as usize + 1 == self.chunks.len();
+        let full = bytes.len() == CHUNK_BYTES;
+        if !(full || last) {
+            return Err(reason(format!("chunk {index} is short")));
+        }
+        self.file.write_all(bytes).map_err(io(&self.path))?;
+        self.hasher.update(bytes);
+        self.next += 1;
+        if !last {
+            return Ok(false);
+        }
+        let written = self.file.stream_position().map_err(io(&self.path))?;
+        let digest: Digest = std::mem::take(&mut self.hasher).finalize().into();
+        if written != self.length || digest != self.digest {
+            return Err(reason(
+                "the assembled ciphertext does not match its digest".into(),
+            ));
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,90 @@
+//! The coordinator's configuration file (TOML). Relative paths are relative to the file.
+
+use std::path::{Path, PathBuf};
+
+use protocol::round::RoundPlan;
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// The approved consortium file.
+    pub consortium: PathBuf,
+    /// The coordinator's sealed identity.
+    pub identity: PathBuf,
+    /// The ceremony transcript (it carries the collective public key).
+    pub transcript: PathBuf,
+    /// The directory of the log store and the ciphertext store.
+    pub store: PathBuf,
+    /// Rounds to run before exiting.
+    pub rounds: u64,
+    /// Seconds members have to contribute once a round opens.
+    #[serde(default = "default_deadline")]
+    pub round_deadline_secs: u64,
+    /// Seconds a quorum has to release before a retry with another quorum.
+    #[serde(default = "default_release_timeout")]
+    pub release_timeout_secs: u64,
+    /// Seconds to wait for every member to connect before the first round.
+    #[serde(default = "default_startup")]
+    pub startup_timeout_secs: u64,
+    /// Where to serve Prometheus metrics (`127.0.0.1:9464`), if anywhere.
+    #[serde(default)]
+    pub metrics: Option<String>,
+    /// A file holding the identity's passphrase (else QUORATE_PASSPHRASE or a prompt).
+    #[serde(default)]
+    pub passphrase_file: Option<PathBuf>,
+    /// Each member's `ceremony-entries` file, appended after the membership manifest when the
+    /// log is created (a log that already exists keeps its entries).
+    #[serde(default)]
+    pub ceremony_entries: Vec<PathBuf>,
+    pub plan: RoundPlan,
+}
+
+fn default_deadline() -> u64 {
+    300
+}
+fn default_release_timeout() -> u64 {
+    120
+}
+fn default_startup() -> u64 {
+    120
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+}
+
+impl CoordinatorConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut config.consortium,
+            &mut config.identity,
+            &mut config.transcript,
+            &mut config.store,
+        ] {
+            *p = base.join(&*p);
+        }
+        if let Some(p) = &mut config.passphrase_file {
+            *p = base.join(&*p);
+        }
+        for p in &mut config.ceremony_entries {
+            *p = base.join(&*p);
+        }
+        Ok(config)
+    }
+}

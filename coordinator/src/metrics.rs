@@ -1,0 +1,90 @@
+//! Prometheus metrics on a local port, in the text exposition format: rounds, bytes received,
+//! contributors and durations. Served by a tiny HTTP responder (one short response per
+//! connection), so no web framework is needed for four numbers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::daemon::RoundSummary;
+
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    rounds: AtomicU64,
+    rounds_decrypted: AtomicU64,
+    bytes_received: AtomicU64,
+    last_contributors: AtomicU64,
+    last_round_millis: AtomicU64,
+}
+
+impl Metrics {
+    pub fn add_bytes(&self, bytes: u64) {
+        self.inner
+            .bytes_received
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn round_finished(&self, round: &RoundSummary) {
+        self.inner.rounds.fetch_add(1, Ordering::Relaxed);
+        if round.decrypted {
+            self.inner.rounds_decrypted.fetch_add(1, Ordering::Relaxed);
+        }
+        self.inner
+            .last_contributors
+            .store(u64::from(round.contributors), Ordering::Relaxed);
+        self.inner
+            .last_round_millis
+            .store((round.total_seconds * 1000.0) as u64, Ordering::Relaxed);
+    }
+
+    pub fn render(&self) -> String {
+        let i = &self.inner;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "# HELP quorate_rounds_total Rounds run.\n# TYPE quorate_rounds_total counter\nquorate_rounds_total {}\n\
+             # HELP quorate_rounds_decrypted_total Rounds whose aggregate was decrypted by a quorum.\n# TYPE quorate_rounds_decrypted_total counter\nquorate_rounds_decrypted_total {}\n\
+             # HELP quorate_bytes_received_total Ciphertext bytes received from members.\n# TYPE quorate_bytes_received_total counter\nquorate_bytes_received_total {}\n\
+             # HELP quorate_round_contributors Contributors of the last round.\n# TYPE quorate_round_contributors gauge\nquorate_round_contributors {}\n\
+             # HELP quorate_round_duration_seconds Duration of the last round.\n# TYPE quorate_round_duration_seconds gauge\nquorate_round_duration_seconds {:.3}\n",
+            get(&i.rounds),
+            get(&i.rounds_decrypted),
+            get(&i.bytes_received),
+            get(&i.last_contributors),
+            get(&i.last_round_millis) as f64 / 1000.0,
+        )
+    }
+
+    /// Serves the metrics at `address` (say `127.0.0.1:9464`) until the process ends.
+    pub async fn serve(&self, address: &str) -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind(address).await?;
+        tracing::info!(%address, "serving metrics");
+        let metrics = self.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    // The request itself does not matter; read what arrives, bounded.
+                    let mut buffer = [0u8; 1024];
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        stream.read(&mut buffer),
+                    )
+                    .await;
+                    let body = metrics.render();
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,76 @@
+//! The node's configuration file (TOML). Relative paths are relative to the file.
+
+use std::path::{Path, PathBuf};
+
+use protocol::round::RoundPlan;
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The approved consortium file.
+    pub consortium: PathBuf,
+    /// This member's sealed identity.
+    pub identity: PathBuf,
+    /// This member's sealed key share.
+    pub key_share: PathBuf,
+    /// The ceremony transcript the share is bound to (it carries the public key).
+    pub transcript: PathBuf,
+    /// The node's state: its copy of the log, its release ledger, its model.
+    pub store: PathBuf,
+    /// The witness state (kept apart so the ceremony's cosignature carries over).
+    pub witness_store: PathBuf,
+    /// A file holding the passphrase (else QUORATE_PASSPHRASE or a prompt).
+    #[serde(default)]
+    pub passphrase_file: Option<PathBuf>,
+    /// Where each round's update comes from.
+    pub source: SourceConfig,
+    pub plan: RoundPlan,
+}
+
+/// The pluggable source of a member's update for each round.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// Deterministic pseudo-random updates (benchmarks and tests): uniform in
+    /// [-clip/2, clip/2], from `seed`, the member and the round.
+    Synthetic { seed: u64, samples: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut config.consortium,
+            &mut config.identity,
+            &mut config.key_share,
+            &mut config.transcript,
+            &mut config.store,
+            &mut config.witness_store,
+        ] {
+            *p = base.join(&*p);
+        }
+        if let Some(p) = &mut config.passphrase_file {
+            *p = base.join(&*p);
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,1128 @@
+//! `quorate node run`: an institution's node. It keeps its own checked copy of the audit log
+//! and witnesses every checkpoint against it; it acts only on entries covered by a checkpoint
+//! a quorum of witnesses cosigned (log before act); it contributes an encrypted update to each
+//! round it is expected in; and it releases a partial decryption only under the release
+//! policy: the agreed aggregate recomputed from the logged contributions, never twice for one
+//! ciphertext (the ledger is flushed before the share leaves), and only to other members.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+use keyceremony::identity::Identity;
+use keyceremony::transport::{self, Event, Handle, TransportConfig};
+use libp2p::PeerId;
+use protocol::audit::checkpoint::{Checkpoint, SignedCheckpoint};
+use protocol::audit::entry::{Body, Digest, Entry, Membership, SignedEntry};
+use protocol::audit::log::{LogState, checkpoint_verifiers};
+use protocol::audit::note::{COSIGNATURE_V1, Note, NoteSigner, NoteVerifier};
+use protocol::audit::witness::WitnessState;
+use protocol::consortium::Consortium;
+use protocol::he::{Budget, Ciphertext, EncryptionKey, KeyShare, Quorum};
+use protocol::round::message::{CHUNK_BYTES, MAX_MESSAGE_BYTES, Request, Response, chunk_digests};
+use protocol::round::policy::{Refusal, check_request};
+use protocol::round::{RoundPlan, model_digest};
+use protocol::wire::{
+    BoundCiphertext, DecodeLimits, ciphertext_digest, encode_ciphertext, encode_partial_decryption,
+    encoded_digest,
+};
+use rand::SeedableRng;
+use sha2::{Digest as _, Sha256};
+
+use crate::source::UpdateSource;
+use crate::state_store::{StateStore, StateStoreError};
+use crate::witness_store::{WitnessStore, WitnessStoreError};
+
+pub const PROTOCOL: &str = "/quorate/round/1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("setup: {0}")]
+    Setup(String),
+    #[error(transparent)]
+    State(#[from] StateStoreError),
+    #[error(transparent)]
+    Witness(#[from] WitnessStoreError),
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A decryption the node follows: the quorum's logged share digests and the partials received.
+#[derive(Default)]
+struct Decryption {
+    quorum: Vec<u8>,
+    ciphertext: Digest,
+    round: u64,
+    logged_shares: BTreeMap<u8, Digest>,
+    combining: bool,
+}
+
+/// A partial decryption arriving in chunks from another member.
+#[derive(Default)]
+struct Incoming {
+    count: u32,
+    bytes: Vec<u8>,
+}
+
+struct State {
+    log: LogState,
+    entries: Vec<SignedEntry>,
+    acted: u64,
+    witness: WitnessState,
+    model: Vec<i64>,
+    /// Digest of the model the node holds, as logged in a result; zero before the first.
+    model_logged: Digest,
+    decryptions: BTreeMap<u64, Decryption>,
+    partials: HashMap<(u64, u8), Incoming>,
+    targets: HashMap<u64, Arc<BoundCiphertext>>,
+    next_sequence: u64,
+    rounds_done: u64,
+}
+
+struct Context {
+    me: u8,
+    membership: Membership,
+    peers: Vec<PeerId>,
+    coordinator: PeerId,
+    handle: Handle,
+    signing: SigningKey,
+    witness_signer: NoteSigner,
+    log_verifier: NoteVerifier,
+    witnesses: Vec<NoteVerifier>,
+    share: KeyShare,
+    key: EncryptionKey,
+    budget: Budget,
+    plan: RoundPlan,
+    limits: DecodeLimits,
+    store: StateStore,
+    witness_store: WitnessStore,
+    scratch: PathBuf,
+    state: Mutex<State>,
+    source: Mutex<Box<dyn UpdateSource>>,
+    author: tokio::sync::Mutex<()>,
+    done: tokio::sync::Notify,
+    stop_after: Option<u64>,
+    /// Ciphertext and partial-decryption bytes this node sent.
+    bytes_sent: std::sync::atomic::AtomicU64,
+}
+
+impl Context {
+    fn sent(&self, bytes: usize) {
+        self.bytes_sent
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn member_of(&self, peer: &PeerId) -> Option<u8> {
+        self.peers.iter().position(|p| p == peer).map(|i| i as u8)
+    }
+}
+
+/// Everything a node needs, opened by the caller (files, passphrase).
+pub struct NodeSetup {
+    pub consortium: Consortium,
+    pub identity: Identity,
+    pub share: KeyShare,
+    pub public_key: EncryptionKey,
+    pub plan: RoundPlan,
+    pub store: PathBuf,
+    pub witness_store: PathBuf,
+    pub source: Box<dyn UpdateSource>,
+    /// Exit once this round's result is logged and the coordinator has gone.
+    pub stop_after: Option<u64>,
+}
+
+impl std::fmt::Debug for NodeSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeSetup({})", self.identity.name)
+    }
+}
+
+/// What a node reports when it stops.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeSummary {
+    pub rounds: u64,
+    pub model_digest: String,
+    pub bytes_sent: u64,
+}
+
+pub async fn run(setup: NodeSetup) -> Result<NodeSummary, NodeError> {
+    let bad = |e: &dyn std::fmt::Display| NodeError::Setup(e.to_string());
+    let consortium = setup.consortium;
+    let membership = consortium.membership().map_err(|e| bad(&e))?;
+    let me = consortium
+        .member_index(&setup.identity.name)
+        .ok_or_else(|| bad(&format!("{} is not a member", setup.identity.name)))?;
+    if setup.share.party() != me {
+        return Err(bad(&"the key share belongs to another member"));
+    }
+    let budget = setup
+        .plan
+        .budget(consortium.config())
+        .map_err(|e| bad(&e))?;
+    let origin = keyceremony::run::log_origin(&consortium);
+    let (log_verifier, witnesses) =
+        checkpoint_verifiers(&origin, &membership).map_err(|e| bad(&e))?;
+    let witness_signer = NoteSigner::new(
+        &setup.identity.name,
+        COSIGNATURE_V1,
+        setup.identity.second.clone(),
+    )
+    .map_err(|e| bad(&e))?;
+    let store = StateStore::open(&setup.store)?;
+    let witness_store = WitnessStore::open(&setup.witness_store)?;
+    let witness = witness_store.load(&origin)?;
+    let mut log = LogState::new(&origin);
+    let mut entries = Vec::new();
+    for leaf in store.leaves()? {
+        let entry = SignedEntry::open(&leaf).map_err(|e| bad(&format!("stored log: {e}")))?;
+        log.append(entry.clone())
+            .map_err(|e| bad(&format!("stored log: {e}")))?;
+        entries.push(entry);
+    }
+    let model = store
+        .model()?
+        .unwrap_or_else(|| vec![0; setup.plan.values as usize]);
+    let model_logged = if store.model()?.is_some() {
+        model_digest(&model)
+    } else {
+        [0; 32]
+    };
+    let peers = transport::consortium_peers(&consortium)?;
+    let coordinator = peers[0].0;
+    let member_peers: Vec<PeerId> = peers[1..].iter().map(|(p, _)| *p).collect();
+    if member_peers[usize::from(me)] != setup.identity.peer_id() {
+        return Err(bad(
+            &"the consortium lists another PeerId for this identity",
+        ));
+    }
+    let listen = peers[1 + usize::from(me)].1.clone();
+    let allowed: Vec<_> = peers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 1 + usize::from(me))
+        .map(|(_, p)| p.clone())
+        .collect();
+    let (handle, mut events) = transport::spawn(
+        setup.identity.keypair(),
+        TransportConfig {
+            protocol: PROTOCOL,
+            max_message: MAX_MESSAGE_BYTES,
+            request_timeout: Duration::from_secs(120),
+            listen,
+            peers: allowed,
+        },
+    )?;
+    let scratch = setup.store.join("fetched");
+    std::fs::create_dir_all(&scratch).map_err(|e| bad(&e))?;
+    let next_sequence = log.next_sequence(&setup.identity.signing.verifying_key().to_bytes());
+    let acted = log.size();
+    let ctx = Arc::new(Context {
+        me,
+        membership,
+        peers: member_peers,
+        coordinator,
+        handle,
+        signing: setup.identity.signing.clone(),
+        witness_signer,
+        log_verifier,
+        witnesses,
+        share: setup.share,
+        key: setup.public_key,
+        budget,
+        limits: DecodeLimits {
+            max_values: u64::from(setup.plan.values),
+        },
+        plan: setup.plan,
+        store,
+        witness_store,
+        scratch,
+        state: Mutex::new(State {
+            log,
+            entries,
+            // Entries stored before a restart were acted on already, or are stale now.
+            acted,
+            witness,
+            model,
+            model_logged,
+            decryptions: BTreeMap::new(),
+            partials: HashMap::new(),
+            targets: HashMap::new(),
+            next_sequence,
+            rounds_done: 0,
+        }),
+        source: Mutex::new(setup.source),
+        author: tokio::sync::Mutex::new(()),
+        done: tokio::sync::Notify::new(),
+        stop_after: setup.stop_after,
+        bytes_sent: Default::default(),
+    });
+    ctx.handle.dial(coordinator).await;
+    tracing::info!(member = me, "node running");
+    let mut finished = false;
+    let mut coordinator_seen = false;
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                None => break,
+                Some(Event::Request { peer, bytes, reply }) => {
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        transport::answer(bytes, reply, |request| handle_request(ctx, peer, request)).await;
+                    });
+                }
+                Some(Event::Connected(peer)) => {
+                    if peer == coordinator {
+                        coordinator_seen = true;
+                    }
+                }
+                Some(Event::Disconnected(peer)) => {
+                    if peer == coordinator {
+                        if finished {
+                            break;
+                        }
+                        tracing::warn!("the coordinator disconnected; redialling");
+                        let ctx = ctx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            ctx.handle.dial(coordinator).await;
+                        });
+                    }
+                }
+            },
+            _ = ctx.done.notified() => {
+                finished = true;
+                if !coordinator_seen {
+                    break;
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_secs(if finished { 60 } else { 3600 })) => {
+                if finished {
+                    break;
+                }
+            }
+        }
+    }
+    let state = ctx.lock();
+    Ok(NodeSummary {
+        rounds: state.rounds_done,
+        model_digest: hex::encode(model_digest(&state.model)),
+        bytes_sent: ctx.bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
+    })
+}
+
+fn refused(reason: impl Into<String>) -> Response {
+    Response::Refused {
+        reason: reason.into(),
+    }
+}
+
+async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Request) -> Response {
+    match request {
+        Request::Witness {
+            from,
+            entries,
+            note,
+        } if peer == ctx.coordinator => witness(&ctx, from, entries, &note).await,
+        Request::Act { note } if peer == ctx.coordinator => match act(&ctx, &note) {
+            Ok(()) => Response::Ok,
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint refused");
+                refused(e)
+            }
+        },
+        Request::Partial {
+            request,
+            index,
+            count,
+            bytes,
+        } => match ctx.member_of(&peer) {
+            Some(member) if member != ctx.me => {
+                match receive_partial(&ctx, member, request, index, count, bytes) {
+                    Ok(()) => Response::Ok,
+                    Err(e) => refused(e),
+                }
+            }
+            _ => refused("partial decryptions are taken from members only"),
+        },
+        _ => refused("not a request this node serves for this peer"),
+    }
+}
+
+/// Checks the entries against the node's copy of the log, then the checkpoint against the
+/// copy and the witness state; stores both before the cosignature leaves.
+async fn witness(ctx: &Arc<Context>, from: u64, leaves: Vec<Vec<u8>>, note: &[u8]) -> Response {
+    let mut state = ctx.lock();
+    let size = state.log.size();
+    if from > size {
+        return Response::Behind { size };
+    }
+    let mut fresh = Vec::new();
+    for (i, leaf) in leaves.iter().enumerate() {
+        let index = from + i as u64;
+        if index < state.log.size() {
+            if state.log.leaf(index) != Some(leaf.as_slice()) {
+                drop(state);
+                incident(
+                    ctx,
+                    200,
+                    [0; 32],
+                    format!("the coordinator sent a different entry {index}: the log forked"),
+                );
+                return refused(format!(
+                    "entry {index} differs from the one this member holds"
+                ));
+            }
+            continue;
+        }
+        let entry = match SignedEntry::open(leaf) {
+            Ok(e) => e,
+            Err(e) => return refused(format!("entry {index}: {e}")),
+        };
+        if let Err(e) = state.log.append(entry.clone()) {
+            return refused(format!("entry {index}: {e}"));
+        }
+        state.entries.push(entry);
+        fresh.push(leaf.clone());
+    }
+    if let Err(e) = ctx.store.append_leaves(size, &fresh) {
+        return refused(e.to_string());
+    }
+    let parsed =
+        match Note::parse(note).and_then(|n| Checkpoint::parse_text(&n.text).map(|c| (n, c))) {
+            Ok(pair) => pair,
+            Err(e) => return refused(format!("checkpoint: {e}")),
+        };
+    let (_, checkpoint) = parsed;
+    if checkpoint.size > state.log.size() {
+        return Response::Behind {
+            size: state.log.size(),
+        };
+    }
+    if state.log.root_at(checkpoint.size) != Some(checkpoint.root) {
+        let size = checkpoint.size;
+        drop(state);
+        incident(
+            ctx,
+            201,
+            checkpoint.root,
+            format!("a checkpoint of size {size} does not match the entries: the log forked"),
+        );
+        return refused("the checkpoint does not match this member's copy of the log");
+    }
+    let old = state.witness.size;
+    let proof = if old == 0 || old > checkpoint.size {
+        Vec::new()
+    } else {
+        match state.log.consistency_proof(old) {
+            Ok(p) => p,
+            Err(e) => return refused(e.to_string()),
+        }
+    };
+    let now = now_ms() / 1000;
+    let (new_state, line) = match state.witness.cosign(
+        old,
+        &proof,
+        note,
+        &ctx.log_verifier,
+        &ctx.witness_signer,
+        now,
+    ) {
+        Ok(pair) => pair,
+        Err(e) => {
+            drop(state);
+            incident(ctx, 202, checkpoint.root, format!("refused to cosign: {e}"));
+            return refused(e.to_string());
+        }
+    };
+    if let Err(e) = ctx.witness_store.save(&new_state) {
+        return refused(e.to_string());
+    }
+    state.witness = new_state;
+    Response::Cosigned {
+        size: state.log.size(),
+        line: line.encode().trim_end().to_owned(),
+    }
+}
+
+/// Acts on the entries a quorum-cosigned checkpoint covers, in log order.
+fn act(ctx: &Arc<Context>, note: &[u8]) -> Result<(), String> {
+    let signed = SignedCheckpoint::open(note, &ctx.log_verifier, &ctx.witnesses)
+        .map_err(|e| format!("checkpoint: {e}"))?;
+    if signed.cosigners.len() < usize::from(ctx.membership.witness_quorum) {
+        return Err(format!(
+            "{} cosignatures, the witness quorum is {}",
+            signed.cosigners.len(),
+            ctx.membership.witness_quorum
+        ));
+    }
+    let size = signed.checkpoint.size;
+    let mut actions = Vec::new();
+    {
+        let mut state = ctx.lock();
+        if state.log.root_at(size) != Some(signed.checkpoint.root) {
+            return Err("the checkpoint does not match this member's copy of the log".into());
+        }
+        while state.acted < size {
+            let index = state.acted;
+            state.acted += 1;
+            actions.push((index, state.entries[index as usize].clone()));
+        }
+    }
+    for (index, entry) in actions {
+        on_entry(ctx, index, &entry);
+    }
+    Ok(())
+}
+
+fn author_of(ctx: &Context, entry: &SignedEntry) -> Option<u8> {
+    ctx.membership
+        .members
+        .iter()
+        .position(|m| m.signing_key == entry.entry.author)
+        .map(|i| i as u8)
+}
+
+fn on_entry(ctx: &Arc<Context>, index: u64, entry: &SignedEntry) {
+    match &entry.entry.body {
+        Body::RoundOpen {
+            round,
+            model,
+            expected,
+            ..
+        } => {
+            if entry.entry.payload != Some(ctx.plan.digest()) {
+                incident(
+                    ctx,
+                    105,
+                    [0; 32],
+                    format!("round {round} opened under another round plan; not contributing"),
+                );
+                return;
+            }
+            if expected & (1 << ctx.me) == 0 {
+                return;
+            }
+            let held = ctx.lock().model_logged;
+            if *model != held {
+                incident(
+                    ctx,
+                    120,
+                    *model,
+                    format!(
+                        "round {round} starts from a model this member does not hold; not contributing"
+                    ),
+                );
+                return;
+            }
+            let (ctx, round) = (ctx.clone(), *round);
+            tokio::spawn(async move {
+                if let Err(e) = contribute(&ctx, round).await {
+                    tracing::error!(round, error = %e, "contribution failed");
+                }
+            });
+        }
+        Body::DecryptionRequest {
+            round,
+            ciphertext,
+            quorum,
+            ..
+        } => {
+            let members: Vec<u8> = (0..ctx.membership.members.len() as u8)
+                .filter(|m| quorum & (1 << m) != 0)
+                .collect();
+            ctx.lock().decryptions.insert(
+                index,
+                Decryption {
+                    quorum: members,
+                    ciphertext: *ciphertext,
+                    round: *round,
+                    ..Default::default()
+                },
+            );
+            if quorum & (1 << ctx.me) != 0 {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = release(&ctx, index).await {
+                        tracing::warn!(request = index, error = %e, "no share released");
+                    }
+                });
+            }
+        }
+        Body::ShareReleased { request, share, .. } => {
+            if let Some(member) = author_of(ctx, entry) {
+                if let Some(d) = ctx.lock().decryptions.get_mut(request) {
+                    d.logged_shares.insert(member, *share);
+                }
+                try_combine(ctx, *request);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Signs `body` with the node's next sequence number and appends it through the coordinator.
+async fn append(
+    ctx: &Context,
+    body: Body,
+    references: Vec<u64>,
+    payload: Option<Digest>,
+) -> Result<u64, String> {
+    let _author = ctx.author.lock().await;
+    let entry = sign(ctx, body, references, payload);
+    let response = ctx
+        .handle
+        .call(
+            ctx.coordinator,
+            &Request::Append {
+                entry: entry.leaf().to_vec(),
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    finish_append(ctx, &entry, response)
+}
+
+fn sign(ctx: &Context, body: Body, references: Vec<u64>, payload: Option<Digest>) -> SignedEntry {
+    let state = ctx.lock();
+    let author = ctx.signing.verifying_key().to_bytes();
+    let sequence = state.next_sequence.max(state.log.next_sequence(&author));
+    Entry {
+        origin: state.log.origin().to_owned(),
+        config_epoch: 1,
+        author,
+        sequence,
+        subject: [0; 32],
+        references,
+        payload,
+        claimed_time_ms: now_ms(),
+        body,
+    }
+    .sign(&ctx.signing)
+}
+
+fn finish_append(ctx: &Context, entry: &SignedEntry, response: Response) -> Result<u64, String> {
+    match response {
+        Response::Appended { leaf } => {
+            ctx.lock().next_sequence = entry.entry.sequence + 1;
+            Ok(leaf)
+        }
+        Response::Refused { reason } => Err(format!("the coordinator refused: {reason}")),
+        other => Err(format!("unexpected response {other:?}")),
+    }
+}
+
+/// Logs an incident (best effort: the node's refusal stands whether or not it is logged).
+fn incident(ctx: &Arc<Context>, code: u16, evidence: Digest, description: String) {
+    tracing::warn!(code, %description, "incident");
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let body = Body::Incident {
+            code,
+            evidence,
+            description,
+        };
+        if let Err(e) = append(&ctx, body, vec![], None).await {
+            tracing::warn!(error = %e, "the incident could not be logged");
+        }
+    });
+}
+
+/// The model as floats, for the update source.
+fn model_floats(plan: &RoundPlan, model: &[i64]) -> Vec<f32> {
+    let scale = f64::from(plan.model_scale_bits()).exp2();
+    model.iter().map(|&v| (v as f64 / scale) as f32).collect()
+}
+
+async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), String> {
+    let model = model_floats(&ctx.plan, &ctx.lock().model);
+    let worker = ctx.clone();
+    let (bytes, samples) =
+        tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, u64), String> {
+            let (update, samples) = worker
+                .source
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .update(round, &model)?;
+            if update.len() != worker.plan.values as usize {
+                return Err(format!(
+                    "the update has {} values, the plan {}",
+                    update.len(),
+                    worker.plan.values
+                ));
+            }
+            let codec = worker.plan.codec().map_err(|e| e.to_string())?;
+            let encoded = codec.encode(&update).map_err(|e| e.to_string())?;
+            let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
+            let ciphertext = worker
+                .key
+                .encrypt(&encoded, &worker.budget, &mut rng)
+                .map_err(|e| e.to_string())?;
+            Ok((encode_ciphertext(&ciphertext), samples))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+    let digest = encoded_digest(&bytes).0;
+    let chunks = chunk_digests(&bytes);
+    let _author = ctx.author.lock().await;
+    let entry = sign(
+        ctx,
+        Body::Contribution {
+            round,
+            ciphertext: digest,
+            samples,
+        },
+        vec![],
+        Some(digest),
+    );
+    let offer = Request::Offer {
+        entry: entry.leaf().to_vec(),
+        length: bytes.len() as u64,
+        chunks,
+    };
+    match ctx.handle.call(ctx.coordinator, &offer).await {
+        Ok(Response::Ok) => {}
+        Ok(other) => return Err(format!("offer: {other:?}")),
+        Err(e) => return Err(e.to_string()),
+    }
+    let count = bytes.len().div_ceil(CHUNK_BYTES);
+    for (index, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
+        ctx.sent(chunk.len());
+        let response = ctx
+            .handle
+            .call(
+                ctx.coordinator,
+                &Request::Chunk {
+                    ciphertext: digest,
+                    index: index as u32,
+                    bytes: chunk.to_vec(),
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if index + 1 == count {
+            let leaf = finish_append(ctx, &entry, response)?;
+            tracing::info!(round, leaf, bytes = bytes.len(), "contribution logged");
+        } else if response != Response::Ok {
+            return Err(format!("chunk {index}: {response:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Fetches a stored ciphertext from the coordinator into the scratch directory, checking each
+/// chunk and the whole against their digests; returns its path.
+async fn fetch(ctx: &Context, digest: &Digest) -> Result<PathBuf, String> {
+    let path = ctx.scratch.join(hex::encode(digest));
+    if path.exists() {
+        return Ok(path);
+    }
+    let expected_length = protocol::wire::ciphertext_encoded_len(ctx.plan.values as usize) as u64;
+    let mut bytes = Vec::new();
+    let mut chunk_list: Vec<Digest> = Vec::new();
+    let mut index = 0u32;
+    loop {
+        let response = ctx
+            .handle
+            .call(
+                ctx.coordinator,
+                &Request::Fetch {
+                    ciphertext: *digest,
+                    index,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let Response::Data {
+            length,
+            chunks,
+            bytes: chunk,
+        } = response
+        else {
+            return Err(format!(
+                "fetching {}: {response:?}",
+                hex::encode(&digest[..8])
+            ));
+        };
+        if length > expected_length {
+            return Err(format!(
+                "a ciphertext of {length} bytes exceeds the plan's {expected_length}"
+            ));
+        }
+        if index == 0 {
+            chunk_list = chunks;
+            bytes.reserve(length as usize);
+        }
+        let want = chunk_list
+            .get(index as usize)
+            .ok_or("more chunks than announced")?;
+        if Sha256::digest(&chunk).as_slice() != want {
+            return Err(format!("chunk {index} does not match its digest"));
+        }
+        bytes.extend_from_slice(&chunk);
+        index += 1;
+        if bytes.len() as u64 >= length {
+            break;
+        }
+    }
+    if encoded_digest(&bytes).0 != *digest {
+        return Err("the fetched ciphertext does not match its digest".into());
+    }
+    let temp = path.with_extension("part");
+    std::fs::write(&temp, &bytes).map_err(|e| e.to_string())?;
+    std::fs::rename(&temp, &path).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), String> {
+    let target = {
+        let state = ctx.lock();
+        let acted = state.acted as usize;
+        check_request(
+            &state.entries[..acted],
+            &ctx.membership,
+            &ctx.plan,
+            ctx.me,
+            request,
+        )
+    };
+    let target = match target {
+        Ok(t) => t,
+        Err(refusal) => return refuse(ctx, request, refusal),
+    };
+    if ctx
+        .store
+        .released(&target.ciphertext)
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
+        return refuse(ctx, request, Refusal::AlreadyReleased);
+    }
+    // Recompute the target from the logged contributions and the previous encrypted model.
+    let mut files = HashMap::new();
+    for digest in target
+        .base
+        .iter()
+        .chain(target.terms.iter().map(|t| &t.ciphertext))
+    {
+        files.insert(*digest, fetch(ctx, digest).await?);
+    }
+    let worker = ctx.clone();
+    let t = target.clone();
+    let recomputed = tokio::task::spawn_blocking(move || -> Result<Ciphertext, String> {
+        let mut acc = match t.base {
+            Some(digest) => protocol::wire::decode_ciphertext(
+                &std::fs::read(&files[&digest]).map_err(|e| e.to_string())?,
+                worker.limits,
+            )
+            .map_err(|e| e.to_string())?,
+            None => Ciphertext::zero(worker.plan.values as usize, worker.budget.delta_bits()),
+        };
+        protocol::round::policy::aggregate(&mut acc, &t.weighted_terms(), worker.limits, |d| {
+            std::fs::read(&files[d])
+        })
+        .map_err(|e| e.to_string())?;
+        if ciphertext_digest(&acc).0 != t.aggregate {
+            return Err("mismatch".into());
+        }
+        if t.attempt > 0 {
+            worker
+                .key
+                .rerandomize(&mut acc, t.seed)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(acc)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let recomputed = match recomputed {
+        Ok(c) => c,
+        Err(e) if e == "mismatch" => return refuse(ctx, request, Refusal::Mismatch),
+        Err(e) => return Err(e),
+    };
+    let bound = BoundCiphertext::new(recomputed);
+    if bound.digest().0 != target.ciphertext {
+        return refuse(ctx, request, Refusal::Mismatch);
+    }
+    // The ledger, durably, before anything leaves: never a second share for this ciphertext,
+    // and never past the key's lifetime budget.
+    let revealed = ctx.store.revealed().map_err(|e| e.to_string())?;
+    let mut lifetime = protocol::he::LifetimeLedger::new(&ctx.budget);
+    lifetime.revealed = revealed;
+    if let Err(e) = lifetime.record(u64::from(ctx.plan.values)) {
+        incident(ctx, 130, target.ciphertext, e.to_string());
+        return Err(e.to_string());
+    }
+    if !ctx
+        .store
+        .record_release(&target.ciphertext, request, lifetime.revealed)
+        .map_err(|e| e.to_string())?
+    {
+        return refuse(ctx, request, Refusal::AlreadyReleased);
+    }
+    let quorum =
+        Quorum::new(ctx.share.config(), target.quorum.clone()).map_err(|e| e.to_string())?;
+    let worker = ctx.clone();
+    let bound = Arc::new(bound);
+    let for_partial = bound.clone();
+    let partial = tokio::task::spawn_blocking(move || {
+        let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
+        worker
+            .share
+            .partial_decrypt(&for_partial, &quorum, &worker.budget, &mut rng)
+            .map(|p| encode_partial_decryption(&p))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let share_digest: Digest = Sha256::digest(&partial).into();
+    {
+        let mut state = ctx.lock();
+        state.targets.insert(request, bound);
+        state.partials.insert(
+            (request, ctx.me),
+            Incoming {
+                count: 0,
+                bytes: partial.clone(),
+            },
+        );
+    }
+    append(
+        ctx,
+        Body::ShareReleased {
+            request,
+            ciphertext: target.ciphertext,
+            share: share_digest,
+        },
+        vec![request],
+        Some(share_digest),
+    )
+    .await?;
+    tracing::info!(
+        round = target.round,
+        request,
+        attempt = target.attempt,
+        "share released"
+    );
+    // Only to the other members: never to the coordinator.
+    let partial = Arc::new(partial);
+    let count = partial.len().div_ceil(CHUNK_BYTES) as u32;
+    let mut sends = Vec::new();
+    for (m, peer) in ctx.peers.iter().enumerate() {
+        if m == usize::from(ctx.me) {
+            continue;
+        }
+        let (handle, peer, partial) = (ctx.handle.clone(), *peer, partial.clone());
+        ctx.sent(partial.len());
+        sends.push(tokio::spawn(async move {
+            for (index, chunk) in partial.chunks(CHUNK_BYTES).enumerate() {
+                let request = Request::Partial {
+                    request,
+                    index: index as u32,
+                    count,
+                    bytes: chunk.to_vec(),
+                };
+                match handle.call(peer, &request).await {
+                    Ok(Response::Ok) => {}
+                    other => {
+                        tracing::debug!(member = m, response = ?other, "partial not delivered");
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    for send in sends {
+        let _ = send.await;
+    }
+    try_combine(ctx, request);
+    Ok(())
+}
+
+fn refuse(ctx: &Arc<Context>, request: u64, refusal: Refusal) -> Result<(), String> {
+    let evidence: Digest = Sha256::digest(request.to_le_bytes()).into();
+    incident(
+        ctx,
+        refusal.code(),
+        evidence,
+        format!("refused to release a share for request {request}: {refusal}"),
+    );
+    Err(refusal.to_string())
+}
+
+fn receive_partial(
+    ctx: &Arc<Context>,
+    member: u8,
+    request: u64,
+    index: u32,
+    count: u32,
+    bytes: Vec<u8>,
+) -> Result<(), String> {
+    let limit = ctx.plan.values as usize * 8 + 1024;
+    if count as usize != limit.div_ceil(CHUNK_BYTES).max(1)
+        && (count as usize) > limit.div_ceil(CHUNK_BYTES)
+    {
+        return Err(format!(
+            "{count} chunks exceed a partial decryption of this plan"
+        ));
+    }
+    let complete = {
+        let mut state = ctx.lock();
+        if let Some(d) = state.decryptions.get(&request)
+            && !d.quorum.contains(&member)
+        {
+            return Err("the sender is not in the request's quorum".into());
+        }
+        let incoming = state.partials.entry((request, member)).or_default();
+        if incoming.count != index {
+            return Err(format!(
+                "chunk {index} arrived, expected {}",
+                incoming.count
+            ));
+        }
+        if incoming.bytes.len() + bytes.len() > limit {
+            return Err("the partial decryption exceeds its size limit".into());
+        }
+        incoming.bytes.extend_from_slice(&bytes);
+        incoming.count += 1;
+        incoming.count == count
+    };
+    if complete {
+        try_combine(ctx, request);
+    }
+    Ok(())
+}
+
+/// Combines once every quorum member's share release is logged and its partial decryption,
+/// hashing to the logged digest, has arrived.
+fn try_combine(ctx: &Arc<Context>, request: u64) {
+    let (partials, ciphertext, quorum, round) = {
+        let mut state = ctx.lock();
+        let Some(d) = state.decryptions.get(&request) else {
+            return;
+        };
+        if d.combining || d.logged_shares.len() < d.quorum.len() {
+            return;
+        }
+        let mut partials = Vec::new();
+        for m in &d.quorum {
+            let Some(incoming) = state.partials.get(&(request, *m)) else {
+                return;
+            };
+            if Sha256::digest(&incoming.bytes).as_slice() != d.logged_shares[m] {
+                if *m != ctx.me && incoming.count > 0 {
+                    // Complete but not what its author logged: wait for a resend, if any.
+                    let expected_done = incoming.bytes.len() >= ctx.plan.values as usize * 8;
+                    if !expected_done {
+                        return;
+                    }
+                    tracing::warn!(
+                        member = m,
+                        request,
+                        "a partial decryption does not match its logged digest"
+                    );
+                }
+                return;
+            }
+            partials.push(incoming.bytes.clone());
+        }
+        let (ciphertext, quorum, round) = (d.ciphertext, d.quorum.clone(), d.round);
+        state
+            .decryptions
+            .get_mut(&request)
+            .expect("present")
+            .combining = true;
+        (partials, ciphertext, quorum, round)
+    };
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        if let Err(e) = combine(&ctx, request, round, ciphertext, quorum, partials).await {
+            tracing::error!(request, error = %e, "combining failed");
+            if let Some(d) = ctx.lock().decryptions.get_mut(&request) {
+                d.combining = false;
+            }
+        }
+    });
+}
+
+async fn combine(
+    ctx: &Arc<Context>,
+    request: u64,
+    round: u64,
+    ciphertext: Digest,
+    quorum: Vec<u8>,
+    partials: Vec<Vec<u8>>,
+) -> Result<(), String> {
+    let target = ctx.lock().targets.get(&request).cloned();
+    let target = match target {
+        Some(t) => t,
+        None => {
+            let path = fetch(ctx, &ciphertext).await?;
+            let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+            Arc::new(BoundCiphertext::decode(&bytes, ctx.limits).map_err(|e| e.to_string())?)
+        }
+    };
+    let worker = ctx.clone();
+    let decoded = tokio::task::spawn_blocking(move || -> Result<Vec<i64>, String> {
+        let limits = DecodeLimits {
+            max_values: u64::from(worker.plan.values),
+        };
+        let partials = partials
+            .iter()
+            .map(|p| protocol::wire::decode_partial_decryption(p, limits))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let quorum = Quorum::new(worker.share.config(), quorum).map_err(|e| e.to_string())?;
+        protocol::he::combine(&target, &quorum, &partials, &worker.budget)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    if decoded.len() != ctx.plan.values as usize {
+        return Err("the decrypted model has the wrong size".into());
+    }
+    let digest = model_digest(&decoded);
+    ctx.store.save_model(&decoded).map_err(|e| e.to_string())?;
+    {
+        let mut state = ctx.lock();
+        state.model = decoded;
+        state.model_logged = digest;
+        state.rounds_done += 1;
+        state.targets.remove(&request);
+        state.partials.retain(|(r, _), _| *r != request);
+    }
+    append(
+        ctx,
+        Body::DecryptionResult {
+            request,
+            ciphertext,
+            model: digest,
+        },
+        vec![request],
+        Some(digest),
+    )
+    .await?;
+    tracing::info!(round, request, model = %hex::encode(&digest[..8]), "model decrypted");
+    for path in std::fs::read_dir(&ctx.scratch)
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        let _ = std::fs::remove_file(path.path());
+    }
+    if ctx.stop_after.is_some_and(|last| round >= last) {
+        ctx.done.notify_one();
+    }
+    Ok(())
+}

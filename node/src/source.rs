@@ -1,0 +1,41 @@
+//! Where a member's update comes from each round. Training arrives as another source; the
+//! synthetic one gives deterministic updates so that benchmarks and tests can recompute the
+//! exact expected model.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+/// A member's update for one round and the number of samples it stands for.
+pub trait UpdateSource: Send {
+    fn update(&mut self, round: u64, model: &[f32]) -> Result<(Vec<f32>, u64), String>;
+}
+
+/// Uniform values in [-clip/2, clip/2] drawn from (seed, member, round).
+#[derive(Debug, Clone)]
+pub struct SyntheticSource {
+    pub seed: u64,
+    pub member: u8,
+    pub samples: u64,
+    pub values: usize,
+    pub clip: f32,
+}
+
+/// The synthetic update of `member` for `round`, as [`SyntheticSource`] produces it.
+pub fn synthetic_update(seed: u64, member: u8, round: u64, values: usize, clip: f32) -> Vec<f32> {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8] = member;
+    key[9..17].copy_from_slice(&round.to_le_bytes());
+    let mut rng = ChaCha20Rng::from_seed(key);
+    let half = clip / 2.0;
+    (0..values).map(|_| rng.gen_range(-half..=half)).collect()
+}
+
+impl UpdateSource for SyntheticSource {
+    fn update(&mut self, round: u64, _model: &[f32]) -> Result<(Vec<f32>, u64), String> {
+        Ok((
+            synthetic_update(self.seed, self.member, round, self.values, self.clip),
+            self.samples,
+        ))
+    }
+}

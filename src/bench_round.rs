@@ -1,0 +1,284 @@
+//! `quorate bench round`: whole rounds over loopback with every role in its own process, as a
+//! deployment runs them: a rehearsed ceremony, the coordinator, one node per institution,
+//! synthetic updates. Reports per-phase times, bytes each node sent, the coordinator's peak
+//! memory, and whether every member decrypted exactly the model integer arithmetic predicts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use protocol::round::{RoundPlan, model_digest};
+use serde::Serialize;
+
+use crate::round_cmd::{SYNTHETIC_SEED, write_deployment_configs};
+
+#[derive(Debug, clap::Args)]
+pub struct RoundBenchArgs {
+    /// Model parameters (values per update).
+    #[arg(long, default_value_t = 1_000_000)]
+    params: u32,
+    /// Institutions, one node process each.
+    #[arg(long, default_value_t = 5)]
+    institutions: u8,
+    /// Members needed to decrypt.
+    #[arg(long, default_value_t = 3)]
+    threshold: u8,
+    /// Rounds to run.
+    #[arg(long, default_value_t = 1)]
+    rounds: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Run in this (new) directory and keep it, instead of a temporary one.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct RoundPhases {
+    round: u64,
+    contributors: u32,
+    collect_seconds: f64,
+    aggregate_seconds: f64,
+    decrypt_seconds: f64,
+    total_seconds: f64,
+    attempts: u8,
+}
+
+#[derive(Debug, Serialize)]
+struct RoundBenchReport {
+    params: u32,
+    institutions: u8,
+    threshold: u8,
+    rounds: Vec<RoundPhases>,
+    median_round_seconds: f64,
+    bytes_sent_per_node: Vec<u64>,
+    coordinator_bytes_received: u64,
+    coordinator_peak_memory_bytes: Option<u64>,
+    exact: bool,
+    wall_seconds: f64,
+    machine: String,
+    date: String,
+}
+
+fn spawn(exe: &Path, args: &[&str], log: &Path) -> Result<Child> {
+    let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    Command::new(exe)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", args.join(" ")))
+}
+
+fn wait_with_timeout(child: &mut Child, name: &str, timeout: Duration) -> Result<bool> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status.success());
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{name} did not finish within {} s", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The model every member must hold after `rounds` rounds with every member contributing.
+pub fn expected_model(plan: &RoundPlan, samples: &[u64], rounds: u64) -> Result<Vec<i64>> {
+    let codec = plan.codec()?;
+    let weights = plan.weights(samples)?;
+    let mut model = vec![0i64; plan.values as usize];
+    for round in 1..=rounds {
+        for (member, weight) in weights.iter().enumerate() {
+            let update = node::source::synthetic_update(
+                SYNTHETIC_SEED,
+                member as u8,
+                round,
+                plan.values as usize,
+                plan.clip,
+            );
+            for (m, u) in model.iter_mut().zip(codec.encode(&update)?) {
+                *m += weight * u;
+            }
+        }
+    }
+    Ok(model)
+}
+
+pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
+    ensure!(args.params > 0, "--params must be at least 1");
+    ensure!(args.rounds > 0, "--rounds must be at least 1");
+    let temp;
+    let dir = match &args.keep {
+        Some(dir) => dir.clone(),
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path().join("bench")
+        }
+    };
+    let exe = std::env::current_exe()?;
+    let started = Instant::now();
+    eprintln!(
+        "bench round: {} parameters, {} institutions, threshold {}, {} round(s), in {}",
+        args.params,
+        args.institutions,
+        args.threshold,
+        args.rounds,
+        dir.display()
+    );
+    let status = Command::new(&exe)
+        .args(["ceremony", "rehearse", "--members"])
+        .arg(args.institutions.to_string())
+        .arg("--threshold")
+        .arg(args.threshold.to_string())
+        .arg("--out")
+        .arg(&dir)
+        .env_remove(crate::ceremony_cmd::PASSPHRASE_VAR)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .status()?;
+    ensure!(status.success(), "the rehearsal of the key ceremony failed");
+    let members: Vec<String> = (0..args.institutions)
+        .map(|i| format!("member-{}", (b'a' + i) as char))
+        .collect();
+    let plan = RoundPlan {
+        values: args.params,
+        rounds: (args.rounds as u32).max(RoundPlan::default().rounds),
+        ..RoundPlan::default()
+    };
+    write_deployment_configs(&dir, &members, &plan, args.rounds, 600)?;
+    eprintln!(
+        "  ceremony done in {:.1} s; starting the coordinator and {} nodes",
+        started.elapsed().as_secs_f64(),
+        members.len()
+    );
+
+    let rounds_started = Instant::now();
+    let coordinator_dir = dir.join("coordinator");
+    let mut coordinator = spawn(
+        &exe,
+        &[
+            "coordinator",
+            "run",
+            "--config",
+            &coordinator_dir.join("coordinator.toml").to_string_lossy(),
+            "--summary",
+            &coordinator_dir.join("summary.json").to_string_lossy(),
+        ],
+        &coordinator_dir.join("log"),
+    )?;
+    let until = args.rounds.to_string();
+    let mut nodes = Vec::new();
+    for name in &members {
+        let member_dir = dir.join(name);
+        nodes.push((
+            name.clone(),
+            spawn(
+                &exe,
+                &[
+                    "node",
+                    "run",
+                    "--config",
+                    &member_dir.join("node.toml").to_string_lossy(),
+                    "--until-round",
+                    &until,
+                    "--summary",
+                    &member_dir.join("summary.json").to_string_lossy(),
+                ],
+                &member_dir.join("log"),
+            )?,
+        ));
+    }
+    let timeout = Duration::from_secs(600 + 120 * args.rounds);
+    let coordinator_ok = wait_with_timeout(&mut coordinator, "the coordinator", timeout);
+    let wall_seconds = rounds_started.elapsed().as_secs_f64();
+    let mut nodes_ok = true;
+    for (name, child) in &mut nodes {
+        let ok = wait_with_timeout(child, name, Duration::from_secs(90));
+        nodes_ok &= matches!(ok, Ok(true));
+    }
+    let coordinator_ok = coordinator_ok?;
+    if !coordinator_ok || !nodes_ok {
+        bail!(
+            "a process failed; see the logs under {} (pass --keep DIR to keep them)",
+            dir.display()
+        );
+    }
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(coordinator_dir.join("summary.json"))?)?;
+    let rounds: Vec<RoundPhases> = summary["rounds"]
+        .as_array()
+        .context("the coordinator's summary lists no rounds")?
+        .iter()
+        .map(|r| RoundPhases {
+            round: r["round"].as_u64().unwrap_or(0),
+            contributors: r["contributors"].as_u64().unwrap_or(0) as u32,
+            collect_seconds: r["collect_seconds"].as_f64().unwrap_or(0.0),
+            aggregate_seconds: r["aggregate_seconds"].as_f64().unwrap_or(0.0),
+            decrypt_seconds: r["decrypt_seconds"].as_f64().unwrap_or(0.0),
+            total_seconds: r["total_seconds"].as_f64().unwrap_or(0.0),
+            attempts: r["attempts"].as_u64().unwrap_or(0) as u8,
+        })
+        .collect();
+    let coordinator_bytes_received = summary["rounds"]
+        .as_array()
+        .map(|rs| rs.iter().filter_map(|r| r["bytes_received"].as_u64()).sum())
+        .unwrap_or(0);
+    let samples: Vec<u64> = (0..members.len() as u64).map(|i| 100 + 10 * i).collect();
+    let expected = hex::encode(model_digest(&expected_model(&plan, &samples, args.rounds)?));
+    let mut exact = true;
+    let mut bytes_sent_per_node = Vec::new();
+    for name in &members {
+        let node: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(name).join("summary.json"))?)?;
+        exact &= node["model_digest"].as_str() == Some(expected.as_str());
+        bytes_sent_per_node.push(node["bytes_sent"].as_u64().unwrap_or(0));
+    }
+    let mut totals: Vec<f64> = rounds.iter().map(|r| r.total_seconds).collect();
+    totals.sort_by(f64::total_cmp);
+    let report = RoundBenchReport {
+        params: args.params,
+        institutions: args.institutions,
+        threshold: args.threshold,
+        median_round_seconds: totals.get(totals.len() / 2).copied().unwrap_or(0.0),
+        rounds,
+        bytes_sent_per_node,
+        coordinator_bytes_received,
+        coordinator_peak_memory_bytes: summary["peak_memory_bytes"].as_u64(),
+        exact,
+        wall_seconds,
+        machine: crate::bench::machine(),
+        date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for r in &report.rounds {
+            println!(
+                "round {}: {} contributors, collect {:.2} s, aggregate {:.2} s, decrypt {:.2} s, total {:.2} s",
+                r.round,
+                r.contributors,
+                r.collect_seconds,
+                r.aggregate_seconds,
+                r.decrypt_seconds,
+                r.total_seconds
+            );
+        }
+        println!(
+            "bytes sent per node: {:?}; coordinator peak memory: {} MiB; exact: {}",
+            report.bytes_sent_per_node,
+            report.coordinator_peak_memory_bytes.unwrap_or(0) / (1 << 20),
+            report.exact
+        );
+    }
+    Ok(if report.exact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,255 @@
+//! `quorate coordinator run` and `quorate node run`: open the files a role needs (asking for
+//! the passphrase once), then hand over to the role's library. Also writes the ready-to-run
+//! configuration files of a rehearsal's deployment.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use keyceremony::identity::Identity;
+use keyceremony::transcript::{Transcript, Verified, verify};
+use protocol::consortium::Consortium;
+use protocol::round::RoundPlan;
+
+use crate::ceremony_cmd::{PassphraseArgs, passphrase};
+
+/// The seed of the synthetic updates in a rehearsal's node configurations.
+pub const SYNTHETIC_SEED: u64 = 2026;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CoordinatorCommand {
+    /// Run rounds as the configuration says, then exit. Metrics are served if configured.
+    Run {
+        /// The coordinator's configuration file (see configs/coordinator.example.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Write a JSON summary of the run (per-round times, bytes, peak memory) here.
+        #[arg(long)]
+        summary: Option<PathBuf>,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeCommand {
+    /// Run the node: contribute to every round it is expected in, witness the log, release
+    /// partial decryptions under the release policy.
+    Run {
+        /// The node's configuration file (see configs/node.example.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Exit after this round's model is decrypted and the coordinator has gone.
+        #[arg(long)]
+        until_round: Option<u64>,
+        /// Write a JSON summary (rounds, model digest, bytes sent) here on exit.
+        #[arg(long)]
+        summary: Option<PathBuf>,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+}
+
+fn read_consortium(path: &Path) -> Result<Consortium> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the consortium file {}", path.display()))?;
+    let consortium = Consortium::parse(&text).with_context(|| format!("{}", path.display()))?;
+    consortium
+        .check_approvals()
+        .with_context(|| format!("{}: approvals", path.display()))?;
+    Ok(consortium)
+}
+
+fn read_transcript(path: &Path) -> Result<Verified> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("reading the transcript {}", path.display()))?;
+    let transcript = Transcript::decode(&bytes).with_context(|| format!("{}", path.display()))?;
+    verify(&transcript).with_context(|| format!("{} does not verify", path.display()))
+}
+
+fn passphrase_for(
+    args: &PassphraseArgs,
+    configured: Option<&Path>,
+) -> Result<zeroize::Zeroizing<String>> {
+    match (&args.passphrase_file, configured) {
+        (None, Some(file)) => passphrase(&PassphraseArgs::file(file.to_owned()), false),
+        _ => passphrase(args, false),
+    }
+}
+
+fn write_summary<T: serde::Serialize>(path: Option<&Path>, summary: &T) -> Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_vec_pretty(summary)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+pub fn run_coordinator(command: &CoordinatorCommand) -> Result<ExitCode> {
+    let CoordinatorCommand::Run {
+        config,
+        summary,
+        passphrase: args,
+    } = command;
+    let config = coordinator::config::CoordinatorConfig::load(config)?;
+    let consortium = read_consortium(&config.consortium)?;
+    let transcript = read_transcript(&config.transcript)?;
+    if transcript.consortium != consortium.file().name {
+        bail!(
+            "the transcript {} is from consortium {:?}, not {:?}",
+            config.transcript.display(),
+            transcript.consortium,
+            consortium.file().name
+        );
+    }
+    let secret = passphrase_for(args, config.passphrase_file.as_deref())?;
+    let identity_bytes = std::fs::read(&config.identity)
+        .with_context(|| format!("reading {}", config.identity.display()))?;
+    let identity = Identity::open(&identity_bytes, secret.as_bytes())
+        .with_context(|| format!("opening {}", config.identity.display()))?;
+    let mut entries = Vec::new();
+    for path in &config.ceremony_entries {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut rest = bytes.as_slice();
+        while !rest.is_empty() {
+            let len = rest
+                .get(..4)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+                .with_context(|| format!("{} is truncated", path.display()))?;
+            let leaf = rest
+                .get(4..4 + len)
+                .with_context(|| format!("{} is truncated", path.display()))?;
+            entries.push(leaf.to_vec());
+            rest = &rest[4 + len..];
+        }
+    }
+    let key = transcript.public_key.prepare();
+    let result = runtime()?.block_on(coordinator::daemon::run(
+        config, consortium, identity, key, entries,
+    ))?;
+    for round in &result.rounds {
+        println!(
+            "round {}: {} contributors, decrypted {}, {:.2} s",
+            round.round, round.contributors, round.decrypted, round.total_seconds
+        );
+    }
+    write_summary(summary.as_deref(), &result)?;
+    let all_decrypted = result.rounds.iter().all(|r| r.decrypted);
+    Ok(if all_decrypted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+pub fn run_node(command: &NodeCommand) -> Result<ExitCode> {
+    let NodeCommand::Run {
+        config: config_path,
+        until_round,
+        summary,
+        passphrase: args,
+    } = command;
+    let config = node::config::NodeConfig::load(config_path)?;
+    let consortium = read_consortium(&config.consortium)?;
+    let transcript = read_transcript(&config.transcript)?;
+    let secret = passphrase_for(args, config.passphrase_file.as_deref())?;
+    let identity_bytes = std::fs::read(&config.identity)
+        .with_context(|| format!("reading {}", config.identity.display()))?;
+    let identity = Identity::open(&identity_bytes, secret.as_bytes())
+        .with_context(|| format!("opening {}", config.identity.display()))?;
+    let share_bytes = std::fs::read(&config.key_share)
+        .with_context(|| format!("reading {}", config.key_share.display()))?;
+    let share = keyceremony::share_file::load_share(&share_bytes, secret.as_bytes(), &transcript)
+        .with_context(|| format!("opening {}", config.key_share.display()))?;
+    let member = consortium
+        .member_index(&identity.name)
+        .with_context(|| format!("{} is not a member of the consortium", identity.name))?;
+    let source: Box<dyn node::source::UpdateSource> = match config.source {
+        node::config::SourceConfig::Synthetic { seed, samples } => {
+            Box::new(node::source::SyntheticSource {
+                seed,
+                member,
+                samples,
+                values: config.plan.values as usize,
+                clip: config.plan.clip,
+            })
+        }
+    };
+    let setup = node::daemon::NodeSetup {
+        consortium,
+        identity,
+        share,
+        public_key: transcript.public_key.prepare(),
+        plan: config.plan.clone(),
+        store: config.store.clone(),
+        witness_store: config.witness_store.clone(),
+        source,
+        stop_after: *until_round,
+    };
+    let result = runtime()?.block_on(node::daemon::run(setup))?;
+    println!(
+        "node: {} rounds, model {}",
+        result.rounds,
+        &result.model_digest[..16]
+    );
+    write_summary(summary.as_deref(), &result)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `coordinator/coordinator.toml` and `<member>/node.toml` into a rehearsal's
+/// directory, so its deployment runs as is.
+pub fn write_deployment_configs(
+    dir: &Path,
+    members: &[String],
+    plan: &RoundPlan,
+    rounds: u64,
+    round_deadline_secs: u64,
+) -> Result<()> {
+    let passphrase_file = dir
+        .join("passphrase")
+        .exists()
+        .then(|| PathBuf::from("../passphrase"));
+    let coordinator = coordinator::config::CoordinatorConfig {
+        consortium: "../consortium.toml".into(),
+        identity: "identity".into(),
+        transcript: "../transcript".into(),
+        store: ".".into(),
+        rounds,
+        round_deadline_secs,
+        release_timeout_secs: 60,
+        startup_timeout_secs: 60,
+        metrics: None,
+        passphrase_file: passphrase_file.clone(),
+        ceremony_entries: Vec::new(),
+        plan: plan.clone(),
+    };
+    std::fs::write(
+        dir.join("coordinator/coordinator.toml"),
+        toml::to_string(&coordinator)?,
+    )?;
+    for (i, name) in members.iter().enumerate() {
+        let node = node::config::NodeConfig {
+            consortium: "../consortium.toml".into(),
+            identity: "identity".into(),
+            key_share: "key-share".into(),
+            transcript: "../transcript".into(),
+            store: "node-store".into(),
+            witness_store: "witness-store".into(),
+            passphrase_file: passphrase_file.clone(),
+            source: node::config::SourceConfig::Synthetic {
+                seed: SYNTHETIC_SEED,
+                samples: 100 + 10 * i as u64,
+            },
+            plan: plan.clone(),
+        };
+        std::fs::write(dir.join(name).join("node.toml"), toml::to_string(&node)?)?;
+    }
+    Ok(())
+}
