@@ -45,6 +45,11 @@ pub enum NodeCommand {
         /// Write a JSON summary (rounds, model digest, bytes sent) here on exit.
         #[arg(long)]
         summary: Option<PathBuf>,
+        /// Resilience testing: abort (as under kill -9) at STEP:ROUND, where STEP is
+        /// `contribute` (when the round opens) or `release` (after the ledger records a
+        /// release, before the share leaves).
+        #[arg(long, hide = true)]
+        fault: Option<node::daemon::Fault>,
         #[command(flatten)]
         passphrase: PassphraseArgs,
     },
@@ -154,6 +159,7 @@ pub fn run_node(command: &NodeCommand) -> Result<ExitCode> {
         config: config_path,
         until_round,
         summary,
+        fault,
         passphrase: args,
     } = command;
     let config = node::config::NodeConfig::load(config_path)?;
@@ -192,6 +198,7 @@ pub fn run_node(command: &NodeCommand) -> Result<ExitCode> {
         witness_store: config.witness_store.clone(),
         source,
         stop_after: *until_round,
+        fault: *fault,
     };
     let result = runtime()?.block_on(node::daemon::run(setup))?;
     println!(

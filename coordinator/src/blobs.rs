@@ -57,13 +57,11 @@ impl BlobStore {
         let digest: Digest = Sha256::digest(bytes).into();
         let path = self.path(&digest);
         if !path.exists() {
-            let temp = self
-                .dir
-                .join("incoming")
-                .join(format!("put-{}", hex::encode(digest)));
+            let temp = self.temp_path("put", &digest);
             let mut file = std::fs::File::create(&temp).map_err(io(&temp))?;
             file.write_all(bytes).map_err(io(&temp))?;
             file.sync_all().map_err(io(&temp))?;
+            self.write_chunk_digests(&digest, &protocol::round::message::chunk_digests(bytes))?;
             std::fs::rename(&temp, &path).map_err(io(&path))?;
         }
         Ok(digest)
@@ -115,14 +113,28 @@ impl BlobStore {
         }
         let bytes = self.read(digest)?;
         let digests = protocol::round::message::chunk_digests(&bytes);
-        let flat: Vec<u8> = digests.iter().flatten().copied().collect();
-        let temp = self
-            .dir
-            .join("incoming")
-            .join(format!("chunks-{}", hex::encode(digest)));
-        std::fs::write(&temp, &flat).map_err(io(&temp))?;
-        std::fs::rename(&temp, &side).map_err(io(&side))?;
+        self.write_chunk_digests(digest, &digests)?;
         Ok(digests)
+    }
+
+    /// Keeps a blob's chunk digests beside it. Concurrent writers use distinct temporary
+    /// names and the same content, so whichever rename lands last is right.
+    fn write_chunk_digests(&self, digest: &Digest, digests: &[Digest]) -> Result<(), BlobError> {
+        let side = self.dir.join(format!("{}.chunks", hex::encode(digest)));
+        let flat: Vec<u8> = digests.iter().flatten().copied().collect();
+        let temp = self.temp_path("chunks", digest);
+        std::fs::write(&temp, &flat).map_err(io(&temp))?;
+        std::fs::rename(&temp, &side).map_err(io(&side))
+    }
+
+    fn temp_path(&self, what: &str, digest: &Digest) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.dir.join("incoming").join(format!(
+            "{what}-{}-{}-{unique}",
+            hex::encode(digest),
+            std::process::id()
+        ))
     }
 
     /// Starts receiving the blob `digest` of `length` bytes in chunks with these digests.
@@ -158,9 +170,14 @@ impl BlobStore {
     /// Moves a completed, checked upload into place.
     pub fn finish_upload(&self, upload: Upload) -> Result<Digest, BlobError> {
         let Upload {
-            digest, file, path, ..
+            digest,
+            file,
+            path,
+            chunks,
+            ..
         } = upload;
         file.sync_all().map_err(io(&path))?;
+        self.write_chunk_digests(&digest, &chunks)?;
         let target = self.path(&digest);
         std::fs::rename(&path, &target).map_err(io(&target))?;
         Ok(digest)

@@ -55,6 +55,8 @@ pub struct RunSummary {
     pub log_size: u64,
     /// The process's peak resident memory, where the platform reports it.
     pub peak_memory_bytes: Option<u64>,
+    /// Every request members sent, by kind: what the coordinator was ever handed.
+    pub requests_received: BTreeMap<String, u64>,
 }
 
 /// The peak resident set size of this process (Linux), in bytes.
@@ -97,6 +99,7 @@ struct Shared {
     /// Decryption results logged, by request leaf: member -> model digest.
     results: BTreeMap<u64, BTreeMap<u8, Digest>>,
     bytes_received: u64,
+    requests_received: BTreeMap<String, u64>,
 }
 
 struct Context {
@@ -239,6 +242,7 @@ pub async fn run(
             member_sizes: vec![0; members],
             results: BTreeMap::new(),
             bytes_received: 0,
+            requests_received: BTreeMap::new(),
         }),
         blobs: BlobStore::open(&config.store.join("ciphertexts"))?,
         handle,
@@ -292,10 +296,19 @@ pub async fn run(
     let publisher = ctx.clone();
     tokio::spawn(async move {
         let mut published = 0;
+        let mut last = Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let size = publisher.lock().log.state().size();
-            if size != published {
+            let (size, lagging) = {
+                let s = publisher.lock();
+                let size = s.log.state().size();
+                let lagging = (0..s.member_sizes.len())
+                    .any(|m| s.connected & (1 << m) != 0 && s.member_sizes[m] < size);
+                (size, lagging)
+            };
+            // New entries at once; a member that (re)connected behind, within a second.
+            if size != published || (lagging && last.elapsed() > Duration::from_secs(1)) {
+                last = Instant::now();
                 match publish(&publisher).await {
                     Ok(()) => published = size,
                     Err(e) => tracing::warn!(error = %e, "publishing the log failed"),
@@ -334,15 +347,21 @@ pub async fn run(
         ctx.metrics.round_finished(&result);
         summary.rounds.push(result);
     }
-    // Let the last entries be witnessed and published.
-    let target = ctx.lock().log.state().size();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Let the last entries be witnessed and published: wait (a little) until every member
+    // holds the whole log and the log has stopped growing (members append results and
+    // incidents after each checkpoint they act on).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stable_since = (Instant::now(), ctx.lock().log.state().size());
     while Instant::now() < deadline {
-        let (sizes, connected) = {
+        let (sizes, size) = {
             let s = ctx.lock();
-            (s.member_sizes.clone(), s.connected)
+            (s.member_sizes.clone(), s.log.state().size())
         };
-        if (0..members).all(|m| connected & (1 << m) == 0 || sizes[m] >= target) {
+        if size != stable_since.1 {
+            stable_since = (Instant::now(), size);
+        }
+        let synced = sizes.iter().all(|&m| m >= size);
+        if synced && stable_since.0.elapsed() > Duration::from_millis(500) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -350,6 +369,7 @@ pub async fn run(
     let _guard = ctx.publish_lock.lock().await;
     summary.log_size = ctx.lock().log.state().size();
     summary.peak_memory_bytes = peak_memory();
+    summary.requests_received = ctx.lock().requests_received.clone();
     Ok(summary)
 }
 
@@ -674,6 +694,10 @@ async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Request) -> Re
     let Some(member) = ctx.member_of(&peer) else {
         return refused("not a member");
     };
+    *ctx.lock()
+        .requests_received
+        .entry(request.kind_name().to_owned())
+        .or_default() += 1;
     match request {
         Request::Offer {
             entry,

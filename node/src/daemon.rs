@@ -111,6 +111,10 @@ struct Context {
     author: tokio::sync::Mutex<()>,
     done: tokio::sync::Notify,
     stop_after: Option<u64>,
+    fault: Option<Fault>,
+    /// Entries below this leaf were stored before the node (re)started: acting on them again
+    /// must not repeat what the node already did.
+    replay_until: u64,
     /// Ciphertext and partial-decryption bytes this node sent.
     bytes_sent: std::sync::atomic::AtomicU64,
 }
@@ -130,6 +134,40 @@ impl Context {
     }
 }
 
+/// A deliberate crash, for resilience tests: the process aborts (as under kill -9) at a
+/// chosen step of a chosen round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// When the round opens, before contributing.
+    Contribute(u64),
+    /// After the release is recorded in the ledger, before the share leaves.
+    Release(u64),
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (step, round) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: expected STEP:ROUND"))?;
+        let round: u64 = round
+            .parse()
+            .map_err(|_| format!("{s:?}: the round is not a number"))?;
+        match step {
+            "contribute" => Ok(Fault::Contribute(round)),
+            "release" => Ok(Fault::Release(round)),
+            other => Err(format!("unknown step {other:?} (contribute, release)")),
+        }
+    }
+}
+
+fn crash_if(ctx: &Context, fault: Fault) {
+    if ctx.fault == Some(fault) {
+        tracing::error!(?fault, "injected fault: aborting");
+        std::process::abort();
+    }
+}
+
 /// Everything a node needs, opened by the caller (files, passphrase).
 pub struct NodeSetup {
     pub consortium: Consortium,
@@ -142,6 +180,7 @@ pub struct NodeSetup {
     pub source: Box<dyn UpdateSource>,
     /// Exit once this round's result is logged and the coordinator has gone.
     pub stop_after: Option<u64>,
+    pub fault: Option<Fault>,
 }
 
 impl std::fmt::Debug for NodeSetup {
@@ -252,8 +291,9 @@ pub async fn run(setup: NodeSetup) -> Result<NodeSummary, NodeError> {
         state: Mutex::new(State {
             log,
             entries,
-            // Entries stored before a restart were acted on already, or are stale now.
-            acted,
+            // After a restart the stored entries are acted on again, with the guards of
+            // `already_handled` against repeating anything.
+            acted: 0,
             witness,
             model,
             model_logged,
@@ -267,6 +307,8 @@ pub async fn run(setup: NodeSetup) -> Result<NodeSummary, NodeError> {
         author: tokio::sync::Mutex::new(()),
         done: tokio::sync::Notify::new(),
         stop_after: setup.stop_after,
+        fault: setup.fault,
+        replay_until: acted,
         bytes_sent: Default::default(),
     });
     ctx.handle.dial(coordinator).await;
@@ -495,7 +537,37 @@ fn author_of(ctx: &Context, entry: &SignedEntry) -> Option<u8> {
         .map(|i| i as u8)
 }
 
+/// Whether this member already did its part for the entry at `index`, judged on its log:
+/// it contributed to the round (or the round closed, or a later one opened), released for
+/// the request, or logged the request's result.
+fn already_handled(ctx: &Context, index: u64, entry: &SignedEntry) -> bool {
+    let state = ctx.lock();
+    let mine = |e: &SignedEntry| author_of(ctx, e) == Some(ctx.me);
+    match &entry.entry.body {
+        Body::RoundOpen { round, .. } => state.entries.iter().any(|e| match &e.entry.body {
+            Body::Contribution { round: r, .. } => r == round && mine(e),
+            Body::RoundClose { round: r, .. } => r == round,
+            Body::RoundOpen { round: r, .. } => r > round,
+            _ => false,
+        }),
+        Body::DecryptionRequest { .. } => state.entries.iter().any(|e| match &e.entry.body {
+            Body::DecryptionResult { request, .. } | Body::ShareReleased { request, .. } => {
+                *request == index && mine(e)
+            }
+            _ => false,
+        }),
+        Body::ShareReleased { request, .. } => state.entries.iter().any(|e| {
+            matches!(&e.entry.body, Body::DecryptionResult { request: r, .. } if r == request)
+                && mine(e)
+        }),
+        _ => false,
+    }
+}
+
 fn on_entry(ctx: &Arc<Context>, index: u64, entry: &SignedEntry) {
+    if index < ctx.replay_until && already_handled(ctx, index, entry) {
+        return;
+    }
     match &entry.entry.body {
         Body::RoundOpen {
             round,
@@ -527,6 +599,7 @@ fn on_entry(ctx: &Arc<Context>, index: u64, entry: &SignedEntry) {
                 );
                 return;
             }
+            crash_if(ctx, Fault::Contribute(*round));
             let (ctx, round) = (ctx.clone(), *round);
             tokio::spawn(async move {
                 if let Err(e) = contribute(&ctx, round).await {
@@ -798,18 +871,29 @@ async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), String> {
             request,
         )
     };
+    // Never a second share for one ciphertext, whatever else the log says.
+    let named = match ctx
+        .lock()
+        .entries
+        .get(request as usize)
+        .map(|e| &e.entry.body)
+    {
+        Some(Body::DecryptionRequest { ciphertext, .. }) => Some(*ciphertext),
+        _ => None,
+    };
+    if let Some(ciphertext) = named
+        && ctx
+            .store
+            .released(&ciphertext)
+            .map_err(|e| e.to_string())?
+            .is_some()
+    {
+        return refuse(ctx, request, Refusal::AlreadyReleased);
+    }
     let target = match target {
         Ok(t) => t,
         Err(refusal) => return refuse(ctx, request, refusal),
     };
-    if ctx
-        .store
-        .released(&target.ciphertext)
-        .map_err(|e| e.to_string())?
-        .is_some()
-    {
-        return refuse(ctx, request, Refusal::AlreadyReleased);
-    }
     // Recompute the target from the logged contributions and the previous encrypted model.
     let mut files = HashMap::new();
     for digest in target
@@ -872,6 +956,7 @@ async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), String> {
     {
         return refuse(ctx, request, Refusal::AlreadyReleased);
     }
+    crash_if(ctx, Fault::Release(target.round));
     let quorum =
         Quorum::new(ctx.share.config(), target.quorum.clone()).map_err(|e| e.to_string())?;
     let worker = ctx.clone();

@@ -73,7 +73,7 @@ pub struct CoordinatorRound {
     expected: u16,
     deadline_ms: u64,
     contributions: BTreeMap<u8, Accepted>,
-    /// Members that failed during this round's decryption; never asked again this round.
+    /// Members that went away during this round; not waited for, and not asked to decrypt.
     failed: u16,
     phase: Phase,
 }
@@ -174,7 +174,12 @@ impl CoordinatorRound {
             return CloseDecision::Wait;
         }
         let count = self.contributions.len();
-        if self.contributors() == self.expected {
+        // Members that went away are not waited for: once everyone still there contributed,
+        // the round closes (if k_min is met) without waiting for the deadline.
+        let still_expected = self.expected & !self.failed;
+        if self.contributors() & still_expected == still_expected
+            && count >= usize::from(self.k_min)
+        {
             return CloseDecision::Close;
         }
         if now_ms >= self.deadline_ms {

@@ -145,6 +145,18 @@ fn read_digests(r: &mut Reader<'_>, field: &'static str) -> Result<Vec<Digest>, 
 }
 
 impl Request {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Request::Witness { .. } => "witness",
+            Request::Act { .. } => "act",
+            Request::Offer { .. } => "offer",
+            Request::Chunk { .. } => "chunk",
+            Request::Append { .. } => "append",
+            Request::Fetch { .. } => "fetch",
+            Request::Partial { .. } => "partial",
+        }
+    }
+
     pub fn encode(&self, id: u64) -> Vec<u8> {
         let mut w;
         match self {

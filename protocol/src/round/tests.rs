@@ -419,6 +419,15 @@ fn the_coordinator_closes_on_all_or_at_the_deadline_with_k_min() {
     );
     assert!(short.close_terms().is_err());
 
+    // A member that goes away is not waited for once the others have contributed.
+    let mut dropout = CoordinatorRound::open(4, &membership(), plan(), 0b11111, 1000);
+    for m in 0..4u8 {
+        dropout.contributed(m, u64::from(m), 1, [m; 32]);
+    }
+    assert_eq!(dropout.poll_close(1), CloseDecision::Wait);
+    dropout.member_failed(4);
+    assert_eq!(dropout.poll_close(1), CloseDecision::Close);
+
     let mut all = CoordinatorRound::open(3, &membership(), plan(), 0b00111, 1000);
     assert!(
         all.check_contribution(4, 3, 10, 0).is_err(),

@@ -1,0 +1,433 @@
+//! Whole rounds with every role in its own process on loopback: a rehearsed consortium, the
+//! coordinator, one node per member. The decrypted models are compared with integer
+//! arithmetic, the audit log is verified, and members drop out or crash mid-round.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use protocol::audit::entry::{Body, SignedEntry};
+use protocol::round::{RoundPlan, model_digest};
+
+/// The seed rehearsals put in their node configurations.
+const SYNTHETIC_SEED: u64 = 2026;
+
+fn quorate(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quorate"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("QUORATE_PASSPHRASE")
+        .output()
+        .expect("quorate runs")
+}
+
+struct Deployment {
+    _work: tempfile::TempDir,
+    dir: PathBuf,
+    members: Vec<String>,
+    plan: RoundPlan,
+}
+
+fn edit_toml(path: &Path, edit: impl FnOnce(&mut toml::Table)) {
+    let mut table: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
+    edit(&mut table);
+    std::fs::write(path, toml::to_string(&table).unwrap()).unwrap();
+}
+
+/// A rehearsed consortium whose configurations run `rounds` rounds of `values` values.
+fn deploy(members: u8, threshold: u8, values: u32, rounds: u64, deadline_secs: i64) -> Deployment {
+    let work = tempfile::tempdir().unwrap();
+    let out = quorate(
+        &[
+            "ceremony",
+            "rehearse",
+            "--members",
+            &members.to_string(),
+            "--threshold",
+            &threshold.to_string(),
+            "--out",
+            "deployment",
+        ],
+        work.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = work.path().join("deployment");
+    let names: Vec<String> = (0..members)
+        .map(|i| format!("member-{}", (b'a' + i) as char))
+        .collect();
+    let set_values = |table: &mut toml::Table| {
+        let plan = table["plan"].as_table_mut().unwrap();
+        plan.insert("values".into(), toml::Value::Integer(i64::from(values)));
+    };
+    edit_toml(&dir.join("coordinator/coordinator.toml"), |t| {
+        set_values(t);
+        t.insert("rounds".into(), toml::Value::Integer(rounds as i64));
+        t.insert(
+            "round_deadline_secs".into(),
+            toml::Value::Integer(deadline_secs),
+        );
+        t.insert("release_timeout_secs".into(), toml::Value::Integer(20));
+    });
+    for name in &names {
+        edit_toml(&dir.join(name).join("node.toml"), set_values);
+    }
+    let plan = RoundPlan {
+        values,
+        ..RoundPlan::default()
+    };
+    Deployment {
+        _work: work,
+        dir,
+        members: names,
+        plan,
+    }
+}
+
+impl Deployment {
+    fn spawn(&self, args: &[&str], log: &str) -> Child {
+        let log = std::fs::File::create(self.dir.join(log)).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_quorate"))
+            .args(args)
+            .current_dir(&self.dir)
+            .env_remove("QUORATE_PASSPHRASE")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn coordinator(&self) -> Child {
+        self.spawn(
+            &[
+                "coordinator",
+                "run",
+                "--config",
+                "coordinator/coordinator.toml",
+                "--summary",
+                "coordinator/summary.json",
+            ],
+            "coordinator/log",
+        )
+    }
+
+    fn node(&self, name: &str, until: u64, extra: &[&str]) -> Child {
+        let config = format!("{name}/node.toml");
+        let summary = format!("{name}/summary.json");
+        let until = until.to_string();
+        let mut args = vec![
+            "node",
+            "run",
+            "--config",
+            &config,
+            "--until-round",
+            &until,
+            "--summary",
+            &summary,
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(&args, &format!("{name}/log"))
+    }
+
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for name in std::iter::once("coordinator").chain(self.members.iter().map(String::as_str)) {
+            let text = std::fs::read_to_string(self.dir.join(name).join("log")).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            all.push_str(&format!("== {name}\n"));
+            for line in tail.iter().rev() {
+                all.push_str(line);
+                all.push('\n');
+            }
+        }
+        all
+    }
+
+    fn wait(&self, child: &mut Child, what: &str, seconds: u64) -> bool {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            if start.elapsed() > Duration::from_secs(seconds) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not finish in {seconds} s\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn summary(&self, name: &str) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.dir.join(name).join("summary.json")).unwrap())
+            .unwrap()
+    }
+
+    /// The model after rounds whose contributors are listed, by member index.
+    fn expected_digest(&self, rounds: &[&[u8]]) -> String {
+        let codec = self.plan.codec().unwrap();
+        let mut model = vec![0i64; self.plan.values as usize];
+        for (r, contributors) in rounds.iter().enumerate() {
+            // Rehearsal nodes declare 100 + 10 i samples.
+            let samples: Vec<u64> = contributors
+                .iter()
+                .map(|&i| 100 + 10 * u64::from(i))
+                .collect();
+            let weights = self.plan.weights(&samples).unwrap();
+            for (&member, weight) in contributors.iter().zip(weights) {
+                let update = node::source::synthetic_update(
+                    SYNTHETIC_SEED,
+                    member,
+                    r as u64 + 1,
+                    self.plan.values as usize,
+                    self.plan.clip,
+                );
+                for (m, u) in model.iter_mut().zip(codec.encode(&update).unwrap()) {
+                    *m += weight * u;
+                }
+            }
+        }
+        hex::encode(model_digest(&model))
+    }
+
+    /// The coordinator's log, read from its store once it has exited.
+    fn log(&self) -> Vec<SignedEntry> {
+        let store =
+            coordinator::store::LogStore::open(&self.dir.join("coordinator/log-store")).unwrap();
+        store
+            .leaves()
+            .unwrap()
+            .iter()
+            .map(|l| SignedEntry::open(l).unwrap())
+            .collect()
+    }
+
+    fn member_key(&self, name: &str) -> [u8; 32] {
+        let log = self.log();
+        let Body::Membership(membership) = &log[0].entry.body else {
+            panic!("no membership")
+        };
+        membership
+            .members
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap()
+            .signing_key
+    }
+
+    fn audit_verifies(&self) {
+        let out = quorate(
+            &[
+                "audit",
+                "export",
+                "--store",
+                "coordinator/log-store",
+                "--out",
+                "audit-final",
+            ],
+            &self.dir,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = quorate(
+            &[
+                "audit",
+                "verify",
+                "audit-final",
+                "--transcript",
+                "transcript",
+            ],
+            &self.dir,
+        );
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Everything the coordinator stored is a ciphertext, and it was never sent a partial
+    /// decryption.
+    fn coordinator_held_only_ciphertexts(&self) {
+        let summary = self.summary("coordinator");
+        let received = summary["requests_received"].as_object().unwrap();
+        assert!(received.get("partial").is_none(), "{received:?}");
+        assert!(received["chunk"].as_u64().unwrap() > 0);
+        let limits = protocol::wire::DecodeLimits::default();
+        let mut blobs = 0;
+        for file in std::fs::read_dir(self.dir.join("coordinator/ciphertexts")).unwrap() {
+            let path = file.unwrap().path();
+            if path.is_dir() || path.extension().is_some() {
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            protocol::wire::decode_ciphertext(&bytes, limits)
+                .unwrap_or_else(|e| panic!("{} is not a ciphertext: {e}", path.display()));
+            blobs += 1;
+        }
+        assert!(blobs > 0);
+    }
+}
+
+#[test]
+fn three_rounds_of_five_members_decrypt_exactly_and_the_log_verifies() {
+    let d = deploy(5, 3, 10_000, 3, 120);
+    let mut coordinator = d.coordinator();
+    let mut nodes: Vec<Child> = d.members.iter().map(|m| d.node(m, 3, &[])).collect();
+    assert!(
+        d.wait(&mut coordinator, "the coordinator", 300),
+        "{}",
+        d.logs()
+    );
+    for (name, node) in d.members.iter().zip(&mut nodes) {
+        assert!(d.wait(node, name, 120), "{name} failed\n{}", d.logs());
+    }
+    let everyone: &[u8] = &[0, 1, 2, 3, 4];
+    let expected = d.expected_digest(&[everyone, everyone, everyone]);
+    for name in &d.members {
+        let summary = d.summary(name);
+        assert_eq!(summary["rounds"], 3, "{name}");
+        assert_eq!(
+            summary["model_digest"].as_str(),
+            Some(expected.as_str()),
+            "{name}"
+        );
+    }
+    let coordinator_summary = d.summary("coordinator");
+    for round in coordinator_summary["rounds"].as_array().unwrap() {
+        assert_eq!(round["contributors"], 5);
+        assert_eq!(round["decrypted"], true);
+    }
+    d.coordinator_held_only_ciphertexts();
+    d.audit_verifies();
+}
+
+#[test]
+fn a_member_that_drops_out_mid_round_is_not_waited_for() {
+    let d = deploy(5, 3, 3_000, 2, 120);
+    let mut coordinator = d.coordinator();
+    let mut nodes: Vec<Child> = d
+        .members
+        .iter()
+        .map(|m| {
+            if m == "member-e" {
+                d.node(m, 2, &["--fault", "contribute:2"])
+            } else {
+                d.node(m, 2, &[])
+            }
+        })
+        .collect();
+    assert!(
+        d.wait(&mut coordinator, "the coordinator", 200),
+        "{}",
+        d.logs()
+    );
+    for (name, node) in d.members.iter().zip(&mut nodes) {
+        let ok = d.wait(node, name, 120);
+        assert_eq!(ok, name != "member-e", "{name}\n{}", d.logs());
+    }
+    let rounds = d.summary("coordinator")["rounds"].clone();
+    assert_eq!(rounds[1]["contributors"], 4);
+    // The round closed once the others had contributed, not at the two-minute deadline.
+    assert!(rounds[1]["collect_seconds"].as_f64().unwrap() < 60.0);
+    let expected = d.expected_digest(&[&[0, 1, 2, 3, 4], &[0, 1, 2, 3]]);
+    for name in &d.members[..4] {
+        assert_eq!(
+            d.summary(name)["model_digest"].as_str(),
+            Some(expected.as_str()),
+            "{name}"
+        );
+    }
+    d.audit_verifies();
+}
+
+#[test]
+fn a_quorum_member_killed_during_release_is_replaced_and_never_releases_twice() {
+    let d = deploy(5, 3, 3_000, 2, 15);
+    let mut coordinator = d.coordinator();
+    let mut a = d.node("member-a", 2, &["--fault", "release:1"]);
+    let mut others: Vec<Child> = d.members[1..].iter().map(|m| d.node(m, 2, &[])).collect();
+    // member-a records the release in its ledger, then dies before the share leaves.
+    assert!(
+        !d.wait(&mut a, "member-a", 120),
+        "member-a should have crashed"
+    );
+    // It restarts with its state (whether it catches up with round 2 depends on timing).
+    let mut a = d.spawn(
+        &["node", "run", "--config", "member-a/node.toml"],
+        "member-a/log-restarted",
+    );
+    assert!(
+        d.wait(&mut coordinator, "the coordinator", 200),
+        "{}",
+        d.logs()
+    );
+    for (name, node) in d.members[1..].iter().zip(&mut others) {
+        assert!(d.wait(node, name, 120), "{name}\n{}", d.logs());
+    }
+    a.kill().unwrap();
+    a.wait().unwrap();
+
+    let rounds = d.summary("coordinator")["rounds"].clone();
+    assert_eq!(rounds[0]["attempts"], 2, "round 1 needed a retry");
+    assert_eq!(rounds[0]["decrypted"], true);
+    assert_eq!(rounds[1]["decrypted"], true);
+    // Round 1 had every contribution; member-a missed round 1's model and so sat round 2 out.
+    let expected = d.expected_digest(&[&[0, 1, 2, 3, 4], &[1, 2, 3, 4]]);
+    for name in &d.members[1..] {
+        assert_eq!(
+            d.summary(name)["model_digest"].as_str(),
+            Some(expected.as_str()),
+            "{name}"
+        );
+    }
+
+    let log = d.log();
+    let a_key = d.member_key("member-a");
+    let first_request = log
+        .iter()
+        .position(|e| {
+            matches!(
+                e.entry.body,
+                Body::DecryptionRequest {
+                    attempt: 0,
+                    round: 1,
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    let Body::DecryptionRequest {
+        ciphertext: first_target,
+        ..
+    } = log[first_request].entry.body
+    else {
+        unreachable!()
+    };
+    // No share of the first target from member-a ever reached the log...
+    assert!(!log.iter().any(|e| e.entry.author == a_key
+        && matches!(e.entry.body, Body::ShareReleased { ciphertext, .. } if ciphertext == first_target)));
+    // ...and after the restart member-a refused to release it again, by its ledger.
+    assert!(
+        log.iter()
+            .any(|e| e.entry.author == a_key
+                && matches!(e.entry.body, Body::Incident { code: 112, .. })),
+        "member-a logged no refusal\n{}\n{}",
+        std::fs::read_to_string(d.dir.join("member-a/log-restarted")).unwrap_or_default(),
+        d.logs()
+    );
+    let ledger = node::state_store::StateStore::open(&d.dir.join("member-a/node-store")).unwrap();
+    assert_eq!(
+        ledger.released(&first_target).unwrap(),
+        Some(first_request as u64)
+    );
+    d.audit_verifies();
+}
