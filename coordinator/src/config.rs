@@ -88,3 +88,34 @@ impl CoordinatorConfig {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_parses_and_its_plan_fits_the_budget() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/coordinator.example.toml");
+        let config = CoordinatorConfig::load(&path).unwrap();
+        assert_eq!(config.ceremony_entries.len(), 3);
+        assert!(config.store.ends_with("coordinator-store"));
+        config
+            .plan
+            .budget(protocol::he::ThresholdConfig::new(3, 2).unwrap())
+            .unwrap();
+    }
+
+    #[test]
+    fn an_unknown_field_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/coordinator.example.toml"),
+        )
+        .unwrap();
+        std::fs::write(&path, example.replace("rounds = 20", "roundz = 20")).unwrap();
+        let err = CoordinatorConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("roundz") && err.contains("c.toml"), "{err}");
+    }
+}

@@ -408,3 +408,38 @@ pub fn consortium_peers(
     )
     .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_over_the_limit_are_refused_before_allocation() {
+        futures::executor::block_on(async {
+            // A length prefix of 4 GiB - 1 with no body: refused by the length alone.
+            let mut huge = futures::io::Cursor::new(u32::MAX.to_le_bytes().to_vec());
+            let err = read_frame(&mut huge, 1024).await.unwrap_err();
+            assert!(err.to_string().contains("exceeds the limit"), "{err}");
+            // A frame at the limit passes; a truncated one is an error, not a panic.
+            let mut ok = 1024u32.to_le_bytes().to_vec();
+            ok.extend(vec![7u8; 1024]);
+            assert_eq!(
+                read_frame(&mut futures::io::Cursor::new(ok.clone()), 1024)
+                    .await
+                    .unwrap()
+                    .len(),
+                1024
+            );
+            ok.truncate(500);
+            assert!(
+                read_frame(&mut futures::io::Cursor::new(ok), 1024)
+                    .await
+                    .is_err()
+            );
+            // Nothing over the limit is ever written either.
+            let mut sink = futures::io::Cursor::new(Vec::new());
+            assert!(write_frame(&mut sink, &[0; 2048], 1024).await.is_err());
+            assert!(sink.into_inner().is_empty());
+        });
+    }
+}

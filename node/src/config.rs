@@ -74,3 +74,25 @@ impl NodeConfig {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_parses_with_the_coordinators_plan() {
+        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let node = NodeConfig::load(&configs.join("node.example.toml")).unwrap();
+        assert!(matches!(
+            node.source,
+            SourceConfig::Synthetic { samples: 100, .. }
+        ));
+        let coordinator: toml::Table =
+            std::fs::read_to_string(configs.join("coordinator.example.toml"))
+                .unwrap()
+                .parse()
+                .unwrap();
+        let plan: RoundPlan = coordinator["plan"].clone().try_into().unwrap();
+        assert_eq!(plan.digest(), node.plan.digest());
+    }
+}

@@ -1,0 +1,641 @@
+//! A malicious coordinator against a real node process. The harness holds the coordinator's
+//! keys and, colluding, every other member's keys (so it can forge their contributions and
+//! witness cosignatures); it asks member-a for decryptions the release policy forbids and
+//! shows it a forked log. The node must refuse each, log an incident, and release nothing;
+//! an honest request at the end shows that the refusals come from the policy.
+//! Strangers cannot connect, and garbage is refused without harm.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use keyceremony::identity::{Identity, Role};
+use keyceremony::transport::{self, Event, Handle, TransportConfig};
+use protocol::audit::entry::{Body, Digest, Entry, SignedEntry};
+use protocol::audit::log::LogState;
+use protocol::audit::note::{COSIGNATURE_V1, ED25519, NoteSigner};
+use protocol::consortium::Consortium;
+use protocol::he::{Ciphertext, EncryptionKey};
+use protocol::round::RoundPlan;
+use protocol::round::message::{CHUNK_BYTES, MAX_MESSAGE_BYTES, Request, Response};
+use protocol::wire::{DecodeLimits, encode_ciphertext, encoded_digest};
+use rand::SeedableRng;
+
+const VALUES: u32 = 300;
+
+struct Harness {
+    dir: PathBuf,
+    log: LogState,
+    coordinator: Identity,
+    members: Vec<Identity>,
+    log_signer: NoteSigner,
+    blobs: Arc<Mutex<HashMap<Digest, Vec<u8>>>>,
+    /// Entries member-a asked to append (contributions, releases, incidents).
+    appended: Arc<Mutex<Vec<SignedEntry>>>,
+    handle: Handle,
+    node_peer: libp2p_identity::PeerId,
+    key: EncryptionKey,
+    plan: RoundPlan,
+}
+
+fn rehearse(dir: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_quorate"))
+        .args([
+            "ceremony",
+            "rehearse",
+            "--members",
+            "5",
+            "--threshold",
+            "3",
+            "--out",
+        ])
+        .arg(dir)
+        .env_remove("QUORATE_PASSPHRASE")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = dir.join("member-a/node.toml");
+    let mut table: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();
+    table["plan"]
+        .as_table_mut()
+        .unwrap()
+        .insert("values".into(), toml::Value::Integer(i64::from(VALUES)));
+    std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+impl Harness {
+    fn member_key(&self, m: usize) -> &SigningKey {
+        &self.members[m].signing
+    }
+
+    fn append_as(&mut self, key: &SigningKey, body: Body, payload: Option<Digest>) -> u64 {
+        let author = key.verifying_key().to_bytes();
+        let references = match &body {
+            Body::RoundClose { contributions, .. } => contributions.clone(),
+            Body::DecryptionRequest { close, .. } => vec![*close],
+            _ => vec![],
+        };
+        let entry = Entry {
+            origin: self.log.origin().to_owned(),
+            config_epoch: 1,
+            author,
+            sequence: self.log.next_sequence(&author),
+            subject: [0; 32],
+            references,
+            payload,
+            claimed_time_ms: now_ms(),
+            body,
+        }
+        .sign(key);
+        self.log.append(entry).unwrap()
+    }
+
+    fn coordinator_append(&mut self, body: Body, payload: Option<Digest>) -> u64 {
+        let key = self.coordinator.signing.clone();
+        self.append_as(&key, body, payload)
+    }
+
+    /// Witness (member-a cosigns; members b, c, d are forged) and publish for action.
+    async fn publish(&mut self) {
+        let note = self.log.checkpoint().sign(&self.log_signer);
+        let request = Request::Witness {
+            from: 0,
+            entries: self.log.leaves().to_vec(),
+            note: note.encode().into_bytes(),
+        };
+        let response = self.handle.call(self.node_peer, &request).await.unwrap();
+        let Response::Cosigned { line, .. } = response else {
+            panic!("member-a did not cosign an honest checkpoint: {response:?}");
+        };
+        let mut note = note;
+        note.signatures
+            .push(protocol::audit::note::SignatureLine::parse(&line).unwrap());
+        for m in 1..4 {
+            let witness = NoteSigner::new(
+                &self.members[m].name,
+                COSIGNATURE_V1,
+                self.members[m].second.clone(),
+            )
+            .unwrap();
+            note.signatures
+                .push(witness.cosign(&note.text, now_ms() / 1000));
+        }
+        let act = Request::Act {
+            note: note.encode().into_bytes(),
+        };
+        let response = self.handle.call(self.node_peer, &act).await.unwrap();
+        assert_eq!(
+            response,
+            Response::Ok,
+            "member-a refused a quorum checkpoint"
+        );
+    }
+
+    fn contribution(&mut self, round: u64, member: usize, seed: u64) -> (u64, Digest) {
+        let budget = self
+            .plan
+            .budget(protocol::he::ThresholdConfig::new(5, 3).unwrap())
+            .unwrap();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+        let values: Vec<i64> = (0..VALUES as i64).map(|i| i - 150).collect();
+        let bytes = encode_ciphertext(&self.key.encrypt(&values, &budget, &mut rng).unwrap());
+        let digest = encoded_digest(&bytes).0;
+        self.blobs.lock().unwrap().insert(digest, bytes);
+        let key = self.member_key(member).clone();
+        let leaf = self.append_as(
+            &key,
+            Body::Contribution {
+                round,
+                ciphertext: digest,
+                samples: 100,
+            },
+            Some(digest),
+        );
+        (leaf, digest)
+    }
+
+    /// The honest aggregate of `terms` on top of nothing (the first rounds decrypt nothing).
+    fn aggregate(&self, terms: &[(Digest, i64)]) -> Digest {
+        let budget = self
+            .plan
+            .budget(protocol::he::ThresholdConfig::new(5, 3).unwrap())
+            .unwrap();
+        let mut acc = Ciphertext::zero(VALUES as usize, budget.delta_bits());
+        let blobs = self.blobs.lock().unwrap().clone();
+        protocol::round::policy::aggregate(&mut acc, terms, DecodeLimits::default(), |d| {
+            blobs.get(d).cloned().ok_or("missing")
+        })
+        .unwrap();
+        let bytes = encode_ciphertext(&acc);
+        let digest = encoded_digest(&bytes).0;
+        self.blobs.lock().unwrap().insert(digest, bytes);
+        digest
+    }
+
+    fn open_round(&mut self, round: u64) -> u64 {
+        let plan = self.plan.digest();
+        self.coordinator_append(
+            Body::RoundOpen {
+                round,
+                model: [0; 32],
+                deadline_ms: now_ms() + 60_000,
+                // Only the forged members are expected: member-a is not asked to contribute.
+                expected: 0b01110,
+            },
+            Some(plan),
+        )
+    }
+
+    fn request(&mut self, round: u64, close: u64, ciphertext: Digest, attempt: u8) -> u64 {
+        self.coordinator_append(
+            Body::DecryptionRequest {
+                round,
+                close,
+                ciphertext,
+                quorum: 0b00111,
+                attempt,
+                seed: if attempt == 0 { [0; 32] } else { [attempt; 32] },
+            },
+            Some(ciphertext),
+        )
+    }
+
+    /// Waits until member-a appended an entry matching `pred`.
+    async fn expect_appended(&self, what: &str, pred: impl Fn(&Body) -> bool) {
+        for _ in 0..300 {
+            if self
+                .appended
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| pred(&e.entry.body))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = std::fs::read_to_string(self.dir.join("member-a/log")).unwrap_or_default();
+        panic!("member-a never logged {what}\n{log}");
+    }
+
+    fn released(&self) -> usize {
+        self.appended
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e.entry.body, Body::ShareReleased { .. }))
+            .count()
+    }
+}
+
+fn incident(code: u16) -> impl Fn(&Body) -> bool {
+    move |b| matches!(b, Body::Incident { code: c, .. } if *c == code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("consortium");
+    rehearse(&dir);
+    let passphrase = std::fs::read_to_string(dir.join("passphrase")).unwrap();
+    let passphrase = passphrase.lines().next().unwrap().as_bytes().to_vec();
+    let open = |path: PathBuf| Identity::open(&std::fs::read(path).unwrap(), &passphrase).unwrap();
+    let coordinator = open(dir.join("coordinator/identity"));
+    let members: Vec<Identity> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|m| open(dir.join(format!("member-{m}/identity"))))
+        .collect();
+    let consortium =
+        Consortium::parse(&std::fs::read_to_string(dir.join("consortium.toml")).unwrap()).unwrap();
+    let transcript = keyceremony::transcript::Transcript::decode(
+        &std::fs::read(dir.join("transcript")).unwrap(),
+    )
+    .unwrap();
+    let key = keyceremony::transcript::verify(&transcript)
+        .unwrap()
+        .public_key
+        .prepare();
+    // The ceremony's log, as the rehearsal left it.
+    let store = coordinator::store::LogStore::open(&dir.join("coordinator/log-store")).unwrap();
+    let origin = keyceremony::run::log_origin(&consortium);
+    let log = LogState::restore(&origin, store.leaves().unwrap()).unwrap();
+    drop(store);
+    let peers = transport::consortium_peers(&consortium).unwrap();
+    let (handle, mut events) = transport::spawn(
+        coordinator.keypair(),
+        TransportConfig {
+            protocol: "/quorate/round/1",
+            max_message: MAX_MESSAGE_BYTES,
+            request_timeout: Duration::from_secs(60),
+            listen: peers[0].1.clone(),
+            peers: peers[1..].to_vec(),
+        },
+    )
+    .unwrap();
+    let node_peer = peers[1].0;
+    let log_signer = NoteSigner::new(&origin, ED25519, coordinator.second.clone()).unwrap();
+    let mut h = Harness {
+        dir: dir.clone(),
+        log,
+        coordinator,
+        members,
+        log_signer,
+        blobs: Arc::default(),
+        appended: Arc::default(),
+        handle,
+        node_peer,
+        key,
+        plan: RoundPlan {
+            values: VALUES,
+            ..RoundPlan::default()
+        },
+    };
+    // The responder: serves fetches, and appends member-a's entries to a shared log copy.
+    let shared_log = Arc::new(Mutex::new(h.log.clone()));
+    {
+        let (blobs, appended, shared_log) =
+            (h.blobs.clone(), h.appended.clone(), shared_log.clone());
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let Event::Request { bytes, reply, .. } = event else {
+                    continue;
+                };
+                let (blobs, appended, shared_log) =
+                    (blobs.clone(), appended.clone(), shared_log.clone());
+                tokio::spawn(async move {
+                    transport::answer(bytes, reply, |request| async move {
+                        match request {
+                            Request::Fetch { ciphertext, index } => {
+                                let Some(bytes) = blobs.lock().unwrap().get(&ciphertext).cloned()
+                                else {
+                                    return Response::Refused {
+                                        reason: "unknown".into(),
+                                    };
+                                };
+                                let chunks = protocol::round::message::chunk_digests(&bytes);
+                                let start = index as usize * CHUNK_BYTES;
+                                let end = (start + CHUNK_BYTES).min(bytes.len());
+                                Response::Data {
+                                    length: bytes.len() as u64,
+                                    chunks,
+                                    bytes: bytes[start..end].to_vec(),
+                                }
+                            }
+                            Request::Append { entry } => {
+                                let entry = SignedEntry::open(&entry).unwrap();
+                                let leaf = shared_log.lock().unwrap().append(entry.clone());
+                                appended.lock().unwrap().push(entry);
+                                match leaf {
+                                    Ok(leaf) => Response::Appended { leaf },
+                                    Err(e) => Response::Refused {
+                                        reason: e.to_string(),
+                                    },
+                                }
+                            }
+                            other => Response::Refused {
+                                reason: format!("not served: {}", other.kind_name()),
+                            },
+                        }
+                    })
+                    .await;
+                });
+            }
+        });
+    }
+    let mut node: Child = Command::new(env!("CARGO_BIN_EXE_quorate"))
+        .args(["node", "run", "--config"])
+        .arg(dir.join("member-a/node.toml"))
+        .env_remove("QUORATE_PASSPHRASE")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("member-a/log")).unwrap())
+        .spawn()
+        .unwrap();
+    // Wait for member-a to be reachable.
+    let mut reachable = false;
+    for _ in 0..100 {
+        let probe = Request::Act { note: vec![] };
+        if h.handle.call(h.node_peer, &probe).await.is_ok() {
+            reachable = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reachable, "member-a never came up");
+
+    // Keeps the harness's log in step with what member-a appended through the responder.
+    macro_rules! sync {
+        () => {
+            h.log = shared_log.lock().unwrap().clone();
+        };
+    }
+    macro_rules! publish {
+        () => {
+            *shared_log.lock().unwrap() = h.log.clone();
+            h.publish().await;
+        };
+    }
+
+    // Round 1: four forged contributions, an honest close.
+    h.open_round(1);
+    let c: Vec<(u64, Digest)> = (1..5).map(|m| h.contribution(1, m, m as u64)).collect();
+    let weights = h.plan.weights(&[100; 4]).unwrap();
+    let terms: Vec<(Digest, i64)> = c.iter().map(|x| x.1).zip(weights.clone()).collect();
+    let aggregate = h.aggregate(&terms);
+    let close1 = h.coordinator_append(
+        Body::RoundClose {
+            round: 1,
+            contributions: c.iter().map(|x| x.0).collect(),
+            aggregate,
+        },
+        Some(aggregate),
+    );
+    // 1. A single contribution as the target.
+    h.request(1, close1, c[0].1, 0);
+    publish!();
+    h.expect_appended("a refusal of a single contribution (108)", incident(108))
+        .await;
+    sync!();
+    // 2. A retry whose ciphertext is not the logged aggregate re-randomised from the logged seed.
+    h.request(1, close1, [0x5a; 32], 1);
+    publish!();
+    h.expect_appended(
+        "a refusal of a ciphertext it cannot recompute (113)",
+        incident(113),
+    )
+    .await;
+    sync!();
+
+    // Round 2: a close whose aggregate is not the weighted sum of the logged contributions.
+    h.open_round(2);
+    let c2: Vec<(u64, Digest)> = (1..5)
+        .map(|m| h.contribution(2, m, 10 + m as u64))
+        .collect();
+    let skewed: Vec<(Digest, i64)> = c2.iter().map(|x| x.1).zip([4096, 0, 0, 0]).collect();
+    let bogus = h.aggregate(&skewed);
+    let close2 = h.coordinator_append(
+        Body::RoundClose {
+            round: 2,
+            contributions: c2.iter().map(|x| x.0).collect(),
+            aggregate: bogus,
+        },
+        Some(bogus),
+    );
+    h.request(2, close2, bogus, 0);
+    let mismatches_before = h
+        .appended
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| incident(113)(&e.entry.body))
+        .count();
+    publish!();
+    let mut refused = false;
+    for _ in 0..300 {
+        let now = h
+            .appended
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| incident(113)(&e.entry.body))
+            .count();
+        if now > mismatches_before {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused,
+        "member-a did not refuse an aggregate that is not the logged weighted sum"
+    );
+    sync!();
+
+    // Round 3: fewer than k_min contributions.
+    h.open_round(3);
+    let c3: Vec<(u64, Digest)> = (1..3)
+        .map(|m| h.contribution(3, m, 20 + m as u64))
+        .collect();
+    let w3 = h.plan.weights(&[100; 2]).unwrap();
+    let agg3 = h.aggregate(&c3.iter().map(|x| x.1).zip(w3).collect::<Vec<_>>());
+    let close3 = h.coordinator_append(
+        Body::RoundClose {
+            round: 3,
+            contributions: c3.iter().map(|x| x.0).collect(),
+            aggregate: agg3,
+        },
+        Some(agg3),
+    );
+    h.request(3, close3, agg3, 0);
+    publish!();
+    h.expect_appended("a refusal below k_min (106)", incident(106))
+        .await;
+    sync!();
+
+    // Round 4: two closes of one round, asking for the subset's (a difference attack).
+    h.open_round(4);
+    let c4: Vec<(u64, Digest)> = (1..5)
+        .map(|m| h.contribution(4, m, 30 + m as u64))
+        .collect();
+    let w4 = h.plan.weights(&[100; 4]).unwrap();
+    let agg4 = h.aggregate(&c4.iter().map(|x| x.1).zip(w4).collect::<Vec<_>>());
+    h.coordinator_append(
+        Body::RoundClose {
+            round: 4,
+            contributions: c4.iter().map(|x| x.0).collect(),
+            aggregate: agg4,
+        },
+        Some(agg4),
+    );
+    let w4b = h.plan.weights(&[100; 3]).unwrap();
+    let agg4b = h.aggregate(&c4[..3].iter().map(|x| x.1).zip(w4b).collect::<Vec<_>>());
+    let close4b = h.coordinator_append(
+        Body::RoundClose {
+            round: 4,
+            contributions: c4[..3].iter().map(|x| x.0).collect(),
+            aggregate: agg4b,
+        },
+        Some(agg4b),
+    );
+    h.request(4, close4b, agg4b, 0);
+    publish!();
+    h.expect_appended("a refusal of a second close (104)", incident(104))
+        .await;
+    sync!();
+
+    // An old round again, once round 4 is open.
+    h.request(1, close1, [0x6b; 32], 2);
+    publish!();
+    h.expect_appended("a refusal of an old round (110)", incident(110))
+        .await;
+    sync!();
+
+    // A forked log: entry 1 replaced by a differently signed one.
+    let mut forked = h.log.leaves().to_vec();
+    let original = SignedEntry::open(&forked[1]).unwrap();
+    let mut changed = original.entry.clone();
+    changed.claimed_time_ms += 1;
+    let signer = h
+        .members
+        .iter()
+        .find(|m| m.signing.verifying_key().to_bytes() == changed.author)
+        .map(|m| m.signing.clone())
+        .unwrap();
+    forked[1] = changed.sign(&signer).leaf().to_vec();
+    let note = h.log.checkpoint().sign(&h.log_signer);
+    let response = h
+        .handle
+        .call(
+            h.node_peer,
+            &Request::Witness {
+                from: 0,
+                entries: forked,
+                note: note.encode().into_bytes(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(response, Response::Refused { .. }), "{response:?}");
+    h.expect_appended("a fork incident (200)", incident(200))
+        .await;
+    sync!();
+
+    assert_eq!(
+        h.released(),
+        0,
+        "member-a released a share to a malicious request"
+    );
+
+    // Round 5, honest: member-a releases, so the refusals above were the policy's doing.
+    h.open_round(5);
+    let c5: Vec<(u64, Digest)> = (1..5)
+        .map(|m| h.contribution(5, m, 40 + m as u64))
+        .collect();
+    let w5 = h.plan.weights(&[100; 4]).unwrap();
+    let agg5 = h.aggregate(&c5.iter().map(|x| x.1).zip(w5).collect::<Vec<_>>());
+    let close5 = h.coordinator_append(
+        Body::RoundClose {
+            round: 5,
+            contributions: c5.iter().map(|x| x.0).collect(),
+            aggregate: agg5,
+        },
+        Some(agg5),
+    );
+    h.request(5, close5, agg5, 0);
+    publish!();
+    h.expect_appended(
+        "a share release for the honest request",
+        |b| matches!(b, Body::ShareReleased { ciphertext, .. } if *ciphertext == agg5),
+    )
+    .await;
+    assert_eq!(h.released(), 1);
+
+    // A stranger cannot be heard, and garbage is refused without harm.
+    let stranger = Identity::generate(Role::Member, "stranger", &mut rand::rngs::OsRng).unwrap();
+    let (stranger_handle, _stranger_events) = transport::spawn(
+        stranger.keypair(),
+        TransportConfig {
+            protocol: "/quorate/round/1",
+            max_message: MAX_MESSAGE_BYTES,
+            request_timeout: Duration::from_secs(5),
+            listen: "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+            peers: vec![peers[1].clone()],
+        },
+    )
+    .unwrap();
+    let heard = stranger_handle
+        .call(h.node_peer, &Request::Act { note: vec![] })
+        .await;
+    assert!(heard.is_err(), "a stranger was answered: {heard:?}");
+    for garbage in [
+        vec![],
+        vec![0u8; 10],
+        b"QRND\x01\x00\x00".to_vec(),
+        vec![0xff; 100_000],
+    ] {
+        let answer = h.handle.request(h.node_peer, garbage).await.unwrap();
+        let (_, response) = Response::decode(&answer).unwrap();
+        assert!(matches!(response, Response::Refused { .. }), "{response:?}");
+    }
+    let mut truncated = Request::Act {
+        note: b"x".to_vec(),
+    }
+    .encode(9);
+    truncated.pop();
+    let (_, response) =
+        Response::decode(&h.handle.request(h.node_peer, truncated).await.unwrap()).unwrap();
+    assert!(matches!(response, Response::Refused { .. }));
+    // The node is still up and answering.
+    assert!(
+        h.handle
+            .call(h.node_peer, &Request::Act { note: vec![] })
+            .await
+            .is_ok()
+    );
+
+    node.kill().unwrap();
+    node.wait().unwrap();
+    // Nothing but the honest ciphertext is in member-a's ledger.
+    let ledger = node::state_store::StateStore::open(&dir.join("member-a/node-store")).unwrap();
+    for digest in [
+        c[0].1, [0x5a; 32], bogus, agg3, agg4b, [0x6b; 32], aggregate,
+    ] {
+        assert_eq!(ledger.released(&digest).unwrap(), None);
+    }
+    assert!(ledger.released(&agg5).unwrap().is_some());
+}
