@@ -146,11 +146,15 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
     let members: Vec<String> = (0..args.institutions)
         .map(|i| format!("member-{}", (b'a' + i) as char))
         .collect();
-    let plan = RoundPlan {
+    let mut plan = RoundPlan {
         values: args.params,
-        rounds: (args.rounds as u32).max(RoundPlan::default().rounds),
+        rounds: args.rounds as u32,
         ..RoundPlan::default()
     };
+    // The smallest smudging margin whose lifetime covers every round's reveals.
+    plan.kappa = plan
+        .kappa
+        .max(RoundPlan::kappa_for(plan.lifetime_reveals()));
     write_deployment_configs(&dir, &members, &plan, args.rounds, 600)?;
     eprintln!(
         "  ceremony done in {:.1} s; starting the coordinator and {} nodes",

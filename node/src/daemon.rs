@@ -69,9 +69,21 @@ struct Decryption {
 /// A partial decryption arriving in chunks from another member.
 #[derive(Default)]
 struct Incoming {
+    /// Chunks received so far, and announced in all.
+    received: u32,
     count: u32,
     bytes: Vec<u8>,
 }
+
+impl Incoming {
+    fn complete(&self) -> bool {
+        self.received == self.count
+    }
+}
+
+/// Partial decryptions buffered at most, per member of the consortium (a member can only
+/// be in the quorum of the current request, and perhaps a retry).
+const BUFFERED_PARTIALS_PER_MEMBER: usize = 4;
 
 struct State {
     log: LogState,
@@ -749,6 +761,8 @@ async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), String> {
         .map_err(|e| e.to_string())??;
     let digest = encoded_digest(&bytes).0;
     let chunks = chunk_digests(&bytes);
+    // Kept, so that if this member recomputes the round's aggregate it need not fetch it back.
+    keep(ctx, &digest, &bytes)?;
     let _author = ctx.author.lock().await;
     let entry = sign(
         ctx,
@@ -797,64 +811,91 @@ async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), String> {
 
 /// Fetches a stored ciphertext from the coordinator into the scratch directory, checking each
 /// chunk and the whole against their digests; returns its path.
+/// Chunk requests in flight at once while fetching: enough to keep the connection busy.
+const FETCH_WINDOW: usize = 8;
+
+async fn fetch_chunk(
+    ctx: &Context,
+    digest: &Digest,
+    index: u32,
+) -> Result<(u64, Vec<Digest>, Vec<u8>), String> {
+    let response = ctx
+        .handle
+        .call(
+            ctx.coordinator,
+            &Request::Fetch {
+                ciphertext: *digest,
+                index,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    match response {
+        Response::Data {
+            length,
+            chunks,
+            bytes,
+        } => Ok((length, chunks, bytes)),
+        other => Err(format!(
+            "fetching {} chunk {index}: {other:?}",
+            hex::encode(&digest[..8])
+        )),
+    }
+}
+
 async fn fetch(ctx: &Context, digest: &Digest) -> Result<PathBuf, String> {
+    use futures::StreamExt;
     let path = ctx.scratch.join(hex::encode(digest));
     if path.exists() {
         return Ok(path);
     }
     let expected_length = protocol::wire::ciphertext_encoded_len(ctx.plan.values as usize) as u64;
-    let mut bytes = Vec::new();
-    let mut chunk_list: Vec<Digest> = Vec::new();
-    let mut index = 0u32;
-    loop {
-        let response = ctx
-            .handle
-            .call(
-                ctx.coordinator,
-                &Request::Fetch {
-                    ciphertext: *digest,
-                    index,
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let Response::Data {
-            length,
-            chunks,
-            bytes: chunk,
-        } = response
-        else {
-            return Err(format!(
-                "fetching {}: {response:?}",
-                hex::encode(&digest[..8])
-            ));
-        };
-        if length > expected_length {
-            return Err(format!(
-                "a ciphertext of {length} bytes exceeds the plan's {expected_length}"
-            ));
-        }
-        if index == 0 {
-            chunk_list = chunks;
-            bytes.reserve(length as usize);
-        }
-        let want = chunk_list
-            .get(index as usize)
-            .ok_or("more chunks than announced")?;
-        if Sha256::digest(&chunk).as_slice() != want {
+    // The first chunk brings the length and every chunk's digest; the rest come pipelined.
+    let (length, chunk_list, first) = fetch_chunk(ctx, digest, 0).await?;
+    if length != expected_length {
+        return Err(format!(
+            "a ciphertext of {length} bytes, the plan's have {expected_length}"
+        ));
+    }
+    if chunk_list.len() as u64 != length.div_ceil(CHUNK_BYTES as u64) {
+        return Err(format!(
+            "{} chunk digests for {length} bytes",
+            chunk_list.len()
+        ));
+    }
+    let check = |index: usize, chunk: &[u8]| -> Result<(), String> {
+        let size = (length as usize - index * CHUNK_BYTES).min(CHUNK_BYTES);
+        if chunk.len() != size || Sha256::digest(chunk).as_slice() != chunk_list[index] {
             return Err(format!("chunk {index} does not match its digest"));
         }
+        Ok(())
+    };
+    check(0, &first)?;
+    let mut bytes = Vec::with_capacity(length as usize);
+    bytes.extend_from_slice(&first);
+    let mut rest = futures::stream::iter(1..chunk_list.len() as u32)
+        .map(|index| fetch_chunk(ctx, digest, index))
+        .buffered(FETCH_WINDOW);
+    let mut index = 1;
+    while let Some(chunk) = rest.next().await {
+        let (_, _, chunk) = chunk?;
+        check(index, &chunk)?;
         bytes.extend_from_slice(&chunk);
         index += 1;
-        if bytes.len() as u64 >= length {
-            break;
-        }
     }
     if encoded_digest(&bytes).0 != *digest {
         return Err("the fetched ciphertext does not match its digest".into());
     }
-    let temp = path.with_extension("part");
-    std::fs::write(&temp, &bytes).map_err(|e| e.to_string())?;
+    keep(ctx, digest, &bytes)
+}
+
+/// Keeps a ciphertext in the scratch directory under its digest.
+fn keep(ctx: &Context, digest: &Digest, bytes: &[u8]) -> Result<PathBuf, String> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let path = ctx.scratch.join(hex::encode(digest));
+    let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = path.with_extension(format!("part{unique}"));
+    std::fs::write(&temp, bytes).map_err(|e| e.to_string())?;
     std::fs::rename(&temp, &path).map_err(|e| e.to_string())?;
     Ok(path)
 }
@@ -979,7 +1020,8 @@ async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), String> {
         state.partials.insert(
             (request, ctx.me),
             Incoming {
-                count: 0,
+                received: 1,
+                count: 1,
                 bytes: partial.clone(),
             },
         );
@@ -1056,11 +1098,9 @@ fn receive_partial(
     bytes: Vec<u8>,
 ) -> Result<(), String> {
     let limit = ctx.plan.values as usize * 8 + 1024;
-    if count as usize != limit.div_ceil(CHUNK_BYTES).max(1)
-        && (count as usize) > limit.div_ceil(CHUNK_BYTES)
-    {
+    if count == 0 || count as usize > limit.div_ceil(CHUNK_BYTES) {
         return Err(format!(
-            "{count} chunks exceed a partial decryption of this plan"
+            "{count} chunks do not make a partial decryption of this plan"
         ));
     }
     let complete = {
@@ -1070,19 +1110,44 @@ fn receive_partial(
         {
             return Err("the sender is not in the request's quorum".into());
         }
-        let incoming = state.partials.entry((request, member)).or_default();
-        if incoming.count != index {
-            return Err(format!(
-                "chunk {index} arrived, expected {}",
-                incoming.count
-            ));
+        // A partial may overtake the checkpoint that logs its request, but not by much.
+        if request > state.log.size() + 1024 {
+            return Err(format!("request {request} is far beyond this member's log"));
+        }
+        let buffered = state.partials.keys().filter(|(_, m)| *m == member).count();
+        if !state.partials.contains_key(&(request, member))
+            && buffered >= BUFFERED_PARTIALS_PER_MEMBER
+        {
+            return Err("too many partial decryptions in flight from this member".into());
+        }
+        let incoming = state
+            .partials
+            .entry((request, member))
+            .or_insert_with(|| Incoming {
+                received: 0,
+                count,
+                bytes: Vec::new(),
+            });
+        if incoming.count != count || incoming.received != index {
+            // Start over: a sender resends from the first chunk.
+            if index != 0 {
+                return Err(format!(
+                    "chunk {index} of {count} arrived, expected {} of {}",
+                    incoming.received, incoming.count
+                ));
+            }
+            *incoming = Incoming {
+                received: 0,
+                count,
+                bytes: Vec::new(),
+            };
         }
         if incoming.bytes.len() + bytes.len() > limit {
             return Err("the partial decryption exceeds its size limit".into());
         }
         incoming.bytes.extend_from_slice(&bytes);
-        incoming.count += 1;
-        incoming.count == count
+        incoming.received += 1;
+        incoming.complete()
     };
     if complete {
         try_combine(ctx, request);
@@ -1106,19 +1171,15 @@ fn try_combine(ctx: &Arc<Context>, request: u64) {
             let Some(incoming) = state.partials.get(&(request, *m)) else {
                 return;
             };
+            if !incoming.complete() {
+                return;
+            }
             if Sha256::digest(&incoming.bytes).as_slice() != d.logged_shares[m] {
-                if *m != ctx.me && incoming.count > 0 {
-                    // Complete but not what its author logged: wait for a resend, if any.
-                    let expected_done = incoming.bytes.len() >= ctx.plan.values as usize * 8;
-                    if !expected_done {
-                        return;
-                    }
-                    tracing::warn!(
-                        member = m,
-                        request,
-                        "a partial decryption does not match its logged digest"
-                    );
-                }
+                tracing::warn!(
+                    member = m,
+                    request,
+                    "a partial decryption does not match the digest its author logged"
+                );
                 return;
             }
             partials.push(incoming.bytes.clone());
@@ -1188,6 +1249,13 @@ async fn combine(
         state.targets.remove(&request);
         state.partials.retain(|(r, _), _| *r != request);
     }
+    // The fetched ciphertexts of this round are no longer needed.
+    for path in std::fs::read_dir(&ctx.scratch)
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        let _ = std::fs::remove_file(path.path());
+    }
     append(
         ctx,
         Body::DecryptionResult {
@@ -1200,12 +1268,6 @@ async fn combine(
     )
     .await?;
     tracing::info!(round, request, model = %hex::encode(&digest[..8]), "model decrypted");
-    for path in std::fs::read_dir(&ctx.scratch)
-        .map_err(|e| e.to_string())?
-        .flatten()
-    {
-        let _ = std::fs::remove_file(path.path());
-    }
     if ctx.stop_after.is_some_and(|last| round >= last) {
         ctx.done.notify_one();
     }

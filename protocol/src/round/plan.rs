@@ -89,7 +89,7 @@ impl RoundPlan {
             )));
         }
         let codec = self.codec()?;
-        Budget::compute(BudgetRequest {
+        let budget = Budget::compute(BudgetRequest {
             config,
             // The weights of one round sum to the rate at scale 2^weight_bits, plus at most
             // one unit of rounding per member, plus one encryption of zero per retry: that
@@ -102,7 +102,34 @@ impl RoundPlan {
             kappa: u32::from(self.kappa),
             rounds: self.rounds,
         })
-        .map_err(|e| plan(e.to_string()))
+        .map_err(|e| plan(e.to_string()))?;
+        // Every round reveals the model once per attempt: the key's lifetime must cover that,
+        // or members would refuse mid-run.
+        let reveals = self.lifetime_reveals();
+        if reveals > budget.lifetime_reveal_limit() {
+            return Err(plan(format!(
+                "{} rounds of {} values with up to {} retries reveal {reveals} values, more than \
+                 the {} that kappa = {} allows; raise kappa to {}",
+                self.rounds,
+                self.values,
+                self.max_retries,
+                budget.lifetime_reveal_limit(),
+                self.kappa,
+                Self::kappa_for(reveals)
+            )));
+        }
+        Ok(budget)
+    }
+
+    /// Values a key may reveal over the plan: every round, every attempt.
+    pub fn lifetime_reveals(&self) -> u64 {
+        u64::from(self.values) * u64::from(self.rounds) * (1 + u64::from(self.max_retries))
+    }
+
+    /// The smallest smudging margin whose lifetime covers `reveals` values (at least 40).
+    pub fn kappa_for(reveals: u64) -> u8 {
+        let bits = 64 - reveals.saturating_sub(1).leading_zeros();
+        (crate::he::LIFETIME_DISTANCE_BITS + bits).max(40) as u8
     }
 
     pub fn codec(&self) -> Result<FixedPointCodec, RoundError> {

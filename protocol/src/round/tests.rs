@@ -120,7 +120,26 @@ fn plan_digest_covers_every_field_and_the_budget_fits() {
         .budget(config)
         .is_err()
     );
-    assert!(RoundPlan { rounds: 0, ..base }.budget(config).is_err());
+    assert!(
+        RoundPlan {
+            rounds: 0,
+            ..base.clone()
+        }
+        .budget(config)
+        .is_err()
+    );
+    // A plan whose reveals outlive the key's smudging budget is refused up front, with the
+    // kappa that would do.
+    let big = RoundPlan {
+        values: 10_000_000,
+        rounds: 2,
+        ..base
+    };
+    let err = big.budget(config).unwrap_err().to_string();
+    assert!(err.contains("raise kappa to 43"), "{err}");
+    assert_eq!(RoundPlan::kappa_for(big.lifetime_reveals()), 43);
+    RoundPlan { kappa: 43, ..big }.budget(config).unwrap();
+    assert_eq!(RoundPlan::kappa_for(1), 40);
 }
 
 fn entries(sample: &SampleConsortium) -> Vec<SignedEntry> {
