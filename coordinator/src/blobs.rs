@@ -67,6 +67,12 @@ impl BlobStore {
         Ok(digest)
     }
 
+    /// Drops a stored blob (one that was refused after upload).
+    pub fn remove(&self, digest: &Digest) {
+        let _ = std::fs::remove_file(self.path(digest));
+        let _ = std::fs::remove_file(self.dir.join(format!("{}.chunks", hex::encode(digest))));
+    }
+
     pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, BlobError> {
         let path = self.path(digest);
         if !path.exists() {

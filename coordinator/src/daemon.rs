@@ -113,6 +113,7 @@ struct Context {
     witnesses: Vec<NoteVerifier>,
     plan: RoundPlan,
     limits: DecodeLimits,
+    delta_bits: u32,
     metrics: Metrics,
     publish_lock: tokio::sync::Mutex<()>,
 }
@@ -255,6 +256,7 @@ pub async fn run(
         limits: DecodeLimits {
             max_values: u64::from(config.plan.values),
         },
+        delta_bits: budget.delta_bits(),
         metrics,
         publish_lock: tokio::sync::Mutex::new(()),
     });
@@ -488,16 +490,26 @@ async fn run_round(
 
     // Close: aggregate onto the previous encrypted model, store, log.
     let aggregate_started = Instant::now();
-    let protocol::round::machine::CloseTerms { leaves, terms } = {
-        let s = ctx.lock();
-        s.round
-            .as_ref()
-            .expect("open")
-            .close_terms()
-            .map_err(|e| CoordinatorError::Round {
-                round,
-                reason: e.to_string(),
-            })?
+    let close_terms = ctx.lock().round.as_ref().expect("open").close_terms();
+    let protocol::round::machine::CloseTerms { leaves, terms } = match close_terms {
+        Ok(terms) => terms,
+        Err(e) => {
+            // The contributions cannot be weighed under the plan (sample counts too uneven):
+            // nothing is decrypted this round.
+            tracing::warn!(round, error = %e, "round not closed");
+            ctx.append_own(
+                subject,
+                Body::Incident {
+                    code: 3,
+                    evidence: subject,
+                    description: format!("round {round} not closed: {e}"),
+                },
+                vec![],
+                None,
+            )?;
+            summary.total_seconds = started.elapsed().as_secs_f64();
+            return Ok(summary);
+        }
     };
     summary.contributors = leaves.len() as u32;
     let aggregate = {
@@ -674,6 +686,23 @@ async fn run_round(
     Ok(summary)
 }
 
+/// Checks that a stored ciphertext decodes with the plan's size and message scale.
+fn check_shape(ctx: &Context, digest: &Digest) -> Result<(), String> {
+    let bytes = ctx.blobs.read(digest).map_err(|e| e.to_string())?;
+    let view = protocol::wire::decode_ciphertext_view(&bytes, ctx.limits)
+        .map_err(|e| format!("the contribution is not a ciphertext: {e}"))?;
+    if view.value_count() != ctx.plan.values as usize || view.delta_bits() != ctx.delta_bits {
+        return Err(format!(
+            "the contribution holds {} values at 2^{}, the plan {} at 2^{}",
+            view.value_count(),
+            view.delta_bits(),
+            ctx.plan.values,
+            ctx.delta_bits
+        ));
+    }
+    Ok(())
+}
+
 fn refused(reason: impl Into<String>) -> Response {
     Response::Refused {
         reason: reason.into(),
@@ -773,8 +802,15 @@ async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Request) -> Re
                     Response::Ok
                 }
                 Ok(true) => {
-                    if let Err(e) = ctx.blobs.finish_upload(upload) {
-                        return refused(e.to_string());
+                    let digest = match ctx.blobs.finish_upload(upload) {
+                        Ok(digest) => digest,
+                        Err(e) => return refused(e.to_string()),
+                    };
+                    // A contribution is logged only if it is a ciphertext of this plan's
+                    // shape, so one malformed upload cannot break the round's aggregation.
+                    if let Err(reason) = check_shape(&ctx, &digest) {
+                        ctx.blobs.remove(&digest);
+                        return refused(reason);
                     }
                     let Body::Contribution {
                         round,

@@ -88,3 +88,45 @@ impl Metrics {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn metrics_are_served_in_the_prometheus_text_format() {
+        let metrics = Metrics::default();
+        metrics.add_bytes(1234);
+        metrics.round_finished(&RoundSummary {
+            round: 1,
+            contributors: 4,
+            decrypted: true,
+            total_seconds: 2.5,
+            ..Default::default()
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        metrics.serve(&address).await.unwrap();
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.unwrap();
+        assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+        for line in [
+            "quorate_rounds_total 1",
+            "quorate_rounds_decrypted_total 1",
+            "quorate_bytes_received_total 1234",
+            "quorate_round_contributors 4",
+            "quorate_round_duration_seconds 2.500",
+        ] {
+            assert!(body.contains(line), "{line} missing from\n{body}");
+        }
+    }
+}

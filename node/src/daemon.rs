@@ -32,7 +32,7 @@ use rand::SeedableRng;
 use sha2::{Digest as _, Sha256};
 
 use crate::source::UpdateSource;
-use crate::state_store::{StateStore, StateStoreError};
+use crate::state_store::{Recorded, StateStore, StateStoreError};
 use crate::witness_store::{WitnessStore, WitnessStoreError};
 
 pub const PROTOCOL: &str = "/quorate/round/1";
@@ -587,6 +587,8 @@ fn on_entry(ctx: &Arc<Context>, index: u64, entry: &SignedEntry) {
             expected,
             ..
         } => {
+            // A new round: what earlier rounds fetched or buffered is no longer needed.
+            forget_before(ctx, index);
             if entry.entry.payload != Some(ctx.plan.digest()) {
                 incident(
                     ctx,
@@ -654,7 +656,48 @@ fn on_entry(ctx: &Arc<Context>, index: u64, entry: &SignedEntry) {
                 try_combine(ctx, *request);
             }
         }
+        Body::DecryptionResult { request, model, .. } => {
+            // Members that decoded different models for one request: someone is lying or
+            // broken, and everyone should know.
+            let mine = ctx.lock().entries.iter().find_map(|e| match &e.entry.body {
+                Body::DecryptionResult {
+                    request: r,
+                    model: m,
+                    ..
+                } if r == request && author_of(ctx, e) == Some(ctx.me) => Some(*m),
+                _ => None,
+            });
+            if let (Some(mine), Some(author)) = (mine, author_of(ctx, entry))
+                && author != ctx.me
+                && mine != *model
+                && index >= ctx.replay_until
+            {
+                incident(
+                    ctx,
+                    140,
+                    *model,
+                    format!(
+                        "member {author} decoded another model than this member for request {request}"
+                    ),
+                );
+            }
+        }
         _ => {}
+    }
+}
+
+/// Drops the fetched ciphertexts and buffered partial decryptions of requests logged before
+/// leaf `index` (a round opened there), so nothing from abandoned attempts piles up.
+fn forget_before(ctx: &Context, index: u64) {
+    {
+        let mut state = ctx.lock();
+        state.partials.retain(|(request, _), _| *request > index);
+        state.targets.retain(|request, _| *request > index);
+    }
+    if let Ok(files) = std::fs::read_dir(&ctx.scratch) {
+        for file in files.flatten() {
+            let _ = std::fs::remove_file(file.path());
+        }
     }
 }
 
@@ -983,19 +1026,27 @@ async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), String> {
     }
     // The ledger, durably, before anything leaves: never a second share for this ciphertext,
     // and never past the key's lifetime budget.
-    let revealed = ctx.store.revealed().map_err(|e| e.to_string())?;
-    let mut lifetime = protocol::he::LifetimeLedger::new(&ctx.budget);
-    lifetime.revealed = revealed;
-    if let Err(e) = lifetime.record(u64::from(ctx.plan.values)) {
-        incident(ctx, 130, target.ciphertext, e.to_string());
-        return Err(e.to_string());
-    }
-    if !ctx
+    let recorded = ctx
         .store
-        .record_release(&target.ciphertext, request, lifetime.revealed)
-        .map_err(|e| e.to_string())?
-    {
-        return refuse(ctx, request, Refusal::AlreadyReleased);
+        .record_release(
+            &target.ciphertext,
+            request,
+            u64::from(ctx.plan.values),
+            ctx.budget.lifetime_reveal_limit(),
+        )
+        .map_err(|e| e.to_string())?;
+    match recorded {
+        Recorded::Fresh => {}
+        Recorded::AlreadyReleased => return refuse(ctx, request, Refusal::AlreadyReleased),
+        Recorded::LifetimeSpent { revealed, limit } => {
+            let reason = format!(
+                "the key's lifetime budget is spent: {revealed} values revealed, {} more \
+                 requested, limit {limit} (raise kappa at the next ceremony)",
+                ctx.plan.values
+            );
+            incident(ctx, 130, target.ciphertext, reason.clone());
+            return Err(reason);
+        }
     }
     crash_if(ctx, Fault::Release(target.round));
     let quorum =
@@ -1248,13 +1299,6 @@ async fn combine(
         state.rounds_done += 1;
         state.targets.remove(&request);
         state.partials.retain(|(r, _), _| *r != request);
-    }
-    // The fetched ciphertexts of this round are no longer needed.
-    for path in std::fs::read_dir(&ctx.scratch)
-        .map_err(|e| e.to_string())?
-        .flatten()
-    {
-        let _ = std::fs::remove_file(path.path());
     }
     append(
         ctx,

@@ -32,7 +32,17 @@ impl std::fmt::Debug for StateStore {
     }
 }
 
+/// The count of revealed values, kept in the ledger tree (whose other keys are 32-byte
+/// digests) so that one transaction updates it with the release.
 const REVEALED: &[u8] = b"revealed";
+
+/// The outcome of recording a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Fresh,
+    AlreadyReleased,
+    LifetimeSpent { revealed: u64, limit: u64 },
+}
 const MODEL: &[u8] = b"model";
 
 impl StateStore {
@@ -97,39 +107,50 @@ impl StateStore {
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
     }
 
+    /// Values this node's key share has revealed so far.
     pub fn revealed(&self) -> Result<u64, StateStoreError> {
         Ok(self
-            .meta
+            .ledger
             .get(REVEALED)
             .map_err(|e| self.err(e))?
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0))
     }
 
-    /// Records a release, and the values it reveals, durably; call before the share leaves.
-    /// Refuses if a share of this ciphertext was already released.
+    /// Records a release of `values` values, durably and atomically with the count of values
+    /// revealed; call before the share leaves. Refuses a second release for one ciphertext,
+    /// and a release past the key's lifetime `limit`.
     pub fn record_release(
         &self,
         ciphertext: &Digest,
         request: u64,
-        revealed_total: u64,
-    ) -> Result<bool, StateStoreError> {
-        let fresh = self
-            .ledger
-            .compare_and_swap(
-                ciphertext,
-                None as Option<&[u8]>,
-                Some(&request.to_be_bytes()[..]),
-            )
-            .map_err(|e| self.err(e))?
-            .is_ok();
-        if fresh {
-            self.meta
-                .insert(REVEALED, &revealed_total.to_be_bytes())
-                .map_err(|e| self.err(e))?;
-        }
+        values: u64,
+        limit: u64,
+    ) -> Result<Recorded, StateStoreError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        let outcome = self.ledger.transaction(|tx| {
+            if tx.get(ciphertext)?.is_some() {
+                return Ok(Recorded::AlreadyReleased);
+            }
+            let revealed = tx
+                .get(REVEALED)?
+                .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(0);
+            let after = revealed.saturating_add(values);
+            if after > limit {
+                return Ok(Recorded::LifetimeSpent { revealed, limit });
+            }
+            tx.insert(&ciphertext[..], &request.to_be_bytes()[..])?;
+            tx.insert(REVEALED, &after.to_be_bytes()[..])?;
+            Ok::<_, ConflictableTransactionError<()>>(Recorded::Fresh)
+        });
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(TransactionError::Storage(e)) => return Err(self.err(e)),
+            Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
+        };
         self.flush()?;
-        Ok(fresh)
+        Ok(outcome)
     }
 
     pub fn model(&self) -> Result<Option<Vec<i64>>, StateStoreError> {
@@ -166,15 +187,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = StateStore::open(dir.path()).unwrap();
-            assert!(store.record_release(&[1; 32], 40, 1000).unwrap());
-            assert!(!store.record_release(&[1; 32], 41, 2000).unwrap());
+            assert_eq!(
+                store.record_release(&[1; 32], 40, 1000, 2500).unwrap(),
+                Recorded::Fresh
+            );
+            assert_eq!(
+                store.record_release(&[1; 32], 41, 1000, 2500).unwrap(),
+                Recorded::AlreadyReleased
+            );
+            assert_eq!(
+                store.record_release(&[2; 32], 42, 1000, 2500).unwrap(),
+                Recorded::Fresh
+            );
+            assert_eq!(
+                store.record_release(&[3; 32], 43, 1000, 2500).unwrap(),
+                Recorded::LifetimeSpent {
+                    revealed: 2000,
+                    limit: 2500
+                }
+            );
             store.append_leaves(0, &[vec![1], vec![2]]).unwrap();
             store.save_model(&[1, -2, 3]).unwrap();
         }
         let store = StateStore::open(dir.path()).unwrap();
         assert_eq!(store.released(&[1; 32]).unwrap(), Some(40));
-        assert_eq!(store.released(&[2; 32]).unwrap(), None);
-        assert_eq!(store.revealed().unwrap(), 1000);
+        assert_eq!(store.released(&[2; 32]).unwrap(), Some(42));
+        assert_eq!(store.released(&[4; 32]).unwrap(), None);
+        assert_eq!(store.revealed().unwrap(), 2000);
+        assert_eq!(store.released(&[3; 32]).unwrap(), None);
         assert_eq!(store.leaves().unwrap(), vec![vec![1], vec![2]]);
         assert_eq!(store.model().unwrap(), Some(vec![1, -2, 3]));
     }

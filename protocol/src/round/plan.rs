@@ -42,6 +42,15 @@ pub struct RoundPlan {
     pub max_retries: u8,
     /// Smudging margin in bits.
     pub kappa: u8,
+    /// Largest ratio between two contributions' declared sample counts in one aggregate. A
+    /// member declaring far more samples than the others would dominate the weighted sum and
+    /// make it reveal little more than its own update and one other's; this bounds that.
+    #[serde(default = "default_sample_ratio")]
+    pub max_sample_ratio: u32,
+}
+
+fn default_sample_ratio() -> u32 {
+    100
 }
 
 impl Default for RoundPlan {
@@ -55,6 +64,7 @@ impl Default for RoundPlan {
             rounds: 50,
             max_retries: 3,
             kappa: 40,
+            max_sample_ratio: default_sample_ratio(),
         }
     }
 }
@@ -161,15 +171,35 @@ impl RoundPlan {
         if total == 0 {
             return Err(RoundError::Plan("no contributions to weigh".into()));
         }
+        let (least, most) = (
+            samples.iter().min().copied().unwrap_or(0),
+            samples.iter().max().copied().unwrap_or(0),
+        );
+        if u128::from(most) > u128::from(least) * u128::from(self.max_sample_ratio.max(1)) {
+            return Err(RoundError::Plan(format!(
+                "declared sample counts from {least} to {most} differ by more than the plan's \
+                 ratio of {}",
+                self.max_sample_ratio
+            )));
+        }
         let denominator = 1000 * total;
-        Ok(samples
+        let weights: Vec<i64> = samples
             .iter()
             .map(|&n| {
                 let numerator =
                     (u128::from(self.server_rate_millis) << self.weight_bits) * u128::from(n);
                 ((2 * numerator + denominator) / (2 * denominator)) as i64
             })
-            .collect())
+            .collect();
+        // A contribution weighted zero would count towards k_min without being in the sum.
+        if let Some(i) = weights.iter().position(|&w| w == 0) {
+            return Err(RoundError::Plan(format!(
+                "contribution {i} would get weight 0 at 2^{} (too many contributions or too \
+                 few weight bits)",
+                self.weight_bits
+            )));
+        }
+        Ok(weights)
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -182,7 +212,8 @@ impl RoundPlan {
             .u32(self.server_rate_millis)
             .u32(self.rounds)
             .u8(self.max_retries)
-            .u8(self.kappa);
+            .u8(self.kappa)
+            .u32(self.max_sample_ratio);
         w.into_bytes()
     }
 

@@ -158,7 +158,11 @@ pub fn check_request(
     let mut opened_under = None;
     let mut closes = 0;
     let mut requests_for_close = Vec::new();
+    // Requests decrypted as far as this log shows: a logged result, or a whole quorum's worth
+    // of releases (the auditor's rule), whichever comes first.
     let mut decrypted_requests = BTreeSet::new();
+    let mut released_by: std::collections::BTreeMap<u64, BTreeSet<Option<u8>>> =
+        std::collections::BTreeMap::new();
     for (index, entry) in entries.iter().enumerate() {
         let index = index as u64;
         match &entry.entry.body {
@@ -176,10 +180,19 @@ pub fn check_request(
                 decrypted_requests.insert(*q);
             }
             Body::ShareReleased {
+                request: q,
                 ciphertext: released,
                 ..
-            } if *released == ciphertext && member_of(membership, entry) == Some(me) => {
-                return Err(Refusal::AlreadyReleased);
+            } => {
+                let author = member_of(membership, entry);
+                if *released == ciphertext && author == Some(me) {
+                    return Err(Refusal::AlreadyReleased);
+                }
+                let releasers = released_by.entry(*q).or_default();
+                releasers.insert(author);
+                if releasers.len() >= usize::from(membership.threshold) {
+                    decrypted_requests.insert(*q);
+                }
             }
             _ => {}
         }
@@ -293,11 +306,14 @@ pub fn check_request(
 }
 
 /// The encrypted model a round opened at leaf `before` builds on: the aggregate of the latest
-/// earlier round whose decryption produced a result, or `None` before any.
+/// earlier round for which any member released a share, or `None` (an encryption of zero)
+/// before any. Building on the latest released round, whether or not its decryption
+/// completed, means no two decrypted models ever share a base: otherwise their difference
+/// would reveal the difference of two contribution sets, down to a single member's update.
 pub fn base_model(entries: &[SignedEntry], before: u64) -> Option<Digest> {
     let entries = &entries[..(before as usize).min(entries.len())];
     entries.iter().rev().find_map(|entry| {
-        let Body::DecryptionResult { request, .. } = &entry.entry.body else {
+        let Body::ShareReleased { request, .. } = &entry.entry.body else {
             return None;
         };
         let Body::DecryptionRequest { close, .. } = &entries.get(*request as usize)?.entry.body

@@ -38,12 +38,21 @@ fn weights_are_exact_rounded_shares_of_the_rate() {
             .all(|&w| w > 0)
     );
     assert!(plan.weights(&[]).is_err());
+    // One member cannot dominate: sample counts differ by at most the plan's ratio, and no
+    // contribution is weighted zero.
+    assert!(plan.weights(&[100, 10_000]).is_ok());
+    assert!(plan.weights(&[100, 10_001]).is_err());
+    let coarse = RoundPlan {
+        weight_bits: 2,
+        ..plan.clone()
+    };
+    assert!(coarse.weights(&[1; 10]).is_err());
 }
 
 proptest::proptest! {
     #[test]
     fn weights_sum_to_the_rate_within_rounding(samples in proptest::collection::vec(1u64..1_000_000, 1..10)) {
-        let plan = plan();
+        let plan = RoundPlan { max_sample_ratio: 1_000_000, ..plan() };
         let weights = plan.weights(&samples).unwrap();
         let total: i64 = weights.iter().sum();
         let target = 1i64 << plan.weight_bits;
@@ -96,6 +105,10 @@ fn plan_digest_covers_every_field_and_the_budget_fits() {
         },
         RoundPlan {
             kappa: 41,
+            ..base.clone()
+        },
+        RoundPlan {
+            max_sample_ratio: 7,
             ..base.clone()
         },
     ];
@@ -209,6 +222,22 @@ fn an_honest_request_names_the_aggregate_and_its_weighted_terms() {
     let (close2, aggregate2) = s.open_and_close(2, &[0, 1, 2]);
     let request2 = s.request(2, close2, aggregate2, &[1, 2, 3], 0);
     assert_eq!(check(&s, 3, request2).unwrap().base, Some(aggregate));
+
+    // A round whose decryption never completed (one share released, no result) is still the
+    // base of the next: two decryptions never share a base, whose difference would isolate
+    // the contributions one aggregate has and the other lacks.
+    s.append(
+        Author::Member(1),
+        Body::ShareReleased {
+            request: request2,
+            ciphertext: aggregate2,
+            share: [7; 32],
+        },
+        vec![request2],
+    );
+    let (close3, aggregate3) = s.open_and_close(3, &[0, 1, 2]);
+    let request3 = s.request(3, close3, aggregate3, &[0, 2, 4], 0);
+    assert_eq!(check(&s, 0, request3).unwrap().base, Some(aggregate2));
 }
 
 /// The malicious coordinator's table: every request a member must refuse.
@@ -299,6 +328,23 @@ fn members_refuse_everything_but_the_agreed_aggregate() {
     let r1 = s.request(1, close, [0x11; 32], &[0, 1, 3], 1);
     assert_eq!(check(&s, 0, r0), Err(Refusal::Superseded(1)));
     assert_eq!(check(&s, 3, r1).unwrap().attempt, 1);
+    // A retry after a whole quorum released the previous attempt, result logged or not.
+    let mut s = sample();
+    let (close, aggregate) = s.open_and_close(1, &[0, 1, 2, 3]);
+    let first = s.request(1, close, aggregate, &[0, 1, 2], 0);
+    for m in [0usize, 1, 2] {
+        s.append(
+            Author::Member(m),
+            Body::ShareReleased {
+                request: first,
+                ciphertext: aggregate,
+                share: [m as u8; 32],
+            },
+            vec![first],
+        );
+    }
+    let second_decryption = s.request(1, close, [0x33; 32], &[1, 2, 3], 1);
+    assert_eq!(check(&s, 3, second_decryption), Err(Refusal::StaleRound(1)));
     let mut s = sample();
     let (close, aggregate) = s.open_and_close(1, &[0, 1, 2, 3]);
     s.request(1, close, aggregate, &[0, 1, 2], 0);
