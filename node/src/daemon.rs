@@ -577,7 +577,9 @@ fn already_handled(ctx: &Context, index: u64, entry: &SignedEntry) -> bool {
 }
 
 fn on_entry(ctx: &Arc<Context>, index: u64, entry: &SignedEntry) {
-    if index < ctx.replay_until && already_handled(ctx, index, entry) {
+    let handled = index < ctx.replay_until && already_handled(ctx, index, entry);
+    // A request is followed even when replayed, so that the node can still combine it.
+    if handled && !matches!(entry.entry.body, Body::DecryptionRequest { .. }) {
         return;
     }
     match &entry.entry.body {
@@ -639,7 +641,7 @@ fn on_entry(ctx: &Arc<Context>, index: u64, entry: &SignedEntry) {
                     ..Default::default()
                 },
             );
-            if quorum & (1 << ctx.me) != 0 {
+            if quorum & (1 << ctx.me) != 0 && !handled {
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
                     if let Err(e) = release(&ctx, index).await {
@@ -652,6 +654,29 @@ fn on_entry(ctx: &Arc<Context>, index: u64, entry: &SignedEntry) {
             if let Some(member) = author_of(ctx, entry) {
                 if let Some(d) = ctx.lock().decryptions.get_mut(request) {
                     d.logged_shares.insert(member, *share);
+                }
+                if member == ctx.me && index < ctx.replay_until {
+                    // Released before a restart: the same bytes go out again (not a second
+                    // release), in case they never reached the other members.
+                    match ctx.store.released_partial(*request) {
+                        Ok(Some(partial)) if Sha256::digest(&partial).as_slice() == share => {
+                            ctx.lock().partials.insert(
+                                (*request, ctx.me),
+                                Incoming {
+                                    received: 1,
+                                    count: 1,
+                                    bytes: partial.clone(),
+                                },
+                            );
+                            let ctx = ctx.clone();
+                            let request = *request;
+                            tokio::spawn(async move { send_partial(&ctx, request, partial).await });
+                        }
+                        _ => tracing::warn!(
+                            request,
+                            "a share released before the restart is not stored; it cannot be resent"
+                        ),
+                    }
                 }
                 try_combine(ctx, *request);
             }
@@ -693,6 +718,9 @@ fn forget_before(ctx: &Context, index: u64) {
         let mut state = ctx.lock();
         state.partials.retain(|(request, _), _| *request > index);
         state.targets.retain(|request, _| *request > index);
+    }
+    if let Err(e) = ctx.store.forget_partials_before(index) {
+        tracing::warn!(error = %e, "old partial decryptions could not be dropped");
     }
     if let Ok(files) = std::fs::read_dir(&ctx.scratch) {
         for file in files.flatten() {
@@ -1077,6 +1105,11 @@ async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), String> {
             },
         );
     }
+    // Kept durably before the release is logged, so that a crash after logging cannot lose
+    // a share the log says went out: after a restart the same bytes are sent again.
+    ctx.store
+        .keep_partial(request, &partial)
+        .map_err(|e| e.to_string())?;
     append(
         ctx,
         Body::ShareReleased {
@@ -1094,7 +1127,14 @@ async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), String> {
         attempt = target.attempt,
         "share released"
     );
-    // Only to the other members: never to the coordinator.
+    send_partial(ctx, request, partial).await;
+    try_combine(ctx, request);
+    Ok(())
+}
+
+/// Sends this member's partial decryption for `request` to every other member, chunk by
+/// chunk: only to members, never to the coordinator.
+async fn send_partial(ctx: &Arc<Context>, request: u64, partial: Vec<u8>) {
     let partial = Arc::new(partial);
     let count = partial.len().div_ceil(CHUNK_BYTES) as u32;
     let mut sends = Vec::new();
@@ -1126,7 +1166,6 @@ async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), String> {
         let _ = send.await;
     }
     try_combine(ctx, request);
-    Ok(())
 }
 
 fn refuse(ctx: &Arc<Context>, request: u64, refusal: Refusal) -> Result<(), String> {

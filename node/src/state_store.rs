@@ -24,6 +24,7 @@ pub struct StateStore {
     leaves: sled::Tree,
     ledger: sled::Tree,
     meta: sled::Tree,
+    partials: sled::Tree,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -57,6 +58,7 @@ impl StateStore {
             leaves: db.open_tree("log").map_err(sled)?,
             ledger: db.open_tree("ledger").map_err(sled)?,
             meta: db.open_tree("meta").map_err(sled)?,
+            partials: db.open_tree("partials").map_err(sled)?,
             db,
             path: display,
         })
@@ -153,6 +155,31 @@ impl StateStore {
         Ok(outcome)
     }
 
+    /// Keeps the partial decryption released for `request`, durably, before it is logged.
+    pub fn keep_partial(&self, request: u64, partial: &[u8]) -> Result<(), StateStoreError> {
+        self.partials
+            .insert(request.to_be_bytes(), partial)
+            .map_err(|e| self.err(e))?;
+        self.flush()
+    }
+
+    /// Drops kept partial decryptions of requests logged before leaf `index`.
+    pub fn forget_partials_before(&self, index: u64) -> Result<(), StateStoreError> {
+        for key in self.partials.range(..index.to_be_bytes()).keys() {
+            let key = key.map_err(|e| self.err(e))?;
+            self.partials.remove(key).map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    pub fn released_partial(&self, request: u64) -> Result<Option<Vec<u8>>, StateStoreError> {
+        Ok(self
+            .partials
+            .get(request.to_be_bytes())
+            .map_err(|e| self.err(e))?
+            .map(|v| v.to_vec()))
+    }
+
     pub fn model(&self) -> Result<Option<Vec<i64>>, StateStoreError> {
         let Some(bytes) = self.meta.get(MODEL).map_err(|e| self.err(e))? else {
             return Ok(None);
@@ -208,6 +235,7 @@ mod tests {
             );
             store.append_leaves(0, &[vec![1], vec![2]]).unwrap();
             store.save_model(&[1, -2, 3]).unwrap();
+            store.keep_partial(40, b"partial").unwrap();
         }
         let store = StateStore::open(dir.path()).unwrap();
         assert_eq!(store.released(&[1; 32]).unwrap(), Some(40));
@@ -217,5 +245,12 @@ mod tests {
         assert_eq!(store.released(&[3; 32]).unwrap(), None);
         assert_eq!(store.leaves().unwrap(), vec![vec![1], vec![2]]);
         assert_eq!(store.model().unwrap(), Some(vec![1, -2, 3]));
+        assert_eq!(
+            store.released_partial(40).unwrap(),
+            Some(b"partial".to_vec())
+        );
+        assert_eq!(store.released_partial(41).unwrap(), None);
+        store.forget_partials_before(41).unwrap();
+        assert_eq!(store.released_partial(40).unwrap(), None);
     }
 }
