@@ -6,97 +6,24 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, Swarm};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, noise, tcp, yamux};
 use protocol::bytes::{Reader, Writer};
 
 use crate::message::Message;
+use crate::transport::FramedCodec;
 
 /// Largest envelope accepted: a message plus the biggest subshare blob (one full polynomial
 /// for each subset a member holds, at most 126 at n = 10).
 pub const MAX_ENVELOPE: usize = 24 * 1024 * 1024;
 pub const PROTOCOL: &str = "/quorate/ceremony/1";
 
-#[derive(Clone, Debug, Default)]
-pub struct EnvelopeCodec;
-
-async fn read_limited<T: futures::AsyncRead + Unpin + Send>(
-    io: &mut T,
-) -> std::io::Result<Vec<u8>> {
-    let mut length = [0u8; 4];
-    io.read_exact(&mut length).await?;
-    let length = u32::from_le_bytes(length) as usize;
-    if length > MAX_ENVELOPE {
-        return Err(std::io::Error::other(format!(
-            "an envelope of {length} bytes exceeds the limit"
-        )));
-    }
-    let mut bytes = vec![0u8; length];
-    io.read_exact(&mut bytes).await?;
-    Ok(bytes)
-}
-
-async fn write_framed<T: futures::AsyncWrite + Unpin + Send>(
-    io: &mut T,
-    bytes: &[u8],
-) -> std::io::Result<()> {
-    io.write_all(&(bytes.len() as u32).to_le_bytes()).await?;
-    io.write_all(bytes).await?;
-    io.close().await
-}
-
-#[async_trait::async_trait]
-impl request_response::Codec for EnvelopeCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
-    where
-        T: futures::AsyncRead + Unpin + Send,
-    {
-        read_limited(io).await
-    }
-
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
-    where
-        T: futures::AsyncRead + Unpin + Send,
-    {
-        read_limited(io).await
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> std::io::Result<()>
-    where
-        T: futures::AsyncWrite + Unpin + Send,
-    {
-        write_framed(io, &req).await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> std::io::Result<()>
-    where
-        T: futures::AsyncWrite + Unpin + Send,
-    {
-        write_framed(io, &res).await
-    }
-}
-
 /// libp2p's behaviours do not implement `Debug`.
 #[allow(missing_debug_implementations)]
 #[derive(NetworkBehaviour)]
 pub struct CeremonyBehaviour {
-    pub exchange: request_response::Behaviour<EnvelopeCodec>,
+    pub exchange: request_response::Behaviour<FramedCodec>,
 }
 
 pub fn build_swarm(
@@ -113,7 +40,7 @@ pub fn build_swarm(
         .map_err(|e| e.to_string())?
         .with_behaviour(|_| CeremonyBehaviour {
             exchange: request_response::Behaviour::with_codec(
-                EnvelopeCodec,
+                FramedCodec { max: MAX_ENVELOPE },
                 [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(request_timeout),
             ),
