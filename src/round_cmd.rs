@@ -187,6 +187,40 @@ pub fn run_node(command: &NodeCommand) -> Result<ExitCode> {
                 clip: config.plan.clip,
             })
         }
+        node::config::SourceConfig::Logistic {
+            data,
+            target,
+            classes,
+            impute_missing,
+            epochs,
+            batch,
+            learning_rate,
+            seed,
+        } => {
+            let impute = if impute_missing {
+                node::data::Impute::Mean
+            } else {
+                node::data::Impute::Refuse
+            };
+            let sgd = node::trainer::SgdConfig {
+                epochs,
+                batch,
+                learning_rate,
+                ..Default::default()
+            };
+            Box::new(
+                node::source::TrainingSource::open(
+                    &data,
+                    &target,
+                    classes,
+                    impute,
+                    sgd,
+                    seed,
+                    config.plan.values as usize,
+                )
+                .map_err(anyhow::Error::msg)?,
+            )
+        }
     };
     let setup = node::daemon::NodeSetup {
         consortium,

@@ -34,6 +34,35 @@ pub enum SourceConfig {
     /// Deterministic pseudo-random updates (benchmarks and tests): uniform in
     /// [-clip/2, clip/2], from `seed`, the member and the round.
     Synthetic { seed: u64, samples: u64 },
+    /// Multinomial logistic regression trained on this institution's CSV file, with seeded
+    /// local SGD; the update is the trained model minus the global one. The plan's `values`
+    /// must be classes x (features + 1).
+    Logistic {
+        data: PathBuf,
+        target: String,
+        classes: usize,
+        /// Fill missing cells with the column mean instead of refusing the file.
+        #[serde(default)]
+        impute_missing: bool,
+        #[serde(default = "default_epochs")]
+        epochs: u32,
+        #[serde(default = "default_batch")]
+        batch: usize,
+        #[serde(default = "default_learning_rate")]
+        learning_rate: f32,
+        #[serde(default)]
+        seed: u64,
+    },
+}
+
+fn default_epochs() -> u32 {
+    1
+}
+fn default_batch() -> usize {
+    16
+}
+fn default_learning_rate() -> f32 {
+    0.1
 }
 
 pub use keyceremony::files::ConfigError;
@@ -55,6 +84,9 @@ impl NodeConfig {
         if let Some(p) = &mut config.passphrase_file {
             *p = base.join(&*p);
         }
+        if let SourceConfig::Logistic { data, .. } = &mut config.source {
+            *data = base.join(&*data);
+        }
         Ok(config)
     }
 }
@@ -67,10 +99,14 @@ mod tests {
     fn the_shipped_example_parses_with_the_coordinators_plan() {
         let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
         let node = NodeConfig::load(&configs.join("node.example.toml")).unwrap();
-        assert!(matches!(
-            node.source,
-            SourceConfig::Synthetic { samples: 100, .. }
-        ));
+        let SourceConfig::Logistic { data, classes, .. } = &node.source else {
+            panic!("the example trains logistic regression");
+        };
+        assert_eq!(*classes, 2);
+        assert!(
+            data.ends_with("data/hospital-a.csv"),
+            "relative to the file"
+        );
         let coordinator: toml::Table =
             std::fs::read_to_string(configs.join("coordinator.example.toml"))
                 .unwrap()

@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod daemon;
+pub mod data;
 pub mod source;
 pub mod state_store;
+pub mod trainer;
 pub mod witness_store;

@@ -39,3 +39,61 @@ impl UpdateSource for SyntheticSource {
         ))
     }
 }
+
+/// Local training with the built-in logistic regression on this institution's own data.
+#[derive(Debug, Clone)]
+pub struct TrainingSource {
+    pub model: crate::trainer::LogisticRegression,
+    /// Standardised with this institution's own statistics.
+    pub data: crate::data::Dataset,
+    pub sgd: crate::trainer::SgdConfig,
+    pub seed: u64,
+}
+
+impl TrainingSource {
+    /// Loads and standardises the data, and checks it against the model's size.
+    pub fn open(
+        path: &std::path::Path,
+        target: &str,
+        classes: usize,
+        impute: crate::data::Impute,
+        sgd: crate::trainer::SgdConfig,
+        seed: u64,
+        values: usize,
+    ) -> Result<Self, String> {
+        let mut data =
+            crate::data::load_csv(path, target, classes, impute).map_err(|e| e.to_string())?;
+        data.standardise();
+        let model = crate::trainer::LogisticRegression {
+            classes,
+            features: data.width(),
+        };
+        if model.parameters() != values {
+            return Err(format!(
+                "{}: {} features and {classes} classes make {} parameters, the plan has {values}",
+                path.display(),
+                data.width(),
+                model.parameters()
+            ));
+        }
+        Ok(Self {
+            model,
+            data,
+            sgd,
+            seed,
+        })
+    }
+}
+
+impl UpdateSource for TrainingSource {
+    fn update(&mut self, round: u64, model: &[f32]) -> Result<(Vec<f32>, u64), String> {
+        let trained = self.model.train(
+            model,
+            &self.data,
+            &self.sgd,
+            self.seed ^ round.rotate_left(32),
+        );
+        let update = trained.iter().zip(model).map(|(t, m)| t - m).collect();
+        Ok((update, self.data.rows() as u64))
+    }
+}
