@@ -35,6 +35,8 @@ struct Harness {
     blobs: Arc<Mutex<HashMap<Digest, Vec<u8>>>>,
     /// Entries member-a asked to append (contributions, releases, incidents).
     appended: Arc<Mutex<Vec<SignedEntry>>>,
+    /// How many of `appended` earlier expectations have looked at.
+    seen: usize,
     handle: Handle,
     node_peer: libp2p_identity::PeerId,
     key: EncryptionKey,
@@ -187,6 +189,34 @@ impl Harness {
         digest
     }
 
+    /// Forged contributions to `round` by `members` (100 samples each), and their honest
+    /// weighted aggregate.
+    fn contributions(
+        &mut self,
+        round: u64,
+        members: std::ops::Range<usize>,
+        seed: u64,
+    ) -> (Vec<(u64, Digest)>, Digest) {
+        let contributions: Vec<(u64, Digest)> = members
+            .map(|m| self.contribution(round, m, seed + m as u64))
+            .collect();
+        let weights = self.plan.weights(&vec![100; contributions.len()]).unwrap();
+        let terms: Vec<(Digest, i64)> = contributions.iter().map(|c| c.1).zip(weights).collect();
+        let aggregate = self.aggregate(&terms);
+        (contributions, aggregate)
+    }
+
+    fn close(&mut self, round: u64, contributions: &[(u64, Digest)], aggregate: Digest) -> u64 {
+        self.coordinator_append(
+            Body::RoundClose {
+                round,
+                contributions: contributions.iter().map(|c| c.0).collect(),
+                aggregate,
+            },
+            Some(aggregate),
+        )
+    }
+
     fn open_round(&mut self, round: u64) -> u64 {
         let plan = self.plan.digest();
         self.coordinator_append(
@@ -215,16 +245,13 @@ impl Harness {
         )
     }
 
-    /// Waits until member-a appended an entry matching `pred`.
-    async fn expect_appended(&self, what: &str, pred: impl Fn(&Body) -> bool) {
+    /// Waits until member-a appended, since the previous expectation, an entry matching
+    /// `pred`.
+    async fn expect_appended(&mut self, what: &str, pred: impl Fn(&Body) -> bool) {
         for _ in 0..300 {
-            if self
-                .appended
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|e| pred(&e.entry.body))
-            {
+            let appended = self.appended.lock().unwrap().clone();
+            if appended[self.seen..].iter().any(|e| pred(&e.entry.body)) {
+                self.seen = appended.len();
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -297,6 +324,7 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
         log_signer,
         blobs: Arc::default(),
         appended: Arc::default(),
+        seen: 0,
         handle,
         node_peer,
         key,
@@ -393,18 +421,8 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
 
     // Round 1: four forged contributions, an honest close.
     h.open_round(1);
-    let c: Vec<(u64, Digest)> = (1..5).map(|m| h.contribution(1, m, m as u64)).collect();
-    let weights = h.plan.weights(&[100; 4]).unwrap();
-    let terms: Vec<(Digest, i64)> = c.iter().map(|x| x.1).zip(weights.clone()).collect();
-    let aggregate = h.aggregate(&terms);
-    let close1 = h.coordinator_append(
-        Body::RoundClose {
-            round: 1,
-            contributions: c.iter().map(|x| x.0).collect(),
-            aggregate,
-        },
-        Some(aggregate),
-    );
+    let (c, aggregate) = h.contributions(1, 1..5, 0);
+    let close1 = h.close(1, &c, aggregate);
     // 1. A single contribution as the target.
     h.request(1, close1, c[0].1, 0);
     publish!();
@@ -423,64 +441,23 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
 
     // Round 2: a close whose aggregate is not the weighted sum of the logged contributions.
     h.open_round(2);
-    let c2: Vec<(u64, Digest)> = (1..5)
-        .map(|m| h.contribution(2, m, 10 + m as u64))
-        .collect();
+    let (c2, _) = h.contributions(2, 1..5, 10);
     let skewed: Vec<(Digest, i64)> = c2.iter().map(|x| x.1).zip([4096, 0, 0, 0]).collect();
     let bogus = h.aggregate(&skewed);
-    let close2 = h.coordinator_append(
-        Body::RoundClose {
-            round: 2,
-            contributions: c2.iter().map(|x| x.0).collect(),
-            aggregate: bogus,
-        },
-        Some(bogus),
-    );
+    let close2 = h.close(2, &c2, bogus);
     h.request(2, close2, bogus, 0);
-    let mismatches_before = h
-        .appended
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| incident(113)(&e.entry.body))
-        .count();
     publish!();
-    let mut refused = false;
-    for _ in 0..300 {
-        let now = h
-            .appended
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| incident(113)(&e.entry.body))
-            .count();
-        if now > mismatches_before {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        refused,
-        "member-a did not refuse an aggregate that is not the logged weighted sum"
-    );
+    h.expect_appended(
+        "a refusal of an aggregate that is not the logged weighted sum (113)",
+        incident(113),
+    )
+    .await;
     sync!();
 
     // Round 3: fewer than k_min contributions.
     h.open_round(3);
-    let c3: Vec<(u64, Digest)> = (1..3)
-        .map(|m| h.contribution(3, m, 20 + m as u64))
-        .collect();
-    let w3 = h.plan.weights(&[100; 2]).unwrap();
-    let agg3 = h.aggregate(&c3.iter().map(|x| x.1).zip(w3).collect::<Vec<_>>());
-    let close3 = h.coordinator_append(
-        Body::RoundClose {
-            round: 3,
-            contributions: c3.iter().map(|x| x.0).collect(),
-            aggregate: agg3,
-        },
-        Some(agg3),
-    );
+    let (c3, agg3) = h.contributions(3, 1..3, 20);
+    let close3 = h.close(3, &c3, agg3);
     h.request(3, close3, agg3, 0);
     publish!();
     h.expect_appended("a refusal below k_min (106)", incident(106))
@@ -489,29 +466,11 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
 
     // Round 4: two closes of one round, asking for the subset's (a difference attack).
     h.open_round(4);
-    let c4: Vec<(u64, Digest)> = (1..5)
-        .map(|m| h.contribution(4, m, 30 + m as u64))
-        .collect();
-    let w4 = h.plan.weights(&[100; 4]).unwrap();
-    let agg4 = h.aggregate(&c4.iter().map(|x| x.1).zip(w4).collect::<Vec<_>>());
-    h.coordinator_append(
-        Body::RoundClose {
-            round: 4,
-            contributions: c4.iter().map(|x| x.0).collect(),
-            aggregate: agg4,
-        },
-        Some(agg4),
-    );
+    let (c4, agg4) = h.contributions(4, 1..5, 30);
+    h.close(4, &c4, agg4);
     let w4b = h.plan.weights(&[100; 3]).unwrap();
     let agg4b = h.aggregate(&c4[..3].iter().map(|x| x.1).zip(w4b).collect::<Vec<_>>());
-    let close4b = h.coordinator_append(
-        Body::RoundClose {
-            round: 4,
-            contributions: c4[..3].iter().map(|x| x.0).collect(),
-            aggregate: agg4b,
-        },
-        Some(agg4b),
-    );
+    let close4b = h.close(4, &c4[..3], agg4b);
     h.request(4, close4b, agg4b, 0);
     publish!();
     h.expect_appended("a refusal of a second close (104)", incident(104))
@@ -563,19 +522,8 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
 
     // Round 5, honest: member-a releases, so the refusals above were the policy's doing.
     h.open_round(5);
-    let c5: Vec<(u64, Digest)> = (1..5)
-        .map(|m| h.contribution(5, m, 40 + m as u64))
-        .collect();
-    let w5 = h.plan.weights(&[100; 4]).unwrap();
-    let agg5 = h.aggregate(&c5.iter().map(|x| x.1).zip(w5).collect::<Vec<_>>());
-    let close5 = h.coordinator_append(
-        Body::RoundClose {
-            round: 5,
-            contributions: c5.iter().map(|x| x.0).collect(),
-            aggregate: agg5,
-        },
-        Some(agg5),
-    );
+    let (c5, agg5) = h.contributions(5, 1..5, 40);
+    let close5 = h.close(5, &c5, agg5);
     h.request(5, close5, agg5, 0);
     publish!();
     h.expect_appended(

@@ -162,6 +162,30 @@ impl Deployment {
         }
     }
 
+    /// Runs the coordinator and every node until `rounds` rounds are done. A member with a
+    /// fault injected is expected to crash; everyone else must exit successfully.
+    fn run(&self, rounds: u64, faulty: Option<(&str, &str)>) {
+        let mut coordinator = self.coordinator();
+        let mut nodes: Vec<Child> = self
+            .members
+            .iter()
+            .map(|m| match faulty {
+                Some((name, fault)) if name == m => self.node(m, rounds, &["--fault", fault]),
+                _ => self.node(m, rounds, &[]),
+            })
+            .collect();
+        assert!(
+            self.wait(&mut coordinator, "the coordinator", 300),
+            "{}",
+            self.logs()
+        );
+        for (name, node) in self.members.iter().zip(&mut nodes) {
+            let crashes = faulty.is_some_and(|(f, _)| f == name);
+            let ok = self.wait(node, name, 120);
+            assert_eq!(ok, !crashes, "{name}\n{}", self.logs());
+        }
+    }
+
     fn summary(&self, name: &str) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(self.dir.join(name).join("summary.json")).unwrap())
             .unwrap()
@@ -169,28 +193,17 @@ impl Deployment {
 
     /// The model after rounds whose contributors are listed, by member index.
     fn expected_digest(&self, rounds: &[&[u8]]) -> String {
-        let codec = self.plan.codec().unwrap();
-        let mut model = vec![0i64; self.plan.values as usize];
-        for (r, contributors) in rounds.iter().enumerate() {
-            // Rehearsal nodes declare 100 + 10 i samples.
-            let samples: Vec<u64> = contributors
-                .iter()
-                .map(|&i| 100 + 10 * u64::from(i))
-                .collect();
-            let weights = self.plan.weights(&samples).unwrap();
-            for (&member, weight) in contributors.iter().zip(weights) {
-                let update = node::source::synthetic_update(
-                    SYNTHETIC_SEED,
-                    member,
-                    r as u64 + 1,
-                    self.plan.values as usize,
-                    self.plan.clip,
-                );
-                for (m, u) in model.iter_mut().zip(codec.encode(&update).unwrap()) {
-                    *m += weight * u;
-                }
-            }
-        }
+        // Rehearsal nodes declare 100 + 10 i samples.
+        let rounds: Vec<Vec<(u8, u64)>> = rounds
+            .iter()
+            .map(|members| {
+                members
+                    .iter()
+                    .map(|&i| (i, 100 + 10 * u64::from(i)))
+                    .collect()
+            })
+            .collect();
+        let model = node::source::synthetic_fedavg(&self.plan, SYNTHETIC_SEED, &rounds).unwrap();
         hex::encode(model_digest(&model))
     }
 
@@ -280,16 +293,7 @@ impl Deployment {
 #[test]
 fn three_rounds_of_five_members_decrypt_exactly_and_the_log_verifies() {
     let d = deploy(5, 3, 10_000, 3, 120);
-    let mut coordinator = d.coordinator();
-    let mut nodes: Vec<Child> = d.members.iter().map(|m| d.node(m, 3, &[])).collect();
-    assert!(
-        d.wait(&mut coordinator, "the coordinator", 300),
-        "{}",
-        d.logs()
-    );
-    for (name, node) in d.members.iter().zip(&mut nodes) {
-        assert!(d.wait(node, name, 120), "{name} failed\n{}", d.logs());
-    }
+    d.run(3, None);
     let everyone: &[u8] = &[0, 1, 2, 3, 4];
     let expected = d.expected_digest(&[everyone, everyone, everyone]);
     for name in &d.members {
@@ -313,27 +317,8 @@ fn three_rounds_of_five_members_decrypt_exactly_and_the_log_verifies() {
 #[test]
 fn a_member_that_drops_out_mid_round_is_not_waited_for() {
     let d = deploy(5, 3, 3_000, 2, 120);
-    let mut coordinator = d.coordinator();
-    let mut nodes: Vec<Child> = d
-        .members
-        .iter()
-        .map(|m| {
-            if m == "member-e" {
-                d.node(m, 2, &["--fault", "contribute:2"])
-            } else {
-                d.node(m, 2, &[])
-            }
-        })
-        .collect();
-    assert!(
-        d.wait(&mut coordinator, "the coordinator", 200),
-        "{}",
-        d.logs()
-    );
-    for (name, node) in d.members.iter().zip(&mut nodes) {
-        let ok = d.wait(node, name, 120);
-        assert_eq!(ok, name != "member-e", "{name}\n{}", d.logs());
-    }
+    // member-e crashes when round 2 opens, before it contributes.
+    d.run(2, Some(("member-e", "contribute:2")));
     let rounds = d.summary("coordinator")["rounds"].clone();
     assert_eq!(rounds[1]["contributors"], 4);
     // The round closed once the others had contributed, not at the two-minute deadline.
@@ -464,16 +449,7 @@ fn training_on_real_data_matches_plaintext_fixed_point_fedavg_exactly() {
             t.insert("source".into(), toml::Value::Table(source));
         });
     }
-    let mut coordinator = d.coordinator();
-    let mut nodes: Vec<Child> = d.members.iter().map(|m| d.node(m, 3, &[])).collect();
-    assert!(
-        d.wait(&mut coordinator, "the coordinator", 300),
-        "{}",
-        d.logs()
-    );
-    for (name, node) in d.members.iter().zip(&mut nodes) {
-        assert!(d.wait(node, name, 120), "{name}\n{}", d.logs());
-    }
+    d.run(3, None);
 
     // Plaintext fixed-point FedAvg over the same local training.
     let mut sources: Vec<node::source::TrainingSource> = d
@@ -493,22 +469,14 @@ fn training_on_real_data_matches_plaintext_fixed_point_fedavg_exactly() {
             .unwrap()
         })
         .collect();
-    let codec = d.plan.codec().unwrap();
-    let scale = f64::from(d.plan.model_scale_bits()).exp2();
     let mut model = vec![0i64; values as usize];
     for round in 1..=3u64 {
-        let floats: Vec<f32> = model.iter().map(|&v| (v as f64 / scale) as f32).collect();
+        let floats = d.plan.decode_model(&model);
         let updates: Vec<(Vec<f32>, u64)> = sources
             .iter_mut()
             .map(|s| node::source::UpdateSource::update(s, round, &floats).unwrap())
             .collect();
-        let samples: Vec<u64> = updates.iter().map(|u| u.1).collect();
-        let weights = d.plan.weights(&samples).unwrap();
-        for ((update, _), weight) in updates.iter().zip(weights) {
-            for (m, u) in model.iter_mut().zip(codec.encode(update).unwrap()) {
-                *m += weight * u;
-            }
-        }
+        d.plan.fedavg_step(&mut model, &updates).unwrap();
     }
     let expected = hex::encode(model_digest(&model));
     for name in &d.members {
@@ -520,7 +488,7 @@ fn training_on_real_data_matches_plaintext_fixed_point_fedavg_exactly() {
     }
     // And the model is useful: evaluated on the whole data set, standardised by the first
     // institution's own statistics (as that institution would).
-    let floats: Vec<f32> = model.iter().map(|&v| (v as f64 / scale) as f32).collect();
+    let floats = d.plan.decode_model(&model);
     let mut all = node::data::load_csv(&source, "benign", 2, node::data::Impute::Refuse).unwrap();
     let mut first = node::data::load_csv(
         &d.dir.join("member-a/data.csv"),

@@ -76,6 +76,15 @@ struct Incoming {
 }
 
 impl Incoming {
+    /// This member's own partial decryption, complete as it is.
+    fn whole(bytes: Vec<u8>) -> Self {
+        Self {
+            received: 1,
+            count: 1,
+            bytes,
+        }
+    }
+
     fn complete(&self) -> bool {
         self.received == self.count
     }
@@ -660,14 +669,9 @@ fn on_entry(ctx: &Arc<Context>, index: u64, entry: &SignedEntry) {
                     // release), in case they never reached the other members.
                     match ctx.store.released_partial(*request) {
                         Ok(Some(partial)) if Sha256::digest(&partial).as_slice() == share => {
-                            ctx.lock().partials.insert(
-                                (*request, ctx.me),
-                                Incoming {
-                                    received: 1,
-                                    count: 1,
-                                    bytes: partial.clone(),
-                                },
-                            );
+                            ctx.lock()
+                                .partials
+                                .insert((*request, ctx.me), Incoming::whole(partial.clone()));
                             let ctx = ctx.clone();
                             let request = *request;
                             tokio::spawn(async move { send_partial(&ctx, request, partial).await });
@@ -796,14 +800,8 @@ fn incident(ctx: &Arc<Context>, code: u16, evidence: Digest, description: String
     });
 }
 
-/// The model as floats, for the update source.
-fn model_floats(plan: &RoundPlan, model: &[i64]) -> Vec<f32> {
-    let scale = f64::from(plan.model_scale_bits()).exp2();
-    model.iter().map(|&v| (v as f64 / scale) as f32).collect()
-}
-
 async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), String> {
-    let model = model_floats(&ctx.plan, &ctx.lock().model);
+    let model = ctx.plan.decode_model(&ctx.lock().model);
     let worker = ctx.clone();
     let (bytes, samples) =
         tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, u64), String> {
@@ -1096,14 +1094,9 @@ async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), String> {
     {
         let mut state = ctx.lock();
         state.targets.insert(request, bound);
-        state.partials.insert(
-            (request, ctx.me),
-            Incoming {
-                received: 1,
-                count: 1,
-                bytes: partial.clone(),
-            },
-        );
+        state
+            .partials
+            .insert((request, ctx.me), Incoming::whole(partial.clone()));
     }
     // Kept durably before the release is logged, so that a crash after logging cannot lose
     // a share the log says went out: after a restart the same bytes are sent again.

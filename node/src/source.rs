@@ -31,6 +31,28 @@ pub fn synthetic_update(seed: u64, member: u8, round: u64, values: usize, clip: 
     (0..values).map(|_| rng.gen_range(-half..=half)).collect()
 }
 
+/// The model plaintext fixed-point FedAvg reaches from zero when, in each round, the listed
+/// members contribute their synthetic updates with the given sample counts.
+pub fn synthetic_fedavg(
+    plan: &protocol::round::RoundPlan,
+    seed: u64,
+    rounds: &[Vec<(u8, u64)>],
+) -> Result<Vec<i64>, protocol::round::RoundError> {
+    let mut model = vec![0i64; plan.values as usize];
+    for (r, contributors) in rounds.iter().enumerate() {
+        let updates: Vec<(Vec<f32>, u64)> = contributors
+            .iter()
+            .map(|&(member, samples)| {
+                let update =
+                    synthetic_update(seed, member, r as u64 + 1, plan.values as usize, plan.clip);
+                (update, samples)
+            })
+            .collect();
+        plan.fedavg_step(&mut model, &updates)?;
+    }
+    Ok(model)
+}
+
 impl UpdateSource for SyntheticSource {
     fn update(&mut self, round: u64, _model: &[f32]) -> Result<(Vec<f32>, u64), String> {
         Ok((

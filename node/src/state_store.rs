@@ -138,12 +138,12 @@ impl StateStore {
                 .get(REVEALED)?
                 .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
                 .unwrap_or(0);
-            let after = revealed.saturating_add(values);
-            if after > limit {
+            let mut lifetime = protocol::he::LifetimeLedger { revealed, limit };
+            if lifetime.record(values).is_err() {
                 return Ok(Recorded::LifetimeSpent { revealed, limit });
             }
             tx.insert(&ciphertext[..], &request.to_be_bytes()[..])?;
-            tx.insert(REVEALED, &after.to_be_bytes()[..])?;
+            tx.insert(REVEALED, &lifetime.revealed.to_be_bytes()[..])?;
             Ok::<_, ConflictableTransactionError<()>>(Recorded::Fresh)
         });
         let outcome = match outcome {

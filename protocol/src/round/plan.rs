@@ -202,6 +202,34 @@ impl RoundPlan {
         Ok(weights)
     }
 
+    /// The global model as floats: its integers divided by the model's scale.
+    pub fn decode_model(&self, model: &[i64]) -> Vec<f32> {
+        let scale = f64::from(self.model_scale_bits()).exp2();
+        model.iter().map(|&v| (v as f64 / scale) as f32).collect()
+    }
+
+    /// One round of plaintext fixed-point FedAvg: `model += sum of weight_i * encode(update_i)`
+    /// with this plan's codec and weights. This is the reference the encrypted rounds must
+    /// match bit for bit.
+    pub fn fedavg_step(
+        &self,
+        model: &mut [i64],
+        updates: &[(Vec<f32>, u64)],
+    ) -> Result<(), RoundError> {
+        let codec = self.codec()?;
+        let samples: Vec<u64> = updates.iter().map(|(_, n)| *n).collect();
+        let weights = self.weights(&samples)?;
+        for ((update, _), weight) in updates.iter().zip(weights) {
+            let encoded = codec
+                .encode(update)
+                .map_err(|e| RoundError::Plan(e.to_string()))?;
+            for (m, u) in model.iter_mut().zip(encoded) {
+                *m += weight * u;
+            }
+        }
+        Ok(())
+    }
+
     fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.bytes(b"quorate/round-plan/v1\0")

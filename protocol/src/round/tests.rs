@@ -659,3 +659,22 @@ fn messages_round_trip_with_their_id_and_refuse_oversize() {
     version[4] = 2;
     assert_eq!(Request::decode(&version), Err(MessageError::Version(2)));
 }
+
+#[test]
+fn plaintext_fedavg_adds_weighted_encoded_updates_and_decodes_at_the_model_scale() {
+    let plan = plan();
+    let mut model = vec![5i64, -5];
+    // Equal samples: weights 2048 each at 2^12; updates encoded at 2^16.
+    plan.fedavg_step(&mut model, &[(vec![1.0, 0.5], 10), (vec![-0.25, 0.0], 10)])
+        .unwrap();
+    assert_eq!(
+        model,
+        vec![5 + 2048 * 65536 - 2048 * 16384, -5 + 2048 * 32768]
+    );
+    let floats = plan.decode_model(&[1 << 28, -(1 << 27)]);
+    assert_eq!(floats, vec![1.0, -0.5]);
+    assert!(
+        plan.fedavg_step(&mut model, &[(vec![1.0, 1.0], 0)])
+            .is_err()
+    );
+}
