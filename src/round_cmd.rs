@@ -45,6 +45,10 @@ pub enum NodeCommand {
         /// Write a JSON summary (rounds, model digest, bytes sent) here on exit.
         #[arg(long)]
         summary: Option<PathBuf>,
+        /// Append one JSON line per decrypted round here: model digest, the model's accuracy
+        /// and loss on the held-out rows (if configured), bytes sent.
+        #[arg(long)]
+        round_report: Option<PathBuf>,
         /// Resilience testing: abort (as under kill -9) at STEP:ROUND, where STEP is
         /// `contribute` (when the round opens) or `release` (after the ledger records a
         /// release, before the share leaves).
@@ -53,6 +57,117 @@ pub enum NodeCommand {
         #[command(flatten)]
         passphrase: PassphraseArgs,
     },
+    /// Train once with the built-in trainer, speaking the external trainer's protocol: read
+    /// the global model from QUORATE_MODEL, write the update to QUORATE_UPDATE. A reference
+    /// for writing your own trainer (see configs/trainers/), and a way to run the built-in
+    /// trainer as an external command.
+    Train {
+        /// The global model (safetensors).
+        #[arg(long, env = "QUORATE_MODEL")]
+        model_in: PathBuf,
+        /// Where to write the update (safetensors, with `samples` in the metadata).
+        #[arg(long, env = "QUORATE_UPDATE")]
+        update_out: PathBuf,
+        /// The round, which seeds the shuffling with --seed.
+        #[arg(long, env = "QUORATE_ROUND")]
+        round: u64,
+        /// The training rows (CSV with a header).
+        #[arg(long)]
+        data: PathBuf,
+        /// The column holding the class index.
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        classes: usize,
+        #[arg(long, value_enum, default_value_t = ModelArg::Logistic)]
+        model: ModelArg,
+        /// Hidden units of the MLP.
+        #[arg(long, default_value_t = 16)]
+        hidden: usize,
+        #[arg(long, default_value_t = 1)]
+        epochs: u32,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, default_value_t = 0.1)]
+        learning_rate: f32,
+        /// Seeds the shuffling.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Fill missing cells with the column mean instead of refusing the file.
+        #[arg(long)]
+        impute_missing: bool,
+    },
+}
+
+/// The built-in trainer's networks, on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelArg {
+    Logistic,
+    Mlp,
+}
+
+impl From<ModelArg> for node::config::ModelKind {
+    fn from(model: ModelArg) -> Self {
+        match model {
+            ModelArg::Logistic => Self::Logistic,
+            ModelArg::Mlp => Self::Mlp,
+        }
+    }
+}
+
+/// `quorate node train`: one round of the external trainer's protocol, with the built-in
+/// trainer.
+fn train_once(command: &NodeCommand) -> Result<ExitCode> {
+    let NodeCommand::Train {
+        model_in,
+        update_out,
+        round,
+        data,
+        target,
+        classes,
+        model,
+        hidden,
+        epochs,
+        batch,
+        learning_rate,
+        seed,
+        impute_missing,
+    } = command
+    else {
+        unreachable!("only called for train");
+    };
+    let trainer = node::config::TrainerConfig {
+        model: (*model).into(),
+        hidden: *hidden,
+        data: data.clone(),
+        test_data: None,
+        target: target.clone(),
+        classes: *classes,
+        impute_missing: *impute_missing,
+        epochs: *epochs,
+        batch: *batch,
+        learning_rate: *learning_rate,
+        seed: *seed,
+        initial_seed: 0,
+    };
+    // The incoming file holds the full parameters: no initial model is added here.
+    let mut source = node::source::TrainingSource::load(&trainer).map_err(anyhow::Error::msg)?;
+    source.initial = vec![0.0; source.model.parameters()];
+    let network = source.model;
+    let layout = network.layout();
+    let bytes = std::fs::read(model_in)
+        .with_context(|| format!("reading the global model {}", model_in.display()))?;
+    let (parameters, _) = node::tensors::decode(&bytes, &layout, &model_in.display().to_string())?;
+    let (update, samples) = node::source::UpdateSource::update(&mut source, *round, &parameters)
+        .map_err(anyhow::Error::msg)?;
+    let metadata = std::collections::HashMap::from([
+        ("samples".to_string(), samples.to_string()),
+        ("round".to_string(), round.to_string()),
+    ]);
+    let bytes = node::tensors::encode(&layout, &update, metadata)?;
+    keyceremony::files::write_atomically(update_out, &bytes, 0o600)
+        .with_context(|| format!("writing {}", update_out.display()))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read_consortium(path: &Path) -> Result<Consortium> {
@@ -159,9 +274,13 @@ pub fn run_node(command: &NodeCommand) -> Result<ExitCode> {
         config: config_path,
         until_round,
         summary,
+        round_report,
         fault,
         passphrase: args,
-    } = command;
+    } = command
+    else {
+        return train_once(command);
+    };
     let config = node::config::NodeConfig::load(config_path)?;
     let consortium = read_consortium(&config.consortium)?;
     let transcript = read_transcript(&config.transcript)?;
@@ -177,51 +296,14 @@ pub fn run_node(command: &NodeCommand) -> Result<ExitCode> {
     let member = consortium
         .member_index(&identity.name)
         .with_context(|| format!("{} is not a member of the consortium", identity.name))?;
-    let source: Box<dyn node::source::UpdateSource> = match config.source {
-        node::config::SourceConfig::Synthetic { seed, samples } => {
-            Box::new(node::source::SyntheticSource {
-                seed,
-                member,
-                samples,
-                values: config.plan.values as usize,
-                clip: config.plan.clip,
-            })
-        }
-        node::config::SourceConfig::Logistic {
-            data,
-            target,
-            classes,
-            impute_missing,
-            epochs,
-            batch,
-            learning_rate,
-            seed,
-        } => {
-            let impute = if impute_missing {
-                node::data::Impute::Mean
-            } else {
-                node::data::Impute::Refuse
-            };
-            let sgd = node::trainer::SgdConfig {
-                epochs,
-                batch,
-                learning_rate,
-                ..Default::default()
-            };
-            Box::new(
-                node::source::TrainingSource::open(
-                    &data,
-                    &target,
-                    classes,
-                    impute,
-                    sgd,
-                    seed,
-                    config.plan.values as usize,
-                )
-                .map_err(anyhow::Error::msg)?,
-            )
-        }
-    };
+    let source = node::source::open_source(
+        &config.source,
+        member,
+        &config.plan,
+        config.store.join("trainer"),
+    )
+    .map_err(anyhow::Error::msg)
+    .with_context(|| format!("{}: [source]", config_path.display()))?;
     let setup = node::daemon::NodeSetup {
         consortium,
         identity,
@@ -233,6 +315,8 @@ pub fn run_node(command: &NodeCommand) -> Result<ExitCode> {
         source,
         stop_after: *until_round,
         fault: *fault,
+        export_model: config.export_model.clone(),
+        round_report: round_report.clone(),
     };
     let result = runtime()?.block_on(node::daemon::run(setup))?;
     println!(
@@ -284,6 +368,7 @@ pub fn write_deployment_configs(
             store: "node-store".into(),
             witness_store: "witness-store".into(),
             passphrase_file: passphrase_file.clone(),
+            export_model: None,
             source: node::config::SourceConfig::Synthetic {
                 seed: SYNTHETIC_SEED,
                 samples: 100 + 10 * i as u64,

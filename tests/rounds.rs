@@ -118,6 +118,7 @@ impl Deployment {
     fn node(&self, name: &str, until: u64, extra: &[&str]) -> Child {
         let config = format!("{name}/node.toml");
         let summary = format!("{name}/summary.json");
+        let report = format!("{name}/rounds.jsonl");
         let until = until.to_string();
         let mut args = vec![
             "node",
@@ -128,6 +129,8 @@ impl Deployment {
             &until,
             "--summary",
             &summary,
+            "--round-report",
+            &report,
         ];
         args.extend_from_slice(extra);
         self.spawn(&args, &format!("{name}/log"))
@@ -418,17 +421,18 @@ fn a_quorum_member_killed_during_release_is_replaced_and_never_releases_twice() 
 }
 
 /// Real local training: three institutions each hold a third of the breast-cancer data and
-/// train logistic regression on it. Every member's decrypted model equals, bit for bit, the
-/// model plaintext fixed-point FedAvg computes from the same local training, and it classifies
-/// the data well.
+/// train logistic regression on it, one with the built-in trainer and two through the external
+/// trainer protocol (a subprocess exchanging safetensors files each round). Every member's
+/// decrypted model equals, bit for bit, the model plaintext fixed-point FedAvg computes from
+/// the built-in trainer's updates, so the external path trains the same model; the exported
+/// files hold it, and it classifies the data well.
 #[test]
 fn training_on_real_data_matches_plaintext_fixed_point_fedavg_exactly() {
     const FEATURES: usize = 30;
     let values = (2 * (FEATURES + 1)) as u32;
     let d = deploy(3, 2, values, 3, 120);
     // An IID split: row i goes to institution i mod 3.
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/data/wdbc.csv");
-    let text = std::fs::read_to_string(&source).unwrap();
+    let text = std::fs::read_to_string(source_csv()).unwrap();
     let mut lines = text.lines();
     let header = lines.next().unwrap();
     let mut parts = vec![format!("{header}\n"); 3];
@@ -436,38 +440,80 @@ fn training_on_real_data_matches_plaintext_fixed_point_fedavg_exactly() {
         parts[i % 3].push_str(line);
         parts[i % 3].push('\n');
     }
+    let trainer = |i: usize| node::config::TrainerConfig {
+        model: node::config::ModelKind::Logistic,
+        hidden: 16,
+        data: d.dir.join(&d.members[i]).join("data.csv"),
+        test_data: None,
+        target: "benign".into(),
+        classes: 2,
+        impute_missing: false,
+        epochs: 1,
+        batch: 16,
+        learning_rate: 0.1,
+        seed: 11 + i as u64,
+        initial_seed: 0,
+    };
     for (i, name) in d.members.iter().enumerate() {
-        let file = d.dir.join(name).join("data.csv");
-        std::fs::write(&file, &parts[i]).unwrap();
+        std::fs::write(d.dir.join(name).join("data.csv"), &parts[i]).unwrap();
         edit_toml(&d.dir.join(name).join("node.toml"), |t| {
             let mut source = toml::Table::new();
-            source.insert("kind".into(), "logistic".into());
-            source.insert("data".into(), "data.csv".into());
-            source.insert("target".into(), "benign".into());
-            source.insert("classes".into(), toml::Value::Integer(2));
-            source.insert("seed".into(), toml::Value::Integer(11 + i as i64));
+            if i == 0 {
+                source.insert("kind".into(), "built-in".into());
+                source.insert("data".into(), "data.csv".into());
+                // The whole set as held-out rows: the round report measures the model on it.
+                source.insert(
+                    "test_data".into(),
+                    source_csv().to_string_lossy().into_owned().into(),
+                );
+                source.insert("target".into(), "benign".into());
+                source.insert("classes".into(), toml::Value::Integer(2));
+                source.insert("seed".into(), toml::Value::Integer(11));
+            } else {
+                source.insert("kind".into(), "external".into());
+                let command: Vec<toml::Value> = [
+                    env!("CARGO_BIN_EXE_quorate"),
+                    "node",
+                    "train",
+                    "--data",
+                    "data.csv",
+                    "--target",
+                    "benign",
+                    "--classes",
+                    "2",
+                    "--seed",
+                    &(11 + i).to_string(),
+                ]
+                .iter()
+                .map(|a| toml::Value::String(a.to_string()))
+                .collect();
+                source.insert("command".into(), toml::Value::Array(command));
+                let tensor = |name: &str, shape: &[i64]| {
+                    let mut t = toml::Table::new();
+                    t.insert("name".into(), name.into());
+                    t.insert(
+                        "shape".into(),
+                        toml::Value::Array(shape.iter().map(|&n| n.into()).collect()),
+                    );
+                    toml::Value::Table(t)
+                };
+                source.insert(
+                    "tensors".into(),
+                    toml::Value::Array(vec![
+                        tensor("weight", &[2, FEATURES as i64]),
+                        tensor("bias", &[2]),
+                    ]),
+                );
+            }
             t.insert("source".into(), toml::Value::Table(source));
+            t.insert("export_model".into(), "model.safetensors".into());
         });
     }
     d.run(3, None);
 
-    // Plaintext fixed-point FedAvg over the same local training.
-    let mut sources: Vec<node::source::TrainingSource> = d
-        .members
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            node::source::TrainingSource::open(
-                &d.dir.join(name).join("data.csv"),
-                "benign",
-                2,
-                node::data::Impute::Refuse,
-                node::trainer::SgdConfig::default(),
-                11 + i as u64,
-                values as usize,
-            )
-            .unwrap()
-        })
+    // Plaintext fixed-point FedAvg over the built-in trainer's updates.
+    let mut sources: Vec<node::source::TrainingSource> = (0..3)
+        .map(|i| node::source::TrainingSource::open(&trainer(i), values as usize).unwrap())
         .collect();
     let mut model = vec![0i64; values as usize];
     for round in 1..=3u64 {
@@ -479,30 +525,52 @@ fn training_on_real_data_matches_plaintext_fixed_point_fedavg_exactly() {
         d.plan.fedavg_step(&mut model, &updates).unwrap();
     }
     let expected = hex::encode(model_digest(&model));
+    let floats = d.plan.decode_model(&model);
+    let layout = node::trainer::Model::Logistic {
+        features: FEATURES,
+        classes: 2,
+    }
+    .layout();
     for name in &d.members {
         assert_eq!(
             d.summary(name)["model_digest"].as_str(),
             Some(expected.as_str()),
             "{name}: not bit-identical to plaintext fixed-point FedAvg"
         );
+        // The exported model is that model; the built-in trainer's carries the institution's
+        // feature scaling beside it (an external trainer keeps its own).
+        let bytes = std::fs::read(d.dir.join(name).join("model.safetensors")).unwrap();
+        let mut full = layout.clone();
+        if name == "member-a" {
+            full.push(("scaling.mean".into(), vec![FEATURES]));
+            full.push(("scaling.std".into(), vec![FEATURES]));
+        }
+        let (exported, metadata) = node::tensors::decode(&bytes, &full, name).unwrap();
+        assert_eq!(&exported[..values as usize], floats.as_slice(), "{name}");
+        assert_eq!(metadata["model_digest"], expected);
+        assert_eq!(metadata["round"], "3");
     }
-    // And the model is useful: evaluated on the whole data set, standardised by the first
-    // institution's own statistics (as that institution would).
-    let floats = d.plan.decode_model(&model);
-    let mut all = node::data::load_csv(&source, "benign", 2, node::data::Impute::Refuse).unwrap();
-    let mut first = node::data::load_csv(
-        &d.dir.join("member-a/data.csv"),
-        "benign",
-        2,
-        node::data::Impute::Refuse,
-    )
-    .unwrap();
-    all.apply(&first.standardise());
-    let (accuracy, _) = node::trainer::LogisticRegression {
-        classes: 2,
-        features: FEATURES,
-    }
-    .evaluate(&floats, &all);
-    assert!(accuracy > 0.93, "accuracy {accuracy}");
+    // And the model is useful: the round report of the institution with held-out rows.
+    let report = std::fs::read_to_string(d.dir.join("member-a/rounds.jsonl")).unwrap();
+    let rounds: Vec<node::daemon::RoundReport> = report
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        rounds.iter().map(|r| r.round).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(rounds[2].model_digest, expected);
+    let evaluation = rounds[2].evaluation.expect("member-a has held-out rows");
+    assert_eq!(evaluation.rows, 569);
+    assert!(
+        evaluation.accuracy() > 0.93,
+        "accuracy {}",
+        evaluation.accuracy()
+    );
     d.audit_verifies();
+}
+
+fn source_csv() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/data/wdbc.csv")
 }

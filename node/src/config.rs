@@ -22,6 +22,9 @@ pub struct NodeConfig {
     /// A file holding the passphrase (else QUORATE_PASSPHRASE or a prompt).
     #[serde(default)]
     pub passphrase_file: Option<PathBuf>,
+    /// Where to keep the latest decrypted model as safetensors, rewritten after every round.
+    #[serde(default)]
+    pub export_model: Option<PathBuf>,
     /// Where each round's update comes from.
     pub source: SourceConfig,
     pub plan: RoundPlan,
@@ -34,27 +37,91 @@ pub enum SourceConfig {
     /// Deterministic pseudo-random updates (benchmarks and tests): uniform in
     /// [-clip/2, clip/2], from `seed`, the member and the round.
     Synthetic { seed: u64, samples: u64 },
-    /// Multinomial logistic regression trained on this institution's CSV file, with seeded
-    /// local SGD; the update is the trained model minus the global one. The plan's `values`
-    /// must be classes x (features + 1).
-    Logistic {
-        data: PathBuf,
-        target: String,
-        classes: usize,
-        /// Fill missing cells with the column mean instead of refusing the file.
-        #[serde(default)]
-        impute_missing: bool,
-        #[serde(default = "default_epochs")]
-        epochs: u32,
-        #[serde(default = "default_batch")]
-        batch: usize,
-        #[serde(default = "default_learning_rate")]
-        learning_rate: f32,
-        #[serde(default)]
-        seed: u64,
-    },
+    /// The built-in trainer on this institution's CSV file.
+    BuiltIn(TrainerConfig),
+    /// The institution's own training command, exchanging safetensors files.
+    External(ExternalConfig),
 }
 
+/// Which network the built-in trainer fits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// Multinomial logistic regression: `values` = classes x (features + 1).
+    #[default]
+    Logistic,
+    /// One hidden ReLU layer of `hidden` units:
+    /// `values` = hidden x (features + 1) + classes x (hidden + 1).
+    Mlp,
+}
+
+/// Local training with seeded SGD; the update is the trained model minus the global one.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerConfig {
+    #[serde(default)]
+    pub model: ModelKind,
+    /// Hidden units of the MLP.
+    #[serde(default = "default_hidden")]
+    pub hidden: usize,
+    /// The institution's training rows (CSV with a header).
+    pub data: PathBuf,
+    /// Held-out rows: after every round the node measures the global model on them.
+    #[serde(default)]
+    pub test_data: Option<PathBuf>,
+    /// The column holding the class index 0..classes.
+    pub target: String,
+    pub classes: usize,
+    /// Fill missing cells with the column mean instead of refusing the file.
+    #[serde(default)]
+    pub impute_missing: bool,
+    #[serde(default = "default_epochs")]
+    pub epochs: u32,
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f32,
+    /// Seeds this institution's shuffling.
+    #[serde(default)]
+    pub seed: u64,
+    /// Seeds the shared initial model (the MLP's random weights); every member must use the
+    /// same value.
+    #[serde(default)]
+    pub initial_seed: u64,
+}
+
+/// A training command run once per round. It finds the global model in the safetensors file
+/// named by `QUORATE_MODEL`, and writes its update (trained minus global, same tensors) to
+/// `QUORATE_UPDATE` with the number of training rows in the metadata key `samples`.
+/// `QUORATE_ROUND` holds the round. It runs in the configuration file's directory.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalConfig {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// The model's tensors, in the order of the flat parameter vector.
+    pub tensors: Vec<TensorSpec>,
+    /// The consortium's agreed starting model (safetensors, same tensors); zeros if absent.
+    #[serde(default)]
+    pub initial_model: Option<PathBuf>,
+    /// The command is killed, and the node sits the round out, after this long.
+    #[serde(default = "default_trainer_timeout")]
+    pub timeout_secs: u64,
+    /// Where the command runs: the configuration file's directory.
+    #[serde(skip)]
+    pub working_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+fn default_hidden() -> usize {
+    16
+}
 fn default_epochs() -> u32 {
     1
 }
@@ -63,6 +130,9 @@ fn default_batch() -> usize {
 }
 fn default_learning_rate() -> f32 {
     0.1
+}
+fn default_trainer_timeout() -> u64 {
+    3600
 }
 
 pub use keyceremony::files::ConfigError;
@@ -81,11 +151,26 @@ impl NodeConfig {
         ] {
             *p = base.join(&*p);
         }
-        if let Some(p) = &mut config.passphrase_file {
+        for p in [&mut config.passphrase_file, &mut config.export_model]
+            .into_iter()
+            .flatten()
+        {
             *p = base.join(&*p);
         }
-        if let SourceConfig::Logistic { data, .. } = &mut config.source {
-            *data = base.join(&*data);
+        match &mut config.source {
+            SourceConfig::Synthetic { .. } => {}
+            SourceConfig::BuiltIn(trainer) => {
+                trainer.data = base.join(&trainer.data);
+                if let Some(p) = &mut trainer.test_data {
+                    *p = base.join(&*p);
+                }
+            }
+            SourceConfig::External(external) => {
+                if let Some(p) = &mut external.initial_model {
+                    *p = base.join(&*p);
+                }
+                external.working_dir = base.to_owned();
+            }
         }
         Ok(config)
     }
@@ -99,12 +184,13 @@ mod tests {
     fn the_shipped_example_parses_with_the_coordinators_plan() {
         let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
         let node = NodeConfig::load(&configs.join("node.example.toml")).unwrap();
-        let SourceConfig::Logistic { data, classes, .. } = &node.source else {
-            panic!("the example trains logistic regression");
+        let SourceConfig::BuiltIn(trainer) = &node.source else {
+            panic!("the example trains with the built-in trainer");
         };
-        assert_eq!(*classes, 2);
+        assert_eq!(trainer.classes, 2);
+        assert_eq!(trainer.model, ModelKind::Logistic);
         assert!(
-            data.ends_with("data/hospital-a.csv"),
+            trainer.data.ends_with("data/hospital-a.csv"),
             "relative to the file"
         );
         let coordinator: toml::Table =

@@ -23,7 +23,7 @@ use protocol::consortium::Consortium;
 use protocol::he::{Budget, Ciphertext, EncryptionKey, KeyShare, Quorum};
 use protocol::round::message::{CHUNK_BYTES, MAX_MESSAGE_BYTES, Request, Response, chunk_digests};
 use protocol::round::policy::{Refusal, check_request};
-use protocol::round::{RoundPlan, model_digest};
+use protocol::round::{ModelDigest, RoundPlan, model_digest};
 use protocol::wire::{
     BoundCiphertext, DecodeLimits, ciphertext_digest, encode_ciphertext, encode_partial_decryption,
     encoded_digest,
@@ -133,6 +133,8 @@ struct Context {
     done: tokio::sync::Notify,
     stop_after: Option<u64>,
     fault: Option<Fault>,
+    export_model: Option<PathBuf>,
+    round_report: Option<PathBuf>,
     /// Entries below this leaf were stored before the node (re)started: acting on them again
     /// must not repeat what the node already did.
     replay_until: u64,
@@ -202,6 +204,10 @@ pub struct NodeSetup {
     /// Exit once this round's result is logged and the coordinator has gone.
     pub stop_after: Option<u64>,
     pub fault: Option<Fault>,
+    /// Keep the latest decrypted model here as safetensors.
+    pub export_model: Option<PathBuf>,
+    /// Append one JSON line per decrypted round (model digest, evaluation, bytes sent).
+    pub round_report: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for NodeSetup {
@@ -329,6 +335,8 @@ pub async fn run(setup: NodeSetup) -> Result<NodeSummary, NodeError> {
         done: tokio::sync::Notify::new(),
         stop_after: setup.stop_after,
         fault: setup.fault,
+        export_model: setup.export_model,
+        round_report: setup.round_report,
         replay_until: acted,
         bytes_sent: Default::default(),
     });
@@ -1286,6 +1294,79 @@ fn try_combine(ctx: &Arc<Context>, request: u64) {
     });
 }
 
+/// One line of the round report a node appends after each decrypted round.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RoundReport {
+    pub round: u64,
+    pub model_digest: String,
+    /// On this institution's held-out rows, if it has some.
+    pub evaluation: Option<crate::trainer::Evaluation>,
+    /// Ciphertext and partial-decryption bytes sent since the node started.
+    pub bytes_sent: u64,
+    pub unix_millis: u64,
+}
+
+/// Measures the new global model, exports it and appends the round report: what the people
+/// running the node look at, so a failure here is logged and does not stop the node.
+fn report_round(ctx: &Context, round: u64, digest: &ModelDigest) -> Result<(), String> {
+    let global = ctx.plan.decode_model(&ctx.lock().model);
+    let source = ctx.source.lock().unwrap_or_else(|p| p.into_inner());
+    let evaluation = source.evaluate(&global);
+    if let Some(e) = &evaluation {
+        tracing::info!(
+            round,
+            accuracy = e.accuracy(),
+            loss = e.loss(),
+            rows = e.rows,
+            "global model on the held-out rows"
+        );
+    }
+    if let Some(path) = &ctx.export_model {
+        let metadata = HashMap::from([
+            ("format".to_string(), "pt".to_string()),
+            ("round".to_string(), round.to_string()),
+            ("model_digest".to_string(), hex::encode(digest)),
+            ("plan_digest".to_string(), hex::encode(ctx.plan.digest())),
+        ]);
+        let mut layout = source.layout();
+        let mut values = source.parameters(&global);
+        for (name, extra) in source.export_extras() {
+            layout.push((name, vec![extra.len()]));
+            values.extend(extra);
+        }
+        let written = crate::tensors::encode(&layout, &values, metadata)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                keyceremony::files::write_atomically(path, &bytes, 0o600).map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            tracing::error!(path = %path.display(), error = %e, "the model could not be exported");
+        }
+    }
+    if let Some(path) = &ctx.round_report {
+        let line = RoundReport {
+            round,
+            model_digest: hex::encode(digest),
+            evaluation,
+            bytes_sent: ctx.bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
+            unix_millis: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        let mut text = serde_json::to_string(&line).map_err(|e| e.to_string())?;
+        text.push('\n');
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+        if let Err(e) = appended {
+            tracing::error!(path = %path.display(), error = %e, "the round report could not be written");
+        }
+    }
+    Ok(())
+}
+
 async fn combine(
     ctx: &Arc<Context>,
     request: u64,
@@ -1344,6 +1425,10 @@ async fn combine(
     )
     .await?;
     tracing::info!(round, request, model = %hex::encode(&digest[..8]), "model decrypted");
+    let worker = ctx.clone();
+    tokio::task::spawn_blocking(move || report_round(&worker, round, &digest))
+        .await
+        .map_err(|e| e.to_string())??;
     if ctx.stop_after.is_some_and(|last| round >= last) {
         ctx.done.notify_one();
     }

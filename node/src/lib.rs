@@ -6,5 +6,6 @@ pub mod daemon;
 pub mod data;
 pub mod source;
 pub mod state_store;
+pub mod tensors;
 pub mod trainer;
 pub mod witness_store;

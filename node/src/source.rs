@@ -1,13 +1,46 @@
-//! Where a member's update comes from each round. Training arrives as another source; the
-//! synthetic one gives deterministic updates so that benchmarks and tests can recompute the
-//! exact expected model.
+//! Where a member's update comes from each round: the built-in trainer, the institution's own
+//! training command, or deterministic synthetic updates (so that benchmarks and tests can
+//! recompute the exact expected model).
+//!
+//! The consortium aggregates the *global model*: the sum of all accepted updates so far, which
+//! starts at zero. A network's actual parameters are the shared initial model plus the global
+//! model ([`UpdateSource::parameters`]); for logistic regression the initial model is zero.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use protocol::round::RoundPlan;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+
+use crate::config::{ExternalConfig, ModelKind, SourceConfig, TrainerConfig};
+use crate::data::{Dataset, Impute, load_csv};
+use crate::tensors::{self, max_file_bytes};
+use crate::trainer::{Evaluation, Layout, Model, SgdConfig};
 
 /// A member's update for one round and the number of samples it stands for.
 pub trait UpdateSource: Send {
     fn update(&mut self, round: u64, model: &[f32]) -> Result<(Vec<f32>, u64), String>;
+
+    /// The network's parameters for a global model.
+    fn parameters(&self, global: &[f32]) -> Vec<f32> {
+        global.to_vec()
+    }
+
+    /// The global model measured on this institution's held-out rows, if it has some.
+    fn evaluate(&self, _global: &[f32]) -> Option<Evaluation> {
+        None
+    }
+
+    /// The named tensors of the parameters, for export.
+    fn layout(&self) -> Layout;
+
+    /// Extra tensors an exported model carries (the institution's feature scaling).
+    fn export_extras(&self) -> Vec<(String, Vec<f32>)> {
+        Vec::new()
+    }
 }
 
 /// Uniform values in [-clip/2, clip/2] drawn from (seed, member, round).
@@ -34,7 +67,7 @@ pub fn synthetic_update(seed: u64, member: u8, round: u64, values: usize, clip: 
 /// The model plaintext fixed-point FedAvg reaches from zero when, in each round, the listed
 /// members contribute their synthetic updates with the given sample counts.
 pub fn synthetic_fedavg(
-    plan: &protocol::round::RoundPlan,
+    plan: &RoundPlan,
     seed: u64,
     rounds: &[Vec<(u8, u64)>],
 ) -> Result<Vec<i64>, protocol::round::RoundError> {
@@ -60,62 +93,308 @@ impl UpdateSource for SyntheticSource {
             self.samples,
         ))
     }
+
+    fn layout(&self) -> Layout {
+        vec![("values".into(), vec![self.values])]
+    }
 }
 
-/// Local training with the built-in logistic regression on this institution's own data.
+/// Local training with the built-in trainer on this institution's own data.
 #[derive(Debug, Clone)]
 pub struct TrainingSource {
-    pub model: crate::trainer::LogisticRegression,
+    pub model: Model,
     /// Standardised with this institution's own statistics.
-    pub data: crate::data::Dataset,
-    pub sgd: crate::trainer::SgdConfig,
+    pub data: Dataset,
+    /// Those statistics (mean, standard deviation) per feature.
+    pub scaling: Vec<(f32, f32)>,
+    /// Held-out rows, standardised with the training rows' statistics.
+    pub test: Option<Dataset>,
+    pub sgd: SgdConfig,
     pub seed: u64,
+    pub initial: Vec<f32>,
 }
 
 impl TrainingSource {
-    /// Loads and standardises the data, and checks it against the model's size.
-    pub fn open(
-        path: &std::path::Path,
-        target: &str,
-        classes: usize,
-        impute: crate::data::Impute,
-        sgd: crate::trainer::SgdConfig,
-        seed: u64,
-        values: usize,
-    ) -> Result<Self, String> {
-        let mut data =
-            crate::data::load_csv(path, target, classes, impute).map_err(|e| e.to_string())?;
-        data.standardise();
-        let model = crate::trainer::LogisticRegression {
-            classes,
-            features: data.width(),
-        };
-        if model.parameters() != values {
+    /// Loads and standardises the data, and checks the model against the plan's size.
+    pub fn open(config: &TrainerConfig, values: usize) -> Result<Self, String> {
+        let source = Self::load(config)?;
+        if source.model.parameters() != values {
             return Err(format!(
-                "{}: {} features and {classes} classes make {} parameters, the plan has {values}",
-                path.display(),
-                data.width(),
-                model.parameters()
+                "{}: {} features and {} classes make {} parameters for {:?}, the plan has \
+                 {values}",
+                config.data.display(),
+                source.model.features(),
+                config.classes,
+                source.model.parameters(),
+                config.model
             ));
         }
+        Ok(source)
+    }
+
+    /// Loads and standardises the data; the network's size follows from it.
+    pub fn load(config: &TrainerConfig) -> Result<Self, String> {
+        let impute = if config.impute_missing {
+            Impute::Mean
+        } else {
+            Impute::Refuse
+        };
+        let mut data = load_csv(&config.data, &config.target, config.classes, impute)
+            .map_err(|e| e.to_string())?;
+        let scaling = data.standardise();
+        let test = match &config.test_data {
+            Some(path) => {
+                let mut test = load_csv(path, &config.target, config.classes, impute)
+                    .map_err(|e| e.to_string())?;
+                if test.columns != data.columns {
+                    return Err(format!(
+                        "{}: the columns differ from {}",
+                        path.display(),
+                        config.data.display()
+                    ));
+                }
+                test.apply(&scaling);
+                Some(test)
+            }
+            None => None,
+        };
+        let (features, classes) = (data.width(), config.classes);
+        let model = match config.model {
+            ModelKind::Logistic => Model::Logistic { features, classes },
+            ModelKind::Mlp => Model::Mlp {
+                features,
+                hidden: config.hidden,
+                classes,
+            },
+        };
         Ok(Self {
+            initial: model.initial(config.initial_seed),
             model,
             data,
-            sgd,
-            seed,
+            scaling,
+            test,
+            sgd: SgdConfig {
+                epochs: config.epochs,
+                batch: config.batch,
+                learning_rate: config.learning_rate,
+                ..SgdConfig::default()
+            },
+            seed: config.seed,
         })
     }
 }
 
 impl UpdateSource for TrainingSource {
-    fn update(&mut self, round: u64, model: &[f32]) -> Result<(Vec<f32>, u64), String> {
+    fn update(&mut self, round: u64, global: &[f32]) -> Result<(Vec<f32>, u64), String> {
+        let start = self.parameters(global);
         let trained = self.model.train(
-            model,
+            &start,
             &self.data,
             &self.sgd,
             self.seed ^ round.rotate_left(32),
         );
-        let update = trained.iter().zip(model).map(|(t, m)| t - m).collect();
+        let update = trained.iter().zip(&start).map(|(t, m)| t - m).collect();
         Ok((update, self.data.rows() as u64))
     }
+
+    fn parameters(&self, global: &[f32]) -> Vec<f32> {
+        self.initial
+            .iter()
+            .zip(global)
+            .map(|(i, g)| i + g)
+            .collect()
+    }
+
+    fn evaluate(&self, global: &[f32]) -> Option<Evaluation> {
+        let test = self.test.as_ref()?;
+        Some(self.model.evaluate(&self.parameters(global), test))
+    }
+
+    fn layout(&self) -> Layout {
+        self.model.layout()
+    }
+
+    fn export_extras(&self) -> Vec<(String, Vec<f32>)> {
+        vec![
+            (
+                "scaling.mean".into(),
+                self.scaling.iter().map(|s| s.0).collect(),
+            ),
+            (
+                "scaling.std".into(),
+                self.scaling.iter().map(|s| s.1).collect(),
+            ),
+        ]
+    }
+}
+
+/// The institution's own training command (see [`ExternalConfig`]).
+#[derive(Debug, Clone)]
+pub struct ExternalSource {
+    pub config: ExternalConfig,
+    pub layout: Layout,
+    pub initial: Vec<f32>,
+    /// Where the model and update files are exchanged.
+    pub scratch: PathBuf,
+}
+
+impl ExternalSource {
+    pub fn open(config: &ExternalConfig, values: usize, scratch: PathBuf) -> Result<Self, String> {
+        if config.command.is_empty() {
+            return Err("source.command is empty".into());
+        }
+        let layout: Layout = config
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect();
+        let total: usize = layout
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        if total != values {
+            return Err(format!(
+                "source.tensors hold {total} values, the plan has {values}"
+            ));
+        }
+        let initial = match &config.initial_model {
+            Some(path) => {
+                let bytes = read_bounded(path, max_file_bytes(&layout))?;
+                tensors::decode(&bytes, &layout, &path.display().to_string())
+                    .map_err(|e| e.to_string())?
+                    .0
+            }
+            None => vec![0.0; values],
+        };
+        std::fs::create_dir_all(&scratch)
+            .map_err(|e| format!("creating {}: {e}", scratch.display()))?;
+        // The command runs elsewhere: hand it paths that do not depend on its directory.
+        let scratch = scratch
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", scratch.display()))?;
+        Ok(Self {
+            config: config.clone(),
+            layout,
+            initial,
+            scratch,
+        })
+    }
+}
+
+fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    if size > limit {
+        return Err(format!(
+            "{}: {size} bytes, more than the {limit} this model can take",
+            path.display()
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl UpdateSource for ExternalSource {
+    fn update(&mut self, round: u64, global: &[f32]) -> Result<(Vec<f32>, u64), String> {
+        let model_path = self.scratch.join("model.safetensors");
+        let update_path = self.scratch.join("update.safetensors");
+        let _ = std::fs::remove_file(&update_path);
+        let start = self.parameters(global);
+        let metadata = HashMap::from([("round".to_string(), round.to_string())]);
+        let bytes = tensors::encode(&self.layout, &start, metadata).map_err(|e| e.to_string())?;
+        std::fs::write(&model_path, bytes)
+            .map_err(|e| format!("writing {}: {e}", model_path.display()))?;
+        let program = &self.config.command[0];
+        let mut child = Command::new(program)
+            .args(&self.config.command[1..])
+            .current_dir(&self.config.working_dir)
+            .env("QUORATE_MODEL", &model_path)
+            .env("QUORATE_UPDATE", &update_path)
+            .env("QUORATE_ROUND", round.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the trainer {program:?}: {e}"))?;
+        // Read its error output on the side so a chatty trainer cannot block on a full pipe;
+        // only the tail is kept for the error message.
+        let stderr = child.stderr.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+                let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            })
+        });
+        let deadline = Instant::now() + Duration::from_secs(self.config.timeout_secs);
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "the trainer {program:?} ran longer than {} s and was stopped",
+                    self.config.timeout_secs
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let tail = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+        if !status.success() {
+            return Err(format!("the trainer {program:?} failed ({status}): {tail}"));
+        }
+        let bytes = read_bounded(&update_path, max_file_bytes(&self.layout))
+            .map_err(|e| format!("the trainer's update: {e}"))?;
+        let (update, metadata) =
+            tensors::decode(&bytes, &self.layout, &update_path.display().to_string())
+                .map_err(|e| e.to_string())?;
+        let samples = metadata
+            .get("samples")
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                format!(
+                    "{}: the metadata must give the number of training rows as \"samples\"",
+                    update_path.display()
+                )
+            })?;
+        Ok((update, samples))
+    }
+
+    fn parameters(&self, global: &[f32]) -> Vec<f32> {
+        self.initial
+            .iter()
+            .zip(global)
+            .map(|(i, g)| i + g)
+            .collect()
+    }
+
+    fn layout(&self) -> Layout {
+        self.layout.clone()
+    }
+}
+
+/// The source a node's configuration names. `scratch` is a directory of the node's own.
+pub fn open_source(
+    config: &SourceConfig,
+    member: u8,
+    plan: &RoundPlan,
+    scratch: PathBuf,
+) -> Result<Box<dyn UpdateSource>, String> {
+    let values = plan.values as usize;
+    Ok(match config {
+        SourceConfig::Synthetic { seed, samples } => Box::new(SyntheticSource {
+            seed: *seed,
+            member,
+            samples: *samples,
+            values,
+            clip: plan.clip,
+        }),
+        SourceConfig::BuiltIn(trainer) => Box::new(TrainingSource::open(trainer, values)?),
+        SourceConfig::External(external) => {
+            Box::new(ExternalSource::open(external, values, scratch)?)
+        }
+    })
 }

@@ -1,0 +1,265 @@
+//! Models and updates as `safetensors` files, the format PyTorch and the rest of the ML world
+//! load without custom code. A flat parameter vector maps to named tensors through a
+//! [`Layout`]; reading checks every name, shape and value against the layout, since the
+//! bytes come from outside the node (an external trainer's output).
+
+use std::collections::HashMap;
+
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::trainer::Layout;
+
+/// Room for the JSON header on top of the tensors' data when bounding a file before reading.
+pub const MAX_HEADER_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TensorError {
+    #[error("{file}: not a safetensors file: {reason}")]
+    Malformed { file: String, reason: String },
+    #[error("{file}: {size} bytes, more than the {limit} this model's tensors can take")]
+    TooLarge { file: String, size: u64, limit: u64 },
+    #[error("{file}: no tensor named {name:?} (expected {expected})")]
+    Missing {
+        file: String,
+        name: String,
+        expected: String,
+    },
+    #[error("{file}: unexpected tensor {name:?} (expected {expected})")]
+    Unexpected {
+        file: String,
+        name: String,
+        expected: String,
+    },
+    #[error("{file}: tensor {name:?} has shape {found:?}, expected {expected:?}")]
+    Shape {
+        file: String,
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("{file}: tensor {name:?} is {dtype}, expected F32 or F64")]
+    Dtype {
+        file: String,
+        name: String,
+        dtype: String,
+    },
+    #[error("{file}: tensor {name:?} holds a value that is not finite at index {index}")]
+    NotFinite {
+        file: String,
+        name: String,
+        index: usize,
+    },
+    #[error("the layout has {layout} values, the model {values}")]
+    Size { layout: usize, values: usize },
+}
+
+fn expected_names(layout: &Layout) -> String {
+    layout
+        .iter()
+        .map(|(name, shape)| format!("{name} {shape:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The largest file a model of this layout can be (F64 tensors plus the header).
+pub fn max_file_bytes(layout: &Layout) -> u64 {
+    let values: usize = layout
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
+    8 * values as u64 + MAX_HEADER_BYTES
+}
+
+/// `values` split into the layout's tensors, as F32, with `metadata` in the header.
+pub fn encode(
+    layout: &Layout,
+    values: &[f32],
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>, TensorError> {
+    let total: usize = layout
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
+    if total != values.len() {
+        return Err(TensorError::Size {
+            layout: total,
+            values: values.len(),
+        });
+    }
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut views = Vec::with_capacity(layout.len());
+    let mut offset = 0;
+    for (name, shape) in layout {
+        let len = 4 * shape.iter().product::<usize>();
+        let view = TensorView::new(Dtype::F32, shape.clone(), &bytes[offset..offset + len])
+            .map_err(|e| TensorError::Malformed {
+                file: name.clone(),
+                reason: e.to_string(),
+            })?;
+        views.push((name.clone(), view));
+        offset += len;
+    }
+    safetensors::serialize(views, Some(metadata)).map_err(|e| TensorError::Malformed {
+        file: "(writing)".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// The flat values of a file holding exactly the layout's tensors (F32 or F64, finite), and
+/// its header's metadata. `file` names the file in errors.
+pub fn decode(
+    bytes: &[u8],
+    layout: &Layout,
+    file: &str,
+) -> Result<(Vec<f32>, HashMap<String, String>), TensorError> {
+    let limit = max_file_bytes(layout);
+    if bytes.len() as u64 > limit {
+        return Err(TensorError::TooLarge {
+            file: file.into(),
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
+    let malformed = |e: safetensors::SafeTensorError| TensorError::Malformed {
+        file: file.into(),
+        reason: e.to_string(),
+    };
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(malformed)?;
+    let tensors = SafeTensors::deserialize(bytes).map_err(malformed)?;
+    let expected = expected_names(layout);
+    if let Some(name) = tensors
+        .names()
+        .into_iter()
+        .find(|n| !layout.iter().any(|(l, _)| l == n))
+    {
+        return Err(TensorError::Unexpected {
+            file: file.into(),
+            name: name.to_owned(),
+            expected,
+        });
+    }
+    let mut values = Vec::new();
+    for (name, shape) in layout {
+        let view = tensors.tensor(name).map_err(|_| TensorError::Missing {
+            file: file.into(),
+            name: name.clone(),
+            expected: expected.clone(),
+        })?;
+        if view.shape() != shape.as_slice() {
+            return Err(TensorError::Shape {
+                file: file.into(),
+                name: name.clone(),
+                found: view.shape().to_vec(),
+                expected: shape.clone(),
+            });
+        }
+        let start = values.len();
+        match view.dtype() {
+            Dtype::F32 => values.extend(
+                view.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))),
+            ),
+            Dtype::F64 => values.extend(
+                view.data()
+                    .chunks_exact(8)
+                    .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32),
+            ),
+            other => {
+                return Err(TensorError::Dtype {
+                    file: file.into(),
+                    name: name.clone(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        }
+        if let Some(index) = values[start..].iter().position(|v| !v.is_finite()) {
+            return Err(TensorError::NotFinite {
+                file: file.into(),
+                name: name.clone(),
+                index,
+            });
+        }
+    }
+    Ok((values, header.metadata().clone().unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> Layout {
+        vec![("weight".into(), vec![2, 3]), ("bias".into(), vec![2])]
+    }
+
+    #[test]
+    fn a_model_round_trips_with_its_metadata() {
+        let values: Vec<f32> = (0..8).map(|i| i as f32 * 0.5 - 1.0).collect();
+        let metadata = HashMap::from([("round".to_string(), "3".to_string())]);
+        let bytes = encode(&layout(), &values, metadata.clone()).unwrap();
+        let (back, meta) = decode(&bytes, &layout(), "m.safetensors").unwrap();
+        assert_eq!(back, values);
+        assert_eq!(meta, metadata);
+        // The tensors are where PyTorch looks for them.
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        let bias = file.tensor("bias").unwrap();
+        assert_eq!(bias.shape(), &[2]);
+        assert_eq!(bias.data(), [2.0f32, 2.5].map(f32::to_le_bytes).concat());
+    }
+
+    #[test]
+    fn files_that_do_not_fit_the_layout_are_refused_by_name() {
+        let write = |tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>| {
+            let views: Vec<(String, TensorView)> = tensors
+                .iter()
+                .map(|(n, d, s, b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap()))
+                .collect();
+            safetensors::serialize(views, None).unwrap()
+        };
+        let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let weight = ("weight", Dtype::F32, vec![2, 3], f32s(&[0.0; 6]));
+        let bias = ("bias", Dtype::F32, vec![2], f32s(&[0.0; 2]));
+        let check = |bytes: Vec<u8>| decode(&bytes, &layout(), "u.safetensors").unwrap_err();
+
+        assert!(
+            matches!(check(write(vec![weight.clone()])), TensorError::Missing { name, .. } if name == "bias")
+        );
+        let extra = ("extra", Dtype::F32, vec![1], f32s(&[0.0]));
+        assert!(matches!(
+            check(write(vec![weight.clone(), bias.clone(), extra])),
+            TensorError::Unexpected { name, .. } if name == "extra"
+        ));
+        let wide = ("weight", Dtype::F32, vec![3, 2], f32s(&[0.0; 6]));
+        assert!(matches!(
+            check(write(vec![wide, bias.clone()])),
+            TensorError::Shape { .. }
+        ));
+        let half = ("bias", Dtype::F16, vec![2], vec![0; 4]);
+        assert!(matches!(
+            check(write(vec![weight.clone(), half])),
+            TensorError::Dtype { .. }
+        ));
+        let nan = ("bias", Dtype::F32, vec![2], f32s(&[0.0, f32::NAN]));
+        assert!(matches!(
+            check(write(vec![weight.clone(), nan])),
+            TensorError::NotFinite { index: 1, .. }
+        ));
+        assert!(matches!(
+            check(b"garbage".to_vec()),
+            TensorError::Malformed { .. }
+        ));
+        assert!(matches!(
+            check(vec![0; max_file_bytes(&layout()) as usize + 1]),
+            TensorError::TooLarge { .. }
+        ));
+        // F64 from a trainer that computes in double precision is accepted.
+        let double = (
+            "bias",
+            Dtype::F64,
+            vec![2],
+            [0.25f64, -1.0].map(f64::to_le_bytes).concat(),
+        );
+        let (values, _) = decode(&write(vec![weight, double]), &layout(), "u").unwrap();
+        assert_eq!(&values[6..], &[0.25, -1.0]);
+    }
+}
