@@ -62,7 +62,8 @@ struct RoundBenchReport {
     date: String,
 }
 
-fn spawn(exe: &Path, args: &[&str], log: &Path) -> Result<Child> {
+/// Starts `quorate ARGS`, its log to `log`.
+pub(crate) fn spawn(exe: &Path, args: &[&str], log: &Path) -> Result<Child> {
     let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     Command::new(exe)
         .args(args)
@@ -73,7 +74,8 @@ fn spawn(exe: &Path, args: &[&str], log: &Path) -> Result<Child> {
         .with_context(|| format!("starting {}", args.join(" ")))
 }
 
-fn wait_with_timeout(child: &mut Child, name: &str, timeout: Duration) -> Result<bool> {
+/// Whether the process succeeded; kills it and fails after `timeout`.
+pub(crate) fn wait_with_timeout(child: &mut Child, name: &str, timeout: Duration) -> Result<bool> {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait()? {
@@ -86,6 +88,39 @@ fn wait_with_timeout(child: &mut Child, name: &str, timeout: Duration) -> Result
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs `quorate ceremony rehearse` into `dir` (its errors to `log`, else to this process's
+/// standard error) and returns the members' names.
+pub(crate) fn rehearse(
+    exe: &Path,
+    members: u8,
+    threshold: u8,
+    dir: &Path,
+    log: Option<&Path>,
+) -> Result<Vec<String>> {
+    let stderr = match log {
+        Some(path) => Stdio::from(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        ),
+        None => Stdio::inherit(),
+    };
+    let status = Command::new(exe)
+        .args(["ceremony", "rehearse", "--members"])
+        .arg(members.to_string())
+        .arg("--threshold")
+        .arg(threshold.to_string())
+        .arg("--out")
+        .arg(dir)
+        .env_remove(crate::ceremony_cmd::PASSPHRASE_VAR)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .status()?;
+    ensure!(status.success(), "the rehearsal of the key ceremony failed");
+    Ok((0..members)
+        .map(|i| format!("member-{}", (b'a' + i) as char))
+        .collect())
 }
 
 pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
@@ -109,21 +144,7 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
         args.rounds,
         dir.display()
     );
-    let status = Command::new(&exe)
-        .args(["ceremony", "rehearse", "--members"])
-        .arg(args.institutions.to_string())
-        .arg("--threshold")
-        .arg(args.threshold.to_string())
-        .arg("--out")
-        .arg(&dir)
-        .env_remove(crate::ceremony_cmd::PASSPHRASE_VAR)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .status()?;
-    ensure!(status.success(), "the rehearsal of the key ceremony failed");
-    let members: Vec<String> = (0..args.institutions)
-        .map(|i| format!("member-{}", (b'a' + i) as char))
-        .collect();
+    let members = rehearse(&exe, args.institutions, args.threshold, &dir, None)?;
     let mut plan = RoundPlan {
         values: args.params,
         rounds: args.rounds as u32,

@@ -5,13 +5,11 @@ mod audit_cmd;
 mod bench;
 mod bench_round;
 mod ceremony_cmd;
+mod demo;
 mod round_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
-
-/// Exit code for a command that exists but is not available in this build yet.
-pub(crate) const EXIT_UNAVAILABLE: u8 = 69;
 
 /// Federated learning under threshold homomorphic encryption.
 ///
@@ -43,8 +41,10 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a whole consortium on this machine: key ceremony, coordinator and one node per
-    /// institution as separate processes, training on the shipped data. [not available yet]
-    Demo(Unavailable),
+    /// institution as separate processes, training on the shipped data (or one CSV file per
+    /// institution), beside plaintext FedAvg baselines; then verify the audit log and the
+    /// ceremony transcript. Exits 2 if a check fails.
+    Demo(demo::DemoArgs),
     /// Run an institution's node: encrypt local updates, witness the log, release partial
     /// decryptions under the release policy.
     #[command(subcommand)]
@@ -63,14 +63,6 @@ enum Command {
     /// Measure performance on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
-}
-
-/// Arguments of a command that a later release fills in; accepted so that the message below
-/// is what a user sees, not a parse error.
-#[derive(Debug, clap::Args)]
-pub(crate) struct Unavailable {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    args: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,18 +88,11 @@ fn init_tracing(format: LogFormat, filter: &str) {
     }
 }
 
-fn unavailable(command: &str, arrives_with: &str) -> ExitCode {
-    eprintln!(
-        "quorate {command} is not available in this build yet: it arrives with {arrives_with}."
-    );
-    ExitCode::from(EXIT_UNAVAILABLE)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format, &cli.log);
     let result = match cli.command {
-        Command::Demo(_) => return unavailable("demo", "end-to-end training"),
+        Command::Demo(args) => demo::run(&args),
         Command::Node(command) => round_cmd::run_node(&command),
         Command::Coordinator(command) => round_cmd::run_coordinator(&command),
         Command::Bench(BenchCommand::Round(args)) => bench_round::run_round(&args),

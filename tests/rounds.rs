@@ -453,6 +453,7 @@ fn training_on_real_data_matches_plaintext_fixed_point_fedavg_exactly() {
         learning_rate: 0.1,
         seed: 11 + i as u64,
         initial_seed: 0,
+        scaling: node::config::Scaling::Standardise,
     };
     for (i, name) in d.members.iter().enumerate() {
         std::fs::write(d.dir.join(name).join("data.csv"), &parts[i]).unwrap();

@@ -55,6 +55,20 @@ pub enum ModelKind {
     Mlp,
 }
 
+/// Feature scaling. Neither kind shares anything about one institution's data with another.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scaling {
+    /// Each feature to mean 0 and standard deviation 1 with this institution's own
+    /// statistics. Best when institutions hold similar data; under label skew the
+    /// institutions' statistics differ and the features stop meaning the same thing.
+    #[default]
+    Standardise,
+    /// sign(x) ln(1 + |x|): one fixed function everywhere, so a feature means the same at
+    /// every institution whatever its data.
+    Log,
+}
+
 /// Local training with seeded SGD; the update is the trained model minus the global one.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +85,9 @@ pub struct TrainerConfig {
     pub test_data: Option<PathBuf>,
     /// The column holding the class index 0..classes.
     pub target: String,
+    /// How features are scaled before training.
+    #[serde(default)]
+    pub scaling: Scaling,
     pub classes: usize,
     /// Fill missing cells with the column mean instead of refusing the file.
     #[serde(default)]

@@ -106,6 +106,14 @@ impl Dataset {
         stats
     }
 
+    /// sign(x) ln(1 + |x|) on every feature: the same function at every institution, so it
+    /// learns nothing from any one data set and keeps features comparable across them.
+    pub fn log_transform(&mut self) {
+        for v in &mut self.features {
+            *v = v.signum() * v.abs().ln_1p();
+        }
+    }
+
     pub fn apply(&mut self, stats: &[(f32, f32)]) {
         let w = self.width();
         for (i, v) in self.features.iter_mut().enumerate() {

@@ -15,7 +15,7 @@ use protocol::round::RoundPlan;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use crate::config::{ExternalConfig, ModelKind, SourceConfig, TrainerConfig};
+use crate::config::{ExternalConfig, ModelKind, Scaling, SourceConfig, TrainerConfig};
 use crate::data::{Dataset, Impute, load_csv};
 use crate::tensors::{self, max_file_bytes};
 use crate::trainer::{Evaluation, Layout, Model, SgdConfig};
@@ -141,7 +141,13 @@ impl TrainingSource {
         };
         let mut data = load_csv(&config.data, &config.target, config.classes, impute)
             .map_err(|e| e.to_string())?;
-        let scaling = data.standardise();
+        let scaling = match config.scaling {
+            Scaling::Standardise => data.standardise(),
+            Scaling::Log => {
+                data.log_transform();
+                Vec::new()
+            }
+        };
         let test = match &config.test_data {
             Some(path) => {
                 let mut test = load_csv(path, &config.target, config.classes, impute)
@@ -153,7 +159,10 @@ impl TrainingSource {
                         config.data.display()
                     ));
                 }
-                test.apply(&scaling);
+                match config.scaling {
+                    Scaling::Standardise => test.apply(&scaling),
+                    Scaling::Log => test.log_transform(),
+                }
                 Some(test)
             }
             None => None,
