@@ -112,9 +112,9 @@ pub struct DemoArgs {
     /// Fraction of each institution's rows held out to measure the global model.
     #[arg(long, default_value_t = 0.2)]
     test_fraction: f64,
-    /// Feature scaling: `standardise` with each institution's own statistics, or `log`, one
-    /// fixed function everywhere (better under a skewed split).
-    #[arg(long, value_enum, default_value_t = ScalingArg::Standardise)]
+    /// Feature scaling: `pooled`, the consortium's statistics computed under encryption in
+    /// an extra first round; or `local`, each institution's own (worse under a skewed split).
+    #[arg(long, value_enum, default_value_t = ScalingArg::Pooled)]
     scaling: ScalingArg,
     /// Fill missing cells with the column mean instead of refusing the file.
     #[arg(long)]
@@ -129,15 +129,15 @@ pub struct DemoArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ScalingArg {
-    Standardise,
-    Log,
+    Pooled,
+    Local,
 }
 
 impl From<ScalingArg> for Scaling {
     fn from(scaling: ScalingArg) -> Self {
         match scaling {
-            ScalingArg::Standardise => Scaling::Standardise,
-            ScalingArg::Log => Scaling::Log,
+            ScalingArg::Pooled => Scaling::Pooled,
+            ScalingArg::Local => Scaling::Local,
         }
     }
 }
@@ -158,12 +158,15 @@ struct Institution {
 #[derive(Debug, Clone, Serialize)]
 struct RoundRecord {
     round: u64,
-    /// The decrypted global model on the institutions' pooled held-out rows.
-    accuracy: f64,
-    loss: f64,
-    fixed_point_accuracy: f64,
-    float_accuracy: f64,
-    float_loss: f64,
+    /// `statistics` (the pooled feature scaling) or `training`.
+    phase: &'static str,
+    /// The decrypted global model on the institutions' pooled held-out rows (none in the
+    /// statistics round).
+    accuracy: Option<f64>,
+    loss: Option<f64>,
+    fixed_point_accuracy: Option<f64>,
+    float_accuracy: Option<f64>,
+    float_loss: Option<f64>,
     /// Open to decrypted, as the coordinator measured it (training included).
     seconds: f64,
     /// Ciphertext and partial-decryption bytes the nodes sent in the round.
@@ -568,11 +571,13 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
                 .with_context(|| format!("institution {}", institutions[i].name))
         })
         .collect::<Result<Vec<_>>>()?;
-    let network = sources[0].model;
-    let parameters = network.parameters() as u32;
+    let parameters = sources[0].model.parameters() as u32;
+    // Pooled scaling adds a first round that computes the consortium's feature statistics.
+    let statistics_rounds = u32::from(args.scaling == ScalingArg::Pooled);
+    let total_rounds = args.rounds + statistics_rounds;
     let mut plan = RoundPlan {
-        values: parameters,
-        rounds: args.rounds,
+        values: sources[0].global_size() as u32,
+        rounds: total_rounds,
         ..RoundPlan::default()
     };
     // The smallest smudging margin whose lifetime covers every round's reveals.
@@ -601,8 +606,8 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
             institution.name, institution.train_rows, institution.test_rows
         );
     }
-    let fixed = fixed_point_fedavg(&plan, &mut sources, args.rounds)?;
-    let float = float_fedavg(&plan, &mut sources, args.rounds)?;
+    let fixed = fixed_point_fedavg(&plan, &mut sources, total_rounds)?;
+    let float = float_fedavg(&plan, &mut sources, total_rounds)?;
     println!("Plaintext baselines computed; rehearsing the key ceremony...");
 
     let consortium_dir = out.join("consortium");
@@ -620,7 +625,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
         &consortium_dir,
         &members,
         &plan,
-        u64::from(args.rounds),
+        u64::from(total_rounds),
         120,
     )?;
     let models = out.join("models");
@@ -654,7 +659,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
             &logs.join("coordinator.log"),
         )?,
     ));
-    let until = args.rounds.to_string();
+    let until = total_rounds.to_string();
     let report_files: Vec<PathBuf> = institutions
         .iter()
         .map(|i| consortium_dir.join(&i.member).join("rounds.jsonl"))
@@ -683,7 +688,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     }
 
     // The live table: a row as soon as every institution has decrypted a round.
-    let bar = ProgressBar::new(u64::from(args.rounds)).with_style(
+    let bar = ProgressBar::new(u64::from(total_rounds)).with_style(
         ProgressStyle::with_template("{bar:30} round {pos}/{len} [{elapsed}] {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
@@ -694,7 +699,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
             "round", "accuracy", "loss", "float FedAvg", "MB sent", "seconds"
         )
     });
-    let deadline = Instant::now() + Duration::from_secs(180 + 300 * u64::from(args.rounds));
+    let deadline = Instant::now() + Duration::from_secs(180 + 300 * u64::from(total_rounds));
     let mut printed = 0u64;
     let mut last_row = Instant::now();
     let mut bytes_before = vec![0u64; institutions.len()];
@@ -720,13 +725,21 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
                 .get(round as usize - 1)
                 .map_or(f64::NAN, Evaluation::accuracy);
             bar.suspend(|| {
-                println!(
-                    "{round:>5}  {:>9}  {:>7.4}  {:>13}  {:>9.2}  {seconds:>8.1}",
-                    percent(evaluation.accuracy()),
-                    evaluation.loss(),
-                    percent(float_accuracy),
-                    bytes as f64 / 1e6
-                )
+                if round <= u64::from(statistics_rounds) {
+                    println!(
+                        "{round:>5}  {:<42}  {:>9.2}  {seconds:>8.1}",
+                        "feature statistics pooled under encryption",
+                        bytes as f64 / 1e6
+                    )
+                } else {
+                    println!(
+                        "{round:>5}  {:>9}  {:>7.4}  {:>13}  {:>9.2}  {seconds:>8.1}",
+                        percent(evaluation.accuracy()),
+                        evaluation.loss(),
+                        percent(float_accuracy),
+                        bytes as f64 / 1e6
+                    )
+                }
             });
             live.insert(round, (evaluation, bytes, seconds));
             printed += 1;
@@ -790,7 +803,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
         .unwrap_or_default();
     let reports: Vec<Vec<RoundReport>> = report_files.iter().map(|p| read_reports(p)).collect();
     let mut per_round = Vec::new();
-    for round in 1..=u64::from(args.rounds) {
+    for round in 1..=u64::from(total_rounds) {
         let (fixed_digest, fixed_eval) = &fixed[round as usize - 1];
         let float_eval = float[round as usize - 1];
         let digests: Vec<Option<&String>> = reports
@@ -805,13 +818,19 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
             .get(&round)
             .copied()
             .unwrap_or((0, seconds));
+        let measured = |e: &Evaluation, f: fn(&Evaluation) -> f64| (e.rows > 0).then(|| f(e));
         per_round.push(RoundRecord {
             round,
-            accuracy: evaluation.accuracy(),
-            loss: evaluation.loss(),
-            fixed_point_accuracy: fixed_eval.accuracy(),
-            float_accuracy: float_eval.accuracy(),
-            float_loss: float_eval.loss(),
+            phase: if round <= u64::from(statistics_rounds) {
+                "statistics"
+            } else {
+                "training"
+            },
+            accuracy: measured(&evaluation, Evaluation::accuracy),
+            loss: measured(&evaluation, Evaluation::loss),
+            fixed_point_accuracy: measured(fixed_eval, Evaluation::accuracy),
+            float_accuracy: measured(&float_eval, Evaluation::accuracy),
+            float_loss: measured(&float_eval, Evaluation::loss),
             seconds: coordinator_seconds,
             bytes,
             contributors,
@@ -870,8 +889,11 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     let transcript_verified = verify(true)?;
 
     let last = per_round.last().expect("at least one round");
-    let (final_accuracy, final_loss, float_accuracy) =
-        (last.accuracy, last.loss, last.float_accuracy);
+    let (final_accuracy, final_loss, float_accuracy) = (
+        last.accuracy.unwrap_or(0.0),
+        last.loss.unwrap_or(f64::NAN),
+        last.float_accuracy.unwrap_or(0.0),
+    );
     let gap = 100.0 * (final_accuracy - float_accuracy);
     let bitexact = per_round.iter().all(|r| r.bitexact_vs_fixed_point);
     let within = gap.abs() <= 0.5;
@@ -891,7 +913,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
         members: institutions.clone(),
         final_accuracy,
         final_loss,
-        baseline_fixed_point_accuracy: last.fixed_point_accuracy,
+        baseline_fixed_point_accuracy: last.fixed_point_accuracy.unwrap_or(0.0),
         baseline_float_accuracy: float_accuracy,
         accuracy_gap_points: gap,
         within_half_point_of_float: within,
@@ -940,7 +962,7 @@ fn accuracy_svg(rounds: &[RoundRecord]) -> String {
     let values = rounds
         .iter()
         .flat_map(|r| [r.accuracy, r.float_accuracy])
-        .filter(|v| v.is_finite());
+        .flatten();
     let low = values.fold(1.0f64, f64::min);
     let low = ((low * 20.0).floor() / 20.0).clamp(0.0, 0.95);
     let x = |round: u64| {
@@ -948,11 +970,10 @@ fn accuracy_svg(rounds: &[RoundRecord]) -> String {
         margin + (round.saturating_sub(1)) as f64 / span * (width - 2.0 * margin)
     };
     let y = |v: f64| height - margin - (v - low) / (1.0 - low) * (height - 2.0 * margin);
-    let line = |pick: fn(&RoundRecord) -> f64| {
+    let line = |pick: fn(&RoundRecord) -> Option<f64>| {
         rounds
             .iter()
-            .filter(|r| pick(r).is_finite())
-            .map(|r| format!("{:.1},{:.1}", x(r.round), y(pick(r))))
+            .filter_map(|r| Some(format!("{:.1},{:.1}", x(r.round), y(pick(r)?))))
             .collect::<Vec<_>>()
             .join(" ")
     };

@@ -149,7 +149,7 @@ fn train_once(command: &NodeCommand) -> Result<ExitCode> {
         learning_rate: *learning_rate,
         seed: *seed,
         initial_seed: 0,
-        scaling: node::config::Scaling::Standardise,
+        scaling: node::config::Scaling::Local,
     };
     // The incoming file holds the full parameters: no initial model is added here.
     let mut source = node::source::TrainingSource::load(&trainer).map_err(anyhow::Error::msg)?;

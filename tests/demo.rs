@@ -40,9 +40,14 @@ fn assert_complete(
     assert_eq!(report["rounds"], rounds);
     assert_eq!(report["institutions"], institutions.len());
     let per_round = report["per_round"].as_array().unwrap();
-    assert_eq!(per_round.len() as u64, rounds);
+    // The first round pools the feature statistics; then the training rounds.
+    assert_eq!(per_round.len() as u64, rounds + 1);
+    assert_eq!(per_round[0]["phase"], "statistics");
     for (i, round) in per_round.iter().enumerate() {
         assert_eq!(round["round"], i as u64 + 1);
+        if i > 0 {
+            assert_eq!(round["phase"], "training");
+        }
         assert_eq!(round["contributors"], institutions.len());
         assert!(round["bytes"].as_u64().unwrap() > 0, "{round}");
         assert!(round["seconds"].as_f64().unwrap() > 0.0, "{round}");
@@ -57,13 +62,20 @@ fn assert_complete(
     );
     let last_digest = per_round.last().unwrap()["model_digest"].as_str().unwrap();
     // Each institution's final model, as safetensors, is the decrypted model of the last round.
+    let mut scaling: Option<Vec<u8>> = None;
     for name in institutions {
         let bytes = std::fs::read(out.join("models").join(format!("{name}.safetensors")))
             .unwrap_or_else(|e| panic!("{name}'s model: {e}"));
         let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
         assert_eq!(header["__metadata__"]["model_digest"], last_digest);
-        assert_eq!(header["__metadata__"]["round"], rounds.to_string());
+        assert_eq!(header["__metadata__"]["round"], (rounds + 1).to_string());
+        assert!(
+            header["__metadata__"]["scaling"]
+                .as_str()
+                .unwrap()
+                .contains("ln(1 + |x|)")
+        );
         let values: usize = header
             .as_object()
             .unwrap()
@@ -79,6 +91,18 @@ fn assert_complete(
             })
             .sum();
         assert_eq!(values, parameters, "{name}");
+        // The pooled scaling is the consortium's: the same at every institution.
+        let offsets = &header["scaling.mean"]["data_offsets"];
+        let (start, end) = (
+            8 + header_len + offsets[0].as_u64().unwrap() as usize,
+            8 + header_len + offsets[1].as_u64().unwrap() as usize,
+        );
+        let mean = bytes[start..end].to_vec();
+        assert!(!mean.is_empty());
+        match &scaling {
+            None => scaling = Some(mean),
+            Some(first) => assert_eq!(first, &mean, "{name}'s scaling"),
+        }
     }
     assert!(out.join("transcript").is_file());
     assert!(out.join("audit").read_dir().unwrap().count() > 0);
@@ -100,7 +124,7 @@ fn the_demo_trains_exactly_and_verifies_its_log() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The live table printed a row per round.
-    for round in 1..=3 {
+    for round in 1..=4 {
         assert!(
             stdout
                 .lines()
@@ -109,9 +133,8 @@ fn the_demo_trains_exactly_and_verifies_its_log() {
         );
     }
     let run = work.path().join("run");
-    // Under label skew, local standardisation costs accuracy (SECURITY.md, known gaps); the
-    // encrypted model still equals both baselines.
-    assert_complete(&run, &["member-a", "member-b", "member-c"], 3, 62, 0.7);
+    // Under label skew too: the pooled scaling keeps features comparable across institutions.
+    assert_complete(&run, &["member-a", "member-b", "member-c"], 3, 62, 0.9);
     assert_eq!(report(&run)["split"], "skewed");
 
     // A second run refuses to overwrite the first.

@@ -453,7 +453,7 @@ fn training_on_real_data_matches_plaintext_fixed_point_fedavg_exactly() {
         learning_rate: 0.1,
         seed: 11 + i as u64,
         initial_seed: 0,
-        scaling: node::config::Scaling::Standardise,
+        scaling: node::config::Scaling::Local,
     };
     for (i, name) in d.members.iter().enumerate() {
         std::fs::write(d.dir.join(name).join("data.csv"), &parts[i]).unwrap();
@@ -461,6 +461,8 @@ fn training_on_real_data_matches_plaintext_fixed_point_fedavg_exactly() {
             let mut source = toml::Table::new();
             if i == 0 {
                 source.insert("kind".into(), "built-in".into());
+                // As the external trainer scales: with this institution's own statistics.
+                source.insert("scaling".into(), "local".into());
                 source.insert("data".into(), "data.csv".into());
                 // The whole set as held-out rows: the round report measures the model on it.
                 source.insert(

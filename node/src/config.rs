@@ -55,18 +55,19 @@ pub enum ModelKind {
     Mlp,
 }
 
-/// Feature scaling. Neither kind shares anything about one institution's data with another.
+/// Feature scaling. Neither kind shares one institution's own statistics with another.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scaling {
-    /// Each feature to mean 0 and standard deviation 1 with this institution's own
-    /// statistics. Best when institutions hold similar data; under label skew the
-    /// institutions' statistics differ and the features stop meaning the same thing.
+    /// sign(x) ln(1 + |x|), then the consortium's pooled mean and standard deviation,
+    /// computed under encryption in the first round (see `node::scaling`). A feature means
+    /// the same at every institution. The plan's `values` grow by 4 x features + 1.
     #[default]
-    Standardise,
-    /// sign(x) ln(1 + |x|): one fixed function everywhere, so a feature means the same at
-    /// every institution whatever its data.
-    Log,
+    Pooled,
+    /// Each institution's own mean and standard deviation. Fine when institutions hold
+    /// similar data; under a skewed split their statistics differ, the features stop meaning
+    /// the same thing, and accuracy suffers.
+    Local,
 }
 
 /// Local training with seeded SGD; the update is the trained model minus the global one.

@@ -1322,15 +1322,16 @@ fn report_round(ctx: &Context, round: u64, digest: &ModelDigest) -> Result<(), S
         );
     }
     if let Some(path) = &ctx.export_model {
-        let metadata = HashMap::from([
+        let mut metadata = HashMap::from([
             ("format".to_string(), "pt".to_string()),
             ("round".to_string(), round.to_string()),
             ("model_digest".to_string(), hex::encode(digest)),
             ("plan_digest".to_string(), hex::encode(ctx.plan.digest())),
         ]);
+        metadata.extend(source.export_metadata());
         let mut layout = source.layout();
         let mut values = source.parameters(&global);
-        for (name, extra) in source.export_extras() {
+        for (name, extra) in source.export_extras(&global) {
             layout.push((name, vec![extra.len()]));
             values.extend(extra);
         }

@@ -6,6 +6,7 @@
 //! starts at zero. A network's actual parameters are the shared initial model plus the global
 //! model ([`UpdateSource::parameters`]); for logistic regression the initial model is zero.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,6 +18,7 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::config::{ExternalConfig, ModelKind, Scaling, SourceConfig, TrainerConfig};
 use crate::data::{Dataset, Impute, load_csv};
+use crate::scaling;
 use crate::tensors::{self, max_file_bytes};
 use crate::trainer::{Evaluation, Layout, Model, SgdConfig};
 
@@ -37,8 +39,13 @@ pub trait UpdateSource: Send {
     /// The named tensors of the parameters, for export.
     fn layout(&self) -> Layout;
 
-    /// Extra tensors an exported model carries (the institution's feature scaling).
-    fn export_extras(&self) -> Vec<(String, Vec<f32>)> {
+    /// Extra tensors an exported model carries (the feature scaling in force).
+    fn export_extras(&self, _global: &[f32]) -> Vec<(String, Vec<f32>)> {
+        Vec::new()
+    }
+
+    /// Extra metadata of an exported model (how to apply its scaling).
+    fn export_metadata(&self) -> Vec<(String, String)> {
         Vec::new()
     }
 }
@@ -103,36 +110,46 @@ impl UpdateSource for SyntheticSource {
 #[derive(Debug, Clone)]
 pub struct TrainingSource {
     pub model: Model,
-    /// Standardised with this institution's own statistics.
+    /// The training rows: standardised already under local scaling, log-transformed and
+    /// waiting for the pooled statistics under pooled scaling.
     pub data: Dataset,
-    /// Those statistics (mean, standard deviation) per feature.
-    pub scaling: Vec<(f32, f32)>,
-    /// Held-out rows, standardised with the training rows' statistics.
+    /// Held-out rows, prepared the same way.
     pub test: Option<Dataset>,
+    pub scaling: SourceScaling,
     pub sgd: SgdConfig,
     pub seed: u64,
     pub initial: Vec<f32>,
 }
 
+/// How a [`TrainingSource`] scales its features.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceScaling {
+    /// This institution's (mean, standard deviation) per feature, already applied.
+    Local(Vec<(f32, f32)>),
+    /// From the statistics region of the global model.
+    Pooled,
+}
+
 impl TrainingSource {
-    /// Loads and standardises the data, and checks the model against the plan's size.
+    /// Loads the data and checks the global model's size against the plan.
     pub fn open(config: &TrainerConfig, values: usize) -> Result<Self, String> {
         let source = Self::load(config)?;
-        if source.model.parameters() != values {
+        if source.global_size() != values {
             return Err(format!(
-                "{}: {} features and {} classes make {} parameters for {:?}, the plan has \
-                 {values}",
+                "{}: {} features and {} classes make a global model of {} values for {:?} \
+                 with {:?} scaling, the plan has {values}",
                 config.data.display(),
                 source.model.features(),
                 config.classes,
-                source.model.parameters(),
-                config.model
+                source.global_size(),
+                config.model,
+                config.scaling
             ));
         }
         Ok(source)
     }
 
-    /// Loads and standardises the data; the network's size follows from it.
+    /// Loads the data; the network's size follows from it.
     pub fn load(config: &TrainerConfig) -> Result<Self, String> {
         let impute = if config.impute_missing {
             Impute::Mean
@@ -142,10 +159,10 @@ impl TrainingSource {
         let mut data = load_csv(&config.data, &config.target, config.classes, impute)
             .map_err(|e| e.to_string())?;
         let scaling = match config.scaling {
-            Scaling::Standardise => data.standardise(),
-            Scaling::Log => {
+            Scaling::Local => SourceScaling::Local(data.standardise()),
+            Scaling::Pooled => {
                 data.log_transform();
-                Vec::new()
+                SourceScaling::Pooled
             }
         };
         let test = match &config.test_data {
@@ -159,9 +176,9 @@ impl TrainingSource {
                         config.data.display()
                     ));
                 }
-                match config.scaling {
-                    Scaling::Standardise => test.apply(&scaling),
-                    Scaling::Log => test.log_transform(),
+                match &scaling {
+                    SourceScaling::Local(stats) => test.apply(stats),
+                    SourceScaling::Pooled => test.log_transform(),
                 }
                 Some(test)
             }
@@ -180,8 +197,8 @@ impl TrainingSource {
             initial: model.initial(config.initial_seed),
             model,
             data,
-            scaling,
             test,
+            scaling,
             sgd: SgdConfig {
                 epochs: config.epochs,
                 batch: config.batch,
@@ -191,19 +208,58 @@ impl TrainingSource {
             seed: config.seed,
         })
     }
+
+    /// Values of the global model: the parameters, then any statistics region.
+    pub fn global_size(&self) -> usize {
+        self.model.parameters()
+            + match self.scaling {
+                SourceScaling::Local(_) => 0,
+                SourceScaling::Pooled => scaling::region_size(self.model.features()),
+            }
+    }
+
+    /// The (mean, standard deviation) in force for a global model, if known yet.
+    pub fn feature_scaling(&self, global: &[f32]) -> Option<Vec<(f32, f32)>> {
+        match &self.scaling {
+            SourceScaling::Local(stats) => Some(stats.clone()),
+            SourceScaling::Pooled => scaling::pooled(
+                global.get(self.model.parameters()..)?,
+                self.model.features(),
+            ),
+        }
+    }
+
+    /// `rows` scaled for a global model (borrowed when nothing is left to apply).
+    fn scaled<'a>(&self, rows: &'a Dataset, global: &[f32]) -> Option<Cow<'a, Dataset>> {
+        match &self.scaling {
+            SourceScaling::Local(_) => Some(Cow::Borrowed(rows)),
+            SourceScaling::Pooled => {
+                let stats = self.feature_scaling(global)?;
+                let mut scaled = rows.clone();
+                scaled.apply(&stats);
+                Some(Cow::Owned(scaled))
+            }
+        }
+    }
 }
 
 impl UpdateSource for TrainingSource {
     fn update(&mut self, round: u64, global: &[f32]) -> Result<(Vec<f32>, u64), String> {
+        let parameters = self.model.parameters();
+        let samples = self.data.rows() as u64;
+        let Some(data) = self.scaled(&self.data, global) else {
+            // The statistics round: this institution's moments, nothing trained.
+            let mut update = vec![0.0; parameters];
+            update.extend(scaling::local_statistics(&self.data));
+            return Ok((update, samples));
+        };
         let start = self.parameters(global);
-        let trained = self.model.train(
-            &start,
-            &self.data,
-            &self.sgd,
-            self.seed ^ round.rotate_left(32),
-        );
-        let update = trained.iter().zip(&start).map(|(t, m)| t - m).collect();
-        Ok((update, self.data.rows() as u64))
+        let trained = self
+            .model
+            .train(&start, &data, &self.sgd, self.seed ^ round.rotate_left(32));
+        let mut update: Vec<f32> = trained.iter().zip(&start).map(|(t, m)| t - m).collect();
+        update.resize(self.global_size(), 0.0);
+        Ok((update, samples))
     }
 
     fn parameters(&self, global: &[f32]) -> Vec<f32> {
@@ -215,25 +271,30 @@ impl UpdateSource for TrainingSource {
     }
 
     fn evaluate(&self, global: &[f32]) -> Option<Evaluation> {
-        let test = self.test.as_ref()?;
-        Some(self.model.evaluate(&self.parameters(global), test))
+        let test = self.scaled(self.test.as_ref()?, global)?;
+        Some(self.model.evaluate(&self.parameters(global), &test))
     }
 
     fn layout(&self) -> Layout {
         self.model.layout()
     }
 
-    fn export_extras(&self) -> Vec<(String, Vec<f32>)> {
+    fn export_extras(&self, global: &[f32]) -> Vec<(String, Vec<f32>)> {
+        let Some(stats) = self.feature_scaling(global) else {
+            return Vec::new();
+        };
         vec![
-            (
-                "scaling.mean".into(),
-                self.scaling.iter().map(|s| s.0).collect(),
-            ),
-            (
-                "scaling.std".into(),
-                self.scaling.iter().map(|s| s.1).collect(),
-            ),
+            ("scaling.mean".into(), stats.iter().map(|s| s.0).collect()),
+            ("scaling.std".into(), stats.iter().map(|s| s.1).collect()),
         ]
+    }
+
+    fn export_metadata(&self) -> Vec<(String, String)> {
+        let scaling = match self.scaling {
+            SourceScaling::Local(_) => "(x - scaling.mean) / scaling.std",
+            SourceScaling::Pooled => "(sign(x) ln(1 + |x|) - scaling.mean) / scaling.std",
+        };
+        vec![("scaling".into(), scaling.into())]
     }
 }
 
@@ -401,7 +462,15 @@ pub fn open_source(
             values,
             clip: plan.clip,
         }),
-        SourceConfig::BuiltIn(trainer) => Box::new(TrainingSource::open(trainer, values)?),
+        SourceConfig::BuiltIn(trainer) => {
+            if trainer.scaling == Scaling::Pooled && plan.clip < 1.0 {
+                return Err(format!(
+                    "pooled scaling needs the plan's clip to be at least 1 (it is {})",
+                    plan.clip
+                ));
+            }
+            Box::new(TrainingSource::open(trainer, values)?)
+        }
         SourceConfig::External(external) => {
             Box::new(ExternalSource::open(external, values, scratch)?)
         }
