@@ -81,14 +81,18 @@ pub struct DemoArgs {
     /// How to split it.
     #[arg(long, value_enum, default_value_t = Split::Iid)]
     split: Split,
-    /// Use one CSV file per institution from this directory instead (a natural split; each
-    /// file's name is its institution's). Needs --target.
-    #[arg(long, requires = "target")]
+    /// Use one CSV file per institution from this directory instead of a shipped data set (a
+    /// natural split; each file's name is its institution's). Needs --target.
+    #[arg(
+        long,
+        requires = "target",
+        conflicts_with_all = ["dataset", "split", "institutions"]
+    )]
     data_dir: Option<PathBuf>,
     /// The column of the --data-dir files holding the class index (0, 1, ...).
-    #[arg(long)]
+    #[arg(long, requires = "data_dir")]
     target: Option<String>,
-    /// Institutions, one node process each (with --data-dir: the number of files).
+    /// Institutions, one node process each: 2 to 26 (with --data-dir: one per file).
     #[arg(long, default_value_t = 3)]
     institutions: u8,
     /// Members needed to decrypt.
@@ -100,16 +104,17 @@ pub struct DemoArgs {
     /// The network each institution trains.
     #[arg(long, value_enum, default_value_t = ModelArg::Logistic)]
     model: ModelArg,
-    /// Hidden units of the MLP.
-    #[arg(long, default_value_t = 16)]
-    hidden: usize,
+    /// Hidden units of the MLP (with --model mlp).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    hidden: u16,
     /// Local epochs per round.
     #[arg(long, default_value_t = 1)]
     epochs: u32,
     /// Local SGD learning rate.
     #[arg(long, default_value_t = 0.1)]
     learning_rate: f32,
-    /// Fraction of each institution's rows held out to measure the global model.
+    /// Fraction of each institution's rows held out to measure the global model (between 0
+    /// and 1).
     #[arg(long, default_value_t = 0.2)]
     test_fraction: f64,
     /// Feature scaling: `pooled`, the consortium's statistics computed under encryption in
@@ -129,7 +134,9 @@ pub struct DemoArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ScalingArg {
+    /// The consortium's statistics, computed under encryption in an extra first round.
     Pooled,
+    /// Each institution's own statistics.
     Local,
 }
 
@@ -160,8 +167,8 @@ struct RoundRecord {
     round: u64,
     /// `statistics` (the pooled feature scaling) or `training`.
     phase: &'static str,
-    /// The decrypted global model on the institutions' pooled held-out rows (none in the
-    /// statistics round).
+    /// The decrypted global model on the institutions' pooled held-out rows (in the
+    /// statistics round: the untrained initial model).
     accuracy: Option<f64>,
     loss: Option<f64>,
     fixed_point_accuracy: Option<f64>,
@@ -339,6 +346,16 @@ fn split_directory(
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| member.clone());
+        if institutions
+            .iter()
+            .any(|i: &Institution| i.name.eq_ignore_ascii_case(&name))
+        {
+            bail!(
+                "{}: another file in {} names the same institution",
+                file.display(),
+                data_dir.display()
+            );
+        }
         institutions.push(write_institution(
             dir,
             &name,
@@ -551,7 +568,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     let classes = count_classes(&institutions, &target, args.impute_missing)?;
     let trainer = |i: usize| TrainerConfig {
         model: args.model.into(),
-        hidden: args.hidden,
+        hidden: usize::from(args.hidden),
         data: institutions[i].train.clone(),
         test_data: Some(institutions[i].test.clone()),
         target: target.clone(),
@@ -667,7 +684,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     for (institution, report) in institutions.iter().zip(&report_files) {
         let member_dir = consortium_dir.join(&institution.member);
         processes.0.push((
-            institution.name.clone(),
+            format!("node-{}", institution.name),
             spawn(
                 &exe,
                 &[
@@ -682,7 +699,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
                     "--round-report",
                     &report.to_string_lossy(),
                 ],
-                &logs.join(format!("{}.log", institution.name)),
+                &logs.join(format!("node-{}.log", institution.name)),
             )?,
         ));
     }
@@ -705,19 +722,27 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     let mut bytes_before = vec![0u64; institutions.len()];
     let mut live: BTreeMap<u64, (Evaluation, u64, f64)> = BTreeMap::new();
     loop {
-        let reports: Vec<Vec<RoundReport>> = report_files.iter().map(|p| read_reports(p)).collect();
-        let complete = reports.iter().map(Vec::len).min().unwrap_or(0) as u64;
-        while printed < complete {
-            let index = printed as usize;
-            let round = reports[0][index].round;
+        // Rounds every institution has reported, matched by round number (a round the
+        // consortium failed is never reported and is skipped).
+        let reports: Vec<BTreeMap<u64, RoundReport>> = report_files
+            .iter()
+            .map(|p| read_reports(p).into_iter().map(|r| (r.round, r)).collect())
+            .collect();
+        let complete: Vec<u64> = reports[0]
+            .keys()
+            .copied()
+            .filter(|round| *round > printed && reports.iter().all(|r| r.contains_key(round)))
+            .collect();
+        for round in complete {
             let mut evaluation = Evaluation::default();
             let mut bytes = 0;
             for (i, r) in reports.iter().enumerate() {
-                if let Some(e) = &r[index].evaluation {
+                let report = &r[&round];
+                if let Some(e) = &report.evaluation {
                     evaluation.add(e);
                 }
-                bytes += r[index].bytes_sent.saturating_sub(bytes_before[i]);
-                bytes_before[i] = r[index].bytes_sent;
+                bytes += report.bytes_sent.saturating_sub(bytes_before[i]);
+                bytes_before[i] = report.bytes_sent;
             }
             let seconds = last_row.elapsed().as_secs_f64();
             last_row = Instant::now();
@@ -742,7 +767,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
                 }
             });
             live.insert(round, (evaluation, bytes, seconds));
-            printed += 1;
+            printed = round;
             bar.set_position(printed);
         }
         let mut running = false;

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use keyceremony::identity::Identity;
 use keyceremony::transcript::{Transcript, Verified, verify};
 use protocol::consortium::Consortium;
@@ -77,17 +77,22 @@ pub enum NodeCommand {
         /// The column holding the class index.
         #[arg(long)]
         target: String,
+        /// Number of classes (labels are 0 to classes - 1).
         #[arg(long)]
         classes: usize,
+        /// The network; its tensors must be the ones the model file holds.
         #[arg(long, value_enum, default_value_t = ModelArg::Logistic)]
         model: ModelArg,
         /// Hidden units of the MLP.
         #[arg(long, default_value_t = 16)]
         hidden: usize,
+        /// Passes over the local rows.
         #[arg(long, default_value_t = 1)]
         epochs: u32,
+        /// Rows per SGD step.
         #[arg(long, default_value_t = 16)]
         batch: usize,
+        /// SGD step size.
         #[arg(long, default_value_t = 0.1)]
         learning_rate: f32,
         /// Seeds the shuffling.
@@ -102,7 +107,9 @@ pub enum NodeCommand {
 /// The built-in trainer's networks, on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModelArg {
+    /// Multinomial logistic regression.
     Logistic,
+    /// One hidden ReLU layer (--hidden units).
     Mlp,
 }
 
@@ -156,9 +163,25 @@ fn train_once(command: &NodeCommand) -> Result<ExitCode> {
     source.initial = vec![0.0; source.model.parameters()];
     let network = source.model;
     let layout = network.layout();
+    let limit = node::tensors::max_file_bytes(&layout);
+    let size = std::fs::metadata(model_in)
+        .with_context(|| format!("reading the global model {}", model_in.display()))?
+        .len();
+    ensure!(
+        size <= limit,
+        "{}: {size} bytes, more than the {limit} this model can take",
+        model_in.display()
+    );
     let bytes = std::fs::read(model_in)
         .with_context(|| format!("reading the global model {}", model_in.display()))?;
     let (parameters, _) = node::tensors::decode(&bytes, &layout, &model_in.display().to_string())?;
+    if matches!(network, node::trainer::Model::Mlp { .. }) && parameters.iter().all(|p| *p == 0.0) {
+        bail!(
+            "{}: an MLP of zeros cannot learn (every hidden unit stays the same); give the \
+             consortium an initial model (`initial_model` in the node's [source])",
+            model_in.display()
+        );
+    }
     let (update, samples) = node::source::UpdateSource::update(&mut source, *round, &parameters)
         .map_err(anyhow::Error::msg)?;
     let metadata = std::collections::HashMap::from([

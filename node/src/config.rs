@@ -55,7 +55,8 @@ pub enum ModelKind {
     Mlp,
 }
 
-/// Feature scaling. Neither kind shares one institution's own statistics with another.
+/// Feature scaling. Neither kind sends an institution's own statistics anywhere in the clear;
+/// pooled scaling decrypts their weighted sum over at least `k_min` institutions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scaling {

@@ -1335,6 +1335,9 @@ fn report_round(ctx: &Context, round: u64, digest: &ModelDigest) -> Result<(), S
             layout.push((name, vec![extra.len()]));
             values.extend(extra);
         }
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
         let written = crate::tensors::encode(&layout, &values, metadata)
             .map_err(|e| e.to_string())
             .and_then(|bytes| {
@@ -1427,9 +1430,10 @@ async fn combine(
     .await?;
     tracing::info!(round, request, model = %hex::encode(&digest[..8]), "model decrypted");
     let worker = ctx.clone();
-    tokio::task::spawn_blocking(move || report_round(&worker, round, &digest))
-        .await
-        .map_err(|e| e.to_string())??;
+    let reported = tokio::task::spawn_blocking(move || report_round(&worker, round, &digest)).await;
+    if let Err(e) = reported.map_err(|e| e.to_string()).and_then(|r| r) {
+        tracing::error!(round, error = %e, "the round could not be reported");
+    }
     if ctx.stop_after.is_some_and(|last| round >= last) {
         ctx.done.notify_one();
     }

@@ -1,13 +1,19 @@
 //! Pooled feature scaling: the consortium's mean and standard deviation of every feature,
 //! computed under encryption in the first round, so that a feature means the same thing at
-//! every institution (local statistics disagree under a skewed split) while no institution's
-//! own statistics leave it. Like any round, only the weighted sum over at least `k_min`
-//! institutions is ever decrypted.
+//! every institution (local statistics disagree under a skewed split). Like any round, only
+//! the weighted sum over at least `k_min` institutions is ever decrypted; with two
+//! institutions, each can subtract its own share and learn the other's moments, as with any
+//! aggregate of two.
 //!
 //! Features first go through sign(x) ln(1 + |x|), a fixed function that bounds them (|t| < 89
 //! for any f32), so that their moments fit the plan's clip with public scales. Each moment is
 //! sent as a high part on the fixed-point grid and the residual scaled up by 2^16, which
-//! carries it at 2^-32 of the scale instead of the codec's 2^-16. A constant 1/2 from every
+//! carries it at 2^-32 of the scale instead of the codec's 2^-16 (means to about 3e-8,
+//! second moments to about 2e-6). Members read the region as f32, so a variance below about
+//! 1e-6 of the second moment (a feature whose spread, after the log transform, is under a
+//! thousandth of its size) cannot be resolved: it is floored there, which leaves such a
+//! feature under-scaled but never blows it up, and every member floors it the same way. A
+//! constant 1/2 from every
 //! institution sums to half the total weight, so the pooled moments are normalised exactly
 //! however the integer weights round.
 //!
@@ -67,7 +73,7 @@ pub fn pooled(region: &[f32], features: usize) -> Option<Vec<(f32, f32)>> {
                 let mean = MEAN_SCALE * join(region[c], region[features + c]);
                 let square =
                     SQUARE_SCALE * join(region[2 * features + c], region[3 * features + c]);
-                let sd = (square - mean * mean).max(0.0).sqrt();
+                let sd = (square - mean * mean).max(1e-6 * square).sqrt();
                 (mean as f32, (sd as f32).max(1e-6))
             })
             .collect(),
@@ -141,5 +147,16 @@ mod tests {
         let stats = local_statistics(&dataset(&[[1.0, 2.0]]));
         assert!(stats.iter().all(|v| v.abs() <= 1.0), "within the clip");
         assert_eq!(stats[8], 0.5);
+    }
+
+    /// A feature nearly constant at a large value: its variance is below what f32 resolves,
+    /// so it is floored rather than left at zero (which would blow the feature up).
+    #[test]
+    fn an_unresolvable_spread_is_floored() {
+        let region = local_statistics(&dataset(&[[13.8155, 0.0], [13.8156, 1.0]]));
+        let stats = pooled(&region, 2).unwrap();
+        assert!((stats[0].0 - 13.81555).abs() < 1e-4, "{stats:?}");
+        assert!(stats[0].1 >= 1e-3 * 13.8, "{stats:?}");
+        assert!((stats[1].1 - 0.5).abs() < 1e-3, "{stats:?}");
     }
 }

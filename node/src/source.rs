@@ -8,6 +8,8 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -298,6 +300,9 @@ impl UpdateSource for TrainingSource {
     }
 }
 
+/// The longest a trainer may be given: a week.
+const MAX_TRAINER_SECS: u64 = 7 * 24 * 3600;
+
 /// The institution's own training command (see [`ExternalConfig`]).
 #[derive(Debug, Clone)]
 pub struct ExternalSource {
@@ -318,10 +323,26 @@ impl ExternalSource {
             .iter()
             .map(|t| (t.name.clone(), t.shape.clone()))
             .collect();
-        let total: usize = layout
+        for (i, (name, _)) in layout.iter().enumerate() {
+            if layout[..i].iter().any(|(n, _)| n == name) {
+                return Err(format!("source.tensors names {name:?} twice"));
+            }
+        }
+        if config.timeout_secs == 0 || config.timeout_secs > MAX_TRAINER_SECS {
+            return Err(format!(
+                "source.timeout_secs = {}: between 1 and {MAX_TRAINER_SECS}",
+                config.timeout_secs
+            ));
+        }
+        let total = layout
             .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum();
+            .try_fold(0usize, |total, (_, shape)| {
+                shape
+                    .iter()
+                    .try_fold(1usize, |n, d| n.checked_mul(*d))
+                    .and_then(|n| total.checked_add(n))
+            })
+            .ok_or("source.tensors: the shapes overflow")?;
         if total != values {
             return Err(format!(
                 "source.tensors hold {total} values, the plan has {values}"
@@ -336,7 +357,10 @@ impl ExternalSource {
             }
             None => vec![0.0; values],
         };
-        std::fs::create_dir_all(&scratch)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&scratch)
             .map_err(|e| format!("creating {}: {e}", scratch.display()))?;
         // The command runs elsewhere: hand it paths that do not depend on its directory.
         let scratch = scratch
@@ -364,46 +388,65 @@ fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Kills a trainer and everything it started (it leads its own process group).
+fn kill_group(child: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .arg("-KILL")
+        .arg(format!("-{}", child.id()))
+        .stderr(Stdio::null())
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The last lines of a trainer's error output, read back from its file.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let start = text.len().saturating_sub(2000);
+    let text = String::from_utf8_lossy(&text[start..]);
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
 impl UpdateSource for ExternalSource {
     fn update(&mut self, round: u64, global: &[f32]) -> Result<(Vec<f32>, u64), String> {
-        let model_path = self.scratch.join("model.safetensors");
-        let update_path = self.scratch.join("update.safetensors");
+        // Per-round names: a trainer left over from an earlier round cannot slip its file in.
+        let model_path = self.scratch.join(format!("model-{round}.safetensors"));
+        let update_path = self.scratch.join(format!("update-{round}.safetensors"));
+        let stderr_path = self.scratch.join("trainer.log");
         let _ = std::fs::remove_file(&update_path);
         let start = self.parameters(global);
         let metadata = HashMap::from([("round".to_string(), round.to_string())]);
         let bytes = tensors::encode(&self.layout, &start, metadata).map_err(|e| e.to_string())?;
-        std::fs::write(&model_path, bytes)
+        // The consortium's model: owner-only, like every exported copy.
+        keyceremony::files::write_atomically(&model_path, &bytes, 0o600)
             .map_err(|e| format!("writing {}: {e}", model_path.display()))?;
+        let stderr = std::fs::File::create(&stderr_path)
+            .map_err(|e| format!("creating {}: {e}", stderr_path.display()))?;
         let program = &self.config.command[0];
+        // Its error output goes to a file, not a pipe: nothing the trainer or its children do
+        // with it can block the node. The node's passphrase stays with the node.
         let mut child = Command::new(program)
             .args(&self.config.command[1..])
             .current_dir(&self.config.working_dir)
+            .env_remove("QUORATE_PASSPHRASE")
             .env("QUORATE_MODEL", &model_path)
             .env("QUORATE_UPDATE", &update_path)
             .env("QUORATE_ROUND", round.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
+            .process_group(0)
             .spawn()
             .map_err(|e| format!("starting the trainer {program:?}: {e}"))?;
-        // Read its error output on the side so a chatty trainer cannot block on a full pipe;
-        // only the tail is kept for the error message.
-        let stderr = child.stderr.take().map(|mut pipe| {
-            std::thread::spawn(move || {
-                let mut text = String::new();
-                let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
-                let tail: Vec<&str> = text.lines().rev().take(5).collect();
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            })
-        });
         let deadline = Instant::now() + Duration::from_secs(self.config.timeout_secs);
         let status = loop {
             if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
                 break status;
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_group(&mut child);
+                let _ = std::fs::remove_file(&model_path);
                 return Err(format!(
                     "the trainer {program:?} ran longer than {} s and was stopped",
                     self.config.timeout_secs
@@ -411,9 +454,12 @@ impl UpdateSource for ExternalSource {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let tail = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+        let _ = std::fs::remove_file(&model_path);
         if !status.success() {
-            return Err(format!("the trainer {program:?} failed ({status}): {tail}"));
+            return Err(format!(
+                "the trainer {program:?} failed ({status}): {}",
+                tail(&stderr_path)
+            ));
         }
         let bytes = read_bounded(&update_path, max_file_bytes(&self.layout))
             .map_err(|e| format!("the trainer's update: {e}"))?;
@@ -430,6 +476,7 @@ impl UpdateSource for ExternalSource {
                     update_path.display()
                 )
             })?;
+        let _ = std::fs::remove_file(&update_path);
         Ok((update, samples))
     }
 
@@ -475,4 +522,93 @@ pub fn open_source(
             Box::new(ExternalSource::open(external, values, scratch)?)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TensorSpec;
+
+    fn external(command: &str, timeout_secs: u64, scratch: &Path) -> ExternalSource {
+        let config = ExternalConfig {
+            command: vec!["sh".into(), "-c".into(), command.into()],
+            tensors: vec![TensorSpec {
+                name: "w".into(),
+                shape: vec![2],
+            }],
+            initial_model: None,
+            timeout_secs,
+            working_dir: scratch.to_owned(),
+        };
+        ExternalSource::open(&config, 2, scratch.join("trainer")).unwrap()
+    }
+
+    #[test]
+    fn a_failing_trainer_is_reported_with_its_last_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut source = external(
+            "echo starting >&2; echo 'no such column' >&2; exit 3",
+            60,
+            dir.path(),
+        );
+        let error = source.update(1, &[0.0, 0.0]).unwrap_err();
+        assert!(error.contains("exit status: 3"), "{error}");
+        assert!(error.contains("starting\nno such column"), "{error}");
+    }
+
+    #[test]
+    fn a_trainer_that_outlives_its_timeout_is_stopped_with_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        // A child in the background keeps the error file open; the node must not wait for it.
+        let mut source = external("sleep 300 & sleep 300", 1, dir.path());
+        let error = source.update(1, &[0.0, 0.0]).unwrap_err();
+        assert!(error.contains("ran longer than 1 s"), "{error}");
+    }
+
+    #[test]
+    fn a_trainer_must_write_the_update_of_this_round() {
+        let dir = tempfile::tempdir().unwrap();
+        // Writes last round's file name: not accepted as this round's update.
+        let mut source = external(
+            "cp \"$QUORATE_MODEL\" \"$(dirname \"$QUORATE_UPDATE\")/update-$((QUORATE_ROUND - 1)).safetensors\"",
+            60,
+            dir.path(),
+        );
+        let error = source.update(2, &[0.0, 0.0]).unwrap_err();
+        assert!(error.contains("update-2.safetensors"), "{error}");
+        // Echoing the model back lacks the sample count.
+        let mut source = external("cp \"$QUORATE_MODEL\" \"$QUORATE_UPDATE\"", 60, dir.path());
+        let error = source.update(2, &[0.5, 0.25]).unwrap_err();
+        assert!(error.contains("\"samples\""), "{error}");
+        // The model file it was given is owner-only.
+        let mut source = external("stat -c %a \"$QUORATE_MODEL\" >&2; exit 1", 60, dir.path());
+        let error = source.update(3, &[0.0, 0.0]).unwrap_err();
+        assert!(error.ends_with(": 600"), "{error}");
+    }
+
+    #[test]
+    fn bad_tensor_lists_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = |name: &str, shape: Vec<usize>| TensorSpec {
+            name: name.into(),
+            shape,
+        };
+        let mut config = ExternalConfig {
+            command: vec!["true".into()],
+            tensors: vec![spec("w", vec![1]), spec("w", vec![1])],
+            initial_model: None,
+            timeout_secs: 60,
+            working_dir: dir.path().to_owned(),
+        };
+        let open =
+            |c: &ExternalConfig| ExternalSource::open(c, 2, dir.path().join("t")).unwrap_err();
+        assert!(open(&config).contains("twice"));
+        config.tensors = vec![spec("w", vec![usize::MAX, 2])];
+        assert!(open(&config).contains("overflow"));
+        config.tensors = vec![spec("w", vec![3])];
+        assert!(open(&config).contains("3 values, the plan has 2"));
+        config.tensors = vec![spec("w", vec![2])];
+        config.timeout_secs = u64::MAX;
+        assert!(open(&config).contains("timeout_secs"));
+    }
 }
