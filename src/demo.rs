@@ -26,6 +26,9 @@ use serde::Serialize;
 use crate::bench_round::{rehearse, spawn, wait_with_timeout};
 use crate::round_cmd::{ModelArg, write_deployment_configs};
 
+/// Marks a directory as a demo's output, which a later run may replace.
+const DEMO_MARKER: &str = ".quorate-demo";
+
 /// A check failed: the report says which.
 const EXIT_CHECK_FAILED: u8 = 2;
 
@@ -124,10 +127,19 @@ pub struct DemoArgs {
     /// Fill missing cells with the column mean instead of refusing the file.
     #[arg(long)]
     impute_missing: bool,
+    /// A categorical column of the --data-dir files and its categories, one-hot encoded:
+    /// COLUMN=CAT1,CAT2,... (repeat for more columns).
+    #[arg(
+        long = "category",
+        value_name = "COLUMN=CATEGORIES",
+        requires = "data_dir"
+    )]
+    categories: Vec<String>,
     /// Seeds the split, the shuffling and the MLP's initial model.
     #[arg(long, default_value_t = 2026)]
     seed: u64,
-    /// A new (or empty) directory for the models, audit log, transcript, report and plot.
+    /// Where to write the models, audit log, transcript, report and plot: a new or empty
+    /// directory, or an earlier demo's output, which is replaced.
     #[arg(long, default_value = "demo-out")]
     out: PathBuf,
 }
@@ -331,7 +343,7 @@ fn split_directory(
             node::data::Impute::Refuse
         };
         let target = args.target.as_deref().unwrap_or_default();
-        node::data::parse_csv(&text, &display, target, 1 << 16, impute)?;
+        node::data::parse_csv(&text, &display, target, 1 << 16, impute, &categories(args)?)?;
         let (header, rows) = lines(&text, &display)?;
         match &first_header {
             Some((first, path)) if *first != header => bail!(
@@ -392,7 +404,12 @@ fn csv_files(data_dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// The number of classes: one more than the largest label in any institution's file.
-fn count_classes(institutions: &[Institution], target: &str, impute: bool) -> Result<usize> {
+fn count_classes(
+    institutions: &[Institution],
+    target: &str,
+    impute: bool,
+    categories: &node::data::Categories,
+) -> Result<usize> {
     let impute = if impute {
         node::data::Impute::Mean
     } else {
@@ -401,7 +418,7 @@ fn count_classes(institutions: &[Institution], target: &str, impute: bool) -> Re
     let mut classes = 0;
     for institution in institutions {
         for path in [&institution.train, &institution.test] {
-            let data = node::data::load_csv(path, target, 1 << 16, impute)?;
+            let data = node::data::load_csv(path, target, 1 << 16, impute, categories)?;
             classes = classes.max(data.labels.iter().max().map_or(0, |&l| l as usize + 1));
         }
     }
@@ -476,6 +493,27 @@ fn float_fedavg(
     Ok(out)
 }
 
+/// The `--category COLUMN=A,B,...` arguments.
+fn categories(args: &DemoArgs) -> Result<node::data::Categories> {
+    parse_categories(&args.categories)
+}
+
+pub(crate) fn parse_categories(list: &[String]) -> Result<node::data::Categories> {
+    list.iter()
+        .map(|arg| {
+            let (column, values) = arg
+                .split_once('=')
+                .with_context(|| format!("--category {arg:?}: expected COLUMN=CAT1,CAT2,..."))?;
+            let values: Vec<String> = values.split(',').map(|v| v.trim().to_owned()).collect();
+            ensure!(
+                values.iter().all(|v| !v.is_empty()),
+                "--category {arg:?}: an empty category"
+            );
+            Ok((column.trim().to_owned(), values))
+        })
+        .collect()
+}
+
 /// Child processes, killed if the demo stops early.
 struct Processes(Vec<(String, Child)>);
 
@@ -524,12 +562,21 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
             .next()
             .is_some()
     {
-        bail!(
-            "{} exists and is not empty; pass --out with a new directory",
+        // An earlier demo's output is replaced; anything else is left alone.
+        ensure!(
+            out.join(DEMO_MARKER).is_file(),
+            "{} exists, is not empty and is not an earlier demo's output; pass --out with a \
+             new directory",
             out.display()
         );
+        println!("Replacing the earlier demo run in {}", out.display());
+        std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(
+        out.join(DEMO_MARKER),
+        "Written by `quorate demo`, which replaces this directory when run again.\n",
+    )?;
     let out = out
         .canonicalize()
         .with_context(|| format!("{}", out.display()))?;
@@ -565,7 +612,8 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
             args.dataset.name().to_owned(),
         ),
     };
-    let classes = count_classes(&institutions, &target, args.impute_missing)?;
+    let categories = categories(args)?;
+    let classes = count_classes(&institutions, &target, args.impute_missing, &categories)?;
     let trainer = |i: usize| TrainerConfig {
         model: args.model.into(),
         hidden: usize::from(args.hidden),
@@ -574,6 +622,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
         target: target.clone(),
         classes,
         impute_missing: args.impute_missing,
+        categories: categories.clone(),
         epochs: args.epochs,
         batch: 16,
         learning_rate: args.learning_rate,

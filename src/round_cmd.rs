@@ -101,6 +101,9 @@ pub enum NodeCommand {
         /// Fill missing cells with the column mean instead of refusing the file.
         #[arg(long)]
         impute_missing: bool,
+        /// A categorical column and its categories, one-hot encoded: COLUMN=CAT1,CAT2,...
+        #[arg(long = "category", value_name = "COLUMN=CATEGORIES")]
+        categories: Vec<String>,
     },
 }
 
@@ -139,6 +142,7 @@ fn train_once(command: &NodeCommand) -> Result<ExitCode> {
         learning_rate,
         seed,
         impute_missing,
+        categories,
     } = command
     else {
         unreachable!("only called for train");
@@ -151,6 +155,7 @@ fn train_once(command: &NodeCommand) -> Result<ExitCode> {
         target: target.clone(),
         classes: *classes,
         impute_missing: *impute_missing,
+        categories: crate::demo::parse_categories(categories)?,
         epochs: *epochs,
         batch: *batch,
         learning_rate: *learning_rate,

@@ -137,10 +137,16 @@ fn the_demo_trains_exactly_and_verifies_its_log() {
     assert_complete(&run, &["member-a", "member-b", "member-c"], 3, 62, 0.9);
     assert_eq!(report(&run)["split"], "skewed");
 
-    // A second run refuses to overwrite the first.
+    // Running again replaces an earlier demo's output, and nothing else.
     let again = demo(&["--rounds", "1", "--out", "run"], work.path());
-    assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+    assert!(again.status.success());
+    assert_eq!(report(&run)["rounds"], 1);
+    std::fs::create_dir(work.path().join("mine")).unwrap();
+    std::fs::write(work.path().join("mine/notes.txt"), "keep").unwrap();
+    let refused = demo(&["--rounds", "1", "--out", "mine"], work.path());
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not an earlier demo's output"));
+    assert!(work.path().join("mine/notes.txt").exists());
 }
 
 /// One CSV file per institution (a natural split), an MLP, and a file that does not parse.
@@ -156,10 +162,11 @@ fn the_demo_trains_on_a_directory_of_institution_files() {
     let mut lines = text.lines();
     let header = lines.next().unwrap();
     let names = ["north", "south"];
-    let mut files = vec![format!("{header}\n"); 2];
+    // With a categorical column, one-hot encoded from the agreed categories.
+    let mut files = vec![format!("{header},clinic\n"); 2];
     for (i, line) in lines.enumerate() {
         files[i % 2].push_str(line);
-        files[i % 2].push('\n');
+        files[i % 2].push_str(if i % 3 == 0 { ",day\n" } else { ",night\n" });
     }
     for (name, file) in names.iter().zip(&files) {
         std::fs::write(data.join(format!("{name}.csv")), file).unwrap();
@@ -176,6 +183,8 @@ fn the_demo_trains_on_a_directory_of_institution_files() {
             "mlp",
             "--hidden",
             "8",
+            "--category",
+            "clinic=day,night",
             "--rounds",
             "2",
             "--out",
@@ -190,7 +199,7 @@ fn the_demo_trains_on_a_directory_of_institution_files() {
         String::from_utf8_lossy(&out.stderr)
     );
     let run = work.path().join("natural");
-    assert_complete(&run, &names, 2, 8 * 31 + 2 * 9, 0.9);
+    assert_complete(&run, &names, 2, 8 * 33 + 2 * 9, 0.9);
     assert_eq!(report(&run)["members"][1]["name"], "south");
 
     // A ragged row: the error names the institution's file and the row, before anything runs.
@@ -203,6 +212,8 @@ fn the_demo_trains_on_a_directory_of_institution_files() {
             "hospitals",
             "--target",
             "benign",
+            "--category",
+            "clinic=day,night",
             "--out",
             "broken",
         ],
@@ -210,7 +221,10 @@ fn the_demo_trains_on_a_directory_of_institution_files() {
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("south.csv, row 286: 2 fields"), "{stderr}");
+    assert!(
+        stderr.contains("south.csv, row 286: 2 fields, the header has 32"),
+        "{stderr}"
+    );
     // A target column the files do not have.
     let out = demo(
         &[

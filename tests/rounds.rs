@@ -448,6 +448,7 @@ fn training_on_real_data_matches_plaintext_fixed_point_fedavg_exactly() {
         target: "benign".into(),
         classes: 2,
         impute_missing: false,
+        categories: Default::default(),
         epochs: 1,
         batch: 16,
         learning_rate: 0.1,

@@ -94,6 +94,10 @@ pub struct TrainerConfig {
     /// Fill missing cells with the column mean instead of refusing the file.
     #[serde(default)]
     pub impute_missing: bool,
+    /// Categorical columns, one-hot encoded with the categories listed (the same lists at
+    /// every member): `categories = { site = ["north", "south"] }`.
+    #[serde(default)]
+    pub categories: crate::data::Categories,
     #[serde(default = "default_epochs")]
     pub epochs: u32,
     #[serde(default = "default_batch")]

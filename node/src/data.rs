@@ -27,7 +27,10 @@ pub enum DataError {
         found: usize,
         expected: usize,
     },
-    #[error("{path}, row {row}, column {column:?}: {value:?} is not a number")]
+    #[error(
+        "{path}, row {row}, column {column:?}: {value:?} is not a number (declare the \
+         column's categories to one-hot encode it)"
+    )]
     NotNumeric {
         path: String,
         row: usize,
@@ -53,6 +56,20 @@ pub enum DataError {
     Quote { path: String, row: usize },
     #[error("{path}: no data rows")]
     Empty { path: String },
+    #[error("{path}, row {row}, column {column:?}: {value:?} is not one of the categories {known}")]
+    UnknownCategory {
+        path: String,
+        row: usize,
+        column: String,
+        value: String,
+        known: String,
+    },
+    #[error("{path}: no column named {column:?} for its categories (columns: {columns})")]
+    NoCategoricalColumn {
+        path: String,
+        column: String,
+        columns: String,
+    },
 }
 
 /// What to do with an empty cell in a feature column.
@@ -152,6 +169,11 @@ fn fields(line: &str, path: &str, row: usize) -> Result<Vec<String>, DataError> 
     Ok(out)
 }
 
+/// Categorical columns and the categories every member agreed for each, in order: such a
+/// column becomes one 0/1 feature per category (`column=category`), the same at every
+/// institution whatever values its own file happens to hold.
+pub type Categories = std::collections::BTreeMap<String, Vec<String>>;
+
 /// Parses CSV text whose `target` column holds class indexes 0..classes.
 pub fn parse_csv(
     text: &str,
@@ -159,6 +181,7 @@ pub fn parse_csv(
     target: &str,
     classes: usize,
     impute: Impute,
+    categories: &Categories,
 ) -> Result<Dataset, DataError> {
     let mut lines = text
         .lines()
@@ -179,11 +202,21 @@ pub fn parse_csv(
             target: target.to_owned(),
             columns: header.join(", "),
         })?;
+    if let Some(column) = categories.keys().find(|c| !header.contains(c)) {
+        return Err(DataError::NoCategoricalColumn {
+            path: path.to_owned(),
+            column: column.clone(),
+            columns: header.join(", "),
+        });
+    }
     let columns: Vec<String> = header
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != target_at)
-        .map(|(_, h)| h.clone())
+        .flat_map(|(_, h)| match categories.get(h) {
+            Some(known) => known.iter().map(|c| format!("{h}={c}")).collect(),
+            None => vec![h.clone()],
+        })
         .collect();
     let mut cells: Vec<Option<f32>> = Vec::new();
     let mut labels = Vec::new();
@@ -215,6 +248,8 @@ pub fn parse_csv(
                 labels.push(label);
                 continue;
             }
+            let known = categories.get(&header[i]);
+            let width = known.map_or(1, Vec::len);
             if value.is_empty() || value.eq_ignore_ascii_case("na") || value == "?" {
                 if impute == Impute::Refuse {
                     return Err(DataError::Missing {
@@ -223,7 +258,20 @@ pub fn parse_csv(
                         column: header[i].clone(),
                     });
                 }
-                cells.push(None);
+                cells.extend(std::iter::repeat_n(None, width));
+                continue;
+            }
+            if let Some(known) = known {
+                let at = known.iter().position(|c| c == value).ok_or_else(|| {
+                    DataError::UnknownCategory {
+                        path: path.to_owned(),
+                        row,
+                        column: header[i].clone(),
+                        value: value.to_owned(),
+                        known: known.join(", "),
+                    }
+                })?;
+                cells.extend((0..width).map(|k| Some(if k == at { 1.0 } else { 0.0 })));
                 continue;
             }
             let number = value
@@ -272,13 +320,14 @@ pub fn load_csv(
     target: &str,
     classes: usize,
     impute: Impute,
+    categories: &Categories,
 ) -> Result<Dataset, DataError> {
     let display = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| DataError::Read {
         path: display.clone(),
         reason: e.to_string(),
     })?;
-    parse_csv(&text, &display, target, classes, impute)
+    parse_csv(&text, &display, target, classes, impute, categories)
 }
 
 #[cfg(test)]
@@ -286,7 +335,36 @@ mod tests {
     use super::*;
 
     fn parse(text: &str, impute: Impute) -> Result<Dataset, DataError> {
-        parse_csv(text, "t.csv", "y", 3, impute)
+        parse_csv(text, "t.csv", "y", 3, impute, &Categories::new())
+    }
+
+    #[test]
+    fn categorical_columns_are_one_hot_encoded_with_the_agreed_categories() {
+        let categories = Categories::from([(
+            "site".to_string(),
+            vec!["north".to_string(), "south".to_string(), "east".to_string()],
+        )]);
+        let parse = |text: &str, impute| parse_csv(text, "t.csv", "y", 2, impute, &categories);
+        let d = parse("a,site,y\n1,south,0\n2,north,1\n", Impute::Refuse).unwrap();
+        assert_eq!(d.columns, ["a", "site=north", "site=south", "site=east"]);
+        assert_eq!(d.features, [1.0, 0.0, 1.0, 0.0, 2.0, 1.0, 0.0, 0.0]);
+        // A missing category is imputed with the file's frequencies on request.
+        let d = parse("a,site,y\n1,south,0\n2,,1\n", Impute::Mean).unwrap();
+        assert_eq!(&d.features[4..], [2.0, 0.0, 1.0, 0.0]);
+        assert_eq!(
+            parse("a,site,y\n1,west,0\n", Impute::Refuse).unwrap_err(),
+            DataError::UnknownCategory {
+                path: "t.csv".into(),
+                row: 2,
+                column: "site".into(),
+                value: "west".into(),
+                known: "north, south, east".into()
+            }
+        );
+        assert!(matches!(
+            parse("a,y\n1,0\n", Impute::Refuse).unwrap_err(),
+            DataError::NoCategoricalColumn { column, .. } if column == "site"
+        ));
     }
 
     #[test]
@@ -361,9 +439,11 @@ mod tests {
     #[test]
     fn the_shipped_data_sets_load() {
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/data");
-        let wdbc = load_csv(&data.join("wdbc.csv"), "benign", 2, Impute::Refuse).unwrap();
+        let none = Categories::new();
+        let wdbc = load_csv(&data.join("wdbc.csv"), "benign", 2, Impute::Refuse, &none).unwrap();
         assert_eq!((wdbc.rows(), wdbc.width()), (569, 30));
-        let digits = load_csv(&data.join("digits.csv"), "label", 10, Impute::Refuse).unwrap();
+        let digits =
+            load_csv(&data.join("digits.csv"), "label", 10, Impute::Refuse, &none).unwrap();
         assert_eq!((digits.rows(), digits.width()), (1797, 64));
     }
 }

@@ -158,8 +158,14 @@ impl TrainingSource {
         } else {
             Impute::Refuse
         };
-        let mut data = load_csv(&config.data, &config.target, config.classes, impute)
-            .map_err(|e| e.to_string())?;
+        let mut data = load_csv(
+            &config.data,
+            &config.target,
+            config.classes,
+            impute,
+            &config.categories,
+        )
+        .map_err(|e| e.to_string())?;
         let scaling = match config.scaling {
             Scaling::Local => SourceScaling::Local(data.standardise()),
             Scaling::Pooled => {
@@ -169,8 +175,14 @@ impl TrainingSource {
         };
         let test = match &config.test_data {
             Some(path) => {
-                let mut test = load_csv(path, &config.target, config.classes, impute)
-                    .map_err(|e| e.to_string())?;
+                let mut test = load_csv(
+                    path,
+                    &config.target,
+                    config.classes,
+                    impute,
+                    &config.categories,
+                )
+                .map_err(|e| e.to_string())?;
                 if test.columns != data.columns {
                     return Err(format!(
                         "{}: the columns differ from {}",

@@ -305,7 +305,7 @@ mod tests {
 
     fn wdbc() -> Dataset {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/data/wdbc.csv");
-        let mut data = load_csv(&path, "benign", 2, Impute::Refuse).unwrap();
+        let mut data = load_csv(&path, "benign", 2, Impute::Refuse, &Default::default()).unwrap();
         data.standardise();
         data
     }
