@@ -493,6 +493,12 @@ fn float_fedavg(
     Ok(out)
 }
 
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The `--category COLUMN=A,B,...` arguments.
 fn categories(args: &DemoArgs) -> Result<node::data::Categories> {
     parse_categories(&args.categories)
@@ -767,7 +773,9 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     });
     let deadline = Instant::now() + Duration::from_secs(180 + 300 * u64::from(total_rounds));
     let mut printed = 0u64;
-    let mut last_row = Instant::now();
+    // Each round's time: from the previous round's last decryption (or the start) to this
+    // round's last one, by the nodes' own clocks.
+    let mut last_finish = unix_millis();
     let mut bytes_before = vec![0u64; institutions.len()];
     let mut live: BTreeMap<u64, (Evaluation, u64, f64)> = BTreeMap::new();
     loop {
@@ -793,8 +801,13 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
                 bytes += report.bytes_sent.saturating_sub(bytes_before[i]);
                 bytes_before[i] = report.bytes_sent;
             }
-            let seconds = last_row.elapsed().as_secs_f64();
-            last_row = Instant::now();
+            let finish = reports
+                .iter()
+                .map(|r| r[&round].unix_millis)
+                .max()
+                .unwrap_or(last_finish);
+            let seconds = finish.saturating_sub(last_finish) as f64 / 1000.0;
+            last_finish = finish;
             let float_accuracy = float
                 .get(round as usize - 1)
                 .map_or(f64::NAN, Evaluation::accuracy);
