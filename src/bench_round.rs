@@ -90,6 +90,53 @@ pub(crate) fn wait_with_timeout(child: &mut Child, name: &str, timeout: Duration
     }
 }
 
+/// Starts a rehearsal's coordinator, its summary to `DIR/summary.json`.
+pub(crate) fn spawn_coordinator(exe: &Path, dir: &Path, log: &Path) -> Result<Child> {
+    spawn(
+        exe,
+        &[
+            "coordinator",
+            "run",
+            "--config",
+            &dir.join("coordinator.toml").to_string_lossy(),
+            "--summary",
+            &dir.join("summary.json").to_string_lossy(),
+        ],
+        log,
+    )
+}
+
+/// Starts a rehearsal's node until round `until`, its summary to `DIR/summary.json`.
+pub(crate) fn spawn_node(
+    exe: &Path,
+    dir: &Path,
+    until: u64,
+    round_report: Option<&Path>,
+    log: &Path,
+) -> Result<Child> {
+    let (config, summary) = (dir.join("node.toml"), dir.join("summary.json"));
+    let until = until.to_string();
+    let mut args = vec![
+        "node".to_owned(),
+        "run".to_owned(),
+        "--config".to_owned(),
+        config.to_string_lossy().into_owned(),
+        "--until-round".to_owned(),
+        until,
+        "--summary".to_owned(),
+        summary.to_string_lossy().into_owned(),
+    ];
+    if let Some(report) = round_report {
+        args.push("--round-report".to_owned());
+        args.push(report.to_string_lossy().into_owned());
+    }
+    spawn(
+        exe,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        log,
+    )
+}
+
 /// Runs `quorate ceremony rehearse` into `dir` (its errors to `log`, else to this process's
 /// standard error) and returns the members' names.
 pub(crate) fn rehearse(
@@ -163,38 +210,14 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
 
     let rounds_started = Instant::now();
     let coordinator_dir = dir.join("coordinator");
-    let mut coordinator = spawn(
-        &exe,
-        &[
-            "coordinator",
-            "run",
-            "--config",
-            &coordinator_dir.join("coordinator.toml").to_string_lossy(),
-            "--summary",
-            &coordinator_dir.join("summary.json").to_string_lossy(),
-        ],
-        &coordinator_dir.join("log"),
-    )?;
-    let until = args.rounds.to_string();
+    let mut coordinator = spawn_coordinator(&exe, &coordinator_dir, &coordinator_dir.join("log"))?;
     let mut nodes = Vec::new();
     for name in &members {
         let member_dir = dir.join(name);
+        let log = member_dir.join("log");
         nodes.push((
             name.clone(),
-            spawn(
-                &exe,
-                &[
-                    "node",
-                    "run",
-                    "--config",
-                    &member_dir.join("node.toml").to_string_lossy(),
-                    "--until-round",
-                    &until,
-                    "--summary",
-                    &member_dir.join("summary.json").to_string_lossy(),
-                ],
-                &member_dir.join("log"),
-            )?,
+            spawn_node(&exe, &member_dir, args.rounds, None, &log)?,
         ));
     }
     let timeout = Duration::from_secs(600 + 120 * args.rounds);

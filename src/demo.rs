@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 
-use crate::bench_round::{rehearse, spawn, wait_with_timeout};
+use crate::bench_round::{rehearse, spawn_coordinator, spawn_node, wait_with_timeout};
 use crate::round_cmd::{ModelArg, write_deployment_configs};
 
 /// Marks a directory as a demo's output, which a later run may replace.
@@ -718,45 +718,22 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     let mut processes = Processes(Vec::new());
     processes.0.push((
         "coordinator".into(),
-        spawn(
-            &exe,
-            &[
-                "coordinator",
-                "run",
-                "--config",
-                &coordinator_dir.join("coordinator.toml").to_string_lossy(),
-                "--summary",
-                &coordinator_summary.to_string_lossy(),
-            ],
-            &logs.join("coordinator.log"),
-        )?,
+        spawn_coordinator(&exe, &coordinator_dir, &logs.join("coordinator.log"))?,
     ));
-    let until = total_rounds.to_string();
     let report_files: Vec<PathBuf> = institutions
         .iter()
         .map(|i| consortium_dir.join(&i.member).join("rounds.jsonl"))
         .collect();
     for (institution, report) in institutions.iter().zip(&report_files) {
-        let member_dir = consortium_dir.join(&institution.member);
-        processes.0.push((
-            format!("node-{}", institution.name),
-            spawn(
-                &exe,
-                &[
-                    "node",
-                    "run",
-                    "--config",
-                    &member_dir.join("node.toml").to_string_lossy(),
-                    "--until-round",
-                    &until,
-                    "--summary",
-                    &member_dir.join("summary.json").to_string_lossy(),
-                    "--round-report",
-                    &report.to_string_lossy(),
-                ],
-                &logs.join(format!("node-{}.log", institution.name)),
-            )?,
-        ));
+        let name = format!("node-{}", institution.name);
+        let node = spawn_node(
+            &exe,
+            &consortium_dir.join(&institution.member),
+            u64::from(total_rounds),
+            Some(report),
+            &logs.join(format!("{name}.log")),
+        )?;
+        processes.0.push((name, node));
     }
 
     // The live table: a row as soon as every institution has decrypted a round.

@@ -108,6 +108,12 @@ impl UpdateSource for SyntheticSource {
     }
 }
 
+/// The network's parameters: the shared initial model plus the global model (which may
+/// carry more values after the parameters, such as the pooled statistics).
+fn from_initial(initial: &[f32], global: &[f32]) -> Vec<f32> {
+    initial.iter().zip(global).map(|(i, g)| i + g).collect()
+}
+
 /// Local training with the built-in trainer on this institution's own data.
 #[derive(Debug, Clone)]
 pub struct TrainingSource {
@@ -277,11 +283,7 @@ impl UpdateSource for TrainingSource {
     }
 
     fn parameters(&self, global: &[f32]) -> Vec<f32> {
-        self.initial
-            .iter()
-            .zip(global)
-            .map(|(i, g)| i + g)
-            .collect()
+        from_initial(&self.initial, global)
     }
 
     fn evaluate(&self, global: &[f32]) -> Option<Evaluation> {
@@ -493,11 +495,7 @@ impl UpdateSource for ExternalSource {
     }
 
     fn parameters(&self, global: &[f32]) -> Vec<f32> {
-        self.initial
-            .iter()
-            .zip(global)
-            .map(|(i, g)| i + g)
-            .collect()
+        from_initial(&self.initial, global)
     }
 
     fn layout(&self) -> Layout {
@@ -555,46 +553,46 @@ mod tests {
         ExternalSource::open(&config, 2, scratch.join("trainer")).unwrap()
     }
 
+    /// What a trainer running `command` makes of `round`.
+    fn trainer_error(command: &str, timeout_secs: u64, round: u64) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        external(command, timeout_secs, dir.path())
+            .update(round, &[0.5, 0.25])
+            .unwrap_err()
+    }
+
     #[test]
     fn a_failing_trainer_is_reported_with_its_last_words() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut source = external(
+        let error = trainer_error(
             "echo starting >&2; echo 'no such column' >&2; exit 3",
             60,
-            dir.path(),
+            1,
         );
-        let error = source.update(1, &[0.0, 0.0]).unwrap_err();
         assert!(error.contains("exit status: 3"), "{error}");
         assert!(error.contains("starting\nno such column"), "{error}");
     }
 
     #[test]
     fn a_trainer_that_outlives_its_timeout_is_stopped_with_its_children() {
-        let dir = tempfile::tempdir().unwrap();
         // A child in the background keeps the error file open; the node must not wait for it.
-        let mut source = external("sleep 300 & sleep 300", 1, dir.path());
-        let error = source.update(1, &[0.0, 0.0]).unwrap_err();
+        let error = trainer_error("sleep 300 & sleep 300", 1, 1);
         assert!(error.contains("ran longer than 1 s"), "{error}");
     }
 
     #[test]
     fn a_trainer_must_write_the_update_of_this_round() {
-        let dir = tempfile::tempdir().unwrap();
         // Writes last round's file name: not accepted as this round's update.
-        let mut source = external(
+        let error = trainer_error(
             "cp \"$QUORATE_MODEL\" \"$(dirname \"$QUORATE_UPDATE\")/update-$((QUORATE_ROUND - 1)).safetensors\"",
             60,
-            dir.path(),
+            2,
         );
-        let error = source.update(2, &[0.0, 0.0]).unwrap_err();
         assert!(error.contains("update-2.safetensors"), "{error}");
         // Echoing the model back lacks the sample count.
-        let mut source = external("cp \"$QUORATE_MODEL\" \"$QUORATE_UPDATE\"", 60, dir.path());
-        let error = source.update(2, &[0.5, 0.25]).unwrap_err();
+        let error = trainer_error("cp \"$QUORATE_MODEL\" \"$QUORATE_UPDATE\"", 60, 2);
         assert!(error.contains("\"samples\""), "{error}");
         // The model file it was given is owner-only.
-        let mut source = external("stat -c %a \"$QUORATE_MODEL\" >&2; exit 1", 60, dir.path());
-        let error = source.update(3, &[0.0, 0.0]).unwrap_err();
+        let error = trainer_error("stat -c %a \"$QUORATE_MODEL\" >&2; exit 1", 60, 3);
         assert!(error.ends_with(": 600"), "{error}");
     }
 
