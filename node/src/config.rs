@@ -224,4 +224,35 @@ mod tests {
         let plan: RoundPlan = coordinator["plan"].clone().try_into().unwrap();
         assert_eq!(plan.digest(), node.plan.digest());
     }
+
+    /// The commented-out alternatives in the example are valid `[source]` tables too.
+    #[test]
+    fn the_examples_alternative_sources_parse() {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/node.example.toml"),
+        )
+        .unwrap();
+        let mut blocks: Vec<String> = Vec::new();
+        for line in text.lines() {
+            match line.strip_prefix("#   ") {
+                Some("[source]") => blocks.push(String::new()),
+                Some(body) => {
+                    if let Some(block) = blocks.last_mut() {
+                        block.push_str(body);
+                        block.push('\n');
+                    }
+                }
+                None => {}
+            }
+        }
+        let kinds: Vec<SourceConfig> = blocks
+            .iter()
+            .map(|b| toml::from_str(b).unwrap_or_else(|e| panic!("{b}\n{e}")))
+            .collect();
+        assert!(matches!(
+            &kinds[..],
+            [SourceConfig::External(e), SourceConfig::Synthetic { .. }]
+                if e.tensors.iter().map(|t| t.shape.iter().product::<usize>()).sum::<usize>() == 62
+        ));
+    }
 }
