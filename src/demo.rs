@@ -29,6 +29,19 @@ use crate::round_cmd::{ModelArg, write_deployment_configs};
 /// Marks a directory as a demo's output, which a later run may replace.
 const DEMO_MARKER: &str = ".quorate-demo";
 
+/// Everything a demo writes into its output directory (the marker last).
+const DEMO_OUTPUTS: [&str; 9] = [
+    "data",
+    "consortium",
+    "logs",
+    "models",
+    "audit",
+    "transcript",
+    "report.json",
+    "accuracy.svg",
+    DEMO_MARKER,
+];
+
 /// A check failed: the report says which.
 const EXIT_CHECK_FAILED: u8 = 2;
 
@@ -576,7 +589,16 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
             out.display()
         );
         println!("Replacing the earlier demo run in {}", out.display());
-        std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
+        // Only what a demo writes: anything else someone put there stays.
+        for entry in DEMO_OUTPUTS {
+            let path = out.join(entry);
+            let removed = match std::fs::symlink_metadata(&path) {
+                Err(_) => Ok(()),
+                Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
+                Ok(_) => std::fs::remove_file(&path),
+            };
+            removed.with_context(|| format!("removing {}", path.display()))?;
+        }
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(

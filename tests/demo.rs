@@ -147,6 +147,14 @@ fn the_demo_trains_exactly_and_verifies_its_log() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not an earlier demo's output"));
     assert!(work.path().join("mine/notes.txt").exists());
+    // Files someone added to a demo's directory survive its replacement.
+    std::fs::write(run.join("notes.txt"), "keep").unwrap();
+    assert!(
+        demo(&["--rounds", "1", "--out", "run"], work.path())
+            .status
+            .success()
+    );
+    assert!(run.join("notes.txt").exists());
 }
 
 /// One CSV file per institution (a natural split), an MLP, and a file that does not parse.

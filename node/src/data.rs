@@ -64,6 +64,8 @@ pub enum DataError {
         value: String,
         known: String,
     },
+    #[error("the categories of column {column:?}: {reason}")]
+    BadCategories { column: String, reason: String },
     #[error("{path}: no column named {column:?} for its categories (columns: {columns})")]
     NoCategoricalColumn {
         path: String,
@@ -208,6 +210,24 @@ pub fn parse_csv(
             column: column.clone(),
             columns: header.join(", "),
         });
+    }
+    for (column, known) in categories {
+        let repeated = known
+            .iter()
+            .enumerate()
+            .find(|(i, c)| known[..*i].contains(c));
+        if column == target || known.is_empty() || repeated.is_some() {
+            return Err(DataError::BadCategories {
+                column: column.clone(),
+                reason: if column == target {
+                    "it is the target".into()
+                } else if let Some((_, c)) = repeated {
+                    format!("{c:?} is listed twice")
+                } else {
+                    "no categories listed".into()
+                },
+            });
+        }
     }
     let columns: Vec<String> = header
         .iter()
@@ -364,6 +384,17 @@ mod tests {
         assert!(matches!(
             parse("a,y\n1,0\n", Impute::Refuse).unwrap_err(),
             DataError::NoCategoricalColumn { column, .. } if column == "site"
+        ));
+        let twice =
+            Categories::from([("site".to_string(), vec!["n".to_string(), "n".to_string()])]);
+        assert!(matches!(
+            parse_csv("site,y\nn,0\n", "t.csv", "y", 2, Impute::Refuse, &twice).unwrap_err(),
+            DataError::BadCategories { reason, .. } if reason.contains("twice")
+        ));
+        let target = Categories::from([("y".to_string(), vec!["0".to_string()])]);
+        assert!(matches!(
+            parse_csv("a,y\n1,0\n", "t.csv", "y", 2, Impute::Refuse, &target).unwrap_err(),
+            DataError::BadCategories { reason, .. } if reason.contains("target")
         ));
     }
 
