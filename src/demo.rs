@@ -518,19 +518,24 @@ fn categories(args: &DemoArgs) -> Result<node::data::Categories> {
 }
 
 pub(crate) fn parse_categories(list: &[String]) -> Result<node::data::Categories> {
-    list.iter()
-        .map(|arg| {
-            let (column, values) = arg
-                .split_once('=')
-                .with_context(|| format!("--category {arg:?}: expected COLUMN=CAT1,CAT2,..."))?;
-            let values: Vec<String> = values.split(',').map(|v| v.trim().to_owned()).collect();
-            ensure!(
-                values.iter().all(|v| !v.is_empty()),
-                "--category {arg:?}: an empty category"
-            );
-            Ok((column.trim().to_owned(), values))
-        })
-        .collect()
+    let mut categories = node::data::Categories::new();
+    for arg in list {
+        let (column, values) = arg
+            .split_once('=')
+            .with_context(|| format!("--category {arg:?}: expected COLUMN=CAT1,CAT2,..."))?;
+        let values: Vec<String> = values.split(',').map(|v| v.trim().to_owned()).collect();
+        ensure!(
+            values.iter().all(|v| !v.is_empty()),
+            "--category {arg:?}: an empty category"
+        );
+        ensure!(
+            categories
+                .insert(column.trim().to_owned(), values)
+                .is_none(),
+            "--category names the column {column:?} twice"
+        );
+    }
+    Ok(categories)
 }
 
 /// Child processes, killed if the demo stops early.
@@ -574,6 +579,29 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
         args.test_fraction > 0.0 && args.test_fraction < 1.0,
         "--test-fraction must be between 0 and 1"
     );
+    let institutions_wanted = match &args.data_dir {
+        Some(dir) => csv_files(dir)?.len() as u8,
+        None => args.institutions,
+    };
+    ensure!(
+        (2..=26).contains(&institutions_wanted),
+        "--institutions must be between 2 and 26"
+    );
+    ensure!(
+        args.threshold >= 1 && args.threshold <= institutions_wanted,
+        "--threshold must be between 1 and the number of institutions ({institutions_wanted})"
+    );
+    categories(args)?;
+    if let Some(dir) = &args.data_dir
+        && let (Ok(dir), Ok(out)) = (dir.canonicalize(), args.out.canonicalize())
+    {
+        ensure!(
+            !dir.starts_with(&out),
+            "--data-dir {} lies inside --out {}, which the demo writes to",
+            dir.display(),
+            out.display()
+        );
+    }
     let out = &args.out;
     if out.exists()
         && std::fs::read_dir(out)
@@ -603,7 +631,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(
         out.join(DEMO_MARKER),
-        "Written by `quorate demo`, which replaces this directory when run again.\n",
+        "Written by `quorate demo`: a later run replaces what it wrote here.\n",
     )?;
     let out = out
         .canonicalize()
@@ -612,18 +640,6 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     let exe = std::env::current_exe()?;
     let mut rng = ChaCha20Rng::seed_from_u64(args.seed);
 
-    let institutions_wanted = match &args.data_dir {
-        Some(dir) => csv_files(dir)?.len() as u8,
-        None => args.institutions,
-    };
-    ensure!(
-        (2..=26).contains(&institutions_wanted),
-        "--institutions must be between 2 and 26"
-    );
-    ensure!(
-        args.threshold >= 1 && args.threshold <= institutions_wanted,
-        "--threshold must be between 1 and the number of institutions ({institutions_wanted})"
-    );
     let members: Vec<String> = (0..institutions_wanted)
         .map(|i| format!("member-{}", (b'a' + i) as char))
         .collect();

@@ -1,4 +1,5 @@
-//! Tabular training data from CSV files: a header, a named target column, numeric features.
+//! Tabular training data from CSV files: a header, a named target column, numeric features and
+//! categorical ones one-hot encoded from declared category lists.
 //! Real files have missing cells and stray text; each problem is an error naming the file, the
 //! row (1-based, counting the header as row 1) and the column, unless the caller chose to
 //! impute missing values.
@@ -118,7 +119,9 @@ impl Dataset {
                     .map(|r| (f64::from(self.row(r)[c]) - mean).powi(2))
                     .sum::<f64>()
                     / n;
-                (mean as f32, (var.sqrt() as f32).max(1e-6))
+                // A constant column (say, a category absent here) is only centred.
+                let sd = var.sqrt() as f32;
+                (mean as f32, if sd > 1e-6 { sd } else { 1.0 })
             })
             .collect();
         self.apply(&stats);
@@ -270,6 +273,11 @@ pub fn parse_csv(
             }
             let known = categories.get(&header[i]);
             let width = known.map_or(1, Vec::len);
+            // A declared category wins over the missing-value spellings ("NA" may be one).
+            if let Some(at) = known.and_then(|k| k.iter().position(|c| c == value)) {
+                cells.extend((0..width).map(|k| Some(if k == at { 1.0 } else { 0.0 })));
+                continue;
+            }
             if value.is_empty() || value.eq_ignore_ascii_case("na") || value == "?" {
                 if impute == Impute::Refuse {
                     return Err(DataError::Missing {
@@ -282,17 +290,13 @@ pub fn parse_csv(
                 continue;
             }
             if let Some(known) = known {
-                let at = known.iter().position(|c| c == value).ok_or_else(|| {
-                    DataError::UnknownCategory {
-                        path: path.to_owned(),
-                        row,
-                        column: header[i].clone(),
-                        value: value.to_owned(),
-                        known: known.join(", "),
-                    }
-                })?;
-                cells.extend((0..width).map(|k| Some(if k == at { 1.0 } else { 0.0 })));
-                continue;
+                return Err(DataError::UnknownCategory {
+                    path: path.to_owned(),
+                    row,
+                    column: header[i].clone(),
+                    value: value.to_owned(),
+                    known: known.join(", "),
+                });
             }
             let number = value
                 .parse::<f32>()
@@ -391,6 +395,32 @@ mod tests {
             parse_csv("site,y\nn,0\n", "t.csv", "y", 2, Impute::Refuse, &twice).unwrap_err(),
             DataError::BadCategories { reason, .. } if reason.contains("twice")
         ));
+        // "NA" can be a category rather than a missing value when declared as one.
+        let regions =
+            Categories::from([("r".to_string(), vec!["EU".to_string(), "NA".to_string()])]);
+        let d = parse_csv(
+            "r,y\nNA,0\nEU,1\n",
+            "t.csv",
+            "y",
+            2,
+            Impute::Refuse,
+            &regions,
+        )
+        .unwrap();
+        assert_eq!(d.features, [0.0, 1.0, 1.0, 0.0]);
+        // A category absent from the file is centred, not blown up by a zero spread.
+        let mut d = parse_csv(
+            "r,y\nEU,0\nEU,1\n",
+            "t.csv",
+            "y",
+            2,
+            Impute::Refuse,
+            &regions,
+        )
+        .unwrap();
+        let stats = d.standardise();
+        assert_eq!(stats[1], (0.0, 1.0));
+        assert!(d.features.iter().all(|v| v.abs() <= 1.0));
         let target = Categories::from([("y".to_string(), vec!["0".to_string()])]);
         assert!(matches!(
             parse_csv("a,y\n1,0\n", "t.csv", "y", 2, Impute::Refuse, &target).unwrap_err(),

@@ -74,7 +74,8 @@ pub fn pooled(region: &[f32], features: usize) -> Option<Vec<(f32, f32)>> {
                 let square =
                     SQUARE_SCALE * join(region[2 * features + c], region[3 * features + c]);
                 let sd = (square - mean * mean).max(1e-6 * square).sqrt();
-                (mean as f32, (sd as f32).max(1e-6))
+                // A constant feature (a category no institution has) is only centred.
+                (mean as f32, if sd > 1e-6 { sd as f32 } else { 1.0 })
             })
             .collect(),
     )

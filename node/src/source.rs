@@ -402,13 +402,13 @@ fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Kills a trainer and everything it started (it leads its own process group).
+/// Kills a trainer and everything it started (it leads its own process group, and is not
+/// yet reaped, so the group id cannot belong to anyone else).
 fn kill_group(child: &mut std::process::Child) {
-    let _ = Command::new("kill")
-        .arg("-KILL")
-        .arg(format!("-{}", child.id()))
-        .stderr(Stdio::null())
-        .status();
+    let group = rustix::process::Pid::from_child(child);
+    if let Err(e) = rustix::process::kill_process_group(group, rustix::process::Signal::KILL) {
+        tracing::warn!(error = %e, "the trainer's process group could not be killed");
+    }
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -477,6 +477,7 @@ impl UpdateSource for ExternalSource {
         }
         let bytes = read_bounded(&update_path, max_file_bytes(&self.layout))
             .map_err(|e| format!("the trainer's update: {e}"))?;
+        let _ = std::fs::remove_file(&update_path);
         let (update, metadata) =
             tensors::decode(&bytes, &self.layout, &update_path.display().to_string())
                 .map_err(|e| e.to_string())?;
@@ -490,7 +491,6 @@ impl UpdateSource for ExternalSource {
                     update_path.display()
                 )
             })?;
-        let _ = std::fs::remove_file(&update_path);
         Ok((update, samples))
     }
 
