@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, bail};
 use keyceremony::identity::Identity;
 use keyceremony::transcript::{Transcript, Verified, verify};
 use protocol::consortium::Consortium;
@@ -168,18 +168,8 @@ fn train_once(command: &NodeCommand) -> Result<ExitCode> {
     source.initial = vec![0.0; source.model.parameters()];
     let network = source.model;
     let layout = network.layout();
-    let limit = node::tensors::max_file_bytes(&layout);
-    let size = std::fs::metadata(model_in)
-        .with_context(|| format!("reading the global model {}", model_in.display()))?
-        .len();
-    ensure!(
-        size <= limit,
-        "{}: {size} bytes, more than the {limit} this model can take",
-        model_in.display()
-    );
-    let bytes = std::fs::read(model_in)
-        .with_context(|| format!("reading the global model {}", model_in.display()))?;
-    let (parameters, _) = node::tensors::decode(&bytes, &layout, &model_in.display().to_string())?;
+    let (parameters, _) =
+        node::tensors::read_file(model_in, &layout).context("the global model")?;
     if matches!(network, node::trainer::Model::Mlp { .. }) && parameters.iter().all(|p| *p == 0.0) {
         bail!(
             "{}: an MLP of zeros cannot learn (every hidden unit stays the same); give the \

@@ -105,7 +105,12 @@ fn assert_complete(
         }
     }
     assert!(out.join("transcript").is_file());
-    assert!(out.join("audit").read_dir().unwrap().count() > 0);
+    for exported in ["FORMAT", "entries", "checkpoints"] {
+        assert!(
+            out.join("audit").join(exported).exists(),
+            "audit/{exported}"
+        );
+    }
     let svg = std::fs::read_to_string(out.join("accuracy.svg")).unwrap();
     assert_eq!(svg.matches("<polyline").count(), 2, "encrypted and float");
 }

@@ -1353,9 +1353,7 @@ fn report_round(ctx: &Context, round: u64, digest: &ModelDigest) -> Result<(), S
             model_digest: hex::encode(digest),
             evaluation,
             bytes_sent: ctx.bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
-            unix_millis: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            unix_millis: now_ms(),
         };
         let mut text = serde_json::to_string(&line).map_err(|e| e.to_string())?;
         text.push('\n');

@@ -21,7 +21,7 @@ use rand_chacha::ChaCha20Rng;
 use crate::config::{ExternalConfig, ModelKind, Scaling, SourceConfig, TrainerConfig};
 use crate::data::{Dataset, Impute, load_csv};
 use crate::scaling;
-use crate::tensors::{self, max_file_bytes};
+use crate::tensors;
 use crate::trainer::{Evaluation, Layout, Model, SgdConfig};
 
 /// A member's update for one round and the number of samples it stands for.
@@ -364,8 +364,7 @@ impl ExternalSource {
         }
         let initial = match &config.initial_model {
             Some(path) => {
-                let bytes = read_bounded(path, max_file_bytes(&layout))?;
-                tensors::decode(&bytes, &layout, &path.display().to_string())
+                tensors::read_file(path, &layout)
                     .map_err(|e| e.to_string())?
                     .0
             }
@@ -389,19 +388,6 @@ impl ExternalSource {
     }
 }
 
-fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
-    let size = std::fs::metadata(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .len();
-    if size > limit {
-        return Err(format!(
-            "{}: {size} bytes, more than the {limit} this model can take",
-            path.display()
-        ));
-    }
-    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 /// Kills a trainer and everything it started (it leads its own process group, and is not
 /// yet reaped, so the group id cannot belong to anyone else).
 fn kill_group(child: &mut std::process::Child) {
@@ -413,11 +399,18 @@ fn kill_group(child: &mut std::process::Child) {
     let _ = child.wait();
 }
 
-/// The last lines of a trainer's error output, read back from its file.
+/// The last lines of a trainer's error output, read back from the end of its file (however
+/// much the trainer wrote).
 fn tail(path: &Path) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let start = text.len().saturating_sub(2000);
-    let text = String::from_utf8_lossy(&text[start..]);
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = Vec::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        let _ = file
+            .seek(SeekFrom::End(-2000))
+            .or_else(|_| file.rewind().map(|_| 0));
+        let _ = file.take(2000).read_to_end(&mut text);
+    }
+    let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().rev().take(5).collect();
     lines.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
@@ -475,12 +468,9 @@ impl UpdateSource for ExternalSource {
                 tail(&stderr_path)
             ));
         }
-        let bytes = read_bounded(&update_path, max_file_bytes(&self.layout))
-            .map_err(|e| format!("the trainer's update: {e}"))?;
+        let read = tensors::read_file(&update_path, &self.layout);
         let _ = std::fs::remove_file(&update_path);
-        let (update, metadata) =
-            tensors::decode(&bytes, &self.layout, &update_path.display().to_string())
-                .map_err(|e| e.to_string())?;
+        let (update, metadata) = read.map_err(|e| format!("the trainer's update: {e}"))?;
         let samples = metadata
             .get("samples")
             .and_then(|s| s.parse::<u64>().ok())

@@ -14,6 +14,8 @@ pub const MAX_HEADER_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TensorError {
+    #[error("reading {file}: {reason}")]
+    Read { file: String, reason: String },
     #[error("{file}: not a safetensors file: {reason}")]
     Malformed { file: String, reason: String },
     #[error("{file}: {size} bytes, more than the {limit} this model's tensors can take")]
@@ -68,6 +70,25 @@ pub fn max_file_bytes(layout: &Layout) -> u64 {
         .map(|(_, s)| s.iter().product::<usize>())
         .sum();
     8 * values as u64 + MAX_HEADER_BYTES
+}
+
+/// Reads and decodes a file of this layout, refusing one too large for it before reading.
+pub fn read_file(
+    path: &std::path::Path,
+    layout: &Layout,
+) -> Result<(Vec<f32>, HashMap<String, String>), TensorError> {
+    let file = path.display().to_string();
+    let unreadable = |e: std::io::Error| TensorError::Read {
+        file: file.clone(),
+        reason: e.to_string(),
+    };
+    let size = std::fs::metadata(path).map_err(unreadable)?.len();
+    let limit = max_file_bytes(layout);
+    if size > limit {
+        return Err(TensorError::TooLarge { file, size, limit });
+    }
+    let bytes = std::fs::read(path).map_err(unreadable)?;
+    decode(&bytes, layout, &file)
 }
 
 /// `values` split into the layout's tensors, as F32, with `metadata` in the header.
