@@ -379,11 +379,26 @@ fn rehearse(members: u8, threshold: u8, out: &Path, timeout: u64) -> Result<Exit
         entries.push(identity.member_entry(&format!("/ip4/127.0.0.1/tcp/{}", free_port()?)));
         identities.push(identity);
     }
+    // k_min = t + 1: the t - 1 colluders' known inputs still leave two honest contributions in
+    // every aggregate. Where no k_min can meet that (t = n), the rehearsal says so.
+    let (k_min, accept_small_aggregates) = if threshold < members {
+        (threshold + 1, false)
+    } else {
+        println!(
+            "  warning: with threshold {threshold} of {members} members no k_min is at least \
+             t + 1; accepting k_min = {members}, under which {} colluding members and the \
+             coordinator can read one member's update (see SECURITY.md)",
+            threshold - 1
+        );
+        (members, true)
+    };
+    println!("  k_min {k_min}: every decrypted aggregate holds at least {k_min} members' updates");
     let file = ConsortiumFile {
         name: "rehearsal".into(),
         parameter_set: protocol::he::QUORATE_RLWE128_V1.id.into(),
         threshold,
-        k_min: threshold,
+        k_min,
+        accept_small_aggregates,
         witness_quorum: None,
         coordinator: coordinator.coordinator_entry(&format!("/ip4/127.0.0.1/tcp/{}", free_port()?)),
         members: entries,

@@ -207,9 +207,11 @@ impl Harness {
     }
 
     fn close(&mut self, round: u64, contributions: &[(u64, Digest)], aggregate: Digest) -> u64 {
+        let base = self.log.rounds().unwrap().base();
         self.coordinator_append(
             Body::RoundClose {
                 round,
+                base,
                 contributions: contributions.iter().map(|c| c.0).collect(),
                 aggregate,
             },
@@ -219,10 +221,12 @@ impl Harness {
 
     fn open_round(&mut self, round: u64) -> u64 {
         let plan = self.plan.digest();
+        let base = self.log.rounds().unwrap().base();
         self.coordinator_append(
             Body::RoundOpen {
                 round,
                 model: [0; 32],
+                base,
                 deadline_ms: now_ms() + 60_000,
                 // Only the forged members are expected: member-a is not asked to contribute.
                 expected: 0b01110,
@@ -464,13 +468,13 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
         .await;
     sync!();
 
-    // Round 4: two closes of one round, asking for the subset's (a difference attack).
+    // Round 4: two closes of one round (a close over a subset never reaches the log: the
+    // round rules refuse it), asking for the second.
     h.open_round(4);
     let (c4, agg4) = h.contributions(4, 1..5, 30);
     h.close(4, &c4, agg4);
-    let w4b = h.plan.weights(&[100; 3]).unwrap();
-    let agg4b = h.aggregate(&c4[..3].iter().map(|x| x.1).zip(w4b).collect::<Vec<_>>());
-    let close4b = h.close(4, &c4[..3], agg4b);
+    let agg4b = h.aggregate(&c4.iter().map(|x| x.1).zip([1, 2, 3, 4]).collect::<Vec<_>>());
+    let close4b = h.close(4, &c4, agg4b);
     h.request(4, close4b, agg4b, 0);
     publish!();
     h.expect_appended("a refusal of a second close (104)", incident(104))
@@ -524,7 +528,7 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
     h.open_round(5);
     let (c5, agg5) = h.contributions(5, 1..5, 40);
     let close5 = h.close(5, &c5, agg5);
-    h.request(5, close5, agg5, 0);
+    let request5 = h.request(5, close5, agg5, 0);
     publish!();
     h.expect_appended(
         "a share release for the honest request",
@@ -532,6 +536,105 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
     )
     .await;
     assert_eq!(h.released(), 1);
+    sync!();
+
+    // Attack 1, key extraction through an unverified base. Colluders b and c log their releases
+    // of round 5 but send member-a nothing, so the log's chain moves to round 5's aggregate,
+    // which member-a never combined. Round 6 closes on a crafted ciphertext Y; member-a, in its
+    // quorum, refuses (it does not hold the model round 6 builds on); colluder b logs a release
+    // of Y; and the coordinator opens round 7 on Y, so that members would release
+    // Y + contributions and decrypt the key into the model's message bits.
+    for m in [1, 2] {
+        let key = h.member_key(m).clone();
+        h.append_as(
+            &key,
+            Body::ShareReleased {
+                request: request5,
+                ciphertext: agg5,
+                share: [m as u8; 32],
+            },
+            None,
+        );
+    }
+    h.open_round(6);
+    let (c6, _) = h.contributions(6, 1..5, 50);
+    let crafted: Digest = [0x59; 32];
+    let close6 = h.close(6, &c6, crafted);
+    let request6 = h.request(6, close6, crafted, 0);
+    publish!();
+    h.expect_appended(
+        "a refusal of a round built on a model it did not verify (114)",
+        incident(114),
+    )
+    .await;
+    sync!();
+    let key = h.member_key(1).clone();
+    h.append_as(
+        &key,
+        Body::ShareReleased {
+            request: request6,
+            ciphertext: crafted,
+            share: [1; 32],
+        },
+        None,
+    );
+    publish!();
+    // Round 7 on Y breaks the log's round rules, so it is written past them, and the
+    // checkpoint over it is shown to member-a for cosigning.
+    let author = h.coordinator.signing.verifying_key().to_bytes();
+    let open7 = Entry {
+        origin: h.log.origin().to_owned(),
+        config_epoch: 1,
+        author,
+        sequence: h.log.next_sequence(&author),
+        subject: [0; 32],
+        references: vec![],
+        payload: Some(h.plan.digest()),
+        claimed_time_ms: now_ms(),
+        body: Body::RoundOpen {
+            round: 7,
+            model: [0; 32],
+            base: crafted,
+            deadline_ms: now_ms() + 60_000,
+            expected: 0b11111,
+        },
+    }
+    .sign(&h.coordinator.signing);
+    let mut leaves = h.log.leaves().to_vec();
+    leaves.push(open7.leaf().to_vec());
+    let hashes: Vec<_> = leaves
+        .iter()
+        .map(|l| protocol::audit::merkle::leaf_hash(l))
+        .collect();
+    let note = protocol::audit::checkpoint::Checkpoint {
+        origin: h.log.origin().to_owned(),
+        size: leaves.len() as u64,
+        root: protocol::audit::merkle::root(&hashes),
+    }
+    .sign(&h.log_signer);
+    let response = h
+        .handle
+        .call(
+            h.node_peer,
+            &Request::Witness {
+                from: 0,
+                entries: leaves,
+                note: note.encode().into_bytes(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&response, Response::Refused { reason } if reason.contains("names base")),
+        "{response:?}"
+    );
+    h.expect_appended("a round-rule incident (203)", incident(203))
+        .await;
+    assert_eq!(
+        h.released(),
+        1,
+        "member-a released a share for a crafted aggregate"
+    );
 
     // A stranger cannot be heard, and garbage is refused without harm.
     let stranger = Identity::generate(Role::Member, "stranger", &mut rand::rngs::OsRng).unwrap();
@@ -581,7 +684,7 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
     // Nothing but the honest ciphertext is in member-a's ledger.
     let ledger = node::state_store::StateStore::open(&dir.join("member-a/node-store")).unwrap();
     for digest in [
-        c[0].1, [0x5a; 32], bogus, agg3, agg4b, [0x6b; 32], aggregate,
+        c[0].1, [0x5a; 32], bogus, agg3, agg4b, [0x6b; 32], aggregate, crafted,
     ] {
         assert_eq!(ledger.released(&digest).unwrap(), None);
     }

@@ -38,7 +38,7 @@ fn admins_create_identities_and_approve_the_consortium_file() {
         String::from_utf8_lossy(&coordinator.stderr)
     );
     let mut file = String::from(
-        "name = \"test\"\nparameter_set = \"quorate-rlwe128-v1\"\nthreshold = 2\nk_min = 2\n\n",
+        "name = \"test\"\nparameter_set = \"quorate-rlwe128-v1\"\nthreshold = 2\nk_min = 3\n\n",
     );
     file.push_str(&String::from_utf8(coordinator.stdout).unwrap());
     for (i, member) in ["lab-a", "lab-b", "lab-c"].iter().enumerate() {
@@ -166,7 +166,7 @@ fn ceremony_verify_accepts_a_real_transcript_and_refuses_a_flipped_byte() {
         )
     };
     let mut text = format!(
-        "name = \"cli\"\nparameter_set = \"quorate-rlwe128-v1\"\nthreshold = 2\nk_min = 2\n\n\
+        "name = \"cli\"\nparameter_set = \"quorate-rlwe128-v1\"\nthreshold = 2\nk_min = 3\n\n\
          [coordinator]\nname = \"coordinator\"\nsigning_key = \"{}\"\nlog_key = \"{}\"\n\
          peer_id = \"c\"\naddress = \"/ip4/127.0.0.1/tcp/7400\"\n",
         hex_key(90),

@@ -21,6 +21,7 @@ use protocol::audit::note::{ED25519, Note, NoteSigner, NoteVerifier, SignatureLi
 use protocol::consortium::Consortium;
 use protocol::he::{Budget, Ciphertext, EncryptionKey};
 use protocol::round::message::{MAX_ENTRIES_PER_MESSAGE, MAX_MESSAGE_BYTES, Request, Response};
+use protocol::round::rules::ZERO_BASE;
 use protocol::round::{CloseDecision, CoordinatorRound, DecryptionStatus, RoundPlan};
 use protocol::wire::{DecodeLimits, ciphertext_digest, encode_ciphertext};
 use rand::RngCore;
@@ -344,7 +345,19 @@ pub async fn run(
     let mut summary = RunSummary::default();
     let first_round = next_round(&ctx.lock().log);
     let mut rng = rand::rngs::OsRng;
-    for round in first_round..first_round + config.rounds {
+    // The plan's budget covers `plan.rounds` rounds of one key, and members refuse any later
+    // round: never open one.
+    let last_round = (first_round + config.rounds)
+        .saturating_sub(1)
+        .min(u64::from(ctx.plan.rounds));
+    if first_round > last_round {
+        tracing::warn!(
+            plan_rounds = ctx.plan.rounds,
+            next = first_round,
+            "the round plan's rounds are all done: a new plan (and key) is needed for more"
+        );
+    }
+    for round in first_round..=last_round {
         let result = run_round(&ctx, &config, &budget, &public_key, round, &mut rng).await?;
         ctx.metrics.round_finished(&result);
         summary.rounds.push(result);
@@ -388,23 +401,28 @@ fn next_round(log: &AuditLog) -> u64 {
         .map_or(1, |r| r + 1)
 }
 
-/// The encrypted model the next round builds on, and the decoded model's digest members
+/// The encrypted model the next round builds on (by the log's round rules: the aggregate of
+/// the latest round whose whole quorum released), and the decoded model's digest members
 /// logged for it.
-fn base_model(ctx: &Context) -> (Option<Digest>, Digest) {
+fn base_model(ctx: &Context) -> (Digest, Digest) {
     let shared = ctx.lock();
-    let entries: Vec<SignedEntry> = shared
-        .log
-        .state()
+    let state = shared.log.state();
+    let Some(rules) = state.rounds() else {
+        return (ZERO_BASE, [0; 32]);
+    };
+    let (base, base_round) = (rules.base(), rules.base_round());
+    let model = state
         .leaves()
         .iter()
         .filter_map(|l| SignedEntry::open(l).ok())
-        .collect();
-    let base = protocol::round::policy::base_model(&entries, entries.len() as u64);
-    let model = entries
-        .iter()
-        .rev()
         .find_map(|e| match e.entry.body {
-            Body::DecryptionResult { model, .. } => Some(model),
+            Body::DecryptionResult { request, model, .. }
+                if rules
+                    .request(request)
+                    .is_some_and(|r| r.round == base_round) =>
+            {
+                Some(model)
+            }
             _ => None,
         })
         .unwrap_or([0; 32]);
@@ -444,6 +462,7 @@ async fn run_round(
         Body::RoundOpen {
             round,
             model,
+            base,
             deadline_ms,
             expected,
         },
@@ -490,7 +509,14 @@ async fn run_round(
 
     // Close: aggregate onto the previous encrypted model, store, log.
     let aggregate_started = Instant::now();
-    let close_terms = ctx.lock().round.as_ref().expect("open").close_terms();
+    // Closed first, under the same lock, so that no contribution is logged after the terms are
+    // taken: the log refuses a close that leaves a logged contribution out.
+    let close_terms = {
+        let mut s = ctx.lock();
+        let round = s.round.as_mut().expect("open");
+        round.closed();
+        round.close_terms()
+    };
     let protocol::round::machine::CloseTerms { leaves, terms } = match close_terms {
         Ok(terms) => terms,
         Err(e) => {
@@ -517,7 +543,7 @@ async fn run_round(
         let delta = budget.delta_bits();
         let values = ctx.plan.values as usize;
         tokio::task::spawn_blocking(move || -> Result<Ciphertext, CoordinatorError> {
-            let mut acc = match base {
+            let mut acc = match (base != ZERO_BASE).then_some(base) {
                 Some(digest) => {
                     protocol::wire::decode_ciphertext(&ctx.blobs.read(&digest)?, ctx.limits)
                         .map_err(|e| CoordinatorError::Round {
@@ -546,6 +572,7 @@ async fn run_round(
         subject,
         Body::RoundClose {
             round,
+            base,
             contributions: leaves.clone(),
             aggregate: aggregate_digest,
         },
@@ -553,7 +580,6 @@ async fn run_round(
         Some(aggregate_digest),
     )?;
     summary.aggregate_seconds = aggregate_started.elapsed().as_secs_f64();
-    ctx.lock().round.as_mut().expect("open").closed();
     tracing::info!(round, contributors = summary.contributors, "round closed");
 
     // Decrypt: a quorum of connected members, retried with re-randomised ciphertexts.

@@ -21,8 +21,14 @@ fn consortium(n: u8, t: u8) -> (Consortium, Vec<SigningKey>) {
                 .to_bytes(),
         )
     };
+    // k_min = t + 1 where the consortium allows it, else accepted explicitly.
+    let small = if t < n {
+        format!("k_min = {}", t + 1)
+    } else {
+        format!("k_min = {n}\naccept_small_aggregates = true")
+    };
     let mut text = format!(
-        "name = \"ceremony-test\"\nparameter_set = \"quorate-rlwe128-v1\"\nthreshold = {t}\nk_min = 2\n\n\
+        "name = \"ceremony-test\"\nparameter_set = \"quorate-rlwe128-v1\"\nthreshold = {t}\n{small}\n\n\
          [coordinator]\nname = \"coordinator\"\nsigning_key = \"{}\"\nlog_key = \"{}\"\n\
          peer_id = \"peer-c\"\naddress = \"/ip4/127.0.0.1/tcp/7400\"\n",
         hex_key(200),

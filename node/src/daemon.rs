@@ -22,7 +22,9 @@ use protocol::audit::witness::WitnessState;
 use protocol::consortium::Consortium;
 use protocol::he::{Budget, Ciphertext, EncryptionKey, KeyShare, Quorum};
 use protocol::round::message::{CHUNK_BYTES, MAX_MESSAGE_BYTES, Request, Response, chunk_digests};
-use protocol::round::policy::{Refusal, check_request};
+use protocol::round::policy::{
+    HeldModel, Refusal, ReleaseTarget, check_combine, check_contribution, check_request,
+};
 use protocol::round::{ModelDigest, RoundPlan, model_digest};
 use protocol::wire::{
     BoundCiphertext, DecodeLimits, ciphertext_digest, encode_ciphertext, encode_partial_decryption,
@@ -100,8 +102,9 @@ struct State {
     acted: u64,
     witness: WitnessState,
     model: Vec<i64>,
-    /// Digest of the model the node holds, as logged in a result; zero before the first.
-    model_logged: Digest,
+    /// The model the node holds and how it verified it: it contributes from, releases for and
+    /// builds on nothing else.
+    held: HeldModel,
     decryptions: BTreeMap<u64, Decryption>,
     partials: HashMap<(u64, u8), Incoming>,
     targets: HashMap<u64, Arc<BoundCiphertext>>,
@@ -258,14 +261,9 @@ pub async fn run(setup: NodeSetup) -> Result<NodeSummary, NodeError> {
             .map_err(|e| bad(&format!("stored log: {e}")))?;
         entries.push(entry);
     }
-    let model = store
+    let (model, held) = store
         .model()?
-        .unwrap_or_else(|| vec![0; setup.plan.values as usize]);
-    let model_logged = if store.model()?.is_some() {
-        model_digest(&model)
-    } else {
-        [0; 32]
-    };
+        .unwrap_or_else(|| (vec![0; setup.plan.values as usize], HeldModel::initial()));
     let peers = transport::consortium_peers(&consortium)?;
     let coordinator = peers[0].0;
     let member_peers: Vec<PeerId> = peers[1..].iter().map(|(p, _)| *p).collect();
@@ -323,7 +321,7 @@ pub async fn run(setup: NodeSetup) -> Result<NodeSummary, NodeError> {
             acted: 0,
             witness,
             model,
-            model_logged,
+            held,
             decryptions: BTreeMap::new(),
             partials: HashMap::new(),
             targets: HashMap::new(),
@@ -463,6 +461,18 @@ async fn witness(ctx: &Arc<Context>, from: u64, leaves: Vec<Vec<u8>>, note: &[u8
             Err(e) => return refused(format!("entry {index}: {e}")),
         };
         if let Err(e) = state.log.append(entry.clone()) {
+            if matches!(e, protocol::audit::log::LogError::Round { .. }) {
+                // An entry that breaks the round rules (a base no quorum released, a close
+                // that leaves a contribution out, a release from outside the quorum) is an
+                // attack on the release policy: every member should hear of it.
+                drop(state);
+                incident(
+                    ctx,
+                    203,
+                    protocol::audit::merkle::leaf_hash(leaf),
+                    format!("refused to witness entry {index}, which breaks a round rule: {e}"),
+                );
+            }
             return refused(format!("entry {index}: {e}"));
         }
         state.entries.push(entry);
@@ -601,10 +611,7 @@ fn on_entry(ctx: &Arc<Context>, index: u64, entry: &SignedEntry) {
     }
     match &entry.entry.body {
         Body::RoundOpen {
-            round,
-            model,
-            expected,
-            ..
+            round, expected, ..
         } => {
             // A new round: what earlier rounds fetched or buffered is no longer needed.
             forget_before(ctx, index);
@@ -620,15 +627,25 @@ fn on_entry(ctx: &Arc<Context>, index: u64, entry: &SignedEntry) {
             if expected & (1 << ctx.me) == 0 {
                 return;
             }
-            let held = ctx.lock().model_logged;
-            if *model != held {
+            // Only from the model this member verified itself, and never a second time from a
+            // model whose round was released (a stale-model replay).
+            let verdict = {
+                let state = ctx.lock();
+                check_contribution(
+                    &state.entries[..=index as usize],
+                    &ctx.membership,
+                    &ctx.plan,
+                    ctx.me,
+                    index,
+                    &state.held,
+                )
+            };
+            if let Err(refusal) = verdict {
                 incident(
                     ctx,
-                    120,
-                    *model,
-                    format!(
-                        "round {round} starts from a model this member does not hold; not contributing"
-                    ),
+                    refusal.code(),
+                    Sha256::digest(index.to_le_bytes()).into(),
+                    format!("not contributing to round {round}: {refusal}"),
                 );
                 return;
             }
@@ -977,6 +994,56 @@ fn keep(ctx: &Context, digest: &Digest, bytes: &[u8]) -> Result<PathBuf, String>
     Ok(path)
 }
 
+/// Recomputes the ciphertext `target` names from this member's own held encrypted model and the
+/// logged contributions (fetched by digest and checked), re-randomised from the logged seed on
+/// a retry. `None` if the round's aggregate or the request's ciphertext has another digest: the
+/// coordinator asked for something other than the agreed aggregate of the model this member
+/// verified.
+async fn recompute(
+    ctx: &Arc<Context>,
+    target: &ReleaseTarget,
+) -> Result<Option<BoundCiphertext>, String> {
+    let mut files = HashMap::new();
+    for digest in target
+        .base
+        .iter()
+        .chain(target.terms.iter().map(|t| &t.ciphertext))
+    {
+        files.insert(*digest, fetch(ctx, digest).await?);
+    }
+    let worker = ctx.clone();
+    let t = target.clone();
+    let recomputed = tokio::task::spawn_blocking(move || -> Result<Option<Ciphertext>, String> {
+        let mut acc = match t.base {
+            Some(digest) => protocol::wire::decode_ciphertext(
+                &std::fs::read(&files[&digest]).map_err(|e| e.to_string())?,
+                worker.limits,
+            )
+            .map_err(|e| e.to_string())?,
+            None => Ciphertext::zero(worker.plan.values as usize, worker.budget.delta_bits()),
+        };
+        protocol::round::policy::aggregate(&mut acc, &t.weighted_terms(), worker.limits, |d| {
+            std::fs::read(&files[d])
+        })
+        .map_err(|e| e.to_string())?;
+        if ciphertext_digest(&acc).0 != t.aggregate {
+            return Ok(None);
+        }
+        if t.attempt > 0 {
+            worker
+                .key
+                .rerandomize(&mut acc, t.seed)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Some(acc))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    Ok(recomputed
+        .map(BoundCiphertext::new)
+        .filter(|bound| bound.digest().0 == target.ciphertext))
+}
+
 async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), String> {
     let target = {
         let state = ctx.lock();
@@ -987,6 +1054,7 @@ async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), String> {
             &ctx.plan,
             ctx.me,
             request,
+            &state.held,
         )
     };
     // Never a second share for one ciphertext, whatever else the log says.
@@ -1012,52 +1080,9 @@ async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), String> {
         Ok(t) => t,
         Err(refusal) => return refuse(ctx, request, refusal),
     };
-    // Recompute the target from the logged contributions and the previous encrypted model.
-    let mut files = HashMap::new();
-    for digest in target
-        .base
-        .iter()
-        .chain(target.terms.iter().map(|t| &t.ciphertext))
-    {
-        files.insert(*digest, fetch(ctx, digest).await?);
-    }
-    let worker = ctx.clone();
-    let t = target.clone();
-    let recomputed = tokio::task::spawn_blocking(move || -> Result<Ciphertext, String> {
-        let mut acc = match t.base {
-            Some(digest) => protocol::wire::decode_ciphertext(
-                &std::fs::read(&files[&digest]).map_err(|e| e.to_string())?,
-                worker.limits,
-            )
-            .map_err(|e| e.to_string())?,
-            None => Ciphertext::zero(worker.plan.values as usize, worker.budget.delta_bits()),
-        };
-        protocol::round::policy::aggregate(&mut acc, &t.weighted_terms(), worker.limits, |d| {
-            std::fs::read(&files[d])
-        })
-        .map_err(|e| e.to_string())?;
-        if ciphertext_digest(&acc).0 != t.aggregate {
-            return Err("mismatch".into());
-        }
-        if t.attempt > 0 {
-            worker
-                .key
-                .rerandomize(&mut acc, t.seed)
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(acc)
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    let recomputed = match recomputed {
-        Ok(c) => c,
-        Err(e) if e == "mismatch" => return refuse(ctx, request, Refusal::Mismatch),
-        Err(e) => return Err(e),
-    };
-    let bound = BoundCiphertext::new(recomputed);
-    if bound.digest().0 != target.ciphertext {
+    let Some(bound) = recompute(ctx, &target).await? else {
         return refuse(ctx, request, Refusal::Mismatch);
-    }
+    };
     // The ledger, durably, before anything leaves: never a second share for this ciphertext,
     // and never past the key's lifetime budget.
     let recorded = ctx
@@ -1377,14 +1402,42 @@ async fn combine(
     quorum: Vec<u8>,
     partials: Vec<Vec<u8>>,
 ) -> Result<(), String> {
-    let target = ctx.lock().targets.get(&request).cloned();
-    let target = match target {
-        Some(t) => t,
-        None => {
-            let path = fetch(ctx, &ciphertext).await?;
-            let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
-            Arc::new(BoundCiphertext::decode(&bytes, ctx.limits).map_err(|e| e.to_string())?)
+    // The result becomes this member's model, the base of its next contribution and release:
+    // so it combines only a ciphertext it recomputed itself from the model it holds.
+    let verdict = {
+        let state = ctx.lock();
+        check_combine(
+            &state.entries[..state.acted as usize],
+            &ctx.membership,
+            &ctx.plan,
+            request,
+            &state.held,
+        )
+    };
+    let release_target = match verdict {
+        Ok(t) if t.ciphertext == ciphertext => t,
+        Ok(_) => return Err("the request names another ciphertext".into()),
+        Err(refusal) => {
+            tracing::warn!(request, %refusal, "not combining");
+            return Ok(());
         }
+    };
+    let recomputed = ctx.lock().targets.get(&request).cloned();
+    let target = match recomputed {
+        Some(t) => t,
+        None => match recompute(ctx, &release_target).await? {
+            Some(bound) => Arc::new(bound),
+            None => {
+                let refusal = Refusal::Mismatch;
+                incident(
+                    ctx,
+                    refusal.code(),
+                    ciphertext,
+                    format!("not combining request {request}: {refusal}"),
+                );
+                return Ok(());
+            }
+        },
     };
     let worker = ctx.clone();
     let decoded = tokio::task::spawn_blocking(move || -> Result<Vec<i64>, String> {
@@ -1406,11 +1459,18 @@ async fn combine(
         return Err("the decrypted model has the wrong size".into());
     }
     let digest = model_digest(&decoded);
-    ctx.store.save_model(&decoded).map_err(|e| e.to_string())?;
+    let held = HeldModel {
+        round,
+        base: release_target.aggregate,
+        model: digest,
+    };
+    ctx.store
+        .save_model(&decoded, &held)
+        .map_err(|e| e.to_string())?;
     {
         let mut state = ctx.lock();
         state.model = decoded;
-        state.model_logged = digest;
+        state.held = held;
         state.rounds_done += 1;
         state.targets.remove(&request);
         state.partials.retain(|(r, _), _| *r != request);

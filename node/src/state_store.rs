@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use protocol::audit::entry::Digest;
+use protocol::round::HeldModel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateStoreError {
@@ -45,6 +46,8 @@ pub enum Recorded {
     LifetimeSpent { revealed: u64, limit: u64 },
 }
 const MODEL: &[u8] = b"model";
+/// The model this node verified itself ([`HeldModel`]): round, base and model digest.
+const HELD: &[u8] = b"held";
 
 impl StateStore {
     pub fn open(path: &Path) -> Result<Self, StateStoreError> {
@@ -180,27 +183,54 @@ impl StateStore {
             .map(|v| v.to_vec()))
     }
 
-    pub fn model(&self) -> Result<Option<Vec<i64>>, StateStoreError> {
-        let Some(bytes) = self.meta.get(MODEL).map_err(|e| self.err(e))? else {
-            return Ok(None);
+    /// The decrypted model and the record of how this node verified it, or `None` before the
+    /// first decryption.
+    pub fn model(&self) -> Result<Option<(Vec<i64>, HeldModel)>, StateStoreError> {
+        let corrupt = |what: &str| StateStoreError::Corrupt {
+            path: self.path.clone(),
+            what: what.into(),
         };
-        if bytes.len() % 8 != 0 {
-            return Err(StateStoreError::Corrupt {
-                path: self.path.clone(),
-                what: "the model".into(),
-            });
+        let model = self.meta.get(MODEL).map_err(|e| self.err(e))?;
+        let held = self.meta.get(HELD).map_err(|e| self.err(e))?;
+        let (model, held) = match (model, held) {
+            (None, None) => return Ok(None),
+            (Some(model), Some(held)) => (model, held),
+            _ => {
+                return Err(corrupt(
+                    "the model or its verification record (from an older version?)",
+                ));
+            }
+        };
+        if model.len() % 8 != 0 {
+            return Err(corrupt("the model"));
         }
-        Ok(Some(
-            bytes
+        if held.len() != 72 {
+            return Err(corrupt("the model's verification record"));
+        }
+        let held = HeldModel {
+            round: u64::from_le_bytes(held[..8].try_into().expect("8 bytes")),
+            base: held[8..40].try_into().expect("32 bytes"),
+            model: held[40..72].try_into().expect("32 bytes"),
+        };
+        Ok(Some((
+            model
                 .chunks_exact(8)
                 .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
                 .collect(),
-        ))
+            held,
+        )))
     }
 
-    pub fn save_model(&self, model: &[i64]) -> Result<(), StateStoreError> {
+    /// Keeps a decrypted model with the record of how it was verified, in one batch.
+    pub fn save_model(&self, model: &[i64], held: &HeldModel) -> Result<(), StateStoreError> {
         let bytes: Vec<u8> = model.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.meta.insert(MODEL, bytes).map_err(|e| self.err(e))?;
+        let mut record = held.round.to_le_bytes().to_vec();
+        record.extend_from_slice(&held.base);
+        record.extend_from_slice(&held.model);
+        let mut batch = sled::Batch::default();
+        batch.insert(MODEL, bytes);
+        batch.insert(HELD, record);
+        self.meta.apply_batch(batch).map_err(|e| self.err(e))?;
         self.flush()
     }
 }
@@ -212,6 +242,11 @@ mod tests {
     #[test]
     fn a_release_is_recorded_once_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
+        let held = HeldModel {
+            round: 3,
+            base: [7; 32],
+            model: [8; 32],
+        };
         {
             let store = StateStore::open(dir.path()).unwrap();
             assert_eq!(
@@ -234,7 +269,7 @@ mod tests {
                 }
             );
             store.append_leaves(0, &[vec![1], vec![2]]).unwrap();
-            store.save_model(&[1, -2, 3]).unwrap();
+            store.save_model(&[1, -2, 3], &held).unwrap();
             store.keep_partial(40, b"partial").unwrap();
         }
         let store = StateStore::open(dir.path()).unwrap();
@@ -244,7 +279,7 @@ mod tests {
         assert_eq!(store.revealed().unwrap(), 2000);
         assert_eq!(store.released(&[3; 32]).unwrap(), None);
         assert_eq!(store.leaves().unwrap(), vec![vec![1], vec![2]]);
-        assert_eq!(store.model().unwrap(), Some(vec![1, -2, 3]));
+        assert_eq!(store.model().unwrap(), Some((vec![1, -2, 3], held)));
         assert_eq!(
             store.released_partial(40).unwrap(),
             Some(b"partial".to_vec())

@@ -70,6 +70,11 @@ pub struct ConsortiumFile {
     pub parameter_set: String,
     pub threshold: u8,
     pub k_min: u8,
+    /// Accept `k_min <= threshold`: t - 1 colluding members and the coordinator can then read
+    /// one member's update exactly. Only for consortia that cannot meet `k_min >= t + 1`
+    /// (t = n, such as any consortium of two) and whose members all accept that.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_small_aggregates: bool,
     /// Cosignatures a checkpoint needs; defaults to the smallest fork-safe quorum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub witness_quorum: Option<u8>,
@@ -133,15 +138,13 @@ impl Consortium {
         }
         let config = ThresholdConfig::new(n as u8, file.threshold)
             .map_err(|e| field("threshold", e.to_string()))?;
-        if file.k_min < 2 || usize::from(file.k_min) > n {
-            return Err(field(
-                "k_min",
-                format!(
-                    "{} must be between 2 and the number of members ({n})",
-                    file.k_min
-                ),
-            ));
-        }
+        crate::audit::log::check_k_min(
+            n as u8,
+            file.threshold,
+            file.k_min,
+            file.accept_small_aggregates,
+        )
+        .map_err(|e| field("k_min", e.to_string()))?;
         let safe = safe_witness_quorum(n as u8, file.threshold);
         let witness_quorum = file.witness_quorum.unwrap_or(safe);
         if witness_quorum < safe || usize::from(witness_quorum) > n {
@@ -298,6 +301,7 @@ fn unapproved_membership(file: &ConsortiumFile, witness_quorum: u8) -> Membershi
         parameter_set: file.parameter_set.clone(),
         threshold: file.threshold,
         k_min: file.k_min,
+        accept_small_aggregates: file.accept_small_aggregates,
         witness_quorum,
         coordinator: CoordinatorKeys {
             name: file.coordinator.name.clone(),
@@ -333,10 +337,11 @@ mod tests {
     }
 
     fn sample_text(members: usize, threshold: u8) -> (String, Vec<SigningKey>) {
+        let k_min = threshold + 1;
         let (_, coordinator) = keys(200);
         let (_, log) = keys(201);
         let mut text = format!(
-            "name = \"test-consortium\"\nparameter_set = \"quorate-rlwe128-v1\"\nthreshold = {threshold}\nk_min = 2\n\n\
+            "name = \"test-consortium\"\nparameter_set = \"quorate-rlwe128-v1\"\nthreshold = {threshold}\nk_min = {k_min}\n\n\
              [coordinator]\nname = \"coordinator\"\nsigning_key = \"{coordinator}\"\nlog_key = \"{log}\"\n\
              peer_id = \"peer-c\"\naddress = \"/ip4/127.0.0.1/tcp/9000\"\n"
         );
@@ -390,7 +395,7 @@ mod tests {
         for (from, to) in [
             ("9001", "9009"),
             ("test-consortium", "other"),
-            ("k_min = 2", "k_min = 3"),
+            ("k_min = 3", "k_min = 2\naccept_small_aggregates = true"),
         ] {
             let changed = Consortium::parse(&text.replacen(from, to, 1)).unwrap();
             assert_ne!(changed.digest(), digest, "{from} -> {to}");
@@ -402,9 +407,9 @@ mod tests {
         let (text, _) = sample_text(3, 2);
         let cases = [
             (text.replace("threshold = 2", "threshold = 4"), "threshold"),
-            (text.replace("k_min = 2", "k_min = 9"), "k_min"),
+            (text.replace("k_min = 3", "k_min = 9"), "k_min"),
             (
-                text.replace("k_min = 2", "k_min = 2\nwitness_quorum = 1"),
+                text.replace("k_min = 3", "k_min = 3\nwitness_quorum = 1"),
                 "witness_quorum",
             ),
             (
@@ -450,5 +455,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("twice"), "{err}");
+    }
+
+    /// Attack 3 of the release policy: with k_min = t, the t - 1 colluders contribute zeros and
+    /// the coordinator closes on them and one honest member, whose update is then decrypted.
+    #[test]
+    fn k_min_at_most_the_threshold_is_refused_unless_accepted_explicitly() {
+        let (text, _) = sample_text(3, 2);
+        let err = Consortium::parse(&text.replace("k_min = 3", "k_min = 2"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("field k_min"), "{err}");
+        assert!(err.contains("at least the threshold plus one (3)"), "{err}");
+        let accepted = Consortium::parse(
+            &text.replace("k_min = 3", "k_min = 2\naccept_small_aggregates = true"),
+        )
+        .unwrap();
+        assert!(
+            unapproved_membership(&accepted.file, accepted.witness_quorum).accept_small_aggregates
+        );
+        // A consortium of two can never meet the rule: the error says how to opt in.
+        let (two, _) = sample_text(2, 2);
+        let err = Consortium::parse(&two).unwrap_err().to_string();
+        assert!(
+            err.contains("between 2 and the number of members (2)"),
+            "{err}"
+        );
+        let err = Consortium::parse(&two.replace("k_min = 3", "k_min = 2"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("accept_small_aggregates = true"), "{err}");
+        Consortium::parse(&two.replace("k_min = 3", "k_min = 2\naccept_small_aggregates = true"))
+            .unwrap();
     }
 }

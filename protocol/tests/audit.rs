@@ -86,6 +86,7 @@ fn a_forged_entry_signature_is_a_signature_violation() {
         Body::RoundOpen {
             round: 9,
             model: [0; 32],
+            base: [0; 32],
             deadline_ms: 0,
             expected: 1,
         },
@@ -203,8 +204,27 @@ fn replay_rules_flag_each_kind_of_forbidden_decryption() {
     });
     assert!(report.ok(), "{:#?}", report.findings);
 
-    // A result without the whole quorum's releases.
-    let report = replay(|s| {
+    // A result without the whole quorum's releases, and a second share from one member: the
+    // log's round rules refuse both, so they show up as entry-rule violations.
+    for (forged, rule) in [
+        (
+            Body::DecryptionResult {
+                request: 0,
+                ciphertext: [0; 32],
+                model: [2; 32],
+            },
+            "before its whole quorum released",
+        ),
+        (
+            Body::ShareReleased {
+                request: 0,
+                ciphertext: [0; 32],
+                share: [1; 32],
+            },
+            "already released a share",
+        ),
+    ] {
+        let mut s = SampleConsortium::new(5, 3, 3, 5);
         let (close, aggregate) = s.open_and_close(1, &[0, 1, 2]);
         let request = s.request(1, close, aggregate, &[0, 1, 2], 0);
         s.append(
@@ -216,35 +236,33 @@ fn replay_rules_flag_each_kind_of_forbidden_decryption() {
             },
             vec![request],
         );
-        s.append(
-            Author::Member(0),
-            Body::DecryptionResult {
+        let forged = match forged {
+            Body::DecryptionResult { model, .. } => Body::DecryptionResult {
                 request,
                 ciphertext: aggregate,
-                model: [2; 32],
+                model,
             },
-            vec![request],
+            Body::ShareReleased { share, .. } => Body::ShareReleased {
+                request,
+                ciphertext: aggregate,
+                share,
+            },
+            other => other,
+        };
+        let forged = s.forge(vec![(Author::Member(0), forged, vec![request])]);
+        let report = audit(&s.export_with(&forged), None);
+        assert_eq!(
+            report.exit_code(),
+            ViolationClass::EntryRule.exit_code(),
+            "{:#?}",
+            report.findings
         );
-    });
-    assert_policy(&report, "without the share releases");
-
-    // A second share from one member for one ciphertext.
-    let report = replay(|s| {
-        let (close, aggregate) = s.open_and_close(1, &[0, 1, 2]);
-        let request = s.request(1, close, aggregate, &[0, 1, 2], 0);
-        for _ in 0..2 {
-            s.append(
-                Author::Member(1),
-                Body::ShareReleased {
-                    request,
-                    ciphertext: aggregate,
-                    share: [1; 32],
-                },
-                vec![request],
-            );
-        }
-    });
-    assert_policy(&report, "two shares");
+        assert!(
+            report.findings.iter().any(|f| f.message.contains(rule)),
+            "{rule}: {:#?}",
+            report.findings
+        );
+    }
 
     // A round with fewer than k_min = 3 contributors.
     let report = replay(|s| {
@@ -320,6 +338,7 @@ fn replay_rules_flag_each_kind_of_forbidden_decryption() {
             Body::RoundOpen {
                 round: 1,
                 model: [1; 32],
+                base: [0; 32],
                 deadline_ms: 0,
                 expected: 0b111,
             },
@@ -342,6 +361,7 @@ fn replay_rules_flag_each_kind_of_forbidden_decryption() {
             Author::Coordinator,
             Body::RoundClose {
                 round: 1,
+                base: [0; 32],
                 contributions: leaves.clone(),
                 aggregate: [10; 32],
             },
@@ -399,7 +419,7 @@ fn a_manifest_whose_keys_changed_after_approval_is_refused() {
         m.members[0].witness_key = ed25519_dalek::SigningKey::from_bytes(&[9; 32])
             .verifying_key()
             .to_bytes();
-        m.k_min = 2;
+        m.k_min = 5;
     }
     export.entries[0] = entry.sign(&sample.coordinator).leaf().to_vec();
     let report = audit(&export, None);

@@ -12,7 +12,9 @@ use crate::bytes::{ReadError, Reader, Writer};
 pub const ENTRY_LABEL: &[u8] = b"quorate/audit-entry/v1";
 /// Entries stay small; large artefacts are referenced by digest.
 pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
-const ENTRY_VERSION: u8 = 1;
+/// Version 2: rounds name the encrypted model they build on; the manifest says whether small
+/// aggregates were accepted.
+const ENTRY_VERSION: u8 = 2;
 const MAX_REFERENCES: u64 = 1024;
 const MAX_TEXT: u64 = 4096;
 const MAX_MEMBERS: u64 = 16;
@@ -73,6 +75,9 @@ pub struct Membership {
     pub parameter_set: String,
     pub threshold: u8,
     pub k_min: u8,
+    /// The members agreed to a `k_min` of at most the threshold, under which t - 1 colluding
+    /// members and the coordinator can isolate one member's contribution (see SECURITY.md).
+    pub accept_small_aggregates: bool,
     /// Cosignatures a checkpoint needs before members act on it.
     pub witness_quorum: u8,
     pub coordinator: CoordinatorKeys,
@@ -87,6 +92,7 @@ impl Membership {
             .string(&self.parameter_set)
             .u8(self.threshold)
             .u8(self.k_min)
+            .u8(u8::from(self.accept_small_aggregates))
             .u8(self.witness_quorum)
             .string(&self.coordinator.name)
             .bytes(&self.coordinator.signing_key)
@@ -133,7 +139,11 @@ pub enum Body {
     /// kind 3, by the coordinator.
     RoundOpen {
         round: u64,
+        /// The digest of the plaintext model the round starts from, as members logged it.
         model: Digest,
+        /// The encrypted model the round builds on: the aggregate of the latest round whose
+        /// decryption the whole quorum released, or zero (an encryption of zero) before any.
+        base: Digest,
         deadline_ms: u64,
         /// Bit i: member i is expected to contribute.
         expected: u16,
@@ -148,6 +158,8 @@ pub enum Body {
     /// resulting encrypted model.
     RoundClose {
         round: u64,
+        /// The same base as the round's open.
+        base: Digest,
         contributions: Vec<u64>,
         aggregate: Digest,
     },
@@ -247,10 +259,15 @@ impl Body {
             Body::RoundOpen {
                 round,
                 model,
+                base,
                 deadline_ms,
                 expected,
             } => {
-                w.u64(*round).bytes(model).u64(*deadline_ms).u16(*expected);
+                w.u64(*round)
+                    .bytes(model)
+                    .bytes(base)
+                    .u64(*deadline_ms)
+                    .u16(*expected);
             }
             Body::Contribution {
                 round,
@@ -261,10 +278,11 @@ impl Body {
             }
             Body::RoundClose {
                 round,
+                base,
                 contributions,
                 aggregate,
             } => {
-                w.u64(*round).u16(contributions.len() as u16);
+                w.u64(*round).bytes(base).u16(contributions.len() as u16);
                 for leaf in contributions {
                     w.u64(*leaf);
                 }
@@ -322,6 +340,11 @@ impl Body {
                 let parameter_set = r.string("parameter set", 64)?;
                 let threshold = r.u8("threshold")?;
                 let k_min = r.u8("k_min")?;
+                let accept_small_aggregates = match r.u8("accept small aggregates")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(EntryError::NotCanonical),
+                };
                 let witness_quorum = r.u8("witness quorum")?;
                 let coordinator = CoordinatorKeys {
                     name: r.string("coordinator name", 64)?,
@@ -351,6 +374,7 @@ impl Body {
                     parameter_set,
                     threshold,
                     k_min,
+                    accept_small_aggregates,
                     witness_quorum,
                     coordinator,
                     members,
@@ -365,6 +389,7 @@ impl Body {
             3 => Body::RoundOpen {
                 round: r.u64("round")?,
                 model: r.array("model digest")?,
+                base: r.array("base digest")?,
                 deadline_ms: r.u64("deadline")?,
                 expected: r.u16("expected members")?,
             },
@@ -375,6 +400,7 @@ impl Body {
             },
             5 => {
                 let round = r.u64("round")?;
+                let base = r.array("base digest")?;
                 let count = r.count("contributions", 2, MAX_REFERENCES)?;
                 let mut contributions = Vec::with_capacity(count);
                 for _ in 0..count {
@@ -382,6 +408,7 @@ impl Body {
                 }
                 Body::RoundClose {
                     round,
+                    base,
                     contributions,
                     aggregate: r.array("aggregate digest")?,
                 }
@@ -591,6 +618,7 @@ mod tests {
                 parameter_set: "quorate-rlwe128-v1".into(),
                 threshold: 2,
                 k_min: 2,
+                accept_small_aggregates: true,
                 witness_quorum: 3,
                 coordinator: CoordinatorKeys {
                     name: "coordinator.example".into(),
@@ -616,6 +644,7 @@ mod tests {
             Body::RoundOpen {
                 round: 1,
                 model: [9; 32],
+                base: [18; 32],
                 deadline_ms: 10,
                 expected: 0b111,
             },
@@ -626,6 +655,7 @@ mod tests {
             },
             Body::RoundClose {
                 round: 1,
+                base: [18; 32],
                 contributions: vec![3, 4, 5],
                 aggregate: [11; 32],
             },
@@ -657,6 +687,33 @@ mod tests {
                 description: "refused a single contribution".into(),
             },
         ]
+    }
+
+    /// Golden bytes of every kind of entry (format version 2), signed with a fixed key.
+    #[test]
+    fn golden_entries() {
+        let key = SigningKey::from_bytes(&[42; 32]);
+        let mut record = String::new();
+        for (sequence, body) in sample_bodies().into_iter().enumerate() {
+            let name = body.kind_name();
+            let signed = Entry {
+                origin: "quorate.example/log".into(),
+                config_epoch: 1,
+                author: key.verifying_key().to_bytes(),
+                sequence: sequence as u64,
+                subject: [16; 32],
+                references: vec![0, 2],
+                payload: Some([17; 32]),
+                claimed_time_ms: 1_700_000_000_000,
+                body,
+            }
+            .sign(&key);
+            record.push_str(&format!("{name}:\n"));
+            for line in signed.leaf().chunks(48) {
+                record.push_str(&format!("  {}\n", hex::encode(line)));
+            }
+        }
+        insta::assert_snapshot!(record);
     }
 
     #[test]

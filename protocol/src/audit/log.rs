@@ -11,6 +11,7 @@ use super::checkpoint::Checkpoint;
 use super::entry::{Body, EntryError, KeyBytes, Membership, SignedEntry, approval_message};
 use super::merkle::{self, Hash, MerkleError};
 use super::note::{COSIGNATURE_V1, ED25519, NoteError, NoteVerifier};
+use crate::round::rules::{RoundRules, Writer};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LogError {
@@ -22,6 +23,11 @@ pub enum LogError {
     Merkle(#[from] MerkleError),
     #[error("membership: {0}")]
     Membership(String),
+    #[error("entry {index}: {source}")]
+    Round {
+        index: u64,
+        source: crate::round::rules::RuleError,
+    },
 }
 
 /// Who may author an entry of a given kind.
@@ -54,12 +60,13 @@ pub fn check_membership(membership: &Membership) -> Result<(), LogError> {
     if t < 2 || t > n {
         return fail(format!("threshold {t} is not between 2 and {n}"));
     }
-    if usize::from(membership.k_min) < 2 || usize::from(membership.k_min) > n {
-        return fail(format!(
-            "k_min {} is not between 2 and {n}",
-            membership.k_min
-        ));
-    }
+    check_k_min(
+        n as u8,
+        membership.threshold,
+        membership.k_min,
+        membership.accept_small_aggregates,
+    )
+    .map_err(|e| LogError::Membership(e.to_string()))?;
     let q = usize::from(membership.witness_quorum);
     if q > n || 2 * q < n + t {
         return fail(format!(
@@ -106,6 +113,49 @@ pub fn check_membership(membership: &Membership) -> Result<(), LogError> {
     Ok(())
 }
 
+/// Why a consortium's `k_min` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KMinError {
+    #[error("k_min = {k_min} must be between 2 and the number of members ({members})")]
+    OutOfRange { k_min: u8, members: u8 },
+    #[error(
+        "k_min = {k_min} must be at least the threshold plus one ({safe}): t - 1 = {colluders} \
+         colluding members can contribute known values, so an aggregate of k_min contributions \
+         must still hold two honest ones, or the coordinator and the colluders read one \
+         member's update exactly{hint}"
+    )]
+    BelowSafe {
+        k_min: u8,
+        safe: u8,
+        colluders: u8,
+        hint: &'static str,
+    },
+}
+
+/// The `k_min` rule: every decrypted aggregate holds at least two contributions that t - 1
+/// colluding members did not write, so `k_min >= t + 1`. A consortium that cannot meet it
+/// (t = n, such as any consortium of two) must say so explicitly with `accept_small_aggregates`.
+pub fn check_k_min(members: u8, threshold: u8, k_min: u8, accepted: bool) -> Result<(), KMinError> {
+    if k_min < 2 || k_min > members {
+        return Err(KMinError::OutOfRange { k_min, members });
+    }
+    let safe = threshold.saturating_add(1);
+    if k_min < safe && !accepted {
+        return Err(KMinError::BelowSafe {
+            k_min,
+            safe,
+            colluders: threshold.saturating_sub(1),
+            hint: if safe > members {
+                "; with this many members no k_min is safe: set accept_small_aggregates = true \
+                 only if every member accepts that (see SECURITY.md)"
+            } else {
+                ""
+            },
+        });
+    }
+    Ok(())
+}
+
 /// The smallest witness quorum that rules out forks with t - 1 colluding members.
 pub fn safe_witness_quorum(parties: u8, threshold: u8) -> u8 {
     (parties + threshold - 1) / 2 + 1
@@ -143,6 +193,7 @@ pub struct LogState {
     hashes: Vec<Hash>,
     next_sequence: BTreeMap<KeyBytes, u64>,
     membership: Option<Membership>,
+    rounds: Option<RoundRules>,
 }
 
 impl LogState {
@@ -153,6 +204,7 @@ impl LogState {
             hashes: Vec::new(),
             next_sequence: BTreeMap::new(),
             membership: None,
+            rounds: None,
         }
     }
 
@@ -178,6 +230,11 @@ impl LogState {
 
     pub fn membership(&self) -> Option<&Membership> {
         self.membership.as_ref()
+    }
+
+    /// The rounds as far as the log goes (once the membership is known).
+    pub fn rounds(&self) -> Option<&RoundRules> {
+        self.rounds.as_ref()
     }
 
     pub fn size(&self) -> u64 {
@@ -240,14 +297,18 @@ impl LogState {
                 rule("configuration changes are not supported by this version of the log".into())
             }
             (Some(membership), body) => {
-                if allowed_author(membership, &e.author, body) {
-                    Ok(())
-                } else {
-                    rule(format!(
+                if !allowed_author(membership, &e.author, body) {
+                    return rule(format!(
                         "author {} may not write {} entries",
                         hex::encode(&e.author[..8]),
                         body.kind_name()
-                    ))
+                    ));
+                }
+                match &self.rounds {
+                    Some(rounds) => rounds
+                        .check(Writer::of(membership, &e.author), body)
+                        .map_err(|source| LogError::Round { index, source }),
+                    None => Ok(()),
                 }
             }
         }
@@ -259,6 +320,14 @@ impl LogState {
         let index = self.size();
         if let Body::Membership(membership) = &entry.entry.body {
             self.membership = Some(membership.clone());
+            self.rounds = Some(RoundRules::new(membership));
+        }
+        if let (Some(membership), Some(rounds)) = (&self.membership, &mut self.rounds) {
+            rounds.apply(
+                index,
+                Writer::of(membership, &entry.entry.author),
+                &entry.entry.body,
+            );
         }
         self.next_sequence
             .insert(entry.entry.author, entry.entry.sequence + 1);

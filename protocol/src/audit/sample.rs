@@ -91,6 +91,8 @@ impl SampleConsortium {
             parameter_set: crate::he::QUORATE_RLWE128_V1.id.to_owned(),
             threshold,
             k_min,
+            // Older samples use k_min = t; they say so, as a consortium file would have to.
+            accept_small_aggregates: k_min <= threshold,
             witness_quorum: safe_witness_quorum(parties, threshold),
             coordinator: CoordinatorKeys {
                 name: "coordinator".into(),
@@ -200,6 +202,11 @@ impl SampleConsortium {
         bytes
     }
 
+    /// The encrypted model the next round must build on, by the log's round rules.
+    pub fn base(&self) -> Digest {
+        self.log.rounds().map_or([0; 32], |r| r.base())
+    }
+
     /// The digest member `member`'s contribution to `round` carries in sample logs.
     pub fn contribution_digest(round: u64, member: usize) -> Digest {
         digest("contribution", round * 100 + member as u64)
@@ -209,11 +216,13 @@ impl SampleConsortium {
     /// close's leaf and the aggregate's digest.
     pub fn open_and_close(&mut self, round: u64, contributors: &[usize]) -> (u64, Digest) {
         let expected = contributors.iter().fold(0u16, |bits, &m| bits | (1 << m));
+        let base = self.base();
         self.append(
             Author::Coordinator,
             Body::RoundOpen {
                 round,
                 model: digest("model", round),
+                base,
                 deadline_ms: self.now * 1000 + 60_000,
                 expected,
             },
@@ -238,6 +247,7 @@ impl SampleConsortium {
             Author::Coordinator,
             Body::RoundClose {
                 round,
+                base,
                 contributions: leaves.clone(),
                 aggregate,
             },
@@ -314,6 +324,66 @@ impl SampleConsortium {
         )
     }
 
+    /// Signs `entries` as if appended after the log, one after the other, without the log's
+    /// checks: what a coordinator and colluding members could write.
+    pub fn forge(&self, entries: Vec<(Author, Body, Vec<u64>)>) -> Vec<SignedEntry> {
+        let mut sequences = std::collections::BTreeMap::new();
+        entries
+            .into_iter()
+            .map(|(author, body, references)| {
+                let key = match author {
+                    Author::Coordinator => &self.coordinator,
+                    Author::Member(i) => &self.members[i].signing,
+                };
+                let author_key = key.verifying_key().to_bytes();
+                let sequence = sequences
+                    .entry(author_key)
+                    .or_insert_with(|| self.log.next_sequence(&author_key));
+                let mut entry = self.sign(author, body, references);
+                entry.entry.sequence = *sequence;
+                *sequence += 1;
+                entry.entry.sign(key)
+            })
+            .collect()
+    }
+
+    /// An export of the log followed by `forged` entries, under a checkpoint over all of them
+    /// that every member cosigned (each from a fresh witness state): the log a coordinator
+    /// could show an auditor if it got its rule-breaking entries cosigned.
+    pub fn export_with(&self, forged: &[SignedEntry]) -> ExportedLog {
+        let mut entries = self.log.leaves().to_vec();
+        entries.extend(forged.iter().map(|e| e.leaf().to_vec()));
+        let hashes: Vec<_> = entries
+            .iter()
+            .map(|l| super::merkle::leaf_hash(l))
+            .collect();
+        let checkpoint = super::checkpoint::Checkpoint {
+            origin: self.origin.clone(),
+            size: entries.len() as u64,
+            root: super::merkle::root(&hashes),
+        };
+        let mut note = checkpoint.sign(&self.log_signer);
+        let encoded = note.encode();
+        for member in &self.members {
+            let (_, line) = WitnessState::new(&self.origin)
+                .cosign(
+                    0,
+                    &[],
+                    encoded.as_bytes(),
+                    self.log_signer.verifier(),
+                    &member.witness,
+                    self.now,
+                )
+                .expect("a fresh witness cosigns any signed checkpoint");
+            note.signatures.push(line);
+        }
+        ExportedLog {
+            origin: self.origin.clone(),
+            entries,
+            checkpoints: vec![(checkpoint.size, note.encode().into_bytes())],
+        }
+    }
+
     pub fn all_witnesses(&self) -> Vec<usize> {
         (0..self.members.len()).collect()
     }
@@ -327,10 +397,10 @@ impl SampleConsortium {
     }
 }
 
-/// A sample log of `rounds` honest rounds among five members (t = 3, k_min = 3), with a
+/// A sample log of `rounds` honest rounds among five members (t = 3, k_min = 4), with a
 /// cosigned checkpoint after each round.
 pub fn honest_log(rounds: u64) -> SampleConsortium {
-    let mut sample = SampleConsortium::new(5, 3, 3, 7);
+    let mut sample = SampleConsortium::new(5, 3, 4, 7);
     let witnesses = sample.all_witnesses();
     sample.publish_checkpoint(&witnesses);
     for round in 1..=rounds {

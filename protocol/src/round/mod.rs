@@ -10,18 +10,25 @@
 //!   ciphertext, up to the plan's cap;
 //! - [`policy`]: a member's release policy (threat-model invariants 3 and 4), judged on the
 //!   member's own copy of the log;
+//! - [`rules`]: the round rules every appended entry must meet (the model chain, complete
+//!   closes, releases from the quorum only), shared by the log, the members and the auditor;
 //! - [`message`]: the versioned messages of the round protocol.
 
+#[cfg(test)]
+mod attacks;
 pub mod machine;
 pub mod message;
 pub mod plan;
 pub mod policy;
+pub mod rules;
 #[cfg(test)]
 mod tests;
 
 pub use machine::{CloseDecision, CloseTerms, CoordinatorRound, DecryptionStatus};
 pub use plan::{ModelDigest, RoundPlan, model_digest};
-pub use policy::{Refusal, ReleaseTarget, Term, check_request};
+pub use policy::{
+    HeldModel, Refusal, ReleaseTarget, Term, check_combine, check_contribution, check_request,
+};
 
 /// Why a round step was refused, naming the member where one is at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,13 +1,16 @@
 //! A member's release policy (threat-model invariants 3 and 4), judged only on the member's
-//! own copy of the log: it releases a partial decryption only for the agreed aggregate of the
-//! latest round, built from at least `k_min` distinct members' logged contributions, and only
-//! once per ciphertext. The caller then recomputes the ciphertext from the [`ReleaseTarget`]
-//! (the previous encrypted model plus the weighted contributions, re-randomised from the
-//! logged seed on a retry) and compares its digest with the request's before anything leaves.
+//! own copy of the log and on the model it verified itself: it contributes from, releases for
+//! and builds on only the encrypted model whose decryption it combined ([`HeldModel`]); it
+//! releases a partial decryption only for the agreed aggregate of the latest round, built from
+//! at least `k_min` distinct members' logged contributions, and only once per ciphertext. The
+//! caller then recomputes the ciphertext from the [`ReleaseTarget`] (its own held encrypted
+//! model plus the weighted contributions, re-randomised from the logged seed on a retry) and
+//! compares its digest with the request's before anything leaves.
 
 use std::collections::BTreeSet;
 
-use super::plan::RoundPlan;
+use super::plan::{ModelDigest, RoundPlan};
+use super::rules::{RoundRules, ZERO_BASE};
 use crate::audit::entry::{Body, Digest, Membership, SignedEntry};
 
 /// One weighted contribution of the target.
@@ -17,6 +20,29 @@ pub struct Term {
     pub member: u8,
     pub ciphertext: Digest,
     pub weight: i64,
+}
+
+/// The model a member holds and verified itself: the aggregate it recomputed from its own
+/// earlier model and the logged contributions, whose decryption it combined and whose plaintext
+/// digest it logged. Before the first decryption, the zero model and [`ZERO_BASE`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldModel {
+    /// The round whose aggregate this is (0 before the first).
+    pub round: u64,
+    /// The encrypted model: the digest of that round's aggregate.
+    pub base: Digest,
+    /// The digest of the decrypted model ([`super::model_digest`]); zero before the first.
+    pub model: ModelDigest,
+}
+
+impl HeldModel {
+    pub fn initial() -> Self {
+        Self {
+            round: 0,
+            base: ZERO_BASE,
+            model: [0; 32],
+        }
+    }
 }
 
 /// What a request asks a member to decrypt, as the log defines it.
@@ -31,14 +57,15 @@ pub struct ReleaseTarget {
     pub ciphertext: Digest,
     /// The aggregate the round's close logged.
     pub aggregate: Digest,
-    /// The encrypted model the round started from: the aggregate of the latest decrypted
-    /// round, or `None` (an encryption of zero) before the first.
+    /// The encrypted model the round builds on, as its open and close name it: the aggregate
+    /// of an earlier round, or `None` (an encryption of zero) before the first.
     pub base: Option<Digest>,
     pub terms: Vec<Term>,
     pub quorum: Vec<u8>,
 }
 
-/// Why a member refuses to release; each is logged as an incident with [`Refusal::code`].
+/// Why a member refuses to release, contribute or combine; each is logged as an incident with
+/// [`Refusal::code`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("entry {0} is not a decryption request")]
@@ -75,6 +102,30 @@ pub enum Refusal {
     AlreadyReleased,
     #[error("the ciphertext recomputed from the logged contributions has another digest")]
     Mismatch,
+    #[error(
+        "round {round} builds on encrypted model {}, but the model this member verified and \
+         holds is {} (from round {held_round})",
+        hex::encode(&named[..8]),
+        hex::encode(&held[..8])
+    )]
+    UnverifiedBase {
+        round: u64,
+        named: Digest,
+        held: Digest,
+        held_round: u64,
+    },
+    #[error(
+        "this member already contributed from the same model in round {earlier}, whose \
+         decryption was released; not contributing to round {round} from it again"
+    )]
+    StaleModel { round: u64, earlier: u64 },
+    #[error("round {round} is not newer than round {held}, whose model this member holds")]
+    OlderThanHeld { round: u64, held: u64 },
+    #[error(
+        "round {round} is past the round plan's {rounds} rounds, which its noise and smudging \
+         budget covers"
+    )]
+    PastPlan { round: u64, rounds: u32 },
 }
 
 impl Refusal {
@@ -95,6 +146,10 @@ impl Refusal {
             Refusal::Superseded(_) => 11,
             Refusal::AlreadyReleased => 12,
             Refusal::Mismatch => 13,
+            Refusal::UnverifiedBase { .. } => 14,
+            Refusal::StaleModel { .. } => 15,
+            Refusal::OlderThanHeld { .. } => 16,
+            Refusal::PastPlan { .. } => 17,
         }
     }
 }
@@ -107,13 +162,154 @@ fn member_of(membership: &Membership, entry: &SignedEntry) -> Option<u8> {
         .map(|i| i as u8)
 }
 
+fn base_of(digest: Digest) -> Option<Digest> {
+    (digest != ZERO_BASE).then_some(digest)
+}
+
+/// Refuses a round the plan's budget does not cover.
+fn past_plan(round: u64, plan: &RoundPlan) -> Result<(), Refusal> {
+    if round > u64::from(plan.rounds) {
+        return Err(Refusal::PastPlan {
+            round,
+            rounds: plan.rounds,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a round whose base is not the encrypted model `held`, which this member verified
+/// itself. (The plaintext follows from the ciphertext, so the base alone decides.)
+fn check_base(round: u64, base: Digest, held: &HeldModel) -> Result<(), Refusal> {
+    if base != held.base {
+        return Err(Refusal::UnverifiedBase {
+            round,
+            named: base,
+            held: held.base,
+            held_round: held.round,
+        });
+    }
+    Ok(())
+}
+
+/// Whether member `me`, holding `held`, may contribute to the round opened at leaf `open` of
+/// `entries` (its log up to and including the open): the round is opened under its plan,
+/// builds on the model it verified, and it has not already contributed from that model to a
+/// round whose decryption was released (the stale-model replay). The caller skips rounds that
+/// do not expect it.
+pub fn check_contribution(
+    entries: &[SignedEntry],
+    membership: &Membership,
+    plan: &RoundPlan,
+    me: u8,
+    open: u64,
+    held: &HeldModel,
+) -> Result<(), Refusal> {
+    let Some(entry) = entries.get(open as usize) else {
+        return Err(Refusal::NoClose(open));
+    };
+    let Body::RoundOpen { round, base, .. } = &entry.entry.body else {
+        return Err(Refusal::NoClose(open));
+    };
+    if entry.entry.payload != Some(plan.digest()) {
+        return Err(Refusal::OtherPlan(*round));
+    }
+    past_plan(*round, plan)?;
+    check_base(*round, *base, held)?;
+    let rules = RoundRules::replay(membership, &entries[..=open as usize]);
+    if let Some(earlier) = rules.contributed_from(me, base, *round) {
+        return Err(Refusal::StaleModel {
+            round: *round,
+            earlier,
+        });
+    }
+    Ok(())
+}
+
 /// Judges the request at leaf `request` of `entries` (the member's log, every entry already
-/// checked for signature and author) for member `me`.
+/// checked by its `LogState`) for member `me`, which holds `held`.
 pub fn check_request(
     entries: &[SignedEntry],
     membership: &Membership,
     plan: &RoundPlan,
     me: u8,
+    request: u64,
+    held: &HeldModel,
+) -> Result<ReleaseTarget, Refusal> {
+    let target = resolve_request(entries, membership, plan, request)?;
+    if !target.quorum.contains(&me) {
+        return Err(Refusal::NotInQuorum);
+    }
+    let rules = RoundRules::replay(membership, entries);
+    let mut requests_for_close = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
+        match &entry.entry.body {
+            Body::RoundOpen { round: r, .. } if *r > target.round => {
+                return Err(Refusal::StaleRound(target.round));
+            }
+            Body::DecryptionRequest { close: c, .. } if *c == target.close => {
+                requests_for_close.push(index as u64);
+            }
+            Body::ShareReleased {
+                ciphertext: released,
+                ..
+            } if *released == target.ciphertext && member_of(membership, entry) == Some(me) => {
+                return Err(Refusal::AlreadyReleased);
+            }
+            _ => {}
+        }
+    }
+    // Decrypted as far as this log shows: the whole quorum of an earlier attempt released.
+    if requests_for_close
+        .iter()
+        .any(|q| rules.request(*q).is_some_and(|r| r.complete()))
+    {
+        return Err(Refusal::StaleRound(target.round));
+    }
+    if requests_for_close.last() != Some(&request) {
+        return Err(Refusal::Superseded(target.round));
+    }
+    let position = requests_for_close.len() - 1;
+    if usize::from(target.attempt) != position {
+        return Err(Refusal::Attempt {
+            round: target.round,
+            attempt: target.attempt,
+            cap: plan.max_retries,
+        });
+    }
+    check_base(target.round, target.base.unwrap_or(ZERO_BASE), held)?;
+    Ok(target)
+}
+
+/// Whether member `me`, holding `held`, may combine the quorum's partial decryptions for
+/// `request` and take the result as its new model: the request is well formed, builds on the
+/// model it holds, and is for a later round. The caller recomputes the ciphertext from the
+/// target itself, so a member never adopts a ciphertext it did not verify.
+pub fn check_combine(
+    entries: &[SignedEntry],
+    membership: &Membership,
+    plan: &RoundPlan,
+    request: u64,
+    held: &HeldModel,
+) -> Result<ReleaseTarget, Refusal> {
+    let target = resolve_request(entries, membership, plan, request)?;
+    if target.round <= held.round {
+        return Err(Refusal::OlderThanHeld {
+            round: target.round,
+            held: held.round,
+        });
+    }
+    check_base(target.round, target.base.unwrap_or(ZERO_BASE), held)?;
+    Ok(target)
+}
+
+/// What the request at leaf `request` asks to decrypt, if it is well formed: a threshold
+/// quorum, the single close of a round opened under `plan`, an attempt within the cap that
+/// targets the aggregate (or a re-randomisation of it), and at least `k_min` distinct members'
+/// contributions between the open and the close.
+pub fn resolve_request(
+    entries: &[SignedEntry],
+    membership: &Membership,
+    plan: &RoundPlan,
     request: u64,
 ) -> Result<ReleaseTarget, Refusal> {
     let Some(Body::DecryptionRequest {
@@ -135,11 +331,9 @@ pub fn check_request(
     {
         return Err(Refusal::BadQuorum(quorum_bits));
     }
-    if quorum_bits & (1 << me) == 0 {
-        return Err(Refusal::NotInQuorum);
-    }
     let Some(Body::RoundClose {
         round: close_round,
+        base: close_base,
         contributions,
         aggregate,
     }) = entries
@@ -153,70 +347,29 @@ pub fn check_request(
         return Err(Refusal::NoClose(close));
     }
 
-    // The round: opened once under this plan, closed once, the latest round of the log, and
-    // not decrypted before.
+    // The round: opened once under this plan and closed once.
     let mut opened_under = None;
     let mut closes = 0;
-    let mut requests_for_close = Vec::new();
-    // Requests decrypted as far as this log shows: a logged result, or a whole quorum's worth
-    // of releases (the auditor's rule), whichever comes first.
-    let mut decrypted_requests = BTreeSet::new();
-    let mut released_by: std::collections::BTreeMap<u64, BTreeSet<Option<u8>>> =
-        std::collections::BTreeMap::new();
     for (index, entry) in entries.iter().enumerate() {
-        let index = index as u64;
         match &entry.entry.body {
-            Body::RoundOpen { round: r, .. } if *r == round => {
-                opened_under = Some((index, entry.entry.payload));
-            }
-            Body::RoundOpen { round: r, .. } if *r > round => {
-                return Err(Refusal::StaleRound(round));
+            Body::RoundOpen { round: r, base, .. } if *r == round => {
+                opened_under = Some((index as u64, entry.entry.payload, *base));
             }
             Body::RoundClose { round: r, .. } if *r == round => closes += 1,
-            Body::DecryptionRequest { close: c, .. } if *c == close => {
-                requests_for_close.push(index);
-            }
-            Body::DecryptionResult { request: q, .. } => {
-                decrypted_requests.insert(*q);
-            }
-            Body::ShareReleased {
-                request: q,
-                ciphertext: released,
-                ..
-            } => {
-                let author = member_of(membership, entry);
-                if *released == ciphertext && author == Some(me) {
-                    return Err(Refusal::AlreadyReleased);
-                }
-                let releasers = released_by.entry(*q).or_default();
-                releasers.insert(author);
-                if releasers.len() >= usize::from(membership.threshold) {
-                    decrypted_requests.insert(*q);
-                }
-            }
             _ => {}
         }
     }
-    let Some((open_leaf, open_plan)) = opened_under else {
+    let Some((open_leaf, open_plan, open_base)) = opened_under else {
         return Err(Refusal::NoClose(close));
     };
     if open_plan != Some(plan.digest()) {
         return Err(Refusal::OtherPlan(round));
     }
-    if closes != 1 {
+    past_plan(round, plan)?;
+    if closes != 1 || *close_base != open_base {
         return Err(Refusal::SecondClose(round));
     }
-    if requests_for_close
-        .iter()
-        .any(|q| decrypted_requests.contains(q))
-    {
-        return Err(Refusal::StaleRound(round));
-    }
-    if requests_for_close.last() != Some(&request) {
-        return Err(Refusal::Superseded(round));
-    }
-    let position = requests_for_close.len() - 1;
-    if usize::from(attempt) != position || attempt > plan.max_retries {
+    if attempt > plan.max_retries {
         return Err(Refusal::Attempt {
             round,
             attempt,
@@ -297,33 +450,11 @@ pub fn check_request(
         seed,
         ciphertext,
         aggregate: *aggregate,
-        base: base_model(entries, open_leaf),
+        base: base_of(open_base),
         terms,
         quorum: (0..members as u8)
             .filter(|m| quorum_bits & (1 << m) != 0)
             .collect(),
-    })
-}
-
-/// The encrypted model a round opened at leaf `before` builds on: the aggregate of the latest
-/// earlier round for which any member released a share, or `None` (an encryption of zero)
-/// before any. Building on the latest released round, whether or not its decryption
-/// completed, means no two decrypted models ever share a base: otherwise their difference
-/// would reveal the difference of two contribution sets, down to a single member's update.
-pub fn base_model(entries: &[SignedEntry], before: u64) -> Option<Digest> {
-    let entries = &entries[..(before as usize).min(entries.len())];
-    entries.iter().rev().find_map(|entry| {
-        let Body::ShareReleased { request, .. } = &entry.entry.body else {
-            return None;
-        };
-        let Body::DecryptionRequest { close, .. } = &entries.get(*request as usize)?.entry.body
-        else {
-            return None;
-        };
-        let Body::RoundClose { aggregate, .. } = &entries.get(*close as usize)?.entry.body else {
-            return None;
-        };
-        Some(*aggregate)
     })
 }
 

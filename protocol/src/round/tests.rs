@@ -176,9 +176,27 @@ fn sample() -> SampleConsortium {
     sample
 }
 
+/// The model an honest member holds after following `sample`'s log: the base the log's chain
+/// has reached (the aggregate of the latest round its whole quorum released).
+pub(super) fn held(sample: &SampleConsortium) -> HeldModel {
+    let rules = sample.log.rounds().unwrap();
+    HeldModel {
+        round: rules.base_round(),
+        base: rules.base(),
+        model: [0; 32],
+    }
+}
+
 fn check(sample: &SampleConsortium, me: u8, request: u64) -> Result<ReleaseTarget, Refusal> {
     let membership = sample.log.membership().unwrap().clone();
-    check_request(&entries(sample), &membership, &plan(), me, request)
+    check_request(
+        &entries(sample),
+        &membership,
+        &plan(),
+        me,
+        request,
+        &held(sample),
+    )
 }
 
 #[test]
@@ -229,9 +247,11 @@ fn an_honest_request_names_the_aggregate_and_its_weighted_terms() {
     let request2 = s.request(2, close2, aggregate2, &[1, 2, 3], 0);
     assert_eq!(check(&s, 3, request2).unwrap().base, Some(aggregate));
 
-    // A round whose decryption never completed (one share released, no result) is still the
-    // base of the next: two decryptions never share a base, whose difference would isolate
-    // the contributions one aggregate has and the other lacks.
+    // A round whose decryption never completed (one share released, no result) is not the
+    // base of the next: only the whole quorum's releases move the chain, so one colluding
+    // member's release cannot make a crafted aggregate the next base. Members who contributed
+    // to round 2 do not contribute from round 1's model again (see `attacks`), so round 3's
+    // contributors are others.
     s.append(
         Author::Member(1),
         Body::ShareReleased {
@@ -241,9 +261,17 @@ fn an_honest_request_names_the_aggregate_and_its_weighted_terms() {
         },
         vec![request2],
     );
-    let (close3, aggregate3) = s.open_and_close(3, &[0, 1, 2]);
+    let (close3, aggregate3) = s.open_and_close(3, &[3, 4]);
     let request3 = s.request(3, close3, aggregate3, &[0, 2, 4], 0);
-    assert_eq!(check(&s, 0, request3).unwrap().base, Some(aggregate2));
+    assert_eq!(
+        check(&s, 0, request3),
+        Err(Refusal::TooFewContributors {
+            round: 3,
+            count: 2,
+            k_min: 3
+        })
+    );
+    assert_eq!(s.base(), aggregate);
 }
 
 /// The malicious coordinator's table: every request a member must refuse.
@@ -270,22 +298,23 @@ fn members_refuse_everything_but_the_agreed_aggregate() {
         })
     );
 
-    // A difference of two aggregates of the same round: a second close of the round, over a
-    // subset, is refused for either close.
+    // A difference of two aggregates of the same round: a second close of the round is
+    // refused for either close (a close over a subset never reaches the log at all).
     let mut s = sample();
     let (close, aggregate) = s.open_and_close(1, &[0, 1, 2, 3]);
-    let subset: Vec<u64> = match &entries(&s)[close as usize].entry.body {
-        Body::RoundClose { contributions, .. } => contributions[..3].to_vec(),
+    let all: Vec<u64> = match &entries(&s)[close as usize].entry.body {
+        Body::RoundClose { contributions, .. } => contributions.clone(),
         _ => unreachable!(),
     };
     let second = s.append(
         Author::Coordinator,
         Body::RoundClose {
             round: 1,
-            contributions: subset.clone(),
+            base: [0; 32],
+            contributions: all.clone(),
             aggregate: [0xdd; 32],
         },
-        subset,
+        all,
     );
     let first_request = s.request(1, close, aggregate, &[0, 1, 2], 0);
     assert_eq!(check(&s, 0, first_request), Err(Refusal::SecondClose(1)));
@@ -371,7 +400,7 @@ fn members_refuse_everything_but_the_agreed_aggregate() {
     let membership = s.log.membership().unwrap().clone();
     let mut s2 = SampleConsortium::new(5, 3, 3, 11);
     s2.round_plan = Some(capped.digest());
-    assert!(check_request(&entries(&s), &membership, &plan(), 3, last).is_ok());
+    assert!(check_request(&entries(&s), &membership, &plan(), 3, last, &held(&s)).is_ok());
     let (close, aggregate) = s2.open_and_close(1, &[0, 1, 2, 3]);
     s2.request(1, close, aggregate, &[0, 1, 2], 0);
     let mut last = 0;
@@ -380,7 +409,7 @@ fn members_refuse_everything_but_the_agreed_aggregate() {
     }
     let membership = s2.log.membership().unwrap().clone();
     assert_eq!(
-        check_request(&entries(&s2), &membership, &capped, 3, last),
+        check_request(&entries(&s2), &membership, &capped, 3, last, &held(&s2)),
         Err(Refusal::Attempt {
             round: 1,
             attempt: 3,
