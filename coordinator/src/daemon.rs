@@ -596,9 +596,10 @@ async fn run_round(
     })?;
     let mut target = aggregate_digest;
     let mut seed = [0u8; 32];
-    let mut request;
+    let mut request = close;
+    let mut requested_quorum = quorum;
     loop {
-        request = ctx.append_own(
+        let appended = ctx.append_own(
             subject,
             Body::DecryptionRequest {
                 round,
@@ -610,7 +611,19 @@ async fn run_round(
             },
             vec![close],
             Some(target),
-        )?;
+        );
+        request = match appended {
+            Ok(leaf) => leaf,
+            // The last release of the previous attempt arrived while the retry was being
+            // prepared: the round is decrypted, and the log refuses a retry after that.
+            Err(_) if attempt > 0 && previous_attempt_completed(ctx, request) => {
+                tracing::info!(round, "the previous attempt completed; no retry");
+                attempt -= 1;
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        requested_quorum = quorum;
         ctx.lock()
             .round
             .as_mut()
@@ -685,7 +698,7 @@ async fn run_round(
             )
         };
         let quorum_done = (0..16u8)
-            .filter(|m| quorum & (1 << m) != 0)
+            .filter(|m| requested_quorum & (1 << m) != 0)
             .all(|m| results.contains_key(&m));
         let everyone_done = (0..16u8)
             .filter(|m| connected & (1 << m) != 0)
@@ -710,6 +723,16 @@ async fn run_round(
         "round finished"
     );
     Ok(summary)
+}
+
+/// Whether the whole quorum of the request at `leaf` released, by the log's round rules.
+fn previous_attempt_completed(ctx: &Context, leaf: u64) -> bool {
+    ctx.lock()
+        .log
+        .state()
+        .rounds()
+        .and_then(|rules| rules.request(leaf))
+        .is_some_and(|r| r.complete())
 }
 
 /// Checks that a stored ciphertext decodes with the plan's size and message scale.

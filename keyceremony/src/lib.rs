@@ -8,6 +8,7 @@ pub mod local;
 pub mod machine;
 pub mod message;
 pub mod network;
+pub mod pending;
 pub mod run;
 pub mod share_file;
 pub mod transcript;

@@ -7,23 +7,20 @@ use std::path::Path;
 use std::time::Duration;
 
 use ed25519_dalek::Signer;
-use futures::StreamExt;
-use libp2p::request_response;
-use libp2p::swarm::SwarmEvent;
 use protocol::audit::entry::{Body as EntryBody, Entry};
 use protocol::consortium::Consortium;
 use protocol::wire::encode_public_key;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
 
 use crate::identity::Identity;
 use crate::machine::{Abort, Incoming, Outcome, Outgoing, Participant, Step};
-use crate::network::{
-    CeremonyBehaviourEvent, build_swarm, decode_envelope, encode_envelope, peers,
-};
+use crate::network::{MAX_ENVELOPE, PROTOCOL, decode_envelope, encode_envelope};
 use crate::share_file::seal_share;
 use crate::transcript::{Transcript, verify};
+use crate::transport::{Event, Handle, TransportConfig};
 
 /// The origin of a consortium's audit log.
 pub fn log_origin(consortium: &Consortium) -> String {
@@ -65,6 +62,36 @@ fn write(path: &Path, bytes: &[u8], secret: bool) -> Result<(), RunError> {
     })
 }
 
+/// Pause before a message that could not be delivered (the peer is not up yet) is sent again.
+const RETRY_DELIVERY: Duration = Duration::from_millis(250);
+
+/// Delivers one envelope to `peer`, trying again while it fails and this member is not done;
+/// reports on `delivered` when it stops.
+async fn deliver(
+    handle: Handle,
+    peer: libp2p::PeerId,
+    envelope: Vec<u8>,
+    done: tokio::sync::watch::Receiver<bool>,
+    delivered: mpsc::Sender<()>,
+) {
+    loop {
+        match handle.request(peer, envelope.clone()).await {
+            Ok(_) => break,
+            Err(error) => {
+                tracing::debug!(%peer, %error, "delivery failed");
+                if *done.borrow() {
+                    break;
+                }
+                tokio::time::sleep(RETRY_DELIVERY).await;
+                if *done.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = delivered.send(()).await;
+}
+
 /// Runs the ceremony for `identity` and writes its results into `out`.
 pub async fn run_member(
     consortium: Consortium,
@@ -79,7 +106,12 @@ pub async fn run_member(
             identity.name
         ))
     })?;
-    let members = peers(&consortium).map_err(RunError::Setup)?;
+    // The ceremony runs among the members over the same transport as the daemons: the same
+    // allow-list (a non-member is dropped before any request is read), the same connection
+    // limits and frame limit, under the ceremony's own protocol name.
+    let peers = crate::transport::consortium_peers(&consortium)
+        .map_err(|e| RunError::Setup(e.to_string()))?;
+    let members = &peers[1..];
     if members[usize::from(me)].0 != identity.peer_id() {
         return Err(RunError::Setup(
             "the consortium lists another PeerId for this identity".into(),
@@ -90,29 +122,33 @@ pub async fn run_member(
         .enumerate()
         .map(|(i, (p, _))| (*p, i as u8))
         .collect();
-    let mut swarm = build_swarm(identity.keypair(), phase_timeout).map_err(RunError::Setup)?;
-    swarm
-        .listen_on(members[usize::from(me)].1.clone())
-        .map_err(|e| {
-            RunError::Setup(format!(
-                "cannot listen on {}: {e}",
-                members[usize::from(me)].1
-            ))
-        })?;
-    for (i, (peer, address)) in members.iter().enumerate() {
-        if i != usize::from(me) {
-            swarm.add_peer_address(*peer, address.clone());
-        }
-    }
+    let others: Vec<_> = members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != usize::from(me))
+        .map(|(_, p)| p.clone())
+        .collect();
+    let (handle, mut events) = crate::transport::spawn(
+        identity.keypair(),
+        TransportConfig {
+            protocol: PROTOCOL,
+            max_message: MAX_ENVELOPE,
+            request_timeout: phase_timeout,
+            listen: members[usize::from(me)].1.clone(),
+            peers: others,
+        },
+    )
+    .map_err(|e| RunError::Setup(e.to_string()))?;
     let mut rng = ChaCha20Rng::from_entropy();
     let (mut participant, first) =
         Participant::start(consortium.clone(), me, identity.signing.clone(), &mut rng)
             .map_err(RunError::Aborted)?;
-    // Requests in flight (to resend if the peer is not up yet), and those waiting to be resent.
-    let mut pending: HashMap<request_response::OutboundRequestId, (libp2p::PeerId, Vec<u8>)> =
-        HashMap::new();
-    let mut retry: Vec<(libp2p::PeerId, Vec<u8>)> = Vec::new();
-    let mut retry_tick = tokio::time::interval(Duration::from_millis(250));
+    // Each message to each member is delivered by its own task, which tries again while the
+    // peer is not up yet (until this member is done: a peer that no longer answers then has
+    // finished too, as it could not have without our last message).
+    let (done, done_rx) = tokio::sync::watch::channel(false);
+    let (delivered_tx, mut delivered) = mpsc::channel::<()>(crate::transport::CHANNEL_DEPTH);
+    let mut in_flight = 0usize;
     let mut local: Vec<Outgoing> = vec![first];
     let mut outcome: Option<Outcome> = None;
     let mut deadline = tokio::time::Instant::now() + phase_timeout;
@@ -131,11 +167,14 @@ pub async fn run_member(
                     .find(|(r, _)| usize::from(*r) == i)
                     .map(|(_, b)| b.as_slice());
                 let envelope = encode_envelope(&outgoing.message, attachment);
-                let id = swarm
-                    .behaviour_mut()
-                    .exchange
-                    .send_request(peer, envelope.clone());
-                pending.insert(id, (*peer, envelope));
+                in_flight += 1;
+                tokio::spawn(deliver(
+                    handle.clone(),
+                    *peer,
+                    envelope,
+                    done_rx.clone(),
+                    delivered_tx.clone(),
+                ));
             }
             let own = Incoming {
                 message: outgoing.message.clone(),
@@ -152,59 +191,42 @@ pub async fn run_member(
             deadline = tokio::time::Instant::now() + phase_timeout;
             tracing::info!(phase = phase.name(), "ceremony phase");
         }
-        if outcome.is_some() && pending.is_empty() && retry.is_empty() {
-            break Ok(());
+        if outcome.is_some() {
+            let _ = done.send(true);
+            if in_flight == 0 {
+                break Ok(());
+            }
         }
         tokio::select! {
-            event = swarm.select_next_some() => match event {
-                SwarmEvent::ConnectionEstablished { peer_id, .. } if !index.contains_key(&peer_id) => {
-                    tracing::warn!(%peer_id, "a peer outside the consortium connected; disconnecting");
-                    let _ = swarm.disconnect_peer_id(peer_id);
-                }
-                SwarmEvent::Behaviour(CeremonyBehaviourEvent::Exchange(request_response::Event::Message { peer, message, .. })) => match message {
-                    request_response::Message::Request { request, channel, .. } => {
-                        let Some(&sender) = index.get(&peer) else { continue };
-                        let _ = swarm.behaviour_mut().exchange.send_response(channel, Vec::new());
-                        let (message, attachment) = match decode_envelope(&request) {
-                            Ok(decoded) => decoded,
-                            Err(reason) => break 'run Err(Abort { culprit: Some(sender), phase: participant.phase(), reason: format!("an unreadable message: {reason}") }),
-                        };
-                        if message.sender != sender {
-                            break 'run Err(Abort { culprit: Some(sender), phase: participant.phase(), reason: format!("sent a message claiming to be from member {}", message.sender) });
-                        }
-                        if outcome.is_some() {
-                            continue;
-                        }
-                        match participant.receive(Incoming { message, attachment }, &mut rng) {
-                            Ok(Step::Send(more)) => local.extend(more),
-                            Ok(Step::Done(done)) => outcome = Some(*done),
-                            Err(abort) => break 'run Err(abort),
-                        }
+            event = events.recv() => match event {
+                None => break 'run Err(Abort {
+                    culprit: None,
+                    phase: participant.phase(),
+                    reason: "the network task stopped".into(),
+                }),
+                Some(Event::Request { peer, bytes, reply }) => {
+                    reply.send(Vec::new()).await;
+                    // The transport hears members only; the index maps them to their number.
+                    let Some(&sender) = index.get(&peer) else { continue };
+                    let (message, attachment) = match decode_envelope(&bytes) {
+                        Ok(decoded) => decoded,
+                        Err(reason) => break 'run Err(Abort { culprit: Some(sender), phase: participant.phase(), reason: format!("an unreadable message: {reason}") }),
+                    };
+                    if message.sender != sender {
+                        break 'run Err(Abort { culprit: Some(sender), phase: participant.phase(), reason: format!("sent a message claiming to be from member {}", message.sender) });
                     }
-                    request_response::Message::Response { request_id, .. } => {
-                        pending.remove(&request_id);
+                    if outcome.is_some() {
+                        continue;
                     }
-                },
-                SwarmEvent::Behaviour(CeremonyBehaviourEvent::Exchange(request_response::Event::OutboundFailure { peer, request_id, error, .. })) => {
-                    // The peer may not be up yet, or restarting: try again until the phase's
-                    // deadline, after which the timeout names whoever is missing.
-                    // Once this member is done, a peer that no longer answers has finished too
-                    // (it could not have without our last message), so nothing is resent.
-                    tracing::debug!(%peer, %error, "delivery failed");
-                    if let Some(request) = pending.remove(&request_id)
-                        && outcome.is_none()
-                    {
-                        retry.push(request);
+                    match participant.receive(Incoming { message, attachment }, &mut rng) {
+                        Ok(Step::Send(more)) => local.extend(more),
+                        Ok(Step::Done(done)) => outcome = Some(*done),
+                        Err(abort) => break 'run Err(abort),
                     }
                 }
-                _ => {}
+                Some(_) => {}
             },
-            _ = retry_tick.tick(), if !retry.is_empty() => {
-                for (peer, envelope) in std::mem::take(&mut retry) {
-                    let id = swarm.behaviour_mut().exchange.send_request(&peer, envelope.clone());
-                    pending.insert(id, (peer, envelope));
-                }
-            }
+            Some(()) = delivered.recv() => in_flight -= 1,
             _ = tokio::time::sleep_until(deadline) => {
                 if outcome.is_none() {
                     break 'run Err(participant.timeout());

@@ -109,6 +109,7 @@ impl request_response::Codec for FramedCodec {
 #[allow(missing_debug_implementations)]
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    pending: crate::pending::Behaviour,
     allowed: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
     limits: connection_limits::Behaviour,
     exchange: request_response::Behaviour<FramedCodec>,
@@ -217,10 +218,18 @@ pub fn spawn(
         allowed.allow_peer(*peer);
     }
     let peers = config.peers.len() as u32;
+    // Unfinished handshakes are bounded by address (crate::pending), so that strangers cannot
+    // take the slots members connect through; established connections by count.
+    let pending = crate::pending::PendingSlots::new(
+        config
+            .peers
+            .iter()
+            .filter_map(|(_, address)| crate::pending::ip_of(address)),
+        2 * peers as usize + 2,
+    );
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established_per_peer(Some(2))
-        .with_max_established(Some(2 * peers + 2))
-        .with_max_pending_incoming(Some(2 * peers + 2));
+        .with_max_established(Some(2 * peers + 2));
     let codec = FramedCodec {
         max: config.max_message,
     };
@@ -235,6 +244,7 @@ pub fn spawn(
         )
         .map_err(|e| setup(&e))?
         .with_behaviour(|_| Behaviour {
+            pending: crate::pending::Behaviour::new(pending),
             allowed,
             limits: connection_limits::Behaviour::new(limits),
             exchange: request_response::Behaviour::with_codec(

@@ -66,7 +66,14 @@ struct Decryption {
     round: u64,
     logged_shares: BTreeMap<u8, Digest>,
     combining: bool,
+    /// Combining attempts that failed (a fetch, a file): tried again a few times, since a
+    /// member that misses a decryption sits out every later round.
+    failures: u8,
 }
+
+/// Failed combining attempts tried again, [`COMBINE_RETRY`] apart.
+const COMBINE_ATTEMPTS: u8 = 4;
+const COMBINE_RETRY: Duration = Duration::from_secs(2);
 
 /// A partial decryption arriving in chunks from another member.
 #[derive(Default)]
@@ -689,9 +696,13 @@ fn on_entry(ctx: &Arc<Context>, index: u64, entry: &SignedEntry) {
                 if let Some(d) = ctx.lock().decryptions.get_mut(request) {
                     d.logged_shares.insert(member, *share);
                 }
-                if member == ctx.me && index < ctx.replay_until {
-                    // Released before a restart: the same bytes go out again (not a second
-                    // release), in case they never reached the other members.
+                if member == ctx.me {
+                    // This member's release, now covered by a checkpoint the witness quorum
+                    // cosigned: only now does its partial leave, so a coordinator that
+                    // acknowledges a release without logging it gets nothing sent, and every
+                    // member's log shows the release before anyone can combine. After a
+                    // restart the same bytes go out again (not a second release), in case
+                    // they never reached the other members.
                     match ctx.store.released_partial(*request) {
                         Ok(Some(partial)) if Sha256::digest(&partial).as_slice() == share => {
                             ctx.lock()
@@ -703,7 +714,7 @@ fn on_entry(ctx: &Arc<Context>, index: u64, entry: &SignedEntry) {
                         }
                         _ => tracing::warn!(
                             request,
-                            "a share released before the restart is not stored; it cannot be resent"
+                            "this member's logged release has no stored partial; it cannot be sent"
                         ),
                     }
                 }
@@ -750,6 +761,10 @@ fn forget_before(ctx: &Context, index: u64) {
     }
     if let Err(e) = ctx.store.forget_partials_before(index) {
         tracing::warn!(error = %e, "old partial decryptions could not be dropped");
+    }
+    // A combination still running reads its ciphertexts from here.
+    if ctx.lock().decryptions.values().any(|d| d.combining) {
+        return;
     }
     if let Ok(files) = std::fs::read_dir(&ctx.scratch) {
         for file in files.flatten() {
@@ -1153,8 +1168,7 @@ async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), String> {
         attempt = target.attempt,
         "share released"
     );
-    send_partial(ctx, request, partial).await;
-    try_combine(ctx, request);
+    // The partial leaves when this release is acted on, from a cosigned checkpoint.
     Ok(())
 }
 
@@ -1312,8 +1326,17 @@ fn try_combine(ctx: &Arc<Context>, request: u64) {
     tokio::spawn(async move {
         if let Err(e) = combine(&ctx, request, round, ciphertext, quorum, partials).await {
             tracing::error!(request, error = %e, "combining failed");
-            if let Some(d) = ctx.lock().decryptions.get_mut(&request) {
-                d.combining = false;
+            let again = match ctx.lock().decryptions.get_mut(&request) {
+                Some(d) => {
+                    d.combining = false;
+                    d.failures += 1;
+                    d.failures < COMBINE_ATTEMPTS
+                }
+                None => false,
+            };
+            if again {
+                tokio::time::sleep(COMBINE_RETRY).await;
+                try_combine(&ctx, request);
             }
         }
     });

@@ -284,14 +284,38 @@ fn replay_rules_flag_each_kind_of_forbidden_decryption() {
     });
     assert_policy(&report, "subset or difference");
 
-    // The same round decrypted twice: a "retry" after the first attempt was fully released.
-    let report = replay(|s| {
-        let (close, aggregate) = s.open_and_close(1, &[0, 1, 2]);
-        s.decrypt(1, close, aggregate, &[0, 1, 2], 0);
-        s.decrypt(1, close, [77; 32], &[1, 2, 3], 1);
-    });
-    assert_policy(&report, "decrypted twice");
-    assert_policy(&report, "fully released");
+    // The same round decrypted twice: a "retry" after the first attempt was fully released
+    // breaks a round rule of the log.
+    let mut s = SampleConsortium::new(5, 3, 3, 5);
+    let (close, aggregate) = s.open_and_close(1, &[0, 1, 2]);
+    s.decrypt(1, close, aggregate, &[0, 1, 2], 0);
+    let forged = s.forge(vec![(
+        Author::Coordinator,
+        Body::DecryptionRequest {
+            round: 1,
+            close,
+            ciphertext: [77; 32],
+            quorum: 0b1110,
+            attempt: 1,
+            seed: [1; 32],
+        },
+        vec![close],
+    )]);
+    let report = audit(&s.export_with(&forged), None);
+    assert_eq!(
+        report.exit_code(),
+        ViolationClass::EntryRule.exit_code(),
+        "{:#?}",
+        report.findings
+    );
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.message.contains("after its decryption was released")),
+        "{:#?}",
+        report.findings
+    );
 
     // A legitimate retry: the first quorum released only partly, the second attempt succeeds.
     let report = replay(|s| {

@@ -61,8 +61,22 @@ pub enum RuleError {
         named: Digest,
         expected: Digest,
     },
-    #[error("round {round} is not after the latest round opened ({latest})")]
+    #[error("round {round} is not after the latest round opened ({latest}; rounds start at 1)")]
     RoundOrder { round: u64, latest: u64 },
+    #[error("member {member} already contributed to round {round}")]
+    SecondContribution { member: u8, round: u64 },
+    #[error("a close of round {round}, which is not the open round or was closed already")]
+    CloseWithoutOpen { round: u64 },
+    #[error("the quorum {quorum:#b} is not {threshold} of the {members} members")]
+    BadQuorum {
+        quorum: u16,
+        threshold: u8,
+        members: u8,
+    },
+    #[error("a request for round {round} names entry {close}, which is not that round's close")]
+    WrongClose { round: u64, close: u64 },
+    #[error("a request for round {round} after its decryption was released by a whole quorum")]
+    RetryAfterRelease { round: u64 },
     #[error("a contribution to round {round}, which is not the open round")]
     NotOpen { round: u64 },
     #[error(
@@ -134,6 +148,7 @@ impl RequestRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoundRules {
     members: u8,
+    threshold: u8,
     contributions: BTreeMap<Digest, u64>,
     rounds: BTreeMap<u64, RoundRecord>,
     requests: BTreeMap<u64, RequestRecord>,
@@ -148,6 +163,7 @@ impl RoundRules {
     pub fn new(membership: &Membership) -> Self {
         Self {
             members: membership.members.len() as u8,
+            threshold: membership.threshold,
             contributions: BTreeMap::new(),
             rounds: BTreeMap::new(),
             requests: BTreeMap::new(),
@@ -201,9 +217,8 @@ impl RoundRules {
     pub fn check(&self, writer: Writer, body: &Body) -> Result<(), RuleError> {
         match body {
             Body::RoundOpen { round, base, .. } => {
-                if let Some(latest) = self.latest_round
-                    && *round <= latest
-                {
+                let latest = self.latest_round.unwrap_or(0);
+                if *round <= latest {
                     return Err(RuleError::RoundOrder {
                         round: *round,
                         latest,
@@ -231,10 +246,16 @@ impl RoundRules {
                     .get(round)
                     .filter(|r| r.close.is_none() && self.latest_round == Some(*round))
                     .ok_or(RuleError::NotOpen { round: *round })?;
-                if let Writer::Member(member) = writer
-                    && let Some(earlier) = self.contributed_from(member, &open.base, *round)
-                {
-                    return Err(RuleError::StaleModel { member, earlier });
+                if let Writer::Member(member) = writer {
+                    if open.contributions.values().any(|&m| m == member) {
+                        return Err(RuleError::SecondContribution {
+                            member,
+                            round: *round,
+                        });
+                    }
+                    if let Some(earlier) = self.contributed_from(member, &open.base, *round) {
+                        return Err(RuleError::StaleModel { member, earlier });
+                    }
                 }
             }
             Body::RoundClose {
@@ -243,30 +264,60 @@ impl RoundRules {
                 contributions,
                 ..
             } => {
-                // A close without its open is the auditor's policy finding; here only what
-                // the chain and completeness need.
-                if let Some(open) = self.rounds.get(round) {
-                    if *base != open.base {
-                        return Err(RuleError::Base {
-                            round: *round,
-                            named: *base,
-                            expected: open.base,
-                        });
-                    }
-                    let listed: BTreeSet<u64> = contributions.iter().copied().collect();
-                    if let Some(&leaf) = open.contributions.keys().find(|l| !listed.contains(l)) {
-                        return Err(RuleError::IncompleteClose {
-                            round: *round,
-                            leaf,
-                        });
-                    }
-                    if let Some(&leaf) = listed.iter().find(|l| !open.contributions.contains_key(l))
-                    {
-                        return Err(RuleError::ForeignContribution {
-                            round: *round,
-                            leaf,
-                        });
-                    }
+                let open = self
+                    .rounds
+                    .get(round)
+                    .filter(|r| r.close.is_none() && self.latest_round == Some(*round))
+                    .ok_or(RuleError::CloseWithoutOpen { round: *round })?;
+                if *base != open.base {
+                    return Err(RuleError::Base {
+                        round: *round,
+                        named: *base,
+                        expected: open.base,
+                    });
+                }
+                let listed: BTreeSet<u64> = contributions.iter().copied().collect();
+                if let Some(&leaf) = open.contributions.keys().find(|l| !listed.contains(l)) {
+                    return Err(RuleError::IncompleteClose {
+                        round: *round,
+                        leaf,
+                    });
+                }
+                if let Some(&leaf) = listed.iter().find(|l| !open.contributions.contains_key(l)) {
+                    return Err(RuleError::ForeignContribution {
+                        round: *round,
+                        leaf,
+                    });
+                }
+            }
+            Body::DecryptionRequest {
+                round,
+                close,
+                quorum,
+                ..
+            } => {
+                if quorum.count_ones() != u32::from(self.threshold)
+                    || u32::from(*quorum) >> self.members != 0
+                {
+                    return Err(RuleError::BadQuorum {
+                        quorum: *quorum,
+                        threshold: self.threshold,
+                        members: self.members,
+                    });
+                }
+                let record = self.rounds.get(round);
+                if record.and_then(|r| r.close).map(|(leaf, _)| leaf) != Some(*close) {
+                    return Err(RuleError::WrongClose {
+                        round: *round,
+                        close: *close,
+                    });
+                }
+                if self
+                    .requests
+                    .values()
+                    .any(|r| r.round == *round && r.complete())
+                {
+                    return Err(RuleError::RetryAfterRelease { round: *round });
                 }
             }
             Body::ShareReleased {

@@ -2,6 +2,7 @@ use super::machine::*;
 use super::message::*;
 use super::plan::*;
 use super::policy::*;
+use super::rules::RuleError;
 use crate::audit::entry::{Body, SignedEntry};
 use crate::audit::sample::{Author, SampleConsortium};
 use crate::he::{Ciphertext, LocalKeySet, ThresholdConfig};
@@ -274,7 +275,34 @@ fn an_honest_request_names_the_aggregate_and_its_weighted_terms() {
     assert_eq!(s.base(), aggregate);
 }
 
-/// The malicious coordinator's table: every request a member must refuse.
+/// The log refuses `body` from `author` with this round rule.
+fn refused_by_log(s: &SampleConsortium, author: Author, body: Body, refs: Vec<u64>) -> RuleError {
+    match s.log.check(&s.sign(author, body, refs)) {
+        Err(crate::audit::log::LogError::Round { source, .. }) => source,
+        other => panic!("the log did not refuse by a round rule: {other:?}"),
+    }
+}
+
+/// The sample's log followed by entries written past the log's rules.
+fn forged(s: &SampleConsortium, extra: Vec<(Author, Body, Vec<u64>)>) -> Vec<SignedEntry> {
+    let mut log = entries(s);
+    log.extend(s.forge(extra));
+    log
+}
+
+fn request_body(close: u64, ciphertext: [u8; 32], quorum: u16, attempt: u8) -> Body {
+    Body::DecryptionRequest {
+        round: 1,
+        close,
+        ciphertext,
+        quorum,
+        attempt,
+        seed: if attempt == 0 { [0; 32] } else { [attempt; 32] },
+    }
+}
+
+/// The malicious coordinator's table: every request a member must refuse, whether the log
+/// refuses it first (then a forged log shows the policy refuses it too) or not.
 #[test]
 fn members_refuse_everything_but_the_agreed_aggregate() {
     let k_min = 3;
@@ -306,20 +334,41 @@ fn members_refuse_everything_but_the_agreed_aggregate() {
         Body::RoundClose { contributions, .. } => contributions.clone(),
         _ => unreachable!(),
     };
-    let second = s.append(
-        Author::Coordinator,
-        Body::RoundClose {
-            round: 1,
-            base: [0; 32],
-            contributions: all.clone(),
-            aggregate: [0xdd; 32],
-        },
-        all,
+    let second = Body::RoundClose {
+        round: 1,
+        base: [0; 32],
+        contributions: all.clone(),
+        aggregate: [0xdd; 32],
+    };
+    assert_eq!(
+        refused_by_log(&s, Author::Coordinator, second.clone(), all.clone()),
+        RuleError::CloseWithoutOpen { round: 1 }
     );
-    let first_request = s.request(1, close, aggregate, &[0, 1, 2], 0);
-    assert_eq!(check(&s, 0, first_request), Err(Refusal::SecondClose(1)));
-    let second_request = s.request(1, second, [0xdd; 32], &[0, 1, 2], 0);
-    assert_eq!(check(&s, 0, second_request), Err(Refusal::SecondClose(1)));
+    // The member's policy refuses it too, should a log hold it.
+    let second_leaf = s.log.size();
+    let log = forged(
+        &s,
+        vec![
+            (Author::Coordinator, second, all),
+            (
+                Author::Coordinator,
+                request_body(close, aggregate, 0b111, 0),
+                vec![close],
+            ),
+            (
+                Author::Coordinator,
+                request_body(second_leaf, [0xdd; 32], 0b111, 0),
+                vec![second_leaf],
+            ),
+        ],
+    );
+    let membership = s.log.membership().unwrap().clone();
+    for request in [second_leaf + 1, second_leaf + 2] {
+        assert_eq!(
+            check_request(&log, &membership, &plan(), 0, request, &held(&s)),
+            Err(Refusal::SecondClose(1))
+        );
+    }
 
     // A ciphertext other than the logged aggregate.
     let mut s = sample();
@@ -338,8 +387,17 @@ fn members_refuse_everything_but_the_agreed_aggregate() {
     let mut s = sample();
     let (close, aggregate) = s.open_and_close(1, &[0, 1, 2]);
     let first = s.decrypt(1, close, aggregate, &[0, 1, 2], 0);
-    let again = s.request(1, close, [0xab; 32], &[0, 3, 4], 1);
-    assert_eq!(check(&s, 3, again), Err(Refusal::StaleRound(1)));
+    let again = request_body(close, [0xab; 32], 0b11001, 1);
+    assert_eq!(
+        refused_by_log(&s, Author::Coordinator, again.clone(), vec![close]),
+        RuleError::RetryAfterRelease { round: 1 }
+    );
+    let log = forged(&s, vec![(Author::Coordinator, again, vec![close])]);
+    let membership = s.log.membership().unwrap().clone();
+    assert_eq!(
+        check_request(&log, &membership, &plan(), 3, s.log.size(), &held(&s)),
+        Err(Refusal::StaleRound(1))
+    );
     assert_eq!(check(&s, 0, first), Err(Refusal::AlreadyReleased));
 
     // A round opened under another plan.
@@ -352,8 +410,21 @@ fn members_refuse_everything_but_the_agreed_aggregate() {
     // A quorum that is not the threshold, and an entry that is not a request.
     let mut s = sample();
     let (close, aggregate) = s.open_and_close(1, &[0, 1, 2]);
-    let request = s.request(1, close, aggregate, &[0, 1], 0);
-    assert_eq!(check(&s, 0, request), Err(Refusal::BadQuorum(0b11)));
+    let pair = request_body(close, aggregate, 0b11, 0);
+    assert_eq!(
+        refused_by_log(&s, Author::Coordinator, pair.clone(), vec![close]),
+        RuleError::BadQuorum {
+            quorum: 0b11,
+            threshold: 3,
+            members: 5
+        }
+    );
+    let log = forged(&s, vec![(Author::Coordinator, pair, vec![close])]);
+    let membership = s.log.membership().unwrap().clone();
+    assert_eq!(
+        check_request(&log, &membership, &plan(), 0, s.log.size(), &held(&s)),
+        Err(Refusal::BadQuorum(0b11))
+    );
     assert_eq!(check(&s, 0, close), Err(Refusal::NotARequest(close)));
 
     // Retries: in order, superseding earlier attempts, re-randomised, and capped.
@@ -378,8 +449,25 @@ fn members_refuse_everything_but_the_agreed_aggregate() {
             vec![first],
         );
     }
-    let second_decryption = s.request(1, close, [0x33; 32], &[1, 2, 3], 1);
-    assert_eq!(check(&s, 3, second_decryption), Err(Refusal::StaleRound(1)));
+    let second_decryption = request_body(close, [0x33; 32], 0b1110, 1);
+    assert_eq!(
+        refused_by_log(
+            &s,
+            Author::Coordinator,
+            second_decryption.clone(),
+            vec![close]
+        ),
+        RuleError::RetryAfterRelease { round: 1 }
+    );
+    let log = forged(
+        &s,
+        vec![(Author::Coordinator, second_decryption, vec![close])],
+    );
+    let membership = s.log.membership().unwrap().clone();
+    assert_eq!(
+        check_request(&log, &membership, &plan(), 3, s.log.size(), &held(&s)),
+        Err(Refusal::StaleRound(1))
+    );
     let mut s = sample();
     let (close, aggregate) = s.open_and_close(1, &[0, 1, 2, 3]);
     s.request(1, close, aggregate, &[0, 1, 2], 0);
