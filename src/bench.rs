@@ -35,9 +35,14 @@ pub struct HeBenchArgs {
     /// Magnitude of the random test values: |v| < 2^value_bits.
     #[arg(long, default_value_t = 32)]
     value_bits: u32,
-    /// Smudging margin kappa in bits.
-    #[arg(long, default_value_t = 40)]
-    kappa: u32,
+    /// Smudging margin kappa in bits (default: the smallest that keeps --lifetime-reveals
+    /// decrypted coordinates at 40 bits of statistical security).
+    #[arg(long)]
+    kappa: Option<u32>,
+    /// Decrypted coordinates over the key's whole life that the statistical security figure
+    /// assumes (default: 10^11, 100M parameters times 1,000 rounds).
+    #[arg(long, default_value_t = 100_000_000_000)]
+    lifetime_reveals: u64,
     /// Seed for reproducible inputs and randomness (default: fresh from the OS).
     #[arg(long)]
     seed: Option<u64>,
@@ -56,6 +61,12 @@ struct HeBenchReport {
     repetitions: usize,
     delta_bits: u32,
     smudging_bits: u32,
+    kappa: u32,
+    /// Decrypted coordinates over the key's life that `statistical_security_bits` assumes.
+    lifetime_reveals: u64,
+    /// -log2 of the statistical distance between real and simulated partial decryptions
+    /// after `lifetime_reveals` decrypted coordinates.
+    statistical_security_bits: f64,
     keygen_ms: f64,
     encrypt_ms: f64,
     aggregate_ms: f64,
@@ -105,7 +116,9 @@ pub fn run_he(args: &HeBenchArgs) -> Result<ExitCode> {
         max_contributions: u32::from(args.parties),
         weight_bound: 1,
         value_bits: args.value_bits,
-        kappa: args.kappa,
+        kappa: args
+            .kappa
+            .unwrap_or_else(|| protocol::he::kappa_for(args.lifetime_reveals)),
         rounds: 1,
     })?;
     let pool = rayon::ThreadPoolBuilder::new()
@@ -162,6 +175,10 @@ pub fn run_he(args: &HeBenchArgs) -> Result<ExitCode> {
         println!(
             "  exact                         {:>9} ({} mismatches; Delta = 2^{}, smudging 2^{})",
             report.exact, report.mismatches, report.delta_bits, report.smudging_bits
+        );
+        println!(
+            "  statistical security          {:>9.1} bits over {} decrypted coordinates (kappa {})",
+            report.statistical_security_bits, report.lifetime_reveals, report.kappa
         );
     }
     Ok(if report.exact {
@@ -277,6 +294,9 @@ fn measure(args: &HeBenchArgs, config: ThresholdConfig, budget: &Budget) -> Resu
         repetitions: args.repetitions,
         delta_bits: budget.delta_bits(),
         smudging_bits: budget.smudging_bits(),
+        kappa: budget.request().kappa,
+        lifetime_reveals: args.lifetime_reveals,
+        statistical_security_bits: budget.statistical_security_bits(args.lifetime_reveals),
         keygen_ms,
         encrypt_ms: median(encrypt_times),
         aggregate_ms: median(aggregate_times),

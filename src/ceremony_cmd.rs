@@ -102,6 +102,13 @@ pub enum CeremonyCommand {
         /// Seconds each phase may take.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// Values in the model the written configurations' round plan carries (its kappa is
+        /// sized so that the plan's whole life keeps 40 bits of statistical security).
+        #[arg(long, default_value_t = 1000)]
+        values: u32,
+        /// Rounds the written round plan allows (the key's budget covers them).
+        #[arg(long, default_value_t = 50)]
+        plan_rounds: u32,
     },
 }
 
@@ -228,7 +235,17 @@ pub fn run(command: &CeremonyCommand) -> Result<ExitCode> {
             threshold,
             out,
             timeout,
-        } => rehearse(*members, *threshold, out, *timeout),
+            values,
+            plan_rounds,
+        } => {
+            let plan = protocol::round::RoundPlan {
+                values: *values,
+                rounds: *plan_rounds,
+                ..Default::default()
+            }
+            .sized();
+            rehearse(*members, *threshold, out, *timeout, &plan)
+        }
     }
 }
 
@@ -332,7 +349,13 @@ fn run_ceremony(
 /// Exit code of a ceremony that aborted.
 const EXIT_CEREMONY_ABORTED: u8 = 21;
 
-fn rehearse(members: u8, threshold: u8, out: &Path, timeout: u64) -> Result<ExitCode> {
+fn rehearse(
+    members: u8,
+    threshold: u8,
+    out: &Path,
+    timeout: u64,
+    plan: &protocol::round::RoundPlan,
+) -> Result<ExitCode> {
     use keyceremony::run::{ENTRIES_FILE, TRANSCRIPT_FILE, log_origin};
     use protocol::audit::note::{COSIGNATURE_V1, ED25519, NoteSigner};
     use protocol::consortium::ConsortiumFile;
@@ -343,7 +366,10 @@ fn rehearse(members: u8, threshold: u8, out: &Path, timeout: u64) -> Result<Exit
             out.display()
         );
     }
-    protocol::he::ThresholdConfig::new(members, threshold)?;
+    let config = protocol::he::ThresholdConfig::new(members, threshold)?;
+    let budget = plan
+        .budget(config)
+        .context("the round plan for these values and rounds")?;
     std::fs::create_dir_all(out)?;
     let secret = match std::env::var(PASSPHRASE_VAR) {
         Ok(value) if !value.is_empty() => Zeroizing::new(value),
@@ -522,13 +548,21 @@ fn rehearse(members: u8, threshold: u8, out: &Path, timeout: u64) -> Result<Exit
     log.add_cosignatures(checkpoint.size, &lines, &witnesses)?;
     coordinator::export::export(log.store(), &out.join("audit"))?;
     let names: Vec<String> = identities.iter().map(|i| i.name.clone()).collect();
-    crate::round_cmd::write_deployment_configs(
-        out,
-        &names,
-        &protocol::round::RoundPlan::default(),
-        3,
-        300,
-    )?;
+    crate::round_cmd::write_deployment_configs(out, &names, plan, 3, 300)?;
+    let reveals = plan.lifetime_reveals();
+    println!(
+        "  round plan: {} values, {} rounds of up to {} attempts: kappa {}, Delta 2^{}, {} spare \
+         bits; statistical security {:.1} bits over the plan's {reveals} decrypted coordinates \
+         (the key retires after {})",
+        plan.values,
+        plan.rounds,
+        1 + u32::from(plan.max_retries),
+        plan.kappa,
+        budget.delta_bits(),
+        budget.spare_bits(),
+        budget.statistical_security_bits(reveals),
+        budget.lifetime_reveal_limit()
+    );
     println!(
         "  audit log: {} entries, cosigned by {members}, exported to {}",
         checkpoint.size,

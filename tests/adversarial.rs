@@ -389,6 +389,41 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
             }
         });
     }
+    // Member b, honest here, only listens: member-a must tell it of every incident directly,
+    // not only through the coordinator, which could drop them.
+    let heard_by_b: Arc<Mutex<Vec<SignedEntry>>> = Arc::default();
+    let (_b_handle, mut b_events) = transport::spawn(
+        h.members[1].keypair(),
+        TransportConfig {
+            protocol: "/quorate/round/1",
+            max_message: MAX_MESSAGE_BYTES,
+            request_timeout: Duration::from_secs(60),
+            listen: peers[2].1.clone(),
+            peers: vec![peers[1].clone()],
+        },
+    )
+    .unwrap();
+    {
+        let heard = heard_by_b.clone();
+        tokio::spawn(async move {
+            while let Some(event) = b_events.recv().await {
+                let Event::Request { bytes, reply, .. } = event else {
+                    continue;
+                };
+                let heard = heard.clone();
+                transport::answer(bytes, reply, |request| async move {
+                    if let Request::Incident { entry } = request {
+                        heard
+                            .lock()
+                            .unwrap()
+                            .push(SignedEntry::open(&entry).unwrap());
+                    }
+                    Response::Ok
+                })
+                .await;
+            }
+        });
+    }
     let mut node: Child = Command::new(env!("CARGO_BIN_EXE_quorate"))
         .args(["node", "run", "--config"])
         .arg(dir.join("member-a/node.toml"))
@@ -629,6 +664,24 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
         1,
         "member-a released a share for a crafted aggregate"
     );
+
+    // Member b heard of every refusal from member-a itself, as signed incident entries.
+    let codes: Vec<u16> = heard_by_b
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.entry.author == h.members[0].signing.verifying_key().to_bytes())
+        .filter_map(|e| match e.entry.body {
+            Body::Incident { code, .. } => Some(code),
+            _ => None,
+        })
+        .collect();
+    for code in [108, 113, 106, 110, 200, 114, 203] {
+        assert!(
+            codes.contains(&code),
+            "member b never heard incident {code}: {codes:?}"
+        );
+    }
 
     // A stranger cannot be heard, and garbage is refused without harm.
     let stranger = Identity::generate(Role::Member, "stranger", &mut rand::rngs::OsRng).unwrap();

@@ -45,6 +45,8 @@ fn deploy(members: u8, threshold: u8, values: u32, rounds: u64, deadline_secs: i
             &members.to_string(),
             "--threshold",
             &threshold.to_string(),
+            "--values",
+            &values.to_string(),
             "--out",
             "deployment",
         ],
@@ -59,12 +61,8 @@ fn deploy(members: u8, threshold: u8, values: u32, rounds: u64, deadline_secs: i
     let names: Vec<String> = (0..members)
         .map(|i| format!("member-{}", (b'a' + i) as char))
         .collect();
-    let set_values = |table: &mut toml::Table| {
-        let plan = table["plan"].as_table_mut().unwrap();
-        plan.insert("values".into(), toml::Value::Integer(i64::from(values)));
-    };
+    // The rehearsal wrote a round plan sized for `values` (its kappa covers the plan's life).
     edit_toml(&dir.join("coordinator/coordinator.toml"), |t| {
-        set_values(t);
         t.insert("rounds".into(), toml::Value::Integer(rounds as i64));
         t.insert(
             "round_deadline_secs".into(),
@@ -72,13 +70,11 @@ fn deploy(members: u8, threshold: u8, values: u32, rounds: u64, deadline_secs: i
         );
         t.insert("release_timeout_secs".into(), toml::Value::Integer(20));
     });
-    for name in &names {
-        edit_toml(&dir.join(name).join("node.toml"), set_values);
-    }
     let plan = RoundPlan {
         values,
         ..RoundPlan::default()
-    };
+    }
+    .sized();
     Deployment {
         _work: work,
         dir,

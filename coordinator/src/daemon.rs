@@ -299,6 +299,7 @@ pub async fn run(
     let publisher = ctx.clone();
     tokio::spawn(async move {
         let mut published = 0;
+        let mut attempted = 0;
         let mut last = Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -309,11 +310,17 @@ pub async fn run(
                     .any(|m| s.connected & (1 << m) != 0 && s.member_sizes[m] < size);
                 (size, lagging)
             };
-            // New entries at once; a member that (re)connected behind, within a second.
-            if size != published || (lagging && last.elapsed() > Duration::from_secs(1)) {
+            // New entries at once; a checkpoint short of the witness quorum again within half
+            // a second; a member that (re)connected behind, within a second.
+            let due = size != attempted
+                || (size != published && last.elapsed() > Duration::from_millis(500))
+                || (lagging && last.elapsed() > Duration::from_secs(1));
+            if due {
                 last = Instant::now();
+                attempted = size;
                 match publish(&publisher).await {
-                    Ok(()) => published = size,
+                    Ok(true) => published = size,
+                    Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "publishing the log failed"),
                 }
             }
@@ -949,12 +956,16 @@ async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Request) -> Re
         Request::Witness { .. } | Request::Act { .. } => {
             refused("the coordinator does not witness")
         }
+        Request::Incident { .. } => refused("incidents reach the coordinator as entries to append"),
     }
 }
 
 /// Has the members witness the whole log, then publishes the checkpoint with their
 /// cosignatures so they can act on it.
-async fn publish(ctx: &Arc<Context>) -> Result<(), CoordinatorError> {
+/// Returns whether the checkpoint reached the witness quorum and went out for action; one that
+/// did not is tried again, since members act (and send partial decryptions) only on
+/// checkpoints the quorum cosigned.
+async fn publish(ctx: &Arc<Context>) -> Result<bool, CoordinatorError> {
     let _guard = ctx.publish_lock.lock().await;
     let (checkpoint, note, leaves, sizes, connected, quorum) = {
         let s = ctx.lock();
@@ -1041,7 +1052,7 @@ async fn publish(ctx: &Arc<Context>) -> Result<(), CoordinatorError> {
         .unwrap_or(0);
     if cosigned < usize::from(quorum) {
         tracing::debug!(cosigned, quorum, "checkpoint short of the witness quorum");
-        return Ok(());
+        return Ok(false);
     }
     let _ = &ctx.log_verifier;
     let mut tasks = Vec::new();
@@ -1059,5 +1070,5 @@ async fn publish(ctx: &Arc<Context>) -> Result<(), CoordinatorError> {
     for task in tasks {
         let _ = task.await;
     }
-    Ok(())
+    Ok(true)
 }

@@ -32,6 +32,12 @@ use zeroize::Zeroizing;
 
 use crate::message::{Body, Digest, Message, Phase};
 
+/// The smudging margin of the validation's partial decryptions. They reveal C(n, t) * 16
+/// coordinates of a fresh ciphertext; at this margin they add at most 252 * 16 * 0.3 * 2^-120
+/// < 2^-100 to the squared Hellinger distance the key's lifetime bound allows, so they need
+/// no share of the rounds' budget.
+pub const VALIDATION_KAPPA: u32 = 60;
+
 /// Values in the validation challenge.
 const CHALLENGE_VALUES: usize = 16;
 
@@ -240,7 +246,7 @@ pub fn validation_challenge(
         max_contributions: 1,
         weight_bound: 1,
         value_bits: 20,
-        kappa: 40,
+        kappa: VALIDATION_KAPPA,
         rounds: 1,
     })
     .map_err(|e| e.to_string())?;

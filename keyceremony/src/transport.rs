@@ -276,17 +276,16 @@ pub fn spawn(
                     // Every handle is gone (the loop's own sender lives in replies).
                     None => break,
                     Some(Command::Request { peer, bytes, reply }) => {
+                        // Dialled here first, from a fresh port (see `dial`), so that the
+                        // request's own dial finds one under way.
+                        dial(&mut swarm, peer);
                         let id = swarm.behaviour_mut().exchange.send_request(&peer, bytes);
                         pending.insert(id, (peer, reply));
                     }
                     Some(Command::Respond { channel, bytes }) => {
                         let _ = swarm.behaviour_mut().exchange.send_response(channel, bytes);
                     }
-                    Some(Command::Dial(peer)) => {
-                        if !swarm.is_connected(&peer) {
-                            let _ = swarm.dial(peer);
-                        }
-                    }
+                    Some(Command::Dial(peer)) => dial(&mut swarm, peer),
                 },
                 event = swarm.select_next_some() => {
                     let domain = match event {
@@ -342,6 +341,24 @@ pub fn spawn(
         }
     });
     Ok((handle, event_rx))
+}
+
+/// Dials `peer` unless connected or already dialling, from a newly allocated local port. libp2p
+/// would otherwise dial from the listening port, and two members dialling each other at the
+/// same moment (both sending a partial decryption, say) then make one TCP connection by
+/// simultaneous open in which both are the dialer: the Noise handshake fails on both sides,
+/// and retries in step fail the same way.
+fn dial(swarm: &mut libp2p::Swarm<Behaviour>, peer: PeerId) {
+    if swarm.is_connected(&peer) {
+        return;
+    }
+    let options = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+        .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+        .allocate_new_port()
+        .build();
+    if let Err(error) = swarm.dial(options) {
+        tracing::debug!(%peer, %error, "dial not started");
+    }
 }
 
 static NEXT_REQUEST_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

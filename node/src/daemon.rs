@@ -21,6 +21,7 @@ use protocol::audit::note::{COSIGNATURE_V1, Note, NoteSigner, NoteVerifier};
 use protocol::audit::witness::WitnessState;
 use protocol::consortium::Consortium;
 use protocol::he::{Budget, Ciphertext, EncryptionKey, KeyShare, Quorum};
+use protocol::round::incidents::HeardIncidents;
 use protocol::round::message::{CHUNK_BYTES, MAX_MESSAGE_BYTES, Request, Response, chunk_digests};
 use protocol::round::policy::{
     HeldModel, Refusal, ReleaseTarget, check_combine, check_contribution, check_request,
@@ -34,7 +35,7 @@ use rand::SeedableRng;
 use sha2::{Digest as _, Sha256};
 
 use crate::source::UpdateSource;
-use crate::state_store::{Recorded, StateStore, StateStoreError};
+use crate::state_store::{Recorded, Release, StateStore, StateStoreError};
 use crate::witness_store::{WitnessStore, WitnessStoreError};
 
 pub const PROTOCOL: &str = "/quorate/round/1";
@@ -70,6 +71,11 @@ struct Decryption {
     /// member that misses a decryption sits out every later round.
     failures: u8,
 }
+
+/// Deliveries of a partial decryption to a member that cannot be reached, [`PARTIAL_RETRY`]
+/// apart.
+const PARTIAL_ATTEMPTS: u32 = 5;
+const PARTIAL_RETRY: Duration = Duration::from_secs(1);
 
 /// Failed combining attempts tried again, [`COMBINE_RETRY`] apart.
 const COMBINE_ATTEMPTS: u8 = 4;
@@ -117,6 +123,8 @@ struct State {
     targets: HashMap<u64, Arc<BoundCiphertext>>,
     next_sequence: u64,
     rounds_done: u64,
+    /// Incidents other members sent directly, until the log accounts for them.
+    heard: HeardIncidents,
 }
 
 struct Context {
@@ -334,6 +342,7 @@ pub async fn run(setup: NodeSetup) -> Result<NodeSummary, NodeError> {
             targets: HashMap::new(),
             next_sequence,
             rounds_done: 0,
+            heard: HeardIncidents::new(),
         }),
         source: Mutex::new(setup.source),
         author: tokio::sync::Mutex::new(()),
@@ -418,6 +427,13 @@ async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Request) -> Re
                 tracing::warn!(error = %e, "checkpoint refused");
                 refused(e)
             }
+        },
+        Request::Incident { entry } => match ctx.member_of(&peer) {
+            Some(member) if member != ctx.me => match hear_incident(&ctx, member, &entry) {
+                Ok(()) => Response::Ok,
+                Err(e) => refused(e),
+            },
+            _ => refused("incidents are heard from members only"),
         },
         Request::Partial {
             request,
@@ -571,6 +587,28 @@ fn act(ctx: &Arc<Context>, note: &[u8]) -> Result<(), String> {
     }
     for (index, entry) in actions {
         on_entry(ctx, index, &entry);
+    }
+    // An incident a member sent directly whose sequence number the log gave to another of its
+    // entries was dropped by the coordinator: say so, to the log and to every member.
+    let dropped = {
+        let mut state = ctx.lock();
+        let state = &mut *state;
+        let acted = state.acted as usize;
+        state
+            .heard
+            .reconcile(&ctx.membership, &state.entries[..acted])
+    };
+    for d in dropped {
+        tracing::error!(member = d.member, code = d.code, description = %d.description, "the coordinator dropped a member's incident");
+        incident(
+            ctx,
+            204,
+            [0; 32],
+            format!(
+                "the coordinator dropped member {}'s incident {} (sequence {}): {}",
+                d.member, d.code, d.sequence, d.description
+            ),
+        );
     }
     Ok(())
 }
@@ -834,10 +872,57 @@ fn incident(ctx: &Arc<Context>, code: u16, evidence: Digest, description: String
             evidence,
             description,
         };
-        if let Err(e) = append(&ctx, body, vec![], None).await {
-            tracing::warn!(error = %e, "the incident could not be logged");
+        let _author = ctx.author.lock().await;
+        let entry = sign(&ctx, body, vec![], None);
+        // Every other member hears it directly, whatever the coordinator does with it.
+        for (m, peer) in ctx.peers.iter().enumerate() {
+            if m == usize::from(ctx.me) {
+                continue;
+            }
+            let (handle, peer) = (ctx.handle.clone(), *peer);
+            let request = Request::Incident {
+                entry: entry.leaf().to_vec(),
+            };
+            tokio::spawn(async move {
+                if let Err(error) = handle.call(peer, &request).await {
+                    tracing::debug!(member = m, %error, "the incident did not reach a member");
+                }
+            });
+        }
+        let logged = ctx
+            .handle
+            .call(
+                ctx.coordinator,
+                &Request::Append {
+                    entry: entry.leaf().to_vec(),
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|response| finish_append(&ctx, &entry, response));
+        if let Err(e) = logged {
+            tracing::error!(
+                error = %e,
+                "the coordinator did not log this member's incident (the other members were sent it directly)"
+            );
         }
     });
+}
+
+/// An incident another member sent directly: kept until the log shows it, or shows that the
+/// coordinator dropped it.
+fn hear_incident(ctx: &Arc<Context>, member: u8, bytes: &[u8]) -> Result<(), String> {
+    let entry = SignedEntry::open(bytes).map_err(|e| format!("incident: {e}"))?;
+    if let Body::Incident {
+        code, description, ..
+    } = &entry.entry.body
+    {
+        tracing::warn!(member, code, %description, "incident reported by a member directly");
+    }
+    ctx.lock()
+        .heard
+        .hear(&ctx.membership, member, entry)
+        .map_err(|e| e.to_string())
 }
 
 async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), String> {
@@ -1100,13 +1185,28 @@ async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), String> {
     };
     // The ledger, durably, before anything leaves: never a second share for this ciphertext,
     // and never past the key's lifetime budget.
+    // Every request any member released for may have been decrypted: the key's reveals are
+    // counted from the whole log, this request included.
+    let logged = {
+        let state = ctx.lock();
+        state.log.rounds().map_or(0, |rules| {
+            let others = rules.released_requests();
+            let this = rules.request(request).is_none_or(|r| r.released == 0);
+            (others + u64::from(this)) * u64::from(ctx.plan.values)
+        })
+    };
+    let release = Release {
+        request,
+        ciphertext: target.ciphertext,
+        mask: protocol::wire::mask_digest(bound.ciphertext()),
+    };
     let recorded = ctx
         .store
         .record_release(
-            &target.ciphertext,
-            request,
+            &release,
             u64::from(ctx.plan.values),
             ctx.budget.lifetime_reveal_limit(),
+            logged,
         )
         .map_err(|e| e.to_string())?;
     match recorded {
@@ -1185,20 +1285,30 @@ async fn send_partial(ctx: &Arc<Context>, request: u64, partial: Vec<u8>) {
         let (handle, peer, partial) = (ctx.handle.clone(), *peer, partial.clone());
         ctx.sent(partial.len());
         sends.push(tokio::spawn(async move {
-            for (index, chunk) in partial.chunks(CHUNK_BYTES).enumerate() {
-                let request = Request::Partial {
-                    request,
-                    index: index as u32,
-                    count,
-                    bytes: chunk.to_vec(),
-                };
-                match handle.call(peer, &request).await {
-                    Ok(Response::Ok) => {}
-                    other => {
-                        tracing::debug!(member = m, response = ?other, "partial not delivered");
-                        return;
+            // A member not reachable yet is tried again a few times, from the first chunk; a
+            // member that answers with a refusal is not.
+            'attempts: for attempt in 1..=PARTIAL_ATTEMPTS {
+                for (index, chunk) in partial.chunks(CHUNK_BYTES).enumerate() {
+                    let request = Request::Partial {
+                        request,
+                        index: index as u32,
+                        count,
+                        bytes: chunk.to_vec(),
+                    };
+                    match handle.call(peer, &request).await {
+                        Ok(Response::Ok) => {}
+                        Ok(other) => {
+                            tracing::debug!(member = m, response = ?other, "partial refused");
+                            return;
+                        }
+                        Err(error) => {
+                            tracing::debug!(member = m, attempt, %error, "partial not delivered");
+                            tokio::time::sleep(PARTIAL_RETRY).await;
+                            continue 'attempts;
+                        }
                     }
                 }
+                return;
             }
         }));
     }

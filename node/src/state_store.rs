@@ -38,6 +38,21 @@ impl std::fmt::Debug for StateStore {
 /// digests) so that one transaction updates it with the release.
 const REVEALED: &[u8] = b"revealed";
 
+/// What a release is recorded under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Release {
+    pub request: u64,
+    /// The digest of the released ciphertext.
+    pub ciphertext: Digest,
+    /// The digest of its masks ([`protocol::wire::mask_digest`]).
+    pub mask: Digest,
+}
+
+/// Mask digests live in the ledger tree beside ciphertext digests, told apart by a prefix.
+fn mask_key(mask: &Digest) -> Vec<u8> {
+    [b"mask:".as_slice(), mask].concat()
+}
+
 /// The outcome of recording a release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
@@ -123,30 +138,35 @@ impl StateStore {
     }
 
     /// Records a release of `values` values, durably and atomically with the count of values
-    /// revealed; call before the share leaves. Refuses a second release for one ciphertext,
-    /// and a release past the key's lifetime `limit`.
+    /// revealed; call before the share leaves. Refuses a second release for one ciphertext or
+    /// one mask digest (a partial depends on the masks alone), and a release past the key's
+    /// lifetime `limit`. `logged` is the count of values the consortium's logged releases have
+    /// revealed, this one included: the key's reveals are counted from every member's
+    /// releases, not from this member's alone.
     pub fn record_release(
         &self,
-        ciphertext: &Digest,
-        request: u64,
+        release: &Release,
         values: u64,
         limit: u64,
+        logged: u64,
     ) -> Result<Recorded, StateStoreError> {
         use sled::transaction::{ConflictableTransactionError, TransactionError};
         let outcome = self.ledger.transaction(|tx| {
-            if tx.get(ciphertext)?.is_some() {
+            if tx.get(release.ciphertext)?.is_some() || tx.get(mask_key(&release.mask))?.is_some() {
                 return Ok(Recorded::AlreadyReleased);
             }
             let revealed = tx
                 .get(REVEALED)?
                 .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
                 .unwrap_or(0);
-            let mut lifetime = protocol::he::LifetimeLedger { revealed, limit };
-            if lifetime.record(values).is_err() {
+            let after = revealed.saturating_add(values).max(logged);
+            if after > limit {
                 return Ok(Recorded::LifetimeSpent { revealed, limit });
             }
-            tx.insert(&ciphertext[..], &request.to_be_bytes()[..])?;
-            tx.insert(REVEALED, &lifetime.revealed.to_be_bytes()[..])?;
+            let request = release.request.to_be_bytes();
+            tx.insert(&release.ciphertext[..], &request[..])?;
+            tx.insert(mask_key(&release.mask), &request[..])?;
+            tx.insert(REVEALED, &after.to_be_bytes()[..])?;
             Ok::<_, ConflictableTransactionError<()>>(Recorded::Fresh)
         });
         let outcome = match outcome {
@@ -249,20 +269,51 @@ mod tests {
         };
         {
             let store = StateStore::open(dir.path()).unwrap();
+            let release = |ciphertext: u8, mask: u8, request: u64| Release {
+                request,
+                ciphertext: [ciphertext; 32],
+                mask: [mask; 32],
+            };
             assert_eq!(
-                store.record_release(&[1; 32], 40, 1000, 2500).unwrap(),
+                store
+                    .record_release(&release(1, 11, 40), 1000, 2500, 0)
+                    .unwrap(),
                 Recorded::Fresh
             );
             assert_eq!(
-                store.record_release(&[1; 32], 41, 1000, 2500).unwrap(),
+                store
+                    .record_release(&release(1, 11, 41), 1000, 2500, 0)
+                    .unwrap(),
+                Recorded::AlreadyReleased
+            );
+            // Another ciphertext with the same masks: its partial would be the same inner
+            // products under fresh smudging, so it is refused too.
+            assert_eq!(
+                store
+                    .record_release(&release(5, 11, 44), 1000, 2500, 0)
+                    .unwrap(),
                 Recorded::AlreadyReleased
             );
             assert_eq!(
-                store.record_release(&[2; 32], 42, 1000, 2500).unwrap(),
+                store
+                    .record_release(&release(2, 12, 42), 1000, 2500, 0)
+                    .unwrap(),
                 Recorded::Fresh
             );
             assert_eq!(
-                store.record_release(&[3; 32], 43, 1000, 2500).unwrap(),
+                store
+                    .record_release(&release(3, 13, 43), 1000, 2500, 0)
+                    .unwrap(),
+                Recorded::LifetimeSpent {
+                    revealed: 2000,
+                    limit: 2500
+                }
+            );
+            // Reveals counted from the whole consortium's logged releases, when they are more.
+            assert_eq!(
+                store
+                    .record_release(&release(6, 16, 45), 100, 2500, 2600)
+                    .unwrap(),
                 Recorded::LifetimeSpent {
                     revealed: 2000,
                     limit: 2500

@@ -367,6 +367,22 @@ pub fn ciphertext_digest(ciphertext: &Ciphertext) -> CiphertextDigest {
     CiphertextDigest(hasher.finalize().into())
 }
 
+/// The digest of a ciphertext's masks alone. A partial decryption depends on the masks only
+/// (the bodies never meet the key), so a member's ledger refuses a second release for one mask
+/// digest, whatever the bodies: two partials of one mask would average their smudging down.
+pub fn mask_digest(ciphertext: &Ciphertext) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"quorate/ciphertext-masks/v1\0");
+    hasher.update((ciphertext.value_count() as u64).to_le_bytes());
+    let mut buffer = Vec::with_capacity(64 * 1024);
+    for chunk in ciphertext.masks().chunks(4096) {
+        buffer.clear();
+        put_masks(&mut buffer, chunk);
+        hasher.update(&buffer);
+    }
+    hasher.finalize().into()
+}
+
 /// The digest of an encoded ciphertext (equal to [`ciphertext_digest`] of the decoded one).
 pub fn encoded_digest(bytes: &[u8]) -> CiphertextDigest {
     CiphertextDigest(Sha256::digest(bytes).into())

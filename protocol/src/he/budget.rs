@@ -9,21 +9,61 @@
 //!   smudged like the rest);
 //! - the rounding of each ciphertext body to its top 64 bits before it is sent, at most 2^63 per
 //!   unit of weight (known to the encryptor, independent of the secret, so it needs no smudging);
-//! - smudging, uniform in [-2^s, 2^s) per quorum member, with 2^s >= 2^kappa * L1 * B_fresh;
+//! - smudging, the sum of three independent uniforms in [-2^s, 2^s) per quorum member (so less
+//!   than 3 * 2^s), with 2^s >= 2^kappa * L1 * B_ct;
 //! - the rounding of each partial decryption to its top 64 bits, at most 2^63 per member.
 //!
 //! Delta must exceed twice their sum, and the weighted sum of messages must fit in the signed
 //! range left above Delta.
+//!
+//! # Statistical security over the key's life
+//!
+//! A simulator that knows only the decrypted values can produce every honest partial
+//! decryption but one per decrypted coordinate: the one that holds the share the t - 1
+//! colluders lack. Its real value differs from the simulated one by the secret-dependent noise
+//! e, |e| <= B = L1 * B_ct, under fresh smudging X. With X the sum of three uniforms of width
+//! S = 2^s, the squared Hellinger distance between X and X + e is at most c (e / S)^2 with
+//! c = I / 8 = 0.1426 (I = 1.1406 the Fisher information of the sum of three uniforms on
+//! [-1, 1]; H^2 <= e^2 I / 8 for any location family), which we round up to 0.15. Hellinger
+//! affinities multiply over the m decrypted coordinates of the key's life, also when each is
+//! chosen adaptively, so H^2 <= c m (B / S)^2, and the statistical distance is at most
+//! sqrt(2) H (Le Cam): SD <= sqrt(2 c m) B / S. It grows with sqrt(m), not m as the union bound
+//! over one uniform would; with one uniform the Hellinger distance is not quadratic in e, which
+//! is why three are summed. The noise bound B itself holds except with probability
+//! 2 m exp(-k^2 / 2) for a tail factor k, which is added. See SECURITY.md for the figures.
 
 use super::{HeError, POLYNOMIAL_SIZE, ParameterSet, QUORATE_RLWE128_V1, ThresholdConfig};
 
-/// Tail bound factor: a Gaussian exceeds 9.42 sigma with probability below 2^-64.
-const TAIL_SIGMAS: f64 = 9.42;
+/// Tail bound factor: a (sub)Gaussian exceeds 11 sigma with probability below 2^-86, so the
+/// noise bound holds over 2^44 coordinates but for 2^-41.
+const TAIL_SIGMAS: f64 = 11.0;
 
-/// The smudging lemma bounds the statistical distance per revealed coordinate by 2^-kappa; over
-/// the key's life the union bound adds these up. The key is retired before the total reaches
-/// 2^-LIFETIME_DISTANCE_BITS.
-pub const LIFETIME_DISTANCE_BITS: u32 = 16;
+/// The statistical distance between real and simulated partial decryptions over a key's whole
+/// life stays below 2^-TARGET_SECURITY_BITS: 2^-41 for the smudging, 2^-41 for the noise tail.
+pub const TARGET_SECURITY_BITS: u32 = 40;
+
+/// Each quorum member smudges with the sum of this many independent uniforms on [-2^s, 2^s).
+pub const SMUDGING_SUMMANDS: u32 = 3;
+
+/// c with H^2(X, X + e) <= c (e / 2^s)^2 for that sum (0.1426, rounded up).
+pub const SMUDGING_HELLINGER: f64 = 0.15;
+
+/// -log2 of the statistical distance between real and simulated partial decryptions after
+/// `reveals` decrypted coordinates, with smudging `margin_bits` above the noise bound.
+pub fn statistical_security_bits(margin_bits: f64, reveals: u64) -> f64 {
+    let m = reveals.max(1) as f64;
+    let smudging = (2.0 * SMUDGING_HELLINGER * m).sqrt() * (-margin_bits).exp2();
+    let tail = 2.0 * m * (-TAIL_SIGMAS * TAIL_SIGMAS / 2.0).exp();
+    -(smudging + tail).log2()
+}
+
+/// The smallest smudging margin kappa (at least the parameter set's minimum) under which
+/// `reveals` decrypted coordinates keep the statistical distance below 2^-TARGET_SECURITY_BITS.
+pub fn kappa_for(reveals: u64) -> u32 {
+    let m = reveals.max(1) as f64;
+    let bits = f64::from(TARGET_SECURITY_BITS) + 1.0 + 0.5 * (2.0 * SMUDGING_HELLINGER * m).log2();
+    (bits.ceil() as u32).max(QUORATE_RLWE128_V1.min_kappa)
+}
 
 /// Largest smudging margin accepted: beyond it the message space is gone anyway, and the bound
 /// keeps every shift and sum below in range.
@@ -57,6 +97,8 @@ pub struct Budget {
     spare_bits: u32,
     fresh_noise_bits: f64,
     ciphertext_noise_bits: f64,
+    /// log2 of B: the bound of the secret-dependent noise of any decrypted ciphertext.
+    secret_noise_bits: f64,
 }
 
 impl Budget {
@@ -121,7 +163,8 @@ impl Budget {
         let share_rounding = f64::from(params.share_dropped_bits - 1).exp2();
         let total_error = secret_noise_bits.exp2()
             + l1 * body_rounding
-            + threshold * (f64::from(smudging_bits).exp2() + share_rounding);
+            + threshold
+                * (f64::from(SMUDGING_SUMMANDS) * f64::from(smudging_bits).exp2() + share_rounding);
         // |error| < Delta / 2, with one bit of margin for the floating-point estimate.
         let delta_bits = total_error.log2().ceil() as u32 + 2;
         if delta_bits >= 127 {
@@ -150,6 +193,7 @@ impl Budget {
             spare_bits: spare as u32,
             fresh_noise_bits,
             ciphertext_noise_bits,
+            secret_noise_bits,
         })
     }
 
@@ -162,7 +206,8 @@ impl Budget {
         self.delta_bits
     }
 
-    /// Each quorum member smudges with noise uniform in [-2^smudging_bits, 2^smudging_bits).
+    /// Each quorum member smudges with the sum of [`SMUDGING_SUMMANDS`] uniforms in
+    /// [-2^smudging_bits, 2^smudging_bits).
     pub fn smudging_bits(&self) -> u32 {
         self.smudging_bits
     }
@@ -188,15 +233,30 @@ impl Budget {
         (1i64 << self.request.value_bits) - 1
     }
 
-    /// How many decrypted coordinates the key may reveal in its lifetime before the
-    /// accumulated smudging distance reaches 2^-LIFETIME_DISTANCE_BITS.
+    /// The smudging's margin over the secret-dependent noise, in bits (at least kappa).
+    pub fn margin_bits(&self) -> f64 {
+        f64::from(self.smudging_bits) - self.secret_noise_bits
+    }
+
+    /// -log2 of the statistical distance of everything the key's partial decryptions reveal
+    /// after `reveals` decrypted coordinates (see the module documentation).
+    pub fn statistical_security_bits(&self, reveals: u64) -> f64 {
+        statistical_security_bits(self.margin_bits(), reveals)
+    }
+
+    /// How many decrypted coordinates the key may reveal in its lifetime while the statistical
+    /// distance stays below 2^-TARGET_SECURITY_BITS (each of its two terms below 2^-41).
     pub fn lifetime_reveal_limit(&self) -> u64 {
-        let bits = self
-            .request
-            .kappa
-            .saturating_sub(LIFETIME_DISTANCE_BITS)
-            .min(63);
-        1u64 << bits
+        let target = f64::from(TARGET_SECURITY_BITS) + 1.0;
+        let by_smudging = (2.0 * (self.margin_bits() - target)).exp2() / (2.0 * SMUDGING_HELLINGER);
+        let by_tail =
+            (TAIL_SIGMAS * TAIL_SIGMAS / 2.0 * std::f64::consts::LOG2_E - target - 1.0).exp2();
+        let limit = by_smudging.min(by_tail).floor();
+        if limit >= u64::MAX as f64 {
+            u64::MAX
+        } else {
+            limit as u64
+        }
     }
 }
 
@@ -266,9 +326,9 @@ mod tests {
     #[test]
     fn fresh_noise_matches_the_measured_two_to_the_nine_and_a_half() {
         let budget = Budget::compute(request(20, 5)).unwrap();
-        // sigma_fresh ~ 2^9.45 at n = 5; times the 9.42 tail factor ~ 2^12.7.
+        // sigma_fresh ~ 2^9.45 at n = 5; times the 11 tail factor ~ 2^12.9.
         assert!(
-            (budget.fresh_noise_bits - 12.69).abs() < 0.05,
+            (budget.fresh_noise_bits - 12.91).abs() < 0.05,
             "{}",
             budget.fresh_noise_bits
         );
@@ -301,10 +361,79 @@ mod tests {
     fn lifetime_ledger_refuses_past_the_limit() {
         let budget = Budget::compute(request(20, 5)).unwrap();
         let mut ledger = LifetimeLedger::new(&budget);
-        assert_eq!(ledger.limit, 1 << 24);
-        ledger.record(1 << 23).unwrap();
-        ledger.record(1 << 23).unwrap();
+        assert_eq!(ledger.limit, budget.lifetime_reveal_limit());
+        ledger.record(ledger.limit - 1).unwrap();
+        ledger.record(1).unwrap();
         assert!(ledger.record(1).is_err());
-        assert_eq!(ledger.revealed, 1 << 24);
+        assert_eq!(ledger.revealed, ledger.limit);
+    }
+
+    /// The constant behind the lifetime bound: for the exact discrete sum of three uniforms on
+    /// {-S, ..., S - 1}, the squared Hellinger distance to its shift by one is at most
+    /// SMUDGING_HELLINGER / S^2, approaching the continuous 0.1426 / S^2 as S grows.
+    #[test]
+    fn three_summed_uniforms_meet_the_hellinger_constant() {
+        let mut previous = f64::INFINITY;
+        for bits in 3..=10u32 {
+            let width = 1usize << bits;
+            let uniform = vec![1.0 / (2 * width) as f64; 2 * width];
+            let convolve = |a: &[f64], b: &[f64]| {
+                let mut out = vec![0.0; a.len() + b.len() - 1];
+                for (i, x) in a.iter().enumerate() {
+                    for (j, y) in b.iter().enumerate() {
+                        out[i + j] += x * y;
+                    }
+                }
+                out
+            };
+            let p = convolve(&convolve(&uniform, &uniform), &uniform);
+            let affinity: f64 = (0..=p.len())
+                .map(|x| {
+                    let here = p.get(x).copied().unwrap_or(0.0);
+                    let shifted = x
+                        .checked_sub(1)
+                        .and_then(|y| p.get(y))
+                        .copied()
+                        .unwrap_or(0.0);
+                    (here * shifted).sqrt()
+                })
+                .sum();
+            let scaled = (1.0 - affinity) * (width * width) as f64;
+            assert!(scaled <= SMUDGING_HELLINGER, "S = 2^{bits}: {scaled}");
+            assert!(scaled >= 0.14, "S = 2^{bits}: {scaled}");
+            // It settles from above towards the continuous value as S grows.
+            assert!(
+                scaled <= previous + 1e-9,
+                "S = 2^{bits}: {scaled} after {previous}"
+            );
+            previous = scaled;
+        }
+        assert!((previous - 0.1426).abs() < 0.002, "{previous}");
+    }
+
+    #[test]
+    fn the_lifetime_bound_reaches_forty_bits_over_a_hundred_billion_coordinates() {
+        // The sizing rule: kappa_for(m) keeps m coordinates at 40 bits or more.
+        for reveals in [1u64, 200_000, 30_000_000, 100_000_000_000, 400_000_000_000] {
+            let kappa = kappa_for(reveals);
+            assert!(
+                statistical_security_bits(f64::from(kappa), reveals) >= 40.0,
+                "{reveals}: kappa {kappa}"
+            );
+            if kappa > 40 {
+                assert!(statistical_security_bits(f64::from(kappa - 1), reveals) < 41.0);
+            }
+        }
+        assert_eq!(kappa_for(100_000_000_000), 59);
+        assert_eq!(kappa_for(1), 41);
+        // A budget sized for 10^11 coordinates allows them.
+        let mut req = request(20, 5);
+        req.kappa = kappa_for(100_000_000_000);
+        let budget = Budget::compute(req).unwrap();
+        assert!(budget.lifetime_reveal_limit() >= 100_000_000_000);
+        assert!(budget.statistical_security_bits(100_000_000_000) >= 40.0);
+        // The same key at kappa = 40 covers far fewer.
+        let small = Budget::compute(request(20, 5)).unwrap();
+        assert!(small.statistical_security_bits(100_000_000_000) < 30.0);
     }
 }

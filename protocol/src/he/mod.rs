@@ -26,7 +26,10 @@ pub mod sampling;
 #[cfg(test)]
 mod tests;
 
-pub use budget::{Budget, BudgetRequest, LIFETIME_DISTANCE_BITS, LifetimeLedger};
+pub use budget::{
+    Budget, BudgetRequest, LifetimeLedger, SMUDGING_SUMMANDS, TARGET_SECURITY_BITS, kappa_for,
+    statistical_security_bits,
+};
 pub use ciphertext::{Ciphertext, MAX_VALUES};
 pub use codec::FixedPointCodec;
 pub use decrypt::{CiphertextDigest, PartialDecryption, combine};

@@ -146,28 +146,36 @@ pub fn fill_ternary<R: RngCore + CryptoRng>(rng: &mut R, out: &mut [u128]) {
     zeroize::Zeroize::zeroize(&mut bytes);
 }
 
-/// Adds smudging noise uniform in [-2^bits, 2^bits) to every value.
+/// Adds smudging noise to every value: the sum of [`super::SMUDGING_SUMMANDS`] = 3 independent
+/// uniforms in [-2^bits, 2^bits), so in [-3 * 2^bits, 3 * 2^bits). A sum of three is smooth
+/// enough that its statistical distance to a shifted copy grows with the square root of the
+/// number of coordinates revealed, not linearly (see `budget`). Constant time: every value
+/// draws the same words and does the same arithmetic.
 pub fn add_smudging<R: RngCore + CryptoRng>(rng: &mut R, values: &mut [u128], bits: u32) {
     assert!(
-        bits < 127,
-        "smudging bound 2^{bits} does not fit the modulus"
+        bits < 125,
+        "smudging bound 3 * 2^{bits} does not fit the modulus"
     );
-    let offset = 1u128 << bits;
-    let mask = (offset << 1) - 1;
-    if bits < 63 {
-        let mut words = vec![0u64; values.len()];
+    let offset = 3u128 << bits;
+    let mask = (1u128 << (bits + 1)) - 1;
+    if bits < 61 {
+        // Three draws below 2^62 add up below 2^64.
+        let mut words = vec![0u64; 3 * values.len()];
         fill_u64(rng, &mut words);
-        for (value, word) in values.iter_mut().zip(&words) {
-            let noise = (u128::from(*word) & mask).wrapping_sub(offset);
-            *value = value.wrapping_add(noise);
+        for (value, draws) in values.iter_mut().zip(words.chunks_exact(3)) {
+            let sum: u128 = draws.iter().map(|w| u128::from(*w) & mask).sum();
+            *value = value.wrapping_add(sum.wrapping_sub(offset));
         }
         // The noise would reveal the unsmudged inner product, hence the share.
         zeroize::Zeroize::zeroize(&mut words);
     } else {
-        let mut noise = vec![0u128; values.len()];
+        let mut noise = vec![0u128; 3 * values.len()];
         fill_uniform(rng, &mut noise);
-        for (value, noise) in values.iter_mut().zip(&noise) {
-            *value = value.wrapping_add((noise & mask).wrapping_sub(offset));
+        for (value, draws) in values.iter_mut().zip(noise.chunks_exact(3)) {
+            let sum = draws
+                .iter()
+                .fold(0u128, |acc, n| acc.wrapping_add(n & mask));
+            *value = value.wrapping_add(sum.wrapping_sub(offset));
         }
         zeroize::Zeroize::zeroize(&mut noise);
     }
@@ -247,13 +255,23 @@ mod tests {
     fn smudging_stays_in_bounds_and_covers_them() {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
         for bits in [10u32, 70] {
-            let mut values = vec![0u128; 20_000];
+            let mut values = vec![0u128; 60_000];
             add_smudging(&mut rng, &mut values, bits);
-            let bound = 1i128 << bits;
+            let width = 1i128 << bits;
             let signed: Vec<i128> = values.iter().map(|&v| v as i128).collect();
-            assert!(signed.iter().all(|&v| (-bound..bound).contains(&v)));
-            assert!(signed.iter().any(|&v| v < -bound / 2));
-            assert!(signed.iter().any(|&v| v > bound / 2));
+            assert!(signed.iter().all(|&v| (-3 * width..3 * width).contains(&v)));
+            assert!(signed.iter().any(|&v| v < -3 * width / 2));
+            assert!(signed.iter().any(|&v| v > 3 * width / 2));
+            // The sum of three uniforms on [-S, S): mean 0, variance S^2.
+            let scaled: Vec<f64> = signed.iter().map(|&v| v as f64 / width as f64).collect();
+            let n = scaled.len() as f64;
+            let mean = scaled.iter().sum::<f64>() / n;
+            let variance = scaled.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+            assert!(mean.abs() < 0.02, "bits {bits}: mean {mean}");
+            assert!(
+                (variance - 1.0).abs() < 0.03,
+                "bits {bits}: variance {variance}"
+            );
         }
     }
 }

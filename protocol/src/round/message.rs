@@ -57,6 +57,9 @@ pub enum Request {
         count: u32,
         bytes: Vec<u8>,
     },
+    /// Member to member: a signed incident entry its author also appended through the
+    /// coordinator, so that the coordinator cannot keep members from hearing of it.
+    Incident { entry: Vec<u8> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,6 +157,7 @@ impl Request {
             Request::Append { .. } => "append",
             Request::Fetch { .. } => "fetch",
             Request::Partial { .. } => "partial",
+            Request::Incident { .. } => "incident",
         }
     }
 
@@ -213,6 +217,10 @@ impl Request {
                 w.u64(*request).u32(*index).u32(*count);
                 blob(&mut w, bytes);
             }
+            Request::Incident { entry } => {
+                w = start(id, 8);
+                blob(&mut w, entry);
+            }
         }
         w.into_bytes()
     }
@@ -261,6 +269,9 @@ impl Request {
                 index: r.u32("chunk index")?,
                 count: r.u32("chunk count")?,
                 bytes: read_blob(&mut r, "chunk", chunk_limit)?,
+            },
+            8 => Request::Incident {
+                entry: read_blob(&mut r, "entry", entry_limit)?,
             },
             other => return Err(MessageError::Kind(other)),
         };

@@ -16,6 +16,7 @@
 
 #[cfg(test)]
 mod attacks;
+pub mod incidents;
 pub mod machine;
 pub mod message;
 pub mod plan;

@@ -63,7 +63,8 @@ impl Default for RoundPlan {
             server_rate_millis: 1000,
             rounds: 50,
             max_retries: 3,
-            kappa: 40,
+            // Sized for 1000 values over 50 rounds of up to 4 attempts (see `sized`).
+            kappa: 49,
             max_sample_ratio: default_sample_ratio(),
         }
     }
@@ -136,10 +137,17 @@ impl RoundPlan {
         u64::from(self.values) * u64::from(self.rounds) * (1 + u64::from(self.max_retries))
     }
 
-    /// The smallest smudging margin whose lifetime covers `reveals` values (at least 40).
+    /// The smallest smudging margin whose lifetime covers `reveals` values at the target
+    /// statistical security (see `he::budget`).
     pub fn kappa_for(reveals: u64) -> u8 {
-        let bits = 64 - reveals.saturating_sub(1).leading_zeros();
-        (crate::he::LIFETIME_DISTANCE_BITS + bits).max(40) as u8
+        crate::he::kappa_for(reveals).min(u32::from(u8::MAX)) as u8
+    }
+
+    /// This plan with kappa raised, where needed, to cover its own lifetime: what a plan for a
+    /// model of `values` parameters over `rounds` rounds should use.
+    pub fn sized(mut self) -> Self {
+        self.kappa = self.kappa.max(Self::kappa_for(self.lifetime_reveals()));
+        self
     }
 
     pub fn codec(&self) -> Result<FixedPointCodec, RoundError> {

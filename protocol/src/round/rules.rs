@@ -193,6 +193,12 @@ impl RoundRules {
         self.requests.get(&leaf)
     }
 
+    /// Requests for which any quorum member logged a release: each may have been decrypted,
+    /// so each counts against the key's lifetime, whoever released.
+    pub fn released_requests(&self) -> u64 {
+        self.requests.values().filter(|r| r.released != 0).count() as u64
+    }
+
     /// The round in which `member` already contributed from `base` and some quorum member
     /// released a share, if any: a second contribution from `base` must then be refused.
     pub fn contributed_from(&self, member: u8, base: &Digest, before_round: u64) -> Option<u64> {

@@ -156,10 +156,18 @@ fn plan_digest_covers_every_field_and_the_budget_fits() {
         ..base
     };
     let err = big.budget(config).unwrap_err().to_string();
-    assert!(err.contains("raise kappa to 43"), "{err}");
-    assert_eq!(RoundPlan::kappa_for(big.lifetime_reveals()), 43);
-    RoundPlan { kappa: 43, ..big }.budget(config).unwrap();
-    assert_eq!(RoundPlan::kappa_for(1), 40);
+    assert!(err.contains("raise kappa to 54"), "{err}");
+    assert_eq!(RoundPlan::kappa_for(big.lifetime_reveals()), 54);
+    RoundPlan {
+        kappa: 54,
+        ..big.clone()
+    }
+    .budget(config)
+    .unwrap();
+    assert_eq!(big.sized().kappa, 54);
+    assert_eq!(RoundPlan::kappa_for(1), 41);
+    // The default plan is sized for itself.
+    assert_eq!(RoundPlan::default().sized(), RoundPlan::default());
 }
 
 fn entries(sample: &SampleConsortium) -> Vec<SignedEntry> {
@@ -726,6 +734,7 @@ fn messages_round_trip_with_their_id_and_refuse_oversize() {
             count: 3,
             bytes: vec![8; 16],
         },
+        Request::Incident { entry: vec![6; 12] },
     ];
     for (id, request) in requests.into_iter().enumerate() {
         let bytes = request.encode(id as u64);
