@@ -5,7 +5,7 @@
 //! policy: the agreed aggregate recomputed from the logged contributions, never twice for one
 //! ciphertext (the ledger is flushed before the share leaves), and only to other members.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,11 +21,8 @@ use protocol::audit::note::{COSIGNATURE_V1, Note, NoteSigner, NoteVerifier};
 use protocol::audit::witness::WitnessState;
 use protocol::consortium::Consortium;
 use protocol::he::{Budget, Ciphertext, EncryptionKey, KeyShare, Quorum};
-use protocol::round::incidents::HeardIncidents;
 use protocol::round::message::{CHUNK_BYTES, MAX_MESSAGE_BYTES, Request, Response, chunk_digests};
-use protocol::round::policy::{
-    HeldModel, Refusal, ReleaseTarget, check_combine, check_contribution, check_request,
-};
+use protocol::round::policy::{HeldModel, Refusal, ReleaseTarget, check_combine, check_request};
 use protocol::round::{ModelDigest, RoundPlan, model_digest};
 use protocol::wire::{
     BoundCiphertext, DecodeLimits, ciphertext_digest, encode_ciphertext, encode_partial_decryption,
@@ -34,6 +31,7 @@ use protocol::wire::{
 use rand::SeedableRng;
 use sha2::{Digest as _, Sha256};
 
+use crate::member::{Action, Member};
 use crate::source::UpdateSource;
 use crate::state_store::{Recorded, Release, StateStore, StateStoreError};
 use crate::witness_store::{WitnessStore, WitnessStoreError};
@@ -59,14 +57,10 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A decryption the node follows: the quorum's logged share digests and the partials received.
+/// How combining a request's partial decryptions is going.
 #[derive(Default)]
-struct Decryption {
-    quorum: Vec<u8>,
-    ciphertext: Digest,
-    round: u64,
-    logged_shares: BTreeMap<u8, Digest>,
-    combining: bool,
+struct Combining {
+    running: bool,
     /// Combining attempts that failed (a fetch, a file): tried again a few times, since a
     /// member that misses a decryption sits out every later round.
     failures: u8,
@@ -115,16 +109,14 @@ struct State {
     acted: u64,
     witness: WitnessState,
     model: Vec<i64>,
-    /// The model the node holds and how it verified it: it contributes from, releases for and
-    /// builds on nothing else.
-    held: HeldModel,
-    decryptions: BTreeMap<u64, Decryption>,
+    /// The member's decisions: the model it verified and holds (it contributes from, releases
+    /// for and builds on nothing else), the decryptions it follows, incidents heard directly.
+    member: Member,
+    combining: HashMap<u64, Combining>,
     partials: HashMap<(u64, u8), Incoming>,
     targets: HashMap<u64, Arc<BoundCiphertext>>,
     next_sequence: u64,
     rounds_done: u64,
-    /// Incidents other members sent directly, until the log accounts for them.
-    heard: HeardIncidents,
 }
 
 struct Context {
@@ -153,9 +145,6 @@ struct Context {
     fault: Option<Fault>,
     export_model: Option<PathBuf>,
     round_report: Option<PathBuf>,
-    /// Entries below this leaf were stored before the node (re)started: acting on them again
-    /// must not repeat what the node already did.
-    replay_until: u64,
     /// Ciphertext and partial-decryption bytes this node sent.
     bytes_sent: std::sync::atomic::AtomicU64,
 }
@@ -308,6 +297,7 @@ pub async fn run(setup: NodeSetup) -> Result<NodeSummary, NodeError> {
     std::fs::create_dir_all(&scratch).map_err(|e| bad(&e))?;
     let next_sequence = log.next_sequence(&setup.identity.signing.verifying_key().to_bytes());
     let acted = log.size();
+    let member = Member::new(me, membership.clone(), setup.plan.clone(), held, acted);
     let ctx = Arc::new(Context {
         me,
         membership,
@@ -331,18 +321,17 @@ pub async fn run(setup: NodeSetup) -> Result<NodeSummary, NodeError> {
         state: Mutex::new(State {
             log,
             entries,
-            // After a restart the stored entries are acted on again, with the guards of
-            // `already_handled` against repeating anything.
+            // After a restart the stored entries are acted on again; the member machine skips
+            // what it already did.
             acted: 0,
             witness,
             model,
-            held,
-            decryptions: BTreeMap::new(),
+            member,
+            combining: HashMap::new(),
             partials: HashMap::new(),
             targets: HashMap::new(),
             next_sequence,
             rounds_done: 0,
-            heard: HeardIncidents::new(),
         }),
         source: Mutex::new(setup.source),
         author: tokio::sync::Mutex::new(()),
@@ -351,7 +340,6 @@ pub async fn run(setup: NodeSetup) -> Result<NodeSummary, NodeError> {
         fault: setup.fault,
         export_model: setup.export_model,
         round_report: setup.round_report,
-        replay_until: acted,
         bytes_sent: Default::default(),
     });
     ctx.handle.dial(coordinator).await;
@@ -585,207 +573,74 @@ fn act(ctx: &Arc<Context>, note: &[u8]) -> Result<(), String> {
             actions.push((index, state.entries[index as usize].clone()));
         }
     }
-    for (index, entry) in actions {
-        on_entry(ctx, index, &entry);
+    for (index, _) in actions {
+        let decided = {
+            let mut state = ctx.lock();
+            let state = &mut *state;
+            state
+                .member
+                .on_entry(&state.entries[..size as usize], index)
+        };
+        for action in decided {
+            carry_out(ctx, action);
+        }
     }
     // An incident a member sent directly whose sequence number the log gave to another of its
     // entries was dropped by the coordinator: say so, to the log and to every member.
     let dropped = {
         let mut state = ctx.lock();
         let state = &mut *state;
-        let acted = state.acted as usize;
         state
-            .heard
-            .reconcile(&ctx.membership, &state.entries[..acted])
+            .member
+            .after_checkpoint(&state.entries[..size as usize])
     };
-    for d in dropped {
-        tracing::error!(member = d.member, code = d.code, description = %d.description, "the coordinator dropped a member's incident");
-        incident(
-            ctx,
-            204,
-            [0; 32],
-            format!(
-                "the coordinator dropped member {}'s incident {} (sequence {}): {}",
-                d.member, d.code, d.sequence, d.description
-            ),
-        );
+    for action in dropped {
+        tracing::error!(?action, "the coordinator dropped a member's incident");
+        carry_out(ctx, action);
     }
     Ok(())
 }
 
-fn author_of(ctx: &Context, entry: &SignedEntry) -> Option<u8> {
-    ctx.membership
-        .members
-        .iter()
-        .position(|m| m.signing_key == entry.entry.author)
-        .map(|i| i as u8)
-}
-
-/// Whether this member already did its part for the entry at `index`, judged on its log:
-/// it contributed to the round (or the round closed, or a later one opened), released for
-/// the request, or logged the request's result.
-fn already_handled(ctx: &Context, index: u64, entry: &SignedEntry) -> bool {
-    let state = ctx.lock();
-    let mine = |e: &SignedEntry| author_of(ctx, e) == Some(ctx.me);
-    match &entry.entry.body {
-        Body::RoundOpen { round, .. } => state.entries.iter().any(|e| match &e.entry.body {
-            Body::Contribution { round: r, .. } => r == round && mine(e),
-            Body::RoundClose { round: r, .. } => r == round,
-            Body::RoundOpen { round: r, .. } => r > round,
-            _ => false,
-        }),
-        Body::DecryptionRequest { .. } => state.entries.iter().any(|e| match &e.entry.body {
-            Body::DecryptionResult { request, .. } | Body::ShareReleased { request, .. } => {
-                *request == index && mine(e)
-            }
-            _ => false,
-        }),
-        Body::ShareReleased { request, .. } => state.entries.iter().any(|e| {
-            matches!(&e.entry.body, Body::DecryptionResult { request: r, .. } if r == request)
-                && mine(e)
-        }),
-        _ => false,
-    }
-}
-
-fn on_entry(ctx: &Arc<Context>, index: u64, entry: &SignedEntry) {
-    let handled = index < ctx.replay_until && already_handled(ctx, index, entry);
-    // A request is followed even when replayed, so that the node can still combine it.
-    if handled && !matches!(entry.entry.body, Body::DecryptionRequest { .. }) {
-        return;
-    }
-    match &entry.entry.body {
-        Body::RoundOpen {
-            round, expected, ..
-        } => {
-            // A new round: what earlier rounds fetched or buffered is no longer needed.
-            forget_before(ctx, index);
-            if entry.entry.payload != Some(ctx.plan.digest()) {
-                incident(
-                    ctx,
-                    105,
-                    [0; 32],
-                    format!("round {round} opened under another round plan; not contributing"),
-                );
-                return;
-            }
-            if expected & (1 << ctx.me) == 0 {
-                return;
-            }
-            // Only from the model this member verified itself, and never a second time from a
-            // model whose round was released (a stale-model replay).
-            let verdict = {
-                let state = ctx.lock();
-                check_contribution(
-                    &state.entries[..=index as usize],
-                    &ctx.membership,
-                    &ctx.plan,
-                    ctx.me,
-                    index,
-                    &state.held,
-                )
-            };
-            if let Err(refusal) = verdict {
-                incident(
-                    ctx,
-                    refusal.code(),
-                    Sha256::digest(index.to_le_bytes()).into(),
-                    format!("not contributing to round {round}: {refusal}"),
-                );
-                return;
-            }
-            crash_if(ctx, Fault::Contribute(*round));
-            let (ctx, round) = (ctx.clone(), *round);
+/// Carries out one of the member machine's actions.
+fn carry_out(ctx: &Arc<Context>, action: Action) {
+    match action {
+        Action::Forget { before } => forget_before(ctx, before),
+        Action::Contribute { round } => {
+            crash_if(ctx, Fault::Contribute(round));
+            let ctx = ctx.clone();
             tokio::spawn(async move {
                 if let Err(e) = contribute(&ctx, round).await {
                     tracing::error!(round, error = %e, "contribution failed");
                 }
             });
         }
-        Body::DecryptionRequest {
-            round,
-            ciphertext,
-            quorum,
-            ..
-        } => {
-            let members: Vec<u8> = (0..ctx.membership.members.len() as u8)
-                .filter(|m| quorum & (1 << m) != 0)
-                .collect();
-            ctx.lock().decryptions.insert(
-                index,
-                Decryption {
-                    quorum: members,
-                    ciphertext: *ciphertext,
-                    round: *round,
-                    ..Default::default()
-                },
-            );
-            if quorum & (1 << ctx.me) != 0 && !handled {
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = release(&ctx, index).await {
-                        tracing::warn!(request = index, error = %e, "no share released");
-                    }
-                });
-            }
-        }
-        Body::ShareReleased { request, share, .. } => {
-            if let Some(member) = author_of(ctx, entry) {
-                if let Some(d) = ctx.lock().decryptions.get_mut(request) {
-                    d.logged_shares.insert(member, *share);
+        Action::Release { request } => {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = release(&ctx, request).await {
+                    tracing::warn!(request, error = %e, "no share released");
                 }
-                if member == ctx.me {
-                    // This member's release, now covered by a checkpoint the witness quorum
-                    // cosigned: only now does its partial leave, so a coordinator that
-                    // acknowledges a release without logging it gets nothing sent, and every
-                    // member's log shows the release before anyone can combine. After a
-                    // restart the same bytes go out again (not a second release), in case
-                    // they never reached the other members.
-                    match ctx.store.released_partial(*request) {
-                        Ok(Some(partial)) if Sha256::digest(&partial).as_slice() == share => {
-                            ctx.lock()
-                                .partials
-                                .insert((*request, ctx.me), Incoming::whole(partial.clone()));
-                            let ctx = ctx.clone();
-                            let request = *request;
-                            tokio::spawn(async move { send_partial(&ctx, request, partial).await });
-                        }
-                        _ => tracing::warn!(
-                            request,
-                            "this member's logged release has no stored partial; it cannot be sent"
-                        ),
-                    }
-                }
-                try_combine(ctx, *request);
-            }
-        }
-        Body::DecryptionResult { request, model, .. } => {
-            // Members that decoded different models for one request: someone is lying or
-            // broken, and everyone should know.
-            let mine = ctx.lock().entries.iter().find_map(|e| match &e.entry.body {
-                Body::DecryptionResult {
-                    request: r,
-                    model: m,
-                    ..
-                } if r == request && author_of(ctx, e) == Some(ctx.me) => Some(*m),
-                _ => None,
             });
-            if let (Some(mine), Some(author)) = (mine, author_of(ctx, entry))
-                && author != ctx.me
-                && mine != *model
-                && index >= ctx.replay_until
-            {
-                incident(
-                    ctx,
-                    140,
-                    *model,
-                    format!(
-                        "member {author} decoded another model than this member for request {request}"
-                    ),
-                );
-            }
         }
-        _ => {}
+        Action::SendPartial { request, share } => match ctx.store.released_partial(request) {
+            Ok(Some(partial)) if Sha256::digest(&partial).as_slice() == share => {
+                ctx.lock()
+                    .partials
+                    .insert((request, ctx.me), Incoming::whole(partial.clone()));
+                let ctx = ctx.clone();
+                tokio::spawn(async move { send_partial(&ctx, request, partial).await });
+            }
+            _ => tracing::warn!(
+                request,
+                "this member's logged release has no stored partial; it cannot be sent"
+            ),
+        },
+        Action::TryCombine { request } => try_combine(ctx, request),
+        Action::Incident {
+            code,
+            evidence,
+            description,
+        } => incident(ctx, code, evidence, description),
     }
 }
 
@@ -801,7 +656,7 @@ fn forget_before(ctx: &Context, index: u64) {
         tracing::warn!(error = %e, "old partial decryptions could not be dropped");
     }
     // A combination still running reads its ciphertexts from here.
-    if ctx.lock().decryptions.values().any(|d| d.combining) {
+    if ctx.lock().combining.values().any(|c| c.running) {
         return;
     }
     if let Ok(files) = std::fs::read_dir(&ctx.scratch) {
@@ -920,8 +775,8 @@ fn hear_incident(ctx: &Arc<Context>, member: u8, bytes: &[u8]) -> Result<(), Str
         tracing::warn!(member, code, %description, "incident reported by a member directly");
     }
     ctx.lock()
-        .heard
-        .hear(&ctx.membership, member, entry)
+        .member
+        .hear_incident(member, entry)
         .map_err(|e| e.to_string())
 }
 
@@ -1154,7 +1009,7 @@ async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), String> {
             &ctx.plan,
             ctx.me,
             request,
-            &state.held,
+            state.member.held(),
         )
     };
     // Never a second share for one ciphertext, whatever else the log says.
@@ -1345,7 +1200,7 @@ fn receive_partial(
     }
     let complete = {
         let mut state = ctx.lock();
-        if let Some(d) = state.decryptions.get(&request)
+        if let Some(d) = state.member.decryption(request)
             && !d.quorum.contains(&member)
         {
             return Err("the sender is not in the request's quorum".into());
@@ -1400,10 +1255,13 @@ fn receive_partial(
 fn try_combine(ctx: &Arc<Context>, request: u64) {
     let (partials, ciphertext, quorum, round) = {
         let mut state = ctx.lock();
-        let Some(d) = state.decryptions.get(&request) else {
+        let state = &mut *state;
+        let Some(d) = state.member.decryption(request) else {
             return;
         };
-        if d.combining || d.logged_shares.len() < d.quorum.len() {
+        if state.combining.get(&request).is_some_and(|c| c.running)
+            || d.logged_shares.len() < d.quorum.len()
+        {
             return;
         }
         let mut partials = Vec::new();
@@ -1425,22 +1283,18 @@ fn try_combine(ctx: &Arc<Context>, request: u64) {
             partials.push(incoming.bytes.clone());
         }
         let (ciphertext, quorum, round) = (d.ciphertext, d.quorum.clone(), d.round);
-        state
-            .decryptions
-            .get_mut(&request)
-            .expect("present")
-            .combining = true;
+        state.combining.entry(request).or_default().running = true;
         (partials, ciphertext, quorum, round)
     };
     let ctx = ctx.clone();
     tokio::spawn(async move {
         if let Err(e) = combine(&ctx, request, round, ciphertext, quorum, partials).await {
             tracing::error!(request, error = %e, "combining failed");
-            let again = match ctx.lock().decryptions.get_mut(&request) {
-                Some(d) => {
-                    d.combining = false;
-                    d.failures += 1;
-                    d.failures < COMBINE_ATTEMPTS
+            let again = match ctx.lock().combining.get_mut(&request) {
+                Some(c) => {
+                    c.running = false;
+                    c.failures += 1;
+                    c.failures < COMBINE_ATTEMPTS
                 }
                 None => false,
             };
@@ -1544,7 +1398,7 @@ async fn combine(
             &ctx.membership,
             &ctx.plan,
             request,
-            &state.held,
+            state.member.held(),
         )
     };
     let release_target = match verdict {
@@ -1603,7 +1457,7 @@ async fn combine(
     {
         let mut state = ctx.lock();
         state.model = decoded;
-        state.held = held;
+        state.member.combined(held);
         state.rounds_done += 1;
         state.targets.remove(&request);
         state.partials.retain(|(r, _), _| *r != request);

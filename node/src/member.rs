@@ -1,0 +1,482 @@
+//! A member's decisions, sans-IO: each entry of its checked log that a quorum-cosigned
+//! checkpoint covers goes in, in order, and actions come out (contribute, release, send the
+//! partial, try to combine, log an incident). The daemon carries the actions out and tells the
+//! machine what it learned (a model it combined, an incident another member sent); the
+//! machine holds no sockets, files or clocks, so every decision is a deterministic test.
+//!
+//! The rules it applies are the protocol's: [`check_contribution`] for contributing (only from
+//! the model this member verified, never twice from a released model), and the release policy
+//! the daemon runs on [`Action::Release`] with the same [`HeldModel`].
+
+use std::collections::BTreeMap;
+
+use protocol::audit::entry::{Body, Digest, Membership, SignedEntry};
+use protocol::round::RoundPlan;
+use protocol::round::incidents::{HeardError, HeardIncidents};
+use protocol::round::policy::{HeldModel, check_contribution};
+use sha2::{Digest as _, Sha256};
+
+/// Incident codes the member logs beyond the release policy's refusals (100 + variant).
+pub mod code {
+    /// A round opened under another round plan.
+    pub const OTHER_PLAN: u16 = 105;
+    /// Another member decoded a different model for the same request.
+    pub const OTHER_MODEL: u16 = 140;
+    /// The coordinator dropped another member's incident.
+    pub const DROPPED_INCIDENT: u16 = 204;
+}
+
+/// A decryption the member follows: the quorum and the share digests its members logged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decryption {
+    pub quorum: Vec<u8>,
+    pub ciphertext: Digest,
+    pub round: u64,
+    pub logged_shares: BTreeMap<u8, Digest>,
+}
+
+/// What the daemon is to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// A round opened at leaf `before`: what earlier requests fetched or buffered can go.
+    Forget { before: u64 },
+    /// Train and contribute to `round` (every check passed).
+    Contribute { round: u64 },
+    /// Judge the request at leaf `request` under the release policy and, if it passes,
+    /// release this member's partial decryption.
+    Release { request: u64 },
+    /// This member's release for `request` is in a cosigned checkpoint: its partial (which
+    /// must hash to `share`) may now go to the other members.
+    SendPartial { request: u64, share: Digest },
+    /// A quorum member's release for `request` is logged: combine once every partial is here.
+    TryCombine { request: u64 },
+    /// Log an incident (and send it to every other member).
+    Incident {
+        code: u16,
+        evidence: Digest,
+        description: String,
+    },
+}
+
+/// One member's decision state.
+#[derive(Clone, Debug)]
+pub struct Member {
+    me: u8,
+    membership: Membership,
+    plan: RoundPlan,
+    held: HeldModel,
+    decryptions: BTreeMap<u64, Decryption>,
+    heard: HeardIncidents,
+    /// Entries below this leaf were acted on before a restart.
+    replay_until: u64,
+}
+
+impl Member {
+    /// A member holding `held`, whose log's first `replay_until` entries it acted on before.
+    pub fn new(
+        me: u8,
+        membership: Membership,
+        plan: RoundPlan,
+        held: HeldModel,
+        replay_until: u64,
+    ) -> Self {
+        Self {
+            me,
+            membership,
+            plan,
+            held,
+            decryptions: BTreeMap::new(),
+            heard: HeardIncidents::new(),
+            replay_until,
+        }
+    }
+
+    pub fn held(&self) -> &HeldModel {
+        &self.held
+    }
+
+    /// The member combined the decryption of `held.round` and holds its model now.
+    pub fn combined(&mut self, held: HeldModel) {
+        self.held = held;
+    }
+
+    pub fn decryption(&self, request: u64) -> Option<&Decryption> {
+        self.decryptions.get(&request)
+    }
+
+    fn author(&self, entry: &SignedEntry) -> Option<u8> {
+        self.membership
+            .members
+            .iter()
+            .position(|m| m.signing_key == entry.entry.author)
+            .map(|i| i as u8)
+    }
+
+    /// Whether this member already did its part for the entry at `index`, judged on its log
+    /// (after a restart): it contributed to the round (or the round closed, or a later one
+    /// opened), released for the request, or logged the request's result.
+    fn already_handled(&self, log: &[SignedEntry], index: u64, entry: &SignedEntry) -> bool {
+        let mine = |e: &SignedEntry| self.author(e) == Some(self.me);
+        match &entry.entry.body {
+            Body::RoundOpen { round, .. } => log.iter().any(|e| match &e.entry.body {
+                Body::Contribution { round: r, .. } => r == round && mine(e),
+                Body::RoundClose { round: r, .. } => r == round,
+                Body::RoundOpen { round: r, .. } => r > round,
+                _ => false,
+            }),
+            Body::DecryptionRequest { .. } => log.iter().any(|e| match &e.entry.body {
+                Body::DecryptionResult { request, .. } | Body::ShareReleased { request, .. } => {
+                    *request == index && mine(e)
+                }
+                _ => false,
+            }),
+            Body::ShareReleased { request, .. } => log.iter().any(|e| {
+                matches!(&e.entry.body, Body::DecryptionResult { request: r, .. } if r == request)
+                    && mine(e)
+            }),
+            _ => false,
+        }
+    }
+
+    /// Decides what to do about the entry at `index` of `log` (the member's checked log; the
+    /// entry and everything before it are covered by a quorum-cosigned checkpoint).
+    pub fn on_entry(&mut self, log: &[SignedEntry], index: u64) -> Vec<Action> {
+        let Some(entry) = log.get(index as usize) else {
+            return Vec::new();
+        };
+        let handled = index < self.replay_until && self.already_handled(log, index, entry);
+        // A request is followed even when replayed, so that the member can still combine it.
+        if handled && !matches!(entry.entry.body, Body::DecryptionRequest { .. }) {
+            return Vec::new();
+        }
+        let mut actions = Vec::new();
+        match &entry.entry.body {
+            Body::RoundOpen {
+                round, expected, ..
+            } => {
+                actions.push(Action::Forget { before: index });
+                if entry.entry.payload != Some(self.plan.digest()) {
+                    actions.push(Action::Incident {
+                        code: code::OTHER_PLAN,
+                        evidence: [0; 32],
+                        description: format!(
+                            "round {round} opened under another round plan; not contributing"
+                        ),
+                    });
+                    return actions;
+                }
+                if expected & (1 << self.me) == 0 {
+                    return actions;
+                }
+                // Only from the model this member verified itself, and never a second time
+                // from a model whose round was released (a stale-model replay).
+                match check_contribution(
+                    &log[..=index as usize],
+                    &self.membership,
+                    &self.plan,
+                    self.me,
+                    index,
+                    &self.held,
+                ) {
+                    Ok(()) => actions.push(Action::Contribute { round: *round }),
+                    Err(refusal) => actions.push(Action::Incident {
+                        code: refusal.code(),
+                        evidence: Sha256::digest(index.to_le_bytes()).into(),
+                        description: format!("not contributing to round {round}: {refusal}"),
+                    }),
+                }
+            }
+            Body::DecryptionRequest {
+                round,
+                ciphertext,
+                quorum,
+                ..
+            } => {
+                let members = (0..self.membership.members.len() as u8)
+                    .filter(|m| quorum & (1 << m) != 0)
+                    .collect();
+                self.decryptions.insert(
+                    index,
+                    Decryption {
+                        quorum: members,
+                        ciphertext: *ciphertext,
+                        round: *round,
+                        logged_shares: BTreeMap::new(),
+                    },
+                );
+                if quorum & (1 << self.me) != 0 && !handled {
+                    actions.push(Action::Release { request: index });
+                }
+            }
+            Body::ShareReleased { request, share, .. } => {
+                let Some(member) = self.author(entry) else {
+                    return actions;
+                };
+                if let Some(d) = self.decryptions.get_mut(request) {
+                    d.logged_shares.insert(member, *share);
+                }
+                // This member's own release, now covered by a cosigned checkpoint: only now
+                // does its partial leave, so a coordinator that acknowledges a release without
+                // logging it gets nothing sent (after a restart, the same bytes again).
+                if member == self.me {
+                    actions.push(Action::SendPartial {
+                        request: *request,
+                        share: *share,
+                    });
+                }
+                actions.push(Action::TryCombine { request: *request });
+            }
+            Body::DecryptionResult { request, model, .. } => {
+                // Members that decoded different models for one request: someone is lying or
+                // broken, and everyone should know.
+                let mine = log.iter().find_map(|e| match &e.entry.body {
+                    Body::DecryptionResult {
+                        request: r,
+                        model: m,
+                        ..
+                    } if r == request && self.author(e) == Some(self.me) => Some(*m),
+                    _ => None,
+                });
+                if let (Some(mine), Some(author)) = (mine, self.author(entry))
+                    && author != self.me
+                    && mine != *model
+                    && index >= self.replay_until
+                {
+                    actions.push(Action::Incident {
+                        code: code::OTHER_MODEL,
+                        evidence: *model,
+                        description: format!(
+                            "member {author} decoded another model than this member for request {request}"
+                        ),
+                    });
+                }
+            }
+            _ => {}
+        }
+        actions
+    }
+
+    /// Keeps an incident member `sender` sent directly, until the log accounts for it.
+    pub fn hear_incident(&mut self, sender: u8, entry: SignedEntry) -> Result<(), HeardError> {
+        self.heard.hear(&self.membership, sender, entry)
+    }
+
+    /// After acting on a checkpoint over `log`: an incident heard directly whose author's
+    /// sequence number went to another entry was dropped by the coordinator.
+    pub fn after_checkpoint(&mut self, log: &[SignedEntry]) -> Vec<Action> {
+        self.heard
+            .reconcile(&self.membership, log)
+            .into_iter()
+            .map(|d| Action::Incident {
+                code: code::DROPPED_INCIDENT,
+                evidence: [0; 32],
+                description: format!(
+                    "the coordinator dropped member {}'s incident {} (sequence {}): {}",
+                    d.member, d.code, d.sequence, d.description
+                ),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::audit::sample::{Author, SampleConsortium};
+
+    fn plan() -> RoundPlan {
+        RoundPlan {
+            values: 20,
+            ..RoundPlan::default()
+        }
+    }
+
+    fn consortium() -> SampleConsortium {
+        let mut sample = SampleConsortium::new(5, 3, 4, 41);
+        sample.round_plan = Some(plan().digest());
+        sample
+    }
+
+    fn log(s: &SampleConsortium) -> Vec<SignedEntry> {
+        s.log
+            .leaves()
+            .iter()
+            .map(|l| SignedEntry::open(l).unwrap())
+            .collect()
+    }
+
+    /// Feeds every entry from `from` on; returns the actions in order.
+    fn feed(member: &mut Member, s: &SampleConsortium, from: u64) -> Vec<Action> {
+        let log = log(s);
+        (from..log.len() as u64)
+            .flat_map(|i| member.on_entry(&log, i))
+            .collect()
+    }
+
+    fn member(s: &SampleConsortium, me: u8) -> Member {
+        let membership = s.log.membership().unwrap().clone();
+        Member::new(me, membership, plan(), HeldModel::initial(), 0)
+    }
+
+    #[test]
+    fn an_honest_round_asks_to_contribute_release_send_and_combine_in_log_order() {
+        let mut s = consortium();
+        let mut m = member(&s, 2);
+        let open = s.log.size();
+        let (close, aggregate) = s.open_and_close(1, &[0, 1, 2, 3, 4]);
+        let request = s.request(1, close, aggregate, &[0, 2, 4], 0);
+        let actions = feed(&mut m, &s, 0);
+        assert_eq!(
+            actions,
+            vec![
+                Action::Forget { before: open },
+                Action::Contribute { round: 1 },
+                Action::Release { request },
+            ]
+        );
+        let released = s.log.size();
+        for q in [0usize, 2, 4] {
+            s.append(
+                Author::Member(q),
+                Body::ShareReleased {
+                    request,
+                    ciphertext: aggregate,
+                    share: [q as u8; 32],
+                },
+                vec![request],
+            );
+        }
+        let actions = feed(&mut m, &s, released);
+        assert_eq!(
+            actions,
+            vec![
+                Action::TryCombine { request },
+                Action::SendPartial {
+                    request,
+                    share: [2; 32]
+                },
+                Action::TryCombine { request },
+                Action::TryCombine { request },
+            ]
+        );
+        assert_eq!(m.decryption(request).unwrap().logged_shares.len(), 3);
+        // A member outside the quorum follows the decryption but does not release.
+        let mut outside = member(&s, 1);
+        let actions = feed(&mut outside, &s, 0);
+        assert!(!actions.iter().any(|a| matches!(a, Action::Release { .. })));
+        assert!(actions.contains(&Action::TryCombine { request }));
+    }
+
+    /// Attack 1 as the member sees it: the chain moved to an aggregate this member never
+    /// combined; it sits the round out and says why, and never asks to release for it.
+    #[test]
+    fn a_member_that_does_not_hold_the_base_sits_out_with_an_incident() {
+        let mut s = consortium();
+        let mut m = member(&s, 3);
+        s.honest_round(1, &[0, 1, 2, 3, 4], &[0, 1, 2]);
+        let before = s.log.size();
+        feed(&mut m, &s, 0);
+        // Member 3 missed the partials: it still holds the initial model.
+        let (close, aggregate) = s.open_and_close(2, &[0, 1, 2, 3, 4]);
+        s.request(2, close, aggregate, &[1, 3, 4], 0);
+        let actions = feed(&mut m, &s, before);
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Contribute { .. }))
+        );
+        assert!(
+            actions.iter().any(|a| matches!(
+                a,
+                Action::Incident { code: 114, description, .. } if description.contains("not contributing to round 2")
+            )),
+            "{actions:?}"
+        );
+        // Once it combines round 1, it contributes from that model.
+        let mut caught_up = member(&s, 3);
+        caught_up.combined(HeldModel {
+            round: 1,
+            base: s.log.rounds().unwrap().round_base(2).unwrap(),
+            model: [0; 32],
+        });
+        let actions = feed(&mut caught_up, &s, before);
+        assert!(actions.contains(&Action::Contribute { round: 2 }));
+    }
+
+    #[test]
+    fn after_a_restart_nothing_already_done_is_asked_again_but_requests_are_followed() {
+        let mut s = consortium();
+        let (close, aggregate) = s.open_and_close(1, &[0, 1, 2, 3, 4]);
+        let request = s.request(1, close, aggregate, &[0, 2, 4], 0);
+        s.append(
+            Author::Member(2),
+            Body::ShareReleased {
+                request,
+                ciphertext: aggregate,
+                share: [2; 32],
+            },
+            vec![request],
+        );
+        let membership = s.log.membership().unwrap().clone();
+        let mut restarted = Member::new(2, membership, plan(), HeldModel::initial(), s.log.size());
+        let actions = feed(&mut restarted, &s, 0);
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Contribute { .. } | Action::Release { .. }))
+        );
+        // Its own logged release is sent again (the same bytes), and the request followed.
+        assert!(actions.contains(&Action::SendPartial {
+            request,
+            share: [2; 32]
+        }));
+        assert!(restarted.decryption(request).is_some());
+    }
+
+    #[test]
+    fn a_round_under_another_plan_and_a_different_decoded_model_are_incidents() {
+        let mut s = consortium();
+        s.round_plan = Some([9; 32]);
+        let mut m = member(&s, 0);
+        s.open_and_close(1, &[0, 1, 2, 3]);
+        let actions = feed(&mut m, &s, 0);
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Incident { code: 105, .. }))
+        );
+
+        let mut s = consortium();
+        let mut m = member(&s, 0);
+        let (close, aggregate) = s.open_and_close(1, &[0, 1, 2, 3]);
+        let request = s.request(1, close, aggregate, &[0, 1, 2], 0);
+        for q in [0usize, 1, 2] {
+            s.append(
+                Author::Member(q),
+                Body::ShareReleased {
+                    request,
+                    ciphertext: aggregate,
+                    share: [q as u8; 32],
+                },
+                vec![request],
+            );
+        }
+        for (q, model) in [(0usize, [1u8; 32]), (1, [2; 32])] {
+            s.append(
+                Author::Member(q),
+                Body::DecryptionResult {
+                    request,
+                    ciphertext: aggregate,
+                    model,
+                },
+                vec![request],
+            );
+        }
+        let actions = feed(&mut m, &s, 0);
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Incident { code: 140, .. }))
+        );
+    }
+}
