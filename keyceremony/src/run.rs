@@ -235,6 +235,8 @@ pub async fn run_member(
             }
         }
     };
+    // Delivery tasks still trying stop now, whatever the outcome.
+    let _ = done.send(true);
     if let Err(abort) = result {
         // A signed statement of why this member stopped, naming the member at fault.
         let text = format!(

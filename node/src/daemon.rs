@@ -729,7 +729,24 @@ fn incident(ctx: &Arc<Context>, code: u16, evidence: Digest, description: String
         };
         let _author = ctx.author.lock().await;
         let entry = sign(&ctx, body, vec![], None);
-        // Every other member hears it directly, whatever the coordinator does with it.
+        let logged = ctx
+            .handle
+            .call(
+                ctx.coordinator,
+                &Request::Append {
+                    entry: entry.leaf().to_vec(),
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|response| finish_append(&ctx, &entry, response));
+        if let Err(e) = &logged {
+            tracing::error!(
+                error = %e,
+                "the coordinator did not log this member's incident (the other members are sent it directly)"
+            );
+        }
+        // Every other member hears it directly, whatever the coordinator did with it.
         for (m, peer) in ctx.peers.iter().enumerate() {
             if m == usize::from(ctx.me) {
                 continue;
@@ -744,23 +761,6 @@ fn incident(ctx: &Arc<Context>, code: u16, evidence: Digest, description: String
                 }
             });
         }
-        let logged = ctx
-            .handle
-            .call(
-                ctx.coordinator,
-                &Request::Append {
-                    entry: entry.leaf().to_vec(),
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|response| finish_append(&ctx, &entry, response));
-        if let Err(e) = logged {
-            tracing::error!(
-                error = %e,
-                "the coordinator did not log this member's incident (the other members were sent it directly)"
-            );
-        }
     });
 }
 
@@ -768,16 +768,24 @@ fn incident(ctx: &Arc<Context>, code: u16, evidence: Digest, description: String
 /// coordinator dropped it.
 fn hear_incident(ctx: &Arc<Context>, member: u8, bytes: &[u8]) -> Result<(), String> {
     let entry = SignedEntry::open(bytes).map_err(|e| format!("incident: {e}"))?;
-    if let Body::Incident {
-        code, description, ..
-    } = &entry.entry.body
+    let summary = match &entry.entry.body {
+        Body::Incident {
+            code, description, ..
+        } => Some((*code, description.chars().take(300).collect::<String>())),
+        _ => None,
+    };
     {
+        let mut state = ctx.lock();
+        let next = state.log.next_sequence(&entry.entry.author);
+        state
+            .member
+            .hear_incident(member, entry, next)
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some((code, description)) = summary {
         tracing::warn!(member, code, %description, "incident reported by a member directly");
     }
-    ctx.lock()
-        .member
-        .hear_incident(member, entry)
-        .map_err(|e| e.to_string())
+    Ok(())
 }
 
 async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), String> {
@@ -1045,9 +1053,11 @@ async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), String> {
     let logged = {
         let state = ctx.lock();
         state.log.rounds().map_or(0, |rules| {
-            let others = rules.released_requests();
-            let this = rules.request(request).is_none_or(|r| r.released == 0);
-            (others + u64::from(this)) * u64::from(ctx.plan.values)
+            let mut rounds = rules.released_requests_by_round();
+            if rules.request(request).is_none_or(|r| r.released == 0) {
+                *rounds.entry(target.round).or_default() += 1;
+            }
+            protocol::round::policy::logged_reveals(&rounds, &ctx.plan)
         })
     };
     let release = Release {

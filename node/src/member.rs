@@ -256,9 +256,15 @@ impl Member {
         actions
     }
 
-    /// Keeps an incident member `sender` sent directly, until the log accounts for it.
-    pub fn hear_incident(&mut self, sender: u8, entry: SignedEntry) -> Result<(), HeardError> {
-        self.heard.hear(&self.membership, sender, entry)
+    /// Keeps an incident member `sender` sent directly, until the log accounts for it; `next`
+    /// is the sequence number the member's log expects from the sender.
+    pub fn hear_incident(
+        &mut self,
+        sender: u8,
+        entry: SignedEntry,
+        next: u64,
+    ) -> Result<(), HeardError> {
+        self.heard.hear(&self.membership, sender, entry, next)
     }
 
     /// After acting on a checkpoint over `log`: an incident heard directly whose author's
@@ -267,13 +273,18 @@ impl Member {
         self.heard
             .reconcile(&self.membership, log)
             .into_iter()
-            .map(|d| Action::Incident {
-                code: code::DROPPED_INCIDENT,
-                evidence: [0; 32],
-                description: format!(
-                    "the coordinator dropped member {}'s incident {} (sequence {}): {}",
-                    d.member, d.code, d.sequence, d.description
-                ),
+            .map(|d| {
+                let quoted: String = d.description.chars().take(200).collect();
+                Action::Incident {
+                    code: code::DROPPED_INCIDENT,
+                    evidence: d.evidence,
+                    description: format!(
+                        "member {}'s incident {} (sequence {}: {quoted:?}) is not in the log, \
+                         which gave that sequence to another of its entries: the coordinator \
+                         dropped it, or the member signed two entries with one number",
+                        d.member, d.code, d.sequence
+                    ),
+                }
             })
             .collect()
     }

@@ -23,7 +23,7 @@
 //! colluders lack. Its real value differs from the simulated one by the secret-dependent noise
 //! e, |e| <= B = L1 * B_ct, under fresh smudging X. With X the sum of three uniforms of width
 //! S = 2^s, the squared Hellinger distance between X and X + e is at most c (e / S)^2 with
-//! c = I / 8 = 0.1426 (I = 1.1406 the Fisher information of the sum of three uniforms on
+//! c = I / 8 = 0.1426 (I = 1.1405 the Fisher information of the sum of three uniforms on
 //! [-1, 1]; H^2 <= e^2 I / 8 for any location family), which we round up to 0.15. Hellinger
 //! affinities multiply over the m decrypted coordinates of the key's life, also when each is
 //! chosen adaptively, so H^2 <= c m (B / S)^2, and the statistical distance is at most

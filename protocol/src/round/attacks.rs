@@ -370,6 +370,35 @@ fn a_close_lists_every_logged_contribution_and_a_ciphertext_is_contributed_once(
     );
 }
 
+/// A coordinator and one colluding quorum member cannot retire the key by filing request after
+/// request, each with the colluder's release only: the key's count takes at most one request
+/// per attempt the plan allows in each round.
+#[test]
+fn endless_requests_with_a_colluders_release_count_at_most_the_plans_attempts() {
+    let mut s = consortium();
+    let (close, aggregate) = s.open_and_close(1, &[0, 1, 2, 3]);
+    for attempt in 0..20u8 {
+        let target = if attempt == 0 {
+            aggregate
+        } else {
+            [attempt; 32]
+        };
+        let request = s.request(1, close, target, &[0, 2, 3], attempt);
+        release(&mut s, 0, request, target);
+    }
+    let rules = s.log.rounds().unwrap();
+    let released = rules.released_requests_by_round();
+    assert_eq!(released.get(&1), Some(&20));
+    let plan = plan();
+    assert_eq!(
+        logged_reveals(&released, &plan),
+        (1 + u64::from(plan.max_retries)) * u64::from(plan.values)
+    );
+    // Rounds past the plan count nothing: members refuse them.
+    let past: std::collections::BTreeMap<u64, u64> = [(u64::from(plan.rounds) + 1, 1)].into();
+    assert_eq!(logged_reveals(&past, &plan), 0);
+}
+
 /// Attack 4: t - 1 colluders, or a member outside the quorum, log releases and results to make
 /// honest members take a request as decrypted (and refuse the legitimate retry as stale).
 #[test]

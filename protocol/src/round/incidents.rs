@@ -21,6 +21,8 @@ pub enum HeardError {
     NotTheSender(u8),
     #[error("member {0} has {HEARD_PER_MEMBER} incidents waiting for the log already")]
     TooMany(u8),
+    #[error("sequence {sequence} is behind the log, which expects {next} from this member")]
+    Stale { sequence: u64, next: u64 },
 }
 
 /// An incident whose sequence number the log gave to another entry of its author.
@@ -28,6 +30,8 @@ pub enum HeardError {
 pub struct Dropped {
     pub member: u8,
     pub sequence: u64,
+    /// The digest of the incident entry as it was heard.
+    pub evidence: [u8; 32],
     pub code: u16,
     pub description: String,
 }
@@ -43,12 +47,16 @@ impl HeardIncidents {
         Self::default()
     }
 
-    /// Keeps `entry`, sent by member `sender`, until the log accounts for it.
+    /// Keeps `entry`, sent by member `sender`, until the log accounts for it. `next` is the
+    /// sequence number the log expects from the sender now: an incident behind it can only be
+    /// an old one or a second entry at a used number (which would only make the coordinator
+    /// look guilty), and is refused.
     pub fn hear(
         &mut self,
         membership: &Membership,
         sender: u8,
         entry: SignedEntry,
+        next: u64,
     ) -> Result<(), HeardError> {
         if !matches!(entry.entry.body, Body::Incident { .. }) {
             return Err(HeardError::NotAnIncident);
@@ -59,6 +67,12 @@ impl HeardIncidents {
             .map(|m| m.signing_key);
         if key != Some(entry.entry.author) {
             return Err(HeardError::NotTheSender(sender));
+        }
+        if entry.entry.sequence < next {
+            return Err(HeardError::Stale {
+                sequence: entry.entry.sequence,
+                next,
+            });
         }
         let waiting = self.waiting.keys().filter(|(m, _)| *m == sender).count();
         let slot = (sender, entry.entry.sequence);
@@ -90,6 +104,7 @@ impl HeardIncidents {
             let Some(heard) = self.waiting.remove(&slot) else {
                 continue;
             };
+            let evidence: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(heard.leaf()).into();
             if heard.leaf() != entry.leaf()
                 && let Body::Incident {
                     code, description, ..
@@ -98,6 +113,7 @@ impl HeardIncidents {
                 dropped.push(Dropped {
                     member,
                     sequence: slot.1,
+                    evidence,
                     code,
                     description,
                 });
@@ -136,10 +152,10 @@ mod tests {
         // Member 1 refuses, logs an incident and sends it to the others; the coordinator
         // never appends it.
         let dropped = incident(&s, 1, "refused a crafted aggregate");
-        heard.hear(&membership, 1, dropped).unwrap();
+        heard.hear(&membership, 1, dropped, 0).unwrap();
         // Member 2's incident reaches the log as sent.
         let kept = incident(&s, 2, "refused a single contribution");
-        heard.hear(&membership, 2, kept.clone()).unwrap();
+        heard.hear(&membership, 2, kept.clone(), 0).unwrap();
         s.log.append(kept).unwrap();
         let log = |s: &SampleConsortium| -> Vec<SignedEntry> {
             s.log
@@ -161,15 +177,12 @@ mod tests {
             vec![],
         );
         let found = heard.reconcile(&membership, &log(&s));
+        assert_eq!(found.len(), 1);
         assert_eq!(
-            found,
-            vec![Dropped {
-                member: 1,
-                sequence: 0,
-                code: 113,
-                description: "refused a crafted aggregate".into()
-            }]
+            (found[0].member, found[0].sequence, found[0].code),
+            (1, 0, 113)
         );
+        assert_eq!(found[0].description, "refused a crafted aggregate");
         assert_eq!(heard.waiting(), 0);
     }
 
@@ -180,8 +193,16 @@ mod tests {
         let mut heard = HeardIncidents::new();
         let entry = incident(&s, 1, "x");
         assert_eq!(
-            heard.hear(&membership, 2, entry.clone()),
+            heard.hear(&membership, 2, entry.clone(), 0),
             Err(HeardError::NotTheSender(2))
+        );
+        // An incident at a sequence number the log already used is not evidence of anything.
+        assert_eq!(
+            heard.hear(&membership, 1, entry.clone(), 1),
+            Err(HeardError::Stale {
+                sequence: 0,
+                next: 1
+            })
         );
         let not_incident = s.sign(
             Author::Member(1),
@@ -193,20 +214,20 @@ mod tests {
             vec![],
         );
         assert_eq!(
-            heard.hear(&membership, 1, not_incident),
+            heard.hear(&membership, 1, not_incident, 0),
             Err(HeardError::NotAnIncident)
         );
         for sequence in 0..HEARD_PER_MEMBER as u64 {
             let mut e = entry.clone();
             e.entry.sequence = sequence;
             let e = e.entry.sign(&s.members[1].signing);
-            heard.hear(&membership, 1, e).unwrap();
+            heard.hear(&membership, 1, e, 0).unwrap();
         }
         let mut extra = entry.clone();
         extra.entry.sequence = 1000;
         let extra = extra.entry.sign(&s.members[1].signing);
         assert_eq!(
-            heard.hear(&membership, 1, extra),
+            heard.hear(&membership, 1, extra, 0),
             Err(HeardError::TooMany(1))
         );
     }

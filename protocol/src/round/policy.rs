@@ -166,6 +166,20 @@ fn base_of(digest: Digest) -> Option<Digest> {
     (digest != ZERO_BASE).then_some(digest)
 }
 
+/// Values the key may have revealed by the log, given how many requests of each round any
+/// member logged a release for: every such request counts, but at most one per attempt the
+/// plan allows in each round it covers (honest members release for no other), so colluders
+/// logging releases for endless requests cannot retire the key.
+pub fn logged_reveals(released: &std::collections::BTreeMap<u64, u64>, plan: &RoundPlan) -> u64 {
+    let per_round = 1 + u64::from(plan.max_retries);
+    released
+        .iter()
+        .filter(|(round, _)| **round <= u64::from(plan.rounds))
+        .map(|(_, count)| (*count).min(per_round))
+        .sum::<u64>()
+        * u64::from(plan.values)
+}
+
 /// Refuses a round the plan's budget does not cover.
 fn past_plan(round: u64, plan: &RoundPlan) -> Result<(), Refusal> {
     if round > u64::from(plan.rounds) {

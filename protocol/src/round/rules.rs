@@ -193,10 +193,14 @@ impl RoundRules {
         self.requests.get(&leaf)
     }
 
-    /// Requests for which any quorum member logged a release: each may have been decrypted,
-    /// so each counts against the key's lifetime, whoever released.
-    pub fn released_requests(&self) -> u64 {
-        self.requests.values().filter(|r| r.released != 0).count() as u64
+    /// Requests for which any quorum member logged a release, per round: each may have been
+    /// decrypted, so each counts against the key's lifetime, whoever released.
+    pub fn released_requests_by_round(&self) -> BTreeMap<u64, u64> {
+        let mut rounds = BTreeMap::new();
+        for r in self.requests.values().filter(|r| r.released != 0) {
+            *rounds.entry(r.round).or_default() += 1;
+        }
+        rounds
     }
 
     /// The round in which `member` already contributed from `base` and some quorum member
