@@ -675,6 +675,11 @@ async fn append(
 ) -> Result<u64, String> {
     let _author = ctx.author.lock().await;
     let entry = sign(ctx, body, references, payload);
+    append_signed(ctx, &entry).await
+}
+
+/// Appends a signed entry through the coordinator (the caller holds the author lock).
+async fn append_signed(ctx: &Context, entry: &SignedEntry) -> Result<u64, String> {
     let response = ctx
         .handle
         .call(
@@ -685,7 +690,7 @@ async fn append(
         )
         .await
         .map_err(|e| e.to_string())?;
-    finish_append(ctx, &entry, response)
+    finish_append(ctx, entry, response)
 }
 
 fn sign(ctx: &Context, body: Body, references: Vec<u64>, payload: Option<Digest>) -> SignedEntry {
@@ -729,17 +734,7 @@ fn incident(ctx: &Arc<Context>, code: u16, evidence: Digest, description: String
         };
         let _author = ctx.author.lock().await;
         let entry = sign(&ctx, body, vec![], None);
-        let logged = ctx
-            .handle
-            .call(
-                ctx.coordinator,
-                &Request::Append {
-                    entry: entry.leaf().to_vec(),
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|response| finish_append(&ctx, &entry, response));
+        let logged = append_signed(&ctx, &entry).await;
         if let Err(e) = &logged {
             tracing::error!(
                 error = %e,

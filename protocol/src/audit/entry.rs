@@ -689,6 +689,21 @@ mod tests {
         ]
     }
 
+    /// An entry of every field set, by `key`.
+    fn sample_entry(key: &SigningKey, sequence: u64, body: Body) -> Entry {
+        Entry {
+            origin: "quorate.example/log".into(),
+            config_epoch: 1,
+            author: key.verifying_key().to_bytes(),
+            sequence,
+            subject: [16; 32],
+            references: vec![0, 2],
+            payload: Some([17; 32]),
+            claimed_time_ms: 1_700_000_000_000,
+            body,
+        }
+    }
+
     /// Golden bytes of every kind of entry (format version 2), signed with a fixed key.
     #[test]
     fn golden_entries() {
@@ -696,18 +711,7 @@ mod tests {
         let mut record = String::new();
         for (sequence, body) in sample_bodies().into_iter().enumerate() {
             let name = body.kind_name();
-            let signed = Entry {
-                origin: "quorate.example/log".into(),
-                config_epoch: 1,
-                author: key.verifying_key().to_bytes(),
-                sequence: sequence as u64,
-                subject: [16; 32],
-                references: vec![0, 2],
-                payload: Some([17; 32]),
-                claimed_time_ms: 1_700_000_000_000,
-                body,
-            }
-            .sign(&key);
+            let signed = sample_entry(&key, sequence as u64, body).sign(&key);
             record.push_str(&format!("{name}:\n"));
             for line in signed.leaf().chunks(48) {
                 record.push_str(&format!("  {}\n", hex::encode(line)));
@@ -720,17 +724,7 @@ mod tests {
     fn every_kind_round_trips_and_every_flip_is_caught() {
         let key = SigningKey::from_bytes(&[42; 32]);
         for (sequence, body) in sample_bodies().into_iter().enumerate() {
-            let entry = Entry {
-                origin: "quorate.example/log".into(),
-                config_epoch: 1,
-                author: key.verifying_key().to_bytes(),
-                sequence: sequence as u64,
-                subject: [16; 32],
-                references: vec![0, 2],
-                payload: Some([17; 32]),
-                claimed_time_ms: 1_700_000_000_000,
-                body,
-            };
+            let entry = sample_entry(&key, sequence as u64, body);
             let signed = entry.clone().sign(&key);
             let opened = SignedEntry::open(signed.leaf()).unwrap();
             assert_eq!(opened.entry, entry);

@@ -48,6 +48,34 @@ fn release(s: &mut SampleConsortium, member: usize, request: u64, ciphertext: Di
     )
 }
 
+/// Opens `round` on `base` and logs a contribution from every member; returns their leaves.
+fn open_with_everyone(s: &mut SampleConsortium, round: u64, base: Digest) -> Vec<u64> {
+    s.append(
+        Author::Coordinator,
+        Body::RoundOpen {
+            round,
+            model: [round as u8; 32],
+            base,
+            deadline_ms: 1,
+            expected: 0b11111,
+        },
+        vec![],
+    );
+    (0..5)
+        .map(|m| {
+            s.append(
+                Author::Member(m),
+                Body::Contribution {
+                    round,
+                    ciphertext: SampleConsortium::contribution_digest(round, m),
+                    samples: 100,
+                },
+                vec![],
+            )
+        })
+        .collect()
+}
+
 /// The log refuses `body` from `author` with this rule.
 fn log_refuses(s: &SampleConsortium, author: Author, body: Body, refs: Vec<u64>) -> RuleError {
     let entry = s.sign(author, body, refs);
@@ -89,30 +117,7 @@ fn a_round_built_on_an_aggregate_the_whole_quorum_did_not_release_is_refused() {
     // Round 2 closes on Y; member 0 alone releases.
     let crafted: Digest = [0x59; 32];
     let open2 = s.log.size();
-    s.append(
-        Author::Coordinator,
-        Body::RoundOpen {
-            round: 2,
-            model: [2; 32],
-            base: aggregate1,
-            deadline_ms: 1,
-            expected: 0b11111,
-        },
-        vec![],
-    );
-    let leaves: Vec<u64> = (0..5)
-        .map(|m| {
-            s.append(
-                Author::Member(m),
-                Body::Contribution {
-                    round: 2,
-                    ciphertext: SampleConsortium::contribution_digest(2, m),
-                    samples: 100,
-                },
-                vec![],
-            )
-        })
-        .collect();
+    let leaves = open_with_everyone(&mut s, 2, aggregate1);
     let close2 = s.append(
         Author::Coordinator,
         Body::RoundClose {
@@ -306,30 +311,7 @@ fn a_member_contributes_again_from_a_model_whose_round_nobody_released() {
 #[test]
 fn a_close_lists_every_logged_contribution_and_a_ciphertext_is_contributed_once() {
     let mut s = consortium();
-    s.append(
-        Author::Coordinator,
-        Body::RoundOpen {
-            round: 1,
-            model: [0; 32],
-            base: ZERO_BASE,
-            deadline_ms: 1,
-            expected: 0b11111,
-        },
-        vec![],
-    );
-    let leaves: Vec<u64> = (0..5)
-        .map(|m| {
-            s.append(
-                Author::Member(m),
-                Body::Contribution {
-                    round: 1,
-                    ciphertext: SampleConsortium::contribution_digest(1, m),
-                    samples: 100,
-                },
-                vec![],
-            )
-        })
-        .collect();
+    let leaves = open_with_everyone(&mut s, 1, ZERO_BASE);
     // A close on C0, C1 and H2 (with k_min = t, enough to isolate H2's update).
     let subset = vec![leaves[0], leaves[1], leaves[2]];
     let close = Body::RoundClose {
@@ -397,6 +379,36 @@ fn endless_requests_with_a_colluders_release_count_at_most_the_plans_attempts() 
     // Rounds past the plan count nothing: members refuse them.
     let past: std::collections::BTreeMap<u64, u64> = [(u64::from(plan.rounds) + 1, 1)].into();
     assert_eq!(logged_reveals(&past, &plan), 0);
+}
+
+/// The plan's budget covers `plan.rounds` rounds: a later one is refused at every step.
+#[test]
+fn a_round_past_the_plan_is_neither_contributed_to_nor_released() {
+    let short = RoundPlan {
+        rounds: 1,
+        ..plan()
+    };
+    let mut s = SampleConsortium::new(5, 3, 4, 31);
+    s.round_plan = Some(short.digest());
+    let membership = s.log.membership().unwrap().clone();
+    s.honest_round(1, &[0, 1, 2, 3, 4], &[0, 2, 4]);
+    let held = held(&s);
+    let open = s.log.size();
+    let (close, aggregate) = s.open_and_close(2, &[0, 1, 2, 3, 4]);
+    let request = s.request(2, close, aggregate, &[0, 2, 4], 0);
+    let log = entries(&s);
+    let past = Refusal::PastPlan {
+        round: 2,
+        rounds: 1,
+    };
+    assert_eq!(
+        check_contribution(&log, &membership, &short, 0, open, &held),
+        Err(past.clone())
+    );
+    assert_eq!(
+        check_request(&log, &membership, &short, 0, request, &held),
+        Err(past)
+    );
 }
 
 /// Attack 4: t - 1 colluders, or a member outside the quorum, log releases and results to make
