@@ -508,15 +508,12 @@ fn rehearse(
     .sign(&coordinator.signing);
     log.append(membership)?;
     for identity in &identities {
-        let bytes = std::fs::read(out.join(&identity.name).join(ENTRIES_FILE))?;
-        let mut rest = bytes.as_slice();
-        while rest.len() >= 4 {
-            let len = u32::from_le_bytes(rest[..4].try_into()?) as usize;
-            let leaf = rest
-                .get(4..4 + len)
-                .with_context(|| format!("{}'s ceremony entries are truncated", identity.name))?;
-            log.append(protocol::audit::entry::SignedEntry::open(leaf)?)?;
-            rest = &rest[4 + len..];
+        let path = out.join(&identity.name).join(ENTRIES_FILE);
+        let bytes = std::fs::read(&path)?;
+        for entry in keyceremony::entries_file::decode(&bytes)
+            .with_context(|| format!("reading {}", path.display()))?
+        {
+            log.append(entry)?;
         }
     }
     let log_signer = NoteSigner::new(&origin, ED25519, coordinator.second.clone())?;

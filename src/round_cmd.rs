@@ -256,18 +256,9 @@ pub fn run_coordinator(command: &CoordinatorCommand) -> Result<ExitCode> {
     let mut entries = Vec::new();
     for path in &config.ceremony_entries {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut rest = bytes.as_slice();
-        while !rest.is_empty() {
-            let len = rest
-                .get(..4)
-                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
-                .with_context(|| format!("{} is truncated", path.display()))?;
-            let leaf = rest
-                .get(4..4 + len)
-                .with_context(|| format!("{} is truncated", path.display()))?;
-            entries.push(leaf.to_vec());
-            rest = &rest[4 + len..];
-        }
+        let decoded = keyceremony::entries_file::decode(&bytes)
+            .with_context(|| format!("reading {}", path.display()))?;
+        entries.extend(decoded.iter().map(|e| e.leaf().to_vec()));
     }
     let key = transcript.public_key.prepare();
     let result = runtime()?.block_on(coordinator::daemon::run(

@@ -313,9 +313,12 @@ pub async fn run_member(
             },
         }
         .sign(&identity.signing);
-        entries.extend_from_slice(&(entry.leaf().len() as u32).to_le_bytes());
-        entries.extend_from_slice(entry.leaf());
+        entries.push(entry);
     }
-    write(&out.join(ENTRIES_FILE), &entries, false)?;
+    write(
+        &out.join(ENTRIES_FILE),
+        &crate::entries_file::encode(&entries),
+        false,
+    )?;
     Ok(outcome)
 }
