@@ -2,6 +2,7 @@
 //! transcript and the sealed key shares. The cryptographic steps it drives live in
 //! `protocol::he` (secret contributions, public-key contributions, dealing, share assembly).
 
+pub mod derive;
 pub mod entries_file;
 pub mod files;
 pub mod identity;

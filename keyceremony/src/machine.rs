@@ -16,15 +16,13 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use protocol::bytes::{Reader, Writer};
 use protocol::consortium::Consortium;
 use protocol::he::{
-    Budget, BudgetRequest, DealtPiece, KeyShare, KeyShareBuilder, PartialDecryption, PublicKey,
-    PublicKeyContribution, Quorum, SecretContribution, Subset, ThresholdConfig, combine,
+    DealtPiece, KeyShare, KeyShareBuilder, PublicKey, PublicKeyContribution, Quorum,
+    SecretContribution, Subset, ThresholdConfig,
 };
 use protocol::wire::{
-    BoundCiphertext, DecodeLimits, decode_partial_decryption, decode_public_key_contribution,
-    encode_key_share, encode_partial_decryption, encode_public_key_contribution,
+    decode_public_key_contribution, encode_partial_decryption, encode_public_key_contribution,
 };
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha20Rng;
+use rand::Rng;
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest as _, Sha256};
 use x25519_dalek::{PublicKey as ExchangePublic, StaticSecret};
@@ -32,14 +30,11 @@ use zeroize::Zeroizing;
 
 use crate::message::{Body, Digest, Message, Phase};
 
-/// The smudging margin of the validation's partial decryptions. They reveal C(n, t) * 16
-/// coordinates of a fresh ciphertext; at this margin they add at most 252 * 16 * 0.3 * 2^-120
-/// < 2^-100 to the squared Hellinger distance the key's lifetime bound allows, so they need
-/// no share of the rounds' budget.
-pub const VALIDATION_KAPPA: u32 = 60;
-
-/// Values in the validation challenge.
-const CHALLENGE_VALUES: usize = 16;
+use crate::derive::hash;
+pub use crate::derive::{
+    Challenge, VALIDATION_KAPPA, ceremony_id, mask_seed, seed_commitment, share_commitment,
+    t_subsets, transcript_hash, validation_challenge,
+};
 
 /// Why a ceremony stopped, and who caused it (when someone did).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,15 +79,6 @@ impl std::fmt::Debug for Outcome {
 
 fn hex_short(digest: &Digest) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hash(parts: &[&[u8]]) -> Digest {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update((part.len() as u64).to_le_bytes());
-        hasher.update(part);
-    }
-    hasher.finalize().into()
 }
 
 /// What a step produced: messages to broadcast (with attachments for their recipients), or
@@ -143,128 +129,6 @@ pub struct Participant {
 /// The key reveal prepared at the key commitment: the contribution's encoding, the digests
 /// of the encrypted blobs, and the blobs themselves.
 type PendingReveal = (Vec<u8>, Vec<(u8, Digest)>, Vec<(u8, Vec<u8>)>);
-
-/// The validation challenge: values everybody derives from the transcript hash, and their
-/// encryption under the new key (the same ciphertext for everybody, and for an auditor).
-#[derive(Debug)]
-pub struct Challenge {
-    pub values: Vec<i64>,
-    pub ciphertext: BoundCiphertext,
-    pub budget: Budget,
-}
-
-impl Challenge {
-    /// The t-subsets whose partial decryptions (in the members' validation-share messages,
-    /// in member order) fail to decrypt the challenge.
-    pub fn failures(&self, config: ThresholdConfig, shares: &[&Body]) -> Vec<u16> {
-        let mut failures = Vec::new();
-        for quorum in t_subsets(config) {
-            let members: Vec<u8> = quorum.members().collect();
-            let Ok(quorum_set) = Quorum::new(&config, members.clone()) else {
-                failures.push(quorum.0);
-                continue;
-            };
-            let partials: Option<Vec<PartialDecryption>> = members
-                .iter()
-                .map(|&m| match shares.get(usize::from(m)) {
-                    Some(Body::ValidationShares { partials }) => partials
-                        .iter()
-                        .find(|(q, _)| *q == quorum.0)
-                        .and_then(|(_, bytes)| {
-                            decode_partial_decryption(bytes, DecodeLimits { max_values: 64 }).ok()
-                        })
-                        .filter(|p| p.party == m),
-                    _ => None,
-                })
-                .collect();
-            let decrypted = partials.and_then(|partials| {
-                combine(&self.ciphertext, &quorum_set, &partials, &self.budget).ok()
-            });
-            if decrypted.as_deref() != Some(self.values.as_slice()) {
-                failures.push(quorum.0);
-            }
-        }
-        failures
-    }
-}
-
-/// The ceremony id: a hash of the consortium and every member's attendance (fresh nonces), so
-/// each run has a new id and no message of an earlier run fits.
-pub fn ceremony_id(manifest: &Digest, attendance: &[&Body]) -> Digest {
-    let mut parts: Vec<Vec<u8>> = vec![b"quorate/ceremony-id/v1".to_vec(), manifest.to_vec()];
-    for body in attendance {
-        if let Body::Attendance {
-            nonce,
-            exchange_key,
-        } = body
-        {
-            parts.push(nonce.to_vec());
-            parts.push(exchange_key.to_vec());
-        }
-    }
-    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-    hash(&refs)
-}
-
-pub fn seed_commitment(ceremony: &Digest, member: u8, seed: &Digest) -> Digest {
-    hash(&[b"quorate/seed-commitment/v1", ceremony, &[member], seed])
-}
-
-/// The public key's mask seed: the common reference from everyone's revealed seeds.
-pub fn mask_seed(manifest: &Digest, ceremony: &Digest, seeds: &[Digest]) -> u128 {
-    let mut parts: Vec<&[u8]> = vec![b"quorate/common-reference/v1", manifest, ceremony];
-    for seed in seeds {
-        parts.push(seed);
-    }
-    let reference = hash(&parts);
-    u128::from_le_bytes(reference[..16].try_into().expect("16 bytes"))
-}
-
-/// The transcript hash T: every message of the phases before the signatures, in phase and
-/// member order.
-pub fn transcript_hash(messages: &[&Message]) -> Digest {
-    let encodings: Vec<Vec<u8>> = messages.iter().map(|m| m.encode()).collect();
-    let mut parts: Vec<&[u8]> = vec![b"quorate/ceremony-transcript/v1"];
-    parts.extend(encodings.iter().map(Vec::as_slice));
-    hash(&parts)
-}
-
-/// A commitment to a member's key share, published in the transcript and kept in the sealed
-/// share file, so a share file can be checked against the ceremony that made it.
-pub fn share_commitment(share: &KeyShare) -> Digest {
-    hash(&[b"quorate/share-commitment/v1", &encode_key_share(share)])
-}
-
-/// The validation challenge for transcript hash `transcript` under `public_key`.
-pub fn validation_challenge(
-    config: ThresholdConfig,
-    transcript: &Digest,
-    public_key: &PublicKey,
-) -> Result<Challenge, String> {
-    let budget = Budget::compute(BudgetRequest {
-        config,
-        max_contributions: 1,
-        weight_bound: 1,
-        value_bits: 20,
-        kappa: VALIDATION_KAPPA,
-        rounds: 1,
-    })
-    .map_err(|e| e.to_string())?;
-    let mut stream =
-        ChaCha20Rng::from_seed(hash(&[b"quorate/validation-challenge/v1", transcript]));
-    let values: Vec<i64> = (0..CHALLENGE_VALUES)
-        .map(|_| stream.gen_range(-budget.max_value()..=budget.max_value()))
-        .collect();
-    let ciphertext = public_key
-        .prepare()
-        .encrypt(&values, &budget, &mut stream)
-        .map_err(|e| e.to_string())?;
-    Ok(Challenge {
-        values,
-        ciphertext: BoundCiphertext::new(ciphertext),
-        budget,
-    })
-}
 
 impl std::fmt::Debug for Participant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -927,12 +791,4 @@ fn blobs_digest(blobs: &[(u8, Digest)]) -> Digest {
         parts.push(digest);
     }
     hash(&parts)
-}
-
-/// Every t-subset of the members, as bit masks.
-pub fn t_subsets(config: ThresholdConfig) -> Vec<Subset> {
-    (0u16..(1 << config.parties()))
-        .filter(|bits| bits.count_ones() == u32::from(config.threshold()))
-        .map(Subset)
-        .collect()
 }

@@ -1,0 +1,222 @@
+//! The members' requests: offers and chunks of contributions (checked before they are
+//! logged), appends, fetches; partial decryptions and witness requests are refused unread.
+
+use super::*;
+
+/// Checks that a stored ciphertext decodes with the plan's size and message scale.
+pub(super) fn check_shape(ctx: &Context, digest: &Digest) -> Result<(), String> {
+    let bytes = ctx.blobs.read(digest).map_err(|e| e.to_string())?;
+    let view = protocol::wire::decode_ciphertext_view(&bytes, ctx.limits)
+        .map_err(|e| format!("the contribution is not a ciphertext: {e}"))?;
+    if view.value_count() != ctx.plan.values as usize || view.delta_bits() != ctx.delta_bits {
+        return Err(format!(
+            "the contribution holds {} values at 2^{}, the plan {} at 2^{}",
+            view.value_count(),
+            view.delta_bits(),
+            ctx.plan.values,
+            ctx.delta_bits
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn refused(reason: impl Into<String>) -> Response {
+    Response::Refused {
+        reason: reason.into(),
+    }
+}
+
+/// Opens a member's signed entry and checks that the member sending it wrote it.
+pub(super) fn member_entry(ctx: &Context, member: u8, bytes: &[u8]) -> Result<SignedEntry, String> {
+    let entry = SignedEntry::open(bytes).map_err(|e| format!("entry: {e}"))?;
+    let shared = ctx.lock();
+    if shared.membership.members[usize::from(member)].signing_key != entry.entry.author {
+        return Err("the entry is not signed by the member that sent it".into());
+    }
+    Ok(entry)
+}
+
+pub(super) async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Request) -> Response {
+    let Some(member) = ctx.member_of(&peer) else {
+        return refused("not a member");
+    };
+    *ctx.lock()
+        .requests_received
+        .entry(request.kind_name().to_owned())
+        .or_default() += 1;
+    match request {
+        Request::Offer {
+            entry,
+            length,
+            chunks,
+        } => {
+            let entry = match member_entry(&ctx, member, &entry) {
+                Ok(entry) => entry,
+                Err(e) => return refused(e),
+            };
+            let Body::Contribution {
+                round,
+                ciphertext,
+                samples,
+            } = entry.entry.body
+            else {
+                return refused("an offer must carry a contribution entry");
+            };
+            let expected_length =
+                protocol::wire::ciphertext_encoded_len(ctx.plan.values as usize) as u64;
+            if length != expected_length {
+                return refused(format!(
+                    "a contribution is {expected_length} bytes under this plan, not {length}"
+                ));
+            }
+            let check = {
+                let s = ctx.lock();
+                match s.round.as_ref() {
+                    Some(r) => r.check_contribution(member, round, samples, now_ms()),
+                    None => return refused("no round is open"),
+                }
+            };
+            if let Err(e) = check {
+                return refused(e.to_string());
+            }
+            match ctx.blobs.begin_upload(ciphertext, length, chunks) {
+                Ok(upload) => {
+                    ctx.lock().uploads.insert(member, (entry, upload));
+                    Response::Ok
+                }
+                Err(e) => refused(e.to_string()),
+            }
+        }
+        Request::Chunk {
+            ciphertext,
+            index,
+            bytes,
+        } => {
+            let taken = ctx.lock().uploads.remove(&member);
+            let Some((entry, mut upload)) = taken else {
+                return refused("no upload in progress");
+            };
+            if upload.digest != ciphertext {
+                return refused("a chunk of another ciphertext than the one offered");
+            }
+            let len = bytes.len() as u64;
+            let ctx2 = ctx.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                let done = upload.write(index, &bytes);
+                (done, upload)
+            })
+            .await;
+            let (done, upload) = match written {
+                Ok(pair) => pair,
+                Err(e) => return refused(e.to_string()),
+            };
+            ctx2.lock().bytes_received += len;
+            ctx2.metrics.add_bytes(len);
+            match done {
+                Err(e) => refused(e.to_string()),
+                Ok(false) => {
+                    ctx.lock().uploads.insert(member, (entry, upload));
+                    Response::Ok
+                }
+                Ok(true) => {
+                    let digest = match ctx.blobs.finish_upload(upload) {
+                        Ok(digest) => digest,
+                        Err(e) => return refused(e.to_string()),
+                    };
+                    // A contribution is logged only if it is a ciphertext of this plan's
+                    // shape, so one malformed upload cannot break the round's aggregation.
+                    if let Err(reason) = check_shape(&ctx, &digest) {
+                        ctx.blobs.remove(&digest);
+                        return refused(reason);
+                    }
+                    let Body::Contribution {
+                        round,
+                        ciphertext,
+                        samples,
+                    } = entry.entry.body.clone()
+                    else {
+                        unreachable!("checked at the offer")
+                    };
+                    let mut s = ctx.lock();
+                    let still_open = s
+                        .round
+                        .as_ref()
+                        .map(|r| r.check_contribution(member, round, samples, now_ms()));
+                    match still_open {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => return refused(e.to_string()),
+                        None => return refused("no round is open"),
+                    }
+                    match s.log.append(entry) {
+                        Ok(leaf) => {
+                            s.round
+                                .as_mut()
+                                .expect("checked")
+                                .contributed(member, leaf, samples, ciphertext);
+                            tracing::info!(round, member, leaf, "contribution logged");
+                            Response::Appended { leaf }
+                        }
+                        Err(e) => refused(e.to_string()),
+                    }
+                }
+            }
+        }
+        Request::Append { entry } => {
+            let entry = match member_entry(&ctx, member, &entry) {
+                Ok(entry) => entry,
+                Err(e) => return refused(e),
+            };
+            let body = entry.entry.body.clone();
+            if !matches!(
+                body,
+                Body::ShareReleased { .. } | Body::DecryptionResult { .. } | Body::Incident { .. }
+            ) {
+                return refused(format!(
+                    "members append only share releases, results and incidents, not {}",
+                    body.kind_name()
+                ));
+            }
+            let mut s = ctx.lock();
+            match s.log.append(entry) {
+                Ok(leaf) => {
+                    match body {
+                        Body::ShareReleased { request, .. } => {
+                            if let Some(r) = s.round.as_mut() {
+                                r.share_released(request, member);
+                            }
+                        }
+                        Body::DecryptionResult { request, model, .. } => {
+                            s.results.entry(request).or_default().insert(member, model);
+                        }
+                        Body::Incident { description, .. } => {
+                            tracing::warn!(member, %description, "incident reported");
+                        }
+                        _ => {}
+                    }
+                    Response::Appended { leaf }
+                }
+                Err(e) => refused(e.to_string()),
+            }
+        }
+        Request::Fetch { ciphertext, index } => {
+            let ctx2 = ctx.clone();
+            match tokio::task::spawn_blocking(move || ctx2.blobs.read_chunk(&ciphertext, index))
+                .await
+            {
+                Ok(Ok((length, chunks, bytes))) => Response::Data {
+                    length,
+                    chunks: if index == 0 { chunks } else { Vec::new() },
+                    bytes,
+                },
+                Ok(Err(e)) => refused(e.to_string()),
+                Err(e) => refused(e.to_string()),
+            }
+        }
+        // The coordinator must never hold a partial decryption: refuse it unread.
+        Request::Partial { .. } => refused("partial decryptions go to members, never here"),
+        Request::Witness { .. } | Request::Act { .. } => {
+            refused("the coordinator does not witness")
+        }
+        Request::Incident { .. } => refused("incidents reach the coordinator as entries to append"),
+    }
+}

@@ -1,0 +1,419 @@
+//! Releasing, exchanging and combining partial decryptions.
+
+use super::*;
+
+pub(super) async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), String> {
+    let target = {
+        let state = ctx.lock();
+        let acted = state.acted as usize;
+        check_request(
+            &state.entries[..acted],
+            &ctx.membership,
+            &ctx.plan,
+            ctx.me,
+            request,
+            state.member.held(),
+        )
+    };
+    // Never a second share for one ciphertext, whatever else the log says.
+    let named = match ctx
+        .lock()
+        .entries
+        .get(request as usize)
+        .map(|e| &e.entry.body)
+    {
+        Some(Body::DecryptionRequest { ciphertext, .. }) => Some(*ciphertext),
+        _ => None,
+    };
+    if let Some(ciphertext) = named
+        && ctx
+            .store
+            .released(&ciphertext)
+            .map_err(|e| e.to_string())?
+            .is_some()
+    {
+        return refuse(ctx, request, Refusal::AlreadyReleased);
+    }
+    let target = match target {
+        Ok(t) => t,
+        Err(refusal) => return refuse(ctx, request, refusal),
+    };
+    let Some(bound) = recompute(ctx, &target).await.map_err(|e| e.to_string())? else {
+        return refuse(ctx, request, Refusal::Mismatch);
+    };
+    // The ledger, durably, before anything leaves: never a second share for this ciphertext,
+    // and never past the key's lifetime budget.
+    // Every request any member released for may have been decrypted: the key's reveals are
+    // counted from the whole log, this request included.
+    let logged = {
+        let state = ctx.lock();
+        state.log.rounds().map_or(0, |rules| {
+            let mut rounds = rules.released_requests_by_round();
+            if rules.request(request).is_none_or(|r| r.released == 0) {
+                *rounds.entry(target.round).or_default() += 1;
+            }
+            protocol::round::policy::logged_reveals(&rounds, &ctx.plan)
+        })
+    };
+    let release = Release {
+        request,
+        ciphertext: target.ciphertext,
+        mask: protocol::wire::mask_digest(bound.ciphertext()),
+    };
+    let recorded = ctx
+        .store
+        .record_release(
+            &release,
+            u64::from(ctx.plan.values),
+            ctx.budget.lifetime_reveal_limit(),
+            logged,
+        )
+        .map_err(|e| e.to_string())?;
+    match recorded {
+        Recorded::Fresh => {}
+        Recorded::AlreadyReleased => return refuse(ctx, request, Refusal::AlreadyReleased),
+        Recorded::LifetimeSpent { revealed, limit } => {
+            let reason = format!(
+                "the key's lifetime budget is spent: {revealed} values revealed, {} more \
+                 requested, limit {limit} (raise kappa at the next ceremony)",
+                ctx.plan.values
+            );
+            incident(ctx, 130, target.ciphertext, reason.clone());
+            return Err(reason);
+        }
+    }
+    crash_if(ctx, Fault::Release(target.round));
+    let quorum =
+        Quorum::new(ctx.share.config(), target.quorum.clone()).map_err(|e| e.to_string())?;
+    let worker = ctx.clone();
+    let bound = Arc::new(bound);
+    let for_partial = bound.clone();
+    let partial = tokio::task::spawn_blocking(move || {
+        let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
+        worker
+            .share
+            .partial_decrypt(&for_partial, &quorum, &worker.budget, &mut rng)
+            .map(|p| encode_partial_decryption(&p))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let share_digest: Digest = Sha256::digest(&partial).into();
+    {
+        let mut state = ctx.lock();
+        state.targets.insert(request, bound);
+        state
+            .partials
+            .insert((request, ctx.me), Incoming::whole(partial.clone()));
+    }
+    // Kept durably before the release is logged, so that a crash after logging cannot lose
+    // a share the log says went out: after a restart the same bytes are sent again.
+    ctx.store
+        .keep_partial(request, &partial)
+        .map_err(|e| e.to_string())?;
+    append(
+        ctx,
+        Body::ShareReleased {
+            request,
+            ciphertext: target.ciphertext,
+            share: share_digest,
+        },
+        vec![request],
+        Some(share_digest),
+    )
+    .await?;
+    tracing::info!(
+        round = target.round,
+        request,
+        attempt = target.attempt,
+        "share released"
+    );
+    // The partial leaves when this release is acted on, from a cosigned checkpoint.
+    Ok(())
+}
+
+/// Sends this member's partial decryption for `request` to every other member, chunk by
+/// chunk: only to members, never to the coordinator.
+pub(super) async fn send_partial(ctx: &Arc<Context>, request: u64, partial: Vec<u8>) {
+    let partial = Arc::new(partial);
+    let count = partial.len().div_ceil(CHUNK_BYTES) as u32;
+    let mut sends = Vec::new();
+    for (m, peer) in ctx.peers.iter().enumerate() {
+        if m == usize::from(ctx.me) {
+            continue;
+        }
+        let (handle, peer, partial) = (ctx.handle.clone(), *peer, partial.clone());
+        ctx.sent(partial.len());
+        sends.push(tokio::spawn(async move {
+            // A member not reachable yet is tried again a few times, from the first chunk; a
+            // member that answers with a refusal is not.
+            'attempts: for attempt in 1..=PARTIAL_ATTEMPTS {
+                for (index, chunk) in partial.chunks(CHUNK_BYTES).enumerate() {
+                    let request = Request::Partial {
+                        request,
+                        index: index as u32,
+                        count,
+                        bytes: chunk.to_vec(),
+                    };
+                    match handle.call(peer, &request).await {
+                        Ok(Response::Ok) => {}
+                        Ok(other) => {
+                            tracing::debug!(member = m, response = ?other, "partial refused");
+                            return;
+                        }
+                        Err(error) => {
+                            tracing::debug!(member = m, attempt, %error, "partial not delivered");
+                            tokio::time::sleep(PARTIAL_RETRY).await;
+                            continue 'attempts;
+                        }
+                    }
+                }
+                return;
+            }
+        }));
+    }
+    for send in sends {
+        let _ = send.await;
+    }
+    try_combine(ctx, request);
+}
+
+pub(super) fn refuse(ctx: &Arc<Context>, request: u64, refusal: Refusal) -> Result<(), String> {
+    let evidence: Digest = Sha256::digest(request.to_le_bytes()).into();
+    incident(
+        ctx,
+        refusal.code(),
+        evidence,
+        format!("refused to release a share for request {request}: {refusal}"),
+    );
+    Err(refusal.to_string())
+}
+
+pub(super) fn receive_partial(
+    ctx: &Arc<Context>,
+    member: u8,
+    request: u64,
+    index: u32,
+    count: u32,
+    bytes: Vec<u8>,
+) -> Result<(), String> {
+    let limit = ctx.plan.values as usize * 8 + 1024;
+    if count == 0 || count as usize > limit.div_ceil(CHUNK_BYTES) {
+        return Err(format!(
+            "{count} chunks do not make a partial decryption of this plan"
+        ));
+    }
+    let complete = {
+        let mut state = ctx.lock();
+        if let Some(d) = state.member.decryption(request)
+            && !d.quorum.contains(&member)
+        {
+            return Err("the sender is not in the request's quorum".into());
+        }
+        // A partial may overtake the checkpoint that logs its request, but not by much.
+        if request > state.log.size() + 1024 {
+            return Err(format!("request {request} is far beyond this member's log"));
+        }
+        let buffered = state.partials.keys().filter(|(_, m)| *m == member).count();
+        if !state.partials.contains_key(&(request, member))
+            && buffered >= BUFFERED_PARTIALS_PER_MEMBER
+        {
+            return Err("too many partial decryptions in flight from this member".into());
+        }
+        let incoming = state
+            .partials
+            .entry((request, member))
+            .or_insert_with(|| Incoming {
+                received: 0,
+                count,
+                bytes: Vec::new(),
+            });
+        if incoming.count != count || incoming.received != index {
+            // Start over: a sender resends from the first chunk.
+            if index != 0 {
+                return Err(format!(
+                    "chunk {index} of {count} arrived, expected {} of {}",
+                    incoming.received, incoming.count
+                ));
+            }
+            *incoming = Incoming {
+                received: 0,
+                count,
+                bytes: Vec::new(),
+            };
+        }
+        if incoming.bytes.len() + bytes.len() > limit {
+            return Err("the partial decryption exceeds its size limit".into());
+        }
+        incoming.bytes.extend_from_slice(&bytes);
+        incoming.received += 1;
+        incoming.complete()
+    };
+    if complete {
+        try_combine(ctx, request);
+    }
+    Ok(())
+}
+
+/// Combines once every quorum member's share release is logged and its partial decryption,
+/// hashing to the logged digest, has arrived.
+pub(super) fn try_combine(ctx: &Arc<Context>, request: u64) {
+    let (partials, ciphertext, quorum, round) = {
+        let mut state = ctx.lock();
+        let state = &mut *state;
+        let Some(d) = state.member.decryption(request) else {
+            return;
+        };
+        if state.combining.get(&request).is_some_and(|c| c.running)
+            || d.logged_shares.len() < d.quorum.len()
+        {
+            return;
+        }
+        let mut partials = Vec::new();
+        for m in &d.quorum {
+            let Some(incoming) = state.partials.get(&(request, *m)) else {
+                return;
+            };
+            if !incoming.complete() {
+                return;
+            }
+            if Sha256::digest(&incoming.bytes).as_slice() != d.logged_shares[m] {
+                tracing::warn!(
+                    member = m,
+                    request,
+                    "a partial decryption does not match the digest its author logged"
+                );
+                return;
+            }
+            partials.push(incoming.bytes.clone());
+        }
+        let (ciphertext, quorum, round) = (d.ciphertext, d.quorum.clone(), d.round);
+        state.combining.entry(request).or_default().running = true;
+        (partials, ciphertext, quorum, round)
+    };
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        if let Err(e) = combine(&ctx, request, round, ciphertext, quorum, partials).await {
+            tracing::error!(request, error = %e, "combining failed");
+            let again = match ctx.lock().combining.get_mut(&request) {
+                Some(c) => {
+                    c.running = false;
+                    c.failures += 1;
+                    c.failures < COMBINE_ATTEMPTS
+                }
+                None => false,
+            };
+            if again {
+                tokio::time::sleep(COMBINE_RETRY).await;
+                try_combine(&ctx, request);
+            }
+        }
+    });
+}
+
+pub(super) async fn combine(
+    ctx: &Arc<Context>,
+    request: u64,
+    round: u64,
+    ciphertext: Digest,
+    quorum: Vec<u8>,
+    partials: Vec<Vec<u8>>,
+) -> Result<(), String> {
+    // The result becomes this member's model, the base of its next contribution and release:
+    // so it combines only a ciphertext it recomputed itself from the model it holds.
+    let verdict = {
+        let state = ctx.lock();
+        check_combine(
+            &state.entries[..state.acted as usize],
+            &ctx.membership,
+            &ctx.plan,
+            request,
+            state.member.held(),
+        )
+    };
+    let release_target = match verdict {
+        Ok(t) if t.ciphertext == ciphertext => t,
+        Ok(_) => return Err("the request names another ciphertext".into()),
+        Err(refusal) => {
+            tracing::warn!(request, %refusal, "not combining");
+            return Ok(());
+        }
+    };
+    let recomputed = ctx.lock().targets.get(&request).cloned();
+    let target = match recomputed {
+        Some(t) => t,
+        None => match recompute(ctx, &release_target)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some(bound) => Arc::new(bound),
+            None => {
+                let refusal = Refusal::Mismatch;
+                incident(
+                    ctx,
+                    refusal.code(),
+                    ciphertext,
+                    format!("not combining request {request}: {refusal}"),
+                );
+                return Ok(());
+            }
+        },
+    };
+    let worker = ctx.clone();
+    let decoded = tokio::task::spawn_blocking(move || -> Result<Vec<i64>, String> {
+        let limits = DecodeLimits {
+            max_values: u64::from(worker.plan.values),
+        };
+        let partials = partials
+            .iter()
+            .map(|p| protocol::wire::decode_partial_decryption(p, limits))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let quorum = Quorum::new(worker.share.config(), quorum).map_err(|e| e.to_string())?;
+        protocol::he::combine(&target, &quorum, &partials, &worker.budget)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    if decoded.len() != ctx.plan.values as usize {
+        return Err("the decrypted model has the wrong size".into());
+    }
+    let digest = model_digest(&decoded);
+    let held = HeldModel {
+        round,
+        base: release_target.aggregate,
+        model: digest,
+    };
+    ctx.store
+        .save_model(&decoded, &held)
+        .map_err(|e| e.to_string())?;
+    {
+        let mut state = ctx.lock();
+        state.model = decoded;
+        state.member.combined(held);
+        state.rounds_done += 1;
+        state.targets.remove(&request);
+        state.partials.retain(|(r, _), _| *r != request);
+    }
+    append(
+        ctx,
+        Body::DecryptionResult {
+            request,
+            ciphertext,
+            model: digest,
+        },
+        vec![request],
+        Some(digest),
+    )
+    .await?;
+    tracing::info!(round, request, model = %hex::encode(&digest[..8]), "model decrypted");
+    let worker = ctx.clone();
+    let reported = tokio::task::spawn_blocking(move || report_round(&worker, round, &digest)).await;
+    if let Err(e) = reported.map_err(|e| e.to_string()).and_then(|r| r) {
+        tracing::error!(round, error = %e, "the round could not be reported");
+    }
+    if ctx.stop_after.is_some_and(|last| round >= last) {
+        ctx.done.notify_one();
+    }
+    Ok(())
+}

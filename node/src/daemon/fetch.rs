@@ -1,0 +1,169 @@
+//! Ciphertexts fetched from the coordinator by digest, chunk by chunk, and the recomputation
+//! of a request's ciphertext from the model this member holds.
+
+use super::*;
+
+/// Fetches a stored ciphertext from the coordinator into the scratch directory, checking each
+/// chunk and the whole against their digests; returns its path.
+/// Chunk requests in flight at once while fetching: enough to keep the connection busy.
+const FETCH_WINDOW: usize = 8;
+
+pub(super) async fn fetch_chunk(
+    ctx: &Context,
+    digest: &Digest,
+    index: u32,
+) -> Result<(u64, Vec<Digest>, Vec<u8>), String> {
+    let response = ctx
+        .handle
+        .call(
+            ctx.coordinator,
+            &Request::Fetch {
+                ciphertext: *digest,
+                index,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    match response {
+        Response::Data {
+            length,
+            chunks,
+            bytes,
+        } => Ok((length, chunks, bytes)),
+        other => Err(format!(
+            "fetching {} chunk {index}: {other:?}",
+            hex::encode(&digest[..8])
+        )),
+    }
+}
+
+pub(super) async fn fetch(ctx: &Context, digest: &Digest) -> Result<PathBuf, String> {
+    use futures::StreamExt;
+    let path = ctx.scratch.join(hex::encode(digest));
+    if path.exists() {
+        return Ok(path);
+    }
+    let expected_length = protocol::wire::ciphertext_encoded_len(ctx.plan.values as usize) as u64;
+    // The first chunk brings the length and every chunk's digest; the rest come pipelined.
+    let (length, chunk_list, first) = fetch_chunk(ctx, digest, 0).await?;
+    if length != expected_length {
+        return Err(format!(
+            "a ciphertext of {length} bytes, the plan's have {expected_length}"
+        ));
+    }
+    if chunk_list.len() as u64 != length.div_ceil(CHUNK_BYTES as u64) {
+        return Err(format!(
+            "{} chunk digests for {length} bytes",
+            chunk_list.len()
+        ));
+    }
+    let check = |index: usize, chunk: &[u8]| -> Result<(), String> {
+        let size = (length as usize - index * CHUNK_BYTES).min(CHUNK_BYTES);
+        if chunk.len() != size || Sha256::digest(chunk).as_slice() != chunk_list[index] {
+            return Err(format!("chunk {index} does not match its digest"));
+        }
+        Ok(())
+    };
+    check(0, &first)?;
+    let mut bytes = Vec::with_capacity(length as usize);
+    bytes.extend_from_slice(&first);
+    let mut rest = futures::stream::iter(1..chunk_list.len() as u32)
+        .map(|index| fetch_chunk(ctx, digest, index))
+        .buffered(FETCH_WINDOW);
+    let mut index = 1;
+    while let Some(chunk) = rest.next().await {
+        let (_, _, chunk) = chunk?;
+        check(index, &chunk)?;
+        bytes.extend_from_slice(&chunk);
+        index += 1;
+    }
+    if encoded_digest(&bytes).0 != *digest {
+        return Err("the fetched ciphertext does not match its digest".into());
+    }
+    keep(ctx, digest, &bytes)
+}
+
+/// Keeps a ciphertext in the scratch directory under its digest.
+pub(super) fn keep(ctx: &Context, digest: &Digest, bytes: &[u8]) -> Result<PathBuf, String> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let path = ctx.scratch.join(hex::encode(digest));
+    let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = path.with_extension(format!("part{unique}"));
+    std::fs::write(&temp, bytes).map_err(|e| e.to_string())?;
+    std::fs::rename(&temp, &path).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+/// Recomputes the ciphertext `target` names from this member's own held encrypted model and the
+/// logged contributions (fetched by digest and checked), re-randomised from the logged seed on
+/// a retry. `None` if the round's aggregate or the request's ciphertext has another digest: the
+/// coordinator asked for something other than the agreed aggregate of the model this member
+/// verified.
+/// Why a request's ciphertext could not be recomputed (a mismatch is not an error: `None`).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RecomputeError {
+    #[error("fetching ciphertext {}: {reason}", hex::encode(&digest[..8]))]
+    Fetch { digest: Digest, reason: String },
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the held encrypted model: {0}")]
+    Decode(#[from] protocol::wire::WireError),
+    #[error(transparent)]
+    Aggregate(#[from] protocol::round::policy::AggregateError<std::io::Error>),
+    #[error(transparent)]
+    Rerandomize(#[from] protocol::he::HeError),
+    #[error("the recomputation stopped: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+}
+
+pub(super) async fn recompute(
+    ctx: &Arc<Context>,
+    target: &ReleaseTarget,
+) -> Result<Option<BoundCiphertext>, RecomputeError> {
+    let mut files = HashMap::new();
+    for digest in target
+        .base
+        .iter()
+        .chain(target.terms.iter().map(|t| &t.ciphertext))
+    {
+        let path = fetch(ctx, digest)
+            .await
+            .map_err(|reason| RecomputeError::Fetch {
+                digest: *digest,
+                reason,
+            })?;
+        files.insert(*digest, path);
+    }
+    let worker = ctx.clone();
+    let t = target.clone();
+    let recomputed = tokio::task::spawn_blocking(move || {
+        let mut acc = match t.base {
+            Some(digest) => {
+                let path = &files[&digest];
+                let bytes = std::fs::read(path).map_err(|source| RecomputeError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                protocol::wire::decode_ciphertext(&bytes, worker.limits)?
+            }
+            None => Ciphertext::zero(worker.plan.values as usize, worker.budget.delta_bits()),
+        };
+        protocol::round::policy::aggregate(&mut acc, &t.weighted_terms(), worker.limits, |d| {
+            std::fs::read(&files[d])
+        })?;
+        if ciphertext_digest(&acc).0 != t.aggregate {
+            return Ok(None);
+        }
+        if t.attempt > 0 {
+            worker.key.rerandomize(&mut acc, t.seed)?;
+        }
+        Ok::<_, RecomputeError>(Some(acc))
+    })
+    .await??;
+    Ok(recomputed
+        .map(BoundCiphertext::new)
+        .filter(|bound| bound.digest().0 == target.ciphertext))
+}

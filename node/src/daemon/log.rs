@@ -1,0 +1,212 @@
+//! Witnessing the log and acting on cosigned checkpoints: entries are checked against the
+//! member's copy before it cosigns, and the member machine's actions are carried out.
+
+use super::*;
+
+/// Checks the entries against the node's copy of the log, then the checkpoint against the
+/// copy and the witness state; stores both before the cosignature leaves.
+pub(super) async fn witness(
+    ctx: &Arc<Context>,
+    from: u64,
+    leaves: Vec<Vec<u8>>,
+    note: &[u8],
+) -> Response {
+    let mut state = ctx.lock();
+    let size = state.log.size();
+    if from > size {
+        return Response::Behind { size };
+    }
+    let mut fresh = Vec::new();
+    for (i, leaf) in leaves.iter().enumerate() {
+        let index = from + i as u64;
+        if index < state.log.size() {
+            if state.log.leaf(index) != Some(leaf.as_slice()) {
+                drop(state);
+                incident(
+                    ctx,
+                    200,
+                    [0; 32],
+                    format!("the coordinator sent a different entry {index}: the log forked"),
+                );
+                return refused(format!(
+                    "entry {index} differs from the one this member holds"
+                ));
+            }
+            continue;
+        }
+        let entry = match SignedEntry::open(leaf) {
+            Ok(e) => e,
+            Err(e) => return refused(format!("entry {index}: {e}")),
+        };
+        if let Err(e) = state.log.append(entry.clone()) {
+            if matches!(e, protocol::audit::log::LogError::Round { .. }) {
+                // An entry that breaks the round rules (a base no quorum released, a close
+                // that leaves a contribution out, a release from outside the quorum) is an
+                // attack on the release policy: every member should hear of it.
+                drop(state);
+                incident(
+                    ctx,
+                    203,
+                    protocol::audit::merkle::leaf_hash(leaf),
+                    format!("refused to witness entry {index}, which breaks a round rule: {e}"),
+                );
+            }
+            return refused(format!("entry {index}: {e}"));
+        }
+        state.entries.push(entry);
+        fresh.push(leaf.clone());
+    }
+    if let Err(e) = ctx.store.append_leaves(size, &fresh) {
+        return refused(e.to_string());
+    }
+    let parsed =
+        match Note::parse(note).and_then(|n| Checkpoint::parse_text(&n.text).map(|c| (n, c))) {
+            Ok(pair) => pair,
+            Err(e) => return refused(format!("checkpoint: {e}")),
+        };
+    let (_, checkpoint) = parsed;
+    if checkpoint.size > state.log.size() {
+        return Response::Behind {
+            size: state.log.size(),
+        };
+    }
+    if state.log.root_at(checkpoint.size) != Some(checkpoint.root) {
+        let size = checkpoint.size;
+        drop(state);
+        incident(
+            ctx,
+            201,
+            checkpoint.root,
+            format!("a checkpoint of size {size} does not match the entries: the log forked"),
+        );
+        return refused("the checkpoint does not match this member's copy of the log");
+    }
+    let old = state.witness.size;
+    let proof = if old == 0 || old > checkpoint.size {
+        Vec::new()
+    } else {
+        match state.log.consistency_proof(old) {
+            Ok(p) => p,
+            Err(e) => return refused(e.to_string()),
+        }
+    };
+    let now = now_ms() / 1000;
+    let (new_state, line) = match state.witness.cosign(
+        old,
+        &proof,
+        note,
+        &ctx.log_verifier,
+        &ctx.witness_signer,
+        now,
+    ) {
+        Ok(pair) => pair,
+        Err(e) => {
+            drop(state);
+            incident(ctx, 202, checkpoint.root, format!("refused to cosign: {e}"));
+            return refused(e.to_string());
+        }
+    };
+    if let Err(e) = ctx.witness_store.save(&new_state) {
+        return refused(e.to_string());
+    }
+    state.witness = new_state;
+    Response::Cosigned {
+        size: state.log.size(),
+        line: line.encode().trim_end().to_owned(),
+    }
+}
+
+/// Acts on the entries a quorum-cosigned checkpoint covers, in log order.
+pub(super) fn act(ctx: &Arc<Context>, note: &[u8]) -> Result<(), String> {
+    let signed = SignedCheckpoint::open(note, &ctx.log_verifier, &ctx.witnesses)
+        .map_err(|e| format!("checkpoint: {e}"))?;
+    if signed.cosigners.len() < usize::from(ctx.membership.witness_quorum) {
+        return Err(format!(
+            "{} cosignatures, the witness quorum is {}",
+            signed.cosigners.len(),
+            ctx.membership.witness_quorum
+        ));
+    }
+    let size = signed.checkpoint.size;
+    let mut actions = Vec::new();
+    {
+        let mut state = ctx.lock();
+        if state.log.root_at(size) != Some(signed.checkpoint.root) {
+            return Err("the checkpoint does not match this member's copy of the log".into());
+        }
+        while state.acted < size {
+            let index = state.acted;
+            state.acted += 1;
+            actions.push((index, state.entries[index as usize].clone()));
+        }
+    }
+    for (index, _) in actions {
+        let decided = {
+            let mut state = ctx.lock();
+            let state = &mut *state;
+            state
+                .member
+                .on_entry(&state.entries[..size as usize], index)
+        };
+        for action in decided {
+            carry_out(ctx, action);
+        }
+    }
+    // An incident a member sent directly whose sequence number the log gave to another of its
+    // entries was dropped by the coordinator: say so, to the log and to every member.
+    let dropped = {
+        let mut state = ctx.lock();
+        let state = &mut *state;
+        state
+            .member
+            .after_checkpoint(&state.entries[..size as usize])
+    };
+    for action in dropped {
+        tracing::error!(?action, "the coordinator dropped a member's incident");
+        carry_out(ctx, action);
+    }
+    Ok(())
+}
+
+/// Carries out one of the member machine's actions.
+pub(super) fn carry_out(ctx: &Arc<Context>, action: Action) {
+    match action {
+        Action::Forget { before } => forget_before(ctx, before),
+        Action::Contribute { round } => {
+            crash_if(ctx, Fault::Contribute(round));
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = contribute(&ctx, round).await {
+                    tracing::error!(round, error = %e, "contribution failed");
+                }
+            });
+        }
+        Action::Release { request } => {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = release(&ctx, request).await {
+                    tracing::warn!(request, error = %e, "no share released");
+                }
+            });
+        }
+        Action::SendPartial { request, share } => match ctx.store.released_partial(request) {
+            Ok(Some(partial)) if Sha256::digest(&partial).as_slice() == share => {
+                ctx.lock()
+                    .partials
+                    .insert((request, ctx.me), Incoming::whole(partial.clone()));
+                let ctx = ctx.clone();
+                tokio::spawn(async move { send_partial(&ctx, request, partial).await });
+            }
+            _ => tracing::warn!(
+                request,
+                "this member's logged release has no stored partial; it cannot be sent"
+            ),
+        },
+        Action::TryCombine { request } => try_combine(ctx, request),
+        Action::Incident {
+            code,
+            evidence,
+            description,
+        } => incident(ctx, code, evidence, description),
+    }
+}
