@@ -410,18 +410,27 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
         "member-a released a share for a crafted aggregate"
     );
 
-    // Member b heard of every refusal from member-a itself, as signed incident entries.
-    let codes: Vec<u16> = heard_by_b
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| e.entry.author == h.members[0].signing.verifying_key().to_bytes())
-        .filter_map(|e| match e.entry.body {
-            Body::Incident { code, .. } => Some(code),
-            _ => None,
-        })
-        .collect();
-    for code in [108, 113, 106, 110, 200, 114, 203] {
+    // Member b heard of every refusal from member-a itself, as signed incident entries (each
+    // sent once the append through the coordinator returned, so wait for the last ones).
+    let wanted = [108, 113, 106, 110, 200, 114, 203];
+    let mut codes: Vec<u16> = Vec::new();
+    for _ in 0..100 {
+        codes = heard_by_b
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.entry.author == h.members[0].signing.verifying_key().to_bytes())
+            .filter_map(|e| match e.entry.body {
+                Body::Incident { code, .. } => Some(code),
+                _ => None,
+            })
+            .collect();
+        if wanted.iter().all(|c| codes.contains(c)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for code in wanted {
         assert!(
             codes.contains(&code),
             "member b never heard incident {code}: {codes:?}"
