@@ -6,11 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use ed25519_dalek::Signer;
-use keyceremony::files::write_secret;
-use keyceremony::identity::{Identity, Role};
 use protocol::audit::entry::approval_message;
 use protocol::consortium::Consortium;
 use rand::SeedableRng;
+use runtime::files::write_secret;
+use runtime::identity::{Identity, Role};
 use zeroize::Zeroizing;
 
 /// Environment variable holding the passphrase, for automation.
@@ -211,7 +211,7 @@ pub fn run(command: &CeremonyCommand) -> Result<ExitCode> {
             let signature = me.signing.sign(&approval_message(&digest)).to_bytes();
             let approved = parsed.with_approval(&me.name, &signature);
             let count = approved.file().approvals.len();
-            keyceremony::files::write_atomically(consortium, approved.to_toml().as_bytes(), 0o644)
+            runtime::files::write_atomically(consortium, approved.to_toml().as_bytes(), 0o644)
                 .with_context(|| format!("writing {}", consortium.display()))?;
             println!(
                 "{} approved consortium {} (digest {}); {count} of {} members have approved",
@@ -356,7 +356,7 @@ fn rehearse(
     timeout: u64,
     plan: &protocol::round::RoundPlan,
 ) -> Result<ExitCode> {
-    use keyceremony::run::{ENTRIES_FILE, TRANSCRIPT_FILE, log_origin};
+    use keyceremony::run::{ENTRIES_FILE, TRANSCRIPT_FILE};
     use protocol::audit::note::{COSIGNATURE_V1, ED25519, NoteSigner};
     use protocol::consortium::ConsortiumFile;
 
@@ -489,7 +489,7 @@ fn rehearse(
     // The ceremony's audit log, with the rehearsal playing the coordinator and each member's
     // witness: the membership manifest, each member's signed ceremony entry, one checkpoint
     // cosigned by all.
-    let origin = log_origin(&consortium);
+    let origin = consortium.log_origin();
     let store = out.join("coordinator/log-store");
     let mut log = coordinator::audit_log::AuditLog::open(&store, &origin)?;
     let membership = protocol::audit::entry::Entry {
@@ -500,9 +500,7 @@ fn rehearse(
         subject: consortium.digest(),
         references: vec![],
         payload: None,
-        claimed_time_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_millis() as u64,
+        claimed_time_ms: runtime::clock::now_ms(),
         body: protocol::audit::entry::Body::Membership(consortium.membership()?),
     }
     .sign(&coordinator.signing);
@@ -522,9 +520,7 @@ fn rehearse(
         &origin,
         log.state().membership().expect("appended"),
     )?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
+    let now = runtime::clock::now_ms() / 1000;
     let mut lines = Vec::new();
     for identity in &identities {
         let witness = NoteSigner::new(&identity.name, COSIGNATURE_V1, identity.second.clone())?;

@@ -16,12 +16,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use node::config::{NodeConfig, Scaling, SourceConfig, TrainerConfig};
 use node::daemon::RoundReport;
 use node::source::{TrainingSource, UpdateSource};
-use node::trainer::Evaluation;
 use protocol::round::{RoundPlan, model_digest};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
+use training::trainer::Evaluation;
 
 use crate::bench_round::{rehearse, spawn_coordinator, spawn_node, wait_with_timeout};
 use crate::round_cmd::{ModelArg, write_deployment_configs};
@@ -351,12 +351,12 @@ fn split_directory(
         let display = file.display().to_string();
         // Refuse a bad file here, with errors naming its own rows, not a split's.
         let impute = if args.impute_missing {
-            node::data::Impute::Mean
+            training::data::Impute::Mean
         } else {
-            node::data::Impute::Refuse
+            training::data::Impute::Refuse
         };
         let target = args.target.as_deref().unwrap_or_default();
-        node::data::parse_csv(&text, &display, target, 1 << 16, impute, &categories(args)?)?;
+        training::data::parse_csv(&text, &display, target, 1 << 16, impute, &categories(args)?)?;
         let (header, rows) = lines(&text, &display)?;
         match &first_header {
             Some((first, path)) if *first != header => bail!(
@@ -421,17 +421,17 @@ fn count_classes(
     institutions: &[Institution],
     target: &str,
     impute: bool,
-    categories: &node::data::Categories,
+    categories: &training::data::Categories,
 ) -> Result<usize> {
     let impute = if impute {
-        node::data::Impute::Mean
+        training::data::Impute::Mean
     } else {
-        node::data::Impute::Refuse
+        training::data::Impute::Refuse
     };
     let mut classes = 0;
     for institution in institutions {
         for path in [&institution.train, &institution.test] {
-            let data = node::data::load_csv(path, target, 1 << 16, impute, categories)?;
+            let data = training::data::load_csv(path, target, 1 << 16, impute, categories)?;
             classes = classes.max(data.labels.iter().max().map_or(0, |&l| l as usize + 1));
         }
     }
@@ -506,19 +506,13 @@ fn float_fedavg(
     Ok(out)
 }
 
-fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The `--category COLUMN=A,B,...` arguments.
-fn categories(args: &DemoArgs) -> Result<node::data::Categories> {
+fn categories(args: &DemoArgs) -> Result<training::data::Categories> {
     parse_categories(&args.categories)
 }
 
-pub(crate) fn parse_categories(list: &[String]) -> Result<node::data::Categories> {
-    let mut categories = node::data::Categories::new();
+pub(crate) fn parse_categories(list: &[String]) -> Result<training::data::Categories> {
+    let mut categories = training::data::Categories::new();
     for arg in list {
         let (column, values) = arg
             .split_once('=')
@@ -790,7 +784,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     let mut printed = 0u64;
     // Each round's time: from the previous round's last decryption (or the start) to this
     // round's last one, by the nodes' own clocks.
-    let mut last_finish = unix_millis();
+    let mut last_finish = runtime::clock::now_ms();
     let mut bytes_before = vec![0u64; institutions.len()];
     let mut live: BTreeMap<u64, (Evaluation, u64, f64)> = BTreeMap::new();
     loop {

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use keyceremony::identity::Identity;
 use keyceremony::transcript::{Transcript, Verified, verify};
 use protocol::consortium::Consortium;
 use protocol::round::RoundPlan;
+use runtime::identity::Identity;
 
 use crate::ceremony_cmd::{PassphraseArgs, passphrase};
 
@@ -169,8 +169,10 @@ fn train_once(command: &NodeCommand) -> Result<ExitCode> {
     let network = source.model;
     let layout = network.layout();
     let (parameters, _) =
-        node::tensors::read_file(model_in, &layout).context("the global model")?;
-    if matches!(network, node::trainer::Model::Mlp { .. }) && parameters.iter().all(|p| *p == 0.0) {
+        training::tensors::read_file(model_in, &layout).context("the global model")?;
+    if matches!(network, training::trainer::Model::Mlp { .. })
+        && parameters.iter().all(|p| *p == 0.0)
+    {
         bail!(
             "{}: an MLP of zeros cannot learn (every hidden unit stays the same); give the \
              consortium an initial model (`initial_model` in the node's [source])",
@@ -183,8 +185,8 @@ fn train_once(command: &NodeCommand) -> Result<ExitCode> {
         ("samples".to_string(), samples.to_string()),
         ("round".to_string(), round.to_string()),
     ]);
-    let bytes = node::tensors::encode(&layout, &update, metadata)?;
-    keyceremony::files::write_atomically(update_out, &bytes, 0o600)
+    let bytes = training::tensors::encode(&layout, &update, metadata)?;
+    runtime::files::write_atomically(update_out, &bytes, 0o600)
         .with_context(|| format!("writing {}", update_out.display()))?;
     Ok(ExitCode::SUCCESS)
 }

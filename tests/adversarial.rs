@@ -12,14 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keyceremony::identity::{Identity, Role};
-use keyceremony::transport::{self, Event, TransportConfig};
 use protocol::audit::entry::{Body, Digest, Entry, SignedEntry};
 use protocol::audit::log::LogState;
 use protocol::audit::note::{ED25519, NoteSigner};
 use protocol::consortium::Consortium;
 use protocol::round::RoundPlan;
 use protocol::round::message::{CHUNK_BYTES, MAX_MESSAGE_BYTES, Request, Response};
+use runtime::identity::{Identity, Role};
+use runtime::transport::{self, Event, TransportConfig};
 
 use adversary::*;
 
@@ -48,7 +48,7 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
         .prepare();
     // The ceremony's log, as the rehearsal left it.
     let store = coordinator::store::LogStore::open(&dir.join("coordinator/log-store")).unwrap();
-    let origin = keyceremony::run::log_origin(&consortium);
+    let origin = consortium.log_origin();
     let log = LogState::restore(&origin, store.leaves().unwrap()).unwrap();
     drop(store);
     let peers = transport::consortium_peers(&consortium).unwrap();

@@ -526,7 +526,7 @@ fn training_on_real_data_matches_plaintext_fixed_point_fedavg_exactly() {
     }
     let expected = hex::encode(model_digest(&model));
     let floats = d.plan.decode_model(&model);
-    let layout = node::trainer::Model::Logistic {
+    let layout = training::trainer::Model::Logistic {
         features: FEATURES,
         classes: 2,
     }
@@ -545,7 +545,7 @@ fn training_on_real_data_matches_plaintext_fixed_point_fedavg_exactly() {
             full.push(("scaling.mean".into(), vec![FEATURES]));
             full.push(("scaling.std".into(), vec![FEATURES]));
         }
-        let (exported, metadata) = node::tensors::decode(&bytes, &full, name).unwrap();
+        let (exported, metadata) = training::tensors::decode(&bytes, &full, name).unwrap();
         assert_eq!(&exported[..values as usize], floats.as_slice(), "{name}");
         assert_eq!(metadata["model_digest"], expected);
         assert_eq!(metadata["round"], "3");

@@ -49,11 +49,11 @@ fn default_startup() -> u64 {
     120
 }
 
-pub use keyceremony::files::ConfigError;
+pub use runtime::files::ConfigError;
 
 impl CoordinatorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let mut config: Self = keyceremony::files::read_toml(path)?;
+        let mut config: Self = runtime::files::read_toml(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut config.consortium,

@@ -9,11 +9,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use keyceremony::identity::Identity;
-use keyceremony::transport::{self, Event, Handle, TransportConfig};
 use libp2p::PeerId;
 use protocol::audit::entry::{Body, Digest, Entry, Membership, SignedEntry};
 use protocol::audit::log::checkpoint_verifiers;
@@ -25,6 +23,9 @@ use protocol::round::rules::ZERO_BASE;
 use protocol::round::{CloseDecision, CoordinatorRound, DecryptionStatus, RoundPlan};
 use protocol::wire::{DecodeLimits, ciphertext_digest, encode_ciphertext};
 use rand::RngCore;
+use runtime::clock::now_ms;
+use runtime::identity::Identity;
+use runtime::transport::{self, Event, Handle, TransportConfig};
 
 use crate::audit_log::{AuditLog, AuditLogError};
 use crate::blobs::{BlobError, BlobStore, Upload};
@@ -86,13 +87,6 @@ pub struct RoundSummary {
     pub decrypt_seconds: f64,
     pub total_seconds: f64,
     pub bytes_received: u64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 struct Shared {
@@ -180,7 +174,7 @@ pub async fn run(
 ) -> Result<RunSummary, CoordinatorError> {
     let setup = |e: &dyn std::fmt::Display| CoordinatorError::Setup(e.to_string());
     let membership = consortium.membership().map_err(|e| setup(&e))?;
-    let origin = keyceremony::run::log_origin(&consortium);
+    let origin = consortium.log_origin();
     std::fs::create_dir_all(&config.store)
         .map_err(|e| setup(&format!("creating {}: {e}", config.store.display())))?;
     let mut log = AuditLog::open(&config.store.join(LOG_STORE), &origin)?;

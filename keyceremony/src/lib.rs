@@ -4,14 +4,10 @@
 
 pub mod derive;
 pub mod entries_file;
-pub mod files;
-pub mod identity;
 pub mod local;
 pub mod machine;
 pub mod message;
 pub mod network;
-pub mod pending;
 pub mod run;
 pub mod share_file;
 pub mod transcript;
-pub mod transport;

@@ -1,6 +1,6 @@
 //! The ceremony's messages on the wire: length-limited envelopes (a signed message and the
 //! attachment for the receiving member), carried by the shared transport
-//! ([`crate::transport`]) under the ceremony's own protocol name, so the ceremony has the
+//! ([`runtime::transport`]) under the ceremony's own protocol name, so the ceremony has the
 //! daemons' allow-list and connection limits.
 
 use protocol::bytes::{Reader, Writer};

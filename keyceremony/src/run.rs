@@ -15,17 +15,12 @@ use rand_chacha::ChaCha20Rng;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
-use crate::identity::Identity;
 use crate::machine::{Abort, Incoming, Outcome, Outgoing, Participant, Step};
 use crate::network::{MAX_ENVELOPE, PROTOCOL, decode_envelope, encode_envelope};
 use crate::share_file::seal_share;
 use crate::transcript::{Transcript, verify};
-use crate::transport::{Event, Handle, TransportConfig};
-
-/// The origin of a consortium's audit log.
-pub fn log_origin(consortium: &Consortium) -> String {
-    format!("quorate/{}", consortium.file().name)
-}
+use runtime::identity::Identity;
+use runtime::transport::{Event, Handle, TransportConfig};
 
 const ABORT_LABEL: &[u8] = b"quorate/ceremony-abort/v1\0";
 
@@ -52,9 +47,9 @@ pub enum RunError {
 
 fn write(path: &Path, bytes: &[u8], secret: bool) -> Result<(), RunError> {
     let result = if secret {
-        crate::files::write_secret(path, bytes)
+        runtime::files::write_secret(path, bytes)
     } else {
-        crate::files::write_atomically(path, bytes, 0o644)
+        runtime::files::write_atomically(path, bytes, 0o644)
     };
     result.map_err(|source| RunError::Io {
         path: path.display().to_string(),
@@ -109,7 +104,7 @@ pub async fn run_member(
     // The ceremony runs among the members over the same transport as the daemons: the same
     // allow-list (a non-member is dropped before any request is read), the same connection
     // limits and frame limit, under the ceremony's own protocol name.
-    let peers = crate::transport::consortium_peers(&consortium)
+    let peers = runtime::transport::consortium_peers(&consortium)
         .map_err(|e| RunError::Setup(e.to_string()))?;
     let members = &peers[1..];
     if members[usize::from(me)].0 != identity.peer_id() {
@@ -128,7 +123,7 @@ pub async fn run_member(
         .filter(|(i, _)| *i != usize::from(me))
         .map(|(_, p)| p.clone())
         .collect();
-    let (handle, mut events) = crate::transport::spawn(
+    let (handle, mut events) = runtime::transport::spawn(
         identity.keypair(),
         TransportConfig {
             protocol: PROTOCOL,
@@ -147,7 +142,7 @@ pub async fn run_member(
     // peer is not up yet (until this member is done: a peer that no longer answers then has
     // finished too, as it could not have without our last message).
     let (done, done_rx) = tokio::sync::watch::channel(false);
-    let (delivered_tx, mut delivered) = mpsc::channel::<()>(crate::transport::CHANNEL_DEPTH);
+    let (delivered_tx, mut delivered) = mpsc::channel::<()>(runtime::transport::CHANNEL_DEPTH);
     let mut in_flight = 0usize;
     let mut local: Vec<Outgoing> = vec![first];
     let mut outcome: Option<Outcome> = None;
@@ -281,9 +276,7 @@ pub async fn run_member(
     )?;
     // This member's audit-log entries: one per phase, naming its own message of that phase by
     // digest; the last one also carries the transcript's digest.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = runtime::clock::now_ms();
     let transcript_digest: [u8; 32] = Sha256::digest(transcript.encode()).into();
     let own: Vec<&crate::message::Message> = outcome
         .transcript
@@ -294,7 +287,7 @@ pub async fn run_member(
     for (sequence, message) in own.iter().enumerate() {
         let last = sequence + 1 == own.len();
         let entry = Entry {
-            origin: log_origin(&consortium),
+            origin: consortium.log_origin(),
             config_epoch: 1,
             author: identity.signing.verifying_key().to_bytes(),
             sequence: sequence as u64,

@@ -61,7 +61,7 @@ pub enum ModelKind {
 #[serde(rename_all = "kebab-case")]
 pub enum Scaling {
     /// sign(x) ln(1 + |x|), then the consortium's pooled mean and standard deviation,
-    /// computed under encryption in the first round (see `node::scaling`). A feature means
+    /// computed under encryption in the first round (see `training::scaling`). A feature means
     /// the same at every institution. The plan's `values` grow by 4 x features + 1.
     #[default]
     Pooled,
@@ -97,7 +97,7 @@ pub struct TrainerConfig {
     /// Categorical columns, one-hot encoded with the categories listed (the same lists at
     /// every member): `categories = { site = ["north", "south"] }`.
     #[serde(default)]
-    pub categories: crate::data::Categories,
+    pub categories: training::data::Categories,
     #[serde(default = "default_epochs")]
     pub epochs: u32,
     #[serde(default = "default_batch")]
@@ -158,11 +158,11 @@ fn default_trainer_timeout() -> u64 {
     3600
 }
 
-pub use keyceremony::files::ConfigError;
+pub use runtime::files::ConfigError;
 
 impl NodeConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let mut config: Self = keyceremony::files::read_toml(path)?;
+        let mut config: Self = runtime::files::read_toml(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut config.consortium,

@@ -8,11 +8,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use keyceremony::identity::Identity;
-use keyceremony::transport::{self, Event, Handle, TransportConfig};
 use libp2p::PeerId;
 use protocol::audit::checkpoint::{Checkpoint, SignedCheckpoint};
 use protocol::audit::entry::{Body, Digest, Entry, Membership, SignedEntry};
@@ -29,6 +27,9 @@ use protocol::wire::{
     encoded_digest,
 };
 use rand::SeedableRng;
+use runtime::clock::now_ms;
+use runtime::identity::Identity;
+use runtime::transport::{self, Event, Handle, TransportConfig};
 use sha2::{Digest as _, Sha256};
 
 use crate::member::{Action, Member};
@@ -59,13 +60,6 @@ pub enum NodeError {
     Witness(#[from] WitnessStoreError),
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// How combining a request's partial decryptions is going.
@@ -256,7 +250,7 @@ pub async fn run(setup: NodeSetup) -> Result<NodeSummary, NodeError> {
         .plan
         .budget(consortium.config())
         .map_err(|e| bad(&e))?;
-    let origin = keyceremony::run::log_origin(&consortium);
+    let origin = consortium.log_origin();
     let (log_verifier, witnesses) =
         checkpoint_verifiers(&origin, &membership).map_err(|e| bad(&e))?;
     let witness_signer = NoteSigner::new(

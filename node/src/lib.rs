@@ -3,11 +3,7 @@
 
 pub mod config;
 pub mod daemon;
-pub mod data;
 pub mod member;
-pub mod scaling;
 pub mod source;
 pub mod state_store;
-pub mod tensors;
-pub mod trainer;
 pub mod witness_store;

@@ -19,10 +19,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::config::{ExternalConfig, ModelKind, Scaling, SourceConfig, TrainerConfig};
-use crate::data::{Dataset, Impute, load_csv};
-use crate::scaling;
-use crate::tensors;
-use crate::trainer::{Evaluation, Layout, Model, SgdConfig};
+use training::data::{Dataset, Impute, load_csv};
+use training::scaling;
+use training::tensors;
+use training::trainer::{Evaluation, Layout, Model, SgdConfig};
 
 /// A member's update for one round and the number of samples it stands for.
 pub trait UpdateSource: Send {
@@ -426,7 +426,7 @@ impl UpdateSource for ExternalSource {
         let metadata = HashMap::from([("round".to_string(), round.to_string())]);
         let bytes = tensors::encode(&self.layout, &start, metadata).map_err(|e| e.to_string())?;
         // The consortium's model: owner-only, like every exported copy.
-        keyceremony::files::write_atomically(&model_path, &bytes, 0o600)
+        runtime::files::write_atomically(&model_path, &bytes, 0o600)
             .map_err(|e| format!("writing {}: {e}", model_path.display()))?;
         let stderr = std::fs::File::create(&stderr_path)
             .map_err(|e| format!("creating {}: {e}", stderr_path.display()))?;

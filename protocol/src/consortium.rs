@@ -210,6 +210,12 @@ impl Consortium {
         })
     }
 
+    /// The origin of the consortium's audit log: the first line of every checkpoint, so a
+    /// checkpoint of one consortium can never be taken for another's.
+    pub fn log_origin(&self) -> String {
+        format!("quorate/{}", self.file().name)
+    }
+
     pub fn file(&self) -> &ConsortiumFile {
         &self.file
     }

@@ -8,8 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use keyceremony::identity::Identity;
-use keyceremony::transport::Handle;
 use protocol::audit::entry::{Body, Digest, Entry, SignedEntry};
 use protocol::audit::log::LogState;
 use protocol::audit::note::{COSIGNATURE_V1, NoteSigner};
@@ -18,6 +16,8 @@ use protocol::round::RoundPlan;
 use protocol::round::message::{Request, Response};
 use protocol::wire::{DecodeLimits, encode_ciphertext, encoded_digest};
 use rand::SeedableRng;
+use runtime::identity::Identity;
+use runtime::transport::Handle;
 
 pub const VALUES: u32 = 300;
 
@@ -68,12 +68,7 @@ pub fn rehearse(dir: &Path) {
     std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+pub use runtime::clock::now_ms;
 
 impl Harness {
     pub fn member_key(&self, m: usize) -> &SigningKey {

@@ -8,7 +8,7 @@ pub struct RoundReport {
     pub round: u64,
     pub model_digest: String,
     /// On this institution's held-out rows, if it has some.
-    pub evaluation: Option<crate::trainer::Evaluation>,
+    pub evaluation: Option<training::trainer::Evaluation>,
     /// Ciphertext and partial-decryption bytes sent since the node started.
     pub bytes_sent: u64,
     pub unix_millis: u64,
@@ -46,10 +46,10 @@ pub(super) fn report_round(ctx: &Context, round: u64, digest: &ModelDigest) -> R
         if let Some(parent) = path.parent() {
             let _ = std::fs::create_dir_all(parent);
         }
-        let written = crate::tensors::encode(&layout, &values, metadata)
+        let written = training::tensors::encode(&layout, &values, metadata)
             .map_err(|e| e.to_string())
             .and_then(|bytes| {
-                keyceremony::files::write_atomically(path, &bytes, 0o600).map_err(|e| e.to_string())
+                runtime::files::write_atomically(path, &bytes, 0o600).map_err(|e| e.to_string())
             });
         if let Err(e) = written {
             tracing::error!(path = %path.display(), error = %e, "the model could not be exported");

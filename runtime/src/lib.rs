@@ -1,0 +1,13 @@
+//! What every long-running role shares with the others and with the ceremony: the libp2p
+//! transport (one allow-list, one set of limits, one event loop owning the `Swarm`), the
+//! identities that sign and authenticate, the clock, and the file helpers (atomic owner-only
+//! writes, TOML configuration with errors naming the file and field).
+//!
+//! Nothing here knows what a round or a ceremony is: the roles give the transport their own
+//! protocol names and message limits.
+
+pub mod clock;
+pub mod files;
+pub mod identity;
+pub mod pending;
+pub mod transport;
