@@ -3,15 +3,18 @@
 //! synthetic updates. Reports per-phase times, bytes each node sent, the coordinator's peak
 //! memory, and whether every member decrypted exactly the model integer arithmetic predicts.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use protocol::round::{RoundPlan, model_digest};
 use serde::Serialize;
 
-use crate::round_cmd::{SYNTHETIC_SEED, write_deployment_configs};
+use crate::local::{
+    SYNTHETIC_SEED, read_json, rehearse, spawn_coordinator, spawn_node, wait_with_timeout,
+    write_deployment_configs,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct RoundBenchArgs {
@@ -60,114 +63,6 @@ struct RoundBenchReport {
     wall_seconds: f64,
     machine: String,
     date: String,
-}
-
-/// Starts `quorate ARGS`, its log to `log`.
-pub(crate) fn spawn(exe: &Path, args: &[&str], log: &Path) -> Result<Child> {
-    let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    Command::new(exe)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {}", args.join(" ")))
-}
-
-/// Whether the process succeeded; kills it and fails after `timeout`.
-pub(crate) fn wait_with_timeout(child: &mut Child, name: &str, timeout: Duration) -> Result<bool> {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status.success());
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{name} did not finish within {} s", timeout.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Starts a rehearsal's coordinator, its summary to `DIR/summary.json`.
-pub(crate) fn spawn_coordinator(exe: &Path, dir: &Path, log: &Path) -> Result<Child> {
-    spawn(
-        exe,
-        &[
-            "coordinator",
-            "run",
-            "--config",
-            &dir.join("coordinator.toml").to_string_lossy(),
-            "--summary",
-            &dir.join("summary.json").to_string_lossy(),
-        ],
-        log,
-    )
-}
-
-/// Starts a rehearsal's node until round `until`, its summary to `DIR/summary.json`.
-pub(crate) fn spawn_node(
-    exe: &Path,
-    dir: &Path,
-    until: u64,
-    round_report: Option<&Path>,
-    log: &Path,
-) -> Result<Child> {
-    let (config, summary) = (dir.join("node.toml"), dir.join("summary.json"));
-    let until = until.to_string();
-    let mut args = vec![
-        "node".to_owned(),
-        "run".to_owned(),
-        "--config".to_owned(),
-        config.to_string_lossy().into_owned(),
-        "--until-round".to_owned(),
-        until,
-        "--summary".to_owned(),
-        summary.to_string_lossy().into_owned(),
-    ];
-    if let Some(report) = round_report {
-        args.push("--round-report".to_owned());
-        args.push(report.to_string_lossy().into_owned());
-    }
-    spawn(
-        exe,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        log,
-    )
-}
-
-/// Runs `quorate ceremony rehearse` into `dir` (its errors to `log`, else to this process's
-/// standard error) and returns the members' names.
-pub(crate) fn rehearse(
-    exe: &Path,
-    members: u8,
-    threshold: u8,
-    dir: &Path,
-    log: Option<&Path>,
-) -> Result<Vec<String>> {
-    let stderr = match log {
-        Some(path) => Stdio::from(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        ),
-        None => Stdio::inherit(),
-    };
-    let status = Command::new(exe)
-        .args(["ceremony", "rehearse", "--members"])
-        .arg(members.to_string())
-        .arg("--threshold")
-        .arg(threshold.to_string())
-        .arg("--out")
-        .arg(dir)
-        .env_remove(crate::ceremony_cmd::PASSPHRASE_VAR)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .status()?;
-    ensure!(status.success(), "the rehearsal of the key ceremony failed");
-    Ok((0..members)
-        .map(|i| format!("member-{}", (b'a' + i) as char))
-        .collect())
 }
 
 pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
@@ -235,26 +130,22 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
             dir.display()
         );
     }
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(coordinator_dir.join("summary.json"))?)?;
-    let rounds: Vec<RoundPhases> = summary["rounds"]
-        .as_array()
-        .context("the coordinator's summary lists no rounds")?
+    let summary: coordinator::summary::RunSummary =
+        read_json(&coordinator_dir.join("summary.json"))?;
+    let rounds: Vec<RoundPhases> = summary
+        .rounds
         .iter()
         .map(|r| RoundPhases {
-            round: r["round"].as_u64().unwrap_or(0),
-            contributors: r["contributors"].as_u64().unwrap_or(0) as u32,
-            collect_seconds: r["collect_seconds"].as_f64().unwrap_or(0.0),
-            aggregate_seconds: r["aggregate_seconds"].as_f64().unwrap_or(0.0),
-            decrypt_seconds: r["decrypt_seconds"].as_f64().unwrap_or(0.0),
-            total_seconds: r["total_seconds"].as_f64().unwrap_or(0.0),
-            attempts: r["attempts"].as_u64().unwrap_or(0) as u8,
+            round: r.round,
+            contributors: r.contributors,
+            collect_seconds: r.collect_seconds,
+            aggregate_seconds: r.aggregate_seconds,
+            decrypt_seconds: r.decrypt_seconds,
+            total_seconds: r.total_seconds,
+            attempts: r.attempts,
         })
         .collect();
-    let coordinator_bytes_received = summary["rounds"]
-        .as_array()
-        .map(|rs| rs.iter().filter_map(|r| r["bytes_received"].as_u64()).sum())
-        .unwrap_or(0);
+    let coordinator_bytes_received = summary.rounds.iter().map(|r| r.bytes_received).sum();
     // Every member contributes to every round, declaring the rehearsal's 100 + 10 i samples.
     let everyone: Vec<(u8, u64)> = (0..members.len() as u8)
         .map(|i| (i, 100 + 10 * u64::from(i)))
@@ -268,10 +159,9 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
     let mut exact = true;
     let mut bytes_sent_per_node = Vec::new();
     for name in &members {
-        let node: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join(name).join("summary.json"))?)?;
-        exact &= node["model_digest"].as_str() == Some(expected.as_str());
-        bytes_sent_per_node.push(node["bytes_sent"].as_u64().unwrap_or(0));
+        let node: node::daemon::NodeSummary = read_json(&dir.join(name).join("summary.json"))?;
+        exact &= node.model_digest == expected;
+        bytes_sent_per_node.push(node.bytes_sent);
     }
     let mut totals: Vec<f64> = rounds.iter().map(|r| r.total_seconds).collect();
     totals.sort_by(f64::total_cmp);
@@ -283,7 +173,7 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
         rounds,
         bytes_sent_per_node,
         coordinator_bytes_received,
-        coordinator_peak_memory_bytes: summary["peak_memory_bytes"].as_u64(),
+        coordinator_peak_memory_bytes: summary.peak_memory_bytes,
         exact,
         wall_seconds,
         machine: crate::bench::machine(),

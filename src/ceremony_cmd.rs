@@ -13,24 +13,7 @@ use runtime::files::write_secret;
 use runtime::identity::{Identity, Role};
 use zeroize::Zeroizing;
 
-/// Environment variable holding the passphrase, for automation.
-pub const PASSPHRASE_VAR: &str = "QUORATE_PASSPHRASE";
-
-#[derive(Debug, clap::Args)]
-pub struct PassphraseArgs {
-    /// Read the passphrase from this file (first line) instead of QUORATE_PASSPHRASE or a
-    /// prompt.
-    #[arg(long)]
-    pub(crate) passphrase_file: Option<PathBuf>,
-}
-
-impl PassphraseArgs {
-    pub fn file(path: PathBuf) -> Self {
-        Self {
-            passphrase_file: Some(path),
-        }
-    }
-}
+use crate::args::{PASSPHRASE_VAR, PassphraseArgs, passphrase};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CeremonyCommand {
@@ -110,40 +93,6 @@ pub enum CeremonyCommand {
         #[arg(long, default_value_t = 50)]
         plan_rounds: u32,
     },
-}
-
-pub(crate) fn passphrase(args: &PassphraseArgs, confirm: bool) -> Result<Zeroizing<String>> {
-    if let Some(path) = &args.passphrase_file {
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading the passphrase file {}", path.display()))?,
-        );
-        let line = text.lines().next().unwrap_or_default();
-        if line.is_empty() {
-            bail!("the passphrase file {} is empty", path.display());
-        }
-        return Ok(Zeroizing::new(line.to_owned()));
-    }
-    if let Ok(value) = std::env::var(PASSPHRASE_VAR) {
-        if value.is_empty() {
-            bail!("{PASSPHRASE_VAR} is set but empty");
-        }
-        return Ok(Zeroizing::new(value));
-    }
-    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        bail!("no passphrase: set {PASSPHRASE_VAR}, pass --passphrase-file, or run in a terminal");
-    }
-    let first = Zeroizing::new(rpassword::prompt_password("Passphrase: ")?);
-    if first.is_empty() {
-        bail!("an empty passphrase is not allowed");
-    }
-    if confirm {
-        let second = Zeroizing::new(rpassword::prompt_password("Passphrase again: ")?);
-        if *first != *second {
-            bail!("the passphrases differ");
-        }
-    }
-    Ok(first)
 }
 
 fn read_consortium(path: &Path) -> Result<Consortium> {
@@ -395,7 +344,7 @@ fn rehearse(
     let mut identities = Vec::new();
     let mut entries = Vec::new();
     for i in 0..members {
-        let name = format!("member-{}", (b'a' + i) as char);
+        let name = protocol::consortium::rehearsal_member_name(i);
         let identity = Identity::generate(Role::Member, &name, &mut rng)?;
         std::fs::create_dir_all(out.join(&name))?;
         write_secret(
@@ -491,29 +440,22 @@ fn rehearse(
     // cosigned by all.
     let origin = consortium.log_origin();
     let store = out.join("coordinator/log-store");
-    let mut log = coordinator::audit_log::AuditLog::open(&store, &origin)?;
-    let membership = protocol::audit::entry::Entry {
-        origin: origin.clone(),
-        config_epoch: 1,
-        author: coordinator.signing.verifying_key().to_bytes(),
-        sequence: 0,
-        subject: consortium.digest(),
-        references: vec![],
-        payload: None,
-        claimed_time_ms: runtime::clock::now_ms(),
-        body: protocol::audit::entry::Body::Membership(consortium.membership()?),
-    }
-    .sign(&coordinator.signing);
-    log.append(membership)?;
+    let mut entries = Vec::new();
     for identity in &identities {
         let path = out.join(&identity.name).join(ENTRIES_FILE);
-        let bytes = std::fs::read(&path)?;
-        for entry in keyceremony::entries_file::decode(&bytes)
-            .with_context(|| format!("reading {}", path.display()))?
-        {
-            log.append(entry)?;
-        }
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        entries.extend(
+            keyceremony::entries_file::decode(&bytes)
+                .with_context(|| format!("reading {}", path.display()))?,
+        );
     }
+    let log = coordinator::audit_log::AuditLog::open_or_bootstrap(
+        &store,
+        &consortium,
+        &coordinator.signing,
+        &entries,
+        runtime::clock::now_ms(),
+    )?;
     let log_signer = NoteSigner::new(&origin, ED25519, coordinator.second.clone())?;
     let (checkpoint, note) = log.sign_checkpoint(&log_signer)?;
     let (_, witnesses) = protocol::audit::log::checkpoint_verifiers(
@@ -541,7 +483,7 @@ fn rehearse(
     log.add_cosignatures(checkpoint.size, &lines, &witnesses)?;
     coordinator::export::export(log.store(), &out.join("audit"))?;
     let names: Vec<String> = identities.iter().map(|i| i.name.clone()).collect();
-    crate::round_cmd::write_deployment_configs(out, &names, plan, 3, 300)?;
+    crate::local::write_deployment_configs(out, &names, plan, 3, 300)?;
     let reveals = plan.lifetime_reveals();
     println!(
         "  round plan: {} values, {} rounds of up to {} attempts: kappa {}, Delta 2^{}, {} spare \

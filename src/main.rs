@@ -1,11 +1,13 @@
 //! `quorate`: one binary for every role. This file only parses the command line and dispatches;
 //! the work lives in the workspace libraries (and `bench.rs` for measurements).
 
+mod args;
 mod audit_cmd;
 mod bench;
 mod bench_round;
 mod ceremony_cmd;
 mod demo;
+mod local;
 mod round_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};

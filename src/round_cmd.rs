@@ -8,13 +8,9 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use keyceremony::transcript::{Transcript, Verified, verify};
 use protocol::consortium::Consortium;
-use protocol::round::RoundPlan;
 use runtime::identity::Identity;
 
-use crate::ceremony_cmd::{PassphraseArgs, passphrase};
-
-/// The seed of the synthetic updates in a rehearsal's node configurations.
-pub const SYNTHETIC_SEED: u64 = 2026;
+use crate::args::{ModelArg, PassphraseArgs, parse_categories, passphrase};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CoordinatorCommand {
@@ -107,24 +103,6 @@ pub enum NodeCommand {
     },
 }
 
-/// The built-in trainer's networks, on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ModelArg {
-    /// Multinomial logistic regression.
-    Logistic,
-    /// One hidden ReLU layer (--hidden units).
-    Mlp,
-}
-
-impl From<ModelArg> for node::config::ModelKind {
-    fn from(model: ModelArg) -> Self {
-        match model {
-            ModelArg::Logistic => Self::Logistic,
-            ModelArg::Mlp => Self::Mlp,
-        }
-    }
-}
-
 /// `quorate node train`: one round of the external trainer's protocol, with the built-in
 /// trainer.
 fn train_once(command: &NodeCommand) -> Result<ExitCode> {
@@ -155,7 +133,7 @@ fn train_once(command: &NodeCommand) -> Result<ExitCode> {
         target: target.clone(),
         classes: *classes,
         impute_missing: *impute_missing,
-        categories: crate::demo::parse_categories(categories)?,
+        categories: parse_categories(categories)?,
         epochs: *epochs,
         batch: *batch,
         learning_rate: *learning_rate,
@@ -226,6 +204,35 @@ fn write_summary<T: serde::Serialize>(path: Option<&Path>, summary: &T) -> Resul
     Ok(())
 }
 
+/// Completes on SIGINT (Ctrl-C) or SIGTERM, so that a daemon stops cleanly under its service
+/// manager as under a terminal. A signal that cannot be listened for is logged and never fires.
+async fn stop_requested() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT: stopping"),
+        () = terminate => tracing::info!("SIGTERM: stopping"),
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -260,11 +267,16 @@ pub fn run_coordinator(command: &CoordinatorCommand) -> Result<ExitCode> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let decoded = keyceremony::entries_file::decode(&bytes)
             .with_context(|| format!("reading {}", path.display()))?;
-        entries.extend(decoded.iter().map(|e| e.leaf().to_vec()));
+        entries.extend(decoded);
     }
     let key = transcript.public_key.prepare();
     let result = runtime()?.block_on(coordinator::daemon::run(
-        config, consortium, identity, key, entries,
+        config,
+        consortium,
+        identity,
+        key,
+        entries,
+        stop_requested(),
     ))?;
     for round in &result.rounds {
         println!(
@@ -338,56 +350,4 @@ pub fn run_node(command: &NodeCommand) -> Result<ExitCode> {
     );
     write_summary(summary.as_deref(), &result)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes `coordinator/coordinator.toml` and `<member>/node.toml` into a rehearsal's
-/// directory, so its deployment runs as is.
-pub fn write_deployment_configs(
-    dir: &Path,
-    members: &[String],
-    plan: &RoundPlan,
-    rounds: u64,
-    round_deadline_secs: u64,
-) -> Result<()> {
-    let passphrase_file = dir
-        .join("passphrase")
-        .exists()
-        .then(|| PathBuf::from("../passphrase"));
-    let coordinator = coordinator::config::CoordinatorConfig {
-        consortium: "../consortium.toml".into(),
-        identity: "identity".into(),
-        transcript: "../transcript".into(),
-        store: ".".into(),
-        rounds,
-        round_deadline_secs,
-        release_timeout_secs: 60,
-        startup_timeout_secs: 60,
-        metrics: None,
-        passphrase_file: passphrase_file.clone(),
-        ceremony_entries: Vec::new(),
-        plan: plan.clone(),
-    };
-    std::fs::write(
-        dir.join("coordinator/coordinator.toml"),
-        toml::to_string(&coordinator)?,
-    )?;
-    for (i, name) in members.iter().enumerate() {
-        let node = node::config::NodeConfig {
-            consortium: "../consortium.toml".into(),
-            identity: "identity".into(),
-            key_share: "key-share".into(),
-            transcript: "../transcript".into(),
-            store: "node-store".into(),
-            witness_store: "witness-store".into(),
-            passphrase_file: passphrase_file.clone(),
-            export_model: None,
-            source: node::config::SourceConfig::Synthetic {
-                seed: SYNTHETIC_SEED,
-                samples: 100 + 10 * i as u64,
-            },
-            plan: plan.clone(),
-        };
-        std::fs::write(dir.join(name).join("node.toml"), toml::to_string(&node)?)?;
-    }
-    Ok(())
 }

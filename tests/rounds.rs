@@ -59,7 +59,7 @@ fn deploy(members: u8, threshold: u8, values: u32, rounds: u64, deadline_secs: i
     );
     let dir = work.path().join("deployment");
     let names: Vec<String> = (0..members)
-        .map(|i| format!("member-{}", (b'a' + i) as char))
+        .map(protocol::consortium::rehearsal_member_name)
         .collect();
     // The rehearsal wrote a round plan sized for `values` (its kappa covers the plan's life).
     edit_toml(&dir.join("coordinator/coordinator.toml"), |t| {

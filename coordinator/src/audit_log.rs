@@ -4,10 +4,12 @@
 
 use std::path::Path;
 
+use ed25519_dalek::SigningKey;
 use protocol::audit::checkpoint::Checkpoint;
-use protocol::audit::entry::SignedEntry;
+use protocol::audit::entry::{Body, SignedEntry};
 use protocol::audit::log::{LogError, LogState};
 use protocol::audit::note::{Note, NoteSigner, NoteVerifier, SignatureLine};
+use protocol::consortium::Consortium;
 
 use crate::store::{LogStore, StoreError};
 
@@ -27,6 +29,10 @@ pub enum AuditLogError {
     WouldFork { size: u64, signed: u64 },
     #[error("a stored checkpoint is unreadable: {0}")]
     Checkpoint(String),
+    #[error("the consortium file: {0}")]
+    Consortium(#[from] protocol::consortium::ConsortiumError),
+    #[error("the log store belongs to another consortium")]
+    OtherConsortium,
 }
 
 #[derive(Debug)]
@@ -51,6 +57,36 @@ impl AuditLog {
         }
         let state = LogState::restore(origin, store.leaves()?)?;
         Ok(Self { state, store })
+    }
+
+    /// Opens the consortium's log at `path`; a new one begins with the approved membership,
+    /// signed by the coordinator, then every member's ceremony entries. The coordinator's run
+    /// and the ceremony's rehearsal start logs here, so they start them the same way.
+    pub fn open_or_bootstrap(
+        path: &Path,
+        consortium: &Consortium,
+        coordinator: &SigningKey,
+        ceremony_entries: &[SignedEntry],
+        now_ms: u64,
+    ) -> Result<Self, AuditLogError> {
+        let origin = consortium.log_origin();
+        let membership = consortium.membership()?;
+        let mut log = Self::open(path, &origin)?;
+        if log.state().size() == 0 {
+            let entry = log
+                .state()
+                .draft(coordinator, now_ms, Body::Membership(membership.clone()))
+                .about(consortium.digest())
+                .sign(coordinator);
+            log.append(entry)?;
+            for entry in ceremony_entries {
+                log.append(entry.clone())?;
+            }
+        }
+        if log.state().membership() != Some(&membership) {
+            return Err(AuditLogError::OtherConsortium);
+        }
+        Ok(log)
     }
 
     pub fn state(&self) -> &LogState {

@@ -8,12 +8,13 @@
 //! to each other, and a partial-decryption message addressed here is refused unread.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use libp2p::PeerId;
-use protocol::audit::entry::{Body, Digest, Entry, Membership, SignedEntry};
+use protocol::audit::entry::{Body, Digest, Membership, SignedEntry};
 use protocol::audit::log::checkpoint_verifiers;
 use protocol::audit::note::{ED25519, Note, NoteSigner, NoteVerifier, SignatureLine};
 use protocol::consortium::Consortium;
@@ -26,17 +27,22 @@ use rand::RngCore;
 use runtime::clock::now_ms;
 use runtime::identity::Identity;
 use runtime::transport::{self, Event, Handle, TransportConfig};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
 
 use crate::audit_log::{AuditLog, AuditLogError};
 use crate::blobs::{BlobError, BlobStore, Upload};
 use crate::config::CoordinatorConfig;
 use crate::metrics::Metrics;
+use crate::summary::{RoundSummary, RunSummary, peak_memory};
 
 mod publish;
 mod requests;
+mod round;
 
-use publish::publish;
+use publish::publisher;
 use requests::handle_request;
+use round::run_round;
 
 pub const PROTOCOL: &str = "/quorate/round/1";
 /// The log store's directory inside the coordinator's store.
@@ -54,39 +60,8 @@ pub enum CoordinatorError {
     Transport(#[from] transport::TransportError),
     #[error("round {round}: {reason}")]
     Round { round: u64, reason: String },
-}
-
-/// What a finished run reports.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct RunSummary {
-    pub rounds: Vec<RoundSummary>,
-    pub log_size: u64,
-    /// The process's peak resident memory, where the platform reports it.
-    pub peak_memory_bytes: Option<u64>,
-    /// Every request members sent, by kind: what the coordinator was ever handed.
-    pub requests_received: BTreeMap<String, u64>,
-}
-
-/// The peak resident set size of this process (Linux), in bytes.
-pub fn peak_memory() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct RoundSummary {
-    pub round: u64,
-    pub contributors: u32,
-    pub decrypted: bool,
-    pub attempts: u8,
-    pub model: Option<String>,
-    pub collect_seconds: f64,
-    pub aggregate_seconds: f64,
-    pub decrypt_seconds: f64,
-    pub total_seconds: f64,
-    pub bytes_received: u64,
+    #[error("the coordinator's {task} stopped unexpectedly: {reason}")]
+    TaskEnded { task: &'static str, reason: String },
 }
 
 struct Shared {
@@ -110,13 +85,15 @@ struct Context {
     peers: Vec<PeerId>,
     coordinator_key: SigningKey,
     log_signer: NoteSigner,
-    log_verifier: NoteVerifier,
     witnesses: Vec<NoteVerifier>,
     plan: RoundPlan,
     limits: DecodeLimits,
     delta_bits: u32,
     metrics: Metrics,
     publish_lock: tokio::sync::Mutex<()>,
+    /// Woken whenever a member's request, a connection or an append may have changed `shared`:
+    /// the round and the publisher wait on it instead of polling.
+    changed: Notify,
 }
 
 impl Context {
@@ -138,22 +115,49 @@ impl Context {
         references: Vec<u64>,
         payload: Option<Digest>,
     ) -> Result<u64, CoordinatorError> {
-        let mut shared = self.lock();
-        let author = self.coordinator_key.verifying_key().to_bytes();
-        let entry = Entry {
-            origin: shared.log.state().origin().to_owned(),
-            config_epoch: 1,
-            author,
-            sequence: shared.log.state().next_sequence(&author),
-            subject,
-            references,
-            payload,
-            claimed_time_ms: now_ms(),
-            body,
-        }
-        .sign(&self.coordinator_key);
-        Ok(shared.log.append(entry)?)
+        let leaf = {
+            let mut shared = self.lock();
+            let entry = shared
+                .log
+                .state()
+                .draft(&self.coordinator_key, now_ms(), body)
+                .about(subject)
+                .referencing(references)
+                .with_payload(payload)
+                .sign(&self.coordinator_key);
+            shared.log.append(entry)?
+        };
+        self.changed.notify_waiters();
+        Ok(leaf)
     }
+
+    /// Waits until `check` is done, checking again whenever the shared state may have
+    /// changed and at the deadline `check` names: a driver with no sleep-polling.
+    async fn wait_for<T>(&self, mut check: impl FnMut(&mut Shared, u64) -> Next<T>) -> T {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let next = check(&mut self.lock(), now_ms());
+            match next {
+                Next::Done(value) => return value,
+                Next::Wait(None) => changed.await,
+                Next::Wait(Some(deadline_ms)) => {
+                    let pause = Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
+                    tokio::select! {
+                        () = changed => {}
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a wait's check found: done, or wait for a change or until the deadline (ms).
+enum Next<T> {
+    Done(T),
+    Wait(Option<u64>),
 }
 
 fn round_subject(round: u64) -> Digest {
@@ -164,44 +168,29 @@ fn round_subject(round: u64) -> Digest {
     h.finalize().into()
 }
 
-/// Runs the coordinator until `config.rounds` rounds have run.
+/// Runs the coordinator until `config.rounds` rounds have run, or until `shutdown` completes:
+/// then the round in progress is abandoned (everything logged stays logged, and a restart
+/// resumes after it), the log's last growth is published and the summary returned.
 pub async fn run(
     config: CoordinatorConfig,
     consortium: Consortium,
     identity: Identity,
     public_key: EncryptionKey,
-    ceremony_entries: Vec<Vec<u8>>,
+    ceremony_entries: Vec<SignedEntry>,
+    shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, CoordinatorError> {
     let setup = |e: &dyn std::fmt::Display| CoordinatorError::Setup(e.to_string());
     let membership = consortium.membership().map_err(|e| setup(&e))?;
     let origin = consortium.log_origin();
     std::fs::create_dir_all(&config.store)
         .map_err(|e| setup(&format!("creating {}: {e}", config.store.display())))?;
-    let mut log = AuditLog::open(&config.store.join(LOG_STORE), &origin)?;
-    if log.state().size() == 0 {
-        // A new log: the approved membership, then every member's ceremony entries.
-        let entry = Entry {
-            origin: origin.clone(),
-            config_epoch: 1,
-            author: identity.signing.verifying_key().to_bytes(),
-            sequence: 0,
-            subject: consortium.digest(),
-            references: vec![],
-            payload: None,
-            claimed_time_ms: now_ms(),
-            body: Body::Membership(membership.clone()),
-        }
-        .sign(&identity.signing);
-        log.append(entry)?;
-        for leaf in &ceremony_entries {
-            let entry =
-                SignedEntry::open(leaf).map_err(|e| setup(&format!("a ceremony entry: {e}")))?;
-            log.append(entry)?;
-        }
-    }
-    if log.state().membership() != Some(&membership) {
-        return Err(setup(&"the log store belongs to another consortium"));
-    }
+    let log = AuditLog::open_or_bootstrap(
+        &config.store.join(LOG_STORE),
+        &consortium,
+        &identity.signing,
+        &ceremony_entries,
+        now_ms(),
+    )?;
     let config_threshold = consortium.config();
     let budget: Budget = config
         .plan
@@ -209,8 +198,7 @@ pub async fn run(
         .map_err(|e| setup(&e))?;
     let log_signer =
         NoteSigner::new(&origin, ED25519, identity.second.clone()).map_err(|e| setup(&e))?;
-    let (log_verifier, witnesses) =
-        checkpoint_verifiers(&origin, &membership).map_err(|e| setup(&e))?;
+    let (_, witnesses) = checkpoint_verifiers(&origin, &membership).map_err(|e| setup(&e))?;
     let peers = transport::consortium_peers(&consortium)?;
     let (listen_peer, listen) = peers[0].clone();
     if listen_peer != identity.peer_id() {
@@ -219,7 +207,7 @@ pub async fn run(
         ));
     }
     let member_peers: Vec<PeerId> = peers[1..].iter().map(|(p, _)| *p).collect();
-    let (handle, mut events) = transport::spawn(
+    let (handle, events) = transport::spawn(
         identity.keypair(),
         TransportConfig {
             protocol: PROTOCOL,
@@ -251,7 +239,6 @@ pub async fn run(
         peers: member_peers,
         coordinator_key: identity.signing.clone(),
         log_signer,
-        log_verifier,
         witnesses,
         plan: config.plan.clone(),
         limits: DecodeLimits {
@@ -260,87 +247,153 @@ pub async fn run(
         delta_bits: budget.delta_bits(),
         metrics,
         publish_lock: tokio::sync::Mutex::new(()),
+        changed: Notify::new(),
     });
 
-    // Network events: requests are answered in their own tasks; connections are tracked.
-    let events_ctx = ctx.clone();
-    tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            match event {
-                Event::Request { peer, bytes, reply } => {
-                    let ctx = events_ctx.clone();
-                    tokio::spawn(async move {
-                        transport::answer(bytes, reply, |request| {
-                            handle_request(ctx, peer, request)
-                        })
-                        .await;
-                    });
-                }
-                Event::Connected(peer) => {
-                    if let Some(m) = events_ctx.member_of(&peer) {
-                        tracing::info!(member = m, %peer, "member connected");
-                        events_ctx.lock().connected |= 1 << m;
-                    }
-                }
-                Event::Disconnected(peer) => {
-                    if let Some(m) = events_ctx.member_of(&peer) {
-                        tracing::warn!(member = m, %peer, "member disconnected");
-                        let mut shared = events_ctx.lock();
-                        shared.connected &= !(1 << m);
-                        if let Some(round) = shared.round.as_mut() {
-                            round.member_failed(m);
-                        }
-                    }
-                }
-            }
-        }
-    });
-    // The publisher: whenever the log grows, have it witnessed and published.
-    let publisher = ctx.clone();
-    tokio::spawn(async move {
-        let mut published = 0;
-        let mut attempted = 0;
-        let mut last = Instant::now();
-        loop {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let (size, lagging) = {
-                let s = publisher.lock();
-                let size = s.log.state().size();
-                let lagging = (0..s.member_sizes.len())
-                    .any(|m| s.connected & (1 << m) != 0 && s.member_sizes[m] < size);
-                (size, lagging)
-            };
-            // New entries at once; a checkpoint short of the witness quorum again within half
-            // a second; a member that (re)connected behind, within a second.
-            let due = size != attempted
-                || (size != published && last.elapsed() > Duration::from_millis(500))
-                || (lagging && last.elapsed() > Duration::from_secs(1));
-            if due {
-                last = Instant::now();
-                attempted = size;
-                match publish(&publisher).await {
-                    Ok(true) => published = size,
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "publishing the log failed"),
-                }
-            }
-        }
-    });
+    // The background tasks: network events (requests answered in their own tasks,
+    // connections tracked) and the publisher. If either ends, the run ends with an error.
+    let mut background = JoinSet::new();
+    background.spawn(serve_events(ctx.clone(), events));
+    background.spawn(publisher(ctx.clone()));
+    let result = drive(
+        &ctx,
+        &config,
+        &budget,
+        &public_key,
+        &mut background,
+        shutdown,
+    )
+    .await;
+    background.abort_all();
+    result
+}
 
-    // Members dial us, and we dial them.
-    let everyone: u16 = ((1u32 << members) - 1) as u16;
-    let started = Instant::now();
+/// Network events: each request is answered in its own task (a task that panics is logged,
+/// never lost silently); connections and disconnections update the round.
+async fn serve_events(
+    ctx: Arc<Context>,
+    mut events: tokio::sync::mpsc::Receiver<Event>,
+) -> &'static str {
+    let mut answering = JoinSet::new();
     loop {
-        for peer in &ctx.peers {
-            ctx.handle.dial(*peer).await;
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { return "network event loop" };
+                on_event(&ctx, event, &mut answering);
+            }
+            Some(done) = answering.join_next(), if !answering.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "answering a request failed");
+                }
+            }
         }
+    }
+}
+
+fn on_event(ctx: &Arc<Context>, event: Event, answering: &mut JoinSet<()>) {
+    match event {
+        Event::Request { peer, bytes, reply } => {
+            let ctx = ctx.clone();
+            answering.spawn(async move {
+                transport::answer(bytes, reply, |request| {
+                    handle_request(ctx.clone(), peer, request)
+                })
+                .await;
+                ctx.changed.notify_waiters();
+            });
+        }
+        Event::Connected(peer) => {
+            if let Some(m) = ctx.member_of(&peer) {
+                tracing::info!(member = m, %peer, "member connected");
+                ctx.lock().connected |= 1 << m;
+                ctx.changed.notify_waiters();
+            }
+        }
+        Event::Disconnected(peer) => {
+            if let Some(m) = ctx.member_of(&peer) {
+                tracing::warn!(member = m, %peer, "member disconnected");
+                {
+                    let mut shared = ctx.lock();
+                    shared.connected &= !(1 << m);
+                    if let Some(round) = shared.round.as_mut() {
+                        round.member_failed(m);
+                    }
+                }
+                ctx.changed.notify_waiters();
+            }
+        }
+    }
+}
+
+/// Connects, runs the rounds and lets the log settle; stops early on `shutdown` or when a
+/// background task ends.
+async fn drive(
+    ctx: &Arc<Context>,
+    config: &CoordinatorConfig,
+    budget: &Budget,
+    public_key: &EncryptionKey,
+    background: &mut JoinSet<&'static str>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunSummary, CoordinatorError> {
+    tokio::pin!(shutdown);
+    let mut summary = RunSummary::default();
+    let work = async {
+        connect(ctx, config).await;
+        run_rounds(ctx, config, budget, public_key, &mut summary.rounds).await?;
+        settle(ctx).await;
+        Ok::<_, CoordinatorError>(())
+    };
+    tokio::select! {
+        done = work => done?,
+        () = &mut shutdown => {
+            tracing::warn!("stopping on request: the round in progress, if any, is abandoned");
+            summary.interrupted = true;
+        }
+        Some(ended) = background.join_next() => {
+            return Err(CoordinatorError::TaskEnded {
+                task: ended.as_ref().map_or("background task", |name| name),
+                reason: match ended {
+                    Ok(_) => "it returned".into(),
+                    Err(e) => e.to_string(),
+                },
+            });
+        }
+    }
+    let _guard = ctx.publish_lock.lock().await;
+    summary.log_size = ctx.lock().log.state().size();
+    summary.peak_memory_bytes = peak_memory();
+    summary.requests_received = ctx.lock().requests_received.clone();
+    Ok(summary)
+}
+
+/// Dials every member until all are connected or the startup timeout passes (members dial
+/// us too).
+async fn connect(ctx: &Context, config: &CoordinatorConfig) {
+    let members = ctx.peers.len();
+    let everyone: u16 = ((1u32 << members) - 1) as u16;
+    let give_up = now_ms() + config.startup_timeout_secs * 1000;
+    loop {
         let connected = ctx.lock().connected;
-        if connected == everyone
-            || started.elapsed() > Duration::from_secs(config.startup_timeout_secs)
-        {
+        for (m, peer) in ctx.peers.iter().enumerate() {
+            if connected & (1 << m) == 0 {
+                ctx.handle.dial(*peer).await;
+            }
+        }
+        let redial = (now_ms() + 1000).min(give_up);
+        let all = ctx
+            .wait_for(|s, now| {
+                if s.connected == everyone {
+                    Next::Done(true)
+                } else if now >= redial {
+                    Next::Done(false)
+                } else {
+                    Next::Wait(Some(redial))
+                }
+            })
+            .await;
+        if all || now_ms() >= give_up {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let connected = ctx.lock().connected;
     tracing::info!(
@@ -348,8 +401,16 @@ pub async fn run(
         members,
         "starting rounds"
     );
+}
 
-    let mut summary = RunSummary::default();
+/// The configured rounds, from the one after the last the log opened, never past the plan.
+async fn run_rounds(
+    ctx: &Arc<Context>,
+    config: &CoordinatorConfig,
+    budget: &Budget,
+    public_key: &EncryptionKey,
+    done: &mut Vec<RoundSummary>,
+) -> Result<(), CoordinatorError> {
     let first_round = next_round(&ctx.lock().log);
     let mut rng = rand::rngs::OsRng;
     // The plan's budget covers `plan.rounds` rounds of one key, and members refuse any later
@@ -365,36 +426,38 @@ pub async fn run(
         );
     }
     for round in first_round..=last_round {
-        let result = run_round(&ctx, &config, &budget, &public_key, round, &mut rng).await?;
+        let result = run_round(ctx, config, budget, public_key, round, &mut rng).await?;
         ctx.metrics.round_finished(&result);
-        summary.rounds.push(result);
+        done.push(result);
     }
-    // Let the last entries be witnessed and published: wait (a little) until every member
-    // holds the whole log and the log has stopped growing (members append results and
-    // incidents after each checkpoint they act on).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stable_since = (Instant::now(), ctx.lock().log.state().size());
-    while Instant::now() < deadline {
-        let (sizes, size) = {
-            let s = ctx.lock();
-            (s.member_sizes.clone(), s.log.state().size())
-        };
-        if size != stable_since.1 {
-            stable_since = (Instant::now(), size);
-        }
-        let synced = sizes.iter().all(|&m| m >= size);
-        if synced && stable_since.0.elapsed() > Duration::from_millis(500) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _guard = ctx.publish_lock.lock().await;
-    summary.log_size = ctx.lock().log.state().size();
-    summary.peak_memory_bytes = peak_memory();
-    summary.requests_received = ctx.lock().requests_received.clone();
-    Ok(summary)
+    Ok(())
 }
 
+/// Lets the last entries be witnessed and published: waits (at most ten seconds) until every
+/// member holds the whole log and half a second has passed since then with no growth (members
+/// append results and incidents after each checkpoint they act on, which reaches them after
+/// they cosigned it).
+async fn settle(ctx: &Context) {
+    let give_up = now_ms() + 10_000;
+    // Since when the log has been whole at every member without growing.
+    let mut quiet_since: Option<(u64, u64)> = None;
+    ctx.wait_for(|s, now| {
+        let size = s.log.state().size();
+        let synced = s.member_sizes.iter().all(|&m| m >= size);
+        quiet_since = match quiet_since {
+            Some((since, at_size)) if synced && at_size == size => Some((since, at_size)),
+            _ if synced => Some((now, size)),
+            _ => None,
+        };
+        match quiet_since {
+            _ if now >= give_up => Next::Done(()),
+            Some((since, _)) if now >= since + 500 => Next::Done(()),
+            Some((since, _)) => Next::Wait(Some((since + 500).min(give_up))),
+            None => Next::Wait(Some(give_up)),
+        }
+    })
+    .await
+}
 fn next_round(log: &AuditLog) -> u64 {
     log.state()
         .leaves()
@@ -434,310 +497,4 @@ fn base_model(ctx: &Context) -> (Digest, Digest) {
         })
         .unwrap_or([0; 32]);
     (base, model)
-}
-
-async fn run_round(
-    ctx: &Arc<Context>,
-    config: &CoordinatorConfig,
-    budget: &Budget,
-    public_key: &EncryptionKey,
-    round: u64,
-    rng: &mut impl RngCore,
-) -> Result<RoundSummary, CoordinatorError> {
-    let started = Instant::now();
-    let mut summary = RoundSummary {
-        round,
-        ..Default::default()
-    };
-    let (base, model) = base_model(ctx);
-    let (expected, membership) = {
-        let s = ctx.lock();
-        (s.connected, s.membership.clone())
-    };
-    let deadline_ms = now_ms() + config.round_deadline_secs * 1000;
-    let subject = round_subject(round);
-    let bytes_before = ctx.lock().bytes_received;
-    ctx.lock().round = Some(CoordinatorRound::open(
-        round,
-        &membership,
-        ctx.plan.clone(),
-        expected,
-        deadline_ms,
-    ));
-    ctx.append_own(
-        subject,
-        Body::RoundOpen {
-            round,
-            model,
-            base,
-            deadline_ms,
-            expected,
-        },
-        vec![],
-        Some(ctx.plan.digest()),
-    )?;
-    tracing::info!(round, expected = expected.count_ones(), "round open");
-
-    // Collect until everyone contributed or the deadline.
-    let decision = loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let decision = ctx
-            .lock()
-            .round
-            .as_ref()
-            .map_or(CloseDecision::Wait, |r| r.poll_close(now_ms()));
-        if decision != CloseDecision::Wait {
-            break decision;
-        }
-    };
-    summary.collect_seconds = started.elapsed().as_secs_f64();
-    if let CloseDecision::Fail { contributors } = decision {
-        tracing::warn!(
-            round,
-            contributors,
-            "round failed: fewer than k_min contributions"
-        );
-        ctx.append_own(
-            subject,
-            Body::Incident {
-                code: 1,
-                evidence: subject,
-                description: format!(
-                    "round {round} closed with {contributors} contributions, fewer than k_min"
-                ),
-            },
-            vec![],
-            None,
-        )?;
-        summary.contributors = contributors as u32;
-        summary.total_seconds = started.elapsed().as_secs_f64();
-        return Ok(summary);
-    }
-
-    // Close: aggregate onto the previous encrypted model, store, log.
-    let aggregate_started = Instant::now();
-    // Closed first, under the same lock, so that no contribution is logged after the terms are
-    // taken: the log refuses a close that leaves a logged contribution out.
-    let close_terms = {
-        let mut s = ctx.lock();
-        let round = s.round.as_mut().expect("open");
-        round.closed();
-        round.close_terms()
-    };
-    let protocol::round::machine::CloseTerms { leaves, terms } = match close_terms {
-        Ok(terms) => terms,
-        Err(e) => {
-            // The contributions cannot be weighed under the plan (sample counts too uneven):
-            // nothing is decrypted this round.
-            tracing::warn!(round, error = %e, "round not closed");
-            ctx.append_own(
-                subject,
-                Body::Incident {
-                    code: 3,
-                    evidence: subject,
-                    description: format!("round {round} not closed: {e}"),
-                },
-                vec![],
-                None,
-            )?;
-            summary.total_seconds = started.elapsed().as_secs_f64();
-            return Ok(summary);
-        }
-    };
-    summary.contributors = leaves.len() as u32;
-    let aggregate = {
-        let ctx = ctx.clone();
-        let delta = budget.delta_bits();
-        let values = ctx.plan.values as usize;
-        tokio::task::spawn_blocking(move || -> Result<Ciphertext, CoordinatorError> {
-            let mut acc = match (base != ZERO_BASE).then_some(base) {
-                Some(digest) => {
-                    protocol::wire::decode_ciphertext(&ctx.blobs.read(&digest)?, ctx.limits)
-                        .map_err(|e| CoordinatorError::Round {
-                            round,
-                            reason: format!("the stored model ciphertext: {e}"),
-                        })?
-                }
-                None => Ciphertext::zero(values, delta),
-            };
-            protocol::round::policy::aggregate(&mut acc, &terms, ctx.limits, |d| ctx.blobs.read(d))
-                .map_err(|e| CoordinatorError::Round {
-                    round,
-                    reason: e.to_string(),
-                })?;
-            Ok(acc)
-        })
-        .await
-        .map_err(|e| CoordinatorError::Round {
-            round,
-            reason: e.to_string(),
-        })??
-    };
-    let aggregate_digest = ctx.blobs.put(&encode_ciphertext(&aggregate))?;
-    debug_assert_eq!(ciphertext_digest(&aggregate).0, aggregate_digest);
-    let close = ctx.append_own(
-        subject,
-        Body::RoundClose {
-            round,
-            base,
-            contributions: leaves.clone(),
-            aggregate: aggregate_digest,
-        },
-        leaves,
-        Some(aggregate_digest),
-    )?;
-    summary.aggregate_seconds = aggregate_started.elapsed().as_secs_f64();
-    tracing::info!(round, contributors = summary.contributors, "round closed");
-
-    // Decrypt: a quorum of connected members, retried with re-randomised ciphertexts.
-    let decrypt_started = Instant::now();
-    let release_timeout_ms = config.release_timeout_secs * 1000;
-    let mut attempt = 0u8;
-    let mut quorum = {
-        let s = ctx.lock();
-        s.round.as_ref().expect("open").choose_quorum(s.connected)
-    }
-    .ok_or_else(|| CoordinatorError::Round {
-        round,
-        reason: "too few members connected to form a quorum".into(),
-    })?;
-    let mut target = aggregate_digest;
-    let mut seed = [0u8; 32];
-    let mut request = close;
-    let mut requested_quorum = quorum;
-    loop {
-        let appended = ctx.append_own(
-            subject,
-            Body::DecryptionRequest {
-                round,
-                close,
-                ciphertext: target,
-                quorum,
-                attempt,
-                seed,
-            },
-            vec![close],
-            Some(target),
-        );
-        request = match appended {
-            Ok(leaf) => leaf,
-            // The last release of the previous attempt arrived while the retry was being
-            // prepared: the round is decrypted, and the log refuses a retry after that.
-            Err(_) if attempt > 0 && previous_attempt_completed(ctx, request) => {
-                tracing::info!(round, "the previous attempt completed; no retry");
-                attempt -= 1;
-                break;
-            }
-            Err(e) => return Err(e),
-        };
-        requested_quorum = quorum;
-        ctx.lock()
-            .round
-            .as_mut()
-            .expect("open")
-            .requested(request, attempt, quorum, now_ms());
-        tracing::info!(
-            round,
-            attempt,
-            quorum = format!("{quorum:#b}"),
-            "decryption requested"
-        );
-        let status = loop {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let mut s = ctx.lock();
-            let connected = s.connected;
-            let status = s.round.as_mut().expect("open").poll_decryption(
-                now_ms(),
-                connected,
-                release_timeout_ms,
-            );
-            if status != DecryptionStatus::Waiting {
-                break status;
-            }
-        };
-        match status {
-            DecryptionStatus::Released => break,
-            DecryptionStatus::Retry {
-                attempt: next,
-                quorum: next_quorum,
-            } => {
-                tracing::warn!(round, attempt = next, "a quorum member failed: retrying");
-                rng.fill_bytes(&mut seed);
-                let mut retried = aggregate.clone();
-                public_key.rerandomize(&mut retried, seed).map_err(|e| {
-                    CoordinatorError::Round {
-                        round,
-                        reason: e.to_string(),
-                    }
-                })?;
-                target = ctx.blobs.put(&encode_ciphertext(&retried))?;
-                attempt = next;
-                quorum = next_quorum;
-            }
-            DecryptionStatus::GiveUp(reason) => {
-                tracing::error!(round, %reason, "decryption abandoned");
-                ctx.append_own(
-                    subject,
-                    Body::Incident {
-                        code: 2,
-                        evidence: target,
-                        description: reason,
-                    },
-                    vec![request],
-                    None,
-                )?;
-                summary.attempts = attempt + 1;
-                summary.total_seconds = started.elapsed().as_secs_f64();
-                return Ok(summary);
-            }
-            DecryptionStatus::Waiting => unreachable!("the loop above waits"),
-        }
-    }
-    summary.attempts = attempt + 1;
-    // Wait for the members' results (every connected member combines and logs one).
-    let wait_until = Instant::now() + Duration::from_millis(release_timeout_ms);
-    loop {
-        let (results, connected) = {
-            let s = ctx.lock();
-            (
-                s.results.get(&request).cloned().unwrap_or_default(),
-                s.connected,
-            )
-        };
-        let quorum_done = (0..16u8)
-            .filter(|m| requested_quorum & (1 << m) != 0)
-            .all(|m| results.contains_key(&m));
-        let everyone_done = (0..16u8)
-            .filter(|m| connected & (1 << m) != 0)
-            .all(|m| results.contains_key(&m));
-        if everyone_done || (quorum_done && Instant::now() > wait_until) {
-            summary.decrypted = quorum_done;
-            summary.model = results.values().next().map(hex::encode);
-            break;
-        }
-        if Instant::now() > wait_until + Duration::from_millis(release_timeout_ms) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    summary.decrypt_seconds = decrypt_started.elapsed().as_secs_f64();
-    summary.total_seconds = started.elapsed().as_secs_f64();
-    summary.bytes_received = ctx.lock().bytes_received - bytes_before;
-    tracing::info!(
-        round,
-        decrypted = summary.decrypted,
-        seconds = format!("{:.2}", summary.total_seconds),
-        "round finished"
-    );
-    Ok(summary)
-}
-
-/// Whether the whole quorum of the request at `leaf` released, by the log's round rules.
-fn previous_attempt_completed(ctx: &Context, leaf: u64) -> bool {
-    ctx.lock()
-        .log
-        .state()
-        .rounds()
-        .and_then(|rules| rules.request(leaf))
-        .is_some_and(|r| r.complete())
 }

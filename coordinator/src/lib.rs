@@ -8,3 +8,4 @@ pub mod daemon;
 pub mod export;
 pub mod metrics;
 pub mod store;
+pub mod summary;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::daemon::RoundSummary;
+use crate::summary::RoundSummary;
 
 #[derive(Debug, Default, Clone)]
 pub struct Metrics {

@@ -229,7 +229,7 @@ impl std::fmt::Debug for NodeSetup {
 }
 
 /// What a node reports when it stops.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NodeSummary {
     pub rounds: u64,
     pub model_digest: String,

@@ -15,6 +15,13 @@ use crate::audit::entry::{CoordinatorKeys, Digest, Member, Membership, approval_
 use crate::audit::log::safe_witness_quorum;
 use crate::he::{MAX_PARTIES, ParameterSet, ThresholdConfig};
 
+/// The name of member `index` (0-based) in a rehearsed consortium: `member-a`, `member-b`, ...
+/// up to the scheme's [`MAX_PARTIES`].
+pub fn rehearsal_member_name(index: u8) -> String {
+    assert!(index < MAX_PARTIES, "at most {MAX_PARTIES} members");
+    format!("member-{}", char::from(b'a' + index))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConsortiumError {
     #[error("consortium file is not valid TOML: {0}")]

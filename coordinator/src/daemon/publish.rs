@@ -3,12 +3,45 @@
 
 use super::*;
 
+/// Whenever the log grows, has it witnessed and published: new entries at once, a checkpoint
+/// short of the witness quorum again after half a second, and a member that (re)connected
+/// behind within a second. Waits on the shared state's changes, never on a polling timer.
+pub(super) async fn publisher(ctx: Arc<Context>) -> &'static str {
+    let (mut published, mut attempted) = (0, 0);
+    let mut last = now_ms();
+    loop {
+        let due = ctx
+            .wait_for(|s, now| {
+                let size = s.log.state().size();
+                let lagging = (0..s.member_sizes.len())
+                    .any(|m| s.connected & (1 << m) != 0 && s.member_sizes[m] < size);
+                let retry_at = (size != published).then_some(last + 500);
+                let catch_up_at = lagging.then_some(last + 1000);
+                let next = [retry_at, catch_up_at].into_iter().flatten().min();
+                if size != attempted || next.is_some_and(|at| now >= at) {
+                    Next::Done(size)
+                } else {
+                    Next::Wait(next)
+                }
+            })
+            .await;
+        last = now_ms();
+        attempted = due;
+        match publish(&ctx).await {
+            Ok(true) => published = due,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "publishing the log failed"),
+        }
+        ctx.changed.notify_waiters();
+    }
+}
+
 /// Has the members witness the whole log, then publishes the checkpoint with their
 /// cosignatures so they can act on it.
 /// Returns whether the checkpoint reached the witness quorum and went out for action; one that
 /// did not is tried again, since members act (and send partial decryptions) only on
 /// checkpoints the quorum cosigned.
-pub(super) async fn publish(ctx: &Arc<Context>) -> Result<bool, CoordinatorError> {
+async fn publish(ctx: &Arc<Context>) -> Result<bool, CoordinatorError> {
     let _guard = ctx.publish_lock.lock().await;
     let (checkpoint, note, leaves, sizes, connected, quorum) = {
         let s = ctx.lock();
@@ -97,7 +130,6 @@ pub(super) async fn publish(ctx: &Arc<Context>) -> Result<bool, CoordinatorError
         tracing::debug!(cosigned, quorum, "checkpoint short of the witness quorum");
         return Ok(false);
     }
-    let _ = &ctx.log_verifier;
     let mut tasks = Vec::new();
     for (m, peer) in ctx.peers.iter().enumerate() {
         if connected & (1 << m) == 0 {

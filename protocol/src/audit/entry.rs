@@ -464,7 +464,51 @@ pub struct Entry {
     pub body: Body,
 }
 
+/// The configuration epoch every entry carries until the consortium can change its membership.
+pub const CONFIG_EPOCH: u64 = 1;
+
 impl Entry {
+    /// An entry by `author` about nothing in particular (subject zero), with no references and
+    /// no payload: the builders below add what a body needs. One constructor, so that the
+    /// fields every author fills the same way are filled in one place.
+    pub fn new(
+        origin: impl Into<String>,
+        author: &SigningKey,
+        sequence: u64,
+        claimed_time_ms: u64,
+        body: Body,
+    ) -> Self {
+        Self {
+            origin: origin.into(),
+            config_epoch: CONFIG_EPOCH,
+            author: author.verifying_key().to_bytes(),
+            sequence,
+            subject: [0; 32],
+            references: Vec::new(),
+            payload: None,
+            claimed_time_ms,
+            body,
+        }
+    }
+
+    /// The ceremony, round or request the entry is about.
+    pub fn about(mut self, subject: Digest) -> Self {
+        self.subject = subject;
+        self
+    }
+
+    /// The earlier leaves the entry builds on, increasing.
+    pub fn referencing(mut self, references: Vec<u64>) -> Self {
+        self.references = references;
+        self
+    }
+
+    /// The digest of the payload the entry stands for.
+    pub fn with_payload(mut self, payload: Option<Digest>) -> Self {
+        self.payload = payload;
+        self
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut body = Writer::default();
         self.body.encode(&mut body);

@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use ed25519_dalek::{Signature, VerifyingKey};
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 
 use super::checkpoint::Checkpoint;
-use super::entry::{Body, EntryError, KeyBytes, Membership, SignedEntry, approval_message};
+use super::entry::{Body, Entry, EntryError, KeyBytes, Membership, SignedEntry, approval_message};
 use super::merkle::{self, Hash, MerkleError};
 use super::note::{COSIGNATURE_V1, ED25519, NoteError, NoteVerifier};
 use crate::round::rules::{RoundRules, Writer};
@@ -250,6 +250,13 @@ impl LogState {
     }
 
     /// The sequence number `author`'s next entry must carry.
+    /// The next entry `author` may append to this log: its origin and the author's next
+    /// sequence number filled in.
+    pub fn draft(&self, author: &SigningKey, claimed_time_ms: u64, body: Body) -> Entry {
+        let sequence = self.next_sequence(&author.verifying_key().to_bytes());
+        Entry::new(self.origin(), author, sequence, claimed_time_ms, body)
+    }
+
     pub fn next_sequence(&self, author: &KeyBytes) -> u64 {
         self.next_sequence.get(author).copied().unwrap_or(0)
     }

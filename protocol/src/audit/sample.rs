@@ -72,7 +72,7 @@ impl SampleConsortium {
             .expect("valid name");
         let members: Vec<SampleMember> = (0..parties)
             .map(|i| {
-                let name = format!("member-{}", (b'a' + i) as char);
+                let name = crate::consortium::rehearsal_member_name(i);
                 SampleMember {
                     signing: SigningKey::from_bytes(&rng.r#gen()),
                     witness: NoteSigner::new(
@@ -144,17 +144,17 @@ impl SampleConsortium {
             Body::RoundOpen { .. } => self.round_plan,
             _ => None,
         };
-        Entry {
-            origin: self.origin.clone(),
-            config_epoch: 1,
-            author: author_key,
-            sequence: self.log.next_sequence(&author_key),
-            subject: body.round().map_or([0; 32], |r| digest("round", r)),
-            references,
-            payload,
-            claimed_time_ms: self.now * 1000,
+        let subject = body.round().map_or([0; 32], |r| digest("round", r));
+        Entry::new(
+            self.origin.clone(),
+            key,
+            self.log.next_sequence(&author_key),
+            self.now * 1000,
             body,
-        }
+        )
+        .about(subject)
+        .referencing(references)
+        .with_payload(payload)
         .sign(key)
     }
 

@@ -283,6 +283,18 @@ impl CoordinatorRound {
         }
     }
 
+    /// When the round next needs attention if nothing arrives before then (milliseconds):
+    /// the collection deadline, or the end of the quorum's time to release. `None` when only
+    /// an arrival can move the round on. A driver waits for the earlier of this and its next
+    /// event, then polls.
+    pub fn poll_timeout(&self, release_timeout_ms: u64) -> Option<u64> {
+        match self.phase {
+            Phase::Collecting => Some(self.deadline_ms),
+            Phase::Decrypting { since_ms, .. } => Some(since_ms.saturating_add(release_timeout_ms)),
+            Phase::Closed | Phase::Released => None,
+        }
+    }
+
     pub fn poll_decryption(
         &mut self,
         now_ms: u64,

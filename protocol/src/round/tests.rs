@@ -636,6 +636,47 @@ fn the_coordinator_closes_on_all_or_at_the_deadline_with_k_min() {
 }
 
 #[test]
+fn the_round_names_its_next_deadline_so_the_driver_never_polls() {
+    let mut round = CoordinatorRound::open(1, &membership(), plan(), 0b11111, 1000);
+    // Collecting: the close deadline, whatever arrives.
+    assert_eq!(round.poll_timeout(10_000), Some(1000));
+    round.contributed(0, 10, 10, [0; 32]);
+    assert_eq!(round.poll_timeout(10_000), Some(1000));
+    for m in 1..5u8 {
+        round.contributed(m, 10 + u64::from(m), 10, [m; 32]);
+    }
+    // Closed, before a request: nothing is due until the driver requests.
+    round.closed();
+    assert_eq!(round.poll_timeout(10_000), None);
+    // Decrypting: the quorum's time to release, from the request.
+    round.requested(50, 0, 0b111, 2000);
+    assert_eq!(round.poll_timeout(10_000), Some(12_000));
+    round.share_released(50, 0);
+    round.share_released(50, 1);
+    assert_eq!(
+        round.poll_decryption(11_999, 0b11111, 10_000),
+        DecryptionStatus::Waiting
+    );
+    assert_eq!(
+        round.poll_decryption(12_000, 0b11111, 10_000),
+        DecryptionStatus::Retry {
+            attempt: 1,
+            quorum: 0b01011
+        }
+    );
+    round.requested(60, 1, 0b01011, 12_100);
+    assert_eq!(round.poll_timeout(10_000), Some(22_100));
+    for m in [0, 1, 3] {
+        round.share_released(60, m);
+    }
+    assert_eq!(
+        round.poll_decryption(12_200, 0b11111, 10_000),
+        DecryptionStatus::Released
+    );
+    assert_eq!(round.poll_timeout(10_000), None);
+}
+
+#[test]
 fn a_failed_quorum_member_leads_to_a_retry_with_another_quorum_then_a_cap() {
     let everyone = 0b11111;
     let mut round = CoordinatorRound::open(1, &membership(), plan(), everyone, 1000);

@@ -1,0 +1,384 @@
+//! One round, step by step: open on the base the log's rules name, collect until everyone
+//! contributed or the deadline, close onto the aggregate, have a quorum decrypt it (retrying
+//! with a re-randomised ciphertext when a quorum member fails), and wait for the members'
+//! results. Each step waits on the round machine's next deadline and on the members' requests,
+//! never on a timer of its own.
+
+use super::*;
+
+/// Runs round `round` and reports it; a round that fails (too few contributions, weights the
+/// plan cannot express, no quorum) is logged as an incident and reported undecrypted.
+pub(super) async fn run_round(
+    ctx: &Arc<Context>,
+    config: &CoordinatorConfig,
+    budget: &Budget,
+    public_key: &EncryptionKey,
+    round: u64,
+    rng: &mut impl RngCore,
+) -> Result<RoundSummary, CoordinatorError> {
+    let started = Instant::now();
+    let mut summary = RoundSummary {
+        round,
+        ..Default::default()
+    };
+    let bytes_before = ctx.lock().bytes_received;
+    let (base, subject) = open(ctx, config, round)?;
+
+    let decision = collect(ctx).await;
+    summary.collect_seconds = started.elapsed().as_secs_f64();
+    if let CloseDecision::Fail { contributors } = decision {
+        tracing::warn!(
+            round,
+            contributors,
+            "round failed: fewer than k_min contributions"
+        );
+        ctx.append_own(
+            subject,
+            Body::Incident {
+                code: 1,
+                evidence: subject,
+                description: format!(
+                    "round {round} closed with {contributors} contributions, fewer than k_min"
+                ),
+            },
+            vec![],
+            None,
+        )?;
+        summary.contributors = contributors as u32;
+        summary.total_seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
+
+    let aggregate_started = Instant::now();
+    let Some(closed) = close(ctx, budget, round, base, subject).await? else {
+        summary.total_seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    };
+    summary.contributors = closed.contributors;
+    summary.aggregate_seconds = aggregate_started.elapsed().as_secs_f64();
+    tracing::info!(round, contributors = summary.contributors, "round closed");
+
+    let decrypt_started = Instant::now();
+    let release_timeout_ms = config.release_timeout_secs * 1000;
+    let outcome = decrypt(
+        ctx,
+        public_key,
+        round,
+        subject,
+        &closed,
+        release_timeout_ms,
+        rng,
+    )
+    .await?;
+    summary.attempts = outcome.attempts;
+    if let Some((request, quorum)) = outcome.released {
+        let (decrypted, model) = await_results(ctx, request, quorum, release_timeout_ms).await;
+        summary.decrypted = decrypted;
+        summary.model = model;
+        summary.decrypt_seconds = decrypt_started.elapsed().as_secs_f64();
+    }
+    summary.total_seconds = started.elapsed().as_secs_f64();
+    summary.bytes_received = ctx.lock().bytes_received - bytes_before;
+    tracing::info!(
+        round,
+        decrypted = summary.decrypted,
+        seconds = format!("{:.2}", summary.total_seconds),
+        "round finished"
+    );
+    Ok(summary)
+}
+
+/// Opens the round on the base the log's rules name, expecting the members connected now.
+fn open(
+    ctx: &Context,
+    config: &CoordinatorConfig,
+    round: u64,
+) -> Result<(Digest, Digest), CoordinatorError> {
+    let (base, model) = base_model(ctx);
+    let (expected, membership) = {
+        let s = ctx.lock();
+        (s.connected, s.membership.clone())
+    };
+    let deadline_ms = now_ms() + config.round_deadline_secs * 1000;
+    let subject = round_subject(round);
+    ctx.lock().round = Some(CoordinatorRound::open(
+        round,
+        &membership,
+        ctx.plan.clone(),
+        expected,
+        deadline_ms,
+    ));
+    ctx.append_own(
+        subject,
+        Body::RoundOpen {
+            round,
+            model,
+            base,
+            deadline_ms,
+            expected,
+        },
+        vec![],
+        Some(ctx.plan.digest()),
+    )?;
+    tracing::info!(round, expected = expected.count_ones(), "round open");
+    Ok((base, subject))
+}
+
+/// Collects until everyone still there contributed, or the deadline.
+async fn collect(ctx: &Context) -> CloseDecision {
+    ctx.wait_for(|s, now| {
+        let round = s.round.as_ref().expect("open");
+        match round.poll_close(now) {
+            CloseDecision::Wait => Next::Wait(round.poll_timeout(0)),
+            decision => Next::Done(decision),
+        }
+    })
+    .await
+}
+
+/// A closed round: its close entry and its aggregate.
+struct Closed {
+    close: u64,
+    aggregate: Ciphertext,
+    digest: Digest,
+    contributors: u32,
+}
+
+/// Closes the round: aggregates the contributions onto the base, stores the aggregate and
+/// logs the close. `None` when the contributions cannot be weighed under the plan (logged as
+/// an incident; nothing is decrypted this round).
+async fn close(
+    ctx: &Arc<Context>,
+    budget: &Budget,
+    round: u64,
+    base: Digest,
+    subject: Digest,
+) -> Result<Option<Closed>, CoordinatorError> {
+    // Closed first, under the same lock, so that no contribution is logged after the terms are
+    // taken: the log refuses a close that leaves a logged contribution out.
+    let close_terms = {
+        let mut s = ctx.lock();
+        let round = s.round.as_mut().expect("open");
+        round.closed();
+        round.close_terms()
+    };
+    let protocol::round::machine::CloseTerms { leaves, terms } = match close_terms {
+        Ok(terms) => terms,
+        Err(e) => {
+            tracing::warn!(round, error = %e, "round not closed");
+            ctx.append_own(
+                subject,
+                Body::Incident {
+                    code: 3,
+                    evidence: subject,
+                    description: format!("round {round} not closed: {e}"),
+                },
+                vec![],
+                None,
+            )?;
+            return Ok(None);
+        }
+    };
+    let round_error = move |reason: String| CoordinatorError::Round { round, reason };
+    let aggregate = {
+        let ctx = ctx.clone();
+        let delta = budget.delta_bits();
+        let values = ctx.plan.values as usize;
+        tokio::task::spawn_blocking(move || -> Result<Ciphertext, CoordinatorError> {
+            let mut acc = match (base != ZERO_BASE).then_some(base) {
+                Some(digest) => {
+                    protocol::wire::decode_ciphertext(&ctx.blobs.read(&digest)?, ctx.limits)
+                        .map_err(|e| round_error(format!("the stored model ciphertext: {e}")))?
+                }
+                None => Ciphertext::zero(values, delta),
+            };
+            protocol::round::policy::aggregate(&mut acc, &terms, ctx.limits, |d| ctx.blobs.read(d))
+                .map_err(|e| round_error(e.to_string()))?;
+            Ok(acc)
+        })
+        .await
+        .map_err(|e| round_error(e.to_string()))??
+    };
+    let digest = ctx.blobs.put(&encode_ciphertext(&aggregate))?;
+    debug_assert_eq!(ciphertext_digest(&aggregate).0, digest);
+    let contributors = leaves.len() as u32;
+    let close = ctx.append_own(
+        subject,
+        Body::RoundClose {
+            round,
+            base,
+            contributions: leaves.clone(),
+            aggregate: digest,
+        },
+        leaves,
+        Some(digest),
+    )?;
+    Ok(Some(Closed {
+        close,
+        aggregate,
+        digest,
+        contributors,
+    }))
+}
+
+/// How the decryption requests went: the attempts made and, if the whole quorum released,
+/// the request and its quorum.
+struct Decryption {
+    attempts: u8,
+    released: Option<(u64, u16)>,
+}
+
+/// Names a quorum of connected members and waits for their releases; a failed member leads
+/// to a re-randomised ciphertext for another quorum, until the plan's retries run out.
+async fn decrypt(
+    ctx: &Context,
+    public_key: &EncryptionKey,
+    round: u64,
+    subject: Digest,
+    closed: &Closed,
+    release_timeout_ms: u64,
+    rng: &mut impl RngCore,
+) -> Result<Decryption, CoordinatorError> {
+    let round_error = move |reason: String| CoordinatorError::Round { round, reason };
+    let mut attempt = 0u8;
+    let mut quorum = {
+        let s = ctx.lock();
+        s.round.as_ref().expect("open").choose_quorum(s.connected)
+    }
+    .ok_or_else(|| round_error("too few members connected to form a quorum".into()))?;
+    let mut target = closed.digest;
+    let mut seed = [0u8; 32];
+    let mut request = closed.close;
+    let mut requested_quorum = quorum;
+    loop {
+        let appended = ctx.append_own(
+            subject,
+            Body::DecryptionRequest {
+                round,
+                close: closed.close,
+                ciphertext: target,
+                quorum,
+                attempt,
+                seed,
+            },
+            vec![closed.close],
+            Some(target),
+        );
+        let previous = request;
+        request = match appended {
+            Ok(leaf) => leaf,
+            // The last release of the previous attempt arrived while the retry was being
+            // prepared: the round is decrypted, and the log refuses a retry after that.
+            Err(_) if attempt > 0 && previous_attempt_completed(ctx, previous) => {
+                tracing::info!(round, "the previous attempt completed; no retry");
+                return Ok(Decryption {
+                    attempts: attempt,
+                    released: Some((previous, requested_quorum)),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        requested_quorum = quorum;
+        ctx.lock()
+            .round
+            .as_mut()
+            .expect("open")
+            .requested(request, attempt, quorum, now_ms());
+        tracing::info!(
+            round,
+            attempt,
+            quorum = format!("{quorum:#b}"),
+            "decryption requested"
+        );
+        let status = ctx
+            .wait_for(|s, now| {
+                let connected = s.connected;
+                let machine = s.round.as_mut().expect("open");
+                match machine.poll_decryption(now, connected, release_timeout_ms) {
+                    DecryptionStatus::Waiting => {
+                        Next::Wait(machine.poll_timeout(release_timeout_ms))
+                    }
+                    status => Next::Done(status),
+                }
+            })
+            .await;
+        match status {
+            DecryptionStatus::Released => {
+                return Ok(Decryption {
+                    attempts: attempt + 1,
+                    released: Some((request, quorum)),
+                });
+            }
+            DecryptionStatus::Retry {
+                attempt: next,
+                quorum: next_quorum,
+            } => {
+                tracing::warn!(round, attempt = next, "a quorum member failed: retrying");
+                rng.fill_bytes(&mut seed);
+                let mut retried = closed.aggregate.clone();
+                public_key
+                    .rerandomize(&mut retried, seed)
+                    .map_err(|e| round_error(e.to_string()))?;
+                target = ctx.blobs.put(&encode_ciphertext(&retried))?;
+                attempt = next;
+                quorum = next_quorum;
+            }
+            DecryptionStatus::GiveUp(reason) => {
+                tracing::error!(round, %reason, "decryption abandoned");
+                ctx.append_own(
+                    subject,
+                    Body::Incident {
+                        code: 2,
+                        evidence: target,
+                        description: reason,
+                    },
+                    vec![request],
+                    None,
+                )?;
+                return Ok(Decryption {
+                    attempts: attempt + 1,
+                    released: None,
+                });
+            }
+            DecryptionStatus::Waiting => unreachable!("wait_for returns only a decision"),
+        }
+    }
+}
+
+/// Waits for the members' results (every connected member combines and logs one): until all
+/// connected members logged one, or the quorum did and the release timeout passed, and at
+/// most twice that timeout. Returns whether the quorum's results are in, and a model digest.
+async fn await_results(
+    ctx: &Context,
+    request: u64,
+    quorum: u16,
+    release_timeout_ms: u64,
+) -> (bool, Option<String>) {
+    let enough_at = now_ms() + release_timeout_ms;
+    let give_up = enough_at + release_timeout_ms;
+    ctx.wait_for(|s, now| {
+        let results = s.results.get(&request);
+        let has = |m: u8| results.is_some_and(|r| r.contains_key(&m));
+        let quorum_done = (0..16u8).filter(|m| quorum & (1 << m) != 0).all(has);
+        let everyone_done = (0..16u8).filter(|m| s.connected & (1 << m) != 0).all(has);
+        let model = || results.and_then(|r| r.values().next()).map(hex::encode);
+        if everyone_done || (quorum_done && now >= enough_at) {
+            Next::Done((quorum_done, model()))
+        } else if now >= give_up {
+            Next::Done((false, None))
+        } else {
+            Next::Wait(Some(if quorum_done { enough_at } else { give_up }))
+        }
+    })
+    .await
+}
+
+/// Whether the whole quorum of the request at `leaf` released, by the log's round rules.
+fn previous_attempt_completed(ctx: &Context, leaf: u64) -> bool {
+    ctx.lock()
+        .log
+        .state()
+        .rounds()
+        .and_then(|rules| rules.request(leaf))
+        .is_some_and(|r| r.complete())
+}

@@ -1,0 +1,74 @@
+//! What a coordinator's run reports: per-round times, contributors and bytes, the log's size
+//! and the process's peak memory. Written as JSON by `quorate coordinator run --summary` and
+//! read back, typed, by the demo and the benchmarks.
+
+use std::collections::BTreeMap;
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunSummary {
+    pub rounds: Vec<RoundSummary>,
+    pub log_size: u64,
+    /// The process's peak resident memory, where the platform reports it.
+    pub peak_memory_bytes: Option<u64>,
+    /// Every request members sent, by kind: what the coordinator was ever handed.
+    pub requests_received: BTreeMap<String, u64>,
+    /// The run was stopped by a signal before its last round; the round in progress, if any,
+    /// was abandoned (everything logged stays logged).
+    #[serde(default)]
+    pub interrupted: bool,
+}
+
+/// One round as the coordinator saw it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RoundSummary {
+    pub round: u64,
+    pub contributors: u32,
+    pub decrypted: bool,
+    pub attempts: u8,
+    /// The decrypted model's digest (hex) a member logged.
+    pub model: Option<String>,
+    pub collect_seconds: f64,
+    pub aggregate_seconds: f64,
+    pub decrypt_seconds: f64,
+    pub total_seconds: f64,
+    pub bytes_received: u64,
+}
+
+/// The peak resident set size of this process (Linux), in bytes.
+pub fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_reads_back_as_it_was_written() {
+        let summary = RunSummary {
+            rounds: vec![RoundSummary {
+                round: 3,
+                contributors: 4,
+                decrypted: true,
+                attempts: 2,
+                model: Some("ab".repeat(32)),
+                total_seconds: 1.5,
+                bytes_received: 99,
+                ..Default::default()
+            }],
+            log_size: 42,
+            peak_memory_bytes: Some(1 << 20),
+            requests_received: [("offer".to_owned(), 4)].into(),
+            interrupted: false,
+        };
+        let json = serde_json::to_vec(&summary).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<RunSummary>(&json).unwrap(),
+            summary
+        );
+    }
+}

@@ -1,0 +1,75 @@
+//! The plaintext baselines, computed in the demo's own process from the same local training
+//! the nodes run: fixed-point FedAvg (the decrypted models must equal it bit for bit) and float
+//! FedAvg (the accuracy to match).
+
+use anyhow::Result;
+use node::source::{TrainingSource, UpdateSource};
+use protocol::round::{RoundPlan, model_digest};
+use training::trainer::Evaluation;
+
+/// The pooled measure of a global model over every institution's held-out rows.
+pub(super) fn pooled(sources: &[TrainingSource], global: &[f32]) -> Evaluation {
+    let mut total = Evaluation::default();
+    for source in sources {
+        if let Some(e) = source.evaluate(global) {
+            total.add(&e);
+        }
+    }
+    total
+}
+
+/// Per round: the model digest and pooled measure of plaintext fixed-point FedAvg, which the
+/// encrypted rounds must match bit for bit.
+pub(super) fn fixed_point_fedavg(
+    plan: &RoundPlan,
+    sources: &mut [TrainingSource],
+    rounds: u32,
+) -> Result<Vec<(String, Evaluation)>> {
+    let mut model = vec![0i64; plan.values as usize];
+    let mut out = Vec::new();
+    for round in 1..=u64::from(rounds) {
+        let global = plan.decode_model(&model);
+        let updates = sources
+            .iter_mut()
+            .map(|s| s.update(round, &global))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(anyhow::Error::msg)?;
+        plan.fedavg_step(&mut model, &updates)?;
+        out.push((
+            hex::encode(model_digest(&model)),
+            pooled(sources, &plan.decode_model(&model)),
+        ));
+    }
+    Ok(out)
+}
+
+/// Per round: the pooled measure of float FedAvg over the same local training, with the same
+/// clipping and server rate but exact sample weights and no quantisation.
+pub(super) fn float_fedavg(
+    plan: &RoundPlan,
+    sources: &mut [TrainingSource],
+    rounds: u32,
+) -> Result<Vec<Evaluation>> {
+    let mut model = vec![0.0f64; plan.values as usize];
+    let rate = f64::from(plan.server_rate_millis) / 1000.0;
+    let clip = f64::from(plan.clip);
+    let mut out = Vec::new();
+    for round in 1..=u64::from(rounds) {
+        let global: Vec<f32> = model.iter().map(|&v| v as f32).collect();
+        let updates = sources
+            .iter_mut()
+            .map(|s| s.update(round, &global))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(anyhow::Error::msg)?;
+        let total: u64 = updates.iter().map(|(_, n)| n).sum();
+        for (update, samples) in &updates {
+            let weight = rate * *samples as f64 / total as f64;
+            for (m, u) in model.iter_mut().zip(update) {
+                *m += weight * f64::from(*u).clamp(-clip, clip);
+            }
+        }
+        let global: Vec<f32> = model.iter().map(|&v| v as f32).collect();
+        out.push(pooled(sources, &global));
+    }
+    Ok(out)
+}
