@@ -153,7 +153,7 @@ fn read_export(dir: &Path) -> Result<(ExportedLog, Vec<Finding>)> {
         Ok(Err(why)) => flag(ViolationClass::Format, "FORMAT".into(), why),
         Ok(Ok(bytes)) => match parse_format_file(&bytes) {
             Ok(origin) => export.origin = origin,
-            Err(why) => flag(ViolationClass::Format, "FORMAT".into(), why),
+            Err(why) => flag(ViolationClass::Format, "FORMAT".into(), why.to_string()),
         },
     }
 

@@ -142,7 +142,7 @@ fn train_once(command: &NodeCommand) -> Result<ExitCode> {
         scaling: node::config::Scaling::Local,
     };
     // The incoming file holds the full parameters: no initial model is added here.
-    let mut source = node::source::TrainingSource::load(&trainer).map_err(anyhow::Error::msg)?;
+    let mut source = node::source::TrainingSource::load(&trainer)?;
     source.initial = vec![0.0; source.model.parameters()];
     let network = source.model;
     let layout = network.layout();
@@ -157,13 +157,12 @@ fn train_once(command: &NodeCommand) -> Result<ExitCode> {
             model_in.display()
         );
     }
-    let (update, samples) = node::source::UpdateSource::update(&mut source, *round, &parameters)
-        .map_err(anyhow::Error::msg)?;
+    let update = node::source::UpdateSource::update(&mut source, *round, &parameters)?;
     let metadata = std::collections::HashMap::from([
-        ("samples".to_string(), samples.to_string()),
+        ("samples".to_string(), update.samples.to_string()),
         ("round".to_string(), round.to_string()),
     ]);
-    let bytes = training::tensors::encode(&layout, &update, metadata)?;
+    let bytes = training::tensors::encode(&layout, &update.values, metadata)?;
     runtime::files::write_atomically(update_out, &bytes, 0o600)
         .with_context(|| format!("writing {}", update_out.display()))?;
     Ok(ExitCode::SUCCESS)
@@ -326,7 +325,6 @@ pub fn run_node(command: &NodeCommand) -> Result<ExitCode> {
         &config.plan,
         config.store.join("trainer"),
     )
-    .map_err(anyhow::Error::msg)
     .with_context(|| format!("{}: [source]", config_path.display()))?;
     let setup = node::daemon::NodeSetup {
         consortium,

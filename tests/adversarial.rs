@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use protocol::audit::entry::{Body, Digest, Entry, SignedEntry};
+use protocol::audit::entry::{Body, Digest, SignedEntry};
 use protocol::audit::log::LogState;
 use protocol::audit::note::{ED25519, NoteSigner};
 use protocol::consortium::Consortium;
@@ -55,7 +55,7 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
     let (handle, mut events) = transport::spawn(
         coordinator.keypair(),
         TransportConfig {
-            protocol: "/quorate/round/1",
+            protocol: protocol::round::message::PROTOCOL,
             max_message: MAX_MESSAGE_BYTES,
             request_timeout: Duration::from_secs(60),
             listen: peers[0].1.clone(),
@@ -140,7 +140,7 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
     let (_b_handle, mut b_events) = transport::spawn(
         h.members[1].keypair(),
         TransportConfig {
-            protocol: "/quorate/round/1",
+            protocol: protocol::round::message::PROTOCOL,
             max_message: MAX_MESSAGE_BYTES,
             request_timeout: Duration::from_secs(60),
             listen: peers[2].1.clone(),
@@ -355,25 +355,21 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
     publish!();
     // Round 7 on Y breaks the log's round rules, so it is written past them, and the
     // checkpoint over it is shown to member-a for cosigning.
-    let author = h.coordinator.signing.verifying_key().to_bytes();
-    let open7 = Entry {
-        origin: h.log.origin().to_owned(),
-        config_epoch: 1,
-        author,
-        sequence: h.log.next_sequence(&author),
-        subject: [0; 32],
-        references: vec![],
-        payload: Some(h.plan.digest()),
-        claimed_time_ms: now_ms(),
-        body: Body::RoundOpen {
-            round: 7,
-            model: [0; 32],
-            base: crafted,
-            deadline_ms: now_ms() + 60_000,
-            expected: 0b11111,
-        },
-    }
-    .sign(&h.coordinator.signing);
+    let open7 = h
+        .log
+        .draft(
+            &h.coordinator.signing,
+            now_ms(),
+            Body::RoundOpen {
+                round: 7,
+                model: [0; 32],
+                base: crafted,
+                deadline_ms: now_ms() + 60_000,
+                expected: 0b11111,
+            },
+        )
+        .with_payload(Some(h.plan.digest()))
+        .sign(&h.coordinator.signing);
     let mut leaves = h.log.leaves().to_vec();
     leaves.push(open7.leaf().to_vec());
     let hashes: Vec<_> = leaves
@@ -442,7 +438,7 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
     let (stranger_handle, _stranger_events) = transport::spawn(
         stranger.keypair(),
         TransportConfig {
-            protocol: "/quorate/round/1",
+            protocol: protocol::round::message::PROTOCOL,
             max_message: MAX_MESSAGE_BYTES,
             request_timeout: Duration::from_secs(5),
             listen: "/ip4/127.0.0.1/tcp/0".parse().unwrap(),

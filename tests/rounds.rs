@@ -520,7 +520,10 @@ fn training_on_real_data_matches_plaintext_fixed_point_fedavg_exactly() {
         let floats = d.plan.decode_model(&model);
         let updates: Vec<(Vec<f32>, u64)> = sources
             .iter_mut()
-            .map(|s| node::source::UpdateSource::update(s, round, &floats).unwrap())
+            .map(|s| {
+                let update = node::source::UpdateSource::update(s, round, &floats).unwrap();
+                (update.values, update.samples)
+            })
             .collect();
         d.plan.fedavg_step(&mut model, &updates).unwrap();
     }

@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use libp2p::PeerId;
-use protocol::audit::entry::{Body, Digest, Membership, SignedEntry};
+use protocol::audit::entry::{Body, Digest, IncidentCode, Membership, SignedEntry};
 use protocol::audit::log::checkpoint_verifiers;
 use protocol::audit::note::{ED25519, Note, NoteSigner, NoteVerifier, SignatureLine};
 use protocol::consortium::Consortium;
 use protocol::he::{Budget, Ciphertext, EncryptionKey};
-use protocol::round::message::{MAX_ENTRIES_PER_MESSAGE, MAX_MESSAGE_BYTES, Request, Response};
+use protocol::round::message::{
+    MAX_ENTRIES_PER_MESSAGE, MAX_MESSAGE_BYTES, PROTOCOL, Request, Response,
+};
 use protocol::round::rules::ZERO_BASE;
 use protocol::round::{CloseDecision, CoordinatorRound, DecryptionStatus, RoundPlan};
 use protocol::wire::{DecodeLimits, ciphertext_digest, encode_ciphertext};
@@ -44,7 +46,6 @@ use publish::publisher;
 use requests::handle_request;
 use round::run_round;
 
-pub const PROTOCOL: &str = "/quorate/round/1";
 /// The log store's directory inside the coordinator's store.
 pub const LOG_STORE: &str = "log-store";
 

@@ -26,21 +26,17 @@ fn expected_leaf(sample: &SampleConsortium, index: u64) -> Vec<u8> {
     if index == 0 {
         return sample.log.leaf(0).unwrap().to_vec();
     }
-    Entry {
-        origin: sample.origin.clone(),
-        config_epoch: 1,
-        author: sample.coordinator.verifying_key().to_bytes(),
-        sequence: index,
-        subject: [0; 32],
-        references: vec![],
-        payload: None,
-        claimed_time_ms: 0,
-        body: Body::Incident {
+    Entry::new(
+        sample.origin.clone(),
+        &sample.coordinator,
+        index,
+        0,
+        Body::Incident {
             code: 0,
             evidence: [1; 32],
             description: "crash test".into(),
         },
-    }
+    )
     .sign(&sample.coordinator)
     .leaf()
     .to_vec()

@@ -127,7 +127,7 @@ pub fn validation_challenge(
     config: ThresholdConfig,
     transcript: &Digest,
     public_key: &PublicKey,
-) -> Result<Challenge, String> {
+) -> Result<Challenge, protocol::he::HeError> {
     let budget = Budget::compute(BudgetRequest {
         config,
         max_contributions: 1,
@@ -135,8 +135,7 @@ pub fn validation_challenge(
         value_bits: 20,
         kappa: VALIDATION_KAPPA,
         rounds: 1,
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     let mut stream =
         ChaCha20Rng::from_seed(hash(&[b"quorate/validation-challenge/v1", transcript]));
     let values: Vec<i64> = (0..CHALLENGE_VALUES)
@@ -144,8 +143,7 @@ pub fn validation_challenge(
         .collect();
     let ciphertext = public_key
         .prepare()
-        .encrypt(&values, &budget, &mut stream)
-        .map_err(|e| e.to_string())?;
+        .encrypt(&values, &budget, &mut stream)?;
     Ok(Challenge {
         values,
         ciphertext: BoundCiphertext::new(ciphertext),

@@ -514,9 +514,13 @@ impl Participant {
         [nonce.as_slice(), &sealed].concat()
     }
 
-    fn decrypt_pieces(&self, dealer: u8, blob: &[u8]) -> Result<Vec<(Subset, DealtPiece)>, String> {
+    fn decrypt_pieces(
+        &self,
+        dealer: u8,
+        blob: &[u8],
+    ) -> Result<Vec<(Subset, DealtPiece)>, SubshareError> {
         if blob.len() < 24 {
-            return Err("the subshare blob is truncated".into());
+            return Err(SubshareError::Truncated);
         }
         let key = self.blob_key(dealer, self.me, &self.exchange_key_of(dealer));
         let aad = [self.ceremony().as_slice(), &[dealer, self.me]].concat();
@@ -529,20 +533,17 @@ impl Participant {
                         aad: &aad,
                     },
                 )
-                .map_err(|_| "the subshares do not decrypt".to_owned())?,
+                .map_err(|_| SubshareError::DoNotDecrypt)?,
         );
         let mut r = Reader::new(&plain);
-        let bad = |e: protocol::bytes::ReadError| format!("malformed subshares: {e}");
-        let count = r.count("pieces", 2, 1024).map_err(bad)?;
+        let count = r.count("pieces", 2, 1024)?;
         let mut pieces = Vec::with_capacity(count);
         for _ in 0..count {
-            let subset = Subset(r.u16("subset").map_err(bad)?);
-            let piece = match r.u8("piece kind").map_err(bad)? {
-                0 => DealtPiece::Seed(r.array("seed").map_err(bad)?),
+            let subset = Subset(r.u16("subset")?);
+            let piece = match r.u8("piece kind")? {
+                0 => DealtPiece::Seed(r.array("seed")?),
                 1 => {
-                    let bytes = r
-                        .take("coefficients", protocol::he::POLYNOMIAL_SIZE * 16)
-                        .map_err(bad)?;
+                    let bytes = r.take("coefficients", protocol::he::POLYNOMIAL_SIZE * 16)?;
                     DealtPiece::Full(
                         bytes
                             .chunks_exact(16)
@@ -550,14 +551,14 @@ impl Participant {
                             .collect(),
                     )
                 }
-                other => return Err(format!("unknown piece kind {other}")),
+                other => return Err(SubshareError::PieceKind(other)),
             };
             pieces.push((subset, piece));
         }
-        r.finish("subshares").map_err(bad)?;
+        r.finish("subshares")?;
         let held: Vec<Subset> = pieces.iter().map(|(s, _)| *s).collect();
         if held != self.config.subsets_held_by(self.me) {
-            return Err("the subshares are not for the subsets this member holds".into());
+            return Err(SubshareError::OtherSubsets);
         }
         Ok(pieces)
     }
@@ -635,9 +636,9 @@ impl Participant {
             } else {
                 let listed = blobs.iter().find(|(r, _)| *r == self.me).map(|(_, d)| *d);
                 match &reveal.attachment {
-                    None => Err("no subshares arrived for this member".to_owned()),
+                    None => Err(SubshareError::Missing),
                     Some(blob) if Some(Sha256::digest(blob).into()) != listed => {
-                        Err("the subshares received do not match the committed digest".to_owned())
+                        Err(SubshareError::NotCommitted)
                     }
                     Some(blob) => self.decrypt_pieces(dealer, blob),
                 }
@@ -649,7 +650,7 @@ impl Participant {
                         .add(dealer, &subshares)
                         .map_err(|e| self.fail(Some(dealer), e.to_string()))?;
                 }
-                Err(reason) => complaints.push((dealer, reason)),
+                Err(reason) => complaints.push((dealer, reason.to_string())),
             }
         }
         if complaints.is_empty() {
@@ -718,8 +719,8 @@ impl Participant {
             }
         }
         let public_key = self.public_key.as_ref().expect("combined before signing");
-        let challenge =
-            validation_challenge(self.config, &mine, public_key).map_err(|e| self.fail(None, e))?;
+        let challenge = validation_challenge(self.config, &mine, public_key)
+            .map_err(|e| self.fail(None, e.to_string()))?;
         let share = self.share.as_ref().expect("built before signing");
         let mut partials = Vec::new();
         for quorum in t_subsets(self.config)
@@ -791,4 +792,24 @@ fn blobs_digest(blobs: &[(u8, Digest)]) -> Digest {
         parts.push(digest);
     }
     hash(&parts)
+}
+
+/// Why a dealer's subshares for this member are refused (the member complains about the
+/// dealer with this reason).
+#[derive(Debug, thiserror::Error)]
+enum SubshareError {
+    #[error("no subshares arrived for this member")]
+    Missing,
+    #[error("the subshares received do not match the committed digest")]
+    NotCommitted,
+    #[error("the subshare blob is truncated")]
+    Truncated,
+    #[error("the subshares do not decrypt")]
+    DoNotDecrypt,
+    #[error("malformed subshares: {0}")]
+    Malformed(#[from] protocol::bytes::ReadError),
+    #[error("unknown piece kind {0}")]
+    PieceKind(u8),
+    #[error("the subshares are not for the subsets this member holds")]
+    OtherSubsets,
 }

@@ -3,7 +3,7 @@
 //! ([`runtime::transport`]) under the ceremony's own protocol name, so the ceremony has the
 //! daemons' allow-list and connection limits.
 
-use protocol::bytes::{Reader, Writer};
+use protocol::bytes::{ReadError, Reader, Writer};
 
 use crate::message::Message;
 
@@ -24,27 +24,27 @@ pub fn encode_envelope(message: &Message, attachment: Option<&[u8]>) -> Vec<u8> 
     w.into_bytes()
 }
 
-pub fn decode_envelope(bytes: &[u8]) -> Result<(Message, Option<Vec<u8>>), String> {
+/// Why an envelope could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("attachment flag {0} (0 or 1)")]
+    AttachmentFlag(u8),
+}
+
+pub fn decode_envelope(bytes: &[u8]) -> Result<(Message, Option<Vec<u8>>), EnvelopeError> {
     let mut r = Reader::new(bytes);
-    let len = r
-        .count("message length", 4, MAX_ENVELOPE as u64)
-        .map_err(|e| e.to_string())?;
-    let message = Message::decode(r.take("message", len).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
-    let attachment = match r.u8("attachment flag").map_err(|e| e.to_string())? {
+    let len = r.count("message length", 4, MAX_ENVELOPE as u64)?;
+    let message = Message::decode(r.take("message", len)?)?;
+    let attachment = match r.u8("attachment flag")? {
         0 => None,
         1 => {
-            let len = r
-                .count("attachment length", 4, MAX_ENVELOPE as u64)
-                .map_err(|e| e.to_string())?;
-            Some(
-                r.take("attachment", len)
-                    .map_err(|e| e.to_string())?
-                    .to_vec(),
-            )
+            let len = r.count("attachment length", 4, MAX_ENVELOPE as u64)?;
+            Some(r.take("attachment", len)?.to_vec())
         }
-        other => return Err(format!("attachment flag {other}")),
+        other => return Err(EnvelopeError::AttachmentFlag(other)),
     };
-    r.finish("envelope").map_err(|e| e.to_string())?;
+    r.finish("envelope")?;
     Ok((message, attachment))
 }

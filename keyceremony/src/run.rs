@@ -286,25 +286,24 @@ pub async fn run_member(
     let mut entries = Vec::new();
     for (sequence, message) in own.iter().enumerate() {
         let last = sequence + 1 == own.len();
-        let entry = Entry {
-            origin: consortium.log_origin(),
-            config_epoch: 1,
-            author: identity.signing.verifying_key().to_bytes(),
-            sequence: sequence as u64,
-            subject: outcome.ceremony,
-            references: vec![],
-            payload: last.then_some(transcript_digest),
-            claimed_time_ms: now,
-            body: EntryBody::CeremonyStep {
-                ceremony: outcome.ceremony,
-                phase: message.phase() as u8,
-                artefact: if last {
-                    verified.fingerprint
-                } else {
-                    message.digest()
-                },
+        let body = EntryBody::CeremonyStep {
+            ceremony: outcome.ceremony,
+            phase: message.phase() as u8,
+            artefact: if last {
+                verified.fingerprint
+            } else {
+                message.digest()
             },
-        }
+        };
+        let entry = Entry::new(
+            consortium.log_origin(),
+            &identity.signing,
+            sequence as u64,
+            now,
+            body,
+        )
+        .about(outcome.ceremony)
+        .with_payload(last.then_some(transcript_digest))
         .sign(&identity.signing);
         entries.push(entry);
     }

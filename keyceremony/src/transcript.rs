@@ -253,8 +253,8 @@ pub fn verify(transcript: &Transcript) -> Result<Verified, TranscriptError> {
         }
     }
     // Validation: recompute the challenge and every t-subset's decryption of it.
-    let challenge =
-        validation_challenge(config, &hash, &public_key).map_err(TranscriptError::Check)?;
+    let challenge = validation_challenge(config, &hash, &public_key)
+        .map_err(|e| TranscriptError::Check(e.to_string()))?;
     let failures = challenge.failures(config, &bodies(Phase::ValidationShares));
     if let Some(first) = failures.first() {
         let members: Vec<u8> = protocol::he::Subset(*first).members().collect();

@@ -13,13 +13,15 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use libp2p::PeerId;
 use protocol::audit::checkpoint::{Checkpoint, SignedCheckpoint};
-use protocol::audit::entry::{Body, Digest, Entry, Membership, SignedEntry};
+use protocol::audit::entry::{Body, Digest, Entry, IncidentCode, Membership, SignedEntry};
 use protocol::audit::log::{LogState, checkpoint_verifiers};
 use protocol::audit::note::{COSIGNATURE_V1, Note, NoteSigner, NoteVerifier};
 use protocol::audit::witness::WitnessState;
 use protocol::consortium::Consortium;
 use protocol::he::{Budget, Ciphertext, EncryptionKey, KeyShare, Quorum};
-use protocol::round::message::{CHUNK_BYTES, MAX_MESSAGE_BYTES, Request, Response, chunk_digests};
+use protocol::round::message::{
+    CHUNK_BYTES, MAX_MESSAGE_BYTES, PROTOCOL, Request, Response, chunk_digests,
+};
 use protocol::round::policy::{HeldModel, Refusal, ReleaseTarget, check_combine, check_request};
 use protocol::round::{ModelDigest, RoundPlan, model_digest};
 use protocol::wire::{
@@ -38,17 +40,17 @@ use crate::state_store::{Recorded, Release, StateStore, StateStoreError};
 use crate::witness_store::{WitnessStore, WitnessStoreError};
 
 mod decrypt;
+mod error;
 mod fetch;
 mod log;
 mod report;
 
 use decrypt::*;
+pub use error::StepError;
 use fetch::*;
 use log::*;
 pub use report::RoundReport;
 use report::*;
-
-pub const PROTOCOL: &str = "/quorate/round/1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -179,19 +181,21 @@ pub enum Fault {
     Release(u64),
 }
 
+/// A `--fault` argument that is not `STEP:ROUND`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?}: expected STEP:ROUND with STEP contribute or release and ROUND a number")]
+pub struct FaultError(String);
+
 impl std::str::FromStr for Fault {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (step, round) = s
-            .split_once(':')
-            .ok_or_else(|| format!("{s:?}: expected STEP:ROUND"))?;
-        let round: u64 = round
-            .parse()
-            .map_err(|_| format!("{s:?}: the round is not a number"))?;
+    type Err = FaultError;
+    fn from_str(s: &str) -> Result<Self, FaultError> {
+        let bad = || FaultError(s.to_owned());
+        let (step, round) = s.split_once(':').ok_or_else(bad)?;
+        let round: u64 = round.parse().map_err(|_| bad())?;
         match step {
             "contribute" => Ok(Fault::Contribute(round)),
             "release" => Ok(Fault::Release(round)),
-            other => Err(format!("unknown step {other:?} (contribute, release)")),
+            _ => Err(bad()),
         }
     }
 }
@@ -418,7 +422,7 @@ async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Request) -> Re
             Ok(()) => Response::Ok,
             Err(e) => {
                 tracing::warn!(error = %e, "checkpoint refused");
-                refused(e)
+                refused(e.to_string())
             }
         },
         Request::Incident { entry } => match ctx.member_of(&peer) {
@@ -437,7 +441,7 @@ async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Request) -> Re
             Some(member) if member != ctx.me => {
                 match receive_partial(&ctx, member, request, index, count, bytes) {
                     Ok(()) => Response::Ok,
-                    Err(e) => refused(e),
+                    Err(e) => refused(e.to_string()),
                 }
             }
             _ => refused("partial decryptions are taken from members only"),
@@ -474,14 +478,14 @@ async fn append(
     body: Body,
     references: Vec<u64>,
     payload: Option<Digest>,
-) -> Result<u64, String> {
+) -> Result<u64, StepError> {
     let _author = ctx.author.lock().await;
     let entry = sign(ctx, body, references, payload);
     append_signed(ctx, &entry).await
 }
 
 /// Appends a signed entry through the coordinator (the caller holds the author lock).
-async fn append_signed(ctx: &Context, entry: &SignedEntry) -> Result<u64, String> {
+async fn append_signed(ctx: &Context, entry: &SignedEntry) -> Result<u64, StepError> {
     let response = ctx
         .handle
         .call(
@@ -490,8 +494,7 @@ async fn append_signed(ctx: &Context, entry: &SignedEntry) -> Result<u64, String
                 entry: entry.leaf().to_vec(),
             },
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     finish_append(ctx, entry, response)
 }
 
@@ -499,33 +502,29 @@ fn sign(ctx: &Context, body: Body, references: Vec<u64>, payload: Option<Digest>
     let state = ctx.lock();
     let author = ctx.signing.verifying_key().to_bytes();
     let sequence = state.next_sequence.max(state.log.next_sequence(&author));
-    Entry {
-        origin: state.log.origin().to_owned(),
-        config_epoch: 1,
-        author,
-        sequence,
-        subject: [0; 32],
-        references,
-        payload,
-        claimed_time_ms: now_ms(),
-        body,
-    }
-    .sign(&ctx.signing)
+    Entry::new(state.log.origin(), &ctx.signing, sequence, now_ms(), body)
+        .referencing(references)
+        .with_payload(payload)
+        .sign(&ctx.signing)
 }
 
-fn finish_append(ctx: &Context, entry: &SignedEntry, response: Response) -> Result<u64, String> {
+fn finish_append(ctx: &Context, entry: &SignedEntry, response: Response) -> Result<u64, StepError> {
     match response {
         Response::Appended { leaf } => {
             ctx.lock().next_sequence = entry.entry.sequence + 1;
             Ok(leaf)
         }
-        Response::Refused { reason } => Err(format!("the coordinator refused: {reason}")),
-        other => Err(format!("unexpected response {other:?}")),
+        Response::Refused { reason } => Err(StepError::Refused(reason)),
+        other => Err(StepError::Unexpected {
+            request: "an append",
+            response: format!("{other:?}"),
+        }),
     }
 }
 
 /// Logs an incident (best effort: the node's refusal stands whether or not it is logged).
-fn incident(ctx: &Arc<Context>, code: u16, evidence: Digest, description: String) {
+fn incident(ctx: &Arc<Context>, code: IncidentCode, evidence: Digest, description: String) {
+    let code = code.number();
     tracing::warn!(code, %description, "incident");
     let ctx = ctx.clone();
     tokio::spawn(async move {
@@ -591,34 +590,28 @@ fn hear_incident(ctx: &Arc<Context>, member: u8, bytes: &[u8]) -> Result<(), Hea
     Ok(())
 }
 
-async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), String> {
+async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), StepError> {
     let model = ctx.plan.decode_model(&ctx.lock().model);
     let worker = ctx.clone();
     let (bytes, samples) =
-        tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, u64), String> {
-            let (update, samples) = worker
+        tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, u64), StepError> {
+            let update = worker
                 .source
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .update(round, &model)?;
-            if update.len() != worker.plan.values as usize {
-                return Err(format!(
-                    "the update has {} values, the plan {}",
-                    update.len(),
-                    worker.plan.values
-                ));
+            if update.values.len() != worker.plan.values as usize {
+                return Err(StepError::UpdateSize {
+                    got: update.values.len(),
+                    plan: worker.plan.values,
+                });
             }
-            let codec = worker.plan.codec().map_err(|e| e.to_string())?;
-            let encoded = codec.encode(&update).map_err(|e| e.to_string())?;
+            let encoded = worker.plan.codec()?.encode(&update.values)?;
             let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
-            let ciphertext = worker
-                .key
-                .encrypt(&encoded, &worker.budget, &mut rng)
-                .map_err(|e| e.to_string())?;
-            Ok((encode_ciphertext(&ciphertext), samples))
+            let ciphertext = worker.key.encrypt(&encoded, &worker.budget, &mut rng)?;
+            Ok((encode_ciphertext(&ciphertext), update.samples))
         })
-        .await
-        .map_err(|e| e.to_string())??;
+        .await??;
     let digest = encoded_digest(&bytes).0;
     let chunks = chunk_digests(&bytes);
     // Kept, so that if this member recomputes the round's aggregate it need not fetch it back.
@@ -641,8 +634,13 @@ async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), String> {
     };
     match ctx.handle.call(ctx.coordinator, &offer).await {
         Ok(Response::Ok) => {}
-        Ok(other) => return Err(format!("offer: {other:?}")),
-        Err(e) => return Err(e.to_string()),
+        Ok(other) => {
+            return Err(StepError::Unexpected {
+                request: "an offer",
+                response: format!("{other:?}"),
+            });
+        }
+        Err(e) => return Err(e.into()),
     }
     let count = bytes.len().div_ceil(CHUNK_BYTES);
     for (index, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
@@ -657,13 +655,15 @@ async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), String> {
                     bytes: chunk.to_vec(),
                 },
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if index + 1 == count {
             let leaf = finish_append(ctx, &entry, response)?;
             tracing::info!(round, leaf, bytes = bytes.len(), "contribution logged");
         } else if response != Response::Ok {
-            return Err(format!("chunk {index}: {response:?}"));
+            return Err(StepError::Unexpected {
+                request: "a chunk",
+                response: format!("{response:?}"),
+            });
         }
     }
     Ok(())

@@ -10,21 +10,11 @@
 
 use std::collections::BTreeMap;
 
-use protocol::audit::entry::{Body, Digest, Membership, SignedEntry};
+use protocol::audit::entry::{Body, Digest, IncidentCode, Membership, SignedEntry};
 use protocol::round::RoundPlan;
 use protocol::round::incidents::{HeardError, HeardIncidents};
 use protocol::round::policy::{HeldModel, check_contribution};
 use sha2::{Digest as _, Sha256};
-
-/// Incident codes the member logs beyond the release policy's refusals (100 + variant).
-pub mod code {
-    /// A round opened under another round plan.
-    pub const OTHER_PLAN: u16 = 105;
-    /// Another member decoded a different model for the same request.
-    pub const OTHER_MODEL: u16 = 140;
-    /// The coordinator dropped another member's incident.
-    pub const DROPPED_INCIDENT: u16 = 204;
-}
 
 /// A decryption the member follows: the quorum and the share digests its members logged.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,7 +42,7 @@ pub enum Action {
     TryCombine { request: u64 },
     /// Log an incident (and send it to every other member).
     Incident {
-        code: u16,
+        code: IncidentCode,
         evidence: Digest,
         description: String,
     },
@@ -157,7 +147,7 @@ impl Member {
                 actions.push(Action::Forget { before: index });
                 if entry.entry.payload != Some(self.plan.digest()) {
                     actions.push(Action::Incident {
-                        code: code::OTHER_PLAN,
+                        code: IncidentCode::RoundUnderOtherPlan,
                         evidence: [0; 32],
                         description: format!(
                             "round {round} opened under another round plan; not contributing"
@@ -243,7 +233,7 @@ impl Member {
                     && index >= self.replay_until
                 {
                     actions.push(Action::Incident {
-                        code: code::OTHER_MODEL,
+                        code: IncidentCode::OtherModel,
                         evidence: *model,
                         description: format!(
                             "member {author} decoded another model than this member for request {request}"
@@ -276,7 +266,7 @@ impl Member {
             .map(|d| {
                 let quoted: String = d.description.chars().take(200).collect();
                 Action::Incident {
-                    code: code::DROPPED_INCIDENT,
+                    code: IncidentCode::DroppedIncident,
                     evidence: d.evidence,
                     description: format!(
                         "member {}'s incident {} (sequence {}: {quoted:?}) is not in the log, \
@@ -399,7 +389,7 @@ mod tests {
         assert!(
             actions.iter().any(|a| matches!(
                 a,
-                Action::Incident { code: 114, description, .. } if description.contains("not contributing to round 2")
+                Action::Incident { code: IncidentCode::UnverifiedBase, description, .. } if description.contains("not contributing to round 2")
             )),
             "{actions:?}"
         );
@@ -451,11 +441,13 @@ mod tests {
         let mut m = member(&s, 0);
         s.open_and_close(1, &[0, 1, 2, 3]);
         let actions = feed(&mut m, &s, 0);
-        assert!(
-            actions
-                .iter()
-                .any(|a| matches!(a, Action::Incident { code: 105, .. }))
-        );
+        assert!(actions.iter().any(|a| matches!(
+            a,
+            Action::Incident {
+                code: IncidentCode::RoundUnderOtherPlan,
+                ..
+            }
+        )));
 
         let mut s = consortium();
         let mut m = member(&s, 0);
@@ -484,10 +476,12 @@ mod tests {
             );
         }
         let actions = feed(&mut m, &s, 0);
-        assert!(
-            actions
-                .iter()
-                .any(|a| matches!(a, Action::Incident { code: 140, .. }))
-        );
+        assert!(actions.iter().any(|a| matches!(
+            a,
+            Action::Incident {
+                code: IncidentCode::OtherModel,
+                ..
+            }
+        )));
     }
 }

@@ -24,9 +24,83 @@ use training::scaling;
 use training::tensors;
 use training::trainer::{Evaluation, Layout, Model, SgdConfig};
 
-/// A member's update for one round and the number of samples it stands for.
+/// A member's update for one round: the difference to the global model, and the number of
+/// training rows it stands for (its weight in the average).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Update {
+    pub values: Vec<f32>,
+    pub samples: u64,
+}
+
+/// Why a source could not be opened or could not give an update, naming the file, the field
+/// or the trainer at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Data(#[from] training::data::DataError),
+    #[error(transparent)]
+    Tensors(#[from] tensors::TensorError),
+    #[error("{path}: the columns differ from {training}")]
+    TestColumns { path: PathBuf, training: PathBuf },
+    #[error(
+        "{data}: {features} features and {classes} classes make a global model of {size} values \
+         for {model:?} with {scaling:?} scaling, the plan has {values}"
+    )]
+    PlanSize {
+        data: PathBuf,
+        features: usize,
+        classes: usize,
+        size: usize,
+        model: ModelKind,
+        scaling: Scaling,
+        values: usize,
+    },
+    #[error("pooled scaling needs the plan's clip to be at least 1 (it is {clip})")]
+    PooledClip { clip: f32 },
+    #[error("source.command is empty")]
+    EmptyCommand,
+    #[error("source.tensors names {0:?} twice")]
+    DuplicateTensor(String),
+    #[error("source.timeout_secs = {0}: between 1 and {MAX_TRAINER_SECS}")]
+    TrainerTimeout(u64),
+    #[error("source.tensors: the shapes overflow")]
+    ShapesOverflow,
+    #[error("source.tensors hold {total} values, the plan has {values}")]
+    TensorValues { total: usize, values: usize },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("starting the trainer {program:?}: {source}")]
+    Start {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("the trainer {program:?} ran longer than {secs} s and was stopped")]
+    TimedOut { program: String, secs: u64 },
+    #[error("the trainer {program:?} failed ({status}): {tail}")]
+    TrainerFailed {
+        program: String,
+        status: std::process::ExitStatus,
+        tail: String,
+    },
+    #[error("the trainer's update: {0}")]
+    BadUpdate(tensors::TensorError),
+    #[error("{0}: the metadata must give the number of training rows as \"samples\"")]
+    NoSamples(PathBuf),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
+    move |source| SourceError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Where a member's updates come from.
 pub trait UpdateSource: Send {
-    fn update(&mut self, round: u64, model: &[f32]) -> Result<(Vec<f32>, u64), String>;
+    fn update(&mut self, round: u64, model: &[f32]) -> Result<Update, SourceError>;
 
     /// The network's parameters for a global model.
     fn parameters(&self, global: &[f32]) -> Vec<f32> {
@@ -96,11 +170,11 @@ pub fn synthetic_fedavg(
 }
 
 impl UpdateSource for SyntheticSource {
-    fn update(&mut self, round: u64, _model: &[f32]) -> Result<(Vec<f32>, u64), String> {
-        Ok((
-            synthetic_update(self.seed, self.member, round, self.values, self.clip),
-            self.samples,
-        ))
+    fn update(&mut self, round: u64, _model: &[f32]) -> Result<Update, SourceError> {
+        Ok(Update {
+            values: synthetic_update(self.seed, self.member, round, self.values, self.clip),
+            samples: self.samples,
+        })
     }
 
     fn layout(&self) -> Layout {
@@ -140,25 +214,24 @@ pub enum SourceScaling {
 
 impl TrainingSource {
     /// Loads the data and checks the global model's size against the plan.
-    pub fn open(config: &TrainerConfig, values: usize) -> Result<Self, String> {
+    pub fn open(config: &TrainerConfig, values: usize) -> Result<Self, SourceError> {
         let source = Self::load(config)?;
         if source.global_size() != values {
-            return Err(format!(
-                "{}: {} features and {} classes make a global model of {} values for {:?} \
-                 with {:?} scaling, the plan has {values}",
-                config.data.display(),
-                source.model.features(),
-                config.classes,
-                source.global_size(),
-                config.model,
-                config.scaling
-            ));
+            return Err(SourceError::PlanSize {
+                data: config.data.clone(),
+                features: source.model.features(),
+                classes: config.classes,
+                size: source.global_size(),
+                model: config.model,
+                scaling: config.scaling,
+                values,
+            });
         }
         Ok(source)
     }
 
     /// Loads the data; the network's size follows from it.
-    pub fn load(config: &TrainerConfig) -> Result<Self, String> {
+    pub fn load(config: &TrainerConfig) -> Result<Self, SourceError> {
         let impute = if config.impute_missing {
             Impute::Mean
         } else {
@@ -170,8 +243,7 @@ impl TrainingSource {
             config.classes,
             impute,
             &config.categories,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let scaling = match config.scaling {
             Scaling::Local => SourceScaling::Local(data.standardise()),
             Scaling::Pooled => {
@@ -187,14 +259,12 @@ impl TrainingSource {
                     config.classes,
                     impute,
                     &config.categories,
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
                 if test.columns != data.columns {
-                    return Err(format!(
-                        "{}: the columns differ from {}",
-                        path.display(),
-                        config.data.display()
-                    ));
+                    return Err(SourceError::TestColumns {
+                        path: path.clone(),
+                        training: config.data.clone(),
+                    });
                 }
                 match &scaling {
                     SourceScaling::Local(stats) => test.apply(stats),
@@ -264,14 +334,17 @@ impl TrainingSource {
 }
 
 impl UpdateSource for TrainingSource {
-    fn update(&mut self, round: u64, global: &[f32]) -> Result<(Vec<f32>, u64), String> {
+    fn update(&mut self, round: u64, global: &[f32]) -> Result<Update, SourceError> {
         let parameters = self.model.parameters();
         let samples = self.data.rows() as u64;
         let Some(data) = self.scaled(&self.data, global) else {
             // The statistics round: this institution's moments, nothing trained.
             let mut update = vec![0.0; parameters];
             update.extend(scaling::local_statistics(&self.data));
-            return Ok((update, samples));
+            return Ok(Update {
+                values: update,
+                samples,
+            });
         };
         let start = self.parameters(global);
         let trained = self
@@ -279,7 +352,10 @@ impl UpdateSource for TrainingSource {
             .train(&start, &data, &self.sgd, self.seed ^ round.rotate_left(32));
         let mut update: Vec<f32> = trained.iter().zip(&start).map(|(t, m)| t - m).collect();
         update.resize(self.global_size(), 0.0);
-        Ok((update, samples))
+        Ok(Update {
+            values: update,
+            samples,
+        })
     }
 
     fn parameters(&self, global: &[f32]) -> Vec<f32> {
@@ -328,9 +404,13 @@ pub struct ExternalSource {
 }
 
 impl ExternalSource {
-    pub fn open(config: &ExternalConfig, values: usize, scratch: PathBuf) -> Result<Self, String> {
+    pub fn open(
+        config: &ExternalConfig,
+        values: usize,
+        scratch: PathBuf,
+    ) -> Result<Self, SourceError> {
         if config.command.is_empty() {
-            return Err("source.command is empty".into());
+            return Err(SourceError::EmptyCommand);
         }
         let layout: Layout = config
             .tensors
@@ -339,14 +419,11 @@ impl ExternalSource {
             .collect();
         for (i, (name, _)) in layout.iter().enumerate() {
             if layout[..i].iter().any(|(n, _)| n == name) {
-                return Err(format!("source.tensors names {name:?} twice"));
+                return Err(SourceError::DuplicateTensor(name.clone()));
             }
         }
         if config.timeout_secs == 0 || config.timeout_secs > MAX_TRAINER_SECS {
-            return Err(format!(
-                "source.timeout_secs = {}: between 1 and {MAX_TRAINER_SECS}",
-                config.timeout_secs
-            ));
+            return Err(SourceError::TrainerTimeout(config.timeout_secs));
         }
         let total = layout
             .iter()
@@ -356,29 +433,21 @@ impl ExternalSource {
                     .try_fold(1usize, |n, d| n.checked_mul(*d))
                     .and_then(|n| total.checked_add(n))
             })
-            .ok_or("source.tensors: the shapes overflow")?;
+            .ok_or(SourceError::ShapesOverflow)?;
         if total != values {
-            return Err(format!(
-                "source.tensors hold {total} values, the plan has {values}"
-            ));
+            return Err(SourceError::TensorValues { total, values });
         }
         let initial = match &config.initial_model {
-            Some(path) => {
-                tensors::read_file(path, &layout)
-                    .map_err(|e| e.to_string())?
-                    .0
-            }
+            Some(path) => tensors::read_file(path, &layout)?.0,
             None => vec![0.0; values],
         };
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&scratch)
-            .map_err(|e| format!("creating {}: {e}", scratch.display()))?;
+            .map_err(io_error(&scratch))?;
         // The command runs elsewhere: hand it paths that do not depend on its directory.
-        let scratch = scratch
-            .canonicalize()
-            .map_err(|e| format!("{}: {e}", scratch.display()))?;
+        let scratch = scratch.canonicalize().map_err(io_error(&scratch))?;
         Ok(Self {
             config: config.clone(),
             layout,
@@ -416,7 +485,7 @@ fn tail(path: &Path) -> String {
 }
 
 impl UpdateSource for ExternalSource {
-    fn update(&mut self, round: u64, global: &[f32]) -> Result<(Vec<f32>, u64), String> {
+    fn update(&mut self, round: u64, global: &[f32]) -> Result<Update, SourceError> {
         // Per-round names: a trainer left over from an earlier round cannot slip its file in.
         let model_path = self.scratch.join(format!("model-{round}.safetensors"));
         let update_path = self.scratch.join(format!("update-{round}.safetensors"));
@@ -424,12 +493,11 @@ impl UpdateSource for ExternalSource {
         let _ = std::fs::remove_file(&update_path);
         let start = self.parameters(global);
         let metadata = HashMap::from([("round".to_string(), round.to_string())]);
-        let bytes = tensors::encode(&self.layout, &start, metadata).map_err(|e| e.to_string())?;
+        let bytes = tensors::encode(&self.layout, &start, metadata)?;
         // The consortium's model: owner-only, like every exported copy.
         runtime::files::write_atomically(&model_path, &bytes, 0o600)
-            .map_err(|e| format!("writing {}: {e}", model_path.display()))?;
-        let stderr = std::fs::File::create(&stderr_path)
-            .map_err(|e| format!("creating {}: {e}", stderr_path.display()))?;
+            .map_err(io_error(&model_path))?;
+        let stderr = std::fs::File::create(&stderr_path).map_err(io_error(&stderr_path))?;
         let program = &self.config.command[0];
         // Its error output goes to a file, not a pipe: nothing the trainer or its children do
         // with it can block the node. The node's passphrase stays with the node.
@@ -445,43 +513,48 @@ impl UpdateSource for ExternalSource {
             .stderr(stderr)
             .process_group(0)
             .spawn()
-            .map_err(|e| format!("starting the trainer {program:?}: {e}"))?;
+            .map_err(|source| SourceError::Start {
+                program: program.clone(),
+                source,
+            })?;
         let deadline = Instant::now() + Duration::from_secs(self.config.timeout_secs);
         let status = loop {
-            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            if let Some(status) = child
+                .try_wait()
+                .map_err(io_error(&self.config.working_dir))?
+            {
                 break status;
             }
             if Instant::now() > deadline {
                 kill_group(&mut child);
                 let _ = std::fs::remove_file(&model_path);
-                return Err(format!(
-                    "the trainer {program:?} ran longer than {} s and was stopped",
-                    self.config.timeout_secs
-                ));
+                return Err(SourceError::TimedOut {
+                    program: program.clone(),
+                    secs: self.config.timeout_secs,
+                });
             }
             std::thread::sleep(Duration::from_millis(20));
         };
         let _ = std::fs::remove_file(&model_path);
         if !status.success() {
-            return Err(format!(
-                "the trainer {program:?} failed ({status}): {}",
-                tail(&stderr_path)
-            ));
+            return Err(SourceError::TrainerFailed {
+                program: program.clone(),
+                status,
+                tail: tail(&stderr_path),
+            });
         }
         let read = tensors::read_file(&update_path, &self.layout);
         let _ = std::fs::remove_file(&update_path);
-        let (update, metadata) = read.map_err(|e| format!("the trainer's update: {e}"))?;
+        let (update, metadata) = read.map_err(SourceError::BadUpdate)?;
         let samples = metadata
             .get("samples")
             .and_then(|s| s.parse::<u64>().ok())
             .filter(|&n| n > 0)
-            .ok_or_else(|| {
-                format!(
-                    "{}: the metadata must give the number of training rows as \"samples\"",
-                    update_path.display()
-                )
-            })?;
-        Ok((update, samples))
+            .ok_or_else(|| SourceError::NoSamples(update_path.clone()))?;
+        Ok(Update {
+            values: update,
+            samples,
+        })
     }
 
     fn parameters(&self, global: &[f32]) -> Vec<f32> {
@@ -499,7 +572,7 @@ pub fn open_source(
     member: u8,
     plan: &RoundPlan,
     scratch: PathBuf,
-) -> Result<Box<dyn UpdateSource>, String> {
+) -> Result<Box<dyn UpdateSource>, SourceError> {
     let values = plan.values as usize;
     Ok(match config {
         SourceConfig::Synthetic { seed, samples } => Box::new(SyntheticSource {
@@ -511,10 +584,7 @@ pub fn open_source(
         }),
         SourceConfig::BuiltIn(trainer) => {
             if trainer.scaling == Scaling::Pooled && plan.clip < 1.0 {
-                return Err(format!(
-                    "pooled scaling needs the plan's clip to be at least 1 (it is {})",
-                    plan.clip
-                ));
+                return Err(SourceError::PooledClip { clip: plan.clip });
             }
             Box::new(TrainingSource::open(trainer, values)?)
         }
@@ -549,6 +619,7 @@ mod tests {
         external(command, timeout_secs, dir.path())
             .update(round, &[0.5, 0.25])
             .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -600,8 +671,11 @@ mod tests {
             timeout_secs: 60,
             working_dir: dir.path().to_owned(),
         };
-        let open =
-            |c: &ExternalConfig| ExternalSource::open(c, 2, dir.path().join("t")).unwrap_err();
+        let open = |c: &ExternalConfig| {
+            ExternalSource::open(c, 2, dir.path().join("t"))
+                .unwrap_err()
+                .to_string()
+        };
         assert!(open(&config).contains("twice"));
         config.tensors = vec![spec("w", vec![usize::MAX, 2])];
         assert!(open(&config).contains("overflow"));

@@ -31,9 +31,8 @@ pub(super) fn fixed_point_fedavg(
         let global = plan.decode_model(&model);
         let updates = sources
             .iter_mut()
-            .map(|s| s.update(round, &global))
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(anyhow::Error::msg)?;
+            .map(|s| s.update(round, &global).map(|u| (u.values, u.samples)))
+            .collect::<Result<Vec<_>, _>>()?;
         plan.fedavg_step(&mut model, &updates)?;
         out.push((
             hex::encode(model_digest(&model)),
@@ -59,12 +58,11 @@ pub(super) fn float_fedavg(
         let updates = sources
             .iter_mut()
             .map(|s| s.update(round, &global))
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(anyhow::Error::msg)?;
-        let total: u64 = updates.iter().map(|(_, n)| n).sum();
-        for (update, samples) in &updates {
-            let weight = rate * *samples as f64 / total as f64;
-            for (m, u) in model.iter_mut().zip(update) {
+            .collect::<Result<Vec<_>, _>>()?;
+        let total: u64 = updates.iter().map(|u| u.samples).sum();
+        for update in &updates {
+            let weight = rate * update.samples as f64 / total as f64;
+            for (m, u) in model.iter_mut().zip(&update.values) {
                 *m += weight * f64::from(*u).clamp(-clip, clip);
             }
         }

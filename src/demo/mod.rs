@@ -237,7 +237,6 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     let mut sources = (0..institutions.len())
         .map(|i| {
             TrainingSource::load(&trainer(i))
-                .map_err(anyhow::Error::msg)
                 .with_context(|| format!("institution {}", institutions[i].name))
         })
         .collect::<Result<Vec<_>>>()?;

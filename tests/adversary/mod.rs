@@ -82,17 +82,15 @@ impl Harness {
             Body::DecryptionRequest { close, .. } => vec![*close],
             _ => vec![],
         };
-        let entry = Entry {
-            origin: self.log.origin().to_owned(),
-            config_epoch: 1,
-            author,
-            sequence: self.log.next_sequence(&author),
-            subject: [0; 32],
-            references,
-            payload,
-            claimed_time_ms: now_ms(),
+        let entry = Entry::new(
+            self.log.origin(),
+            key,
+            self.log.next_sequence(&author),
+            now_ms(),
             body,
-        }
+        )
+        .referencing(references)
+        .with_payload(payload)
         .sign(key);
         self.log.append(entry).unwrap()
     }

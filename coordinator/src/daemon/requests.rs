@@ -3,19 +3,39 @@
 
 use super::*;
 
+/// Why a member's request is refused (the reason goes back to the member).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RequestRefusal {
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error("the contribution is not a ciphertext: {0}")]
+    NotACiphertext(#[from] protocol::wire::WireError),
+    #[error(
+        "the contribution holds {values} values at 2^{delta_bits}, the plan {plan_values} at 2^{plan_delta_bits}"
+    )]
+    Shape {
+        values: usize,
+        delta_bits: u32,
+        plan_values: u32,
+        plan_delta_bits: u32,
+    },
+    #[error("entry: {0}")]
+    Entry(#[from] protocol::audit::entry::EntryError),
+    #[error("the entry is not signed by the member that sent it")]
+    NotTheSender,
+}
+
 /// Checks that a stored ciphertext decodes with the plan's size and message scale.
-pub(super) fn check_shape(ctx: &Context, digest: &Digest) -> Result<(), String> {
-    let bytes = ctx.blobs.read(digest).map_err(|e| e.to_string())?;
-    let view = protocol::wire::decode_ciphertext_view(&bytes, ctx.limits)
-        .map_err(|e| format!("the contribution is not a ciphertext: {e}"))?;
+pub(super) fn check_shape(ctx: &Context, digest: &Digest) -> Result<(), RequestRefusal> {
+    let bytes = ctx.blobs.read(digest)?;
+    let view = protocol::wire::decode_ciphertext_view(&bytes, ctx.limits)?;
     if view.value_count() != ctx.plan.values as usize || view.delta_bits() != ctx.delta_bits {
-        return Err(format!(
-            "the contribution holds {} values at 2^{}, the plan {} at 2^{}",
-            view.value_count(),
-            view.delta_bits(),
-            ctx.plan.values,
-            ctx.delta_bits
-        ));
+        return Err(RequestRefusal::Shape {
+            values: view.value_count(),
+            delta_bits: view.delta_bits(),
+            plan_values: ctx.plan.values,
+            plan_delta_bits: ctx.delta_bits,
+        });
     }
     Ok(())
 }
@@ -27,11 +47,15 @@ pub(super) fn refused(reason: impl Into<String>) -> Response {
 }
 
 /// Opens a member's signed entry and checks that the member sending it wrote it.
-pub(super) fn member_entry(ctx: &Context, member: u8, bytes: &[u8]) -> Result<SignedEntry, String> {
-    let entry = SignedEntry::open(bytes).map_err(|e| format!("entry: {e}"))?;
+pub(super) fn member_entry(
+    ctx: &Context,
+    member: u8,
+    bytes: &[u8],
+) -> Result<SignedEntry, RequestRefusal> {
+    let entry = SignedEntry::open(bytes)?;
     let shared = ctx.lock();
     if shared.membership.members[usize::from(member)].signing_key != entry.entry.author {
-        return Err("the entry is not signed by the member that sent it".into());
+        return Err(RequestRefusal::NotTheSender);
     }
     Ok(entry)
 }
@@ -52,7 +76,7 @@ pub(super) async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Req
         } => {
             let entry = match member_entry(&ctx, member, &entry) {
                 Ok(entry) => entry,
-                Err(e) => return refused(e),
+                Err(e) => return refused(e.to_string()),
             };
             let Body::Contribution {
                 round,
@@ -127,7 +151,7 @@ pub(super) async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Req
                     // shape, so one malformed upload cannot break the round's aggregation.
                     if let Err(reason) = check_shape(&ctx, &digest) {
                         ctx.blobs.remove(&digest);
-                        return refused(reason);
+                        return refused(reason.to_string());
                     }
                     let Body::Contribution {
                         round,
@@ -164,7 +188,7 @@ pub(super) async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Req
         Request::Append { entry } => {
             let entry = match member_entry(&ctx, member, &entry) {
                 Ok(entry) => entry,
-                Err(e) => return refused(e),
+                Err(e) => return refused(e.to_string()),
             };
             let body = entry.entry.body.clone();
             if !matches!(

@@ -35,7 +35,7 @@ pub(super) async fn run_round(
         ctx.append_own(
             subject,
             Body::Incident {
-                code: 1,
+                code: IncidentCode::TooFewContributions.number(),
                 evidence: subject,
                 description: format!(
                     "round {round} closed with {contributors} contributions, fewer than k_min"
@@ -169,7 +169,7 @@ async fn close(
             ctx.append_own(
                 subject,
                 Body::Incident {
-                    code: 3,
+                    code: IncidentCode::RoundNotClosed.number(),
                     evidence: subject,
                     description: format!("round {round} not closed: {e}"),
                 },
@@ -328,7 +328,7 @@ async fn decrypt(
                 ctx.append_own(
                     subject,
                     Body::Incident {
-                        code: 2,
+                        code: IncidentCode::DecryptionAbandoned.number(),
                         evidence: target,
                         description: reason,
                     },

@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), String> {
+pub(super) async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), StepError> {
     let target = {
         let state = ctx.lock();
         let acted = state.acted as usize;
@@ -26,11 +26,7 @@ pub(super) async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), Stri
         _ => None,
     };
     if let Some(ciphertext) = named
-        && ctx
-            .store
-            .released(&ciphertext)
-            .map_err(|e| e.to_string())?
-            .is_some()
+        && ctx.store.released(&ciphertext)?.is_some()
     {
         return refuse(ctx, request, Refusal::AlreadyReleased);
     }
@@ -38,7 +34,7 @@ pub(super) async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), Stri
         Ok(t) => t,
         Err(refusal) => return refuse(ctx, request, refusal),
     };
-    let Some(bound) = recompute(ctx, &target).await.map_err(|e| e.to_string())? else {
+    let Some(bound) = recompute(ctx, &target).await? else {
         return refuse(ctx, request, Refusal::Mismatch);
     };
     // The ledger, durably, before anything leaves: never a second share for this ciphertext,
@@ -60,31 +56,32 @@ pub(super) async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), Stri
         ciphertext: target.ciphertext,
         mask: protocol::wire::mask_digest(bound.ciphertext()),
     };
-    let recorded = ctx
-        .store
-        .record_release(
-            &release,
-            u64::from(ctx.plan.values),
-            ctx.budget.lifetime_reveal_limit(),
-            logged,
-        )
-        .map_err(|e| e.to_string())?;
+    let recorded = ctx.store.record_release(
+        &release,
+        u64::from(ctx.plan.values),
+        ctx.budget.lifetime_reveal_limit(),
+        logged,
+    )?;
     match recorded {
         Recorded::Fresh => {}
         Recorded::AlreadyReleased => return refuse(ctx, request, Refusal::AlreadyReleased),
         Recorded::LifetimeSpent { revealed, limit } => {
-            let reason = format!(
-                "the key's lifetime budget is spent: {revealed} values revealed, {} more \
-                 requested, limit {limit} (raise kappa at the next ceremony)",
-                ctx.plan.values
+            let spent = StepError::LifetimeSpent {
+                revealed,
+                requested: ctx.plan.values,
+                limit,
+            };
+            incident(
+                ctx,
+                IncidentCode::LifetimeSpent,
+                target.ciphertext,
+                spent.to_string(),
             );
-            incident(ctx, 130, target.ciphertext, reason.clone());
-            return Err(reason);
+            return Err(spent);
         }
     }
     crash_if(ctx, Fault::Release(target.round));
-    let quorum =
-        Quorum::new(ctx.share.config(), target.quorum.clone()).map_err(|e| e.to_string())?;
+    let quorum = Quorum::new(ctx.share.config(), target.quorum.clone())?;
     let worker = ctx.clone();
     let bound = Arc::new(bound);
     let for_partial = bound.clone();
@@ -95,9 +92,7 @@ pub(super) async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), Stri
             .partial_decrypt(&for_partial, &quorum, &worker.budget, &mut rng)
             .map(|p| encode_partial_decryption(&p))
     })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
+    .await??;
     let share_digest: Digest = Sha256::digest(&partial).into();
     {
         let mut state = ctx.lock();
@@ -108,9 +103,7 @@ pub(super) async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), Stri
     }
     // Kept durably before the release is logged, so that a crash after logging cannot lose
     // a share the log says went out: after a restart the same bytes are sent again.
-    ctx.store
-        .keep_partial(request, &partial)
-        .map_err(|e| e.to_string())?;
+    ctx.store.keep_partial(request, &partial)?;
     append(
         ctx,
         Body::ShareReleased {
@@ -178,7 +171,7 @@ pub(super) async fn send_partial(ctx: &Arc<Context>, request: u64, partial: Vec<
     try_combine(ctx, request);
 }
 
-pub(super) fn refuse(ctx: &Arc<Context>, request: u64, refusal: Refusal) -> Result<(), String> {
+pub(super) fn refuse(ctx: &Arc<Context>, request: u64, refusal: Refusal) -> Result<(), StepError> {
     let evidence: Digest = Sha256::digest(request.to_le_bytes()).into();
     incident(
         ctx,
@@ -186,7 +179,7 @@ pub(super) fn refuse(ctx: &Arc<Context>, request: u64, refusal: Refusal) -> Resu
         evidence,
         format!("refused to release a share for request {request}: {refusal}"),
     );
-    Err(refusal.to_string())
+    Err(refusal.into())
 }
 
 pub(super) fn receive_partial(
@@ -196,29 +189,27 @@ pub(super) fn receive_partial(
     index: u32,
     count: u32,
     bytes: Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let limit = ctx.plan.values as usize * 8 + 1024;
     if count == 0 || count as usize > limit.div_ceil(CHUNK_BYTES) {
-        return Err(format!(
-            "{count} chunks do not make a partial decryption of this plan"
-        ));
+        return Err(StepError::PartialChunks { count });
     }
     let complete = {
         let mut state = ctx.lock();
         if let Some(d) = state.member.decryption(request)
             && !d.quorum.contains(&member)
         {
-            return Err("the sender is not in the request's quorum".into());
+            return Err(StepError::NotInQuorum { member, request });
         }
         // A partial may overtake the checkpoint that logs its request, but not by much.
         if request > state.log.size() + 1024 {
-            return Err(format!("request {request} is far beyond this member's log"));
+            return Err(StepError::FarAhead { request });
         }
         let buffered = state.partials.keys().filter(|(_, m)| *m == member).count();
         if !state.partials.contains_key(&(request, member))
             && buffered >= BUFFERED_PARTIALS_PER_MEMBER
         {
-            return Err("too many partial decryptions in flight from this member".into());
+            return Err(StepError::TooManyInFlight { member });
         }
         let incoming = state
             .partials
@@ -231,10 +222,12 @@ pub(super) fn receive_partial(
         if incoming.count != count || incoming.received != index {
             // Start over: a sender resends from the first chunk.
             if index != 0 {
-                return Err(format!(
-                    "chunk {index} of {count} arrived, expected {} of {}",
-                    incoming.received, incoming.count
-                ));
+                return Err(StepError::OutOfOrder {
+                    index,
+                    count,
+                    expected: incoming.received,
+                    expected_count: incoming.count,
+                });
             }
             *incoming = Incoming {
                 received: 0,
@@ -243,7 +236,7 @@ pub(super) fn receive_partial(
             };
         }
         if incoming.bytes.len() + bytes.len() > limit {
-            return Err("the partial decryption exceeds its size limit".into());
+            return Err(StepError::PartialTooLarge { member });
         }
         incoming.bytes.extend_from_slice(&bytes);
         incoming.received += 1;
@@ -318,7 +311,7 @@ pub(super) async fn combine(
     ciphertext: Digest,
     quorum: Vec<u8>,
     partials: Vec<Vec<u8>>,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     // The result becomes this member's model, the base of its next contribution and release:
     // so it combines only a ciphertext it recomputed itself from the model it holds.
     let verdict = {
@@ -333,7 +326,7 @@ pub(super) async fn combine(
     };
     let release_target = match verdict {
         Ok(t) if t.ciphertext == ciphertext => t,
-        Ok(_) => return Err("the request names another ciphertext".into()),
+        Ok(_) => return Err(StepError::OtherCiphertext { request }),
         Err(refusal) => {
             tracing::warn!(request, %refusal, "not combining");
             return Ok(());
@@ -342,10 +335,7 @@ pub(super) async fn combine(
     let recomputed = ctx.lock().targets.get(&request).cloned();
     let target = match recomputed {
         Some(t) => t,
-        None => match recompute(ctx, &release_target)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        None => match recompute(ctx, &release_target).await? {
             Some(bound) => Arc::new(bound),
             None => {
                 let refusal = Refusal::Mismatch;
@@ -360,23 +350,28 @@ pub(super) async fn combine(
         },
     };
     let worker = ctx.clone();
-    let decoded = tokio::task::spawn_blocking(move || -> Result<Vec<i64>, String> {
+    let decoded = tokio::task::spawn_blocking(move || -> Result<Vec<i64>, StepError> {
         let limits = DecodeLimits {
             max_values: u64::from(worker.plan.values),
         };
         let partials = partials
             .iter()
             .map(|p| protocol::wire::decode_partial_decryption(p, limits))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        let quorum = Quorum::new(worker.share.config(), quorum).map_err(|e| e.to_string())?;
-        protocol::he::combine(&target, &quorum, &partials, &worker.budget)
-            .map_err(|e| e.to_string())
+            .collect::<Result<Vec<_>, _>>()?;
+        let quorum = Quorum::new(worker.share.config(), quorum)?;
+        Ok(protocol::he::combine(
+            &target,
+            &quorum,
+            &partials,
+            &worker.budget,
+        )?)
     })
-    .await
-    .map_err(|e| e.to_string())??;
+    .await??;
     if decoded.len() != ctx.plan.values as usize {
-        return Err("the decrypted model has the wrong size".into());
+        return Err(StepError::ModelSize {
+            got: decoded.len(),
+            plan: ctx.plan.values,
+        });
     }
     let digest = model_digest(&decoded);
     let held = HeldModel {
@@ -384,9 +379,7 @@ pub(super) async fn combine(
         base: release_target.aggregate,
         model: digest,
     };
-    ctx.store
-        .save_model(&decoded, &held)
-        .map_err(|e| e.to_string())?;
+    ctx.store.save_model(&decoded, &held)?;
     {
         let mut state = ctx.lock();
         state.model = decoded;
@@ -409,7 +402,7 @@ pub(super) async fn combine(
     tracing::info!(round, request, model = %hex::encode(&digest[..8]), "model decrypted");
     let worker = ctx.clone();
     let reported = tokio::task::spawn_blocking(move || report_round(&worker, round, &digest)).await;
-    if let Err(e) = reported.map_err(|e| e.to_string()).and_then(|r| r) {
+    if let Err(e) = reported.map_err(StepError::from).and_then(|r| r) {
         tracing::error!(round, error = %e, "the round could not be reported");
     }
     if ctx.stop_after.is_some_and(|last| round >= last) {

@@ -12,7 +12,7 @@ pub(super) async fn fetch_chunk(
     ctx: &Context,
     digest: &Digest,
     index: u32,
-) -> Result<(u64, Vec<Digest>, Vec<u8>), String> {
+) -> Result<(u64, Vec<Digest>, Vec<u8>), StepError> {
     let response = ctx
         .handle
         .call(
@@ -22,22 +22,21 @@ pub(super) async fn fetch_chunk(
                 index,
             },
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     match response {
         Response::Data {
             length,
             chunks,
             bytes,
         } => Ok((length, chunks, bytes)),
-        other => Err(format!(
-            "fetching {} chunk {index}: {other:?}",
-            hex::encode(&digest[..8])
-        )),
+        other => Err(StepError::Unexpected {
+            request: "a fetch",
+            response: format!("{other:?}"),
+        }),
     }
 }
 
-pub(super) async fn fetch(ctx: &Context, digest: &Digest) -> Result<PathBuf, String> {
+pub(super) async fn fetch(ctx: &Context, digest: &Digest) -> Result<PathBuf, StepError> {
     use futures::StreamExt;
     let path = ctx.scratch.join(hex::encode(digest));
     if path.exists() {
@@ -47,20 +46,26 @@ pub(super) async fn fetch(ctx: &Context, digest: &Digest) -> Result<PathBuf, Str
     // The first chunk brings the length and every chunk's digest; the rest come pipelined.
     let (length, chunk_list, first) = fetch_chunk(ctx, digest, 0).await?;
     if length != expected_length {
-        return Err(format!(
-            "a ciphertext of {length} bytes, the plan's have {expected_length}"
-        ));
+        return Err(StepError::CiphertextLength {
+            digest: *digest,
+            length,
+            expected: expected_length,
+        });
     }
     if chunk_list.len() as u64 != length.div_ceil(CHUNK_BYTES as u64) {
-        return Err(format!(
-            "{} chunk digests for {length} bytes",
-            chunk_list.len()
-        ));
+        return Err(StepError::ChunkList {
+            digest: *digest,
+            chunks: chunk_list.len(),
+            length,
+        });
     }
-    let check = |index: usize, chunk: &[u8]| -> Result<(), String> {
+    let check = |index: usize, chunk: &[u8]| -> Result<(), StepError> {
         let size = (length as usize - index * CHUNK_BYTES).min(CHUNK_BYTES);
         if chunk.len() != size || Sha256::digest(chunk).as_slice() != chunk_list[index] {
-            return Err(format!("chunk {index} does not match its digest"));
+            return Err(StepError::ChunkDigest {
+                digest: *digest,
+                index,
+            });
         }
         Ok(())
     };
@@ -78,19 +83,23 @@ pub(super) async fn fetch(ctx: &Context, digest: &Digest) -> Result<PathBuf, Str
         index += 1;
     }
     if encoded_digest(&bytes).0 != *digest {
-        return Err("the fetched ciphertext does not match its digest".into());
+        return Err(StepError::WholeDigest { digest: *digest });
     }
     keep(ctx, digest, &bytes)
 }
 
 /// Keeps a ciphertext in the scratch directory under its digest.
-pub(super) fn keep(ctx: &Context, digest: &Digest, bytes: &[u8]) -> Result<PathBuf, String> {
+pub(super) fn keep(ctx: &Context, digest: &Digest, bytes: &[u8]) -> Result<PathBuf, StepError> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let path = ctx.scratch.join(hex::encode(digest));
     let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let temp = path.with_extension(format!("part{unique}"));
-    std::fs::write(&temp, bytes).map_err(|e| e.to_string())?;
-    std::fs::rename(&temp, &path).map_err(|e| e.to_string())?;
+    let io = |source| StepError::Io {
+        path: path.clone(),
+        source,
+    };
+    std::fs::write(&temp, bytes).map_err(io)?;
+    std::fs::rename(&temp, &path).map_err(io)?;
     Ok(path)
 }
 
@@ -101,9 +110,12 @@ pub(super) fn keep(ctx: &Context, digest: &Digest, bytes: &[u8]) -> Result<PathB
 /// verified.
 /// Why a request's ciphertext could not be recomputed (a mismatch is not an error: `None`).
 #[derive(Debug, thiserror::Error)]
-pub(super) enum RecomputeError {
-    #[error("fetching ciphertext {}: {reason}", hex::encode(&digest[..8]))]
-    Fetch { digest: Digest, reason: String },
+pub enum RecomputeError {
+    #[error("fetching ciphertext {}: {source}", hex::encode(&digest[..8]))]
+    Fetch {
+        digest: Digest,
+        source: Box<StepError>,
+    },
     #[error("reading {}: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -131,9 +143,9 @@ pub(super) async fn recompute(
     {
         let path = fetch(ctx, digest)
             .await
-            .map_err(|reason| RecomputeError::Fetch {
+            .map_err(|source| RecomputeError::Fetch {
                 digest: *digest,
-                reason,
+                source: Box::new(source),
             })?;
         files.insert(*digest, path);
     }

@@ -24,7 +24,7 @@ pub(super) async fn witness(
                 drop(state);
                 incident(
                     ctx,
-                    200,
+                    IncidentCode::ForkedEntry,
                     [0; 32],
                     format!("the coordinator sent a different entry {index}: the log forked"),
                 );
@@ -46,7 +46,7 @@ pub(super) async fn witness(
                 drop(state);
                 incident(
                     ctx,
-                    203,
+                    IncidentCode::BrokenRoundRule,
                     protocol::audit::merkle::leaf_hash(leaf),
                     format!("refused to witness entry {index}, which breaks a round rule: {e}"),
                 );
@@ -75,7 +75,7 @@ pub(super) async fn witness(
         drop(state);
         incident(
             ctx,
-            201,
+            IncidentCode::ForkedCheckpoint,
             checkpoint.root,
             format!("a checkpoint of size {size} does not match the entries: the log forked"),
         );
@@ -102,7 +102,12 @@ pub(super) async fn witness(
         Ok(pair) => pair,
         Err(e) => {
             drop(state);
-            incident(ctx, 202, checkpoint.root, format!("refused to cosign: {e}"));
+            incident(
+                ctx,
+                IncidentCode::RefusedToCosign,
+                checkpoint.root,
+                format!("refused to cosign: {e}"),
+            );
             return refused(e.to_string());
         }
     };
@@ -117,22 +122,20 @@ pub(super) async fn witness(
 }
 
 /// Acts on the entries a quorum-cosigned checkpoint covers, in log order.
-pub(super) fn act(ctx: &Arc<Context>, note: &[u8]) -> Result<(), String> {
-    let signed = SignedCheckpoint::open(note, &ctx.log_verifier, &ctx.witnesses)
-        .map_err(|e| format!("checkpoint: {e}"))?;
+pub(super) fn act(ctx: &Arc<Context>, note: &[u8]) -> Result<(), StepError> {
+    let signed = SignedCheckpoint::open(note, &ctx.log_verifier, &ctx.witnesses)?;
     if signed.cosigners.len() < usize::from(ctx.membership.witness_quorum) {
-        return Err(format!(
-            "{} cosignatures, the witness quorum is {}",
-            signed.cosigners.len(),
-            ctx.membership.witness_quorum
-        ));
+        return Err(StepError::UnderQuorum {
+            cosigners: signed.cosigners.len(),
+            quorum: ctx.membership.witness_quorum,
+        });
     }
     let size = signed.checkpoint.size;
     let mut actions = Vec::new();
     {
         let mut state = ctx.lock();
         if state.log.root_at(size) != Some(signed.checkpoint.root) {
-            return Err("the checkpoint does not match this member's copy of the log".into());
+            return Err(StepError::CheckpointMismatch { size });
         }
         while state.acted < size {
             let index = state.acted;

@@ -16,7 +16,11 @@ pub struct RoundReport {
 
 /// Measures the new global model, exports it and appends the round report: what the people
 /// running the node look at, so a failure here is logged and does not stop the node.
-pub(super) fn report_round(ctx: &Context, round: u64, digest: &ModelDigest) -> Result<(), String> {
+pub(super) fn report_round(
+    ctx: &Context,
+    round: u64,
+    digest: &ModelDigest,
+) -> Result<(), StepError> {
     let global = ctx.plan.decode_model(&ctx.lock().model);
     let source = ctx.source.lock().unwrap_or_else(|p| p.into_inner());
     let evaluation = source.evaluate(&global);
@@ -47,9 +51,14 @@ pub(super) fn report_round(ctx: &Context, round: u64, digest: &ModelDigest) -> R
             let _ = std::fs::create_dir_all(parent);
         }
         let written = training::tensors::encode(&layout, &values, metadata)
-            .map_err(|e| e.to_string())
+            .map_err(StepError::from)
             .and_then(|bytes| {
-                runtime::files::write_atomically(path, &bytes, 0o600).map_err(|e| e.to_string())
+                runtime::files::write_atomically(path, &bytes, 0o600).map_err(|source| {
+                    StepError::Io {
+                        path: path.clone(),
+                        source,
+                    }
+                })
             });
         if let Err(e) = written {
             tracing::error!(path = %path.display(), error = %e, "the model could not be exported");
@@ -63,7 +72,7 @@ pub(super) fn report_round(ctx: &Context, round: u64, digest: &ModelDigest) -> R
             bytes_sent: ctx.bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
             unix_millis: now_ms(),
         };
-        let mut text = serde_json::to_string(&line).map_err(|e| e.to_string())?;
+        let mut text = serde_json::to_string(&line)?;
         text.push('\n');
         let appended = std::fs::OpenOptions::new()
             .create(true)

@@ -4,6 +4,9 @@
 //! rendering, and decoding re-encodes to check that the input was canonical, so one entry has
 //! exactly one byte string and one leaf hash.
 
+mod incident_code;
+pub use incident_code::IncidentCode;
+
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 use crate::bytes::{ReadError, Reader, Writer};

@@ -143,17 +143,28 @@ pub fn checkpoint_file_name(size: u64) -> String {
     format!("{size:020}.checkpoint")
 }
 
+/// Why an export's FORMAT file is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatFileError {
+    #[error("FORMAT is not UTF-8")]
+    NotUtf8,
+    #[error("FORMAT must read {EXPORT_FORMAT:?} then an origin line")]
+    Layout,
+    #[error("FORMAT is not in canonical form")]
+    NotCanonical,
+}
+
 /// Parses the FORMAT file, returning the origin.
-pub fn parse_format_file(bytes: &[u8]) -> Result<String, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "FORMAT is not UTF-8".to_owned())?;
+pub fn parse_format_file(bytes: &[u8]) -> Result<String, FormatFileError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| FormatFileError::NotUtf8)?;
     let origin = text
         .strip_prefix(EXPORT_FORMAT)
         .and_then(|rest| rest.strip_prefix("\norigin "))
         .and_then(|rest| rest.strip_suffix('\n'))
         .filter(|origin| !origin.is_empty() && !origin.contains(char::is_whitespace))
-        .ok_or_else(|| format!("FORMAT must read {EXPORT_FORMAT:?} then an origin line"))?;
+        .ok_or(FormatFileError::Layout)?;
     if format_file(origin) != text {
-        return Err("FORMAT is not in canonical form".into());
+        return Err(FormatFileError::NotCanonical);
     }
     Ok(origin.to_owned())
 }

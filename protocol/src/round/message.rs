@@ -7,6 +7,10 @@
 use crate::audit::entry::{Digest, MAX_ENTRY_BYTES};
 use crate::bytes::{ReadError, Reader, Writer};
 
+/// The rounds' protocol name on the transport: the node, the coordinator and anything that
+/// speaks to them (tests playing a coordinator) use this one constant.
+pub const PROTOCOL: &str = "/quorate/round/1";
+
 const MAGIC: &[u8; 4] = b"QRND";
 const VERSION: u8 = 1;
 /// Bytes of ciphertext or partial decryption per chunk.

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use super::plan::{ModelDigest, RoundPlan};
 use super::rules::{RoundRules, ZERO_BASE};
-use crate::audit::entry::{Body, Digest, Membership, SignedEntry};
+use crate::audit::entry::{Body, Digest, IncidentCode, Membership, SignedEntry};
 
 /// One weighted contribution of the target.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,26 +130,26 @@ pub enum Refusal {
 
 impl Refusal {
     /// The incident code logged for this refusal (100 + variant), stable across versions.
-    pub fn code(&self) -> u16 {
-        100 + match self {
-            Refusal::NotARequest(_) => 0,
-            Refusal::NotInQuorum => 1,
-            Refusal::BadQuorum(_) => 2,
-            Refusal::NoClose(_) => 3,
-            Refusal::SecondClose(_) => 4,
-            Refusal::OtherPlan(_) => 5,
-            Refusal::TooFewContributors { .. } => 6,
-            Refusal::BadContribution { .. } => 7,
-            Refusal::NotTheAggregate(_) => 8,
-            Refusal::Attempt { .. } => 9,
-            Refusal::StaleRound(_) => 10,
-            Refusal::Superseded(_) => 11,
-            Refusal::AlreadyReleased => 12,
-            Refusal::Mismatch => 13,
-            Refusal::UnverifiedBase { .. } => 14,
-            Refusal::StaleModel { .. } => 15,
-            Refusal::OlderThanHeld { .. } => 16,
-            Refusal::PastPlan { .. } => 17,
+    pub fn code(&self) -> IncidentCode {
+        match self {
+            Refusal::NotARequest(_) => IncidentCode::NotARequest,
+            Refusal::NotInQuorum => IncidentCode::NotInQuorum,
+            Refusal::BadQuorum(_) => IncidentCode::BadQuorum,
+            Refusal::NoClose(_) => IncidentCode::NoClose,
+            Refusal::SecondClose(_) => IncidentCode::SecondClose,
+            Refusal::OtherPlan(_) => IncidentCode::RequestUnderOtherPlan,
+            Refusal::TooFewContributors { .. } => IncidentCode::TooFewContributors,
+            Refusal::BadContribution { .. } => IncidentCode::BadContribution,
+            Refusal::NotTheAggregate(_) => IncidentCode::NotTheAggregate,
+            Refusal::Attempt { .. } => IncidentCode::Attempt,
+            Refusal::StaleRound(_) => IncidentCode::StaleRound,
+            Refusal::Superseded(_) => IncidentCode::Superseded,
+            Refusal::AlreadyReleased => IncidentCode::AlreadyReleased,
+            Refusal::Mismatch => IncidentCode::Mismatch,
+            Refusal::UnverifiedBase { .. } => IncidentCode::UnverifiedBase,
+            Refusal::StaleModel { .. } => IncidentCode::StaleModel,
+            Refusal::OlderThanHeld { .. } => IncidentCode::OlderThanHeld,
+            Refusal::PastPlan { .. } => IncidentCode::PastPlan,
         }
     }
 }

@@ -1,0 +1,105 @@
+//! Why one of the node's steps failed: contributing, fetching a ciphertext, releasing,
+//! receiving or combining partial decryptions, acting on a checkpoint, appending to the log.
+//! The node logs the error and carries on (a step is retried where that is safe); each variant
+//! names what to look at.
+
+use std::path::PathBuf;
+
+use protocol::audit::entry::Digest;
+use protocol::round::policy::Refusal;
+
+use super::fetch::RecomputeError;
+use crate::source::SourceError;
+use crate::state_store::StateStoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Transport(#[from] runtime::transport::TransportError),
+    #[error("the coordinator refused: {0}")]
+    Refused(String),
+    #[error("the coordinator answered {request} with {response}")]
+    Unexpected {
+        request: &'static str,
+        response: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StateStoreError),
+    #[error(transparent)]
+    Tensors(#[from] training::tensors::TensorError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    He(#[from] protocol::he::HeError),
+    #[error(transparent)]
+    Wire(#[from] protocol::wire::WireError),
+    #[error(transparent)]
+    Round(#[from] protocol::round::RoundError),
+    #[error(transparent)]
+    Recompute(#[from] RecomputeError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("a worker task stopped: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+    #[error("the update holds {got} values, the plan {plan}")]
+    UpdateSize { got: usize, plan: u32 },
+    #[error("release refused: {0}")]
+    Refusal(#[from] Refusal),
+    #[error(
+        "the key's lifetime budget is spent: {revealed} values revealed, {requested} more \
+         requested, limit {limit} (raise kappa at the next ceremony)"
+    )]
+    LifetimeSpent {
+        revealed: u64,
+        requested: u32,
+        limit: u64,
+    },
+    #[error("ciphertext {}: {length} bytes, the plan's have {expected}", hex::encode(&digest[..8]))]
+    CiphertextLength {
+        digest: Digest,
+        length: u64,
+        expected: u64,
+    },
+    #[error("ciphertext {}: {chunks} chunk digests for {length} bytes", hex::encode(&digest[..8]))]
+    ChunkList {
+        digest: Digest,
+        chunks: usize,
+        length: u64,
+    },
+    #[error("ciphertext {}: chunk {index} does not match its digest", hex::encode(&digest[..8]))]
+    ChunkDigest { digest: Digest, index: usize },
+    #[error("the fetched ciphertext does not match its digest {}", hex::encode(&digest[..8]))]
+    WholeDigest { digest: Digest },
+    #[error("{count} chunks do not make a partial decryption of this plan")]
+    PartialChunks { count: u32 },
+    #[error("member {member} is not in request {request}'s quorum")]
+    NotInQuorum { member: u8, request: u64 },
+    #[error("request {request} is far beyond this member's log")]
+    FarAhead { request: u64 },
+    #[error("too many partial decryptions in flight from member {member}")]
+    TooManyInFlight { member: u8 },
+    #[error("chunk {index} of {count} arrived, expected {expected} of {expected_count}")]
+    OutOfOrder {
+        index: u32,
+        count: u32,
+        expected: u32,
+        expected_count: u32,
+    },
+    #[error("a partial decryption from member {member} exceeds its size limit")]
+    PartialTooLarge { member: u8 },
+    #[error("request {request} names another ciphertext than the one this member combines")]
+    OtherCiphertext { request: u64 },
+    #[error("the decrypted model holds {got} values, the plan {plan}")]
+    ModelSize { got: usize, plan: u32 },
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] protocol::audit::note::NoteError),
+    #[error("the checkpoint has {cosigners} cosignatures, the witness quorum is {quorum}")]
+    UnderQuorum { cosigners: usize, quorum: u8 },
+    #[error("the checkpoint of size {size} does not match this member's copy of the log")]
+    CheckpointMismatch { size: u64 },
+    #[error("the round report: {0}")]
+    Report(#[from] serde_json::Error),
+}
