@@ -90,9 +90,21 @@ fn init_tracing(format: LogFormat, filter: &str) {
     }
 }
 
+/// A panic anywhere, in any task or thread, ends the process (exit 101) after the usual
+/// message: a daemon never carries on with one of its tasks silently gone. Every step it takes
+/// is durable, so a restart takes up where it stopped.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::exit(101);
+    }));
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format, &cli.log);
+    exit_on_panic();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Node(command) => round_cmd::run_node(&command),

@@ -47,7 +47,7 @@ pub enum NodeCommand {
         round_report: Option<PathBuf>,
         /// Resilience testing: abort (as under kill -9) at STEP:ROUND, where STEP is
         /// `contribute` (when the round opens) or `release` (after the ledger records a
-        /// release, before the share leaves).
+        /// release, before the share leaves); or `panic` in the round's contribution task.
         #[arg(long, hide = true)]
         fault: Option<node::daemon::Fault>,
         #[command(flatten)]
@@ -340,7 +340,7 @@ pub fn run_node(command: &NodeCommand) -> Result<ExitCode> {
         export_model: config.export_model.clone(),
         round_report: round_report.clone(),
     };
-    let result = runtime()?.block_on(node::daemon::run(setup))?;
+    let result = runtime()?.block_on(node::daemon::run(setup, stop_requested()))?;
     println!(
         "node: {} rounds, model {}",
         result.rounds,

@@ -422,6 +422,120 @@ fn a_quorum_member_killed_during_release_is_replaced_and_never_releases_twice() 
 /// decrypted model equals, bit for bit, the model plaintext fixed-point FedAvg computes from
 /// the built-in trainer's updates, so the external path trains the same model; the exported
 /// files hold it, and it classifies the data well.
+/// Sends `signal` (TERM, INT) to a process, as a service manager or a terminal would.
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args(["-s", signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -s {signal} {}", child.id());
+}
+
+#[test]
+fn daemons_leave_when_the_run_is_over_and_stop_cleanly_on_a_signal() {
+    let d = deploy(3, 2, 2_000, 2, 15);
+    // No --until-round: each node leaves once the coordinator says its run is over.
+    let node = |name: &str| {
+        d.spawn(
+            &[
+                "node",
+                "run",
+                "--config",
+                &format!("{name}/node.toml"),
+                "--summary",
+                &format!("{name}/summary.json"),
+                "--round-report",
+                &format!("{name}/rounds.jsonl"),
+            ],
+            &format!("{name}/log"),
+        )
+    };
+    let mut coordinator = d.coordinator();
+    let mut nodes: Vec<Child> = d.members.iter().map(|m| node(m)).collect();
+    assert!(
+        d.wait(&mut coordinator, "the coordinator", 300),
+        "{}",
+        d.logs()
+    );
+    for (name, child) in d.members.iter().zip(&mut nodes) {
+        assert!(d.wait(child, name, 60), "{name}\n{}", d.logs());
+        assert_eq!(d.summary(name)["rounds"], 2, "{name}");
+    }
+
+    // Again, for many rounds, stopped by signals once round 4 is decrypted (so the coordinator
+    // has finished round 3, the first of this run): the coordinator
+    // by SIGTERM (it publishes what it logged before it goes), then member-c by SIGINT. Both
+    // exit 0 with their summaries; the others leave by themselves.
+    edit_toml(&d.dir.join("coordinator/coordinator.toml"), |t| {
+        t.insert("rounds".into(), toml::Value::Integer(40));
+    });
+    let mut coordinator = d.coordinator();
+    let mut nodes: Vec<Child> = d.members.iter().map(|m| node(m)).collect();
+    let started = Instant::now();
+    while !std::fs::read_to_string(d.dir.join("member-a/rounds.jsonl"))
+        .unwrap_or_default()
+        .contains("\"round\":4")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no round 4\n{}",
+            d.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&coordinator, "TERM");
+    assert!(
+        d.wait(&mut coordinator, "the coordinator", 60),
+        "{}",
+        d.logs()
+    );
+    signal(&nodes[2], "INT");
+    let summary = d.summary("coordinator");
+    assert_eq!(summary["interrupted"], true);
+    let rounds = summary["rounds"].as_array().unwrap().len();
+    assert!(
+        (1..38).contains(&rounds),
+        "{rounds} rounds in the second run"
+    );
+    for (name, child) in d.members.iter().zip(&mut nodes) {
+        assert!(d.wait(child, name, 60), "{name}\n{}", d.logs());
+        assert!(
+            d.summary(name)["rounds"].is_u64(),
+            "{name} wrote its summary"
+        );
+    }
+    // Nothing logged was lost, and the log still verifies.
+    d.audit_verifies();
+}
+
+#[test]
+fn a_task_that_panics_takes_its_node_down_instead_of_dying_unnoticed() {
+    let d = deploy(3, 2, 1_000, 1, 15);
+    let mut coordinator = d.coordinator();
+    let mut a = d.node("member-a", 1, &["--fault", "panic:1"]);
+    let mut others: Vec<Child> = d.members[1..].iter().map(|m| d.node(m, 1, &[])).collect();
+    let status = {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = a.try_wait().unwrap() {
+                break status;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "{}", d.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(status.code(), Some(101), "{}", d.logs());
+    let log = std::fs::read_to_string(d.dir.join("member-a/log")).unwrap();
+    assert!(
+        log.contains("the contribution task of round 1 panics"),
+        "{log}"
+    );
+    for child in others.iter_mut().chain([&mut coordinator]) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 #[test]
 fn training_on_real_data_matches_plaintext_fixed_point_fedavg_exactly() {
     const FEATURES: usize = 30;

@@ -171,7 +171,8 @@ fn round_subject(round: u64) -> Digest {
 
 /// Runs the coordinator until `config.rounds` rounds have run, or until `shutdown` completes:
 /// then the round in progress is abandoned (everything logged stays logged, and a restart
-/// resumes after it), the log's last growth is published and the summary returned.
+/// resumes after it). Either way the log's last growth is published (for at most ten seconds),
+/// members are told the run is over, and the summary is returned.
 pub async fn run(
     config: CoordinatorConfig,
     consortium: Consortium,
@@ -349,6 +350,8 @@ async fn drive(
         () = &mut shutdown => {
             tracing::warn!("stopping on request: the round in progress, if any, is abandoned");
             summary.interrupted = true;
+            // What was logged is witnessed and published before the coordinator goes.
+            settle(ctx).await;
         }
         Some(ended) = background.join_next() => {
             return Err(CoordinatorError::TaskEnded {
@@ -361,10 +364,27 @@ async fn drive(
         }
     }
     let _guard = ctx.publish_lock.lock().await;
+    announce_finished(ctx).await;
     summary.log_size = ctx.lock().log.state().size();
     summary.peak_memory_bytes = peak_memory();
     summary.requests_received = ctx.lock().requests_received.clone();
     Ok(summary)
+}
+
+/// Tells every connected member that the run is over, so that members with nothing left to do
+/// exit instead of waiting for rounds that will not come (best effort: a member that misses it
+/// exits when the coordinator goes, as before).
+async fn announce_finished(ctx: &Context) {
+    let last_round = next_round(&ctx.lock().log) - 1;
+    let connected = ctx.lock().connected;
+    let finished = Request::Finished { last_round };
+    let calls = ctx
+        .peers
+        .iter()
+        .enumerate()
+        .filter(|(m, _)| connected & (1 << m) != 0)
+        .map(|(_, peer)| ctx.handle.call(*peer, &finished));
+    let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(calls)).await;
 }
 
 /// Dials every member until all are connected or the startup timeout passes (members dial

@@ -179,11 +179,14 @@ pub enum Fault {
     Contribute(u64),
     /// After the release is recorded in the ledger, before the share leaves.
     Release(u64),
+    /// A panic in the task that contributes to the round (not an abort): the process must
+    /// not carry on without it.
+    Panic(u64),
 }
 
 /// A `--fault` argument that is not `STEP:ROUND`.
 #[derive(Debug, thiserror::Error)]
-#[error("{0:?}: expected STEP:ROUND with STEP contribute or release and ROUND a number")]
+#[error("{0:?}: expected STEP:ROUND with STEP contribute, release or panic and ROUND a number")]
 pub struct FaultError(String);
 
 impl std::str::FromStr for Fault {
@@ -195,6 +198,7 @@ impl std::str::FromStr for Fault {
         match step {
             "contribute" => Ok(Fault::Contribute(round)),
             "release" => Ok(Fault::Release(round)),
+            "panic" => Ok(Fault::Panic(round)),
             _ => Err(bad()),
         }
     }
@@ -240,7 +244,13 @@ pub struct NodeSummary {
     pub bytes_sent: u64,
 }
 
-pub async fn run(setup: NodeSetup) -> Result<NodeSummary, NodeError> {
+/// Runs the node until its last round (`stop_after`), until the coordinator says its run is
+/// over and goes, or until `shutdown` completes. Every step is durable when it is taken, so
+/// stopping abandons at most a step in progress, which a restart takes up again.
+pub async fn run(
+    setup: NodeSetup,
+    shutdown: impl Future<Output = ()>,
+) -> Result<NodeSummary, NodeError> {
     let bad = |e: &dyn std::fmt::Display| NodeError::Setup(e.to_string());
     let consortium = setup.consortium;
     let membership = consortium.membership().map_err(|e| bad(&e))?;
@@ -355,8 +365,13 @@ pub async fn run(setup: NodeSetup) -> Result<NodeSummary, NodeError> {
     tracing::info!(member = me, "node running");
     let mut finished = false;
     let mut coordinator_seen = false;
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
+            () = &mut shutdown => {
+                tracing::info!("stopping on request");
+                break;
+            }
             event = events.recv() => match event {
                 None => break,
                 Some(Event::Request { peer, bytes, reply }) => {
@@ -397,6 +412,7 @@ pub async fn run(setup: NodeSetup) -> Result<NodeSummary, NodeError> {
             }
         }
     }
+    ctx.store.flush()?;
     let state = ctx.lock();
     Ok(NodeSummary {
         rounds: state.rounds_done,
@@ -418,6 +434,11 @@ async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Request) -> Re
             entries,
             note,
         } if peer == ctx.coordinator => witness(&ctx, from, entries, &note).await,
+        Request::Finished { last_round } if peer == ctx.coordinator => {
+            tracing::info!(last_round, "the coordinator's run is over");
+            ctx.done.notify_one();
+            Response::Ok
+        }
         Request::Act { note } if peer == ctx.coordinator => match act(&ctx, &note) {
             Ok(()) => Response::Ok,
             Err(e) => {

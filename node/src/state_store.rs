@@ -89,7 +89,9 @@ impl StateStore {
         }
     }
 
-    fn flush(&self) -> Result<(), StateStoreError> {
+    /// Makes every write so far durable (each step already does; a stopping node does once
+    /// more).
+    pub fn flush(&self) -> Result<(), StateStoreError> {
         self.db.flush().map(|_| ()).map_err(|e| self.err(e))
     }
 

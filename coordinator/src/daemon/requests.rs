@@ -242,5 +242,6 @@ pub(super) async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Req
             refused("the coordinator does not witness")
         }
         Request::Incident { .. } => refused("incidents reach the coordinator as entries to append"),
+        Request::Finished { .. } => refused("the coordinator says when a run is over"),
     }
 }

@@ -179,6 +179,9 @@ pub(super) fn carry_out(ctx: &Arc<Context>, action: Action) {
             crash_if(ctx, Fault::Contribute(round));
             let ctx = ctx.clone();
             tokio::spawn(async move {
+                if ctx.fault == Some(Fault::Panic(round)) {
+                    panic!("injected fault: the contribution task of round {round} panics");
+                }
                 if let Err(e) = contribute(&ctx, round).await {
                     tracing::error!(round, error = %e, "contribution failed");
                 }

@@ -64,6 +64,9 @@ pub enum Request {
     /// Member to member: a signed incident entry its author also appended through the
     /// coordinator, so that the coordinator cannot keep members from hearing of it.
     Incident { entry: Vec<u8> },
+    /// Coordinator to member: the coordinator's run is over after round `last_round` (it
+    /// stops once the log is published); a member with nothing left to do for it may exit.
+    Finished { last_round: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,6 +165,7 @@ impl Request {
             Request::Fetch { .. } => "fetch",
             Request::Partial { .. } => "partial",
             Request::Incident { .. } => "incident",
+            Request::Finished { .. } => "finished",
         }
     }
 
@@ -225,6 +229,10 @@ impl Request {
                 w = start(id, 8);
                 blob(&mut w, entry);
             }
+            Request::Finished { last_round } => {
+                w = start(id, 9);
+                w.u64(*last_round);
+            }
         }
         w.into_bytes()
     }
@@ -276,6 +284,9 @@ impl Request {
             },
             8 => Request::Incident {
                 entry: read_blob(&mut r, "entry", entry_limit)?,
+            },
+            9 => Request::Finished {
+                last_round: r.u64("last round")?,
             },
             other => return Err(MessageError::Kind(other)),
         };
