@@ -199,6 +199,10 @@ fn ceremony_verify_accepts_a_real_transcript_and_refuses_a_flipped_byte() {
         messages: outcome.transcript.clone(),
     };
     let work = tempfile::tempdir().unwrap();
+    assert!(
+        transcript.encode().starts_with(b"QRTRANS1"),
+        "a transcript names its format and version"
+    );
     std::fs::write(work.path().join("transcript"), transcript.encode()).unwrap();
     let ok = quorate(&["ceremony", "verify", "transcript"], work.path(), "unused");
     assert!(

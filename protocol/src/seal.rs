@@ -238,6 +238,10 @@ mod tests {
             &mut rng,
         )
         .unwrap();
+        assert!(
+            sealed.starts_with(b"QRSEAL"),
+            "a sealed file names its format"
+        );
         let (metadata, plaintext) = open(&sealed, SealKind::KeyShare, b"correct horse").unwrap();
         assert_eq!(metadata, b"ceremony 1, party 2");
         assert_eq!(plaintext.as_slice(), b"secret share");
