@@ -203,6 +203,9 @@ fn write_summary<T: serde::Serialize>(path: Option<&Path>, summary: &T) -> Resul
     Ok(())
 }
 
+/// How long a stopping daemon waits for work in its worker threads before it exits anyway.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Completes on SIGINT (Ctrl-C) or SIGTERM, so that a daemon stops cleanly under its service
 /// manager as under a terminal. A signal that cannot be listened for is logged and never fires.
 async fn stop_requested() {
@@ -269,14 +272,17 @@ pub fn run_coordinator(command: &CoordinatorCommand) -> Result<ExitCode> {
         entries.extend(decoded);
     }
     let key = transcript.public_key.prepare();
-    let result = runtime()?.block_on(coordinator::daemon::run(
+    let runtime = runtime()?;
+    let result = runtime.block_on(coordinator::daemon::run(
         config,
         consortium,
         identity,
         key,
         entries,
         stop_requested(),
-    ))?;
+    ));
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    let result = result?;
     for round in &result.rounds {
         println!(
             "round {}: {} contributors, decrypted {}, {:.2} s",
@@ -340,7 +346,12 @@ pub fn run_node(command: &NodeCommand) -> Result<ExitCode> {
         export_model: config.export_model.clone(),
         round_report: round_report.clone(),
     };
-    let result = runtime()?.block_on(node::daemon::run(setup, stop_requested()))?;
+    let runtime = runtime()?;
+    let result = runtime.block_on(node::daemon::run(setup, stop_requested()));
+    // A step still running in a worker thread (training, say) is abandoned, as under a crash:
+    // everything it would have logged is redone after a restart.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    let result = result?;
     println!(
         "node: {} rounds, model {}",
         result.rounds,

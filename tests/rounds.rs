@@ -463,9 +463,9 @@ fn daemons_leave_when_the_run_is_over_and_stop_cleanly_on_a_signal() {
     }
 
     // Again, for many rounds, stopped by signals once round 4 is decrypted (so the coordinator
-    // has finished round 3, the first of this run): the coordinator
-    // by SIGTERM (it publishes what it logged before it goes), then member-c by SIGINT. Both
-    // exit 0 with their summaries; the others leave by themselves.
+    // has finished round 3, the first of this run): the coordinator by SIGTERM (it publishes
+    // what it logged before it goes, and does not send members away, since it will be back),
+    // then every node by SIGINT. All exit 0 with their summaries.
     edit_toml(&d.dir.join("coordinator/coordinator.toml"), |t| {
         t.insert("rounds".into(), toml::Value::Integer(40));
     });
@@ -489,7 +489,6 @@ fn daemons_leave_when_the_run_is_over_and_stop_cleanly_on_a_signal() {
         "{}",
         d.logs()
     );
-    signal(&nodes[2], "INT");
     let summary = d.summary("coordinator");
     assert_eq!(summary["interrupted"], true);
     let rounds = summary["rounds"].as_array().unwrap().len();
@@ -497,7 +496,13 @@ fn daemons_leave_when_the_run_is_over_and_stop_cleanly_on_a_signal() {
         (1..38).contains(&rounds),
         "{rounds} rounds in the second run"
     );
+    std::thread::sleep(Duration::from_secs(1));
     for (name, child) in d.members.iter().zip(&mut nodes) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{name} left with the coordinator"
+        );
+        signal(child, "INT");
         assert!(d.wait(child, name, 60), "{name}\n{}", d.logs());
         assert!(
             d.summary(name)["rounds"].is_u64(),

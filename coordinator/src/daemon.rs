@@ -171,8 +171,8 @@ fn round_subject(round: u64) -> Digest {
 
 /// Runs the coordinator until `config.rounds` rounds have run, or until `shutdown` completes:
 /// then the round in progress is abandoned (everything logged stays logged, and a restart
-/// resumes after it). Either way the log's last growth is published (for at most ten seconds),
-/// members are told the run is over, and the summary is returned.
+/// resumes after it, so members are not told the run is over). Either way the log's last growth
+/// is published (for at most ten seconds) and the summary is returned.
 pub async fn run(
     config: CoordinatorConfig,
     consortium: Consortium,
@@ -364,16 +364,19 @@ async fn drive(
         }
     }
     let _guard = ctx.publish_lock.lock().await;
-    announce_finished(ctx).await;
+    // A coordinator stopped by a signal will be back: members keep waiting for it.
+    if !summary.interrupted {
+        announce_finished(ctx).await;
+    }
     summary.log_size = ctx.lock().log.state().size();
     summary.peak_memory_bytes = peak_memory();
     summary.requests_received = ctx.lock().requests_received.clone();
     Ok(summary)
 }
 
-/// Tells every connected member that the run is over, so that members with nothing left to do
-/// exit instead of waiting for rounds that will not come (best effort: a member that misses it
-/// exits when the coordinator goes, as before).
+/// Tells every connected member that the run is over (all its rounds done), so that members
+/// exit instead of waiting for rounds that will not come; best effort: a member that misses it
+/// keeps waiting for a coordinator to come back, as before.
 async fn announce_finished(ctx: &Context) {
     let last_round = next_round(&ctx.lock().log) - 1;
     let connected = ctx.lock().connected;

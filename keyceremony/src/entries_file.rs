@@ -65,21 +65,18 @@ mod tests {
 
     fn entry(sequence: u64) -> SignedEntry {
         let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
-        Entry {
-            origin: "quorate/test".into(),
-            config_epoch: 1,
-            author: key.verifying_key().to_bytes(),
+        Entry::new(
+            "quorate/test",
+            &key,
             sequence,
-            subject: [1; 32],
-            references: vec![],
-            payload: None,
-            claimed_time_ms: 1,
-            body: Body::CeremonyStep {
+            1,
+            Body::CeremonyStep {
                 ceremony: [2; 32],
                 phase: sequence as u8,
                 artefact: [3; 32],
             },
-        }
+        )
+        .about([1; 32])
         .sign(&key)
     }
 

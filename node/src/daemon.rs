@@ -537,7 +537,7 @@ fn finish_append(ctx: &Context, entry: &SignedEntry, response: Response) -> Resu
         }
         Response::Refused { reason } => Err(StepError::Refused(reason)),
         other => Err(StepError::Unexpected {
-            request: "an append",
+            request: format!("the append of {}", entry.entry.body.kind_name()),
             response: format!("{other:?}"),
         }),
     }
@@ -657,7 +657,7 @@ async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), StepError> {
         Ok(Response::Ok) => {}
         Ok(other) => {
             return Err(StepError::Unexpected {
-                request: "an offer",
+                request: format!("the offer for round {round}"),
                 response: format!("{other:?}"),
             });
         }
@@ -682,7 +682,7 @@ async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), StepError> {
             tracing::info!(round, leaf, bytes = bytes.len(), "contribution logged");
         } else if response != Response::Ok {
             return Err(StepError::Unexpected {
-                request: "a chunk",
+                request: format!("chunk {index} of round {round}'s contribution"),
                 response: format!("{response:?}"),
             });
         }

@@ -77,6 +77,11 @@ pub enum SourceError {
         program: String,
         source: std::io::Error,
     },
+    #[error("waiting for the trainer {program:?}: {source}")]
+    Wait {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("the trainer {program:?} ran longer than {secs} s and was stopped")]
     TimedOut { program: String, secs: u64 },
     #[error("the trainer {program:?} failed ({status}): {tail}")]
@@ -519,10 +524,11 @@ impl UpdateSource for ExternalSource {
             })?;
         let deadline = Instant::now() + Duration::from_secs(self.config.timeout_secs);
         let status = loop {
-            if let Some(status) = child
-                .try_wait()
-                .map_err(io_error(&self.config.working_dir))?
-            {
+            let waited = child.try_wait().map_err(|source| SourceError::Wait {
+                program: program.clone(),
+                source,
+            })?;
+            if let Some(status) = waited {
                 break status;
             }
             if Instant::now() > deadline {

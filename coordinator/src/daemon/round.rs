@@ -6,8 +6,9 @@
 
 use super::*;
 
-/// Runs round `round` and reports it; a round that fails (too few contributions, weights the
-/// plan cannot express, no quorum) is logged as an incident and reported undecrypted.
+/// Runs round `round` and reports it. A round with too few contributions, weights the plan
+/// cannot express, or no quorum left after the retries is logged as an incident and reported
+/// undecrypted; too few members connected to name a first quorum ends the run with an error.
 pub(super) async fn run_round(
     ctx: &Arc<Context>,
     config: &CoordinatorConfig,

@@ -19,10 +19,7 @@ pub enum StepError {
     #[error("the coordinator refused: {0}")]
     Refused(String),
     #[error("the coordinator answered {request} with {response}")]
-    Unexpected {
-        request: &'static str,
-        response: String,
-    },
+    Unexpected { request: String, response: String },
     #[error(transparent)]
     Store(#[from] StateStoreError),
     #[error(transparent)]

@@ -30,7 +30,10 @@ pub(super) async fn fetch_chunk(
             bytes,
         } => Ok((length, chunks, bytes)),
         other => Err(StepError::Unexpected {
-            request: "a fetch",
+            request: format!(
+                "the fetch of chunk {index} of {}",
+                hex::encode(&digest[..8])
+            ),
             response: format!("{other:?}"),
         }),
     }
@@ -94,12 +97,12 @@ pub(super) fn keep(ctx: &Context, digest: &Digest, bytes: &[u8]) -> Result<PathB
     let path = ctx.scratch.join(hex::encode(digest));
     let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let temp = path.with_extension(format!("part{unique}"));
-    let io = |source| StepError::Io {
-        path: path.clone(),
-        source,
+    let io = |path: &PathBuf| {
+        let path = path.clone();
+        move |source| StepError::Io { path, source }
     };
-    std::fs::write(&temp, bytes).map_err(io)?;
-    std::fs::rename(&temp, &path).map_err(io)?;
+    std::fs::write(&temp, bytes).map_err(io(&temp))?;
+    std::fs::rename(&temp, &path).map_err(io(&path))?;
     Ok(path)
 }
 
