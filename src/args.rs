@@ -11,8 +11,9 @@ pub const PASSPHRASE_VAR: &str = "QUORATE_PASSPHRASE";
 
 #[derive(Debug, clap::Args)]
 pub struct PassphraseArgs {
-    /// Read the passphrase from this file (first line) instead of QUORATE_PASSPHRASE or a
-    /// prompt.
+    /// Read the passphrase from this file (first line). The order: this option, then a
+    /// `passphrase_file` in the role's configuration, then QUORATE_PASSPHRASE, then a prompt;
+    /// the source used is logged.
     #[arg(long)]
     pub(crate) passphrase_file: Option<PathBuf>,
 }
@@ -37,12 +38,14 @@ pub fn passphrase(args: &PassphraseArgs, confirm: bool) -> Result<Zeroizing<Stri
         if line.is_empty() {
             bail!("the passphrase file {} is empty", path.display());
         }
+        tracing::info!(file = %path.display(), "passphrase read from a file");
         return Ok(Zeroizing::new(line.to_owned()));
     }
     if let Ok(value) = std::env::var(PASSPHRASE_VAR) {
         if value.is_empty() {
             bail!("{PASSPHRASE_VAR} is set but empty");
         }
+        tracing::info!("passphrase read from {PASSPHRASE_VAR}");
         return Ok(Zeroizing::new(value));
     }
     if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {

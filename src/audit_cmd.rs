@@ -17,7 +17,10 @@ use protocol::audit::verify::{
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {
-    /// Write the coordinator's log (entries, checkpoints, cosignatures) as plain files.
+    /// Write the coordinator's log (entries, checkpoints, cosignatures) as plain files: the
+    /// final part, that is every checkpoint with the witness quorum of cosignatures and the
+    /// entries they cover. Checkpoints short of the quorum are not final and are left out, as
+    /// are entries no final checkpoint covers yet; the output says how many.
     Export {
         /// The coordinator's log store.
         #[arg(long)]
@@ -74,6 +77,20 @@ pub fn run(command: &AuditCommand) -> Result<ExitCode> {
                 summary.origin,
                 out.display()
             );
+            if summary.checkpoints_short_of_quorum > 0 {
+                println!(
+                    "left out {} checkpoints short of the witness quorum (not final: signed \
+                     while members were connecting or away, superseded by final ones)",
+                    summary.checkpoints_short_of_quorum
+                );
+            }
+            if summary.awaiting_witnesses > 0 {
+                println!(
+                    "left out the last {} entries: no checkpoint with the witness quorum covers \
+                     them yet (export again once the members have witnessed them)",
+                    summary.awaiting_witnesses
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Example { out } => {
@@ -429,6 +446,14 @@ fn show(dir: &Path) -> Result<ExitCode> {
                         .map_or_else(|| "-".to_owned(), |r| r.to_string()),
                     &hex::encode(leaf_hash(leaf))[..16]
                 )?;
+                if let Body::Incident {
+                    code, description, ..
+                } = body
+                {
+                    let meaning = protocol::audit::entry::IncidentCode::from_number(*code)
+                        .map_or("a code this version does not know", |c| c.meaning());
+                    writeln!(out, "{:>8}incident {code} ({meaning}): {description}", "")?;
+                }
             }
             Err(err) => writeln!(out, "{index:>6}  unreadable: {err}")?,
         }

@@ -95,6 +95,30 @@ pub enum CeremonyCommand {
     },
 }
 
+/// How many sites may be down with rounds still completing, and why; a warning when none.
+fn print_tolerance(consortium: &Consortium) {
+    let file = consortium.file();
+    let n = file.members.len();
+    let tolerated = consortium.sites_down_tolerated();
+    println!(
+        "  {n} members, threshold {}, k_min {}, witness quorum {}: rounds go on with up to \
+         {tolerated} site(s) down",
+        file.threshold,
+        file.k_min,
+        consortium.witness_quorum()
+    );
+    if tolerated == 0 {
+        println!(
+            "  warning: with every site needed, one site down stops all rounds until it returns \
+             (checkpoints need {} cosignatures, rounds {} contributions). To ride out one site \
+             down, add members: for example 4 members with threshold 2, or 5 with threshold 3 \
+             (see the README's table)",
+            consortium.witness_quorum(),
+            file.k_min
+        );
+    }
+}
+
 fn read_consortium(path: &Path) -> Result<Consortium> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -159,16 +183,38 @@ pub fn run(command: &CeremonyCommand) -> Result<ExitCode> {
             let digest = parsed.digest();
             let signature = me.signing.sign(&approval_message(&digest)).to_bytes();
             let approved = parsed.with_approval(&me.name, &signature);
-            let count = approved.file().approvals.len();
+            // Only approvals of this exact file count: one of an earlier version, or not made
+            // with the member's key, is named and does not.
+            let valid = approved.valid_approvals();
             runtime::files::write_atomically(consortium, approved.to_toml().as_bytes(), 0o644)
                 .with_context(|| format!("writing {}", consortium.display()))?;
+            let n = approved.file().members.len();
             println!(
-                "{} approved consortium {} (digest {}); {count} of {} members have approved",
+                "{} approved consortium {} (digest {}); {} of {n} members have approved this \
+                 file",
                 me.name,
                 approved.file().name,
                 hex::encode(digest),
-                approved.file().members.len()
+                valid.len(),
             );
+            let stale: Vec<&String> = approved
+                .file()
+                .approvals
+                .keys()
+                .filter(|name| !valid.contains(name))
+                .collect();
+            if !stale.is_empty() {
+                println!(
+                    "  approvals that do not verify against this file (an earlier version, or \
+                     not the member's key), not counted: {}",
+                    stale
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            print_tolerance(&approved);
             Ok(ExitCode::SUCCESS)
         }
         CeremonyCommand::Verify { transcript } => verify_transcript(transcript),

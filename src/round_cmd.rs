@@ -47,7 +47,9 @@ pub enum NodeCommand {
         round_report: Option<PathBuf>,
         /// Resilience testing: abort (as under kill -9) at STEP:ROUND, where STEP is
         /// `contribute` (when the round opens) or `release` (after the ledger records a
-        /// release, before the share leaves); or `panic` in the round's contribution task.
+        /// release, before the share leaves); or `panic` in the round's contribution task, or
+        /// `lose-partials` (the round's partial decryptions lost on the way until asked for
+        /// again).
         #[arg(long, hide = true)]
         fault: Option<node::daemon::Fault>,
         #[command(flatten)]
@@ -190,7 +192,16 @@ fn passphrase_for(
     configured: Option<&Path>,
 ) -> Result<zeroize::Zeroizing<String>> {
     match (&args.passphrase_file, configured) {
-        (None, Some(file)) => passphrase(&PassphraseArgs::file(file.to_owned()), false),
+        (None, Some(file)) => {
+            if std::env::var_os(crate::args::PASSPHRASE_VAR).is_some() {
+                tracing::warn!(
+                    file = %file.display(),
+                    "the configuration's passphrase_file takes precedence over {}",
+                    crate::args::PASSPHRASE_VAR
+                );
+            }
+            passphrase(&PassphraseArgs::file(file.to_owned()), false)
+        }
         _ => passphrase(args, false),
     }
 }
@@ -289,6 +300,17 @@ pub fn run_coordinator(command: &CoordinatorCommand) -> Result<ExitCode> {
             round.round, round.contributors, round.decrypted, round.total_seconds
         );
     }
+    // A restart of the same run adds its rounds to the summary the earlier run wrote.
+    let result = match summary.as_deref().filter(|p| p.exists()) {
+        Some(path) => match crate::local::read_json::<coordinator::summary::RunSummary>(path) {
+            Ok(earlier) => result.after(earlier),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "the earlier summary is replaced");
+                result
+            }
+        },
+        None => result,
+    };
     write_summary(summary.as_deref(), &result)?;
     let all_decrypted = result.rounds.iter().all(|r| r.decrypted);
     Ok(if all_decrypted {

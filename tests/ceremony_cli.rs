@@ -234,8 +234,13 @@ fn the_example_consortium_file_is_valid_and_awaits_approval() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/consortium.example.toml");
     let consortium =
         protocol::consortium::Consortium::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
-    assert_eq!(consortium.config().parties(), 3);
+    assert_eq!(consortium.config().parties(), 4);
     assert_eq!(consortium.witness_quorum(), 3);
+    assert_eq!(
+        consortium.sites_down_tolerated(),
+        1,
+        "the example rides out one site down"
+    );
     assert!(
         consortium.check_approvals().is_err(),
         "the example is not approved by anyone"

@@ -514,6 +514,53 @@ fn daemons_leave_when_the_run_is_over_and_stop_cleanly_on_a_signal() {
 }
 
 #[test]
+fn a_member_whose_partials_are_lost_asks_for_them_again_and_combines() {
+    let d = deploy(5, 3, 2_000, 1, 15);
+    let mut coordinator = d.coordinator();
+    // member-e is outside the quorum (a, b, c): every partial decryption of round 1 is lost
+    // on its way there, as when it was away during the decryption.
+    let mut nodes: Vec<Child> = d
+        .members
+        .iter()
+        .map(|m| match m.as_str() {
+            "member-e" => d.node(m, 1, &["--fault", "lose-partials:1"]),
+            _ => d.node(m, 1, &[]),
+        })
+        .collect();
+    assert!(
+        d.wait(&mut coordinator, "the coordinator", 300),
+        "{}",
+        d.logs()
+    );
+    for (name, node) in d.members.iter().zip(&mut nodes) {
+        assert!(d.wait(node, name, 120), "{name}\n{}", d.logs());
+    }
+    let expected = d.expected_digest(&[&[0, 1, 2, 3, 4]]);
+    for name in &d.members {
+        assert_eq!(d.summary(name)["rounds"], 1, "{name}\n{}", d.logs());
+        assert_eq!(
+            d.summary(name)["model_digest"].as_str(),
+            Some(expected.as_str()),
+            "{name}"
+        );
+    }
+    let log = std::fs::read_to_string(d.dir.join("member-e/log")).unwrap();
+    assert!(log.contains("a partial decryption is lost"), "{log}");
+    assert!(
+        log.contains("asking for a partial decryption again"),
+        "{log}"
+    );
+    // No member released twice: one release per quorum member in the log.
+    let releases = d
+        .log()
+        .iter()
+        .filter(|e| matches!(e.entry.body, Body::ShareReleased { .. }))
+        .count();
+    assert_eq!(releases, 3);
+    d.audit_verifies();
+}
+
+#[test]
 fn a_task_that_panics_takes_its_node_down_instead_of_dying_unnoticed() {
     let d = deploy(3, 2, 1_000, 1, 15);
     let mut coordinator = d.coordinator();

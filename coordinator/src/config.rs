@@ -15,7 +15,8 @@ pub struct CoordinatorConfig {
     pub transcript: PathBuf,
     /// The directory of the log store and the ciphertext store.
     pub store: PathBuf,
-    /// Rounds to run before exiting.
+    /// The run's total rounds: the coordinator runs up to this round number (a restart resumes
+    /// after the last round the log opened) and never past the round plan's `rounds`.
     pub rounds: u64,
     /// Seconds members have to contribute once a round opens.
     #[serde(default = "default_deadline")]
@@ -82,11 +83,12 @@ mod tests {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/coordinator.example.toml");
         let config = CoordinatorConfig::load(&path).unwrap();
-        assert_eq!(config.ceremony_entries.len(), 3);
+        // One ceremony-entries file per member of the example consortium (4, threshold 2).
+        assert_eq!(config.ceremony_entries.len(), 4);
         assert!(config.store.ends_with("coordinator-store"));
         config
             .plan
-            .budget(protocol::he::ThresholdConfig::new(3, 2).unwrap())
+            .budget(protocol::he::ThresholdConfig::new(4, 2).unwrap())
             .unwrap();
     }
 

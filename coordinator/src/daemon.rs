@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 use crate::audit_log::{AuditLog, AuditLogError};
 use crate::blobs::{BlobError, BlobStore, Upload};
 use crate::config::CoordinatorConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RoundStep};
 use crate::summary::{RoundSummary, RunSummary, peak_memory};
 
 mod publish;
@@ -307,20 +307,27 @@ fn on_event(ctx: &Arc<Context>, event: Event, answering: &mut JoinSet<()>) {
         Event::Connected(peer) => {
             if let Some(m) = ctx.member_of(&peer) {
                 tracing::info!(member = m, %peer, "member connected");
-                ctx.lock().connected |= 1 << m;
+                let connected = {
+                    let mut s = ctx.lock();
+                    s.connected |= 1 << m;
+                    s.connected.count_ones()
+                };
+                ctx.metrics.set_connected(connected);
                 ctx.changed.notify_waiters();
             }
         }
         Event::Disconnected(peer) => {
             if let Some(m) = ctx.member_of(&peer) {
                 tracing::warn!(member = m, %peer, "member disconnected");
-                {
+                let connected = {
                     let mut shared = ctx.lock();
                     shared.connected &= !(1 << m);
                     if let Some(round) = shared.round.as_mut() {
                         round.member_failed(m);
                     }
-                }
+                    shared.connected.count_ones()
+                };
+                ctx.metrics.set_connected(connected);
                 ctx.changed.notify_waiters();
             }
         }
@@ -427,7 +434,8 @@ async fn connect(ctx: &Context, config: &CoordinatorConfig) {
     );
 }
 
-/// The configured rounds, from the one after the last the log opened, never past the plan.
+/// The rounds up to the configured total, from the one after the last the log opened (so a
+/// restart resumes), never past the round plan's.
 async fn run_rounds(
     ctx: &Arc<Context>,
     config: &CoordinatorConfig,
@@ -437,24 +445,76 @@ async fn run_rounds(
 ) -> Result<(), CoordinatorError> {
     let first_round = next_round(&ctx.lock().log);
     let mut rng = rand::rngs::OsRng;
-    // The plan's budget covers `plan.rounds` rounds of one key, and members refuse any later
-    // round: never open one.
-    let last_round = (first_round + config.rounds)
-        .saturating_sub(1)
-        .min(u64::from(ctx.plan.rounds));
-    if first_round > last_round {
-        tracing::warn!(
-            plan_rounds = ctx.plan.rounds,
-            next = first_round,
-            "the round plan's rounds are all done: a new plan (and key) is needed for more"
-        );
+    let plan = RunPlan::new(first_round, config.rounds, ctx.plan.rounds);
+    for message in plan.messages() {
+        tracing::info!("{message}");
     }
+    let last_round = plan.last;
     for round in first_round..=last_round {
         let result = run_round(ctx, config, budget, public_key, round, &mut rng).await?;
         ctx.metrics.round_finished(&result);
         done.push(result);
     }
     Ok(())
+}
+
+/// Which rounds a run takes: up to the configured total `rounds`, resuming after the last
+/// round the log opened, never past the round plan's (its noise and smudging budget covers
+/// that many rounds of one key, and members refuse any later round).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct RunPlan {
+    first: u64,
+    last: u64,
+    configured: u64,
+    plan_rounds: u64,
+}
+
+impl RunPlan {
+    fn new(first: u64, configured: u64, plan_rounds: u32) -> Self {
+        let plan_rounds = u64::from(plan_rounds);
+        Self {
+            first,
+            last: configured.min(plan_rounds),
+            configured,
+            plan_rounds,
+        }
+    }
+
+    /// What the coordinator tells its admin before it starts.
+    fn messages(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.configured > self.plan_rounds {
+            out.push(format!(
+                "rounds = {} but the round plan covers {} rounds of one key: stopping after \
+                 round {}",
+                self.configured, self.plan_rounds, self.plan_rounds
+            ));
+        }
+        if self.first > self.last {
+            out.push(if self.first > self.plan_rounds {
+                format!(
+                    "the round plan's {} rounds are all done: more rounds need a new plan and a \
+                     new key (a new ceremony)",
+                    self.plan_rounds
+                )
+            } else {
+                format!(
+                    "all {} rounds of this run are done (the log's last round is {}): raise \
+                     `rounds` to run more",
+                    self.last,
+                    self.first - 1
+                )
+            });
+        } else if self.first > 1 {
+            out.push(format!(
+                "resuming at round {} (rounds 1 to {} are in the log), up to round {}",
+                self.first,
+                self.first - 1,
+                self.last
+            ));
+        }
+        out
+    }
 }
 
 /// Lets the last entries be witnessed and published: waits (at most ten seconds) until every
@@ -521,4 +581,34 @@ fn base_model(ctx: &Context) -> (Digest, Digest) {
         })
         .unwrap_or([0; 32]);
     (base, model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_is_a_total_that_resumes_and_stops_at_the_plan() {
+        // A fresh run of 30 under a plan of 50.
+        let fresh = RunPlan::new(1, 30, 50);
+        assert_eq!((fresh.first, fresh.last), (1, 30));
+        assert!(fresh.messages().is_empty());
+        // Restarted after round 5 with rounds = 30: rounds 6 to 30, not 6 to 35.
+        let resumed = RunPlan::new(6, 30, 50);
+        assert_eq!((resumed.first, resumed.last), (6, 30));
+        assert_eq!(
+            resumed.messages(),
+            ["resuming at round 6 (rounds 1 to 5 are in the log), up to round 30"]
+        );
+        // Never past the plan, whatever `rounds` says.
+        let capped = RunPlan::new(49, 60, 50);
+        assert_eq!((capped.first, capped.last), (49, 50));
+        assert!(capped.messages()[0].contains("stopping after round 50"));
+        let spent = RunPlan::new(51, 60, 50);
+        assert!(spent.first > spent.last);
+        assert!(spent.messages()[1].contains("all done"));
+        // Everything configured already ran.
+        let done = RunPlan::new(31, 30, 50);
+        assert!(done.messages()[0].contains("raise `rounds`"));
+    }
 }

@@ -1,5 +1,6 @@
 //! Prometheus metrics on a local port, in the text exposition format: rounds, bytes received,
-//! contributors and durations. Served by a tiny HTTP responder (one short response per
+//! contributors and durations, the members connected, and the step the current round is in and
+//! for how long (a round stuck waiting shows here first). Served by a tiny HTTP responder (one short response per
 //! connection), so no web framework is needed for four numbers.
 
 use std::sync::Arc;
@@ -21,6 +22,21 @@ struct Inner {
     bytes_received: AtomicU64,
     last_contributors: AtomicU64,
     last_round_millis: AtomicU64,
+    connected: AtomicU64,
+    round: AtomicU64,
+    step: AtomicU64,
+    step_since_ms: AtomicU64,
+}
+
+/// The step the current round is in, for the `quorate_round_step` gauge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoundStep {
+    Idle = 0,
+    WaitingForMembers = 1,
+    Collecting = 2,
+    Closing = 3,
+    Decrypting = 4,
+    AwaitingResults = 5,
 }
 
 impl Metrics {
@@ -28,6 +44,19 @@ impl Metrics {
         self.inner
             .bytes_received
             .fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn set_connected(&self, members: u32) {
+        self.inner
+            .connected
+            .store(u64::from(members), Ordering::Relaxed);
+    }
+
+    /// Round `round` entered `step` at `now_ms`.
+    pub fn step(&self, round: u64, step: RoundStep, now_ms: u64) {
+        self.inner.round.store(round, Ordering::Relaxed);
+        self.inner.step.store(step as u64, Ordering::Relaxed);
+        self.inner.step_since_ms.store(now_ms, Ordering::Relaxed);
     }
 
     pub fn round_finished(&self, round: &RoundSummary) {
@@ -44,20 +73,35 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
+        self.render_at(runtime::clock::now_ms())
+    }
+
+    fn render_at(&self, now_ms: u64) -> String {
         let i = &self.inner;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        format!(
-            "# HELP quorate_rounds_total Rounds run.\n# TYPE quorate_rounds_total counter\nquorate_rounds_total {}\n\
+        let stuck = now_ms.saturating_sub(get(&i.step_since_ms)) as f64 / 1000.0;
+        let state = format!(
+            "# HELP quorate_members_connected Members connected to the coordinator.\n# TYPE quorate_members_connected gauge\nquorate_members_connected {}\n\
+             # HELP quorate_round The round in progress or last run.\n# TYPE quorate_round gauge\nquorate_round {}\n\
+             # HELP quorate_round_step The round's step: 0 idle, 1 waiting for members, 2 collecting, 3 closing, 4 decrypting, 5 awaiting results.\n# TYPE quorate_round_step gauge\nquorate_round_step {}\n\
+             # HELP quorate_round_step_seconds Seconds the round has been in its step.\n# TYPE quorate_round_step_seconds gauge\nquorate_round_step_seconds {stuck:.3}\n",
+            get(&i.connected),
+            get(&i.round),
+            get(&i.step),
+        );
+        state
+            + &format!(
+                "# HELP quorate_rounds_total Rounds run.\n# TYPE quorate_rounds_total counter\nquorate_rounds_total {}\n\
              # HELP quorate_rounds_decrypted_total Rounds whose aggregate was decrypted by a quorum.\n# TYPE quorate_rounds_decrypted_total counter\nquorate_rounds_decrypted_total {}\n\
              # HELP quorate_bytes_received_total Ciphertext bytes received from members.\n# TYPE quorate_bytes_received_total counter\nquorate_bytes_received_total {}\n\
              # HELP quorate_round_contributors Contributors of the last round.\n# TYPE quorate_round_contributors gauge\nquorate_round_contributors {}\n\
              # HELP quorate_round_duration_seconds Duration of the last round.\n# TYPE quorate_round_duration_seconds gauge\nquorate_round_duration_seconds {:.3}\n",
-            get(&i.rounds),
-            get(&i.rounds_decrypted),
-            get(&i.bytes_received),
-            get(&i.last_contributors),
-            get(&i.last_round_millis) as f64 / 1000.0,
-        )
+                get(&i.rounds),
+                get(&i.rounds_decrypted),
+                get(&i.bytes_received),
+                get(&i.last_contributors),
+                get(&i.last_round_millis) as f64 / 1000.0,
+            )
     }
 
     /// Serves the metrics at `address` (say `127.0.0.1:9464`) until the process ends.
@@ -127,6 +171,22 @@ mod tests {
             "quorate_round_duration_seconds 2.500",
         ] {
             assert!(body.contains(line), "{line} missing from\n{body}");
+        }
+    }
+
+    #[test]
+    fn the_round_in_progress_shows_its_step_and_how_long_it_has_been_there() {
+        let metrics = Metrics::default();
+        metrics.set_connected(2);
+        metrics.step(7, RoundStep::Decrypting, 10_000);
+        let text = metrics.render_at(14_500);
+        for line in [
+            "quorate_members_connected 2",
+            "quorate_round 7",
+            "quorate_round_step 4",
+            "quorate_round_step_seconds 4.500",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
         }
     }
 }

@@ -35,6 +35,26 @@ pub struct RoundSummary {
     pub bytes_received: u64,
 }
 
+impl RunSummary {
+    /// This run's summary after an earlier run's (of the same log, before a restart): rounds
+    /// from both (this run's where both have one), requests added up, the latest log size.
+    pub fn after(mut self, earlier: RunSummary) -> RunSummary {
+        let mut rounds: Vec<RoundSummary> = earlier
+            .rounds
+            .into_iter()
+            .filter(|old| self.rounds.iter().all(|new| new.round != old.round))
+            .collect();
+        rounds.append(&mut self.rounds);
+        rounds.sort_by_key(|r| r.round);
+        self.rounds = rounds;
+        for (kind, count) in earlier.requests_received {
+            *self.requests_received.entry(kind).or_default() += count;
+        }
+        self.peak_memory_bytes = self.peak_memory_bytes.max(earlier.peak_memory_bytes);
+        self
+    }
+}
+
 /// The peak resident set size of this process (Linux), in bytes.
 pub fn peak_memory() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -70,5 +90,34 @@ mod tests {
             serde_json::from_slice::<RunSummary>(&json).unwrap(),
             summary
         );
+    }
+
+    #[test]
+    fn a_restarted_run_appends_its_rounds_to_the_earlier_summary() {
+        let round = |round| RoundSummary {
+            round,
+            decrypted: true,
+            ..Default::default()
+        };
+        let earlier = RunSummary {
+            rounds: vec![round(1), round(2), round(3)],
+            requests_received: [("offer".to_owned(), 3)].into(),
+            log_size: 40,
+            interrupted: true,
+            ..Default::default()
+        };
+        let mut retried = round(3);
+        retried.attempts = 2;
+        let latest = RunSummary {
+            rounds: vec![retried.clone(), round(4)],
+            requests_received: [("offer".to_owned(), 2), ("fetch".to_owned(), 1)].into(),
+            log_size: 60,
+            ..Default::default()
+        };
+        let merged = latest.after(earlier);
+        assert_eq!(merged.rounds, vec![round(1), round(2), retried, round(4)]);
+        assert_eq!(merged.requests_received["offer"], 5);
+        assert_eq!(merged.requests_received["fetch"], 1);
+        assert_eq!((merged.log_size, merged.interrupted), (60, false));
     }
 }

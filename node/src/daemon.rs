@@ -5,7 +5,7 @@
 //! policy: the agreed aggregate recomputed from the logged contributions, never twice for one
 //! ciphertext (the ledger is flushed before the share leaves), and only to other members.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -82,6 +82,12 @@ const PARTIAL_RETRY: Duration = Duration::from_secs(1);
 const COMBINE_ATTEMPTS: u8 = 4;
 const COMBINE_RETRY: Duration = Duration::from_secs(2);
 
+/// A partial decryption whose release is logged but which has not arrived is asked for from
+/// its author [`RESEND_ATTEMPTS`] times, [`RESEND_WAIT`] apart.
+const RESEND_ATTEMPTS: u32 = 10;
+const RESEND_FIRST: Duration = Duration::from_millis(500);
+const RESEND_WAIT: Duration = Duration::from_secs(2);
+
 /// A partial decryption arriving in chunks from another member.
 #[derive(Default)]
 struct Incoming {
@@ -122,6 +128,11 @@ struct State {
     combining: HashMap<u64, Combining>,
     partials: HashMap<(u64, u8), Incoming>,
     targets: HashMap<u64, Arc<BoundCiphertext>>,
+    /// Requests whose missing partial decryptions this member is asking their authors for.
+    chasing: HashSet<u64>,
+    /// When this member last sent a partial again, by request and asking member: at most once
+    /// per [`RESEND_WAIT`], so a member cannot make it send the same bytes without end.
+    resent: HashMap<(u64, u8), std::time::Instant>,
     next_sequence: u64,
     rounds_done: u64,
 }
@@ -182,11 +193,17 @@ pub enum Fault {
     /// A panic in the task that contributes to the round (not an abort): the process must
     /// not carry on without it.
     Panic(u64),
+    /// The round's partial decryptions are lost on their way to this member, until it asks
+    /// their authors to send them again.
+    LosePartials(u64),
 }
 
 /// A `--fault` argument that is not `STEP:ROUND`.
 #[derive(Debug, thiserror::Error)]
-#[error("{0:?}: expected STEP:ROUND with STEP contribute, release or panic and ROUND a number")]
+#[error(
+    "{0:?}: expected STEP:ROUND with STEP contribute, release, panic or lose-partials and ROUND \
+     a number"
+)]
 pub struct FaultError(String);
 
 impl std::str::FromStr for Fault {
@@ -199,6 +216,7 @@ impl std::str::FromStr for Fault {
             "contribute" => Ok(Fault::Contribute(round)),
             "release" => Ok(Fault::Release(round)),
             "panic" => Ok(Fault::Panic(round)),
+            "lose-partials" => Ok(Fault::LosePartials(round)),
             _ => Err(bad()),
         }
     }
@@ -349,6 +367,8 @@ pub async fn run(
             combining: HashMap::new(),
             partials: HashMap::new(),
             targets: HashMap::new(),
+            chasing: HashSet::new(),
+            resent: HashMap::new(),
             next_sequence,
             rounds_done: 0,
         }),
@@ -452,6 +472,13 @@ async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Request) -> Re
                 Err(e) => refused(e.to_string()),
             },
             _ => refused("incidents are heard from members only"),
+        },
+        Request::Resend { request } => match ctx.member_of(&peer) {
+            Some(member) if member != ctx.me => match resend_partial(&ctx, member, request) {
+                Ok(()) => Response::Ok,
+                Err(e) => refused(e.to_string()),
+            },
+            _ => refused("partial decryptions are sent to members only"),
         },
         Request::Partial {
             request,

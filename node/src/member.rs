@@ -28,7 +28,8 @@ pub struct Decryption {
 /// What the daemon is to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// A round opened at leaf `before`: what earlier requests fetched or buffered can go.
+    /// A round opened: what requests before leaf `before` (the previous round's open) fetched
+    /// or buffered can go.
     Forget { before: u64 },
     /// Train and contribute to `round` (every check passed).
     Contribute { round: u64 },
@@ -59,6 +60,9 @@ pub struct Member {
     heard: HeardIncidents,
     /// Entries below this leaf were acted on before a restart.
     replay_until: u64,
+    /// The leaf of the latest round open: what came before the one before it can be forgotten
+    /// (the previous round's partial decryptions are kept, for members that ask again).
+    last_open: u64,
 }
 
 impl Member {
@@ -78,6 +82,7 @@ impl Member {
             decryptions: BTreeMap::new(),
             heard: HeardIncidents::new(),
             replay_until,
+            last_open: 0,
         }
     }
 
@@ -134,6 +139,12 @@ impl Member {
         let Some(entry) = log.get(index as usize) else {
             return Vec::new();
         };
+        // A round open retires what came before the previous one: that round's partial
+        // decryptions stay, for members that missed them and ask again.
+        let forget_before = match entry.entry.body {
+            Body::RoundOpen { .. } => Some(std::mem::replace(&mut self.last_open, index)),
+            _ => None,
+        };
         let handled = index < self.replay_until && self.already_handled(log, index, entry);
         // A request is followed even when replayed, so that the member can still combine it.
         if handled && !matches!(entry.entry.body, Body::DecryptionRequest { .. }) {
@@ -144,7 +155,9 @@ impl Member {
             Body::RoundOpen {
                 round, expected, ..
             } => {
-                actions.push(Action::Forget { before: index });
+                if let Some(before) = forget_before {
+                    actions.push(Action::Forget { before });
+                }
                 if entry.entry.payload != Some(self.plan.digest()) {
                     actions.push(Action::Incident {
                         code: IncidentCode::RoundUnderOtherPlan,
@@ -323,14 +336,14 @@ mod tests {
     fn an_honest_round_asks_to_contribute_release_send_and_combine_in_log_order() {
         let mut s = consortium();
         let mut m = member(&s, 2);
-        let open = s.log.size();
         let (close, aggregate) = s.open_and_close(1, &[0, 1, 2, 3, 4]);
         let request = s.request(1, close, aggregate, &[0, 2, 4], 0);
         let actions = feed(&mut m, &s, 0);
         assert_eq!(
             actions,
             vec![
-                Action::Forget { before: open },
+                // The first round open: no previous round to retire.
+                Action::Forget { before: 0 },
                 Action::Contribute { round: 1 },
                 Action::Release { request },
             ]
@@ -381,6 +394,25 @@ mod tests {
         let (close, aggregate) = s.open_and_close(2, &[0, 1, 2, 3, 4]);
         s.request(2, close, aggregate, &[1, 3, 4], 0);
         let actions = feed(&mut m, &s, before);
+        // Round 2's open retires only what came before round 1's: round 1's partial
+        // decryptions stay, so that this member can still ask for them.
+        let round_one_open = s
+            .log
+            .leaves()
+            .iter()
+            .position(|l| {
+                matches!(
+                    SignedEntry::open(l).unwrap().entry.body,
+                    Body::RoundOpen { round: 1, .. }
+                )
+            })
+            .unwrap() as u64;
+        assert!(
+            actions.contains(&Action::Forget {
+                before: round_one_open
+            }),
+            "{actions:?}"
+        );
         assert!(
             !actions
                 .iter()

@@ -260,6 +260,40 @@ impl Consortium {
         self
     }
 
+    /// Members whose approval verifies against this exact file (an approval of an earlier
+    /// version, or one not made with the member's key, does not count).
+    pub fn valid_approvals(&self) -> Vec<String> {
+        let message = approval_message(&self.digest);
+        self.file
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(i, member)| {
+                self.file
+                    .approvals
+                    .get(&member.name)
+                    .and_then(|hex_signature| hex::decode(hex_signature).ok())
+                    .and_then(|bytes| <[u8; 64]>::try_from(bytes).ok())
+                    .is_some_and(|signature| {
+                        self.member_signing_key(*i as u8)
+                            .verify_strict(&message, &Signature::from_bytes(&signature))
+                            .is_ok()
+                    })
+            })
+            .map(|(_, member)| member.name.clone())
+            .collect()
+    }
+
+    /// Members that may be down with rounds still completing (see
+    /// [`crate::audit::log::sites_down_tolerated`]).
+    pub fn sites_down_tolerated(&self) -> u8 {
+        crate::audit::log::sites_down_tolerated(
+            self.file.members.len() as u8,
+            self.file.k_min,
+            self.witness_quorum,
+        )
+    }
+
     /// Checks that every member approved this exact consortium.
     pub fn check_approvals(&self) -> Result<(), ConsortiumError> {
         let message = approval_message(&self.digest);
@@ -370,6 +404,30 @@ mod tests {
             signing.push(key);
         }
         (text, signing)
+    }
+
+    /// `ceremony sign` counts these: an approval of an earlier version of the file, or one not
+    /// made with the member's key, does not count.
+    #[test]
+    fn only_approvals_of_this_exact_file_count() {
+        let (text, signing) = sample_text(3, 2);
+        let mut consortium = Consortium::parse(&text).unwrap();
+        let message = approval_message(&consortium.digest());
+        for (i, key) in signing.iter().enumerate().take(2) {
+            consortium =
+                consortium.with_approval(&format!("member-{i}"), &key.sign(&message).to_bytes());
+        }
+        assert_eq!(consortium.valid_approvals(), ["member-0", "member-1"]);
+        // member-2's "approval" signed by member-0's key is not member-2's.
+        let forged = consortium.with_approval("member-2", &signing[0].sign(&message).to_bytes());
+        assert_eq!(forged.valid_approvals(), ["member-0", "member-1"]);
+        // After an edit (here the name), the earlier approvals no longer verify.
+        let renamed =
+            Consortium::parse(&forged.to_toml().replace("test-consortium", "renamed")).unwrap();
+        assert!(
+            renamed.valid_approvals().is_empty(),
+            "a renamed file is another file"
+        );
     }
 
     #[test]

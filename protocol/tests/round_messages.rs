@@ -36,6 +36,7 @@ fn requests() -> Vec<Request> {
         },
         Request::Incident { entry: vec![13; 2] },
         Request::Finished { last_round: 50 },
+        Request::Resend { request: 77 },
     ]
 }
 

@@ -243,5 +243,6 @@ pub(super) async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Req
         }
         Request::Incident { .. } => refused("incidents reach the coordinator as entries to append"),
         Request::Finished { .. } => refused("the coordinator says when a run is over"),
+        Request::Resend { .. } => refused("partial decryptions go to members, never here"),
     }
 }

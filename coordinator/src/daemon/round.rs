@@ -22,6 +22,7 @@ pub(super) async fn run_round(
         round,
         ..Default::default()
     };
+    enough_members(ctx, round).await;
     let bytes_before = ctx.lock().bytes_received;
     let (base, subject) = open(ctx, config, round)?;
 
@@ -51,6 +52,7 @@ pub(super) async fn run_round(
     }
 
     let aggregate_started = Instant::now();
+    ctx.metrics.step(round, RoundStep::Closing, now_ms());
     let Some(closed) = close(ctx, budget, round, base, subject).await? else {
         summary.total_seconds = started.elapsed().as_secs_f64();
         return Ok(summary);
@@ -60,6 +62,7 @@ pub(super) async fn run_round(
     tracing::info!(round, contributors = summary.contributors, "round closed");
 
     let decrypt_started = Instant::now();
+    ctx.metrics.step(round, RoundStep::Decrypting, now_ms());
     let release_timeout_ms = config.release_timeout_secs * 1000;
     let outcome = decrypt(
         ctx,
@@ -73,6 +76,8 @@ pub(super) async fn run_round(
     .await?;
     summary.attempts = outcome.attempts;
     if let Some((request, quorum)) = outcome.released {
+        ctx.metrics
+            .step(round, RoundStep::AwaitingResults, now_ms());
         let (decrypted, model) = await_results(ctx, request, quorum, release_timeout_ms).await;
         summary.decrypted = decrypted;
         summary.model = model;
@@ -80,6 +85,7 @@ pub(super) async fn run_round(
     }
     summary.total_seconds = started.elapsed().as_secs_f64();
     summary.bytes_received = ctx.lock().bytes_received - bytes_before;
+    ctx.metrics.step(round, RoundStep::Idle, now_ms());
     tracing::info!(
         round,
         decrypted = summary.decrypted,
@@ -87,6 +93,65 @@ pub(super) async fn run_round(
         "round finished"
     );
     Ok(summary)
+}
+
+/// Members a round needs connected: its checkpoints need the witness quorum of cosignatures
+/// before members act on them, and the round needs `k_min` contributions.
+fn members_needed(membership: &Membership) -> u32 {
+    u32::from(membership.witness_quorum.max(membership.k_min))
+}
+
+/// Waits until enough members are connected for a round to complete, saying why it waits: a
+/// round opened without them would only throw its contributions away.
+async fn enough_members(ctx: &Context, round: u64) {
+    let (connected, needed, members) = {
+        let s = ctx.lock();
+        (
+            s.connected.count_ones(),
+            members_needed(&s.membership),
+            s.membership.members.len(),
+        )
+    };
+    if connected >= needed {
+        return;
+    }
+    ctx.metrics
+        .step(round, RoundStep::WaitingForMembers, now_ms());
+    tracing::warn!(
+        round,
+        connected,
+        members,
+        needed,
+        "waiting for members: checkpoints need the witness quorum of cosignatures and a round \
+         k_min contributions, so round {round} opens when {needed} of {members} are connected"
+    );
+    ctx.wait_for(|s, _| {
+        if s.connected.count_ones() >= members_needed(&s.membership) {
+            Next::Done(())
+        } else {
+            Next::Wait(None)
+        }
+    })
+    .await;
+    tracing::info!(round, "enough members connected: opening the round");
+}
+
+/// Why a decryption was abandoned, with the real cause when too few members were connected
+/// for any checkpoint to reach the witness quorum (then no member could act on the request).
+fn give_up_reason(ctx: &Context, reason: String) -> String {
+    let s = ctx.lock();
+    let connected = s.connected.count_ones();
+    let quorum = u32::from(s.membership.witness_quorum);
+    if connected < quorum {
+        format!(
+            "{reason}; the cause: only {connected} of {} members are connected and checkpoints \
+             need {quorum} cosignatures (the witness quorum), so no member could act on the \
+             request",
+            s.membership.members.len()
+        )
+    } else {
+        reason
+    }
 }
 
 /// Opens the round on the base the log's rules name, expecting the members connected now.
@@ -122,6 +187,7 @@ fn open(
         Some(ctx.plan.digest()),
     )?;
     tracing::info!(round, expected = expected.count_ones(), "round open");
+    ctx.metrics.step(round, RoundStep::Collecting, now_ms());
     Ok((base, subject))
 }
 
@@ -325,6 +391,7 @@ async fn decrypt(
                 quorum = next_quorum;
             }
             DecryptionStatus::GiveUp(reason) => {
+                let reason = give_up_reason(ctx, reason);
                 tracing::error!(round, %reason, "decryption abandoned");
                 ctx.append_own(
                     subject,

@@ -129,46 +129,144 @@ pub(super) async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), Step
 /// chunk: only to members, never to the coordinator.
 pub(super) async fn send_partial(ctx: &Arc<Context>, request: u64, partial: Vec<u8>) {
     let partial = Arc::new(partial);
-    let count = partial.len().div_ceil(CHUNK_BYTES) as u32;
     let mut sends = Vec::new();
     for (m, peer) in ctx.peers.iter().enumerate() {
         if m == usize::from(ctx.me) {
             continue;
         }
-        let (handle, peer, partial) = (ctx.handle.clone(), *peer, partial.clone());
         ctx.sent(partial.len());
+        let (handle, peer, partial) = (ctx.handle.clone(), *peer, partial.clone());
         sends.push(tokio::spawn(async move {
-            // A member not reachable yet is tried again a few times, from the first chunk; a
-            // member that answers with a refusal is not.
-            'attempts: for attempt in 1..=PARTIAL_ATTEMPTS {
-                for (index, chunk) in partial.chunks(CHUNK_BYTES).enumerate() {
-                    let request = Request::Partial {
-                        request,
-                        index: index as u32,
-                        count,
-                        bytes: chunk.to_vec(),
-                    };
-                    match handle.call(peer, &request).await {
-                        Ok(Response::Ok) => {}
-                        Ok(other) => {
-                            tracing::debug!(member = m, response = ?other, "partial refused");
-                            return;
-                        }
-                        Err(error) => {
-                            tracing::debug!(member = m, attempt, %error, "partial not delivered");
-                            tokio::time::sleep(PARTIAL_RETRY).await;
-                            continue 'attempts;
-                        }
-                    }
-                }
-                return;
-            }
+            deliver(&handle, peer, m, request, &partial).await
         }));
     }
     for send in sends {
         let _ = send.await;
     }
     try_combine(ctx, request);
+}
+
+/// Delivers a partial decryption to one member, chunk by chunk. A member not reachable yet is
+/// tried again a few times, from the first chunk; a member that answers with a refusal is not.
+async fn deliver(handle: &Handle, peer: PeerId, member: usize, request: u64, partial: &[u8]) {
+    let count = partial.len().div_ceil(CHUNK_BYTES) as u32;
+    'attempts: for attempt in 1..=PARTIAL_ATTEMPTS {
+        for (index, chunk) in partial.chunks(CHUNK_BYTES).enumerate() {
+            let message = Request::Partial {
+                request,
+                index: index as u32,
+                count,
+                bytes: chunk.to_vec(),
+            };
+            match handle.call(peer, &message).await {
+                Ok(Response::Ok) => {}
+                Ok(other) => {
+                    tracing::debug!(member, response = ?other, "partial refused");
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(member, attempt, %error, "partial not delivered");
+                    tokio::time::sleep(PARTIAL_RETRY).await;
+                    continue 'attempts;
+                }
+            }
+        }
+        return;
+    }
+}
+
+/// Sends `member` again this member's partial decryption for `request`: only one whose release
+/// the log holds (a cosigned checkpoint covers it) with the same digest, so the bytes are the
+/// ones every member was sent already and nothing new is revealed.
+pub(super) fn resend_partial(
+    ctx: &Arc<Context>,
+    member: u8,
+    request: u64,
+) -> Result<(), StepError> {
+    let partial = ctx
+        .store
+        .released_partial(request)?
+        .ok_or(StepError::NothingToResend { request })?;
+    let logged = ctx
+        .lock()
+        .member
+        .decryption(request)
+        .and_then(|d| d.logged_shares.get(&ctx.me).copied());
+    if logged.is_none_or(|share| Sha256::digest(&partial).as_slice() != share) {
+        return Err(StepError::NothingToResend { request });
+    }
+    {
+        let mut state = ctx.lock();
+        let now = std::time::Instant::now();
+        if state
+            .resent
+            .get(&(request, member))
+            .is_some_and(|last| now.duration_since(*last) < RESEND_WAIT)
+        {
+            return Err(StepError::ResentRecently { request, member });
+        }
+        state.resent.insert((request, member), now);
+    }
+    tracing::info!(member, request, "sending a partial decryption again");
+    ctx.sent(partial.len());
+    let (handle, peer) = (ctx.handle.clone(), ctx.peers[usize::from(member)]);
+    tokio::spawn(async move {
+        deliver(&handle, peer, usize::from(member), request, &partial).await;
+    });
+    Ok(())
+}
+
+/// Asks the authors of logged releases whose partial decryptions have not arrived to send them
+/// again, until they arrive or this member holds a later model: a partial lost on the way, or
+/// sent while this member was away, is fetched instead of costing the member every later round.
+fn chase(ctx: &Arc<Context>, request: u64) {
+    if !ctx.lock().chasing.insert(request) {
+        return;
+    }
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        for attempt in 0..RESEND_ATTEMPTS {
+            // A partial on its way normally arrives within moments: ask soon, then less often.
+            tokio::time::sleep(if attempt == 0 {
+                RESEND_FIRST
+            } else {
+                RESEND_WAIT
+            })
+            .await;
+            let missing: Vec<u8> = {
+                let state = ctx.lock();
+                match state.member.decryption(request) {
+                    Some(d) if state.member.held().round < d.round => d
+                        .quorum
+                        .iter()
+                        .copied()
+                        .filter(|m| *m != ctx.me && d.logged_shares.contains_key(m))
+                        .filter(|m| {
+                            state
+                                .partials
+                                .get(&(request, *m))
+                                .is_none_or(|incoming| !incoming.complete())
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                }
+            };
+            if missing.is_empty() {
+                break;
+            }
+            for m in missing {
+                tracing::info!(member = m, request, "asking for a partial decryption again");
+                let asked = ctx
+                    .handle
+                    .call(ctx.peers[usize::from(m)], &Request::Resend { request })
+                    .await;
+                if let Err(e) = asked {
+                    tracing::debug!(member = m, error = %e, "the request to send again failed");
+                }
+            }
+        }
+        ctx.lock().chasing.remove(&request);
+    });
 }
 
 pub(super) fn refuse(ctx: &Arc<Context>, request: u64, refusal: Refusal) -> Result<(), StepError> {
@@ -193,6 +291,14 @@ pub(super) fn receive_partial(
     let limit = ctx.plan.values as usize * 8 + 1024;
     if count == 0 || count as usize > limit.div_ceil(CHUNK_BYTES) {
         return Err(StepError::PartialChunks { count });
+    }
+    if lost_by_fault(ctx, request) {
+        tracing::warn!(
+            member,
+            request,
+            "injected fault: a partial decryption is lost"
+        );
+        return Ok(());
     }
     let complete = {
         let mut state = ctx.lock();
@@ -248,10 +354,24 @@ pub(super) fn receive_partial(
     Ok(())
 }
 
+/// Resilience testing: the partial decryptions of the chosen round are lost on the way until
+/// this member asks for them again.
+fn lost_by_fault(ctx: &Context, request: u64) -> bool {
+    let Some(Fault::LosePartials(round)) = ctx.fault else {
+        return false;
+    };
+    let state = ctx.lock();
+    let of_round = matches!(
+        state.entries.get(request as usize).map(|e| &e.entry.body),
+        Some(Body::DecryptionRequest { round: r, .. }) if *r == round
+    );
+    of_round && !state.chasing.contains(&request)
+}
+
 /// Combines once every quorum member's share release is logged and its partial decryption,
 /// hashing to the logged digest, has arrived.
 pub(super) fn try_combine(ctx: &Arc<Context>, request: u64) {
-    let (partials, ciphertext, quorum, round) = {
+    let ready = 'ready: {
         let mut state = ctx.lock();
         let state = &mut *state;
         let Some(d) = state.member.decryption(request) else {
@@ -262,14 +382,18 @@ pub(super) fn try_combine(ctx: &Arc<Context>, request: u64) {
         {
             return;
         }
+        let missing = d.quorum.iter().any(|m| {
+            state
+                .partials
+                .get(&(request, *m))
+                .is_none_or(|incoming| !incoming.complete())
+        });
+        if missing {
+            break 'ready None;
+        }
         let mut partials = Vec::new();
         for m in &d.quorum {
-            let Some(incoming) = state.partials.get(&(request, *m)) else {
-                return;
-            };
-            if !incoming.complete() {
-                return;
-            }
+            let incoming = &state.partials[&(request, *m)];
             if Sha256::digest(&incoming.bytes).as_slice() != d.logged_shares[m] {
                 tracing::warn!(
                     member = m,
@@ -282,7 +406,12 @@ pub(super) fn try_combine(ctx: &Arc<Context>, request: u64) {
         }
         let (ciphertext, quorum, round) = (d.ciphertext, d.quorum.clone(), d.round);
         state.combining.entry(request).or_default().running = true;
-        (partials, ciphertext, quorum, round)
+        Some((partials, ciphertext, quorum, round))
+    };
+    // Some partial decryption has not arrived: ask its author (the lock is released here).
+    let Some((partials, ciphertext, quorum, round)) = ready else {
+        chase(ctx, request);
+        return;
     };
     let ctx = ctx.clone();
     tokio::spawn(async move {

@@ -93,6 +93,12 @@ pub enum StepError {
     ModelSize { got: usize, plan: u32 },
     #[error("checkpoint: {0}")]
     Checkpoint(#[from] protocol::audit::note::NoteError),
+    #[error("this member logged no release for request {request} that it could send again")]
+    NothingToResend { request: u64 },
+    #[error(
+        "the partial decryption for request {request} was sent to member {member} again moments ago"
+    )]
+    ResentRecently { request: u64, member: u8 },
     #[error("the checkpoint has {cosigners} cosignatures, the witness quorum is {quorum}")]
     UnderQuorum { cosigners: usize, quorum: u8 },
     #[error("the checkpoint of size {size} does not match this member's copy of the log")]

@@ -161,12 +161,34 @@ pub fn safe_witness_quorum(parties: u8, threshold: u8) -> u8 {
     (parties + threshold - 1) / 2 + 1
 }
 
+/// How many members may be down with rounds still completing: members act only on
+/// checkpoints with the witness quorum of cosignatures, and a round needs `k_min`
+/// contributions (decryption needs t, fewer than `k_min`). With none to spare, one site down
+/// stops every round until it returns.
+pub fn sites_down_tolerated(parties: u8, k_min: u8, witness_quorum: u8) -> u8 {
+    parties.saturating_sub(witness_quorum.max(k_min))
+}
+
 fn verifying_key(bytes: &KeyBytes) -> Result<VerifyingKey, LogError> {
     VerifyingKey::from_bytes(bytes).map_err(|_| LogError::Membership("invalid public key".into()))
 }
 
 /// The verifiers for a membership's checkpoints: the log key (named after the origin) and
 /// each member's witness key (named after the member).
+/// Whether a stored checkpoint note is final: it opens under the log's key and carries at least
+/// the witness quorum of valid cosignatures. Only final checkpoints are acted on by members and
+/// exported for auditors; one short of the quorum (signed while members were still connecting,
+/// or during an outage) is a step on the way, superseded by the next final one.
+pub fn is_final_checkpoint(
+    note: &[u8],
+    log: &NoteVerifier,
+    witnesses: &[NoteVerifier],
+    membership: &Membership,
+) -> bool {
+    crate::audit::checkpoint::SignedCheckpoint::open(note, log, witnesses)
+        .is_ok_and(|signed| signed.cosigners.len() >= usize::from(membership.witness_quorum))
+}
+
 pub fn checkpoint_verifiers(
     origin: &str,
     membership: &Membership,
@@ -365,5 +387,31 @@ impl LogState {
 
     pub fn consistency_proof(&self, old_size: u64) -> Result<Vec<Hash>, LogError> {
         Ok(merkle::consistency_proof(&self.hashes, old_size as usize)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (n, t) -> sites down the default (fork-safe) witness quorum and k_min = t + 1 allow.
+    #[test]
+    fn which_consortia_ride_out_a_site_down() {
+        let tolerated = |n: u8, t: u8| sites_down_tolerated(n, t + 1, safe_witness_quorum(n, t));
+        assert_eq!(
+            tolerated(3, 2),
+            0,
+            "3 members, t = 2: every site must be up"
+        );
+        assert_eq!(tolerated(4, 2), 1);
+        assert_eq!(tolerated(4, 3), 0);
+        assert_eq!(tolerated(5, 2), 1);
+        assert_eq!(tolerated(5, 3), 1);
+        assert_eq!(tolerated(5, 4), 0);
+        assert_eq!(tolerated(6, 3), 1);
+        assert_eq!(tolerated(7, 3), 2);
+        assert_eq!(tolerated(7, 4), 1);
+        // A larger k_min than t + 1 can be the binding constraint.
+        assert_eq!(sites_down_tolerated(6, 6, 4), 0);
     }
 }

@@ -67,6 +67,10 @@ pub enum Request {
     /// Coordinator to member: the coordinator's run is over after round `last_round` (it
     /// stops once the log is published); a member with nothing left to do for it may exit.
     Finished { last_round: u64 },
+    /// Member to member: send again the partial decryption for the request at leaf `request`
+    /// whose release you logged (the same bytes: nothing new is revealed). A member whose copy
+    /// never arrived, or who was away during the decryption, asks with this.
+    Resend { request: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,6 +170,7 @@ impl Request {
             Request::Partial { .. } => "partial",
             Request::Incident { .. } => "incident",
             Request::Finished { .. } => "finished",
+            Request::Resend { .. } => "resend",
         }
     }
 
@@ -233,6 +238,10 @@ impl Request {
                 w = start(id, 9);
                 w.u64(*last_round);
             }
+            Request::Resend { request } => {
+                w = start(id, 10);
+                w.u64(*request);
+            }
         }
         w.into_bytes()
     }
@@ -287,6 +296,9 @@ impl Request {
             },
             9 => Request::Finished {
                 last_round: r.u64("last round")?,
+            },
+            10 => Request::Resend {
+                request: r.u64("request")?,
             },
             other => return Err(MessageError::Kind(other)),
         };

@@ -91,6 +91,43 @@ impl IncidentCode {
         self as u16
     }
 
+    /// What the code means, in a few words (for `audit show` and logs).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Self::TooFewContributions => "the round closed with fewer than k_min contributions",
+            Self::DecryptionAbandoned => "no quorum released within the plan's retries",
+            Self::RoundNotClosed => "the contributions could not be weighed under the plan",
+            Self::NotARequest => "refused: the entry named is not a decryption request",
+            Self::NotInQuorum => "refused: this member is not in the request's quorum",
+            Self::BadQuorum => "refused: the quorum is not t members",
+            Self::NoClose => "refused: the request names no round close",
+            Self::SecondClose => "refused: the round was closed twice",
+            Self::RequestUnderOtherPlan => "refused: the request's round ran under another plan",
+            Self::TooFewContributors => "refused: fewer than k_min contributors",
+            Self::BadContribution => "refused: a contribution breaks the rules",
+            Self::NotTheAggregate => "refused: the ciphertext is not the round's aggregate",
+            Self::Attempt => "refused: an attempt the plan does not allow",
+            Self::StaleRound => "refused: the request is for an old round",
+            Self::Superseded => "refused: a later request superseded this one",
+            Self::AlreadyReleased => "refused: a share of this ciphertext was released before",
+            Self::Mismatch => "refused: the recomputed ciphertext differs",
+            Self::UnverifiedBase => {
+                "refused: the round builds on a model this member did not verify"
+            }
+            Self::StaleModel => "refused: a second contribution from a model already released",
+            Self::OlderThanHeld => "refused: older than the model this member holds",
+            Self::PastPlan => "refused: past the round plan's rounds",
+            Self::RoundUnderOtherPlan => "not contributing: the round opened under another plan",
+            Self::LifetimeSpent => "refused: the key's lifetime reveal budget is spent",
+            Self::OtherModel => "another member logged a different model for the request",
+            Self::ForkedEntry => "the coordinator sent a different entry at a known index",
+            Self::ForkedCheckpoint => "a checkpoint's root does not match the entries",
+            Self::RefusedToCosign => "refused to cosign a checkpoint",
+            Self::BrokenRoundRule => "refused to witness an entry that breaks a round rule",
+            Self::DroppedIncident => "the coordinator dropped another member's incident",
+        }
+    }
+
     /// The code a stored number stands for, if this version knows it.
     pub fn from_number(number: u16) -> Option<Self> {
         Self::ALL.into_iter().find(|c| c.number() == number)
