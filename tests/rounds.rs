@@ -514,6 +514,78 @@ fn daemons_leave_when_the_run_is_over_and_stop_cleanly_on_a_signal() {
 }
 
 #[test]
+fn staggered_starts_and_a_site_restarted_mid_run_still_audit_clean() {
+    let d = deploy(5, 3, 2_000, 3, 15);
+    let node = |name: &str| {
+        d.spawn(
+            &[
+                "node",
+                "run",
+                "--config",
+                &format!("{name}/node.toml"),
+                "--summary",
+                &format!("{name}/summary.json"),
+                "--round-report",
+                &format!("{name}/rounds.jsonl"),
+            ],
+            &format!("{name}/log"),
+        )
+    };
+    let mut coordinator = d.coordinator();
+    // The sites start a little apart, as separate admins start them.
+    let mut nodes: Vec<Child> = Vec::new();
+    for name in &d.members {
+        nodes.push(node(name));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // member-e is killed once round 1 is decrypted there, and restarted a moment later.
+    let started = Instant::now();
+    while !std::fs::read_to_string(d.dir.join("member-e/rounds.jsonl"))
+        .unwrap_or_default()
+        .contains("\"round\":1")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no round 1\n{}",
+            d.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nodes[4].kill().unwrap();
+    nodes[4].wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    nodes[4] = d.spawn(
+        &[
+            "node",
+            "run",
+            "--config",
+            "member-e/node.toml",
+            "--summary",
+            "member-e/summary.json",
+        ],
+        "member-e/log-restarted",
+    );
+    assert!(
+        d.wait(&mut coordinator, "the coordinator", 300),
+        "{}",
+        d.logs()
+    );
+    for (name, child) in d.members.iter().zip(&mut nodes) {
+        assert!(d.wait(child, name, 120), "{name}\n{}", d.logs());
+    }
+    let summary = d.summary("coordinator");
+    for round in summary["rounds"].as_array().unwrap() {
+        assert_eq!(round["decrypted"], true, "{round}");
+        assert!(round["contributors"].as_u64().unwrap() >= 4, "{round}");
+    }
+    let a = d.summary("member-a")["model_digest"].clone();
+    for name in &d.members[1..4] {
+        assert_eq!(d.summary(name)["model_digest"], a, "{name}");
+    }
+    d.audit_verifies();
+}
+
+#[test]
 fn a_member_whose_partials_are_lost_asks_for_them_again_and_combines() {
     let d = deploy(5, 3, 2_000, 1, 15);
     let mut coordinator = d.coordinator();
