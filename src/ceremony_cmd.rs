@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use ed25519_dalek::Signer;
 use protocol::audit::entry::approval_message;
 use protocol::consortium::Consortium;
@@ -35,7 +35,8 @@ pub enum CeremonyCommand {
         passphrase: PassphraseArgs,
     },
     /// Approve a consortium file: sign its canonical digest with this member's identity and
-    /// record the approval in the file.
+    /// record the approval in the file (its comments and layout are kept). Prints how many
+    /// members have approved this exact file and how many sites may be down.
     Sign {
         #[arg(long)]
         consortium: PathBuf,
@@ -43,6 +44,17 @@ pub enum CeremonyCommand {
         identity: PathBuf,
         #[command(flatten)]
         passphrase: PassphraseArgs,
+    },
+    /// Merge the approvals members recorded in their own copies of the consortium file into
+    /// it. Each copy must be the same consortium (the same digest); only approvals that verify
+    /// are taken, and the file's comments and layout are kept.
+    MergeApprovals {
+        /// The consortium file to complete.
+        #[arg(long)]
+        consortium: PathBuf,
+        /// The members' signed copies.
+        #[arg(required = true)]
+        copies: Vec<PathBuf>,
     },
     /// Run the key ceremony at this site, with the other members over libp2p. Writes the
     /// transcript, the sealed key share (only after all n signed the transcript), the public
@@ -93,6 +105,76 @@ pub enum CeremonyCommand {
         #[arg(long, default_value_t = 50)]
         plan_rounds: u32,
     },
+}
+
+/// Rewrites the `[approvals]` table of the consortium file at `path` with `consortium`'s
+/// approvals, keeping everything else in the file as it was (comments, order, layout).
+fn write_approvals(path: &Path, consortium: &Consortium) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut document: toml_edit::DocumentMut = text
+        .parse()
+        .with_context(|| format!("{} is not a TOML document", path.display()))?;
+    let mut table = toml_edit::Table::new();
+    for (member, signature) in &consortium.file().approvals {
+        table.insert(member, toml_edit::value(signature.as_str()));
+    }
+    document.insert("approvals", toml_edit::Item::Table(table));
+    let written = document.to_string();
+    // What is written must still be this consortium.
+    let reread = Consortium::parse(&written)
+        .with_context(|| format!("the approvals could not be recorded in {}", path.display()))?;
+    ensure!(
+        reread.digest() == consortium.digest()
+            && reread.file().approvals == consortium.file().approvals,
+        "the approvals could not be recorded in {} without changing it",
+        path.display()
+    );
+    runtime::files::write_atomically(path, written.as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `ceremony merge-approvals`: the approvals members recorded in their own copies, checked
+/// and added to the consortium file.
+fn merge_approvals(path: &Path, copies: &[PathBuf]) -> Result<ExitCode> {
+    let mut merged = read_consortium(path)?;
+    for copy in copies {
+        let theirs = read_consortium(copy)?;
+        ensure!(
+            theirs.digest() == merged.digest(),
+            "{} is another consortium (digest {}, this file's is {}): it was edited after the \
+             copy was made, so its approvals are not for this file",
+            copy.display(),
+            hex::encode(theirs.digest()),
+            hex::encode(merged.digest())
+        );
+        let valid = theirs.valid_approvals();
+        for (member, signature) in &theirs.file().approvals {
+            if !valid.contains(member) {
+                println!(
+                    "  {}: the approval recorded for {member} does not verify; not taken",
+                    copy.display()
+                );
+                continue;
+            }
+            let bytes: [u8; 64] = hex::decode(signature)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .context("a verified approval is 64 hex bytes")?;
+            merged = merged.with_approval(member, &bytes);
+        }
+    }
+    write_approvals(path, &merged)?;
+    let valid = merged.valid_approvals();
+    println!(
+        "{}: {} of {} members have approved this file ({})",
+        path.display(),
+        valid.len(),
+        merged.file().members.len(),
+        valid.join(", ")
+    );
+    print_tolerance(&merged);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// How many sites may be down with rounds still completing, and why; a warning when none.
@@ -186,8 +268,7 @@ pub fn run(command: &CeremonyCommand) -> Result<ExitCode> {
             // Only approvals of this exact file count: one of an earlier version, or not made
             // with the member's key, is named and does not.
             let valid = approved.valid_approvals();
-            runtime::files::write_atomically(consortium, approved.to_toml().as_bytes(), 0o644)
-                .with_context(|| format!("writing {}", consortium.display()))?;
+            write_approvals(consortium, &approved)?;
             let n = approved.file().members.len();
             println!(
                 "{} approved consortium {} (digest {}); {} of {n} members have approved this \
@@ -217,6 +298,10 @@ pub fn run(command: &CeremonyCommand) -> Result<ExitCode> {
             print_tolerance(&approved);
             Ok(ExitCode::SUCCESS)
         }
+        CeremonyCommand::MergeApprovals {
+            consortium: path,
+            copies,
+        } => merge_approvals(path, copies),
         CeremonyCommand::Verify { transcript } => verify_transcript(transcript),
         CeremonyCommand::Run {
             consortium,

@@ -112,13 +112,18 @@ fn admins_create_identities_and_approve_the_consortium_file() {
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("passphrase"));
 
+    // The admins sign their own copies at the same time; the file keeps its comments.
+    let commented = format!("# Agreed at the kick-off meeting.\n{file}");
+    std::fs::write(dir.join("consortium.toml"), &commented).unwrap();
     for member in ["lab-a", "lab-b", "lab-c"] {
+        let copy = format!("copy-{member}.toml");
+        std::fs::write(dir.join(&copy), &commented).unwrap();
         let out = quorate(
             &[
                 "ceremony",
                 "sign",
                 "--consortium",
-                "consortium.toml",
+                &copy,
                 "--identity",
                 &format!("{member}.id"),
             ],
@@ -130,8 +135,55 @@ fn admins_create_identities_and_approve_the_consortium_file() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("1 of 3 members have approved"), "{said}");
+        assert!(
+            said.contains("up to 0 site(s) down") && said.contains("warning"),
+            "{said}"
+        );
     }
+    // A copy edited after it was made is another consortium: refused, naming it.
+    let edited = std::fs::read_to_string(dir.join("copy-lab-c.toml"))
+        .unwrap()
+        .replace("name = \"test\"", "name = \"test-2\"");
+    std::fs::write(dir.join("copy-edited.toml"), edited).unwrap();
+    let refused = quorate(
+        &[
+            "ceremony",
+            "merge-approvals",
+            "--consortium",
+            "consortium.toml",
+            "copy-edited.toml",
+        ],
+        dir,
+        "unused",
+    );
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("copy-edited.toml"));
+    let merged = quorate(
+        &[
+            "ceremony",
+            "merge-approvals",
+            "--consortium",
+            "consortium.toml",
+            "copy-lab-a.toml",
+            "copy-lab-b.toml",
+            "copy-lab-c.toml",
+        ],
+        dir,
+        "unused",
+    );
+    assert!(
+        merged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&merged.stderr)
+    );
+    assert!(String::from_utf8_lossy(&merged.stdout).contains("3 of 3 members have approved"));
     let signed = std::fs::read_to_string(dir.join("consortium.toml")).unwrap();
+    assert!(
+        signed.starts_with("# Agreed at the kick-off meeting."),
+        "{signed}"
+    );
     let consortium = protocol::consortium::Consortium::parse(&signed).unwrap();
     consortium.check_approvals().unwrap();
     assert_eq!(consortium.digest(), parsed.digest());
