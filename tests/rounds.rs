@@ -578,9 +578,11 @@ fn staggered_starts_and_a_site_restarted_mid_run_still_audit_clean() {
         assert_eq!(round["decrypted"], true, "{round}");
         assert!(round["contributors"].as_u64().unwrap() >= 4, "{round}");
     }
+    // Every site ends with the same model, member-e too: after its restart it fetched the
+    // partial decryptions it missed from the members who released them.
     let a = d.summary("member-a")["model_digest"].clone();
-    for name in &d.members[1..4] {
-        assert_eq!(d.summary(name)["model_digest"], a, "{name}");
+    for name in &d.members[1..] {
+        assert_eq!(d.summary(name)["model_digest"], a, "{name}\n{}", d.logs());
     }
     d.audit_verifies();
 }

@@ -518,16 +518,22 @@ impl RunPlan {
 }
 
 /// Lets the last entries be witnessed and published: waits (at most ten seconds) until every
-/// member holds the whole log and half a second has passed since then with no growth (members
-/// append results and incidents after each checkpoint they act on, which reaches them after
-/// they cosigned it).
+/// member holds the whole log, every connected member logged its result of the last
+/// decryption, and half a second has passed since then with no growth (members append results
+/// and incidents after each checkpoint they act on, which reaches them after they cosigned it).
 async fn settle(ctx: &Context) {
     let give_up = now_ms() + 10_000;
     // Since when the log has been whole at every member without growing.
     let mut quiet_since: Option<(u64, u64)> = None;
     ctx.wait_for(|s, now| {
         let size = s.log.state().size();
-        let synced = s.member_sizes.iter().all(|&m| m >= size);
+        // Every member holds the whole log, and every connected member logged its result of
+        // the last decryption (one catching up after a restart fetches what it needs from here).
+        let last_request = s.results.keys().max().copied();
+        let combined =
+            |m: usize| last_request.is_none_or(|r| s.results[&r].contains_key(&(m as u8)));
+        let synced = s.member_sizes.iter().all(|&m| m >= size)
+            && (0..s.member_sizes.len()).all(|m| s.connected & (1 << m) == 0 || combined(m));
         quiet_since = match quiet_since {
             Some((since, at_size)) if synced && at_size == size => Some((since, at_size)),
             _ if synced => Some((now, size)),
@@ -542,6 +548,7 @@ async fn settle(ctx: &Context) {
     })
     .await
 }
+
 fn next_round(log: &AuditLog) -> u64 {
     log.state()
         .leaves()

@@ -85,6 +85,9 @@ const COMBINE_RETRY: Duration = Duration::from_secs(2);
 /// A partial decryption whose release is logged but which has not arrived is asked for from
 /// its author [`RESEND_ATTEMPTS`] times, [`RESEND_WAIT`] apart.
 const RESEND_ATTEMPTS: u32 = 10;
+
+/// How long a node that is done stays for members still catching up (see `run`).
+const LINGER: Duration = Duration::from_secs(5);
 const RESEND_FIRST: Duration = Duration::from_millis(500);
 const RESEND_WAIT: Duration = Duration::from_secs(2);
 
@@ -112,9 +115,11 @@ impl Incoming {
     }
 }
 
-/// Partial decryptions buffered at most, per member of the consortium (a member can only
-/// be in the quorum of the current request, and perhaps a retry).
-const BUFFERED_PARTIALS_PER_MEMBER: usize = 4;
+/// Partial decryptions buffered at most, per member of the consortium: one per attempt the
+/// plan allows, for the current round and the previous one (kept for members that ask again).
+fn buffered_partials_per_member(plan: &RoundPlan) -> usize {
+    2 * (1 + usize::from(plan.max_retries))
+}
 
 struct State {
     log: LogState,
@@ -130,6 +135,9 @@ struct State {
     targets: HashMap<u64, Arc<BoundCiphertext>>,
     /// Requests whose missing partial decryptions this member is asking their authors for.
     chasing: HashSet<u64>,
+    /// The coordinator said its run is over after this round: the node leaves once it holds
+    /// that round's model or has nothing left to try.
+    run_over: Option<u64>,
     /// When this member last sent a partial again, by request and asking member: at most once
     /// per [`RESEND_WAIT`], so a member cannot make it send the same bytes without end.
     resent: HashMap<(u64, u8), std::time::Instant>,
@@ -165,6 +173,9 @@ struct Context {
     round_report: Option<PathBuf>,
     /// Ciphertext and partial-decryption bytes this node sent.
     bytes_sent: std::sync::atomic::AtomicU64,
+    /// When this member last sent a partial decryption again (ms): a leaving node stays while
+    /// peers still catch up.
+    last_resend_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Context {
@@ -368,6 +379,7 @@ pub async fn run(
             partials: HashMap::new(),
             targets: HashMap::new(),
             chasing: HashSet::new(),
+            run_over: None,
             resent: HashMap::new(),
             next_sequence,
             rounds_done: 0,
@@ -380,11 +392,16 @@ pub async fn run(
         export_model: setup.export_model,
         round_report: setup.round_report,
         bytes_sent: Default::default(),
+        last_resend_ms: Default::default(),
     });
     ctx.handle.dial(coordinator).await;
     tracing::info!(member = me, "node running");
     let mut finished = false;
-    let mut coordinator_seen = false;
+    let mut coordinator_connected = false;
+    // Once done and the coordinator is gone, the node stays [`LINGER`] longer, and as long as
+    // members are still asking it for partial decryptions, so that they can catch up.
+    let mut leave_at: Option<tokio::time::Instant> = None;
+    let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -402,13 +419,15 @@ pub async fn run(
                 }
                 Some(Event::Connected(peer)) => {
                     if peer == coordinator {
-                        coordinator_seen = true;
+                        coordinator_connected = true;
                     }
                 }
                 Some(Event::Disconnected(peer)) => {
                     if peer == coordinator {
+                        coordinator_connected = false;
                         if finished {
-                            break;
+                            leave_at = Some(tokio::time::Instant::now() + LINGER);
+                            continue;
                         }
                         tracing::warn!("the coordinator disconnected; redialling");
                         let ctx = ctx.clone();
@@ -421,14 +440,20 @@ pub async fn run(
             },
             _ = ctx.done.notified() => {
                 finished = true;
-                if !coordinator_seen {
-                    break;
-                }
+                // With the coordinator gone, leave soon; else when it goes (or after a minute).
+                let wait = if coordinator_connected { Duration::from_secs(60) } else { LINGER };
+                leave_at = Some(tokio::time::Instant::now() + wait);
             }
-            _ = tokio::time::sleep(Duration::from_secs(if finished { 60 } else { 3600 })) => {
-                if finished {
+            () = tokio::time::sleep_until(leave_at.unwrap_or(far)) => {
+                let last = ctx.last_resend_ms.load(std::sync::atomic::Ordering::Relaxed);
+                let quiet_for = now_ms().saturating_sub(last);
+                if quiet_for >= LINGER.as_millis() as u64 {
                     break;
                 }
+                leave_at = Some(
+                    tokio::time::Instant::now() + LINGER
+                        - Duration::from_millis(quiet_for),
+                );
             }
         }
     }
@@ -456,7 +481,8 @@ async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Request) -> Re
         } if peer == ctx.coordinator => witness(&ctx, from, entries, &note).await,
         Request::Finished { last_round } if peer == ctx.coordinator => {
             tracing::info!(last_round, "the coordinator's run is over");
-            ctx.done.notify_one();
+            ctx.lock().run_over = Some(last_round);
+            leave_if_run_over(&ctx);
             Response::Ok
         }
         Request::Act { note } if peer == ctx.coordinator => match act(&ctx, &note) {
@@ -495,6 +521,22 @@ async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Request) -> Re
             _ => refused("partial decryptions are taken from members only"),
         },
         _ => refused("not a request this node serves for this peer"),
+    }
+}
+
+/// After the coordinator's run is over, lets the node leave once it holds the last round's
+/// model, or once nothing it could still do is in progress (no partial asked for, no
+/// combination running): a member that missed decryptions first catches up.
+fn leave_if_run_over(ctx: &Context) {
+    let leave = {
+        let s = ctx.lock();
+        s.run_over.is_some_and(|last| {
+            s.member.held().round >= last
+                || (s.chasing.is_empty() && s.combining.values().all(|c| !c.running))
+        })
+    };
+    if leave {
+        ctx.done.notify_one();
     }
 }
 

@@ -99,6 +99,16 @@ impl Member {
         self.decryptions.get(&request)
     }
 
+    /// The requests of rounds after the one whose model the member holds: once it combines a
+    /// decryption it missed, the next may become combinable.
+    pub fn later_decryptions(&self) -> Vec<u64> {
+        self.decryptions
+            .iter()
+            .filter(|(_, d)| d.round > self.held.round)
+            .map(|(request, _)| *request)
+            .collect()
+    }
+
     fn author(&self, entry: &SignedEntry) -> Option<u8> {
         self.membership
             .members

@@ -137,7 +137,7 @@ pub(super) async fn send_partial(ctx: &Arc<Context>, request: u64, partial: Vec<
         ctx.sent(partial.len());
         let (handle, peer, partial) = (ctx.handle.clone(), *peer, partial.clone());
         sends.push(tokio::spawn(async move {
-            deliver(&handle, peer, m, request, &partial).await
+            deliver(&handle, peer, m, request, &partial, PARTIAL_ATTEMPTS).await
         }));
     }
     for send in sends {
@@ -148,9 +148,16 @@ pub(super) async fn send_partial(ctx: &Arc<Context>, request: u64, partial: Vec<
 
 /// Delivers a partial decryption to one member, chunk by chunk. A member not reachable yet is
 /// tried again a few times, from the first chunk; a member that answers with a refusal is not.
-async fn deliver(handle: &Handle, peer: PeerId, member: usize, request: u64, partial: &[u8]) {
+async fn deliver(
+    handle: &Handle,
+    peer: PeerId,
+    member: usize,
+    request: u64,
+    partial: &[u8],
+    attempts: u32,
+) {
     let count = partial.len().div_ceil(CHUNK_BYTES) as u32;
-    'attempts: for attempt in 1..=PARTIAL_ATTEMPTS {
+    'attempts: for attempt in 1..=attempts {
         for (index, chunk) in partial.chunks(CHUNK_BYTES).enumerate() {
             let message = Request::Partial {
                 request,
@@ -183,35 +190,48 @@ pub(super) fn resend_partial(
     member: u8,
     request: u64,
 ) -> Result<(), StepError> {
-    let partial = ctx
-        .store
-        .released_partial(request)?
-        .ok_or(StepError::NothingToResend { request })?;
-    let logged = ctx
-        .lock()
-        .member
-        .decryption(request)
-        .and_then(|d| d.logged_shares.get(&ctx.me).copied());
-    if logged.is_none_or(|share| Sha256::digest(&partial).as_slice() != share) {
-        return Err(StepError::NothingToResend { request });
-    }
+    // At most once per RESEND_WAIT per asking member and request, checked before any work.
     {
         let mut state = ctx.lock();
         let now = std::time::Instant::now();
-        if state
+        state
             .resent
-            .get(&(request, member))
-            .is_some_and(|last| now.duration_since(*last) < RESEND_WAIT)
-        {
+            .retain(|_, last| now.duration_since(*last) < RESEND_WAIT);
+        if state.resent.contains_key(&(request, member)) {
             return Err(StepError::ResentRecently { request, member });
         }
         state.resent.insert((request, member), now);
     }
+    // The release this member logged for the request, in the part of the log it acted on
+    // (covered by a cosigned checkpoint): read from the log itself, so it holds after a
+    // restart too.
+    let logged = {
+        let state = ctx.lock();
+        let me = ctx.signing.verifying_key().to_bytes();
+        state.entries[..state.acted as usize]
+            .iter()
+            .find_map(|e| match &e.entry.body {
+                Body::ShareReleased {
+                    request: r, share, ..
+                } if *r == request && e.entry.author == me => Some(*share),
+                _ => None,
+            })
+    };
+    let partial = ctx
+        .store
+        .released_partial(request)?
+        .ok_or(StepError::NothingToResend { request })?;
+    if logged.is_none_or(|share| Sha256::digest(&partial).as_slice() != share) {
+        return Err(StepError::NothingToResend { request });
+    }
     tracing::info!(member, request, "sending a partial decryption again");
+    ctx.last_resend_ms
+        .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
     ctx.sent(partial.len());
     let (handle, peer) = (ctx.handle.clone(), ctx.peers[usize::from(member)]);
+    // One attempt: the member asks again if it still lacks it.
     tokio::spawn(async move {
-        deliver(&handle, peer, usize::from(member), request, &partial).await;
+        deliver(&handle, peer, usize::from(member), request, &partial, 1).await;
     });
     Ok(())
 }
@@ -252,6 +272,7 @@ fn chase(ctx: &Arc<Context>, request: u64) {
                 }
             };
             if missing.is_empty() {
+                try_combine(&ctx, request);
                 break;
             }
             for m in missing {
@@ -266,6 +287,7 @@ fn chase(ctx: &Arc<Context>, request: u64) {
             }
         }
         ctx.lock().chasing.remove(&request);
+        leave_if_run_over(&ctx);
     });
 }
 
@@ -313,7 +335,7 @@ pub(super) fn receive_partial(
         }
         let buffered = state.partials.keys().filter(|(_, m)| *m == member).count();
         if !state.partials.contains_key(&(request, member))
-            && buffered >= BUFFERED_PARTIALS_PER_MEMBER
+            && buffered >= buffered_partials_per_member(&ctx.plan)
         {
             return Err(StepError::TooManyInFlight { member });
         }
@@ -377,8 +399,11 @@ pub(super) fn try_combine(ctx: &Arc<Context>, request: u64) {
         let Some(d) = state.member.decryption(request) else {
             return;
         };
+        // Nothing to do while it runs, before every release is logged, or once this member
+        // holds this round's model (or a later one).
         if state.combining.get(&request).is_some_and(|c| c.running)
             || d.logged_shares.len() < d.quorum.len()
+            || state.member.held().round >= d.round
         {
             return;
         }
@@ -415,21 +440,26 @@ pub(super) fn try_combine(ctx: &Arc<Context>, request: u64) {
     };
     let ctx = ctx.clone();
     tokio::spawn(async move {
-        if let Err(e) = combine(&ctx, request, round, ciphertext, quorum, partials).await {
-            tracing::error!(request, error = %e, "combining failed");
-            let again = match ctx.lock().combining.get_mut(&request) {
-                Some(c) => {
-                    c.running = false;
-                    c.failures += 1;
-                    c.failures < COMBINE_ATTEMPTS
-                }
-                None => false,
-            };
-            if again {
-                tokio::time::sleep(COMBINE_RETRY).await;
-                try_combine(&ctx, request);
+        let combined = combine(&ctx, request, round, ciphertext, quorum, partials).await;
+        // Done either way: a request not combined now (this member did not hold its base yet)
+        // may be tried again once it does.
+        let again = {
+            let mut state = ctx.lock();
+            let c = state.combining.entry(request).or_default();
+            c.running = false;
+            if combined.is_err() {
+                c.failures += 1;
             }
+            combined.is_err() && c.failures < COMBINE_ATTEMPTS
+        };
+        if let Err(e) = combined {
+            tracing::error!(request, error = %e, "combining failed");
         }
+        if again {
+            tokio::time::sleep(COMBINE_RETRY).await;
+            try_combine(&ctx, request);
+        }
+        leave_if_run_over(&ctx);
     });
 }
 
@@ -537,5 +567,11 @@ pub(super) async fn combine(
     if ctx.stop_after.is_some_and(|last| round >= last) {
         ctx.done.notify_one();
     }
+    // A decryption of a later round that waited for this model may be combinable now.
+    let later = ctx.lock().member.later_decryptions();
+    for request in later {
+        try_combine(ctx, request);
+    }
+    leave_if_run_over(ctx);
     Ok(())
 }
