@@ -132,6 +132,23 @@ impl Deployment {
         self.spawn(&args, &format!("{name}/log"))
     }
 
+    /// A node with no `--until-round`: it runs until the coordinator's run is over.
+    fn node_until_run_over(&self, name: &str) -> Child {
+        self.spawn(
+            &[
+                "node",
+                "run",
+                "--config",
+                &format!("{name}/node.toml"),
+                "--summary",
+                &format!("{name}/summary.json"),
+                "--round-report",
+                &format!("{name}/rounds.jsonl"),
+            ],
+            &format!("{name}/log"),
+        )
+    }
+
     fn logs(&self) -> String {
         let mut all = String::new();
         for name in std::iter::once("coordinator").chain(self.members.iter().map(String::as_str)) {
@@ -435,21 +452,7 @@ fn signal(child: &Child, signal: &str) {
 fn daemons_leave_when_the_run_is_over_and_stop_cleanly_on_a_signal() {
     let d = deploy(3, 2, 2_000, 2, 15);
     // No --until-round: each node leaves once the coordinator says its run is over.
-    let node = |name: &str| {
-        d.spawn(
-            &[
-                "node",
-                "run",
-                "--config",
-                &format!("{name}/node.toml"),
-                "--summary",
-                &format!("{name}/summary.json"),
-                "--round-report",
-                &format!("{name}/rounds.jsonl"),
-            ],
-            &format!("{name}/log"),
-        )
-    };
+    let node = |name: &str| d.node_until_run_over(name);
     let mut coordinator = d.coordinator();
     let mut nodes: Vec<Child> = d.members.iter().map(|m| node(m)).collect();
     assert!(
@@ -516,21 +519,7 @@ fn daemons_leave_when_the_run_is_over_and_stop_cleanly_on_a_signal() {
 #[test]
 fn staggered_starts_and_a_site_restarted_mid_run_still_audit_clean() {
     let d = deploy(5, 3, 2_000, 3, 15);
-    let node = |name: &str| {
-        d.spawn(
-            &[
-                "node",
-                "run",
-                "--config",
-                &format!("{name}/node.toml"),
-                "--summary",
-                &format!("{name}/summary.json"),
-                "--round-report",
-                &format!("{name}/rounds.jsonl"),
-            ],
-            &format!("{name}/log"),
-        )
-    };
+    let node = |name: &str| d.node_until_run_over(name);
     let mut coordinator = d.coordinator();
     // The sites start a little apart, as separate admins start them.
     let mut nodes: Vec<Child> = Vec::new();

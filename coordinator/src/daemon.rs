@@ -155,6 +155,45 @@ impl Context {
     }
 }
 
+impl Context {
+    /// Dials every member not connected, again every `redial_ms`, until `enough` holds (true)
+    /// or `give_up` passes (false). Members dial the coordinator too, but a node redials only
+    /// once after losing the connection.
+    async fn dial_until(
+        &self,
+        enough: impl Fn(&Shared) -> bool,
+        redial_ms: u64,
+        give_up: Option<u64>,
+    ) -> bool {
+        loop {
+            let connected = self.lock().connected;
+            for (m, peer) in self.peers.iter().enumerate() {
+                if connected & (1 << m) == 0 {
+                    self.handle.dial(*peer).await;
+                }
+            }
+            let redial = give_up.map_or(now_ms() + redial_ms, |g| (now_ms() + redial_ms).min(g));
+            let done = self
+                .wait_for(|s, now| {
+                    if enough(s) {
+                        Next::Done(true)
+                    } else if now >= redial {
+                        Next::Done(false)
+                    } else {
+                        Next::Wait(Some(redial))
+                    }
+                })
+                .await;
+            if done {
+                return true;
+            }
+            if give_up.is_some_and(|g| now_ms() >= g) {
+                return false;
+            }
+        }
+    }
+}
+
 /// What a wait's check found: done, or wait for a change or until the deadline (ms).
 enum Next<T> {
     Done(T),
@@ -403,29 +442,8 @@ async fn connect(ctx: &Context, config: &CoordinatorConfig) {
     let members = ctx.peers.len();
     let everyone: u16 = ((1u32 << members) - 1) as u16;
     let give_up = now_ms() + config.startup_timeout_secs * 1000;
-    loop {
-        let connected = ctx.lock().connected;
-        for (m, peer) in ctx.peers.iter().enumerate() {
-            if connected & (1 << m) == 0 {
-                ctx.handle.dial(*peer).await;
-            }
-        }
-        let redial = (now_ms() + 1000).min(give_up);
-        let all = ctx
-            .wait_for(|s, now| {
-                if s.connected == everyone {
-                    Next::Done(true)
-                } else if now >= redial {
-                    Next::Done(false)
-                } else {
-                    Next::Wait(Some(redial))
-                }
-            })
-            .await;
-        if all || now_ms() >= give_up {
-            break;
-        }
-    }
+    ctx.dial_until(|s| s.connected == everyone, 1000, Some(give_up))
+        .await;
     let connected = ctx.lock().connected;
     tracing::info!(
         connected = connected.count_ones(),

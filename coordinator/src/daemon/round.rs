@@ -125,31 +125,13 @@ async fn enough_members(ctx: &Context, round: u64) {
         "waiting for members: checkpoints need the witness quorum of cosignatures and a round \
          k_min contributions, so round {round} opens when {needed} of {members} are connected"
     );
-    // Members that went away are dialled again every two seconds: a node redials only once
-    // after losing the connection.
-    loop {
-        let connected = ctx.lock().connected;
-        for (m, peer) in ctx.peers.iter().enumerate() {
-            if connected & (1 << m) == 0 {
-                ctx.handle.dial(*peer).await;
-            }
-        }
-        let redial_at = now_ms() + 2000;
-        let enough = ctx
-            .wait_for(|s, now| {
-                if s.connected.count_ones() >= members_needed(&s.membership) {
-                    Next::Done(true)
-                } else if now >= redial_at {
-                    Next::Done(false)
-                } else {
-                    Next::Wait(Some(redial_at))
-                }
-            })
-            .await;
-        if enough {
-            break;
-        }
-    }
+    // Members that went away are dialled again every two seconds.
+    ctx.dial_until(
+        |s| s.connected.count_ones() >= members_needed(&s.membership),
+        2000,
+        None,
+    )
+    .await;
     tracing::info!(round, "enough members connected: opening the round");
 }
 
