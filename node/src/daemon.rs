@@ -39,14 +39,21 @@ use crate::source::UpdateSource;
 use crate::state_store::{Recorded, Release, StateStore, StateStoreError};
 use crate::witness_store::{WitnessStore, WitnessStoreError};
 
+mod contribute;
 mod decrypt;
+mod entries;
 mod error;
+mod fault;
 mod fetch;
 mod log;
 mod report;
 
+use contribute::*;
 use decrypt::*;
+use entries::*;
 pub use error::StepError;
+use fault::crash_if;
+pub use fault::{Fault, FaultError};
 use fetch::*;
 use log::*;
 pub use report::RoundReport;
@@ -190,53 +197,6 @@ impl Context {
 
     fn member_of(&self, peer: &PeerId) -> Option<u8> {
         self.peers.iter().position(|p| p == peer).map(|i| i as u8)
-    }
-}
-
-/// A deliberate crash, for resilience tests: the process aborts (as under kill -9) at a
-/// chosen step of a chosen round.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// When the round opens, before contributing.
-    Contribute(u64),
-    /// After the release is recorded in the ledger, before the share leaves.
-    Release(u64),
-    /// A panic in the task that contributes to the round (not an abort): the process must
-    /// not carry on without it.
-    Panic(u64),
-    /// The round's partial decryptions are lost on their way to this member, until it asks
-    /// their authors to send them again.
-    LosePartials(u64),
-}
-
-/// A `--fault` argument that is not `STEP:ROUND`.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "{0:?}: expected STEP:ROUND with STEP contribute, release, panic or lose-partials and ROUND \
-     a number"
-)]
-pub struct FaultError(String);
-
-impl std::str::FromStr for Fault {
-    type Err = FaultError;
-    fn from_str(s: &str) -> Result<Self, FaultError> {
-        let bad = || FaultError(s.to_owned());
-        let (step, round) = s.split_once(':').ok_or_else(bad)?;
-        let round: u64 = round.parse().map_err(|_| bad())?;
-        match step {
-            "contribute" => Ok(Fault::Contribute(round)),
-            "release" => Ok(Fault::Release(round)),
-            "panic" => Ok(Fault::Panic(round)),
-            "lose-partials" => Ok(Fault::LosePartials(round)),
-            _ => Err(bad()),
-        }
-    }
-}
-
-fn crash_if(ctx: &Context, fault: Fault) {
-    if ctx.fault == Some(fault) {
-        tracing::error!(?fault, "injected fault: aborting");
-        std::process::abort();
     }
 }
 
@@ -560,201 +520,4 @@ fn forget_before(ctx: &Context, index: u64) {
             let _ = std::fs::remove_file(file.path());
         }
     }
-}
-
-/// Signs `body` with the node's next sequence number and appends it through the coordinator.
-async fn append(
-    ctx: &Context,
-    body: Body,
-    references: Vec<u64>,
-    payload: Option<Digest>,
-) -> Result<u64, StepError> {
-    let _author = ctx.author.lock().await;
-    let entry = sign(ctx, body, references, payload);
-    append_signed(ctx, &entry).await
-}
-
-/// Appends a signed entry through the coordinator (the caller holds the author lock).
-async fn append_signed(ctx: &Context, entry: &SignedEntry) -> Result<u64, StepError> {
-    let response = ctx
-        .handle
-        .call(
-            ctx.coordinator,
-            &Request::Append {
-                entry: entry.leaf().to_vec(),
-            },
-        )
-        .await?;
-    finish_append(ctx, entry, response)
-}
-
-fn sign(ctx: &Context, body: Body, references: Vec<u64>, payload: Option<Digest>) -> SignedEntry {
-    let state = ctx.lock();
-    let author = ctx.signing.verifying_key().to_bytes();
-    let sequence = state.next_sequence.max(state.log.next_sequence(&author));
-    Entry::new(state.log.origin(), &ctx.signing, sequence, now_ms(), body)
-        .referencing(references)
-        .with_payload(payload)
-        .sign(&ctx.signing)
-}
-
-fn finish_append(ctx: &Context, entry: &SignedEntry, response: Response) -> Result<u64, StepError> {
-    match response {
-        Response::Appended { leaf } => {
-            ctx.lock().next_sequence = entry.entry.sequence + 1;
-            Ok(leaf)
-        }
-        Response::Refused { reason } => Err(StepError::Refused(reason)),
-        other => Err(StepError::Unexpected {
-            request: format!("the append of {}", entry.entry.body.kind_name()),
-            response: format!("{other:?}"),
-        }),
-    }
-}
-
-/// Logs an incident (best effort: the node's refusal stands whether or not it is logged).
-fn incident(ctx: &Arc<Context>, code: IncidentCode, evidence: Digest, description: String) {
-    let code = code.number();
-    tracing::warn!(code, %description, "incident");
-    let ctx = ctx.clone();
-    tokio::spawn(async move {
-        let body = Body::Incident {
-            code,
-            evidence,
-            description,
-        };
-        let _author = ctx.author.lock().await;
-        let entry = sign(&ctx, body, vec![], None);
-        let logged = append_signed(&ctx, &entry).await;
-        if let Err(e) = &logged {
-            tracing::error!(
-                error = %e,
-                "the coordinator did not log this member's incident (the other members are sent it directly)"
-            );
-        }
-        // Every other member hears it directly, whatever the coordinator did with it.
-        for (m, peer) in ctx.peers.iter().enumerate() {
-            if m == usize::from(ctx.me) {
-                continue;
-            }
-            let (handle, peer) = (ctx.handle.clone(), *peer);
-            let request = Request::Incident {
-                entry: entry.leaf().to_vec(),
-            };
-            tokio::spawn(async move {
-                if let Err(error) = handle.call(peer, &request).await {
-                    tracing::debug!(member = m, %error, "the incident did not reach a member");
-                }
-            });
-        }
-    });
-}
-
-/// An incident another member sent directly: kept until the log shows it, or shows that the
-/// coordinator dropped it.
-/// Why an incident another member sent is not kept.
-#[derive(Debug, thiserror::Error)]
-enum HearError {
-    #[error("incident: {0}")]
-    Entry(#[from] protocol::audit::entry::EntryError),
-    #[error(transparent)]
-    Heard(#[from] protocol::round::incidents::HeardError),
-}
-
-fn hear_incident(ctx: &Arc<Context>, member: u8, bytes: &[u8]) -> Result<(), HearError> {
-    let entry = SignedEntry::open(bytes)?;
-    let summary = match &entry.entry.body {
-        Body::Incident {
-            code, description, ..
-        } => Some((*code, description.chars().take(300).collect::<String>())),
-        _ => None,
-    };
-    {
-        let mut state = ctx.lock();
-        let next = state.log.next_sequence(&entry.entry.author);
-        state.member.hear_incident(member, entry, next)?;
-    }
-    if let Some((code, description)) = summary {
-        tracing::warn!(member, code, %description, "incident reported by a member directly");
-    }
-    Ok(())
-}
-
-async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), StepError> {
-    let model = ctx.plan.decode_model(&ctx.lock().model);
-    let worker = ctx.clone();
-    let (bytes, samples) =
-        tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, u64), StepError> {
-            let update = worker
-                .source
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .update(round, &model)?;
-            if update.values.len() != worker.plan.values as usize {
-                return Err(StepError::UpdateSize {
-                    got: update.values.len(),
-                    plan: worker.plan.values,
-                });
-            }
-            let encoded = worker.plan.codec()?.encode(&update.values)?;
-            let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
-            let ciphertext = worker.key.encrypt(&encoded, &worker.budget, &mut rng)?;
-            Ok((encode_ciphertext(&ciphertext), update.samples))
-        })
-        .await??;
-    let digest = encoded_digest(&bytes).0;
-    let chunks = chunk_digests(&bytes);
-    // Kept, so that if this member recomputes the round's aggregate it need not fetch it back.
-    keep(ctx, &digest, &bytes)?;
-    let _author = ctx.author.lock().await;
-    let entry = sign(
-        ctx,
-        Body::Contribution {
-            round,
-            ciphertext: digest,
-            samples,
-        },
-        vec![],
-        Some(digest),
-    );
-    let offer = Request::Offer {
-        entry: entry.leaf().to_vec(),
-        length: bytes.len() as u64,
-        chunks,
-    };
-    match ctx.handle.call(ctx.coordinator, &offer).await {
-        Ok(Response::Ok) => {}
-        Ok(other) => {
-            return Err(StepError::Unexpected {
-                request: format!("the offer for round {round}"),
-                response: format!("{other:?}"),
-            });
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let count = bytes.len().div_ceil(CHUNK_BYTES);
-    for (index, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
-        ctx.sent(chunk.len());
-        let response = ctx
-            .handle
-            .call(
-                ctx.coordinator,
-                &Request::Chunk {
-                    ciphertext: digest,
-                    index: index as u32,
-                    bytes: chunk.to_vec(),
-                },
-            )
-            .await?;
-        if index + 1 == count {
-            let leaf = finish_append(ctx, &entry, response)?;
-            tracing::info!(round, leaf, bytes = bytes.len(), "contribution logged");
-        } else if response != Response::Ok {
-            return Err(StepError::Unexpected {
-                request: format!("chunk {index} of round {round}'s contribution"),
-                response: format!("{response:?}"),
-            });
-        }
-    }
-    Ok(())
 }

@@ -1,0 +1,83 @@
+//! Contributing to a round: the update from the source, encoded and encrypted off the async
+//! threads, kept locally, then offered to the coordinator and uploaded chunk by chunk.
+
+use super::*;
+
+pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), StepError> {
+    let model = ctx.plan.decode_model(&ctx.lock().model);
+    let worker = ctx.clone();
+    let (bytes, samples) =
+        tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, u64), StepError> {
+            let update = worker
+                .source
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .update(round, &model)?;
+            if update.values.len() != worker.plan.values as usize {
+                return Err(StepError::UpdateSize {
+                    got: update.values.len(),
+                    plan: worker.plan.values,
+                });
+            }
+            let encoded = worker.plan.codec()?.encode(&update.values)?;
+            let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
+            let ciphertext = worker.key.encrypt(&encoded, &worker.budget, &mut rng)?;
+            Ok((encode_ciphertext(&ciphertext), update.samples))
+        })
+        .await??;
+    let digest = encoded_digest(&bytes).0;
+    let chunks = chunk_digests(&bytes);
+    // Kept, so that if this member recomputes the round's aggregate it need not fetch it back.
+    keep(ctx, &digest, &bytes)?;
+    let _author = ctx.author.lock().await;
+    let entry = sign(
+        ctx,
+        Body::Contribution {
+            round,
+            ciphertext: digest,
+            samples,
+        },
+        vec![],
+        Some(digest),
+    );
+    let offer = Request::Offer {
+        entry: entry.leaf().to_vec(),
+        length: bytes.len() as u64,
+        chunks,
+    };
+    match ctx.handle.call(ctx.coordinator, &offer).await {
+        Ok(Response::Ok) => {}
+        Ok(other) => {
+            return Err(StepError::Unexpected {
+                request: format!("the offer for round {round}"),
+                response: format!("{other:?}"),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let count = bytes.len().div_ceil(CHUNK_BYTES);
+    for (index, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
+        ctx.sent(chunk.len());
+        let response = ctx
+            .handle
+            .call(
+                ctx.coordinator,
+                &Request::Chunk {
+                    ciphertext: digest,
+                    index: index as u32,
+                    bytes: chunk.to_vec(),
+                },
+            )
+            .await?;
+        if index + 1 == count {
+            let leaf = finish_append(ctx, &entry, response)?;
+            tracing::info!(round, leaf, bytes = bytes.len(), "contribution logged");
+        } else if response != Response::Ok {
+            return Err(StepError::Unexpected {
+                request: format!("chunk {index} of round {round}'s contribution"),
+                response: format!("{response:?}"),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,346 @@
+//! A rehearsed deployment on loopback for the multi-process tests: the consortium's files,
+//! the coordinator and one node per member as processes, their logs, summaries and the log
+//! store, and the auditor's verdict. Each test file uses part of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use protocol::audit::entry::{Body, SignedEntry};
+use protocol::round::{RoundPlan, model_digest};
+
+/// The seed rehearsals put in their node configurations.
+pub const SYNTHETIC_SEED: u64 = 2026;
+
+pub fn quorate(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quorate"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("QUORATE_PASSPHRASE")
+        .output()
+        .expect("quorate runs")
+}
+
+pub struct Deployment {
+    _work: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub members: Vec<String>,
+    pub plan: RoundPlan,
+}
+
+pub fn edit_toml(path: &Path, edit: impl FnOnce(&mut toml::Table)) {
+    let mut table: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
+    edit(&mut table);
+    std::fs::write(path, toml::to_string(&table).unwrap()).unwrap();
+}
+
+/// A rehearsed consortium whose configurations run `rounds` rounds of `values` values.
+pub fn deploy(
+    members: u8,
+    threshold: u8,
+    values: u32,
+    rounds: u64,
+    deadline_secs: i64,
+) -> Deployment {
+    let work = tempfile::tempdir().unwrap();
+    let out = quorate(
+        &[
+            "ceremony",
+            "rehearse",
+            "--members",
+            &members.to_string(),
+            "--threshold",
+            &threshold.to_string(),
+            "--values",
+            &values.to_string(),
+            "--out",
+            "deployment",
+        ],
+        work.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = work.path().join("deployment");
+    let names: Vec<String> = (0..members)
+        .map(protocol::consortium::rehearsal_member_name)
+        .collect();
+    // The rehearsal wrote a round plan sized for `values` (its kappa covers the plan's life).
+    edit_toml(&dir.join("coordinator/coordinator.toml"), |t| {
+        t.insert("rounds".into(), toml::Value::Integer(rounds as i64));
+        t.insert(
+            "round_deadline_secs".into(),
+            toml::Value::Integer(deadline_secs),
+        );
+        t.insert("release_timeout_secs".into(), toml::Value::Integer(20));
+    });
+    let plan = RoundPlan {
+        values,
+        ..RoundPlan::default()
+    }
+    .sized();
+    Deployment {
+        _work: work,
+        dir,
+        members: names,
+        plan,
+    }
+}
+
+impl Deployment {
+    pub fn spawn(&self, args: &[&str], log: &str) -> Child {
+        let log = std::fs::File::create(self.dir.join(log)).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_quorate"))
+            .args(args)
+            .current_dir(&self.dir)
+            .env_remove("QUORATE_PASSPHRASE")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn coordinator(&self) -> Child {
+        self.spawn(
+            &[
+                "coordinator",
+                "run",
+                "--config",
+                "coordinator/coordinator.toml",
+                "--summary",
+                "coordinator/summary.json",
+            ],
+            "coordinator/log",
+        )
+    }
+
+    pub fn node(&self, name: &str, until: u64, extra: &[&str]) -> Child {
+        let config = format!("{name}/node.toml");
+        let summary = format!("{name}/summary.json");
+        let report = format!("{name}/rounds.jsonl");
+        let until = until.to_string();
+        let mut args = vec![
+            "node",
+            "run",
+            "--config",
+            &config,
+            "--until-round",
+            &until,
+            "--summary",
+            &summary,
+            "--round-report",
+            &report,
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(&args, &format!("{name}/log"))
+    }
+
+    /// A node with no `--until-round`: it runs until the coordinator's run is over.
+    pub fn node_until_run_over(&self, name: &str) -> Child {
+        self.spawn(
+            &[
+                "node",
+                "run",
+                "--config",
+                &format!("{name}/node.toml"),
+                "--summary",
+                &format!("{name}/summary.json"),
+                "--round-report",
+                &format!("{name}/rounds.jsonl"),
+            ],
+            &format!("{name}/log"),
+        )
+    }
+
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for name in std::iter::once("coordinator").chain(self.members.iter().map(String::as_str)) {
+            let text = std::fs::read_to_string(self.dir.join(name).join("log")).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            all.push_str(&format!("== {name}\n"));
+            for line in tail.iter().rev() {
+                all.push_str(line);
+                all.push('\n');
+            }
+        }
+        all
+    }
+
+    pub fn wait(&self, child: &mut Child, what: &str, seconds: u64) -> bool {
+        self.exit_status(child, what, seconds).success()
+    }
+
+    /// How the process ended; kills it and fails the test after `seconds`.
+    pub fn exit_status(&self, child: &mut Child, what: &str, seconds: u64) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(seconds) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not finish in {seconds} s\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (at most two minutes) until `member` has reported round `round` decrypted.
+    pub fn wait_for_round(&self, member: &str, round: u64) {
+        let report = self.dir.join(member).join("rounds.jsonl");
+        let started = Instant::now();
+        while !std::fs::read_to_string(&report)
+            .unwrap_or_default()
+            .lines()
+            .any(|line| line.contains(&format!("\"round\":{round},")))
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{member} reported no round {round}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs the coordinator and every node until `rounds` rounds are done. A member with a
+    /// fault injected is expected to crash; everyone else must exit successfully.
+    pub fn run(&self, rounds: u64, faulty: Option<(&str, &str)>) {
+        let mut coordinator = self.coordinator();
+        let mut nodes: Vec<Child> = self
+            .members
+            .iter()
+            .map(|m| match faulty {
+                Some((name, fault)) if name == m => self.node(m, rounds, &["--fault", fault]),
+                _ => self.node(m, rounds, &[]),
+            })
+            .collect();
+        assert!(
+            self.wait(&mut coordinator, "the coordinator", 300),
+            "{}",
+            self.logs()
+        );
+        for (name, node) in self.members.iter().zip(&mut nodes) {
+            let crashes = faulty.is_some_and(|(f, _)| f == name);
+            let ok = self.wait(node, name, 120);
+            assert_eq!(ok, !crashes, "{name}\n{}", self.logs());
+        }
+    }
+
+    pub fn summary(&self, name: &str) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.dir.join(name).join("summary.json")).unwrap())
+            .unwrap()
+    }
+
+    /// The model after rounds whose contributors are listed, by member index.
+    pub fn expected_digest(&self, rounds: &[&[u8]]) -> String {
+        // Rehearsal nodes declare 100 + 10 i samples.
+        let rounds: Vec<Vec<(u8, u64)>> = rounds
+            .iter()
+            .map(|members| {
+                members
+                    .iter()
+                    .map(|&i| (i, 100 + 10 * u64::from(i)))
+                    .collect()
+            })
+            .collect();
+        let model = node::source::synthetic_fedavg(&self.plan, SYNTHETIC_SEED, &rounds).unwrap();
+        hex::encode(model_digest(&model))
+    }
+
+    /// The coordinator's log, read from its store once it has exited.
+    pub fn log(&self) -> Vec<SignedEntry> {
+        let store =
+            coordinator::store::LogStore::open(&self.dir.join("coordinator/log-store")).unwrap();
+        store
+            .leaves()
+            .unwrap()
+            .iter()
+            .map(|l| SignedEntry::open(l).unwrap())
+            .collect()
+    }
+
+    pub fn member_key(&self, name: &str) -> [u8; 32] {
+        let log = self.log();
+        let Body::Membership(membership) = &log[0].entry.body else {
+            panic!("no membership")
+        };
+        membership
+            .members
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap()
+            .signing_key
+    }
+
+    pub fn audit_verifies(&self) {
+        let out = quorate(
+            &[
+                "audit",
+                "export",
+                "--store",
+                "coordinator/log-store",
+                "--out",
+                "audit-final",
+            ],
+            &self.dir,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = quorate(
+            &[
+                "audit",
+                "verify",
+                "audit-final",
+                "--transcript",
+                "transcript",
+            ],
+            &self.dir,
+        );
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Everything the coordinator stored is a ciphertext, and it was never sent a partial
+    /// decryption.
+    pub fn coordinator_held_only_ciphertexts(&self) {
+        let summary = self.summary("coordinator");
+        let received = summary["requests_received"].as_object().unwrap();
+        assert!(received.get("partial").is_none(), "{received:?}");
+        assert!(received["chunk"].as_u64().unwrap() > 0);
+        let limits = protocol::wire::DecodeLimits::default();
+        let mut blobs = 0;
+        for file in std::fs::read_dir(self.dir.join("coordinator/ciphertexts")).unwrap() {
+            let path = file.unwrap().path();
+            if path.is_dir() || path.extension().is_some() {
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            protocol::wire::decode_ciphertext(&bytes, limits)
+                .unwrap_or_else(|e| panic!("{} is not a ciphertext: {e}", path.display()));
+            blobs += 1;
+        }
+        assert!(blobs > 0);
+    }
+}
+
+/// Sends `signal` (TERM, INT) to a process, as a service manager or a terminal would.
+pub fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args(["-s", signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -s {signal} {}", child.id());
+}
