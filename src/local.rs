@@ -152,6 +152,7 @@ pub fn write_deployment_configs(
         passphrase_file: passphrase_file.clone(),
         ceremony_entries: Vec::new(),
         plan: plan.clone(),
+        fault: None,
     };
     std::fs::write(
         dir.join("coordinator/coordinator.toml"),

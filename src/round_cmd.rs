@@ -22,6 +22,12 @@ pub enum CoordinatorCommand {
         /// Write a JSON summary of the run (per-round times, bytes, peak memory) here.
         #[arg(long)]
         summary: Option<PathBuf>,
+        /// Resilience testing: abort (as under kill -9) at STEP:ROUND, where STEP is `open`,
+        /// `close` or `request` (right after the coordinator logs that step) or `results`
+        /// (once the quorum released); or `clock-jump:ROUND:SECONDS`, the wall clock jumping
+        /// when the round opens.
+        #[arg(long, hide = true)]
+        fault: Option<runtime::fault::Fault>,
         #[command(flatten)]
         passphrase: PassphraseArgs,
     },
@@ -46,12 +52,15 @@ pub enum NodeCommand {
         #[arg(long)]
         round_report: Option<PathBuf>,
         /// Resilience testing: abort (as under kill -9) at STEP:ROUND, where STEP is
-        /// `contribute` (when the round opens) or `release` (after the ledger records a
-        /// release, before the share leaves); or `panic` in the round's contribution task, or
-        /// `lose-partials` (the round's partial decryptions lost on the way until asked for
-        /// again).
+        /// `contribute` (when the round opens), `upload` (half way through the upload),
+        /// `release` (after the ledger records a release, before the share leaves) or
+        /// `combine` (with every partial in hand, before the model is stored); or `panic` in
+        /// the round's contribution task, `lose-partials` (the round's partial decryptions
+        /// lost on the way until asked for again), `slow:ROUND:SECONDS` (the update takes that
+        /// long), `cut-off:ROUND:SECONDS:MEMBER` (no connection with MEMBER for that long) or
+        /// `clock-jump:ROUND:SECONDS`.
         #[arg(long, hide = true)]
-        fault: Option<node::daemon::Fault>,
+        fault: Option<runtime::fault::Fault>,
         #[command(flatten)]
         passphrase: PassphraseArgs,
     },
@@ -257,9 +266,14 @@ pub fn run_coordinator(command: &CoordinatorCommand) -> Result<ExitCode> {
     let CoordinatorCommand::Run {
         config,
         summary,
+        fault,
         passphrase: args,
     } = command;
-    let config = coordinator::config::CoordinatorConfig::load(config)?;
+    let mut config = coordinator::config::CoordinatorConfig::load(config)?;
+    config.fault = fault
+        .clone()
+        .map(|f| f.for_role(runtime::fault::Role::Coordinator))
+        .transpose()?;
     let consortium = read_consortium(&config.consortium)?;
     let transcript = read_transcript(&config.transcript)?;
     if transcript.consortium != consortium.file().name {
@@ -364,7 +378,10 @@ pub fn run_node(command: &NodeCommand) -> Result<ExitCode> {
         witness_store: config.witness_store.clone(),
         source,
         stop_after: *until_round,
-        fault: *fault,
+        fault: fault
+            .clone()
+            .map(|f| f.for_role(runtime::fault::Role::Node))
+            .transpose()?,
         export_model: config.export_model.clone(),
         round_report: round_report.clone(),
     };

@@ -38,6 +38,9 @@ pub struct CoordinatorConfig {
     #[serde(default)]
     pub ceremony_entries: Vec<PathBuf>,
     pub plan: RoundPlan,
+    /// A fault to inject (the hidden `--fault`), never from the file.
+    #[serde(skip)]
+    pub fault: Option<runtime::fault::Fault>,
 }
 
 fn default_deadline() -> u64 {

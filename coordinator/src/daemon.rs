@@ -92,6 +92,8 @@ struct Context {
     delta_bits: u32,
     metrics: Metrics,
     publish_lock: tokio::sync::Mutex<()>,
+    /// A fault to inject, for the resilience suite.
+    fault: Option<runtime::fault::Fault>,
     /// Woken whenever a member's request, a connection or an append may have changed `shared`:
     /// the round and the publisher wait on it instead of polling.
     changed: Notify,
@@ -289,6 +291,7 @@ pub async fn run(
         metrics,
         publish_lock: tokio::sync::Mutex::new(()),
         changed: Notify::new(),
+        fault: config.fault.clone(),
     });
 
     // The background tasks: network events (requests answered in their own tasks,

@@ -43,7 +43,6 @@ mod contribute;
 mod decrypt;
 mod entries;
 mod error;
-mod fault;
 mod fetch;
 mod log;
 mod report;
@@ -52,12 +51,12 @@ use contribute::*;
 use decrypt::*;
 use entries::*;
 pub use error::StepError;
-use fault::crash_if;
-pub use fault::{Fault, FaultError};
 use fetch::*;
 use log::*;
 pub use report::RoundReport;
 use report::*;
+use runtime::fault::abort_if;
+pub use runtime::fault::{Fault, Step};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -90,13 +89,24 @@ const COMBINE_ATTEMPTS: u8 = 4;
 const COMBINE_RETRY: Duration = Duration::from_secs(2);
 
 /// A partial decryption whose release is logged but which has not arrived is asked for from
-/// its author [`RESEND_ATTEMPTS`] times, [`RESEND_WAIT`] apart.
-const RESEND_ATTEMPTS: u32 = 10;
+/// its author [`RESEND_ATTEMPTS`] times: after [`RESEND_FIRST`], then [`RESEND_WAIT`] apart,
+/// doubling every other attempt up to [`RESEND_WAIT_MAX`] (about two minutes in all, so a
+/// member cut off from another for a while still gets the partial when the link returns).
+const RESEND_ATTEMPTS: u32 = 12;
 
 /// How long a node that is done stays for members still catching up (see `run`).
 const LINGER: Duration = Duration::from_secs(5);
 const RESEND_FIRST: Duration = Duration::from_millis(500);
 const RESEND_WAIT: Duration = Duration::from_secs(2);
+const RESEND_WAIT_MAX: Duration = Duration::from_secs(16);
+
+/// How long the chase of a missing partial waits before asking again the `attempt`-th time.
+fn resend_wait(attempt: u32) -> Duration {
+    if attempt == 0 {
+        return RESEND_FIRST;
+    }
+    (RESEND_WAIT * 2u32.pow((attempt - 1) / 2)).min(RESEND_WAIT_MAX)
+}
 
 /// A partial decryption arriving in chunks from another member.
 #[derive(Default)]
@@ -519,5 +529,24 @@ fn forget_before(ctx: &Context, index: u64) {
         for file in files.flatten() {
             let _ = std::fs::remove_file(file.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_partial_is_asked_for_soon_then_less_often_for_about_two_minutes() {
+        let waits: Vec<Duration> = (0..RESEND_ATTEMPTS).map(resend_wait).collect();
+        assert_eq!(waits[0], RESEND_FIRST);
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+        assert_eq!(*waits.last().unwrap(), RESEND_WAIT_MAX);
+        let total: Duration = waits.iter().sum();
+        // Outlasts a link down for a minute, and gives up within three.
+        assert!(
+            total > Duration::from_secs(60) && total < Duration::from_secs(180),
+            "{total:?}"
+        );
     }
 }

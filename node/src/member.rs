@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use protocol::audit::entry::{Body, Digest, IncidentCode, Membership, SignedEntry};
 use protocol::round::RoundPlan;
 use protocol::round::incidents::{HeardError, HeardIncidents};
-use protocol::round::policy::{HeldModel, check_contribution};
+use protocol::round::policy::{HeldModel, Refusal, check_contribution};
 use sha2::{Digest as _, Sha256};
 
 /// A decryption the member follows: the quorum and the share digests its members logged.
@@ -63,6 +63,10 @@ pub struct Member {
     /// The leaf of the latest round open: what came before the one before it can be forgotten
     /// (the previous round's partial decryptions are kept, for members that ask again).
     last_open: u64,
+    /// A round open this member is expected in, waiting for it to finish combining the
+    /// decryption of the round the open builds on (a coordinator restarted between the
+    /// releases and the members' results opens the next round at once).
+    waiting_open: Option<u64>,
 }
 
 impl Member {
@@ -83,6 +87,7 @@ impl Member {
             heard: HeardIncidents::new(),
             replay_until,
             last_open: 0,
+            waiting_open: None,
         }
     }
 
@@ -90,9 +95,14 @@ impl Member {
         &self.held
     }
 
-    /// The member combined the decryption of `held.round` and holds its model now.
-    pub fn combined(&mut self, held: HeldModel) {
+    /// The member combined the decryption of `held.round` and holds its model now (`log` is
+    /// its checked log): a round open that waited for this model is decided again.
+    pub fn combined(&mut self, log: &[SignedEntry], held: HeldModel) -> Vec<Action> {
         self.held = held;
+        match self.waiting_open.take() {
+            Some(open) => self.decide_contribution(log, open),
+            None => Vec::new(),
+        }
     }
 
     pub fn decryption(&self, request: u64) -> Option<&Decryption> {
@@ -178,26 +188,15 @@ impl Member {
                     });
                     return actions;
                 }
+                // A round that waited for a decryption this member never finished: it sat
+                // that round out, and says so.
+                if let Some(open) = self.waiting_open.take() {
+                    actions.extend(self.refuse_contribution(log, open));
+                }
                 if expected & (1 << self.me) == 0 {
                     return actions;
                 }
-                // Only from the model this member verified itself, and never a second time
-                // from a model whose round was released (a stale-model replay).
-                match check_contribution(
-                    &log[..=index as usize],
-                    &self.membership,
-                    &self.plan,
-                    self.me,
-                    index,
-                    &self.held,
-                ) {
-                    Ok(()) => actions.push(Action::Contribute { round: *round }),
-                    Err(refusal) => actions.push(Action::Incident {
-                        code: refusal.code(),
-                        evidence: Sha256::digest(index.to_le_bytes()).into(),
-                        description: format!("not contributing to round {round}: {refusal}"),
-                    }),
-                }
+                actions.extend(self.decide_contribution(log, index));
             }
             Body::DecryptionRequest {
                 round,
@@ -267,6 +266,73 @@ impl Member {
             _ => {}
         }
         actions
+    }
+
+    /// Whether to contribute to the round opened at `open`: only from the model this member
+    /// verified itself, and never a second time from a model whose round was released (a
+    /// stale-model replay). A round built on the aggregate of a round whose decryption this
+    /// member follows but has not combined yet waits for it.
+    fn decide_contribution(&mut self, log: &[SignedEntry], open: u64) -> Vec<Action> {
+        let Some(Body::RoundOpen { round, base, .. }) =
+            log.get(open as usize).map(|e| &e.entry.body)
+        else {
+            return Vec::new();
+        };
+        match check_contribution(
+            &log[..=open as usize],
+            &self.membership,
+            &self.plan,
+            self.me,
+            open,
+            &self.held,
+        ) {
+            Ok(()) => vec![Action::Contribute { round: *round }],
+            Err(Refusal::UnverifiedBase { .. }) if self.combining(log, base) => {
+                self.waiting_open = Some(open);
+                Vec::new()
+            }
+            Err(_) => self.refuse_contribution(log, open),
+        }
+    }
+
+    /// The incident for not contributing to the round opened at `open`, with the reason.
+    fn refuse_contribution(&self, log: &[SignedEntry], open: u64) -> Vec<Action> {
+        let Some(Body::RoundOpen { round, .. }) = log.get(open as usize).map(|e| &e.entry.body)
+        else {
+            return Vec::new();
+        };
+        let refusal = match check_contribution(
+            &log[..=open as usize],
+            &self.membership,
+            &self.plan,
+            self.me,
+            open,
+            &self.held,
+        ) {
+            Ok(()) => return Vec::new(),
+            Err(refusal) => refusal,
+        };
+        vec![Action::Incident {
+            code: refusal.code(),
+            evidence: Sha256::digest(open.to_le_bytes()).into(),
+            description: format!("not contributing to round {round}: {refusal}"),
+        }]
+    }
+
+    /// Whether `aggregate` is the aggregate of a logged round whose decryption this member
+    /// follows and has not combined.
+    fn combining(&self, log: &[SignedEntry], aggregate: &Digest) -> bool {
+        let Some(round) = log.iter().find_map(|e| match &e.entry.body {
+            Body::RoundClose {
+                round,
+                aggregate: a,
+                ..
+            } if a == aggregate => Some(*round),
+            _ => None,
+        }) else {
+            return false;
+        };
+        round > self.held.round && self.decryptions.values().any(|d| d.round == round)
     }
 
     /// Keeps an incident member `sender` sent directly, until the log accounts for it; `next`
@@ -399,8 +465,36 @@ mod tests {
         let mut m = member(&s, 3);
         s.honest_round(1, &[0, 1, 2, 3, 4], &[0, 1, 2]);
         let before = s.log.size();
+        // Member 3 missed round 1 entirely: it follows no decryption of it.
+        let (close, aggregate) = s.open_and_close(2, &[0, 1, 2, 3, 4]);
+        s.request(2, close, aggregate, &[1, 3, 4], 0);
+        let actions = feed(&mut m, &s, before);
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Contribute { .. }))
+        );
+        assert!(
+            actions.iter().any(|a| matches!(
+                a,
+                Action::Incident { code: IncidentCode::UnverifiedBase, description, .. } if description.contains("not contributing to round 2")
+            )),
+            "{actions:?}"
+        );
+    }
+
+    /// A coordinator restarted between the quorum's releases and the members' results opens
+    /// the next round at once: a member still combining the round it builds on waits for that
+    /// model and then contributes, and says it sat the round out only if a later round opens
+    /// first.
+    #[test]
+    fn a_member_still_combining_the_base_contributes_once_it_holds_it() {
+        let mut s = consortium();
+        let mut m = member(&s, 3);
+        s.honest_round(1, &[0, 1, 2, 3, 4], &[0, 1, 2]);
+        let before = s.log.size();
         feed(&mut m, &s, 0);
-        // Member 3 missed the partials: it still holds the initial model.
+        // Member 3 follows round 1's decryption but has not combined it yet.
         let (close, aggregate) = s.open_and_close(2, &[0, 1, 2, 3, 4]);
         s.request(2, close, aggregate, &[1, 3, 4], 0);
         let actions = feed(&mut m, &s, before);
@@ -426,8 +520,24 @@ mod tests {
         assert!(
             !actions
                 .iter()
-                .any(|a| matches!(a, Action::Contribute { .. }))
+                .any(|a| matches!(a, Action::Contribute { .. } | Action::Incident { .. })),
+            "{actions:?}"
         );
+        // Once it combines round 1, it contributes from that model.
+        let held = HeldModel {
+            round: 1,
+            base: s.log.rounds().unwrap().round_base(2).unwrap(),
+            model: [0; 32],
+        };
+        let mut waiting = m.clone();
+        assert_eq!(
+            waiting.combined(&log(&s), held),
+            vec![Action::Contribute { round: 2 }]
+        );
+        // If round 3 opens before it combined, it logs why it sat round 2 out.
+        let at = s.log.size();
+        s.open_and_close(3, &[0, 1, 2, 4]);
+        let actions = feed(&mut m, &s, at);
         assert!(
             actions.iter().any(|a| matches!(
                 a,
@@ -435,15 +545,6 @@ mod tests {
             )),
             "{actions:?}"
         );
-        // Once it combines round 1, it contributes from that model.
-        let mut caught_up = member(&s, 3);
-        caught_up.combined(HeldModel {
-            round: 1,
-            base: s.log.rounds().unwrap().round_base(2).unwrap(),
-            model: [0; 32],
-        });
-        let actions = feed(&mut caught_up, &s, before);
-        assert!(actions.contains(&Action::Contribute { round: 2 }));
     }
 
     #[test]

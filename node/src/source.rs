@@ -159,13 +159,24 @@ pub fn synthetic_fedavg(
     seed: u64,
     rounds: &[Vec<(u8, u64)>],
 ) -> Result<Vec<i64>, protocol::round::RoundError> {
+    let numbered: Vec<(u64, Vec<(u8, u64)>)> = (1..).zip(rounds.iter().cloned()).collect();
+    synthetic_fedavg_of_rounds(plan, seed, &numbered)
+}
+
+/// The same, for a chain of rounds that skips some (a round abandoned or never decrypted
+/// adds nothing to the model): each round by its number, with its contributors.
+pub fn synthetic_fedavg_of_rounds(
+    plan: &RoundPlan,
+    seed: u64,
+    rounds: &[(u64, Vec<(u8, u64)>)],
+) -> Result<Vec<i64>, protocol::round::RoundError> {
     let mut model = vec![0i64; plan.values as usize];
-    for (r, contributors) in rounds.iter().enumerate() {
+    for (round, contributors) in rounds {
         let updates: Vec<(Vec<f32>, u64)> = contributors
             .iter()
             .map(|&(member, samples)| {
                 let update =
-                    synthetic_update(seed, member, r as u64 + 1, plan.values as usize, plan.clip);
+                    synthetic_update(seed, member, *round, plan.values as usize, plan.clip);
                 (update, samples)
             })
             .collect();

@@ -7,6 +7,7 @@
 //! protocol names and message limits.
 
 pub mod clock;
+pub mod fault;
 pub mod files;
 pub mod identity;
 pub mod pending;

@@ -181,6 +181,9 @@ enum Command {
         bytes: Vec<u8>,
     },
     Dial(PeerId),
+    /// Refuse every connection with `peer` (closing those open) for this long.
+    CutOff(PeerId, Duration),
+    Allow(PeerId),
 }
 
 /// The role's side of the transport; cheap to clone.
@@ -203,6 +206,12 @@ impl Handle {
     /// Asks the transport to connect to `peer` (a no-op if it already is).
     pub async fn dial(&self, peer: PeerId) {
         let _ = self.commands.send(Command::Dial(peer)).await;
+    }
+
+    /// Closes every connection with `peer` and refuses new ones, both ways, for `period`: a
+    /// network partition between two members, for the resilience suite.
+    pub async fn cut_off(&self, peer: PeerId, period: Duration) {
+        let _ = self.commands.send(Command::CutOff(peer, period)).await;
     }
 }
 
@@ -286,6 +295,17 @@ pub fn spawn(
                         let _ = swarm.behaviour_mut().exchange.send_response(channel, bytes);
                     }
                     Some(Command::Dial(peer)) => dial(&mut swarm, peer),
+                    Some(Command::CutOff(peer, period)) => {
+                        swarm.behaviour_mut().allowed.disallow_peer(peer);
+                        let commands = loopback.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(period).await;
+                            let _ = commands.send(Command::Allow(peer)).await;
+                        });
+                    }
+                    Some(Command::Allow(peer)) => {
+                        swarm.behaviour_mut().allowed.allow_peer(peer);
+                    }
                 },
                 event = swarm.select_next_some() => {
                     let domain = match event {

@@ -336,6 +336,195 @@ impl Deployment {
     }
 }
 
+/// Which process of a deployment a fault is injected into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    Coordinator,
+    Node(&'a str),
+}
+
+impl Deployment {
+    fn start(&self, target: Target, fault: Option<&str>, log: &str) -> Child {
+        let fault: Vec<&str> = fault.map(|f| vec!["--fault", f]).unwrap_or_default();
+        match target {
+            Target::Coordinator => {
+                let mut args = vec![
+                    "coordinator",
+                    "run",
+                    "--config",
+                    "coordinator/coordinator.toml",
+                    "--summary",
+                    "coordinator/summary.json",
+                ];
+                args.extend(fault);
+                self.spawn(&args, &format!("coordinator/{log}"))
+            }
+            Target::Node(name) => {
+                let config = format!("{name}/node.toml");
+                let summary = format!("{name}/summary.json");
+                let report = format!("{name}/rounds.jsonl");
+                let mut args = vec![
+                    "node",
+                    "run",
+                    "--config",
+                    &config,
+                    "--summary",
+                    &summary,
+                    "--round-report",
+                    &report,
+                ];
+                args.extend(fault);
+                self.spawn(&args, &format!("{name}/{log}"))
+            }
+        }
+    }
+
+    /// Runs the whole deployment (nodes leave when the coordinator's run is over) with `fault`
+    /// injected into `target`. A process the fault takes down (it must go down, unless the
+    /// fault only delays or cuts off) is restarted without it a moment later, with its state,
+    /// as an operator or a service manager would. Returns whether the target went down.
+    pub fn run_through(&self, target: Target, fault: &str) -> bool {
+        let targets: Vec<Target> = std::iter::once(Target::Coordinator)
+            .chain(self.members.iter().map(|m| Target::Node(m)))
+            .collect();
+        let mut children: Vec<Child> = targets
+            .iter()
+            .map(|&t| self.start(t, (t == target).then_some(fault), "log"))
+            .collect();
+        let mut restarted = false;
+        let started = Instant::now();
+        let mut done = vec![false; targets.len()];
+        while !done.iter().all(|&d| d) {
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "the run did not finish in 300 s\n{}",
+                self.logs()
+            );
+            for (i, child) in children.iter_mut().enumerate() {
+                if done[i] {
+                    continue;
+                }
+                let Some(status) = child.try_wait().unwrap() else {
+                    continue;
+                };
+                if targets[i] == target && !restarted && !status.success() {
+                    restarted = true;
+                    std::thread::sleep(Duration::from_millis(300));
+                    *child = self.start(target, None, "log-restarted");
+                    continue;
+                }
+                assert!(
+                    status.success(),
+                    "{:?} exited with {status}\n{}",
+                    targets[i],
+                    self.logs()
+                );
+                done[i] = true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        restarted
+    }
+
+    /// The model the log says every member holds, computed in plaintext: follow the bases
+    /// back from the log's current one (the aggregate of the latest round the whole quorum
+    /// released) to zero, and apply each of those rounds' logged contributions with
+    /// fixed-point FedAvg.
+    pub fn expected_from_log(&self) -> (String, Vec<u64>) {
+        use protocol::round::rules::{RoundRules, ZERO_BASE};
+        let log = self.log();
+        let Body::Membership(membership) = &log[0].entry.body else {
+            panic!("no membership")
+        };
+        let member = |key: &[u8; 32]| {
+            membership
+                .members
+                .iter()
+                .position(|m| &m.signing_key == key)
+                .expect("a member's entry") as u8
+        };
+        let rules = RoundRules::replay(membership, &log);
+        let mut base = rules.base();
+        let mut chain = Vec::new();
+        while base != ZERO_BASE {
+            let (round, previous, contributions) = log
+                .iter()
+                .find_map(|e| match &e.entry.body {
+                    Body::RoundClose {
+                        round,
+                        base: previous,
+                        contributions,
+                        aggregate,
+                    } if *aggregate == base => Some((*round, *previous, contributions.clone())),
+                    _ => None,
+                })
+                .expect("the base is a logged aggregate");
+            let contributors: Vec<(u8, u64)> = contributions
+                .iter()
+                .map(|&leaf| {
+                    let entry = &log[leaf as usize];
+                    let Body::Contribution { samples, .. } = entry.entry.body else {
+                        panic!("leaf {leaf} is not a contribution")
+                    };
+                    (member(&entry.entry.author), samples)
+                })
+                .collect();
+            chain.push((round, contributors));
+            base = previous;
+        }
+        chain.reverse();
+        let rounds = chain.iter().map(|(r, _)| *r).collect();
+        let model =
+            node::source::synthetic_fedavg_of_rounds(&self.plan, SYNTHETIC_SEED, &chain).unwrap();
+        (hex::encode(model_digest(&model)), rounds)
+    }
+
+    /// What must hold after any fault: every member ends with the model the log's decrypted
+    /// rounds give in plaintext (at least `min_rounds` of them), bit for bit; no member
+    /// released a share of a ciphertext twice; every entry a member holds (so every entry it
+    /// was told was logged) is still in the coordinator's log; and the exported log verifies.
+    pub fn invariants_hold(&self, min_rounds: usize) {
+        let (expected, rounds) = self.expected_from_log();
+        assert!(
+            rounds.len() >= min_rounds,
+            "only rounds {rounds:?} decrypted\n{}",
+            self.logs()
+        );
+        for name in &self.members {
+            assert_eq!(
+                self.summary(name)["model_digest"].as_str(),
+                Some(expected.as_str()),
+                "{name} (the log decrypted rounds {rounds:?})\n{}",
+                self.logs()
+            );
+        }
+        let log = self.log();
+        let mut releases = std::collections::HashSet::new();
+        for entry in &log {
+            if let Body::ShareReleased { ciphertext, .. } = entry.entry.body {
+                assert!(
+                    releases.insert((entry.entry.author, ciphertext)),
+                    "a share of {} released twice",
+                    hex::encode(ciphertext)
+                );
+            }
+        }
+        let leaves: Vec<Vec<u8>> = log.iter().map(|e| e.leaf().to_vec()).collect();
+        for name in &self.members {
+            let store =
+                node::state_store::StateStore::open(&self.dir.join(name).join("node-store"))
+                    .unwrap();
+            let held = store.leaves().unwrap();
+            assert!(
+                held.len() <= leaves.len() && held[..] == leaves[..held.len()],
+                "{name} holds {} entries that are not the coordinator's first ones",
+                held.len()
+            );
+        }
+        self.audit_verifies();
+    }
+}
+
 /// Sends `signal` (TERM, INT) to a process, as a service manager or a terminal would.
 pub fn signal(child: &Child, signal: &str) {
     let status = Command::new("kill")

@@ -5,6 +5,7 @@
 //! never on a timer of its own.
 
 use super::*;
+use runtime::fault::{Step, abort_if, jump_clock_if};
 
 /// Runs round `round` and reports it. A round with too few contributions, weights the plan
 /// cannot express, or no quorum left after the retries is logged as an incident and reported
@@ -76,6 +77,7 @@ pub(super) async fn run_round(
     .await?;
     summary.attempts = outcome.attempts;
     if let Some((request, quorum)) = outcome.released {
+        abort_if(ctx.fault.as_ref(), Step::Results, round);
         ctx.metrics
             .step(round, RoundStep::AwaitingResults, now_ms());
         let (decrypted, model) = await_results(ctx, request, quorum, release_timeout_ms).await;
@@ -185,6 +187,8 @@ fn open(
         vec![],
         Some(ctx.plan.digest()),
     )?;
+    abort_if(ctx.fault.as_ref(), Step::Open, round);
+    jump_clock_if(ctx.fault.as_ref(), round);
     tracing::info!(round, expected = expected.count_ones(), "round open");
     ctx.metrics.step(round, RoundStep::Collecting, now_ms());
     Ok((base, subject))
@@ -279,6 +283,7 @@ async fn close(
         leaves,
         Some(digest),
     )?;
+    abort_if(ctx.fault.as_ref(), Step::Close, round);
     Ok(Some(Closed {
         close,
         aggregate,
@@ -344,6 +349,7 @@ async fn decrypt(
             }
             Err(e) => return Err(e),
         };
+        abort_if(ctx.fault.as_ref(), Step::Request, round);
         requested_quorum = quorum;
         ctx.lock()
             .round
@@ -414,7 +420,9 @@ async fn decrypt(
 
 /// Waits for the members' results (every connected member combines and logs one): until all
 /// connected members logged one, or the quorum did and the release timeout passed, and at
-/// most twice that timeout. Returns whether the quorum's results are in, and a model digest.
+/// most twice that timeout. Returns whether any member logged a result (the model exists at
+/// the members: a quorum member that went down after releasing does not undo that), and a
+/// model digest.
 async fn await_results(
     ctx: &Context,
     request: u64,
@@ -429,10 +437,8 @@ async fn await_results(
         let quorum_done = (0..16u8).filter(|m| quorum & (1 << m) != 0).all(has);
         let everyone_done = (0..16u8).filter(|m| s.connected & (1 << m) != 0).all(has);
         let model = || results.and_then(|r| r.values().next()).map(hex::encode);
-        if everyone_done || (quorum_done && now >= enough_at) {
-            Next::Done((quorum_done, model()))
-        } else if now >= give_up {
-            Next::Done((false, None))
+        if everyone_done || (quorum_done && now >= enough_at) || now >= give_up {
+            Next::Done((model().is_some(), model()))
         } else {
             Next::Wait(Some(if quorum_done { enough_at } else { give_up }))
         }

@@ -69,6 +69,9 @@ pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), Ste
                 },
             )
             .await?;
+        if index + 1 == count.div_ceil(2) {
+            abort_if(ctx.fault.as_ref(), Step::Upload, round);
+        }
         if index + 1 == count {
             let leaf = finish_append(ctx, &entry, response)?;
             tracing::info!(round, leaf, bytes = bytes.len(), "contribution logged");

@@ -80,7 +80,7 @@ pub(super) async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), Step
             return Err(spent);
         }
     }
-    crash_if(ctx, Fault::Release(target.round));
+    abort_if(ctx.fault.as_ref(), Step::Release, target.round);
     let quorum = Quorum::new(ctx.share.config(), target.quorum.clone())?;
     let worker = ctx.clone();
     let bound = Arc::new(bound);
@@ -247,12 +247,7 @@ fn chase(ctx: &Arc<Context>, request: u64) {
     tokio::spawn(async move {
         for attempt in 0..RESEND_ATTEMPTS {
             // A partial on its way normally arrives within moments: ask soon, then less often.
-            tokio::time::sleep(if attempt == 0 {
-                RESEND_FIRST
-            } else {
-                RESEND_WAIT
-            })
-            .await;
+            tokio::time::sleep(resend_wait(attempt)).await;
             let missing: Vec<u8> = {
                 let state = ctx.lock();
                 match state.member.decryption(request) {
@@ -379,7 +374,11 @@ pub(super) fn receive_partial(
 /// Resilience testing: the partial decryptions of the chosen round are lost on the way until
 /// this member asks for them again.
 fn lost_by_fault(ctx: &Context, request: u64) -> bool {
-    let Some(Fault::LosePartials(round)) = ctx.fault else {
+    let Some(Fault {
+        step: Step::LosePartials,
+        round,
+    }) = ctx.fault
+    else {
         return false;
     };
     let state = ctx.lock();
@@ -538,14 +537,19 @@ pub(super) async fn combine(
         base: release_target.aggregate,
         model: digest,
     };
+    abort_if(ctx.fault.as_ref(), Step::Combine, round);
     ctx.store.save_model(&decoded, &held)?;
-    {
+    let waited = {
         let mut state = ctx.lock();
+        let state = &mut *state;
         state.model = decoded;
-        state.member.combined(held);
         state.rounds_done += 1;
         state.targets.remove(&request);
         state.partials.retain(|(r, _), _| *r != request);
+        state.member.combined(&state.entries, held)
+    };
+    for action in waited {
+        carry_out(ctx, action);
     }
     append(
         ctx,

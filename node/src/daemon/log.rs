@@ -176,12 +176,14 @@ pub(super) fn carry_out(ctx: &Arc<Context>, action: Action) {
     match action {
         Action::Forget { before } => forget_before(ctx, before),
         Action::Contribute { round } => {
-            crash_if(ctx, Fault::Contribute(round));
+            abort_if(ctx.fault.as_ref(), Step::Contribute, round);
+            runtime::fault::jump_clock_if(ctx.fault.as_ref(), round);
             let ctx = ctx.clone();
             tokio::spawn(async move {
-                if ctx.fault == Some(Fault::Panic(round)) {
+                if Fault::strikes(ctx.fault.as_ref(), &Step::Panic, round) {
                     panic!("injected fault: the contribution task of round {round} panics");
                 }
+                injected_delays(&ctx, round).await;
                 if let Err(e) = contribute(&ctx, round).await {
                     tracing::error!(round, error = %e, "contribution failed");
                 }
@@ -214,5 +216,29 @@ pub(super) fn carry_out(ctx: &Arc<Context>, action: Action) {
             evidence,
             description,
         } => incident(ctx, code, evidence, description),
+    }
+}
+
+/// Resilience testing: a member cut off from another, or slower than the deadline.
+async fn injected_delays(ctx: &Context, round: u64) {
+    let Some(fault) = ctx.fault.as_ref().filter(|f| f.round == round) else {
+        return;
+    };
+    match &fault.step {
+        Step::CutOff { seconds, peer } => {
+            let Some(index) = ctx.membership.members.iter().position(|m| &m.name == peer) else {
+                tracing::error!(peer, "injected fault: no such member to cut off");
+                return;
+            };
+            tracing::warn!(peer, seconds, "injected fault: cut off from a member");
+            ctx.handle
+                .cut_off(ctx.peers[index], Duration::from_secs(*seconds))
+                .await;
+        }
+        Step::Slow { seconds } => {
+            tracing::warn!(seconds, round, "injected fault: a slow update");
+            tokio::time::sleep(Duration::from_secs(*seconds)).await;
+        }
+        _ => {}
     }
 }
