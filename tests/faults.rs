@@ -98,3 +98,42 @@ fn a_wall_clock_jump_at_the_coordinator_moves_no_deadline() {
     }
     d.invariants_hold(3);
 }
+
+#[test]
+fn a_node_store_damaged_on_disk_is_refused_naming_its_file_never_reset() {
+    let d = deploy(3, 2, 1_000, 2, 15);
+    d.run(2, None);
+    let before = d.summary("member-a");
+    // Bytes of the stored log copy flipped on disk: every place an entry names the log's
+    // origin (old copies of pages included, so the live ones are surely hit).
+    let file = d.dir.join("member-a/node-store").join("store.redb");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let consortium = protocol::consortium::Consortium::parse(
+        &std::fs::read_to_string(d.dir.join("consortium.toml")).unwrap(),
+    )
+    .unwrap();
+    let origin = consortium.log_origin();
+    let places: Vec<usize> = bytes
+        .windows(origin.len())
+        .enumerate()
+        .filter(|(_, w)| *w == origin.as_bytes())
+        .map(|(at, _)| at)
+        .collect();
+    assert!(!places.is_empty(), "no entry in the store");
+    for at in places {
+        for b in &mut bytes[at..at + origin.len()] {
+            *b ^= 0x55;
+        }
+    }
+    std::fs::write(&file, bytes).unwrap();
+    let mut node = d.node("member-a", 3, &[]);
+    let status = d.exit_status(&mut node, "member-a", 60);
+    assert!(!status.success());
+    let log = std::fs::read_to_string(d.dir.join("member-a/log")).unwrap();
+    assert!(
+        log.contains("node-store/store.redb") && log.contains("damaged"),
+        "{log}"
+    );
+    // Nothing was reset: the summary of the last good run still stands.
+    assert_eq!(d.summary("member-a"), before);
+}

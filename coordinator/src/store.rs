@@ -1,18 +1,28 @@
-//! The coordinator's durable log store in sled: leaves by index, checkpoint notes by size.
+//! The coordinator's durable log store (redb, see `runtime::store`): leaves by index,
+//! checkpoint notes by size.
 //!
-//! Every write is flushed (fsync) before the call returns, because a caller acknowledges an
-//! entry as soon as `append` returns: after a crash at any point, every acknowledged entry is
-//! still there and the store reopens.
+//! Every write is committed with an fsync before the call returns, because a caller
+//! acknowledges an entry as soon as `append` returns: after a crash at any point, every
+//! acknowledged entry is still there and the store reopens; a store damaged on disk is refused
+//! naming its file.
 
 use std::path::Path;
 
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+const LEAVES: TableDefinition<u64, &[u8]> = TableDefinition::new("leaves");
+const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error(transparent)]
+    Open(#[from] runtime::store::OpenError),
     #[error("log store at {path}: {source}")]
-    Sled {
+    Store {
         path: String,
         #[source]
-        source: sled::Error,
+        source: redb::Error,
     },
     #[error("log store at {path} is inconsistent: {reason}")]
     Corrupt { path: String, reason: String },
@@ -20,9 +30,7 @@ pub enum StoreError {
 
 pub struct LogStore {
     path: String,
-    db: sled::Db,
-    leaves: sled::Tree,
-    checkpoints: sled::Tree,
+    db: redb::Database,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -33,26 +41,22 @@ impl std::fmt::Debug for LogStore {
 
 impl LogStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let display = path.display().to_string();
-        let sled = |source| StoreError::Sled {
-            path: display.clone(),
-            source,
-        };
-        let db = sled::open(path).map_err(sled)?;
-        let leaves = db.open_tree("leaves").map_err(sled)?;
-        let checkpoints = db.open_tree("checkpoints").map_err(sled)?;
+        let db = runtime::store::open(path, |tx| {
+            tx.open_table(LEAVES)?;
+            tx.open_table(CHECKPOINTS)?;
+            tx.open_table(META)?;
+            Ok(())
+        })?;
         Ok(Self {
-            path: display,
+            path: path.join(runtime::store::FILE).display().to_string(),
             db,
-            leaves,
-            checkpoints,
         })
     }
 
-    fn err(&self, source: sled::Error) -> StoreError {
-        StoreError::Sled {
+    fn err(&self, source: impl Into<redb::Error>) -> StoreError {
+        StoreError::Store {
             path: self.path.clone(),
-            source,
+            source: source.into(),
         }
     }
 
@@ -63,40 +67,50 @@ impl LogStore {
         }
     }
 
+    /// Writes in one durable transaction.
+    fn write(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        f(&tx).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.db.begin_read().map_err(|e| self.err(e))
+    }
+
     /// The log's origin, fixed when the store is first used.
     pub fn origin(&self) -> Result<Option<String>, StoreError> {
-        let value = self.db.get("origin").map_err(|e| self.err(e))?;
+        let tx = self.read()?;
+        let table = tx.open_table(META).map_err(|e| self.err(e))?;
+        let value = table.get("origin").map_err(|e| self.err(e))?;
         value
             .map(|v| {
-                String::from_utf8(v.to_vec())
+                String::from_utf8(v.value().to_vec())
                     .map_err(|_| self.corrupt("origin is not UTF-8".into()))
             })
             .transpose()
     }
 
     pub fn set_origin(&self, origin: &str) -> Result<(), StoreError> {
-        self.db
-            .insert("origin", origin.as_bytes())
-            .map_err(|e| self.err(e))?;
-        self.flush()
+        self.write(|tx| {
+            tx.open_table(META)?.insert("origin", origin.as_bytes())?;
+            Ok(())
+        })
     }
 
     /// The number of leaves: one more than the last key (a lookup, not a scan).
     pub fn len(&self) -> Result<u64, StoreError> {
-        match self.leaves.last().map_err(|e| self.err(e))? {
-            None => Ok(0),
-            Some((key, _)) => {
-                let key: [u8; 8] = key
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| self.corrupt("a leaf key is not 8 bytes".into()))?;
-                Ok(u64::from_be_bytes(key) + 1)
-            }
-        }
+        let tx = self.read()?;
+        let table = tx.open_table(LEAVES).map_err(|e| self.err(e))?;
+        let last = table.last().map_err(|e| self.err(e))?;
+        Ok(last.map_or(0, |(key, _)| key.value() + 1))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.leaves.is_empty()
+        self.len().is_ok_and(|n| n == 0)
     }
 
     /// Stores leaf `index` (which must be the next one) durably.
@@ -105,26 +119,23 @@ impl LogStore {
         if index != expected {
             return Err(self.corrupt(format!("append of leaf {index}, the next is {expected}")));
         }
-        self.leaves
-            .insert(index.to_be_bytes(), leaf)
-            .map_err(|e| self.err(e))?;
-        self.flush()
+        self.write(|tx| {
+            tx.open_table(LEAVES)?.insert(index, leaf)?;
+            Ok(())
+        })
     }
 
     /// Every leaf in index order; a gap means the store is corrupt.
     pub fn leaves(&self) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut out = Vec::with_capacity(self.leaves.len());
-        for (position, item) in self.leaves.iter().enumerate() {
+        let tx = self.read()?;
+        let table = tx.open_table(LEAVES).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for (position, item) in table.iter().map_err(|e| self.err(e))?.enumerate() {
             let (key, value) = item.map_err(|e| self.err(e))?;
-            let index = u64::from_be_bytes(
-                key.as_ref()
-                    .try_into()
-                    .map_err(|_| self.corrupt("a leaf key is not 8 bytes".into()))?,
-            );
-            if index != position as u64 {
+            if key.value() != position as u64 {
                 return Err(self.corrupt(format!("leaf {position} is missing")));
             }
-            out.push(value.to_vec());
+            out.push(value.value().to_vec());
         }
         Ok(out)
     }
@@ -134,32 +145,84 @@ impl LogStore {
     /// has to remember every one it signed. Callers check consistency first
     /// ([`crate::audit_log::AuditLog::sign_checkpoint`]).
     pub fn put_checkpoint(&self, size: u64, note: &[u8]) -> Result<(), StoreError> {
-        self.checkpoints
-            .insert(size.to_be_bytes(), note)
-            .map_err(|e| self.err(e))?;
-        self.flush()
+        self.write(|tx| {
+            tx.open_table(CHECKPOINTS)?.insert(size, note)?;
+            Ok(())
+        })
     }
 
     pub fn checkpoints(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.checkpoints
+        let tx = self.read()?;
+        let table = tx.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
+        table
             .iter()
+            .map_err(|e| self.err(e))?
             .map(|item| {
                 let (key, value) = item.map_err(|e| self.err(e))?;
-                let size = u64::from_be_bytes(
-                    key.as_ref()
-                        .try_into()
-                        .map_err(|_| self.corrupt("a checkpoint key is not 8 bytes".into()))?,
-                );
-                Ok((size, value.to_vec()))
+                Ok((key.value(), value.value().to_vec()))
             })
             .collect()
     }
 
     pub fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        Ok(self.checkpoints()?.pop())
+        let tx = self.read()?;
+        let table = tx.open_table(CHECKPOINTS).map_err(|e| self.err(e))?;
+        let last = table.last().map_err(|e| self.err(e))?;
+        Ok(last.map(|(key, value)| (key.value(), value.value().to_vec())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaves_and_checkpoints_survive_reopening_and_appends_stay_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LogStore::open(dir.path()).unwrap();
+            assert!(store.is_empty());
+            store.set_origin("quorate.example/log").unwrap();
+            store.append(0, b"first").unwrap();
+            store.append(1, b"second").unwrap();
+            assert!(store.append(3, b"gap").is_err());
+            store.put_checkpoint(2, b"note").unwrap();
+        }
+        let store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.origin().unwrap().as_deref(),
+            Some("quorate.example/log")
+        );
+        assert_eq!(store.len().unwrap(), 2);
+        assert_eq!(
+            store.leaves().unwrap(),
+            vec![b"first".to_vec(), b"second".to_vec()]
+        );
+        assert_eq!(
+            store.latest_checkpoint().unwrap(),
+            Some((2, b"note".to_vec()))
+        );
     }
 
-    fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(|e| self.err(e))
+    #[test]
+    fn a_store_damaged_on_disk_is_refused_naming_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LogStore::open(dir.path()).unwrap();
+            for i in 0..200u64 {
+                store.append(i, &[i as u8; 300]).unwrap();
+            }
+        }
+        let file = dir.path().join(runtime::store::FILE);
+        let mut bytes = std::fs::read(&file).unwrap();
+        // Every byte of the leaves' pages flipped: the data, not the file's header.
+        let at = bytes.windows(300).position(|w| w == [7u8; 300]).unwrap();
+        for b in &mut bytes[at..at + 300] {
+            *b ^= 0xff;
+        }
+        std::fs::write(&file, bytes).unwrap();
+        let error = LogStore::open(dir.path()).unwrap_err().to_string();
+        assert!(error.contains(&file.display().to_string()), "{error}");
+        assert!(error.contains("damaged"), "{error}");
     }
 }

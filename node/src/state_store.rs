@@ -1,19 +1,28 @@
-//! The node's durable state in sled: its copy of the log (every leaf it checked), the release
-//! ledger (each ciphertext it released a share for, written and flushed before the share
-//! leaves), the count of values its key share has revealed, and its current model.
+//! The node's durable state (redb, see `runtime::store`): its copy of the log (every leaf it
+//! checked), the release ledger (each ciphertext it released a share for, committed with an
+//! fsync before the share leaves), the count of values its key share has revealed, and its
+//! current model.
 
 use std::path::Path;
 
 use protocol::audit::entry::Digest;
 use protocol::round::HeldModel;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const LEDGER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ledger");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const PARTIALS: TableDefinition<u64, &[u8]> = TableDefinition::new("partials");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateStoreError {
+    #[error(transparent)]
+    Open(#[from] runtime::store::OpenError),
     #[error("node store at {path}: {source}")]
-    Sled {
+    Store {
         path: String,
         #[source]
-        source: sled::Error,
+        source: redb::Error,
     },
     #[error("node store at {path}: {what} is corrupt")]
     Corrupt { path: String, what: String },
@@ -21,11 +30,7 @@ pub enum StateStoreError {
 
 pub struct StateStore {
     path: String,
-    db: sled::Db,
-    leaves: sled::Tree,
-    ledger: sled::Tree,
-    meta: sled::Tree,
-    partials: sled::Tree,
+    db: redb::Database,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -34,7 +39,7 @@ impl std::fmt::Debug for StateStore {
     }
 }
 
-/// The count of revealed values, kept in the ledger tree (whose other keys are 32-byte
+/// The count of revealed values, kept in the ledger table (whose other keys are 32-byte
 /// digests) so that one transaction updates it with the release.
 const REVEALED: &[u8] = b"revealed";
 
@@ -48,7 +53,7 @@ pub struct Release {
     pub mask: Digest,
 }
 
-/// Mask digests live in the ledger tree beside ciphertext digests, told apart by a prefix.
+/// Mask digests live in the ledger table beside ciphertext digests, told apart by a prefix.
 fn mask_key(mask: &Digest) -> Vec<u8> {
     [b"mask:".as_slice(), mask].concat()
 }
@@ -60,83 +65,99 @@ pub enum Recorded {
     AlreadyReleased,
     LifetimeSpent { revealed: u64, limit: u64 },
 }
-const MODEL: &[u8] = b"model";
+const MODEL: &str = "model";
 /// The model this node verified itself ([`HeldModel`]): round, base and model digest.
-const HELD: &[u8] = b"held";
+const HELD: &str = "held";
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    bytes.try_into().ok().map(u64::from_be_bytes)
+}
 
 impl StateStore {
     pub fn open(path: &Path) -> Result<Self, StateStoreError> {
-        let display = path.display().to_string();
-        let sled = |source| StateStoreError::Sled {
-            path: display.clone(),
-            source,
-        };
-        let db = sled::open(path).map_err(sled)?;
+        let db = runtime::store::open(path, |tx| {
+            tx.open_table(LOG)?;
+            tx.open_table(LEDGER)?;
+            tx.open_table(META)?;
+            tx.open_table(PARTIALS)?;
+            Ok(())
+        })?;
         Ok(Self {
-            leaves: db.open_tree("log").map_err(sled)?,
-            ledger: db.open_tree("ledger").map_err(sled)?,
-            meta: db.open_tree("meta").map_err(sled)?,
-            partials: db.open_tree("partials").map_err(sled)?,
+            path: path.join(runtime::store::FILE).display().to_string(),
             db,
-            path: display,
         })
     }
 
-    fn err(&self, source: sled::Error) -> StateStoreError {
-        StateStoreError::Sled {
+    fn err(&self, source: impl Into<redb::Error>) -> StateStoreError {
+        StateStoreError::Store {
             path: self.path.clone(),
-            source,
+            source: source.into(),
         }
     }
 
-    /// Makes every write so far durable (each step already does; a stopping node does once
-    /// more).
+    /// Writes in one durable transaction, returning what `f` decided.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, StateStoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let out = f(&tx).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+
+    fn read(&self) -> Result<redb::ReadTransaction, StateStoreError> {
+        self.db.begin_read().map_err(|e| self.err(e))
+    }
+
+    /// Every write is already durable when it returns; kept for a stopping node's last word.
     pub fn flush(&self) -> Result<(), StateStoreError> {
-        self.db.flush().map(|_| ()).map_err(|e| self.err(e))
+        Ok(())
     }
 
     pub fn leaves(&self) -> Result<Vec<Vec<u8>>, StateStoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(LOG).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        for (i, item) in self.leaves.iter().enumerate() {
+        for (i, item) in table.iter().map_err(|e| self.err(e))?.enumerate() {
             let (key, value) = item.map_err(|e| self.err(e))?;
-            if key.as_ref() != (i as u64).to_be_bytes() {
+            if key.value() != i as u64 {
                 return Err(StateStoreError::Corrupt {
                     path: self.path.clone(),
                     what: format!("the log copy (a gap at leaf {i})"),
                 });
             }
-            out.push(value.to_vec());
+            out.push(value.value().to_vec());
         }
         Ok(out)
     }
 
     /// Stores leaves from `first` on, durably.
     pub fn append_leaves(&self, first: u64, leaves: &[Vec<u8>]) -> Result<(), StateStoreError> {
-        for (i, leaf) in leaves.iter().enumerate() {
-            self.leaves
-                .insert((first + i as u64).to_be_bytes(), leaf.as_slice())
-                .map_err(|e| self.err(e))?;
-        }
-        self.flush()
+        self.write(|tx| {
+            let mut table = tx.open_table(LOG)?;
+            for (i, leaf) in leaves.iter().enumerate() {
+                table.insert(first + i as u64, leaf.as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
+    fn ledger_u64(&self, key: &[u8]) -> Result<Option<u64>, StateStoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(LEDGER).map_err(|e| self.err(e))?;
+        let value = table.get(key).map_err(|e| self.err(e))?;
+        Ok(value.and_then(|v| be_u64(v.value())))
     }
 
     /// The request this node released a share of `ciphertext` for, if it ever did.
     pub fn released(&self, ciphertext: &Digest) -> Result<Option<u64>, StateStoreError> {
-        Ok(self
-            .ledger
-            .get(ciphertext)
-            .map_err(|e| self.err(e))?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+        self.ledger_u64(ciphertext)
     }
 
     /// Values this node's key share has revealed so far.
     pub fn revealed(&self) -> Result<u64, StateStoreError> {
-        Ok(self
-            .ledger
-            .get(REVEALED)
-            .map_err(|e| self.err(e))?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0))
+        Ok(self.ledger_u64(REVEALED)?.unwrap_or(0))
     }
 
     /// Records a release of `values` values, durably and atomically with the count of values
@@ -152,57 +173,51 @@ impl StateStore {
         limit: u64,
         logged: u64,
     ) -> Result<Recorded, StateStoreError> {
-        use sled::transaction::{ConflictableTransactionError, TransactionError};
-        let outcome = self.ledger.transaction(|tx| {
-            if tx.get(release.ciphertext)?.is_some() || tx.get(mask_key(&release.mask))?.is_some() {
+        self.write(|tx| {
+            let mut ledger = tx.open_table(LEDGER)?;
+            let mask = mask_key(&release.mask);
+            if ledger.get(release.ciphertext.as_slice())?.is_some()
+                || ledger.get(mask.as_slice())?.is_some()
+            {
                 return Ok(Recorded::AlreadyReleased);
             }
-            let revealed = tx
+            let revealed = ledger
                 .get(REVEALED)?
-                .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+                .and_then(|v| be_u64(v.value()))
                 .unwrap_or(0);
             let after = revealed.saturating_add(values).max(logged);
             if after > limit {
                 return Ok(Recorded::LifetimeSpent { revealed, limit });
             }
             let request = release.request.to_be_bytes();
-            tx.insert(&release.ciphertext[..], &request[..])?;
-            tx.insert(mask_key(&release.mask), &request[..])?;
-            tx.insert(REVEALED, &after.to_be_bytes()[..])?;
-            Ok::<_, ConflictableTransactionError<()>>(Recorded::Fresh)
-        });
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(TransactionError::Storage(e)) => return Err(self.err(e)),
-            Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
-        };
-        self.flush()?;
-        Ok(outcome)
+            ledger.insert(release.ciphertext.as_slice(), request.as_slice())?;
+            ledger.insert(mask.as_slice(), request.as_slice())?;
+            ledger.insert(REVEALED, after.to_be_bytes().as_slice())?;
+            Ok(Recorded::Fresh)
+        })
     }
 
     /// Keeps the partial decryption released for `request`, durably, before it is logged.
     pub fn keep_partial(&self, request: u64, partial: &[u8]) -> Result<(), StateStoreError> {
-        self.partials
-            .insert(request.to_be_bytes(), partial)
-            .map_err(|e| self.err(e))?;
-        self.flush()
+        self.write(|tx| {
+            tx.open_table(PARTIALS)?.insert(request, partial)?;
+            Ok(())
+        })
     }
 
     /// Drops kept partial decryptions of requests logged before leaf `index`.
     pub fn forget_partials_before(&self, index: u64) -> Result<(), StateStoreError> {
-        for key in self.partials.range(..index.to_be_bytes()).keys() {
-            let key = key.map_err(|e| self.err(e))?;
-            self.partials.remove(key).map_err(|e| self.err(e))?;
-        }
-        Ok(())
+        self.write(|tx| {
+            tx.open_table(PARTIALS)?.retain_in(..index, |_, _| false)?;
+            Ok(())
+        })
     }
 
     pub fn released_partial(&self, request: u64) -> Result<Option<Vec<u8>>, StateStoreError> {
-        Ok(self
-            .partials
-            .get(request.to_be_bytes())
-            .map_err(|e| self.err(e))?
-            .map(|v| v.to_vec()))
+        let tx = self.read()?;
+        let table = tx.open_table(PARTIALS).map_err(|e| self.err(e))?;
+        let value = table.get(request).map_err(|e| self.err(e))?;
+        Ok(value.map(|v| v.value().to_vec()))
     }
 
     /// The decrypted model and the record of how this node verified it, or `None` before the
@@ -212,8 +227,10 @@ impl StateStore {
             path: self.path.clone(),
             what: what.into(),
         };
-        let model = self.meta.get(MODEL).map_err(|e| self.err(e))?;
-        let held = self.meta.get(HELD).map_err(|e| self.err(e))?;
+        let tx = self.read()?;
+        let table = tx.open_table(META).map_err(|e| self.err(e))?;
+        let model = table.get(MODEL).map_err(|e| self.err(e))?;
+        let held = table.get(HELD).map_err(|e| self.err(e))?;
         let (model, held) = match (model, held) {
             (None, None) => return Ok(None),
             (Some(model), Some(held)) => (model, held),
@@ -223,6 +240,7 @@ impl StateStore {
                 ));
             }
         };
+        let (model, held) = (model.value(), held.value());
         if model.len() % 8 != 0 {
             return Err(corrupt("the model"));
         }
@@ -243,17 +261,18 @@ impl StateStore {
         )))
     }
 
-    /// Keeps a decrypted model with the record of how it was verified, in one batch.
+    /// Keeps a decrypted model with the record of how it was verified, in one transaction.
     pub fn save_model(&self, model: &[i64], held: &HeldModel) -> Result<(), StateStoreError> {
         let bytes: Vec<u8> = model.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut record = held.round.to_le_bytes().to_vec();
         record.extend_from_slice(&held.base);
         record.extend_from_slice(&held.model);
-        let mut batch = sled::Batch::default();
-        batch.insert(MODEL, bytes);
-        batch.insert(HELD, record);
-        self.meta.apply_batch(batch).map_err(|e| self.err(e))?;
-        self.flush()
+        self.write(|tx| {
+            let mut meta = tx.open_table(META)?;
+            meta.insert(MODEL, bytes.as_slice())?;
+            meta.insert(HELD, record.as_slice())?;
+            Ok(())
+        })
     }
 }
 

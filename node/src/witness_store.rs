@@ -1,19 +1,24 @@
-//! The node's witness state in sled: the last checkpoint it cosigned for each log. It is
-//! written and flushed before the cosignature leaves the node, so after a crash the witness
-//! never cosigns a checkpoint inconsistent with one it already vouched for.
+//! The node's witness state (redb, see `runtime::store`): the last checkpoint it cosigned for
+//! each log. It is committed with an fsync before the cosignature leaves the node, so after a
+//! crash the witness never cosigns a checkpoint inconsistent with one it already vouched for.
 
 use std::path::Path;
 
 use protocol::audit::merkle::Hash;
 use protocol::audit::witness::WitnessState;
+use redb::{ReadableDatabase, TableDefinition};
+
+const WITNESS: TableDefinition<&str, &[u8]> = TableDefinition::new("witness");
 
 #[derive(Debug, thiserror::Error)]
 pub enum WitnessStoreError {
+    #[error(transparent)]
+    Open(#[from] runtime::store::OpenError),
     #[error("witness store at {path}: {source}")]
-    Sled {
+    Store {
         path: String,
         #[source]
-        source: sled::Error,
+        source: redb::Error,
     },
     #[error("witness store at {path}: the state of {origin} is corrupt")]
     Corrupt { path: String, origin: String },
@@ -21,8 +26,7 @@ pub enum WitnessStoreError {
 
 pub struct WitnessStore {
     path: String,
-    tree: sled::Tree,
-    db: sled::Db,
+    db: redb::Database,
 }
 
 impl std::fmt::Debug for WitnessStore {
@@ -33,32 +37,28 @@ impl std::fmt::Debug for WitnessStore {
 
 impl WitnessStore {
     pub fn open(path: &Path) -> Result<Self, WitnessStoreError> {
-        let display = path.display().to_string();
-        let sled = |source| WitnessStoreError::Sled {
-            path: display.clone(),
-            source,
-        };
-        let db = sled::open(path).map_err(sled)?;
-        let tree = db.open_tree("witness").map_err(sled)?;
+        let db = runtime::store::open(path, |tx| tx.open_table(WITNESS).map(|_| ()))?;
         Ok(Self {
-            path: display,
-            tree,
+            path: path.join(runtime::store::FILE).display().to_string(),
             db,
         })
     }
 
-    fn err(&self, source: sled::Error) -> WitnessStoreError {
-        WitnessStoreError::Sled {
+    fn err(&self, source: impl Into<redb::Error>) -> WitnessStoreError {
+        WitnessStoreError::Store {
             path: self.path.clone(),
-            source,
+            source: source.into(),
         }
     }
 
     /// The stored state for `origin`, or the empty state if this witness never cosigned it.
     pub fn load(&self, origin: &str) -> Result<WitnessState, WitnessStoreError> {
-        let Some(value) = self.tree.get(origin).map_err(|e| self.err(e))? else {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = tx.open_table(WITNESS).map_err(|e| self.err(e))?;
+        let Some(value) = table.get(origin).map_err(|e| self.err(e))? else {
             return Ok(WitnessState::new(origin));
         };
+        let value = value.value();
         let corrupt = || WitnessStoreError::Corrupt {
             path: self.path.clone(),
             origin: origin.to_owned(),
@@ -79,10 +79,12 @@ impl WitnessStore {
     pub fn save(&self, state: &WitnessState) -> Result<(), WitnessStoreError> {
         let mut value = state.size.to_be_bytes().to_vec();
         value.extend_from_slice(&state.root);
-        self.tree
-            .insert(state.origin.as_bytes(), value)
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.open_table(WITNESS)
+            .map_err(|e| self.err(e))?
+            .insert(state.origin.as_str(), value.as_slice())
             .map_err(|e| self.err(e))?;
-        self.db.flush().map(|_| ()).map_err(|e| self.err(e))
+        tx.commit().map_err(|e| self.err(e))
     }
 }
 

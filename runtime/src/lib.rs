@@ -11,4 +11,5 @@ pub mod fault;
 pub mod files;
 pub mod identity;
 pub mod pending;
+pub mod store;
 pub mod transport;

@@ -1,0 +1,77 @@
+//! Opening the roles' durable stores: one redb file per store directory, every page checksum
+//! verified when it is opened, so that a store damaged on disk is refused naming its file
+//! instead of being read as an older or empty state (a node that forgot a release, a log that
+//! forgot an entry). A store cut short by a crash reopens with every committed write: each
+//! write the roles acknowledge is committed with immediate durability (an fsync) first.
+
+use std::path::{Path, PathBuf};
+
+use redb::Database;
+
+/// The store's file inside its directory.
+pub const FILE: &str = "store.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "{}: the store is damaged on disk ({reason}); it was not opened. Restore the \
+         directory from a backup, or ask the consortium how to rebuild it: a node's store \
+         holds the ledger of the shares it released",
+        path.display()
+    )]
+    Corrupted { path: PathBuf, reason: String },
+    #[error(
+        "{}: this store was written by an earlier version of quorate (sled); it is not read. \
+         Finish the run with that version, or start a new run in a new store",
+        path.display()
+    )]
+    EarlierVersion { path: PathBuf },
+    #[error("creating the store directory {}: {source}", path.display())]
+    Directory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+}
+
+/// Opens (creating if need be) the store in directory `dir`, checking every page, and makes
+/// sure the tables `create` opens exist.
+pub fn open(
+    dir: &Path,
+    create: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::TableError>,
+) -> Result<Database, OpenError> {
+    std::fs::create_dir_all(dir).map_err(|source| OpenError::Directory {
+        path: dir.to_owned(),
+        source,
+    })?;
+    if dir.join("conf").exists() && dir.join("db").exists() {
+        return Err(OpenError::EarlierVersion {
+            path: dir.to_owned(),
+        });
+    }
+    let path = dir.join(FILE);
+    let failed = |source: redb::Error| match source {
+        redb::Error::Corrupted(reason) => OpenError::Corrupted {
+            path: path.clone(),
+            reason,
+        },
+        source => OpenError::Open {
+            path: path.clone(),
+            source,
+        },
+    };
+    let db = Database::builder()
+        .set_check_integrity_on_open(true)
+        .create(&path)
+        .map_err(|e| failed(e.into()))?;
+    let tx = db.begin_write().map_err(|e| failed(e.into()))?;
+    create(&tx).map_err(|e| failed(e.into()))?;
+    tx.commit().map_err(|e| failed(e.into()))?;
+    Ok(db)
+}
