@@ -147,6 +147,7 @@ pub fn write_deployment_configs(
         rounds,
         round_deadline_secs,
         release_timeout_secs: 60,
+        round_interval_ms: 0,
         startup_timeout_secs: 60,
         metrics: None,
         passphrase_file: passphrase_file.clone(),
@@ -177,4 +178,17 @@ pub fn write_deployment_configs(
         std::fs::write(dir.join(name).join("node.toml"), toml::to_string(&node)?)?;
     }
     Ok(())
+}
+
+/// Edits a rehearsal's `coordinator/coordinator.toml` in place.
+pub fn edit_coordinator_config(dir: &Path, edit: impl FnOnce(&mut toml::Table)) -> Result<()> {
+    let path = dir.join("coordinator/coordinator.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut table: toml::Table = text
+        .parse()
+        .with_context(|| format!("reading {}", path.display()))?;
+    edit(&mut table);
+    std::fs::write(&path, toml::to_string(&table)?)
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -137,3 +137,92 @@ fn a_node_store_damaged_on_disk_is_refused_naming_its_file_never_reset() {
     // Nothing was reset: the summary of the last good run still stands.
     assert_eq!(d.summary("member-a"), before);
 }
+
+#[test]
+fn a_member_away_for_several_rounds_catches_up_and_contributes_again() {
+    let d = five_members_paced(8);
+    let mut coordinator = d.coordinator();
+    let mut nodes: Vec<std::process::Child> =
+        d.members.iter().map(|m| d.node_until_run_over(m)).collect();
+    // member-e goes away after round 1 and comes back after round 4: it missed three
+    // decryptions, whose partials the others kept for it.
+    d.wait_for_round("member-e", 1);
+    nodes[4].kill().unwrap();
+    nodes[4].wait().unwrap();
+    d.wait_for_round("member-a", 4);
+    nodes[4] = d.spawn(
+        &[
+            "node",
+            "run",
+            "--config",
+            "member-e/node.toml",
+            "--summary",
+            "member-e/summary.json",
+            "--round-report",
+            "member-e/rounds.jsonl",
+        ],
+        "member-e/log-restarted",
+    );
+    assert!(
+        d.wait(&mut coordinator, "the coordinator", 300),
+        "{}",
+        d.logs()
+    );
+    for (name, child) in d.members.iter().zip(&mut nodes) {
+        assert!(d.wait(child, name, 120), "{name}\n{}", d.logs());
+    }
+    // It contributed again before the end.
+    let rounds = d.summary("coordinator")["rounds"].clone();
+    assert_eq!(rounds[7]["contributors"], 5, "{rounds}");
+    d.invariants_hold(8);
+}
+
+/// Five members, eight rounds opening at least a second apart.
+fn five_members_paced(rounds: u64) -> Deployment {
+    let d = deploy(5, 3, 2_000, rounds, 15);
+    edit_toml(&d.dir.join("coordinator/coordinator.toml"), |t| {
+        t.insert("round_interval_ms".into(), toml::Value::Integer(1000));
+    });
+    d
+}
+
+#[test]
+fn a_full_disk_under_a_node_store_stops_the_node_naming_the_file_and_a_restart_recovers() {
+    let d = five_members_paced(6);
+    let mut coordinator = d.coordinator();
+    let mut nodes: Vec<std::process::Child> = d.members[..4]
+        .iter()
+        .map(|m| d.node_until_run_over(m))
+        .collect();
+    let args = [
+        "node",
+        "run",
+        "--config",
+        "member-e/node.toml",
+        "--summary",
+        "member-e/summary.json",
+        "--round-report",
+        "member-e/rounds.jsonl",
+    ];
+    // member-e's files cannot grow past 150 kB: its store fills up within a few rounds (its
+    // log goes to the test's file, opened before the limit).
+    let mut e = d.spawn_on_a_full_disk(&args, "member-e/log", 150_000);
+    let status = d.exit_status(&mut e, "member-e", 120);
+    assert!(!status.success());
+    let log = std::fs::read_to_string(d.dir.join("member-e/log")).unwrap();
+    assert!(
+        log.contains("a store can no longer be written") && log.contains("store.redb"),
+        "{log}"
+    );
+    // With room again it carries on from what it recorded.
+    nodes.push(d.spawn(&args, "member-e/log-restarted"));
+    assert!(
+        d.wait(&mut coordinator, "the coordinator", 300),
+        "{}",
+        d.logs()
+    );
+    for (name, child) in d.members.iter().zip(&mut nodes) {
+        assert!(d.wait(child, name, 120), "{name}\n{}", d.logs());
+    }
+    d.invariants_hold(6);
+}

@@ -24,6 +24,10 @@ pub struct CoordinatorConfig {
     /// Seconds a quorum has to release before a retry with another quorum.
     #[serde(default = "default_release_timeout")]
     pub release_timeout_secs: u64,
+    /// The least time from one round's opening to the next's, in milliseconds (0: rounds
+    /// follow each other at once).
+    #[serde(default)]
+    pub round_interval_ms: u64,
     /// Seconds to wait for every member to connect before the first round.
     #[serde(default = "default_startup")]
     pub startup_timeout_secs: u64,

@@ -69,6 +69,8 @@ struct Shared {
     log: AuditLog,
     membership: Membership,
     round: Option<CoordinatorRound>,
+    /// The leaf of the current round's open.
+    open_leaf: Option<u64>,
     uploads: HashMap<u8, (SignedEntry, Upload)>,
     connected: u16,
     /// How much of the log each member holds, as it last told us.
@@ -270,6 +272,7 @@ pub async fn run(
             log,
             membership: membership.clone(),
             round: None,
+            open_leaf: None,
             uploads: HashMap::new(),
             connected: 0,
             member_sizes: vec![0; members],
@@ -471,7 +474,13 @@ async fn run_rounds(
         tracing::info!("{message}");
     }
     let last_round = plan.last;
+    let interval = Duration::from_millis(config.round_interval_ms);
+    let mut opened: Option<tokio::time::Instant> = None;
     for round in first_round..=last_round {
+        if let Some(at) = opened {
+            tokio::time::sleep_until(at + interval).await;
+        }
+        opened = Some(tokio::time::Instant::now());
         let result = run_round(ctx, config, budget, public_key, round, &mut rng).await?;
         ctx.metrics.round_finished(&result);
         done.push(result);

@@ -68,6 +68,11 @@ pub enum NodeError {
     Witness(#[from] WitnessStoreError),
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
+    #[error(
+        "stopping: a store can no longer be written ({0}). Everything recorded before is \
+         kept; free space or fix the file system, then restart the node"
+    )]
+    StoreFailed(String),
 }
 
 /// How combining a request's partial decryptions is going.
@@ -373,11 +378,23 @@ pub async fn run(
     let mut leave_at: Option<tokio::time::Instant> = None;
     let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
     tokio::pin!(shutdown);
+    let (state_health, witness_health) = (ctx.store.health(), ctx.witness_store.health());
+    let store_failed = async {
+        tokio::select! {
+            failure = state_health.failed() => failure,
+            failure = witness_health.failed() => failure,
+        }
+    };
+    tokio::pin!(store_failed);
     loop {
         tokio::select! {
             () = &mut shutdown => {
                 tracing::info!("stopping on request");
                 break;
+            }
+            failure = &mut store_failed => {
+                tracing::error!(%failure, "a store can no longer be written: stopping");
+                return Err(NodeError::StoreFailed(failure));
             }
             event = events.recv() => match event {
                 None => break,

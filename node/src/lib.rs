@@ -4,6 +4,7 @@
 pub mod config;
 pub mod daemon;
 pub mod member;
+pub mod reference;
 pub mod source;
 pub mod state_store;
 pub mod witness_store;

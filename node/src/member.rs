@@ -12,9 +12,13 @@ use std::collections::BTreeMap;
 
 use protocol::audit::entry::{Body, Digest, IncidentCode, Membership, SignedEntry};
 use protocol::round::RoundPlan;
-use protocol::round::incidents::{HeardError, HeardIncidents};
+use protocol::round::incidents::{HeardError, HeardIncidents, declining_evidence};
 use protocol::round::policy::{HeldModel, Refusal, check_contribution};
-use sha2::{Digest as _, Sha256};
+
+/// How many rounds back a member that was away can still catch up: the members keep the
+/// partial decryptions they released for the rounds some member has not combined, up to this
+/// many (a member further behind sits rounds out until it is rebuilt).
+pub const MAX_LAG_ROUNDS: u64 = 8;
 
 /// A decryption the member follows: the quorum and the share digests its members logged.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +67,10 @@ pub struct Member {
     /// The leaf of the latest round open: what came before the one before it can be forgotten
     /// (the previous round's partial decryptions are kept, for members that ask again).
     last_open: u64,
+    /// Every round open seen, by round: its leaf.
+    opens: BTreeMap<u64, u64>,
+    /// The round of each member's latest logged decryption result.
+    last_results: BTreeMap<u8, u64>,
     /// A round open this member is expected in, waiting for it to finish combining the
     /// decryption of the round the open builds on (a coordinator restarted between the
     /// releases and the members' results opens the next round at once).
@@ -87,6 +95,8 @@ impl Member {
             heard: HeardIncidents::new(),
             replay_until,
             last_open: 0,
+            opens: BTreeMap::new(),
+            last_results: BTreeMap::new(),
             waiting_open: None,
         }
     }
@@ -159,12 +169,23 @@ impl Member {
         let Some(entry) = log.get(index as usize) else {
             return Vec::new();
         };
-        // A round open retires what came before the previous one: that round's partial
-        // decryptions stay, for members that missed them and ask again.
+        // A round open retires what no member can still need: the decryptions before the
+        // previous round's, and before the oldest round some member has not combined yet
+        // (at most MAX_LAG_ROUNDS back), stay for members that missed them and ask again.
         let forget_before = match entry.entry.body {
-            Body::RoundOpen { .. } => Some(std::mem::replace(&mut self.last_open, index)),
+            Body::RoundOpen { round, .. } => {
+                self.opens.insert(round, index);
+                let previous = std::mem::replace(&mut self.last_open, index);
+                Some(self.forget_before(round, previous))
+            }
             _ => None,
         };
+        if let Body::DecryptionResult { request, .. } = &entry.entry.body
+            && let (Some(member), Some(d)) = (self.author(entry), self.decryptions.get(request))
+        {
+            let latest = self.last_results.entry(member).or_default();
+            *latest = (*latest).max(d.round);
+        }
         let handled = index < self.replay_until && self.already_handled(log, index, entry);
         // A request is followed even when replayed, so that the member can still combine it.
         if handled && !matches!(entry.entry.body, Body::DecryptionRequest { .. }) {
@@ -268,6 +289,22 @@ impl Member {
         actions
     }
 
+    /// What a round open at `round` retires: everything before the previous round's open
+    /// (`previous`) and before the round after the oldest model a member holds, but never
+    /// what is newer than [`MAX_LAG_ROUNDS`] rounds back.
+    fn forget_before(&self, round: u64, previous: u64) -> u64 {
+        let members = self.membership.members.len() as u8;
+        let oldest_held = (0..members)
+            .map(|m| self.last_results.get(&m).copied().unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        let keep_from = (oldest_held + 1).max(round.saturating_sub(MAX_LAG_ROUNDS));
+        self.opens
+            .range(keep_from..)
+            .next()
+            .map_or(previous, |(_, &open)| open.min(previous))
+    }
+
     /// Whether to contribute to the round opened at `open`: only from the model this member
     /// verified itself, and never a second time from a model whose round was released (a
     /// stale-model replay). A round built on the aggregate of a round whose decryption this
@@ -314,7 +351,7 @@ impl Member {
         };
         vec![Action::Incident {
             code: refusal.code(),
-            evidence: Sha256::digest(open.to_le_bytes()).into(),
+            evidence: declining_evidence(open),
             description: format!("not contributing to round {round}: {refusal}"),
         }]
     }
@@ -479,6 +516,69 @@ mod tests {
                 a,
                 Action::Incident { code: IncidentCode::UnverifiedBase, description, .. } if description.contains("not contributing to round 2")
             )),
+            "{actions:?}"
+        );
+    }
+
+    /// Members 3 and 4 never log a result (they are away): what a round open retires keeps
+    /// the decryptions they still need, but no more than MAX_LAG_ROUNDS rounds back; members
+    /// that all combined let everything before the previous round go.
+    #[test]
+    fn partials_stay_for_a_member_that_is_behind_but_not_forever() {
+        let mut s = consortium();
+        let mut m = member(&s, 2);
+        let mut opens = Vec::new();
+        let mut forgets = Vec::new();
+        for round in 1..=12 {
+            let at = s.log.size();
+            s.honest_round(round, &[0, 1, 2, 3, 4], &[0, 1, 2]);
+            opens.push(at);
+            forgets.extend(feed(&mut m, &s, at).into_iter().filter_map(|a| match a {
+                Action::Forget { before } => Some(before),
+                _ => None,
+            }));
+        }
+        // Up to round 9 everything from round 1 on is kept; then 8 rounds back.
+        assert_eq!(
+            forgets[..9],
+            [
+                0, opens[0], opens[0], opens[0], opens[0], opens[0], opens[0], opens[0], opens[0]
+            ]
+        );
+        assert_eq!(forgets[11], opens[3]);
+        // Once the away members log their results of round 12, round 13's open lets go of
+        // everything before round 12's.
+        let (request, ciphertext) = s
+            .log
+            .leaves()
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(i, l)| match SignedEntry::open(l).unwrap().entry.body {
+                Body::DecryptionRequest {
+                    round: 12,
+                    ciphertext,
+                    ..
+                } => Some((i as u64, ciphertext)),
+                _ => None,
+            })
+            .unwrap();
+        let at = s.log.size();
+        for away in [3usize, 4] {
+            s.append(
+                Author::Member(away),
+                Body::DecryptionResult {
+                    request,
+                    ciphertext,
+                    model: [0; 32],
+                },
+                vec![request],
+            );
+        }
+        s.open_and_close(13, &[0, 1, 2, 3, 4]);
+        let actions = feed(&mut m, &s, at);
+        assert!(
+            actions.contains(&Action::Forget { before: opens[11] }),
             "{actions:?}"
         );
     }

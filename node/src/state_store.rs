@@ -31,6 +31,7 @@ pub enum StateStoreError {
 pub struct StateStore {
     path: String,
     db: redb::Database,
+    health: std::sync::Arc<runtime::store::Health>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -85,13 +86,23 @@ impl StateStore {
         Ok(Self {
             path: path.join(runtime::store::FILE).display().to_string(),
             db,
+            health: Default::default(),
         })
     }
 
+    /// Fails once a write to this store failed for want of a working file system.
+    pub fn health(&self) -> std::sync::Arc<runtime::store::Health> {
+        self.health.clone()
+    }
+
     fn err(&self, source: impl Into<redb::Error>) -> StateStoreError {
+        let source = source.into();
+        if runtime::store::is_io(&source) {
+            self.health.fail(format!("{}: {source}", self.path));
+        }
         StateStoreError::Store {
             path: self.path.clone(),
-            source: source.into(),
+            source,
         }
     }
 

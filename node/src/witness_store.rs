@@ -27,6 +27,7 @@ pub enum WitnessStoreError {
 pub struct WitnessStore {
     path: String,
     db: redb::Database,
+    health: std::sync::Arc<runtime::store::Health>,
 }
 
 impl std::fmt::Debug for WitnessStore {
@@ -41,13 +42,23 @@ impl WitnessStore {
         Ok(Self {
             path: path.join(runtime::store::FILE).display().to_string(),
             db,
+            health: Default::default(),
         })
     }
 
+    /// Fails once a write to this store failed for want of a working file system.
+    pub fn health(&self) -> std::sync::Arc<runtime::store::Health> {
+        self.health.clone()
+    }
+
     fn err(&self, source: impl Into<redb::Error>) -> WitnessStoreError {
+        let source = source.into();
+        if runtime::store::is_io(&source) {
+            self.health.fail(format!("{}: {source}", self.path));
+        }
         WitnessStoreError::Store {
             path: self.path.clone(),
-            source: source.into(),
+            source,
         }
     }
 

@@ -75,3 +75,38 @@ pub fn open(
     tx.commit().map_err(|e| failed(e.into()))?;
     Ok(db)
 }
+
+/// Whether a store error is the file system's (a full disk, a read-only file system, a
+/// failing device). After one, redb refuses every later write until the store is reopened.
+pub fn is_io(error: &redb::Error) -> bool {
+    matches!(error, redb::Error::Io(_) | redb::Error::PreviousIo)
+}
+
+/// A store that could not write: the process must stop (and say why) rather than carry on
+/// without recording what it does. Everything committed before stays; a restart once the file
+/// system is fixed carries on from there.
+#[derive(Debug, Default)]
+pub struct Health {
+    failure: std::sync::OnceLock<String>,
+    notify: tokio::sync::Notify,
+}
+
+impl Health {
+    /// Records the first write failure, naming the store.
+    pub fn fail(&self, message: String) {
+        if self.failure.set(message).is_ok() {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Completes with the failure once a write failed.
+    pub async fn failed(&self) -> String {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(message) = self.failure.get() {
+                return message.clone();
+            }
+            notified.await;
+        }
+    }
+}

@@ -104,6 +104,25 @@ impl Deployment {
             .unwrap()
     }
 
+    /// Starts `quorate ARGS` unable to grow any file past `bytes` (the kernel refuses the
+    /// write, as on a full disk: SIGXFSZ is ignored, so the write fails with EFBIG).
+    pub fn spawn_on_a_full_disk(&self, args: &[&str], log: &str, bytes: u64) -> Child {
+        let log = std::fs::File::create(self.dir.join(log)).unwrap();
+        Command::new("sh")
+            .arg("-c")
+            .arg("trap '' XFSZ; exec prlimit --fsize=\"$0\" -- \"$@\"")
+            .arg(bytes.to_string())
+            .arg(env!("CARGO_BIN_EXE_quorate"))
+            .args(args)
+            .current_dir(&self.dir)
+            .env_remove("QUORATE_PASSPHRASE")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
     pub fn coordinator(&self) -> Child {
         self.spawn(
             &[
@@ -426,56 +445,11 @@ impl Deployment {
         restarted
     }
 
-    /// The model the log says every member holds, computed in plaintext: follow the bases
-    /// back from the log's current one (the aggregate of the latest round the whole quorum
-    /// released) to zero, and apply each of those rounds' logged contributions with
-    /// fixed-point FedAvg.
+    /// The model the log says every member holds, computed in plaintext
+    /// (`node::reference`), and the rounds it is made of.
     pub fn expected_from_log(&self) -> (String, Vec<u64>) {
-        use protocol::round::rules::{RoundRules, ZERO_BASE};
-        let log = self.log();
-        let Body::Membership(membership) = &log[0].entry.body else {
-            panic!("no membership")
-        };
-        let member = |key: &[u8; 32]| {
-            membership
-                .members
-                .iter()
-                .position(|m| &m.signing_key == key)
-                .expect("a member's entry") as u8
-        };
-        let rules = RoundRules::replay(membership, &log);
-        let mut base = rules.base();
-        let mut chain = Vec::new();
-        while base != ZERO_BASE {
-            let (round, previous, contributions) = log
-                .iter()
-                .find_map(|e| match &e.entry.body {
-                    Body::RoundClose {
-                        round,
-                        base: previous,
-                        contributions,
-                        aggregate,
-                    } if *aggregate == base => Some((*round, *previous, contributions.clone())),
-                    _ => None,
-                })
-                .expect("the base is a logged aggregate");
-            let contributors: Vec<(u8, u64)> = contributions
-                .iter()
-                .map(|&leaf| {
-                    let entry = &log[leaf as usize];
-                    let Body::Contribution { samples, .. } = entry.entry.body else {
-                        panic!("leaf {leaf} is not a contribution")
-                    };
-                    (member(&entry.entry.author), samples)
-                })
-                .collect();
-            chain.push((round, contributors));
-            base = previous;
-        }
-        chain.reverse();
-        let rounds = chain.iter().map(|(r, _)| *r).collect();
-        let model =
-            node::source::synthetic_fedavg_of_rounds(&self.plan, SYNTHETIC_SEED, &chain).unwrap();
+        let (model, rounds) =
+            node::reference::synthetic_reference(&self.plan, SYNTHETIC_SEED, &self.log()).unwrap();
         (hex::encode(model_digest(&model)), rounds)
     }
 
@@ -499,16 +473,8 @@ impl Deployment {
             );
         }
         let log = self.log();
-        let mut releases = std::collections::HashSet::new();
-        for entry in &log {
-            if let Body::ShareReleased { ciphertext, .. } = entry.entry.body {
-                assert!(
-                    releases.insert((entry.entry.author, ciphertext)),
-                    "a share of {} released twice",
-                    hex::encode(ciphertext)
-                );
-            }
-        }
+        let twice = node::reference::double_releases(&log);
+        assert!(twice.is_empty(), "shares released twice: {twice:?}");
         let leaves: Vec<Vec<u8>> = log.iter().map(|e| e.leaf().to_vec()).collect();
         for name in &self.members {
             let store =

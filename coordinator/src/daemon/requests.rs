@@ -2,6 +2,7 @@
 //! logged), appends, fetches; partial decryptions and witness requests are refused unread.
 
 use super::*;
+use protocol::round::incidents::declining_evidence;
 
 /// Why a member's request is refused (the reason goes back to the member).
 #[derive(Debug, thiserror::Error)]
@@ -212,8 +213,20 @@ pub(super) async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Req
                         Body::DecryptionResult { request, model, .. } => {
                             s.results.entry(request).or_default().insert(member, model);
                         }
-                        Body::Incident { description, .. } => {
+                        Body::Incident {
+                            description,
+                            evidence,
+                            ..
+                        } => {
                             tracing::warn!(member, %description, "incident reported");
+                            // A member that says it does not contribute to this round is not
+                            // waited for.
+                            let open = s.open_leaf;
+                            if let (Some(open), Some(r)) = (open, s.round.as_mut())
+                                && evidence == declining_evidence(open)
+                            {
+                                r.member_failed(member);
+                            }
                         }
                         _ => {}
                     }

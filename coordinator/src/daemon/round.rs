@@ -175,7 +175,7 @@ fn open(
         expected,
         deadline_ms,
     ));
-    ctx.append_own(
+    let open_leaf = ctx.append_own(
         subject,
         Body::RoundOpen {
             round,
@@ -187,6 +187,7 @@ fn open(
         vec![],
         Some(ctx.plan.digest()),
     )?;
+    ctx.lock().open_leaf = Some(open_leaf);
     abort_if(ctx.fault.as_ref(), Step::Open, round);
     jump_clock_if(ctx.fault.as_ref(), round);
     tracing::info!(round, expected = expected.count_ones(), "round open");

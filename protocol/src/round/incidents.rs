@@ -7,7 +7,14 @@
 
 use std::collections::BTreeMap;
 
-use crate::audit::entry::{Body, Membership, SignedEntry};
+use crate::audit::entry::{Body, Digest, Membership, SignedEntry};
+
+/// The evidence of a member's incident saying it does not contribute to the round opened at
+/// leaf `open`: the coordinator reads it to stop waiting for that member at once, instead of
+/// until the deadline.
+pub fn declining_evidence(open: u64) -> Digest {
+    <sha2::Sha256 as sha2::Digest>::digest(open.to_le_bytes()).into()
+}
 
 /// Incidents kept per member until the log shows them (or shows them dropped).
 pub const HEARD_PER_MEMBER: usize = 32;
