@@ -150,19 +150,7 @@ fn a_member_away_for_several_rounds_catches_up_and_contributes_again() {
     nodes[4].kill().unwrap();
     nodes[4].wait().unwrap();
     d.wait_for_round("member-a", 4);
-    nodes[4] = d.spawn(
-        &[
-            "node",
-            "run",
-            "--config",
-            "member-e/node.toml",
-            "--summary",
-            "member-e/summary.json",
-            "--round-report",
-            "member-e/rounds.jsonl",
-        ],
-        "member-e/log-restarted",
-    );
+    nodes[4] = d.restart_node("member-e", "log-restarted");
     assert!(
         d.wait(&mut coordinator, "the coordinator", 300),
         "{}",

@@ -27,17 +27,7 @@ fn staggered_starts_and_a_site_restarted_mid_run_still_audit_clean() {
     nodes[4].kill().unwrap();
     nodes[4].wait().unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    nodes[4] = d.spawn(
-        &[
-            "node",
-            "run",
-            "--config",
-            "member-e/node.toml",
-            "--summary",
-            "member-e/summary.json",
-        ],
-        "member-e/log-restarted",
-    );
+    nodes[4] = d.restart_node("member-e", "log-restarted");
     assert!(
         d.wait(&mut coordinator, "the coordinator", 300),
         "{}",

@@ -5,8 +5,9 @@
 
 use std::collections::HashSet;
 
-use protocol::audit::entry::{Body, Digest, Membership, SignedEntry};
+use protocol::audit::entry::{Body, Digest, SignedEntry};
 use protocol::round::RoundPlan;
+use protocol::round::policy::member_of;
 use protocol::round::rules::{RoundRules, ZERO_BASE};
 
 #[derive(Debug, thiserror::Error)]
@@ -64,14 +65,6 @@ pub fn decrypted_chain(log: &[SignedEntry]) -> Result<Chain, ReferenceError> {
     }
     chain.reverse();
     Ok(chain)
-}
-
-fn member_of(membership: &Membership, entry: &SignedEntry) -> Option<u8> {
-    membership
-        .members
-        .iter()
-        .position(|m| m.signing_key == entry.entry.author)
-        .map(|i| i as u8)
 }
 
 /// The model every member must hold after the run logged in `log`, if each contributed the

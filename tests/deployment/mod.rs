@@ -158,6 +158,23 @@ impl Deployment {
         self.spawn(&args, &format!("{name}/log"))
     }
 
+    /// A node restarted with its state (no `--until-round`), its log to `log`.
+    pub fn restart_node(&self, name: &str, log: &str) -> Child {
+        self.spawn(
+            &[
+                "node",
+                "run",
+                "--config",
+                &format!("{name}/node.toml"),
+                "--summary",
+                &format!("{name}/summary.json"),
+                "--round-report",
+                &format!("{name}/rounds.jsonl"),
+            ],
+            &format!("{name}/{log}"),
+        )
+    }
+
     /// A node with no `--until-round`: it runs until the coordinator's run is over.
     pub fn node_until_run_over(&self, name: &str) -> Child {
         self.spawn(

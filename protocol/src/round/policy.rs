@@ -154,7 +154,8 @@ impl Refusal {
     }
 }
 
-fn member_of(membership: &Membership, entry: &SignedEntry) -> Option<u8> {
+/// The index of the member who signed `entry`, if a member did.
+pub fn member_of(membership: &Membership, entry: &SignedEntry) -> Option<u8> {
     membership
         .members
         .iter()
