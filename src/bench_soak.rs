@@ -39,7 +39,7 @@ pub struct SoakBenchArgs {
     #[arg(long, default_value_t = 1000)]
     values: u32,
     /// Seconds members have to contribute once a round opens.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 2)]
     deadline_secs: u64,
     /// Seconds to wait for recovery after a fault before the run counts as stuck.
     #[arg(long, default_value_t = 120)]
@@ -57,6 +57,10 @@ pub struct SoakBenchArgs {
 
 /// Rounds open at most this often, so that a consortium's rounds last through its faults.
 const ROUND_INTERVAL_MS: u64 = 500;
+
+/// A consortium's run ends once its rounds come this close to the plan's (the rest of the
+/// faults go to the next consortium).
+const PLAN_MARGIN: u64 = 40;
 
 /// Kinds of injected fault, as the reliability table names them.
 const KINDS: [&str; 8] = [
@@ -441,8 +445,12 @@ impl Run {
         let before = counted(kinds);
         let mut injected = 0;
         while injected < faults {
-            std::thread::sleep(Duration::from_millis(rng.gen_range(0..1500)));
+            std::thread::sleep(Duration::from_millis(rng.gen_range(0..500)));
             let (_, round) = self.progress();
+            // A run ends before its plan's rounds do; the next consortium takes the rest.
+            if round + PLAN_MARGIN >= u64::from(self.plan.rounds) {
+                return Ok((injected, false));
+            }
             let at = Instant::now();
             let member = rng.gen_range(self.members());
             let (kind, count) = match rng.gen_range(0..100) {
