@@ -177,19 +177,7 @@ impl Deployment {
 
     /// A node with no `--until-round`: it runs until the coordinator's run is over.
     pub fn node_until_run_over(&self, name: &str) -> Child {
-        self.spawn(
-            &[
-                "node",
-                "run",
-                "--config",
-                &format!("{name}/node.toml"),
-                "--summary",
-                &format!("{name}/summary.json"),
-                "--round-report",
-                &format!("{name}/rounds.jsonl"),
-            ],
-            &format!("{name}/log"),
-        )
+        self.restart_node(name, "log")
     }
 
     pub fn logs(&self) -> String {
