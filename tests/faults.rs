@@ -44,6 +44,13 @@ fn a_quorum_member_killed_after_recording_its_release_never_releases_twice() {
 }
 
 #[test]
+fn a_quorum_member_killed_before_its_logged_partial_leaves_sends_it_after_a_restart() {
+    // Its release is logged and every other release too: the log does not grow again until the
+    // round is over, so the restarted member must be sent the final checkpoint to act on.
+    killed_and_restarted(Target::Node("member-a"), "send:2", 3);
+}
+
+#[test]
 fn a_member_killed_before_storing_the_decrypted_model_combines_again_after_a_restart() {
     killed_and_restarted(Target::Node("member-a"), "combine:2", 3);
 }
@@ -61,6 +68,13 @@ fn the_coordinator_killed_right_after_closing_a_round_resumes() {
 #[test]
 fn the_coordinator_killed_right_after_requesting_a_decryption_resumes() {
     killed_and_restarted(Target::Coordinator, "request:2", 2);
+}
+
+#[test]
+fn the_coordinator_killed_after_one_share_of_a_round_is_released_finishes_that_decryption() {
+    // Every member contributed to round 2, so none may contribute from its base again: the
+    // restarted coordinator must have round 2 decrypted (a retry) before opening round 3.
+    killed_and_restarted(Target::Coordinator, "first-share:2", 3);
 }
 
 #[test]

@@ -75,6 +75,11 @@ struct Shared {
     connected: u16,
     /// How much of the log each member holds, as it last told us.
     member_sizes: Vec<u64>,
+    /// Each member's connections so far, and how many of them a final checkpoint reached: a
+    /// node acts only on a checkpoint it is sent, so one restarted holding the whole log would
+    /// otherwise wait, its partial decryptions unsent, until the log grows again.
+    connections: Vec<u64>,
+    acted_connections: Vec<u64>,
     /// Decryption results logged, by request leaf: member -> model digest.
     results: BTreeMap<u64, BTreeMap<u8, Digest>>,
     bytes_received: u64,
@@ -276,6 +281,8 @@ pub async fn run(
             uploads: HashMap::new(),
             connected: 0,
             member_sizes: vec![0; members],
+            connections: vec![0; members],
+            acted_connections: vec![0; members],
             results: BTreeMap::new(),
             bytes_received: 0,
             requests_received: BTreeMap::new(),
@@ -355,6 +362,7 @@ fn on_event(ctx: &Arc<Context>, event: Event, answering: &mut JoinSet<()>) {
                 let connected = {
                     let mut s = ctx.lock();
                     s.connected |= 1 << m;
+                    s.connections[usize::from(m)] += 1;
                     s.connected.count_ones()
                 };
                 ctx.metrics.set_connected(connected);
@@ -476,6 +484,7 @@ async fn run_rounds(
     let last_round = plan.last;
     let interval = Duration::from_millis(config.round_interval_ms);
     let mut opened: Option<tokio::time::Instant> = None;
+    finish_unfinished_round(ctx, config, public_key, &mut rng, done).await?;
     for round in first_round..=last_round {
         if let Some(at) = opened {
             tokio::time::sleep_until(at + interval).await;
@@ -484,7 +493,26 @@ async fn run_rounds(
         let result = run_round(ctx, config, budget, public_key, round, &mut rng).await?;
         ctx.metrics.round_finished(&result);
         done.push(result);
+        finish_unfinished_round(ctx, config, public_key, &mut rng, done).await?;
     }
+    Ok(())
+}
+
+/// Finishes a round left partly released (`round::finish_unfinished`); its summary replaces
+/// the one this run wrote for it, if any.
+async fn finish_unfinished_round(
+    ctx: &Arc<Context>,
+    config: &CoordinatorConfig,
+    public_key: &EncryptionKey,
+    rng: &mut impl RngCore,
+    done: &mut Vec<RoundSummary>,
+) -> Result<(), CoordinatorError> {
+    let Some(finished) = round::finish_unfinished(ctx, config, public_key, rng).await? else {
+        return Ok(());
+    };
+    ctx.metrics.round_finished(&finished);
+    done.retain(|r| r.round != finished.round);
+    done.push(finished);
     Ok(())
 }
 

@@ -12,6 +12,9 @@ pub enum Step {
     Upload,
     /// Node: after the release is recorded in its ledger, before the share leaves (abort).
     Release,
+    /// Node: once its release is logged and acted on, before its partial decryption leaves
+    /// (abort).
+    Send,
     /// Node: with every partial decryption in hand, before the model is stored (abort).
     Combine,
     /// Node: a panic in the task that contributes (not an abort): the process must not carry
@@ -31,6 +34,9 @@ pub enum Step {
     Close,
     /// Coordinator: right after the decryption request is logged (abort).
     Request,
+    /// Coordinator: once the first share release of the round is logged, the rest of the
+    /// quorum's not yet (abort).
+    FirstShare,
     /// Coordinator: once the quorum released and results are arriving (abort).
     Results,
     /// Either role: when the round opens, the wall clock jumps by this many seconds.
@@ -54,8 +60,8 @@ pub enum Role {
 /// A `--fault` argument that cannot be parsed.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{0:?}: expected STEP:ROUND (STEP contribute, upload, release, combine, panic or \
-     lose-partials for a node; open, close, request or results for the coordinator), \
+    "{0:?}: expected STEP:ROUND (STEP contribute, upload, release, send, combine, panic or \
+     lose-partials for a node; open, close, request, first-share or results for the coordinator), \
      slow:ROUND:SECONDS, cut-off:ROUND:SECONDS:MEMBER or clock-jump:ROUND:SECONDS"
 )]
 pub struct FaultError(String);
@@ -83,12 +89,14 @@ impl std::str::FromStr for Fault {
             ("contribute", 0) => Step::Contribute,
             ("upload", 0) => Step::Upload,
             ("release", 0) => Step::Release,
+            ("send", 0) => Step::Send,
             ("combine", 0) => Step::Combine,
             ("panic", 0) => Step::Panic,
             ("lose-partials", 0) => Step::LosePartials,
             ("open", 0) => Step::Open,
             ("close", 0) => Step::Close,
             ("request", 0) => Step::Request,
+            ("first-share", 0) => Step::FirstShare,
             ("results", 0) => Step::Results,
             ("slow", 1) => Step::Slow {
                 seconds: seconds()?,
@@ -113,12 +121,15 @@ impl Fault {
             Step::Contribute
             | Step::Upload
             | Step::Release
+            | Step::Send
             | Step::Combine
             | Step::Panic
             | Step::LosePartials
             | Step::Slow { .. }
             | Step::CutOff { .. } => role == Role::Node,
-            Step::Open | Step::Close | Step::Request | Step::Results => role == Role::Coordinator,
+            Step::Open | Step::Close | Step::Request | Step::FirstShare | Step::Results => {
+                role == Role::Coordinator
+            }
             Step::ClockJump { .. } => true,
         };
         if fits {

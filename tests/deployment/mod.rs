@@ -43,7 +43,13 @@ pub fn deploy(
     rounds: u64,
     deadline_secs: i64,
 ) -> Deployment {
-    let work = tempfile::tempdir().unwrap();
+    let mut work = tempfile::tempdir().unwrap();
+    // QUORATE_KEEP_DEPLOYMENTS=1 keeps each deployment's directory, logs and stores, to read
+    // after a failure.
+    if std::env::var_os("QUORATE_KEEP_DEPLOYMENTS").is_some() {
+        work.disable_cleanup(true);
+        eprintln!("deployment kept in {}", work.path().display());
+    }
     let out = quorate(
         &[
             "ceremony",
@@ -183,12 +189,16 @@ impl Deployment {
     pub fn logs(&self) -> String {
         let mut all = String::new();
         for name in std::iter::once("coordinator").chain(self.members.iter().map(String::as_str)) {
-            let text = std::fs::read_to_string(self.dir.join(name).join("log")).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            all.push_str(&format!("== {name}\n"));
-            for line in tail.iter().rev() {
-                all.push_str(line);
-                all.push('\n');
+            for log in ["log", "log-restarted"] {
+                let Ok(text) = std::fs::read_to_string(self.dir.join(name).join(log)) else {
+                    continue;
+                };
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                all.push_str(&format!("== {name} ({log})\n"));
+                for line in tail.iter().rev() {
+                    all.push_str(line);
+                    all.push('\n');
+                }
             }
         }
         all

@@ -13,8 +13,10 @@ pub(super) async fn publisher(ctx: Arc<Context>) -> &'static str {
         let due = ctx
             .wait_for(|s, now| {
                 let size = s.log.state().size();
-                let lagging = (0..s.member_sizes.len())
-                    .any(|m| s.connected & (1 << m) != 0 && s.member_sizes[m] < size);
+                let lagging = (0..s.member_sizes.len()).any(|m| {
+                    s.connected & (1 << m) != 0
+                        && (s.member_sizes[m] < size || s.acted_connections[m] < s.connections[m])
+                });
                 let retry_at = (size != published).then_some(last + 500);
                 let catch_up_at = lagging.then_some(last + 1000);
                 let next = [retry_at, catch_up_at].into_iter().flatten().min();
@@ -43,7 +45,7 @@ pub(super) async fn publisher(ctx: Arc<Context>) -> &'static str {
 /// checkpoints the quorum cosigned.
 async fn publish(ctx: &Arc<Context>) -> Result<bool, CoordinatorError> {
     let _guard = ctx.publish_lock.lock().await;
-    let (checkpoint, note, leaves, sizes, connected, quorum) = {
+    let (checkpoint, note, leaves, sizes, connected, connections, quorum) = {
         let s = ctx.lock();
         let (checkpoint, note) = s.log.sign_checkpoint(&ctx.log_signer)?;
         (
@@ -52,6 +54,7 @@ async fn publish(ctx: &Arc<Context>) -> Result<bool, CoordinatorError> {
             s.log.state().leaves().to_vec(),
             s.member_sizes.clone(),
             s.connected,
+            s.connections.clone(),
             s.membership.witness_quorum,
         )
     };
@@ -130,20 +133,28 @@ async fn publish(ctx: &Arc<Context>) -> Result<bool, CoordinatorError> {
         tracing::debug!(cosigned, quorum, "checkpoint short of the witness quorum");
         return Ok(false);
     }
-    let mut tasks = Vec::new();
+    let (mut tasks, mut reached) = (Vec::new(), Vec::new());
     for (m, peer) in ctx.peers.iter().enumerate() {
         if connected & (1 << m) == 0 {
             continue;
         }
         let (handle, peer, note) = (ctx.handle.clone(), *peer, stored.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = handle.call(peer, &Request::Act { note }).await {
-                tracing::debug!(member = m, error = %e, "publishing the checkpoint failed");
+            match handle.call(peer, &Request::Act { note }).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::debug!(member = m, error = %e, "publishing the checkpoint failed");
+                    false
+                }
             }
         }));
+        reached.push(m);
     }
-    for task in tasks {
-        let _ = task.await;
+    for (task, m) in tasks.into_iter().zip(reached) {
+        if task.await.unwrap_or(false) {
+            let mut s = ctx.lock();
+            s.acted_connections[m] = s.acted_connections[m].max(connections[m]);
+        }
     }
     Ok(true)
 }

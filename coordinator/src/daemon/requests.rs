@@ -208,6 +208,12 @@ pub(super) async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Req
                         Body::ShareReleased { request, .. } => {
                             if let Some(r) = s.round.as_mut() {
                                 r.share_released(request, member);
+                                let round = r.round();
+                                runtime::fault::abort_if(
+                                    ctx.fault.as_ref(),
+                                    runtime::fault::Step::FirstShare,
+                                    round,
+                                );
                             }
                         }
                         Body::DecryptionResult { request, model, .. } => {

@@ -65,16 +65,7 @@ pub(super) async fn run_round(
     let decrypt_started = Instant::now();
     ctx.metrics.step(round, RoundStep::Decrypting, now_ms());
     let release_timeout_ms = config.release_timeout_secs * 1000;
-    let outcome = decrypt(
-        ctx,
-        public_key,
-        round,
-        subject,
-        &closed,
-        release_timeout_ms,
-        rng,
-    )
-    .await?;
+    let outcome = decrypt(ctx, public_key, round, &closed, release_timeout_ms, 0, rng).await?;
     summary.attempts = outcome.attempts;
     if let Some((request, quorum)) = outcome.released {
         abort_if(ctx.fault.as_ref(), Step::Results, round);
@@ -306,20 +297,26 @@ async fn decrypt(
     ctx: &Context,
     public_key: &EncryptionKey,
     round: u64,
-    subject: Digest,
     closed: &Closed,
     release_timeout_ms: u64,
+    first_attempt: u8,
     rng: &mut impl RngCore,
 ) -> Result<Decryption, CoordinatorError> {
+    let subject = round_subject(round);
     let round_error = move |reason: String| CoordinatorError::Round { round, reason };
-    let mut attempt = 0u8;
+    let mut attempt = first_attempt;
     let mut quorum = {
         let s = ctx.lock();
         s.round.as_ref().expect("open").choose_quorum(s.connected)
     }
     .ok_or_else(|| round_error("too few members connected to form a quorum".into()))?;
-    let mut target = closed.digest;
     let mut seed = [0u8; 32];
+    // The first attempt asks for the aggregate itself, every later one for a re-randomisation.
+    let mut target = if attempt == 0 {
+        closed.digest
+    } else {
+        rerandomised(ctx, public_key, round, closed, &mut seed, rng)?
+    };
     let mut request = closed.close;
     let mut requested_quorum = quorum;
     loop {
@@ -387,12 +384,7 @@ async fn decrypt(
                 quorum: next_quorum,
             } => {
                 tracing::warn!(round, attempt = next, "a quorum member failed: retrying");
-                rng.fill_bytes(&mut seed);
-                let mut retried = closed.aggregate.clone();
-                public_key
-                    .rerandomize(&mut retried, seed)
-                    .map_err(|e| round_error(e.to_string()))?;
-                target = ctx.blobs.put(&encode_ciphertext(&retried))?;
+                target = rerandomised(ctx, public_key, round, closed, &mut seed, rng)?;
                 attempt = next;
                 quorum = next_quorum;
             }
@@ -416,6 +408,131 @@ async fn decrypt(
             }
             DecryptionStatus::Waiting => unreachable!("wait_for returns only a decision"),
         }
+    }
+}
+
+/// The round's aggregate re-randomised under a fresh `seed`, stored; its digest.
+fn rerandomised(
+    ctx: &Context,
+    public_key: &EncryptionKey,
+    round: u64,
+    closed: &Closed,
+    seed: &mut [u8; 32],
+    rng: &mut impl RngCore,
+) -> Result<Digest, CoordinatorError> {
+    rng.fill_bytes(seed);
+    let mut retried = closed.aggregate.clone();
+    public_key
+        .rerandomize(&mut retried, *seed)
+        .map_err(|e| CoordinatorError::Round {
+            round,
+            reason: e.to_string(),
+        })?;
+    Ok(ctx.blobs.put(&encode_ciphertext(&retried))?)
+}
+
+/// Finishes the decryption of the log's latest round if a share of it was released but it
+/// was never decrypted: the coordinator was restarted half way through it, or its quorum was
+/// lost. Until it is decrypted its contributors refuse every round on the same base (a second
+/// contribution from one model could be isolated), so no round opens before: this waits for
+/// enough members and asks again, with a re-randomised ciphertext, while the plan's retries
+/// last. Returns the finished round's summary, if there was one to finish.
+pub(super) async fn finish_unfinished(
+    ctx: &Arc<Context>,
+    config: &CoordinatorConfig,
+    public_key: &EncryptionKey,
+    rng: &mut impl RngCore,
+) -> Result<Option<RoundSummary>, CoordinatorError> {
+    let started = Instant::now();
+    loop {
+        let unfinished = ctx
+            .lock()
+            .log
+            .state()
+            .rounds()
+            .and_then(|rules| rules.unfinished_decryption());
+        let Some(unfinished) = unfinished else {
+            return Ok(None);
+        };
+        let round = unfinished.round;
+        if unfinished.next_attempt > ctx.plan.max_retries {
+            tracing::error!(
+                round,
+                retries = ctx.plan.max_retries,
+                "round {round} was partly released and never decrypted, and its retries are \
+                 spent: its contributors will not contribute from the same model again, so \
+                 later rounds reach k_min only without them"
+            );
+            return Ok(None);
+        }
+        tracing::info!(
+            round,
+            attempt = unfinished.next_attempt,
+            "finishing the decryption of round {round}: a share of it was released, so no round \
+             opens before it is decrypted"
+        );
+        enough_members(ctx, round).await;
+        let aggregate =
+            protocol::wire::decode_ciphertext(&ctx.blobs.read(&unfinished.aggregate)?, ctx.limits)
+                .map_err(|e| CoordinatorError::Round {
+                    round,
+                    reason: format!("the stored aggregate: {e}"),
+                })?;
+        let closed = Closed {
+            close: unfinished.close,
+            aggregate,
+            digest: unfinished.aggregate,
+            contributors: unfinished.contributors,
+        };
+        {
+            let mut s = ctx.lock();
+            let mut machine = CoordinatorRound::open(
+                round,
+                &s.membership,
+                ctx.plan.clone(),
+                s.connected,
+                now_ms(),
+            );
+            machine.closed();
+            s.round = Some(machine);
+        }
+        ctx.metrics.step(round, RoundStep::Decrypting, now_ms());
+        let release_timeout_ms = config.release_timeout_secs * 1000;
+        let outcome = decrypt(
+            ctx,
+            public_key,
+            round,
+            &closed,
+            release_timeout_ms,
+            unfinished.next_attempt,
+            rng,
+        )
+        .await?;
+        // Given up (the log then holds one more attempt): try again while retries last.
+        let Some((request, quorum)) = outcome.released else {
+            continue;
+        };
+        ctx.metrics
+            .step(round, RoundStep::AwaitingResults, now_ms());
+        let (decrypted, model) = await_results(ctx, request, quorum, release_timeout_ms).await;
+        ctx.metrics.step(round, RoundStep::Idle, now_ms());
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            round,
+            decrypted,
+            seconds = format!("{seconds:.2}"),
+            "round finished"
+        );
+        return Ok(Some(RoundSummary {
+            round,
+            contributors: closed.contributors,
+            attempts: outcome.attempts,
+            decrypted,
+            model,
+            decrypt_seconds: seconds,
+            total_seconds: seconds,
+            ..Default::default()
+        }));
     }
 }
 

@@ -199,6 +199,10 @@ pub(super) fn carry_out(ctx: &Arc<Context>, action: Action) {
         }
         Action::SendPartial { request, share } => match ctx.store.released_partial(request) {
             Ok(Some(partial)) if Sha256::digest(&partial).as_slice() == share => {
+                let round = ctx.lock().member.decryption(request).map(|d| d.round);
+                if let Some(round) = round {
+                    abort_if(ctx.fault.as_ref(), Step::Send, round);
+                }
                 ctx.lock()
                     .partials
                     .insert((request, ctx.me), Incoming::whole(partial.clone()));

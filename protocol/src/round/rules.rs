@@ -129,6 +129,7 @@ struct RoundRecord {
 pub struct RequestRecord {
     pub round: u64,
     pub close: u64,
+    pub attempt: u8,
     pub ciphertext: Digest,
     pub quorum: u16,
     /// Quorum members whose release is logged.
@@ -142,6 +143,19 @@ impl RequestRecord {
     pub fn complete(&self) -> bool {
         self.quorum != 0 && self.released == self.quorum
     }
+}
+
+/// A round whose decryption was started, partly released and not finished
+/// ([`RoundRules::unfinished_decryption`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unfinished {
+    pub round: u64,
+    /// The leaf of its close, and the aggregate the close names.
+    pub close: u64,
+    pub aggregate: Digest,
+    pub contributors: u32,
+    /// The attempt number the next request for it takes.
+    pub next_attempt: u8,
 }
 
 /// The rounds of a log as far as it goes, kept by `LogState` beside the leaves.
@@ -394,6 +408,34 @@ impl RoundRules {
         Ok(record)
     }
 
+    /// The latest round, if it was closed and a share of it released but no request of it
+    /// completed: a coordinator stopped (or left without a quorum) half way through its
+    /// decryption. Its contributors may not contribute from its base again (the stale-model
+    /// rule), and the base moves only when it is decrypted, so its decryption must be finished
+    /// before another round opens.
+    pub fn unfinished_decryption(&self) -> Option<Unfinished> {
+        let round = self.latest_round?;
+        let record = self.rounds.get(&round)?;
+        let (close, aggregate) = record.close?;
+        if !record.released {
+            return None;
+        }
+        let mut next_attempt = 0u8;
+        for request in self.requests.values().filter(|r| r.round == round) {
+            if request.complete() {
+                return None;
+            }
+            next_attempt = next_attempt.max(request.attempt.saturating_add(1));
+        }
+        Some(Unfinished {
+            round,
+            close,
+            aggregate,
+            contributors: record.contributions.len() as u32,
+            next_attempt,
+        })
+    }
+
     /// Records the entry at `index`, which [`RoundRules::check`] accepted.
     pub fn apply(&mut self, index: u64, writer: Writer, body: &Body) {
         match body {
@@ -432,6 +474,7 @@ impl RoundRules {
                 close,
                 ciphertext,
                 quorum,
+                attempt,
                 ..
             } => {
                 let in_range = (*quorum as u32) >> self.members == 0;
@@ -441,6 +484,7 @@ impl RoundRules {
                     RequestRecord {
                         round: *round,
                         close: *close,
+                        attempt: *attempt,
                         ciphertext: *ciphertext,
                         quorum: if in_range { *quorum } else { 0 },
                         released: 0,

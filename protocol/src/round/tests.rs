@@ -2,8 +2,8 @@ use super::machine::*;
 use super::message::*;
 use super::plan::*;
 use super::policy::*;
-use super::rules::RuleError;
-use crate::audit::entry::{Body, SignedEntry};
+use super::rules::{RuleError, Unfinished};
+use crate::audit::entry::{Body, Digest, SignedEntry};
 use crate::audit::sample::{Author, SampleConsortium};
 use crate::he::{Ciphertext, LocalKeySet, ThresholdConfig};
 use crate::wire::{DecodeLimits, ciphertext_digest, encode_ciphertext};
@@ -280,6 +280,50 @@ fn an_honest_request_names_the_aggregate_and_its_weighted_terms() {
             k_min: 3
         })
     );
+    assert_eq!(s.base(), aggregate);
+}
+
+#[test]
+fn a_round_partly_released_and_not_decrypted_is_named_so_its_decryption_is_finished_first() {
+    let mut s = sample();
+    let unfinished = |s: &SampleConsortium| s.log.rounds().unwrap().unfinished_decryption();
+    let (close, aggregate) = s.open_and_close(1, &[0, 1, 2, 3, 4]);
+    // Closed, or requested, with nothing released: nothing was revealed, the next round may
+    // build on the same base.
+    assert_eq!(unfinished(&s), None);
+    let request = s.request(1, close, aggregate, &[0, 2, 4], 0);
+    assert_eq!(unfinished(&s), None);
+    let release = |s: &mut SampleConsortium, request: u64, ciphertext: Digest, m: usize| {
+        s.append(
+            Author::Member(m),
+            Body::ShareReleased {
+                request,
+                ciphertext,
+                share: [m as u8; 32],
+            },
+            vec![request],
+        );
+    };
+    // One share released, then the coordinator stops: every contributor would refuse a round
+    // on the same base (stale model), so the round's decryption is what comes next.
+    release(&mut s, request, aggregate, 0);
+    let expected = Unfinished {
+        round: 1,
+        close,
+        aggregate,
+        contributors: 5,
+        next_attempt: 1,
+    };
+    assert_eq!(unfinished(&s), Some(expected.clone()));
+    // The next attempt, a re-randomised ciphertext for another quorum, is one members take.
+    let retried: Digest = [0xee; 32];
+    let retry = s.request(1, close, retried, &[1, 2, 3], expected.next_attempt);
+    assert_eq!(check(&s, 1, retry).unwrap().attempt, 1);
+    assert_eq!(unfinished(&s).unwrap().next_attempt, 2);
+    for m in [1, 2, 3] {
+        release(&mut s, retry, retried, m);
+    }
+    assert_eq!(unfinished(&s), None);
     assert_eq!(s.base(), aggregate);
 }
 
