@@ -9,6 +9,8 @@
 mod deployment;
 
 use deployment::*;
+use protocol::audit::entry::{Body, IncidentCode};
+use protocol::round::incidents::declining_evidence;
 
 /// Five members, threshold 3, three rounds of 2,000 values, a 15-second deadline.
 fn five_members() -> Deployment {
@@ -74,7 +76,16 @@ fn the_coordinator_killed_right_after_requesting_a_decryption_resumes() {
 fn the_coordinator_killed_after_one_share_of_a_round_is_released_finishes_that_decryption() {
     // Every member contributed to round 2, so none may contribute from its base again: the
     // restarted coordinator must have round 2 decrypted (a retry) before opening round 3.
-    killed_and_restarted(Target::Coordinator, "first-share:2", 3);
+    let d = killed_and_restarted(Target::Coordinator, "first-share:2", 3);
+    // Finished by a retry (a re-randomised ciphertext) before round 3 opened.
+    let log = d.log();
+    let position = |found: &dyn Fn(&Body) -> bool| log.iter().position(|e| found(&e.entry.body));
+    let retry = position(
+        &|b| matches!(b, Body::DecryptionRequest { round: 2, attempt, .. } if *attempt >= 1),
+    )
+    .expect("a retry of round 2's decryption");
+    let open3 = position(&|b| matches!(b, Body::RoundOpen { round: 3, .. })).unwrap();
+    assert!(retry < open3, "round 3 opened before round 2 was retried");
 }
 
 #[test]
@@ -227,4 +238,72 @@ fn a_full_disk_under_a_node_store_stops_the_node_naming_the_file_and_a_restart_r
         assert!(d.wait(child, name, 120), "{name}\n{}", d.logs());
     }
     d.invariants_hold(6);
+}
+
+#[test]
+fn a_member_whose_trainer_fails_says_so_at_once_and_the_round_does_not_wait_for_it() {
+    // A two-minute deadline: a round that waited for the failed member would take that long.
+    let deadline_secs = 120;
+    let d = deploy(5, 3, 2_000, 3, deadline_secs);
+    edit_toml(&d.dir.join("member-e/node.toml"), |t| {
+        let mut source = toml::Table::new();
+        source.insert("kind".into(), "external".into());
+        let command = ["sh", "-c", "echo 'CUDA error: out of memory' >&2; exit 1"];
+        source.insert(
+            "command".into(),
+            toml::Value::Array(command.iter().map(|&a| a.into()).collect()),
+        );
+        let mut tensor = toml::Table::new();
+        tensor.insert("name".into(), "w".into());
+        tensor.insert("shape".into(), toml::Value::Array(vec![2_000.into()]));
+        source.insert(
+            "tensors".into(),
+            toml::Value::Array(vec![toml::Value::Table(tensor)]),
+        );
+        t.insert("source".into(), toml::Value::Table(source));
+    });
+    d.run(3, None);
+    d.invariants_hold(3);
+
+    let log = d.log();
+    let member_e = d.member_key("member-e");
+    for round in 1..=3u64 {
+        let open = log
+            .iter()
+            .position(|e| matches!(e.entry.body, Body::RoundOpen { round: r, .. } if r == round))
+            .unwrap();
+        let said = log.iter().any(|e| {
+            e.entry.author == member_e
+                && matches!(&e.entry.body, Body::Incident { code, evidence, description }
+                    if *code == IncidentCode::NoUpdate.number()
+                        && *evidence == declining_evidence(open as u64)
+                        && description.contains(&format!("round {round}"))
+                        && description.contains("the trainer failed (exit status: 1)")
+                        // What the trainer printed can quote the institution's data: it stays
+                        // in the node's own log.
+                        && !description.contains("CUDA"))
+        });
+        assert!(
+            said,
+            "round {round}: no incident from member-e naming why it sat out"
+        );
+        let contributed = log.iter().any(|e| {
+            e.entry.author == member_e
+                && matches!(e.entry.body, Body::Contribution { round: r, .. } if r == round)
+        });
+        assert!(!contributed, "round {round}");
+    }
+    let node_log = std::fs::read_to_string(d.dir.join("member-e/log")).unwrap();
+    assert!(node_log.contains("CUDA error: out of memory"), "{node_log}");
+    // The coordinator stopped waiting for member-e when it said so, not at the deadline.
+    let summary = d.summary("coordinator");
+    for round in summary["rounds"].as_array().unwrap() {
+        let collect = round["collect_seconds"].as_f64().unwrap();
+        assert!(
+            collect < deadline_secs as f64,
+            "round {}: collected for {collect} s, the whole deadline\n{}",
+            round["round"],
+            d.logs()
+        );
+    }
 }

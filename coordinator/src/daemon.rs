@@ -510,7 +510,10 @@ async fn finish_unfinished_round(
     let Some(finished) = round::finish_unfinished(ctx, config, public_key, rng).await? else {
         return Ok(());
     };
-    ctx.metrics.round_finished(&finished);
+    // A round this run already counted (it gave up on it live) is not counted twice.
+    if done.iter().all(|r| r.round != finished.round) {
+        ctx.metrics.round_finished(&finished);
+    }
     done.retain(|r| r.round != finished.round);
     done.push(finished);
     Ok(())

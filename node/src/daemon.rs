@@ -373,6 +373,7 @@ pub async fn run(
     tracing::info!(member = me, "node running");
     let mut finished = false;
     let mut coordinator_connected = false;
+    let mut acted_on_stored = false;
     // Once done and the coordinator is gone, the node stays [`LINGER`] longer, and as long as
     // members are still asking it for partial decryptions, so that they can catch up.
     let mut leave_at: Option<tokio::time::Instant> = None;
@@ -407,6 +408,13 @@ pub async fn run(
                 Some(Event::Connected(peer)) => {
                     if peer == coordinator {
                         coordinator_connected = true;
+                        // Once per start: the last final checkpoint it stored, acted on again
+                        // now that its actions can reach the coordinator (the member machine
+                        // skips what it did before a restart).
+                        if !acted_on_stored {
+                            acted_on_stored = true;
+                            act_on_stored_checkpoint(&ctx);
+                        }
                     }
                 }
                 Some(Event::Disconnected(peer)) => {
@@ -451,6 +459,24 @@ pub async fn run(
         model_digest: hex::encode(model_digest(&state.model)),
         bytes_sent: ctx.bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
     })
+}
+
+/// Acts on the final checkpoint this node stored before it stopped, if any: a node restarted
+/// holding the whole log would otherwise wait for the log to grow (or for the coordinator to
+/// send it one), with the partial decryptions it owes unsent.
+fn act_on_stored_checkpoint(ctx: &Arc<Context>) {
+    let stored = match ctx.store.final_checkpoint() {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::warn!(error = %e, "the stored final checkpoint could not be read");
+            return;
+        }
+    };
+    if let Some(note) = stored
+        && let Err(e) = act(ctx, &note)
+    {
+        tracing::warn!(error = %e, "the stored final checkpoint was not acted on");
+    }
 }
 
 fn refused(reason: impl Into<String>) -> Response {

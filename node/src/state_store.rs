@@ -13,6 +13,8 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const LEDGER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ledger");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const PARTIALS: TableDefinition<u64, &[u8]> = TableDefinition::new("partials");
+/// The META key of the latest quorum-cosigned checkpoint note acted on.
+const FINAL_CHECKPOINT: &str = "final-checkpoint";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateStoreError {
@@ -222,6 +224,23 @@ impl StateStore {
             tx.open_table(PARTIALS)?.retain_in(..index, |_, _| false)?;
             Ok(())
         })
+    }
+
+    /// Keeps the latest checkpoint note the witness quorum cosigned, which this node acted
+    /// on: after a restart the node acts on it again as soon as it reaches the coordinator,
+    /// whether or not the log has grown since.
+    pub fn keep_final_checkpoint(&self, note: &[u8]) -> Result<(), StateStoreError> {
+        self.write(|tx| {
+            tx.open_table(META)?.insert(FINAL_CHECKPOINT, note)?;
+            Ok(())
+        })
+    }
+
+    pub fn final_checkpoint(&self) -> Result<Option<Vec<u8>>, StateStoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(META).map_err(|e| self.err(e))?;
+        let value = table.get(FINAL_CHECKPOINT).map_err(|e| self.err(e))?;
+        Ok(value.map(|v| v.value().to_vec()))
     }
 
     pub fn released_partial(&self, request: u64) -> Result<Option<Vec<u8>>, StateStoreError> {

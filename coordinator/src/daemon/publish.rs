@@ -141,7 +141,11 @@ async fn publish(ctx: &Arc<Context>) -> Result<bool, CoordinatorError> {
         let (handle, peer, note) = (ctx.handle.clone(), *peer, stored.clone());
         tasks.push(tokio::spawn(async move {
             match handle.call(peer, &Request::Act { note }).await {
-                Ok(_) => true,
+                Ok(Response::Ok) => true,
+                Ok(other) => {
+                    tracing::debug!(member = m, response = ?other, "checkpoint refused");
+                    false
+                }
                 Err(e) => {
                     tracing::debug!(member = m, error = %e, "publishing the checkpoint failed");
                     false

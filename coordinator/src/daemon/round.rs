@@ -65,7 +65,7 @@ pub(super) async fn run_round(
     let decrypt_started = Instant::now();
     ctx.metrics.step(round, RoundStep::Decrypting, now_ms());
     let release_timeout_ms = config.release_timeout_secs * 1000;
-    let outcome = decrypt(ctx, public_key, round, &closed, release_timeout_ms, 0, rng).await?;
+    let outcome = decrypt(ctx, public_key, round, &closed, release_timeout_ms, rng).await?;
     summary.attempts = outcome.attempts;
     if let Some((request, quorum)) = outcome.released {
         abort_if(ctx.fault.as_ref(), Step::Results, round);
@@ -198,12 +198,16 @@ async fn collect(ctx: &Context) -> CloseDecision {
     .await
 }
 
-/// A closed round: its close entry and its aggregate.
+/// A closed round: its close entry and its aggregate, and where its decryption stands.
 struct Closed {
     close: u64,
     aggregate: Ciphertext,
     digest: Digest,
     contributors: u32,
+    /// The attempt the next request takes (0 for a round just closed).
+    next_attempt: u8,
+    /// The latest request logged for it and its quorum, when a restart finishes it.
+    previous: Option<(u64, u16)>,
 }
 
 /// Closes the round: aggregates the contributions onto the base, stores the aggregate and
@@ -281,6 +285,8 @@ async fn close(
         aggregate,
         digest,
         contributors,
+        next_attempt: 0,
+        previous: None,
     }))
 }
 
@@ -299,12 +305,11 @@ async fn decrypt(
     round: u64,
     closed: &Closed,
     release_timeout_ms: u64,
-    first_attempt: u8,
     rng: &mut impl RngCore,
 ) -> Result<Decryption, CoordinatorError> {
     let subject = round_subject(round);
     let round_error = move |reason: String| CoordinatorError::Round { round, reason };
-    let mut attempt = first_attempt;
+    let mut attempt = closed.next_attempt;
     let mut quorum = {
         let s = ctx.lock();
         s.round.as_ref().expect("open").choose_quorum(s.connected)
@@ -317,8 +322,8 @@ async fn decrypt(
     } else {
         rerandomised(ctx, public_key, round, closed, &mut seed, rng)?
     };
-    let mut request = closed.close;
-    let mut requested_quorum = quorum;
+    // The previous request, if its last releases arrive while the next is prepared.
+    let (mut request, mut requested_quorum) = closed.previous.unwrap_or((closed.close, quorum));
     loop {
         let appended = ctx.append_own(
             subject,
@@ -456,13 +461,26 @@ pub(super) async fn finish_unfinished(
         };
         let round = unfinished.round;
         if unfinished.next_attempt > ctx.plan.max_retries {
-            tracing::error!(
-                round,
-                retries = ctx.plan.max_retries,
-                "round {round} was partly released and never decrypted, and its retries are \
-                 spent: its contributors will not contribute from the same model again, so \
-                 later rounds reach k_min only without them"
+            let (members, k_min) = {
+                let s = ctx.lock();
+                (s.membership.members.len() as u32, s.membership.k_min)
+            };
+            let others = members - unfinished.contributors_mask.count_ones();
+            let reason = format!(
+                "round {round} was partly released and never decrypted, and its {} retries \
+                 are spent: its {} contributors will not contribute from the same model again \
+                 (a second contribution from one model could be isolated), so later rounds \
+                 have {others} possible contributors and need {k_min}",
+                ctx.plan.max_retries, unfinished.contributors
             );
+            // Rounds that cannot reach k_min would only fail one after the other.
+            if others < u32::from(k_min) {
+                return Err(CoordinatorError::Round {
+                    round,
+                    reason: format!("{reason}: the run cannot go on with this key"),
+                });
+            }
+            tracing::error!(round, "{reason}");
             return Ok(None);
         }
         tracing::info!(
@@ -483,6 +501,8 @@ pub(super) async fn finish_unfinished(
             aggregate,
             digest: unfinished.aggregate,
             contributors: unfinished.contributors,
+            next_attempt: unfinished.next_attempt,
+            previous: unfinished.last_request,
         };
         {
             let mut s = ctx.lock();
@@ -498,16 +518,7 @@ pub(super) async fn finish_unfinished(
         }
         ctx.metrics.step(round, RoundStep::Decrypting, now_ms());
         let release_timeout_ms = config.release_timeout_secs * 1000;
-        let outcome = decrypt(
-            ctx,
-            public_key,
-            round,
-            &closed,
-            release_timeout_ms,
-            unfinished.next_attempt,
-            rng,
-        )
-        .await?;
+        let outcome = decrypt(ctx, public_key, round, &closed, release_timeout_ms, rng).await?;
         // Given up (the log then holds one more attempt): try again while retries last.
         let Some((request, quorum)) = outcome.released else {
             continue;

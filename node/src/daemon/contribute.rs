@@ -6,25 +6,31 @@ use super::*;
 pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), StepError> {
     let model = ctx.plan.decode_model(&ctx.lock().model);
     let worker = ctx.clone();
-    let (bytes, samples) =
-        tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, u64), StepError> {
-            let update = worker
-                .source
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .update(round, &model)?;
-            if update.values.len() != worker.plan.values as usize {
-                return Err(StepError::UpdateSize {
-                    got: update.values.len(),
-                    plan: worker.plan.values,
-                });
-            }
-            let encoded = worker.plan.codec()?.encode(&update.values)?;
-            let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
-            let ciphertext = worker.key.encrypt(&encoded, &worker.budget, &mut rng)?;
-            Ok((encode_ciphertext(&ciphertext), update.samples))
-        })
-        .await??;
+    let prepared = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, u64), StepError> {
+        let update = worker
+            .source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .update(round, &model)?;
+        if update.values.len() != worker.plan.values as usize {
+            return Err(StepError::UpdateSize {
+                got: update.values.len(),
+                plan: worker.plan.values,
+            });
+        }
+        let encoded = worker.plan.codec()?.encode(&update.values)?;
+        let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
+        let ciphertext = worker.key.encrypt(&encoded, &worker.budget, &mut rng)?;
+        Ok((encode_ciphertext(&ciphertext), update.samples))
+    })
+    .await;
+    let (bytes, samples) = match prepared.map_err(StepError::from).and_then(|p| p) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            sit_out(ctx, round, &e);
+            return Err(e);
+        }
+    };
     let digest = encoded_digest(&bytes).0;
     let chunks = chunk_digests(&bytes);
     // Kept, so that if this member recomputes the round's aggregate it need not fetch it back.
@@ -83,4 +89,29 @@ pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), Ste
         }
     }
     Ok(())
+}
+
+/// Says at once that this member has no update for `round` (its trainer failed, timed out or
+/// wrote something unusable), with the reason: the coordinator stops waiting for it instead of
+/// holding the round open until the deadline, and the log names who sat out and why.
+fn sit_out(ctx: &Arc<Context>, round: u64, error: &StepError) {
+    let open = ctx
+        .lock()
+        .entries
+        .iter()
+        .rposition(|e| matches!(e.entry.body, Body::RoundOpen { round: r, .. } if r == round));
+    let Some(open) = open else {
+        return;
+    };
+    // The whole error stays in this node's log; the consortium's log gets its kind.
+    let reason = match error {
+        StepError::Source(e) => e.public_reason(),
+        other => other.to_string(),
+    };
+    incident(
+        ctx,
+        IncidentCode::NoUpdate,
+        protocol::round::incidents::declining_evidence(open as u64),
+        format!("not contributing to round {round}: no update: {reason}"),
+    );
 }

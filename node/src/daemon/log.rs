@@ -137,6 +137,9 @@ pub(super) fn act(ctx: &Arc<Context>, note: &[u8]) -> Result<(), StepError> {
         if state.log.root_at(size) != Some(signed.checkpoint.root) {
             return Err(StepError::CheckpointMismatch { size });
         }
+        if size > state.acted {
+            ctx.store.keep_final_checkpoint(note)?;
+        }
         while state.acted < size {
             let index = state.acted;
             state.acted += 1;

@@ -105,6 +105,28 @@ pub enum SourceError {
     NoSamples(PathBuf),
 }
 
+impl SourceError {
+    /// What the consortium's log may say about this failure: its kind, never a data value, a
+    /// path or the trainer's output (an error message can quote a row), which stay in this
+    /// node's own log.
+    pub fn public_reason(&self) -> String {
+        match self {
+            SourceError::TrainerFailed { status, .. } => format!("the trainer failed ({status})"),
+            SourceError::TimedOut { secs, .. } => {
+                format!("the trainer ran longer than {secs} s and was stopped")
+            }
+            SourceError::Start { .. } | SourceError::Wait { .. } => {
+                "the trainer could not be run".into()
+            }
+            SourceError::BadUpdate(_) | SourceError::NoSamples(_) | SourceError::Tensors(_) => {
+                "the trainer's update is unusable".into()
+            }
+            SourceError::Data(_) => "the training data could not be read".into(),
+            _ => "the update source failed".into(),
+        }
+    }
+}
+
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
     move |source| SourceError::Io {
         path: path.to_owned(),

@@ -36,7 +36,13 @@ fn entries(sample: &SampleConsortium) -> Vec<SignedEntry> {
         .collect()
 }
 
-fn release(s: &mut SampleConsortium, member: usize, request: u64, ciphertext: Digest) -> u64 {
+/// Member `member`'s release for `request` of `ciphertext`, appended to the sample log.
+pub(super) fn release(
+    s: &mut SampleConsortium,
+    member: usize,
+    request: u64,
+    ciphertext: Digest,
+) -> u64 {
     s.append(
         Author::Member(member),
         Body::ShareReleased {

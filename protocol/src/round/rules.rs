@@ -154,8 +154,13 @@ pub struct Unfinished {
     pub close: u64,
     pub aggregate: Digest,
     pub contributors: u32,
+    /// Members who contributed to it (bits): the ones who may not contribute from its base
+    /// again.
+    pub contributors_mask: u16,
     /// The attempt number the next request for it takes.
     pub next_attempt: u8,
+    /// Its latest request: the leaf and the quorum named.
+    pub last_request: Option<(u64, u16)>,
 }
 
 /// The rounds of a log as far as it goes, kept by `LogState` beside the leaves.
@@ -420,19 +425,25 @@ impl RoundRules {
         if !record.released {
             return None;
         }
-        let mut next_attempt = 0u8;
-        for request in self.requests.values().filter(|r| r.round == round) {
+        let (mut next_attempt, mut last_request) = (0u8, None);
+        for (&leaf, request) in self.requests.iter().filter(|(_, r)| r.round == round) {
             if request.complete() {
                 return None;
             }
             next_attempt = next_attempt.max(request.attempt.saturating_add(1));
+            last_request = Some((leaf, request.quorum));
         }
         Some(Unfinished {
             round,
             close,
             aggregate,
             contributors: record.contributions.len() as u32,
+            contributors_mask: record
+                .contributions
+                .values()
+                .fold(0, |bits, &m| bits | (1 << m)),
             next_attempt,
+            last_request,
         })
     }
 

@@ -1,3 +1,4 @@
+use super::attacks::release;
 use super::machine::*;
 use super::message::*;
 use super::plan::*;
@@ -293,38 +294,42 @@ fn a_round_partly_released_and_not_decrypted_is_named_so_its_decryption_is_finis
     assert_eq!(unfinished(&s), None);
     let request = s.request(1, close, aggregate, &[0, 2, 4], 0);
     assert_eq!(unfinished(&s), None);
-    let release = |s: &mut SampleConsortium, request: u64, ciphertext: Digest, m: usize| {
-        s.append(
-            Author::Member(m),
-            Body::ShareReleased {
-                request,
-                ciphertext,
-                share: [m as u8; 32],
-            },
-            vec![request],
-        );
-    };
     // One share released, then the coordinator stops: every contributor would refuse a round
     // on the same base (stale model), so the round's decryption is what comes next.
-    release(&mut s, request, aggregate, 0);
+    release(&mut s, 0, request, aggregate);
     let expected = Unfinished {
         round: 1,
         close,
         aggregate,
         contributors: 5,
+        contributors_mask: 0b11111,
         next_attempt: 1,
+        last_request: Some((request, 0b10101)),
     };
     assert_eq!(unfinished(&s), Some(expected.clone()));
     // The next attempt, a re-randomised ciphertext for another quorum, is one members take.
     let retried: Digest = [0xee; 32];
     let retry = s.request(1, close, retried, &[1, 2, 3], expected.next_attempt);
     assert_eq!(check(&s, 1, retry).unwrap().attempt, 1);
-    assert_eq!(unfinished(&s).unwrap().next_attempt, 2);
+    let now = unfinished(&s).unwrap();
+    assert_eq!(
+        (now.next_attempt, now.last_request),
+        (2, Some((retry, 0b1110)))
+    );
     for m in [1, 2, 3] {
-        release(&mut s, retry, retried, m);
+        release(&mut s, m, retry, retried);
     }
     assert_eq!(unfinished(&s), None);
     assert_eq!(s.base(), aggregate);
+
+    // Only the latest round counts: once a later round opened (by a coordinator that did not
+    // finish the earlier one), members refuse requests for the earlier round anyway.
+    let (close2, aggregate2) = s.open_and_close(2, &[0, 1, 2]);
+    let request2 = s.request(2, close2, aggregate2, &[0, 1, 2], 0);
+    release(&mut s, 0, request2, aggregate2);
+    assert_eq!(unfinished(&s).unwrap().round, 2);
+    s.open_and_close(3, &[3, 4]);
+    assert_eq!(unfinished(&s), None);
 }
 
 /// The log refuses `body` from `author` with this round rule.

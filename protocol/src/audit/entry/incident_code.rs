@@ -36,6 +36,9 @@ pub enum IncidentCode {
     PastPlan = 117,
     /// A round opened under another round plan: the member does not contribute to it.
     RoundUnderOtherPlan = 118,
+    /// The member has no update for the round (its trainer failed, timed out or wrote
+    /// something unusable): it sits the round out, and says so at once.
+    NoUpdate = 119,
     /// Releasing would reveal more values than the key's lifetime budget allows.
     LifetimeSpent = 130,
     /// Another member logged a different model for the same request.
@@ -54,7 +57,7 @@ pub enum IncidentCode {
 
 impl IncidentCode {
     /// Every code, in numeric order.
-    pub const ALL: [IncidentCode; 29] = [
+    pub const ALL: [IncidentCode; 30] = [
         Self::TooFewContributions,
         Self::DecryptionAbandoned,
         Self::RoundNotClosed,
@@ -77,6 +80,7 @@ impl IncidentCode {
         Self::OlderThanHeld,
         Self::PastPlan,
         Self::RoundUnderOtherPlan,
+        Self::NoUpdate,
         Self::LifetimeSpent,
         Self::OtherModel,
         Self::ForkedEntry,
@@ -118,6 +122,7 @@ impl IncidentCode {
             Self::OlderThanHeld => "refused: older than the model this member holds",
             Self::PastPlan => "refused: past the round plan's rounds",
             Self::RoundUnderOtherPlan => "not contributing: the round opened under another plan",
+            Self::NoUpdate => "not contributing: no update (the trainer failed)",
             Self::LifetimeSpent => "refused: the key's lifetime reveal budget is spent",
             Self::OtherModel => "another member logged a different model for the request",
             Self::ForkedEntry => "the coordinator sent a different entry at a known index",
