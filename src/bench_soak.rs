@@ -491,7 +491,8 @@ impl Run {
                     self.arm(member, &format!("{step}:{}", round + 2), kinds)?
                 }
                 60..75 => {
-                    let step = ["open", "close", "request", "results"][rng.gen_range(0..4)];
+                    let steps = ["open", "close", "request", "first-share", "results"];
+                    let step = steps[rng.gen_range(0..steps.len())];
                     self.arm(0, &format!("{step}:{}", round + 2), kinds)?
                 }
                 75..90 => {
