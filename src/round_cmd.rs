@@ -23,9 +23,10 @@ pub enum CoordinatorCommand {
         #[arg(long)]
         summary: Option<PathBuf>,
         /// Resilience testing: abort (as under kill -9) at STEP:ROUND, where STEP is `open`,
-        /// `close` or `request` (right after the coordinator logs that step) or `results`
-        /// (once the quorum released); or `clock-jump:ROUND:SECONDS`, the wall clock jumping
-        /// when the round opens.
+        /// `close` or `request` (right after the coordinator logs that step), `first-share`
+        /// (once the round's first share release is logged) or `results` (once the quorum
+        /// released); or `clock-jump:ROUND:SECONDS`, the wall clock jumping when the round
+        /// opens.
         #[arg(long, hide = true)]
         fault: Option<runtime::fault::Fault>,
         #[command(flatten)]
@@ -53,8 +54,9 @@ pub enum NodeCommand {
         round_report: Option<PathBuf>,
         /// Resilience testing: abort (as under kill -9) at STEP:ROUND, where STEP is
         /// `contribute` (when the round opens), `upload` (half way through the upload),
-        /// `release` (after the ledger records a release, before the share leaves) or
-        /// `combine` (with every partial in hand, before the model is stored); or `panic` in
+        /// `release` (after the ledger records a release, before the share leaves), `send`
+        /// (once its logged release is acted on, before the partial leaves) or `combine`
+        /// (with every partial in hand, before the model is stored); or `panic` in
         /// the round's contribution task, `lose-partials` (the round's partial decryptions
         /// lost on the way until asked for again), `slow:ROUND:SECONDS` (the update takes that
         /// long), `cut-off:ROUND:SECONDS:MEMBER` (no connection with MEMBER for that long) or
