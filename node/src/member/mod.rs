@@ -328,7 +328,7 @@ impl Member {
                 self.waiting_open = Some(open);
                 Vec::new()
             }
-            Err(_) => self.refuse_contribution(log, open),
+            Err(refusal) => vec![Self::refusal_incident(*round, open, refusal)],
         }
     }
 
@@ -338,7 +338,7 @@ impl Member {
         else {
             return Vec::new();
         };
-        let refusal = match check_contribution(
+        match check_contribution(
             &log[..=open as usize],
             &self.membership,
             &self.plan,
@@ -346,14 +346,18 @@ impl Member {
             open,
             &self.held,
         ) {
-            Ok(()) => return Vec::new(),
-            Err(refusal) => refusal,
-        };
-        vec![Action::Incident {
+            Ok(()) => Vec::new(),
+            Err(refusal) => vec![Self::refusal_incident(*round, open, refusal)],
+        }
+    }
+
+    /// The incident saying this member does not contribute to `round` (opened at `open`).
+    fn refusal_incident(round: u64, open: u64, refusal: Refusal) -> Action {
+        Action::Incident {
             code: refusal.code(),
             evidence: declining_evidence(open),
             description: format!("not contributing to round {round}: {refusal}"),
-        }]
+        }
     }
 
     /// Whether `aggregate` is the aggregate of a logged round whose decryption this member
