@@ -104,6 +104,15 @@ pub enum CeremonyCommand {
         /// Rounds the written round plan allows (the key's budget covers them).
         #[arg(long, default_value_t = 50)]
         plan_rounds: u32,
+        /// The consortium's initial model (safetensors): the plan takes its values from it
+        /// instead of --values and pins its digest, so every node checks it starts from it.
+        #[arg(long, conflicts_with = "values", requires = "trainer")]
+        initial_model: Option<PathBuf>,
+        /// With --initial-model: the training command every node's configuration runs each
+        /// round (split at spaces; it runs in the member's directory, where its data goes), as
+        /// an external source starting from the initial model.
+        #[arg(long, requires = "initial_model")]
+        trainer: Option<String>,
     },
 }
 
@@ -317,16 +326,61 @@ pub fn run(command: &CeremonyCommand) -> Result<ExitCode> {
             timeout,
             values,
             plan_rounds,
+            initial_model,
+            trainer,
         } => {
-            let plan = protocol::round::RoundPlan {
-                values: *values,
-                rounds: *plan_rounds,
-                ..Default::default()
+            let plan = match initial_model {
+                Some(path) => crate::model_cmd::plan_for(
+                    &crate::model_cmd::read_initial(path)?,
+                    *plan_rounds,
+                    protocol::round::RoundPlan::default().max_retries,
+                    protocol::he::ThresholdConfig::new(*members, *threshold)?,
+                )?,
+                None => protocol::round::RoundPlan {
+                    values: *values,
+                    rounds: *plan_rounds,
+                    ..Default::default()
+                }
+                .sized(),
+            };
+            let code = rehearse(*members, *threshold, out, *timeout, &plan)?;
+            if let (Some(model), Some(trainer)) = (initial_model, trainer) {
+                let model = model
+                    .canonicalize()
+                    .with_context(|| format!("{}", model.display()))?;
+                external_sources(out, *members, trainer, &model)?;
             }
-            .sized();
-            rehearse(*members, *threshold, out, *timeout, &plan)
+            Ok(code)
         }
     }
+}
+
+/// Points every rehearsed node's `[source]` at the institution's own training command,
+/// starting from the agreed initial model.
+fn external_sources(out: &Path, members: u8, trainer: &str, initial_model: &Path) -> Result<()> {
+    let command: Vec<toml::Value> = trainer
+        .split_whitespace()
+        .map(|word| toml::Value::String(word.into()))
+        .collect();
+    ensure!(!command.is_empty(), "--trainer is empty");
+    for i in 0..members {
+        let name = protocol::consortium::rehearsal_member_name(i);
+        let mut source = toml::Table::new();
+        source.insert("kind".into(), "external".into());
+        source.insert("command".into(), toml::Value::Array(command.clone()));
+        source.insert(
+            "initial_model".into(),
+            initial_model.to_string_lossy().into_owned().into(),
+        );
+        crate::local::edit_config(&out.join(&name).join("node.toml"), |t| {
+            t.insert("source".into(), toml::Value::Table(source));
+        })?;
+    }
+    println!(
+        "  nodes: each runs {trainer:?} in its own directory from the initial model {}",
+        initial_model.display()
+    );
+    Ok(())
 }
 
 /// Exit code of a transcript that does not verify.

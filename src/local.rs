@@ -182,13 +182,17 @@ pub fn write_deployment_configs(
 
 /// Edits a rehearsal's `coordinator/coordinator.toml` in place.
 pub fn edit_coordinator_config(dir: &Path, edit: impl FnOnce(&mut toml::Table)) -> Result<()> {
-    let path = dir.join("coordinator/coordinator.toml");
+    edit_config(&dir.join("coordinator/coordinator.toml"), edit)
+}
+
+/// Edits a configuration file in place.
+pub fn edit_config(path: &Path, edit: impl FnOnce(&mut toml::Table)) -> Result<()> {
     let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut table: toml::Table = text
         .parse()
         .with_context(|| format!("reading {}", path.display()))?;
     edit(&mut table);
-    std::fs::write(&path, toml::to_string(&table)?)
+    std::fs::write(path, toml::to_string(&table)?)
         .with_context(|| format!("writing {}", path.display()))
 }

@@ -9,6 +9,7 @@ mod bench_soak;
 mod ceremony_cmd;
 mod demo;
 mod local;
+mod model_cmd;
 mod round_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -60,6 +61,10 @@ enum Command {
     /// consortium's threshold key with no trusted dealer.
     #[command(subcommand)]
     Ceremony(ceremony_cmd::CeremonyCommand),
+    /// Model files: what one holds and the plan it needs (`inspect`), and initial models of
+    /// the built-in networks (`init`).
+    #[command(subcommand)]
+    Model(model_cmd::ModelCommand),
     /// Export, verify and show the signed audit log, offline.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
@@ -120,6 +125,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::He(args)) => bench::run_he(&args),
         Command::Bench(BenchCommand::Soak(args)) => bench_soak::run_soak(&args),
         Command::Audit(command) => audit_cmd::run(&command),
+        Command::Model(command) => model_cmd::run(&command),
         Command::Ceremony(command) => ceremony_cmd::run(&command),
     };
     match result {

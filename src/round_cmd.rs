@@ -160,7 +160,7 @@ fn train_once(command: &NodeCommand) -> Result<ExitCode> {
     let network = source.model;
     let layout = network.layout();
     let (parameters, _) =
-        training::tensors::read_file(model_in, &layout).context("the global model")?;
+        training::tensors::read_file(model_in, &layout, &[]).context("the global model")?;
     if matches!(network, training::trainer::Model::Mlp { .. })
         && parameters.iter().all(|p| *p == 0.0)
     {
@@ -175,7 +175,7 @@ fn train_once(command: &NodeCommand) -> Result<ExitCode> {
         ("samples".to_string(), update.samples.to_string()),
         ("round".to_string(), round.to_string()),
     ]);
-    let bytes = training::tensors::encode(&layout, &update.values, metadata)?;
+    let bytes = training::tensors::encode(&layout, &update.values, &[], metadata)?;
     runtime::files::write_atomically(update_out, &bytes, 0o600)
         .with_context(|| format!("writing {}", update_out.display()))?;
     Ok(ExitCode::SUCCESS)

@@ -271,7 +271,7 @@ fn training_on_real_data_matches_plaintext_fixed_point_fedavg_exactly() {
             full.push(("scaling.mean".into(), vec![FEATURES]));
             full.push(("scaling.std".into(), vec![FEATURES]));
         }
-        let (exported, metadata) = training::tensors::decode(&bytes, &full, name).unwrap();
+        let (exported, metadata) = training::tensors::decode(&bytes, &full, &[], name).unwrap();
         assert_eq!(&exported[..values as usize], floats.as_slice(), "{name}");
         assert_eq!(metadata["model_digest"], expected);
         assert_eq!(metadata["round"], "3");
@@ -299,4 +299,96 @@ fn training_on_real_data_matches_plaintext_fixed_point_fedavg_exactly() {
 
 fn source_csv() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/data/wdbc.csv")
+}
+
+/// Writes a built-in MLP's initial model of `seed` into the deployment, returning its digest.
+fn initial_model(d: &Deployment, file: &str, seed: u64) -> String {
+    let out = quorate(
+        &[
+            "model",
+            "init",
+            "--model",
+            "mlp",
+            "--features",
+            "2",
+            "--classes",
+            "2",
+            "--hidden",
+            "2",
+            "--seed",
+            &seed.to_string(),
+            "--out",
+            file,
+        ],
+        &d.dir,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let digest = text
+        .lines()
+        .find_map(|l| l.strip_prefix("initial model "))
+        .unwrap()
+        .to_owned();
+    // `inspect` reads the same file to the same digest and plan.
+    let out = quorate(&["model", "inspect", file], &d.dir);
+    let inspected = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        inspected.contains(&format!("initial_model = \"{digest}\"")),
+        "{inspected}"
+    );
+    assert!(inspected.contains("values = 12"), "{inspected}");
+    digest
+}
+
+#[test]
+fn a_member_whose_initial_model_is_not_the_plans_does_not_start() {
+    // An MLP with 2 features, 2 hidden units and 2 classes: 12 values.
+    let d = deploy(3, 2, 12, 1, 60);
+    let agreed = initial_model(&d, "agreed.safetensors", 1);
+    let other = initial_model(&d, "other-seed.safetensors", 2);
+    assert_ne!(agreed, other);
+    let source = |file: &str| {
+        let mut source = toml::Table::new();
+        source.insert("kind".into(), "external".into());
+        source.insert("command".into(), toml::Value::Array(vec!["true".into()]));
+        source.insert("initial_model".into(), format!("../{file}").into());
+        toml::Value::Table(source)
+    };
+    let start = |name: &str, pinned: Option<&str>, file: Option<&str>| {
+        edit_toml(&d.dir.join(name).join("node.toml"), |t| {
+            let plan = t["plan"].as_table_mut().unwrap();
+            match pinned {
+                Some(digest) => plan.insert("initial_model".into(), digest.into()),
+                None => plan.remove("initial_model"),
+            };
+            if let Some(file) = file {
+                t.insert("source".into(), source(file));
+            }
+        });
+        let mut node = d.node(name, 1, &[]);
+        let status = d.exit_status(&mut node, name, 60);
+        assert!(!status.success(), "{name} started");
+        std::fs::read_to_string(d.dir.join(name).join("log")).unwrap()
+    };
+    // Another seed than the plan's: refused before anything is logged, naming both digests.
+    let log = start(&d.members[0], Some(&agreed), Some("other-seed.safetensors"));
+    assert!(
+        log.contains(&format!(
+            "this member's initial model is {other}, the plan's is {agreed}"
+        )),
+        "{log}"
+    );
+    // Zeros (a synthetic source) against a pinned plan: refused too.
+    let log = start(&d.members[1], Some(&agreed), None);
+    assert!(log.contains(&format!("the plan's is {agreed}")), "{log}");
+    // A model that is not all zeros under a plan that pins none: told what to add.
+    let log = start(&d.members[2], None, Some("agreed.safetensors"));
+    assert!(
+        log.contains(&format!("initial_model = \"{agreed}\"")),
+        "{log}"
+    );
 }

@@ -9,12 +9,12 @@ fuzz_target!(|data: &[u8]| {
         ("weight".to_string(), vec![2, 3]),
         ("bias".to_string(), vec![2]),
     ];
-    if let Ok((values, metadata)) = training::tensors::decode(data, &layout, "fuzz") {
+    if let Ok((values, metadata)) = training::tensors::decode(data, &layout, &[], "fuzz") {
         assert_eq!(values.len(), 8);
         assert!(values.iter().all(|v| v.is_finite()));
-        let again = training::tensors::encode(&layout, &values, metadata).expect("encodes");
+        let again = training::tensors::encode(&layout, &values, &[], metadata).expect("encodes");
         assert_eq!(
-            training::tensors::decode(&again, &layout, "again").expect("decodes").0,
+            training::tensors::decode(&again, &layout, &[], "again").expect("decodes").0,
             values
         );
     }

@@ -122,17 +122,48 @@ pub struct TrainerConfig {
 pub struct ExternalConfig {
     /// The program and its arguments.
     pub command: Vec<String>,
-    /// The model's tensors, in the order of the flat parameter vector.
+    /// The model's tensors, in the order of the flat parameter vector. Leave out with an
+    /// initial model: its float tensors are the list, in the file's order.
+    #[serde(default)]
     pub tensors: Vec<TensorSpec>,
-    /// The consortium's agreed starting model (safetensors, same tensors); zeros if absent.
+    /// The consortium's agreed starting model (safetensors), whose digest the plan pins;
+    /// zeros of `tensors` if absent. Its integer buffers are handed to the trainer unchanged.
     #[serde(default)]
     pub initial_model: Option<PathBuf>,
-    /// The command is killed, and the node sits the round out, after this long.
+    /// How the command runs: started for each round, or once (see [`TrainerMode`]).
+    #[serde(default)]
+    pub mode: TrainerMode,
+    /// The command is killed, and the node sits the round out, after this long (per round in
+    /// persistent mode).
     #[serde(default = "default_trainer_timeout")]
     pub timeout_secs: u64,
     /// Where the command runs: the configuration file's directory.
     #[serde(skip)]
     pub working_dir: PathBuf,
+}
+
+/// How an external trainer runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainerMode {
+    /// A new process each round, given the files in QUORATE_MODEL, QUORATE_UPDATE and
+    /// QUORATE_ROUND: the simplest script works.
+    #[default]
+    PerRound,
+    /// One process for the whole run, sent one request per round on its standard input (see
+    /// `node::source::persistent`): imports and data loading are paid once. It is started
+    /// again after it exits or overruns its timeout.
+    Persistent,
+}
+
+impl TrainerMode {
+    /// The name in the configuration, also given to the trainer as QUORATE_TRAINER_MODE.
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainerMode::PerRound => "per-round",
+            TrainerMode::Persistent => "persistent",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -252,7 +283,9 @@ mod tests {
         assert!(matches!(
             &kinds[..],
             [SourceConfig::External(e), SourceConfig::Synthetic { .. }]
-                if e.tensors.iter().map(|t| t.shape.iter().product::<usize>()).sum::<usize>() == 62
+                if e.tensors.is_empty()
+                    && e.initial_model.is_some()
+                    && e.mode == TrainerMode::Persistent
         ));
     }
 }

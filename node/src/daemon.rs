@@ -62,6 +62,8 @@ pub use runtime::fault::{Fault, Step};
 pub enum NodeError {
     #[error("setup: {0}")]
     Setup(String),
+    #[error("initial model: {0}")]
+    InitialModel(#[from] protocol::round::InitialModelError),
     #[error(transparent)]
     State(#[from] StateStoreError),
     #[error(transparent)]
@@ -165,6 +167,8 @@ struct State {
     resent: HashMap<(u64, u8), std::time::Instant>,
     next_sequence: u64,
     rounds_done: u64,
+    /// The fraction of this member's last update that the plan's clip changed, by round.
+    clipped: Option<(u64, f64)>,
 }
 
 struct Context {
@@ -268,6 +272,10 @@ pub async fn run(
         .plan
         .budget(consortium.config())
         .map_err(|e| bad(&e))?;
+    // Before anything is logged or contributed: a member that starts from another model than
+    // the others would train a different network while the log says they agree.
+    let (own, all_zero) = setup.source.initial_model();
+    crate::source::check_initial_model(setup.plan.initial_model.as_ref(), own, all_zero)?;
     let origin = consortium.log_origin();
     let (log_verifier, witnesses) =
         checkpoint_verifiers(&origin, &membership).map_err(|e| bad(&e))?;
@@ -358,6 +366,7 @@ pub async fn run(
             resent: HashMap::new(),
             next_sequence,
             rounds_done: 0,
+            clipped: None,
         }),
         source: Mutex::new(setup.source),
         author: tokio::sync::Mutex::new(()),

@@ -244,9 +244,12 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     // Pooled scaling adds a first round that computes the consortium's feature statistics.
     let statistics_rounds = u32::from(args.scaling == ScalingArg::Pooled);
     let total_rounds = args.rounds + statistics_rounds;
+    // Every member checks it starts from this model (the MLP's seeded weights).
+    let (initial_model, _) = node::source::UpdateSource::initial_model(&sources[0]);
     let mut plan = RoundPlan {
         values: sources[0].global_size() as u32,
         rounds: total_rounds,
+        initial_model: Some(initial_model),
         ..RoundPlan::default()
     };
     // The smallest smudging margin whose lifetime covers every round's reveals.

@@ -43,6 +43,33 @@ pub fn deploy(
     rounds: u64,
     deadline_secs: i64,
 ) -> Deployment {
+    let plan = RoundPlan {
+        values,
+        ..RoundPlan::default()
+    }
+    .sized();
+    deploy_rehearsed(
+        members,
+        threshold,
+        &["--values", &values.to_string()],
+        rounds,
+        deadline_secs,
+        plan,
+        |_| {},
+    )
+}
+
+/// A consortium rehearsed with `rehearse` (more arguments of `ceremony rehearse`), whose
+/// configurations carry `plan`; `prepare` sees the working directory before the rehearsal.
+pub fn deploy_rehearsed(
+    members: u8,
+    threshold: u8,
+    rehearse: &[&str],
+    rounds: u64,
+    deadline_secs: i64,
+    plan: RoundPlan,
+    prepare: impl FnOnce(&Path),
+) -> Deployment {
     let mut work = tempfile::tempdir().unwrap();
     // QUORATE_KEEP_DEPLOYMENTS=1 keeps each deployment's directory, logs and stores, to read
     // after a failure.
@@ -50,21 +77,20 @@ pub fn deploy(
         work.disable_cleanup(true);
         eprintln!("deployment kept in {}", work.path().display());
     }
-    let out = quorate(
-        &[
-            "ceremony",
-            "rehearse",
-            "--members",
-            &members.to_string(),
-            "--threshold",
-            &threshold.to_string(),
-            "--values",
-            &values.to_string(),
-            "--out",
-            "deployment",
-        ],
-        work.path(),
-    );
+    prepare(work.path());
+    let (members_arg, threshold_arg) = (members.to_string(), threshold.to_string());
+    let mut args = vec![
+        "ceremony",
+        "rehearse",
+        "--members",
+        &members_arg,
+        "--threshold",
+        &threshold_arg,
+        "--out",
+        "deployment",
+    ];
+    args.extend_from_slice(rehearse);
+    let out = quorate(&args, work.path());
     assert!(
         out.status.success(),
         "{}",
@@ -83,11 +109,6 @@ pub fn deploy(
         );
         t.insert("release_timeout_secs".into(), toml::Value::Integer(20));
     });
-    let plan = RoundPlan {
-        values,
-        ..RoundPlan::default()
-    }
-    .sized();
     Deployment {
         _work: work,
         dir,

@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+pub use safetensors::Dtype;
+use safetensors::{SafeTensors, tensor::TensorView};
 
 use crate::trainer::Layout;
 
@@ -53,6 +54,129 @@ pub enum TensorError {
     },
     #[error("the layout has {layout} values, the model {values}")]
     Size { layout: usize, values: usize },
+    #[error(
+        "{file}: tensor {name:?} is {dtype}; federated tensors are F32 or F64 (save the model \
+         after .float()), integer and boolean buffers are kept as they are"
+    )]
+    Unfederable {
+        file: String,
+        name: String,
+        dtype: String,
+    },
+    #[error("{file}: no floating-point tensor to federate")]
+    NothingToFederate { file: String },
+}
+
+/// A tensor of a model that is not federated: an integer or boolean buffer (BatchNorm's
+/// `num_batches_tracked`, say). Averaging a counter means nothing, and an update's integer
+/// could not be told from a weight; so it is handed to the trainer with every model exactly
+/// as the initial model holds it, and ignored in updates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+fn kept_bytes(kept: &[KeptTensor]) -> u64 {
+    kept.iter().map(|k| k.bytes.len() as u64 + 256).sum()
+}
+
+/// An initial model as a file gives it: the federated tensors in the file's order (by their
+/// place in its data, the same for everyone holding the same file), their values, and the
+/// kept tensors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelFile {
+    pub layout: Layout,
+    /// The dtype each federated tensor has in the file.
+    pub dtypes: Vec<Dtype>,
+    pub values: Vec<f32>,
+    pub kept: Vec<KeptTensor>,
+}
+
+/// The largest model file read whole: the largest plan's values as F64, plus room for kept
+/// tensors and the header.
+pub const MAX_MODEL_FILE_BYTES: u64 = 8 * (1 << 27) + 64 * MAX_HEADER_BYTES;
+
+fn is_federated(dtype: Dtype) -> Option<bool> {
+    match dtype {
+        Dtype::F32 | Dtype::F64 => Some(true),
+        Dtype::BOOL
+        | Dtype::U8
+        | Dtype::I8
+        | Dtype::I16
+        | Dtype::U16
+        | Dtype::I32
+        | Dtype::U32
+        | Dtype::I64
+        | Dtype::U64 => Some(false),
+        _ => None,
+    }
+}
+
+/// Reads a model file whose tensors are not known in advance (an initial model): every F32
+/// and F64 tensor is federated, integer and boolean ones are kept, others refused by name.
+pub fn read_model(path: &std::path::Path) -> Result<ModelFile, TensorError> {
+    let file = path.display().to_string();
+    let unreadable = |e: std::io::Error| TensorError::Read {
+        file: file.clone(),
+        reason: e.to_string(),
+    };
+    let size = std::fs::metadata(path).map_err(unreadable)?.len();
+    if size > MAX_MODEL_FILE_BYTES {
+        return Err(TensorError::TooLarge {
+            file,
+            size,
+            limit: MAX_MODEL_FILE_BYTES,
+        });
+    }
+    let bytes = std::fs::read(path).map_err(unreadable)?;
+    decode_model(&bytes, &file)
+}
+
+/// [`read_model`] on bytes already read.
+pub fn decode_model(bytes: &[u8], file: &str) -> Result<ModelFile, TensorError> {
+    let malformed = |e: safetensors::SafeTensorError| TensorError::Malformed {
+        file: file.into(),
+        reason: e.to_string(),
+    };
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(malformed)?;
+    let tensors = SafeTensors::deserialize(bytes).map_err(malformed)?;
+    let mut model = ModelFile {
+        layout: Vec::new(),
+        dtypes: Vec::new(),
+        values: Vec::new(),
+        kept: Vec::new(),
+    };
+    for name in header.offset_keys() {
+        let view = tensors.tensor(&name).map_err(malformed)?;
+        match is_federated(view.dtype()) {
+            Some(true) => {
+                model.layout.push((name, view.shape().to_vec()));
+                model.dtypes.push(view.dtype());
+            }
+            Some(false) => model.kept.push(KeptTensor {
+                name,
+                dtype: view.dtype(),
+                shape: view.shape().to_vec(),
+                bytes: view.data().to_vec(),
+            }),
+            None => {
+                return Err(TensorError::Unfederable {
+                    file: file.into(),
+                    name,
+                    dtype: format!("{:?}", view.dtype()),
+                });
+            }
+        }
+    }
+    if model.layout.is_empty() {
+        return Err(TensorError::NothingToFederate { file: file.into() });
+    }
+    let layout = model.layout.clone();
+    model.values = decode(bytes, &layout, &model.kept, file)?.0;
+    Ok(model)
 }
 
 fn expected_names(layout: &Layout) -> String {
@@ -76,6 +200,7 @@ pub fn max_file_bytes(layout: &Layout) -> u64 {
 pub fn read_file(
     path: &std::path::Path,
     layout: &Layout,
+    kept: &[KeptTensor],
 ) -> Result<(Vec<f32>, HashMap<String, String>), TensorError> {
     let file = path.display().to_string();
     let unreadable = |e: std::io::Error| TensorError::Read {
@@ -83,18 +208,20 @@ pub fn read_file(
         reason: e.to_string(),
     };
     let size = std::fs::metadata(path).map_err(unreadable)?.len();
-    let limit = max_file_bytes(layout);
+    let limit = max_file_bytes(layout) + kept_bytes(kept);
     if size > limit {
         return Err(TensorError::TooLarge { file, size, limit });
     }
     let bytes = std::fs::read(path).map_err(unreadable)?;
-    decode(&bytes, layout, &file)
+    decode(&bytes, layout, kept, &file)
 }
 
-/// `values` split into the layout's tensors, as F32, with `metadata` in the header.
+/// `values` split into the layout's tensors, as F32, and the kept tensors as they are, with
+/// `metadata` in the header.
 pub fn encode(
     layout: &Layout,
     values: &[f32],
+    kept: &[KeptTensor],
     metadata: HashMap<String, String>,
 ) -> Result<Vec<u8>, TensorError> {
     let total: usize = layout
@@ -120,6 +247,15 @@ pub fn encode(
         views.push((name.clone(), view));
         offset += len;
     }
+    for k in kept {
+        let view = TensorView::new(k.dtype, k.shape.clone(), &k.bytes).map_err(|e| {
+            TensorError::Malformed {
+                file: k.name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        views.push((k.name.clone(), view));
+    }
     safetensors::serialize(views, Some(metadata)).map_err(|e| TensorError::Malformed {
         file: "(writing)".into(),
         reason: e.to_string(),
@@ -127,13 +263,15 @@ pub fn encode(
 }
 
 /// The flat values of a file holding exactly the layout's tensors (F32 or F64, finite), and
-/// its header's metadata. `file` names the file in errors.
+/// its header's metadata. Tensors named in `kept` may be present and are ignored: they are
+/// not federated. `file` names the file in errors.
 pub fn decode(
     bytes: &[u8],
     layout: &Layout,
+    kept: &[KeptTensor],
     file: &str,
 ) -> Result<(Vec<f32>, HashMap<String, String>), TensorError> {
-    let limit = max_file_bytes(layout);
+    let limit = max_file_bytes(layout) + kept_bytes(kept);
     if bytes.len() as u64 > limit {
         return Err(TensorError::TooLarge {
             file: file.into(),
@@ -151,7 +289,7 @@ pub fn decode(
     if let Some(name) = tensors
         .names()
         .into_iter()
-        .find(|n| !layout.iter().any(|(l, _)| l == n))
+        .find(|n| !layout.iter().any(|(l, _)| l == n) && !kept.iter().any(|k| k.name == *n))
     {
         return Err(TensorError::Unexpected {
             file: file.into(),
@@ -217,8 +355,8 @@ mod tests {
     fn a_model_round_trips_with_its_metadata() {
         let values: Vec<f32> = (0..8).map(|i| i as f32 * 0.5 - 1.0).collect();
         let metadata = HashMap::from([("round".to_string(), "3".to_string())]);
-        let bytes = encode(&layout(), &values, metadata.clone()).unwrap();
-        let (back, meta) = decode(&bytes, &layout(), "m.safetensors").unwrap();
+        let bytes = encode(&layout(), &values, &[], metadata.clone()).unwrap();
+        let (back, meta) = decode(&bytes, &layout(), &[], "m.safetensors").unwrap();
         assert_eq!(back, values);
         assert_eq!(meta, metadata);
         // The tensors are where PyTorch looks for them.
@@ -240,7 +378,7 @@ mod tests {
         let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let weight = ("weight", Dtype::F32, vec![2, 3], f32s(&[0.0; 6]));
         let bias = ("bias", Dtype::F32, vec![2], f32s(&[0.0; 2]));
-        let check = |bytes: Vec<u8>| decode(&bytes, &layout(), "u.safetensors").unwrap_err();
+        let check = |bytes: Vec<u8>| decode(&bytes, &layout(), &[], "u.safetensors").unwrap_err();
 
         assert!(
             matches!(check(write(vec![weight.clone()])), TensorError::Missing { name, .. } if name == "bias")
@@ -280,7 +418,61 @@ mod tests {
             vec![2],
             [0.25f64, -1.0].map(f64::to_le_bytes).concat(),
         );
-        let (values, _) = decode(&write(vec![weight, double]), &layout(), "u").unwrap();
+        let (values, _) = decode(&write(vec![weight, double]), &layout(), &[], "u").unwrap();
         assert_eq!(&values[6..], &[0.25, -1.0]);
+    }
+
+    #[test]
+    fn an_initial_model_federates_its_floats_in_file_order_and_keeps_its_integer_buffers() {
+        let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let count = 0i64.to_le_bytes().to_vec();
+        let tensors = [
+            ("conv.weight", Dtype::F32, vec![2, 1], f32s(&[0.5, -0.5])),
+            ("bn.running_var", Dtype::F32, vec![1], f32s(&[1.0])),
+            ("bn.num_batches_tracked", Dtype::I64, vec![], count.clone()),
+        ];
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .map(|(n, d, s, b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        let bytes = safetensors::serialize(views, None).unwrap();
+        let model = decode_model(&bytes, "initial.safetensors").unwrap();
+        // The file's own order (safetensors sorts by dtype, then name): the same for everyone.
+        assert_eq!(
+            model.layout,
+            vec![
+                ("bn.running_var".to_string(), vec![1]),
+                ("conv.weight".to_string(), vec![2, 1])
+            ]
+        );
+        assert_eq!(model.values, vec![1.0, 0.5, -0.5]);
+        assert_eq!(
+            model.kept,
+            vec![KeptTensor {
+                name: "bn.num_batches_tracked".into(),
+                dtype: Dtype::I64,
+                shape: vec![],
+                bytes: count,
+            }]
+        );
+        // A model written for the trainer carries the kept tensor, so a strict
+        // load_state_dict works; an update may carry it back, and it is ignored.
+        let written = encode(&model.layout, &model.values, &model.kept, HashMap::new()).unwrap();
+        assert_eq!(decode_model(&written, "m").unwrap(), model);
+        let (values, _) = decode(&written, &model.layout, &model.kept, "u").unwrap();
+        assert_eq!(values, model.values);
+        assert!(matches!(
+            decode(&written, &model.layout, &[], "u"),
+            Err(TensorError::Unexpected { name, .. }) if name == "bn.num_batches_tracked"
+        ));
+        // Half precision is refused by name rather than federated at a precision the plan
+        // does not know.
+        let half = [("w", Dtype::F16, vec![1], vec![0u8; 2])];
+        let views: Vec<(String, TensorView)> = half
+            .iter()
+            .map(|(n, d, s, b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        let err = decode_model(&safetensors::serialize(views, None).unwrap(), "h").unwrap_err();
+        assert!(err.to_string().contains(".float()"), "{err}");
     }
 }

@@ -6,7 +6,7 @@ use super::*;
 pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), StepError> {
     let model = ctx.plan.decode_model(&ctx.lock().model);
     let worker = ctx.clone();
-    let prepared = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, u64), StepError> {
+    let prepared = tokio::task::spawn_blocking(move || -> Result<Prepared, StepError> {
         let update = worker
             .source
             .lock()
@@ -18,19 +18,22 @@ pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), Ste
                 plan: worker.plan.values,
             });
         }
-        let encoded = worker.plan.codec()?.encode(&update.values)?;
+        let codec = worker.plan.codec()?;
+        let clipped = codec.clipped(&update.values);
+        let encoded = codec.encode(&update.values)?;
         let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
         let ciphertext = worker.key.encrypt(&encoded, &worker.budget, &mut rng)?;
-        Ok((encode_ciphertext(&ciphertext), update.samples))
+        Ok((encode_ciphertext(&ciphertext), update.samples, clipped))
     })
     .await;
-    let (bytes, samples) = match prepared.map_err(StepError::from).and_then(|p| p) {
+    let (bytes, samples, clipped) = match prepared.map_err(StepError::from).and_then(|p| p) {
         Ok(prepared) => prepared,
         Err(e) => {
             sit_out(ctx, round, &e);
             return Err(e);
         }
     };
+    report_clipping(ctx, round, clipped);
     let digest = encoded_digest(&bytes).0;
     let chunks = chunk_digests(&bytes);
     // Kept, so that if this member recomputes the round's aggregate it need not fetch it back.
@@ -89,6 +92,36 @@ pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), Ste
         }
     }
     Ok(())
+}
+
+/// The ciphertext of an update, its declared samples, and how many of its values were clipped.
+type Prepared = (Vec<u8>, u64, usize);
+
+/// Above this fraction of clipped values a member warns: its updates are being changed, not
+/// just rounded (the plan's clip is too small for them, or the trainer writes weights).
+pub const CLIP_WARNING_FRACTION: f64 = 0.01;
+
+/// Keeps the fraction of this round's update that the plan's clip changed, for the round
+/// report, and warns past [`CLIP_WARNING_FRACTION`].
+fn report_clipping(ctx: &Context, round: u64, clipped: usize) {
+    let fraction = clipped as f64 / f64::from(ctx.plan.values.max(1));
+    ctx.lock().clipped = Some((round, fraction));
+    if fraction > CLIP_WARNING_FRACTION {
+        tracing::warn!(
+            round,
+            clipped,
+            percent = format!("{:.2}", 100.0 * fraction),
+            clip = ctx.plan.clip,
+            "the update had values beyond the plan's clip, which were clamped to it: raise the \
+             plan's clip if they are genuine, or check the trainer writes trained minus global"
+        );
+    } else if clipped > 0 {
+        tracing::info!(
+            round,
+            clipped,
+            "values of the update clamped to the plan's clip"
+        );
+    }
 }
 
 /// Says at once that this member has no update for `round` (its trainer failed, timed out or

@@ -9,6 +9,14 @@ pub struct RoundReport {
     pub model_digest: String,
     /// On this institution's held-out rows, if it has some.
     pub evaluation: Option<training::trainer::Evaluation>,
+    /// What an external trainer reported with its update to this round (its `metric.*`
+    /// metadata, measured by the trainer on the model it started from).
+    #[serde(default)]
+    pub trainer_metrics: Option<crate::source::TrainerMetrics>,
+    /// The fraction of this member's update to the round that the plan's clip changed (absent
+    /// if it did not contribute, or contributed before the node last started).
+    #[serde(default)]
+    pub clipped_fraction: Option<f64>,
     /// Ciphertext and partial-decryption bytes sent since the node started.
     pub bytes_sent: u64,
     pub unix_millis: u64,
@@ -50,7 +58,7 @@ pub(super) fn report_round(
         if let Some(parent) = path.parent() {
             let _ = std::fs::create_dir_all(parent);
         }
-        let written = training::tensors::encode(&layout, &values, metadata)
+        let written = training::tensors::encode(&layout, &values, source.kept(), metadata)
             .map_err(StepError::from)
             .and_then(|bytes| {
                 runtime::files::write_atomically(path, &bytes, 0o600).map_err(|source| {
@@ -69,6 +77,12 @@ pub(super) fn report_round(
             round,
             model_digest: hex::encode(digest),
             evaluation,
+            trainer_metrics: source.trainer_metrics(round),
+            clipped_fraction: ctx
+                .lock()
+                .clipped
+                .filter(|(r, _)| *r == round)
+                .map(|(_, fraction)| fraction),
             bytes_sent: ctx.bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
             unix_millis: now_ms(),
         };

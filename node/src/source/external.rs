@@ -1,16 +1,24 @@
 //! The institution's own training command: the global model and the update exchanged as
 //! safetensors files, the command killed (with its process group) at its timeout.
 
+use super::persistent::{Answer, Persistent, Stopped};
 use super::*;
+use crate::config::TrainerMode;
 
 /// The institution's own training command (see [`ExternalConfig`]).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ExternalSource {
     pub config: ExternalConfig,
     pub layout: Layout,
     pub initial: Vec<f32>,
+    /// The initial model's integer buffers, handed over unchanged.
+    pub kept: Vec<KeptTensor>,
     /// Where the model and update files are exchanged.
     pub scratch: PathBuf,
+    /// The trainer in persistent mode, once started.
+    running: Option<Persistent>,
+    /// What the trainer reported with its last update, and that update's round.
+    metrics: Option<(u64, TrainerMetrics)>,
 }
 
 impl ExternalSource {
@@ -22,34 +30,64 @@ impl ExternalSource {
         if config.command.is_empty() {
             return Err(SourceError::EmptyCommand);
         }
-        let layout: Layout = config
+        let listed: Layout = config
             .tensors
             .iter()
             .map(|t| (t.name.clone(), t.shape.clone()))
             .collect();
-        for (i, (name, _)) in layout.iter().enumerate() {
-            if layout[..i].iter().any(|(n, _)| n == name) {
+        for (i, (name, _)) in listed.iter().enumerate() {
+            if listed[..i].iter().any(|(n, _)| n == name) {
                 return Err(SourceError::DuplicateTensor(name.clone()));
             }
         }
         if config.timeout_secs == 0 || config.timeout_secs > MAX_TRAINER_SECS {
             return Err(SourceError::TrainerTimeout(config.timeout_secs));
         }
-        let total = layout
-            .iter()
-            .try_fold(0usize, |total, (_, shape)| {
-                shape
+        let (layout, initial, kept) = match &config.initial_model {
+            Some(path) => {
+                let model = tensors::read_model(path)?;
+                if model.values.len() != values {
+                    return Err(SourceError::InitialValues {
+                        path: path.clone(),
+                        total: model.values.len(),
+                        values,
+                    });
+                }
+                if listed.is_empty() {
+                    (model.layout, model.values, model.kept)
+                } else {
+                    let mut sorted = listed.clone();
+                    sorted.sort();
+                    let mut in_file = model.layout.clone();
+                    in_file.sort();
+                    if sorted != in_file {
+                        return Err(SourceError::TensorsDiffer {
+                            path: path.clone(),
+                            listed: describe(&listed),
+                            file: describe(&model.layout),
+                        });
+                    }
+                    // The list's order, as before the list could be left out.
+                    let (values, _) = tensors::read_file(path, &listed, &model.kept)?;
+                    (listed, values, model.kept)
+                }
+            }
+            None if listed.is_empty() => return Err(SourceError::NoTensors),
+            None => {
+                let total = listed
                     .iter()
-                    .try_fold(1usize, |n, d| n.checked_mul(*d))
-                    .and_then(|n| total.checked_add(n))
-            })
-            .ok_or(SourceError::ShapesOverflow)?;
-        if total != values {
-            return Err(SourceError::TensorValues { total, values });
-        }
-        let initial = match &config.initial_model {
-            Some(path) => tensors::read_file(path, &layout)?.0,
-            None => vec![0.0; values],
+                    .try_fold(0usize, |total, (_, shape)| {
+                        shape
+                            .iter()
+                            .try_fold(1usize, |n, d| n.checked_mul(*d))
+                            .and_then(|n| total.checked_add(n))
+                    })
+                    .ok_or(SourceError::ShapesOverflow)?;
+                if total != values {
+                    return Err(SourceError::TensorValues { total, values });
+                }
+                (listed, vec![0.0; values], Vec::new())
+            }
         };
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -62,14 +100,42 @@ impl ExternalSource {
             config: config.clone(),
             layout,
             initial,
+            kept,
             scratch,
+            running: None,
+            metrics: None,
         })
     }
 }
 
+fn describe(layout: &Layout) -> String {
+    layout
+        .iter()
+        .map(|(name, shape)| format!("{name} {shape:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How near an update is to the model it was computed from, as a fraction of the update's
+/// size, when that is under a quarter: a trainer that wrote its trained weights instead of
+/// their difference. A real difference that close would mean the trainer doubled the whole
+/// model in one round. Never fires on a zero model, where weights and differences agree.
+pub fn looks_like_weights(update: &[f32], model: &[f32]) -> Option<f64> {
+    let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+    let size = norm(&mut update.iter().map(|u| f64::from(*u)));
+    let model_size = norm(&mut model.iter().map(|m| f64::from(*m)));
+    let distance = norm(
+        &mut update
+            .iter()
+            .zip(model)
+            .map(|(u, m)| f64::from(*u) - f64::from(*m)),
+    );
+    (model_size > 0.0 && distance < 0.25 * size).then(|| 100.0 * distance / size)
+}
+
 /// Kills a trainer and everything it started (it leads its own process group, and is not
 /// yet reaped, so the group id cannot belong to anyone else).
-fn kill_group(child: &mut std::process::Child) {
+pub(super) fn kill_group(child: &mut std::process::Child) {
     let group = rustix::process::Pid::from_child(child);
     if let Err(e) = rustix::process::kill_process_group(group, rustix::process::Signal::KILL) {
         tracing::warn!(error = %e, "the trainer's process group could not be killed");
@@ -94,34 +160,58 @@ fn tail(path: &Path) -> String {
     lines.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
-impl UpdateSource for ExternalSource {
-    fn update(&mut self, round: u64, global: &[f32]) -> Result<Update, SourceError> {
-        // Per-round names: a trainer left over from an earlier round cannot slip its file in.
-        let model_path = self.scratch.join(format!("model-{round}.safetensors"));
-        let update_path = self.scratch.join(format!("update-{round}.safetensors"));
-        let stderr_path = self.scratch.join("trainer.log");
-        let _ = std::fs::remove_file(&update_path);
-        let start = self.parameters(global);
-        let metadata = HashMap::from([("round".to_string(), round.to_string())]);
-        let bytes = tensors::encode(&self.layout, &start, metadata)?;
-        // The consortium's model: owner-only, like every exported copy.
-        runtime::files::write_atomically(&model_path, &bytes, 0o600)
-            .map_err(io_error(&model_path))?;
-        let stderr = std::fs::File::create(&stderr_path).map_err(io_error(&stderr_path))?;
-        let program = &self.config.command[0];
-        // Its error output goes to a file, not a pipe: nothing the trainer or its children do
-        // with it can block the node. The node's passphrase stays with the node.
-        let mut child = Command::new(program)
+impl ExternalSource {
+    /// The command with what every mode shares: its directory, its own process group, and no
+    /// passphrase (it stays with the node).
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.config.command[0]);
+        command
             .args(&self.config.command[1..])
             .current_dir(&self.config.working_dir)
             .env_remove("QUORATE_PASSPHRASE")
-            .env("QUORATE_MODEL", &model_path)
-            .env("QUORATE_UPDATE", &update_path)
+            .env("QUORATE_TRAINER_MODE", self.config.mode.name())
+            .process_group(0);
+        command
+    }
+
+    fn program(&self) -> String {
+        self.config.command[0].clone()
+    }
+
+    fn stderr_path(&self) -> PathBuf {
+        self.scratch.join("trainer.log")
+    }
+
+    fn failed(&self, status: std::process::ExitStatus) -> SourceError {
+        SourceError::TrainerFailed {
+            program: self.program(),
+            status,
+            tail: tail(&self.stderr_path()),
+        }
+    }
+
+    fn timed_out(&self) -> SourceError {
+        SourceError::TimedOut {
+            program: self.program(),
+            secs: self.config.timeout_secs,
+        }
+    }
+
+    /// Per-round mode: one process for this round, given the files in its environment.
+    fn run_once(&self, round: u64, model: &Path, update: &Path) -> Result<(), SourceError> {
+        let stderr_path = self.stderr_path();
+        let stderr = std::fs::File::create(&stderr_path).map_err(io_error(&stderr_path))?;
+        let program = self.program();
+        // Its error output goes to a file, not a pipe: nothing the trainer or its children do
+        // with it can block the node.
+        let mut child = self
+            .command()
+            .env("QUORATE_MODEL", model)
+            .env("QUORATE_UPDATE", update)
             .env("QUORATE_ROUND", round.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
-            .process_group(0)
             .spawn()
             .map_err(|source| SourceError::Start {
                 program: program.clone(),
@@ -138,23 +228,102 @@ impl UpdateSource for ExternalSource {
             }
             if Instant::now() > deadline {
                 kill_group(&mut child);
-                let _ = std::fs::remove_file(&model_path);
-                return Err(SourceError::TimedOut {
-                    program: program.clone(),
-                    secs: self.config.timeout_secs,
-                });
+                return Err(self.timed_out());
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let _ = std::fs::remove_file(&model_path);
         if !status.success() {
-            return Err(SourceError::TrainerFailed {
-                program: program.clone(),
-                status,
-                tail: tail(&stderr_path),
-            });
+            return Err(self.failed(status));
         }
-        let read = tensors::read_file(&update_path, &self.layout);
+        Ok(())
+    }
+
+    /// Persistent mode: the running trainer (started if it is not) asked for this round.
+    fn run_persistent(
+        &mut self,
+        round: u64,
+        model: &Path,
+        update: &Path,
+    ) -> Result<(), SourceError> {
+        if let Some(mut trainer) = self.running.take() {
+            if trainer.running() {
+                self.running = Some(trainer);
+            } else if let Some(status) = trainer.stop() {
+                tracing::warn!(%status, "the persistent trainer had exited; starting it again");
+            }
+        }
+        let mut trainer = match self.running.take() {
+            Some(trainer) => trainer,
+            None => {
+                let stderr_path = self.stderr_path();
+                let stderr = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&stderr_path)
+                    .map_err(io_error(&stderr_path))?;
+                Persistent::start(self.command(), &self.program(), stderr)?
+            }
+        };
+        let request = serde_json::json!({
+            "round": round,
+            "model": model,
+            "update": update,
+        });
+        let deadline = Instant::now() + Duration::from_secs(self.config.timeout_secs);
+        match trainer.request(&request, deadline) {
+            Ok(Answer::Written) => {
+                self.running = Some(trainer);
+                Ok(())
+            }
+            Ok(Answer::Refused(reason)) => {
+                // It stays up: it said what went wrong and may do better next round.
+                self.running = Some(trainer);
+                Err(SourceError::TrainerRefused {
+                    program: self.program(),
+                    reason,
+                })
+            }
+            Err(Stopped::TimedOut) => {
+                trainer.stop();
+                Err(self.timed_out())
+            }
+            Err(Stopped::Exited) => {
+                // Give a trainer that is exiting a moment to be reaped, for its status.
+                let waited = Instant::now() + Duration::from_secs(2);
+                while trainer.running() && Instant::now() < waited {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                match trainer.stop() {
+                    Some(status) => Err(self.failed(status)),
+                    None => Err(SourceError::TrainerRefused {
+                        program: self.program(),
+                        reason: "it closed its output without answering".into(),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+impl UpdateSource for ExternalSource {
+    fn update(&mut self, round: u64, global: &[f32]) -> Result<Update, SourceError> {
+        // Per-round names: a trainer left over from an earlier round cannot slip its file in.
+        let model_path = self.scratch.join(format!("model-{round}.safetensors"));
+        let update_path = self.scratch.join(format!("update-{round}.safetensors"));
+        let _ = std::fs::remove_file(&update_path);
+        let start = self.parameters(global);
+        let metadata = HashMap::from([("round".to_string(), round.to_string())]);
+        let bytes = tensors::encode(&self.layout, &start, &self.kept, metadata)?;
+        // The consortium's model: owner-only, like every exported copy.
+        runtime::files::write_atomically(&model_path, &bytes, 0o600)
+            .map_err(io_error(&model_path))?;
+        let run = match self.config.mode {
+            TrainerMode::PerRound => self.run_once(round, &model_path, &update_path),
+            TrainerMode::Persistent => self.run_persistent(round, &model_path, &update_path),
+        };
+        let _ = std::fs::remove_file(&model_path);
+        run?;
+        let read = tensors::read_file(&update_path, &self.layout, &self.kept);
         let _ = std::fs::remove_file(&update_path);
         let (update, metadata) = read.map_err(SourceError::BadUpdate)?;
         let samples = metadata
@@ -162,6 +331,20 @@ impl UpdateSource for ExternalSource {
             .and_then(|s| s.parse::<u64>().ok())
             .filter(|&n| n > 0)
             .ok_or_else(|| SourceError::NoSamples(update_path.clone()))?;
+        if let Some(percent) = looks_like_weights(&update, &start) {
+            return Err(SourceError::LooksLikeWeights { percent });
+        }
+        self.metrics = TrainerMetrics::from_metadata(&metadata).map(|m| (round, m));
+        if let Some((_, m)) = &self.metrics {
+            tracing::info!(
+                round,
+                accuracy = ?m.accuracy,
+                loss = ?m.loss,
+                rows = ?m.rows,
+                seconds = ?m.seconds,
+                "the trainer's own metrics"
+            );
+        }
         Ok(Update {
             values: update,
             samples,
@@ -174,5 +357,16 @@ impl UpdateSource for ExternalSource {
 
     fn layout(&self) -> Layout {
         self.layout.clone()
+    }
+
+    fn kept(&self) -> &[KeptTensor] {
+        &self.kept
+    }
+
+    fn trainer_metrics(&self, round: u64) -> Option<TrainerMetrics> {
+        self.metrics
+            .as_ref()
+            .filter(|(r, _)| *r == round)
+            .map(|(_, m)| m.clone())
     }
 }

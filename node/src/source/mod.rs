@@ -14,18 +14,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use protocol::round::RoundPlan;
+pub use protocol::round::check_initial_model;
+use protocol::round::{InitialModel, RoundPlan};
 
 use crate::config::{ExternalConfig, ModelKind, Scaling, SourceConfig, TrainerConfig};
 use training::data::{Dataset, Impute, load_csv};
 use training::scaling;
-use training::tensors;
+use training::tensors::{self, KeptTensor};
 use training::trainer::{Evaluation, Layout, Model, SgdConfig};
 
 /// The longest a trainer may be given: a week.
 const MAX_TRAINER_SECS: u64 = 7 * 24 * 3600;
 
 mod external;
+pub mod persistent;
 mod synthetic;
 
 pub use external::ExternalSource;
@@ -39,6 +41,37 @@ pub use synthetic::{
 pub struct Update {
     pub values: Vec<f32>,
     pub samples: u64,
+}
+
+/// Numbers an external trainer reports with its update, as its update's metadata
+/// `metric.accuracy`, `metric.loss`, `metric.rows` and `metric.seconds`: the node records them in the round
+/// report and does not check them.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainerMetrics {
+    pub accuracy: Option<f64>,
+    pub loss: Option<f64>,
+    pub rows: Option<f64>,
+    /// How long the trainer's own training took (the helper measures it).
+    pub seconds: Option<f64>,
+}
+
+impl TrainerMetrics {
+    /// The metrics in an update's metadata, if it has any (non-finite values are left out).
+    pub fn from_metadata(metadata: &HashMap<String, String>) -> Option<Self> {
+        let get = |key: &str| {
+            metadata
+                .get(&format!("metric.{key}"))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite())
+        };
+        let metrics = Self {
+            accuracy: get("accuracy"),
+            loss: get("loss"),
+            rows: get("rows"),
+            seconds: get("seconds"),
+        };
+        (metrics != Self::default()).then_some(metrics)
+    }
 }
 
 /// Why a source could not be opened or could not give an update, naming the file, the field
@@ -68,6 +101,29 @@ pub enum SourceError {
     PooledClip { clip: f32 },
     #[error("source.command is empty")]
     EmptyCommand,
+    #[error(
+        "source: name the agreed initial_model (its tensors are read from it), or list the \
+         tensors to start from zeros"
+    )]
+    NoTensors,
+    #[error(
+        "source.tensors list {listed}, the initial model {path} holds {file}: drop the list \
+         (the node reads it from the file) or make them agree"
+    )]
+    TensorsDiffer {
+        path: PathBuf,
+        listed: String,
+        file: String,
+    },
+    #[error(
+        "the initial model {path} holds {total} federated values, the plan has {values}: set \
+         values = {total} in the plan (`quorate model inspect {path}` prints a plan for it)"
+    )]
+    InitialValues {
+        path: PathBuf,
+        total: usize,
+        values: usize,
+    },
     #[error("source.tensors names {0:?} twice")]
     DuplicateTensor(String),
     #[error("source.timeout_secs = {0}: between 1 and {MAX_TRAINER_SECS}")]
@@ -99,8 +155,17 @@ pub enum SourceError {
         status: std::process::ExitStatus,
         tail: String,
     },
+    #[error("the trainer {program:?} answered with an error: {reason}")]
+    TrainerRefused { program: String, reason: String },
     #[error("the trainer's update: {0}")]
     BadUpdate(tensors::TensorError),
+    #[error(
+        "the trainer's update looks like model weights, not a difference: it is within \
+         {percent:.1} % of the global model it was given. Write trained minus global (the \
+         helper's save_update does); the plan clips every value to its clip, so weights would \
+         be damaged silently"
+    )]
+    LooksLikeWeights { percent: f64 },
     #[error("{0}: the metadata must give the number of training rows as \"samples\"")]
     NoSamples(PathBuf),
 }
@@ -112,15 +177,17 @@ impl SourceError {
     pub fn public_reason(&self) -> String {
         match self {
             SourceError::TrainerFailed { status, .. } => format!("the trainer failed ({status})"),
+            SourceError::TrainerRefused { .. } => "the trainer answered with an error".into(),
             SourceError::TimedOut { secs, .. } => {
                 format!("the trainer ran longer than {secs} s and was stopped")
             }
             SourceError::Start { .. } | SourceError::Wait { .. } => {
                 "the trainer could not be run".into()
             }
-            SourceError::BadUpdate(_) | SourceError::NoSamples(_) | SourceError::Tensors(_) => {
-                "the trainer's update is unusable".into()
-            }
+            SourceError::BadUpdate(_)
+            | SourceError::NoSamples(_)
+            | SourceError::Tensors(_)
+            | SourceError::LooksLikeWeights { .. } => "the trainer's update is unusable".into(),
             SourceError::Data(_) => "the training data could not be read".into(),
             _ => "the update source failed".into(),
         }
@@ -160,10 +227,55 @@ pub trait UpdateSource: Send {
     fn export_metadata(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+
+    /// What the trainer itself reported with its update to `round` (an external trainer's
+    /// `metric.*` metadata: measured by it, on the model it started from).
+    fn trainer_metrics(&self, _round: u64) -> Option<TrainerMetrics> {
+        None
+    }
+
+    /// Tensors handed to the trainer unchanged with every model, and never federated
+    /// (integer buffers; see [`KeptTensor`]).
+    fn kept(&self) -> &[KeptTensor] {
+        &[]
+    }
+
+    /// The digest of the model this member starts from, and whether that model is all zeros
+    /// (which a plan need not pin): what [`check_initial_model`] compares with the plan.
+    fn initial_model(&self) -> (InitialModel, bool) {
+        let layout = self.layout();
+        let size = layout
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        initial_model_of(&layout, &self.parameters(&vec![0.0; size]), self.kept())
+    }
 }
 
-/// carry more values after the parameters, such as the pooled statistics).
+/// The digest of an initial model (see [`InitialModel`]) and whether it is all zeros: one
+/// function for the node's check, `quorate model inspect` and the rehearsal's plan.
+pub fn initial_model_of(
+    layout: &Layout,
+    initial: &[f32],
+    kept: &[KeptTensor],
+) -> (InitialModel, bool) {
+    let dtypes: Vec<String> = kept.iter().map(|k| format!("{:?}", k.dtype)).collect();
+    let kept: Vec<protocol::round::KeptTensor> = kept
+        .iter()
+        .zip(&dtypes)
+        .map(|(k, dtype)| protocol::round::KeptTensor {
+            name: &k.name,
+            dtype,
+            shape: &k.shape,
+            bytes: &k.bytes,
+        })
+        .collect();
+    let all_zero = kept.is_empty() && initial.iter().all(|v| *v == 0.0);
+    (InitialModel::of(layout, initial, &kept), all_zero)
+}
+
 /// The network's parameters: the shared initial model plus the global model (which may
+/// carry more values after the parameters, such as the pooled statistics).
 fn from_initial(initial: &[f32], global: &[f32]) -> Vec<f32> {
     initial.iter().zip(global).map(|(i, g)| i + g).collect()
 }
@@ -411,6 +523,7 @@ mod tests {
                 shape: vec![2],
             }],
             initial_model: None,
+            mode: Default::default(),
             timeout_secs,
             working_dir: scratch.to_owned(),
         };
@@ -472,6 +585,7 @@ mod tests {
             command: vec!["true".into()],
             tensors: vec![spec("w", vec![1]), spec("w", vec![1])],
             initial_model: None,
+            mode: Default::default(),
             timeout_secs: 60,
             working_dir: dir.path().to_owned(),
         };
@@ -488,5 +602,111 @@ mod tests {
         config.tensors = vec![spec("w", vec![2])];
         config.timeout_secs = u64::MAX;
         assert!(open(&config).contains("timeout_secs"));
+    }
+
+    #[test]
+    fn an_update_that_is_the_model_rather_than_a_difference_is_refused() {
+        let model: Vec<f32> = (0..100).map(|i| (i as f32 - 50.0) / 25.0).collect();
+        // Trained weights: the model moved by a few percent.
+        let weights: Vec<f32> = model.iter().map(|m| m * 1.05 + 0.01).collect();
+        let percent = external::looks_like_weights(&weights, &model).unwrap();
+        assert!(percent < 10.0, "{percent}");
+        // A real difference, even a large one, is not.
+        let difference: Vec<f32> = model.iter().map(|m| 0.3 * m - 0.02).collect();
+        assert_eq!(external::looks_like_weights(&difference, &model), None);
+        // From a model of zeros, weights and differences are the same thing.
+        assert_eq!(external::looks_like_weights(&weights, &[0.0; 100]), None);
+        let error = SourceError::LooksLikeWeights { percent };
+        assert!(error.to_string().contains("trained minus global"));
+        assert_eq!(error.public_reason(), "the trainer's update is unusable");
+    }
+
+    #[test]
+    fn a_trainers_metrics_come_from_its_updates_metadata() {
+        let metadata = HashMap::from([
+            ("samples".to_string(), "120".to_string()),
+            ("metric.accuracy".to_string(), "0.975".to_string()),
+            ("metric.loss".to_string(), "NaN".to_string()),
+        ]);
+        assert_eq!(
+            TrainerMetrics::from_metadata(&metadata),
+            Some(TrainerMetrics {
+                accuracy: Some(0.975),
+                loss: None,
+                rows: None,
+                seconds: None
+            })
+        );
+        assert_eq!(TrainerMetrics::from_metadata(&HashMap::new()), None);
+    }
+
+    /// A source running `script` with `sh` in persistent mode.
+    fn persistent(script: &str, timeout_secs: u64, dir: &Path) -> ExternalSource {
+        let config = ExternalConfig {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            tensors: vec![TensorSpec {
+                name: "w".into(),
+                shape: vec![2],
+            }],
+            initial_model: None,
+            mode: crate::config::TrainerMode::Persistent,
+            timeout_secs,
+            working_dir: dir.to_owned(),
+        };
+        ExternalSource::open(&config, 2, dir.join("trainer")).unwrap()
+    }
+
+    #[test]
+    fn a_persistent_trainer_is_started_once_and_answers_each_round_on_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        // Copies the model to the update (so the node finds no sample count: proof that the
+        // request named both files), after a line of chatter that is not an answer.
+        let script = r#"echo $$ >> pids; [ "$QUORATE_TRAINER_MODE" = persistent ] || exit 9
+            while read -r line; do
+              echo "epoch 1 loss 0.5"
+              m=$(echo "$line" | sed 's/.*"model":"\([^"]*\)".*/\1/')
+              u=$(echo "$line" | sed 's/.*"update":"\([^"]*\)".*/\1/')
+              cp "$m" "$u"; echo '{"ok": true}'
+            done"#;
+        let mut source = persistent(script, 60, dir.path());
+        for round in 1..=3 {
+            let error = source.update(round, &[0.5, 0.25]).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("update-{round}.safetensors")),
+                "{error}"
+            );
+            assert!(error.contains("\"samples\""), "{error}");
+        }
+        let pids = std::fs::read_to_string(dir.path().join("pids")).unwrap();
+        assert_eq!(pids.lines().count(), 1, "started once: {pids}");
+    }
+
+    #[test]
+    fn a_persistent_trainer_that_fails_refuses_or_hangs_is_named_and_started_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut exits = persistent("echo dying >&2; read -r line; exit 4", 60, dir.path());
+        let error = exits.update(1, &[0.0, 0.0]).unwrap_err().to_string();
+        assert!(error.contains("exit status: 4"), "{error}");
+        assert!(error.contains("dying"), "{error}");
+        // Started again for the next round.
+        let error = exits.update(2, &[0.0, 0.0]).unwrap_err().to_string();
+        assert!(error.contains("exit status: 4"), "{error}");
+
+        let mut refuses = persistent(
+            r#"while read -r line; do echo '{"error": "no data yet"}'; done"#,
+            60,
+            dir.path(),
+        );
+        let error = refuses.update(1, &[0.0, 0.0]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("answered with an error: no data yet")
+        );
+        assert_eq!(error.public_reason(), "the trainer answered with an error");
+
+        let mut hangs = persistent("sleep 300", 1, dir.path());
+        let error = hangs.update(1, &[0.0, 0.0]).unwrap_err().to_string();
+        assert!(error.contains("ran longer than 1 s"), "{error}");
     }
 }

@@ -48,6 +48,12 @@ impl FixedPointCodec {
         (max + 1.0).log2().ceil() as u32
     }
 
+    /// How many values encoding clamps to [-clip, clip]: a member reports it, since clipping
+    /// changes its update without failing.
+    pub fn clipped(&self, values: &[f32]) -> usize {
+        values.iter().filter(|v| v.abs() > self.clip).count()
+    }
+
     /// Encodes with round-to-nearest. Non-finite input is an error naming the position.
     pub fn encode(&self, values: &[f32]) -> Result<Vec<i64>, HeError> {
         self.encode_with(values, |scaled| scaled.round())

@@ -4,7 +4,7 @@
 //! a quorum decrypt it among themselves. The pieces here decide; the node and the coordinator
 //! only move bytes and keep state on disk:
 //! - [`RoundPlan`]: what every party agrees on (model size, fixed-point codec, aggregation
-//!   rule, retries), named by its digest in every `round open`;
+//!   rule, retries, the initial model's digest), named by its digest in every `round open`;
 //! - [`CoordinatorRound`]: the coordinator's side of one round: accept contributions, close
 //!   with at least `k_min`, name a quorum, notice failures and retry with a re-randomised
 //!   ciphertext, up to the plan's cap;
@@ -17,6 +17,7 @@
 #[cfg(test)]
 mod attacks;
 pub mod incidents;
+pub mod initial;
 pub mod machine;
 pub mod message;
 pub mod plan;
@@ -25,6 +26,7 @@ pub mod rules;
 #[cfg(test)]
 mod tests;
 
+pub use initial::{InitialModel, InitialModelError, KeptTensor, check_initial_model};
 pub use machine::{CloseDecision, CloseTerms, CoordinatorRound, DecryptionStatus};
 pub use plan::{ModelDigest, RoundPlan, model_digest};
 pub use policy::{

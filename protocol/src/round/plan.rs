@@ -3,6 +3,7 @@
 use sha2::{Digest as _, Sha256};
 
 use super::RoundError;
+use super::initial::InitialModel;
 use crate::audit::entry::Digest;
 use crate::bytes::Writer;
 use crate::he::{Budget, BudgetRequest, FixedPointCodec, ThresholdConfig};
@@ -47,6 +48,10 @@ pub struct RoundPlan {
     /// make it reveal little more than its own update and one other's; this bounds that.
     #[serde(default = "default_sample_ratio")]
     pub max_sample_ratio: u32,
+    /// The digest of the model every member starts from (see [`InitialModel`]); absent, only
+    /// the all-zero model is allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_model: Option<InitialModel>,
 }
 
 fn default_sample_ratio() -> u32 {
@@ -66,6 +71,7 @@ impl Default for RoundPlan {
             // Sized for 1000 values over 50 rounds of up to 4 attempts (see `sized`).
             kappa: 49,
             max_sample_ratio: default_sample_ratio(),
+            initial_model: None,
         }
     }
 }
@@ -250,6 +256,10 @@ impl RoundPlan {
             .u8(self.max_retries)
             .u8(self.kappa)
             .u32(self.max_sample_ratio);
+        // Appended only when pinned, so that the digests of plans without one are unchanged.
+        if let Some(initial) = &self.initial_model {
+            w.bytes(b"initial-model").bytes(&initial.0);
+        }
         w.into_bytes()
     }
 

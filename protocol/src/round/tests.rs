@@ -119,10 +119,19 @@ fn plan_digest_covers_every_field_and_the_budget_fits() {
             max_sample_ratio: 7,
             ..base.clone()
         },
+        RoundPlan {
+            initial_model: Some(crate::round::InitialModel([7; 32])),
+            ..base.clone()
+        },
     ];
     for variant in &variants {
         assert_ne!(variant.digest(), base.digest(), "{variant:?}");
     }
+    // Golden: a plan that pins no initial model keeps the digest it had before plans could.
+    assert_eq!(
+        hex::encode(RoundPlan::default().digest()),
+        "28655e00b999874d7524fe5a0c4ccf4ef713fc0d09996b5105b16032a011d744"
+    );
     let config = ThresholdConfig::new(5, 3).unwrap();
     base.budget(config).unwrap();
     assert!(

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""A small CNN with BatchNorm on 8x8 digit images, trained by an institution's Quorate node.
+
+Write the consortium's initial model once (every member then starts from this file; the plan
+pins its digest):
+
+  python3 pytorch_cnn.py --init initial.safetensors --seed 0
+
+Run by the node, in per-round or persistent mode (node.toml):
+
+  [source]
+  kind = "external"
+  mode = "persistent"
+  command = ["python3", "../trainers/pytorch_cnn.py", "--data", "data.csv"]
+  initial_model = "../initial.safetensors"
+
+The data is a CSV file with a header, 64 pixel columns and a class column (`--target`, 0..9),
+as configs/data/digits.csv. The rows never leave this process; the node encrypts the update.
+Needs torch and safetensors (scripts/setup-pytorch installs a CPU-only build).
+"""
+
+import argparse
+import csv
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import quorate_trainer  # noqa: E402
+
+
+def network():
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 4 * 4, 10),
+    )
+
+
+def load_rows(path, target):
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        if target not in header:
+            sys.exit(f"{path}: no column named {target!r}")
+        t = header.index(target)
+        features, labels = [], []
+        for row_number, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            try:
+                labels.append(int(row[t]))
+                features.append([float(v) for i, v in enumerate(row) if i != t])
+            except ValueError as e:
+                sys.exit(f"{path}, row {row_number}: {e}")
+    x = torch.tensor(features)
+    if x.shape[1] != 64:
+        sys.exit(f"{path}: {x.shape[1]} pixel columns, this network takes 64 (8x8)")
+    # Pixels are 0..16 in the shipped digits: a fixed scale, the same at every institution.
+    return (x / 16.0).reshape(-1, 1, 8, 8), torch.tensor(labels)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--init", metavar="FILE", help="write the initial model and exit")
+    parser.add_argument("--data")
+    parser.add_argument("--target", default="label")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep-updates", metavar="DIR", help="also keep a copy of each update")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    if args.init:
+        torch.manual_seed(args.seed)
+        save_file(network().state_dict(), args.init)
+        return
+    if not args.data:
+        parser.error("--data is required (or --init)")
+    x, y = load_rows(args.data, args.target)
+    model = network()
+
+    def train(model, round_number):
+        torch.manual_seed(args.seed * 1_000_003 + round_number)
+        model.train()
+        optimiser = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=0.9)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        for _ in range(args.epochs):
+            order = torch.randperm(len(y))
+            for start in range(0, len(y), args.batch):
+                batch = order[start : start + args.batch]
+                optimiser.zero_grad()
+                loss_fn(model(x[batch]), y[batch]).backward()
+                optimiser.step()
+        return len(y)
+
+    quorate_trainer.run(model, train, keep_updates=args.keep_updates)
+
+
+if __name__ == "__main__":
+    main()

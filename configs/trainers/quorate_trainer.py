@@ -1,0 +1,114 @@
+"""Helpers for an institution's own PyTorch trainer run by a Quorate node.
+
+A trainer is a function from the global model to a trained model:
+
+    import quorate_trainer
+
+    def train(model, round_number):
+        # model holds the consortium's global model; train it on this institution's rows
+        ...
+        return len(rows), {"accuracy": 0.97, "loss": 0.08, "rows": 120}   # metrics optional
+
+    quorate_trainer.run(model, train)
+
+`run` serves both of the node's modes (`mode` in the node's [source]):
+- per-round: the node starts the script each round; `run` loads the global model from
+  $QUORATE_MODEL, calls `train` once and writes the update to $QUORATE_UPDATE;
+- persistent: the node starts the script once and sends one request per round on standard
+  input; `run` answers each on standard output (anything the trainer prints goes to standard
+  error, so a stray print cannot be taken for an answer).
+
+What is federated: every floating-point tensor of the state_dict, parameters and buffers alike,
+so BatchNorm's running_mean and running_var are averaged like weights. Integer buffers
+(num_batches_tracked) are not: the node hands them back unchanged with every model, and the
+update leaves them out. Tensors are exchanged as float32; the update is trained minus global,
+which the node clips to the plan's clip (the plan's `clip`, 1.0 by default) before encoding.
+"""
+
+import json
+import os
+import shutil
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def load_global(path):
+    """The global model in a safetensors file, as a state_dict (float32, integer buffers as
+    they were)."""
+    return load_file(path)
+
+
+def _federated(name, tensor):
+    return tensor.is_floating_point()
+
+
+def save_update(model, global_state, path, samples, metrics=None):
+    """Writes trained minus global for every floating-point tensor of `model`'s state_dict,
+    with the number of training rows (`samples`, the update's weight) and optional metrics
+    (numbers: accuracy, loss, rows; `run` adds seconds, the time `train` took) in the file's
+    metadata."""
+    if samples <= 0:
+        raise ValueError(f"samples = {samples}: an update stands for at least one row")
+    trained = model.state_dict()
+    update = {}
+    for name, value in trained.items():
+        if not _federated(name, value):
+            continue
+        if name not in global_state:
+            raise KeyError(f"{name} is in the model but not in the global model")
+        update[name] = (value.detach().float() - global_state[name].float()).contiguous()
+    metadata = {"samples": str(int(samples))}
+    for key, value in (metrics or {}).items():
+        metadata[f"metric.{key}"] = repr(float(value))
+    save_file(update, path, metadata=metadata)
+
+
+def _one_round(model, train, model_path, update_path, round_number, keep_updates):
+    global_state = load_global(model_path)
+    # Strict: a tensor missing on either side is a different model, said at once.
+    model.load_state_dict(global_state, strict=True)
+    started = time.monotonic()
+    result = train(model, round_number)
+    samples, metrics = result if isinstance(result, tuple) else (result, None)
+    metrics = dict(metrics or {}, seconds=time.monotonic() - started)
+    save_update(model, global_state, update_path, samples, metrics)
+    if keep_updates:
+        os.makedirs(keep_updates, exist_ok=True)
+        shutil.copyfile(update_path, os.path.join(keep_updates, f"update-{round_number}.safetensors"))
+
+
+def run(model, train, keep_updates=None):
+    """Serves the node: once (per-round mode) or for every request (persistent mode).
+    `keep_updates` names a directory that keeps a copy of every update written."""
+    mode = os.environ.get("QUORATE_TRAINER_MODE", "per-round")
+    if mode == "per-round":
+        _one_round(
+            model,
+            train,
+            os.environ["QUORATE_MODEL"],
+            os.environ["QUORATE_UPDATE"],
+            int(os.environ["QUORATE_ROUND"]),
+            keep_updates,
+        )
+        return
+    if mode != "persistent":
+        sys.exit(f"QUORATE_TRAINER_MODE = {mode!r}: per-round or persistent")
+    answers = sys.stdout
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        try:
+            _one_round(
+                model, train, request["model"], request["update"], int(request["round"]), keep_updates
+            )
+            answer = {"ok": True}
+        except Exception as e:  # the node logs it and sits the round out; the next may work
+            print(f"round {request.get('round')}: {e!r}", file=sys.stderr, flush=True)
+            answer = {"error": f"{type(e).__name__}: {e}"}
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()

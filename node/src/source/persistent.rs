@@ -1,0 +1,183 @@
+//! A trainer that stays up between rounds: started once, then sent one request per round on
+//! its standard input and answering with one line on its standard output. Importing PyTorch
+//! and loading data take seconds; a per-round process pays them every round.
+//!
+//! The exchange, one JSON object per line:
+//! - node to trainer: `{"round": 3, "model": "/…/model-3.safetensors", "update": "/…/update-3.safetensors"}`
+//! - trainer to node: `{"ok": true}` once the update file is written, or `{"error": "why"}`.
+//!
+//! Other lines on its standard output are ignored (a stray `print`), each cut at
+//! [`MAX_LINE_BYTES`], so a trainer cannot make the node buffer without end. A trainer that
+//! exits, answers with an error or overruns its timeout is stopped with its process group and
+//! started again for the next round.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
+use std::time::{Duration, Instant};
+
+use super::SourceError;
+
+/// The longest answer line read; longer lines are read in pieces and ignored.
+pub const MAX_LINE_BYTES: u64 = 64 << 10;
+
+/// The running trainer.
+#[derive(Debug)]
+pub struct Persistent {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+}
+
+/// What the trainer answered to one request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    Written,
+    Refused(String),
+}
+
+#[derive(serde::Deserialize)]
+struct AnswerLine {
+    #[serde(default)]
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// The answer a line carries, if it is one.
+pub fn parse_answer(line: &str) -> Option<Answer> {
+    let answer: AnswerLine = serde_json::from_str(line.trim()).ok()?;
+    match (answer.ok, answer.error) {
+        (_, Some(error)) => Some(Answer::Refused(error)),
+        (true, None) => Some(Answer::Written),
+        (false, None) => None,
+    }
+}
+
+impl Persistent {
+    /// Starts `command` (already configured with its directory and environment), its error
+    /// output going to `stderr`.
+    pub fn start(
+        mut command: Command,
+        program: &str,
+        stderr: std::fs::File,
+    ) -> Result<Self, SourceError> {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|source| SourceError::Start {
+                program: program.to_owned(),
+                source,
+            })?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let (send, lines) = sync_channel(16);
+        std::thread::Builder::new()
+            .name("trainer-stdout".into())
+            .spawn(move || {
+                let mut reader = BufReader::new(stdout);
+                loop {
+                    let mut line = Vec::new();
+                    match (&mut reader)
+                        .take(MAX_LINE_BYTES)
+                        .read_until(b'\n', &mut line)
+                    {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {
+                            let line = String::from_utf8_lossy(&line).into_owned();
+                            if send.send(line).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|source| SourceError::Start {
+                program: program.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            child,
+            stdin,
+            lines,
+        })
+    }
+
+    /// Sends one round's request and waits for its answer until `deadline`. `Err` means the
+    /// trainer is gone or must go: the caller stops it and starts another next round.
+    pub fn request(
+        &mut self,
+        request: &serde_json::Value,
+        deadline: Instant,
+    ) -> Result<Answer, Stopped> {
+        let mut line = request.to_string();
+        line.push('\n');
+        if self
+            .stdin
+            .write_all(line.as_bytes())
+            .and_then(|()| self.stdin.flush())
+            .is_err()
+        {
+            return Err(Stopped::Exited);
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left.max(Duration::from_millis(1))) {
+                Ok(line) => {
+                    if let Some(answer) = parse_answer(&line) {
+                        return Ok(answer);
+                    }
+                    tracing::debug!(line = line.trim_end(), "trainer output ignored");
+                }
+                Err(RecvTimeoutError::Timeout) => return Err(Stopped::TimedOut),
+                Err(RecvTimeoutError::Disconnected) => return Err(Stopped::Exited),
+            }
+        }
+    }
+
+    /// Whether the trainer is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Stops the trainer and its children; its exit status, if it had one.
+    pub fn stop(mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.try_wait().ok().flatten();
+        super::external::kill_group(&mut self.child);
+        status.or_else(|| self.child.try_wait().ok().flatten())
+    }
+}
+
+/// Why a request got no answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    Exited,
+    TimedOut,
+}
+
+impl Drop for Persistent {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            super::external::kill_group(&mut self.child);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_one_json_object_per_line_and_other_output_is_not_an_answer() {
+        assert_eq!(parse_answer("{\"ok\": true}\n"), Some(Answer::Written));
+        assert_eq!(
+            parse_answer("{\"error\": \"out of memory\"}"),
+            Some(Answer::Refused("out of memory".into()))
+        );
+        assert_eq!(parse_answer("epoch 1 loss 0.3"), None);
+        assert_eq!(parse_answer("{\"ok\": false}"), None);
+        assert_eq!(parse_answer("[1, 2]"), None);
+    }
+}

@@ -1,0 +1,167 @@
+//! Real PyTorch trainers on loopback: a CNN with BatchNorm, each institution's own process in
+//! persistent mode, from an initial model whose digest the plan pins. The test installs
+//! PyTorch with the project's own script and fails, never skips, when it cannot.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use protocol::round::{RoundPlan, model_digest};
+
+mod deployment;
+
+use deployment::*;
+
+/// The Python that runs the trainers, from `scripts/setup-pytorch` (CPU-only torch, reused).
+fn pytorch() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup-pytorch");
+    let out = Command::new(&script)
+        .output()
+        .expect("scripts/setup-pytorch runs");
+    assert!(
+        out.status.success(),
+        "this test needs PyTorch, which {} installs; it failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+const ROUNDS: u64 = 3;
+
+#[test]
+fn pytorch_cnns_with_batchnorm_in_persistent_mode_match_plaintext_fixed_point_fedavg() {
+    let python = pytorch();
+    let trainers = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/trainers");
+    let cnn = trainers.join("pytorch_cnn.py");
+    let trainer = format!(
+        "{} {} --data data.csv --keep-updates kept",
+        python.display(),
+        cnn.display()
+    );
+    let mut d = deploy_rehearsed(
+        3,
+        2,
+        &[
+            "--initial-model",
+            "initial.safetensors",
+            "--trainer",
+            &trainer,
+        ],
+        ROUNDS,
+        120,
+        RoundPlan::default(),
+        |work| {
+            let status = Command::new(&python)
+                .arg(&cnn)
+                .args(["--init", "initial.safetensors", "--seed", "4"])
+                .current_dir(work)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        },
+    );
+    // The plan the rehearsal wrote: values and the initial model's digest from the file.
+    let coordinator: toml::Table =
+        std::fs::read_to_string(d.dir.join("coordinator/coordinator.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
+    d.plan = coordinator["plan"].clone().try_into().unwrap();
+    let initial = training::tensors::read_model(&d.dir.join("../initial.safetensors")).unwrap();
+    assert_eq!(d.plan.values as usize, initial.values.len());
+    assert!(d.plan.initial_model.is_some());
+    // BatchNorm's counter is kept, not federated; its running statistics are federated.
+    assert_eq!(initial.kept.len(), 1);
+    assert!(initial.kept[0].name.ends_with("num_batches_tracked"));
+    assert!(
+        initial
+            .layout
+            .iter()
+            .any(|(n, _)| n.ends_with("running_var"))
+    );
+
+    // Digits, split by row among the three institutions.
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/data/digits.csv"),
+    )
+    .unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let mut parts = vec![format!("{header}\n"); 3];
+    for (i, line) in lines.enumerate() {
+        parts[i % 3].push_str(line);
+        parts[i % 3].push('\n');
+    }
+    for (i, name) in d.members.iter().enumerate() {
+        std::fs::write(d.dir.join(name).join("data.csv"), &parts[i]).unwrap();
+        edit_toml(&d.dir.join(name).join("node.toml"), |t| {
+            let source = t["source"].as_table_mut().unwrap();
+            source.insert("mode".into(), "persistent".into());
+            // No tensor list: the node reads it from the initial model.
+            assert!(!source.contains_key("tensors"));
+            t.insert("export_model".into(), "export.safetensors".into());
+        });
+    }
+    d.run(ROUNDS, None);
+
+    // The reference: plaintext fixed-point FedAvg of the very updates each trainer wrote (kept
+    // copies), over the rounds and contributors the log decrypted.
+    let chain = node::reference::decrypted_chain(&d.log()).unwrap();
+    assert_eq!(chain.len() as u64, ROUNDS, "{chain:?}");
+    let mut model = vec![0i64; d.plan.values as usize];
+    for (round, contributors) in &chain {
+        let updates: Vec<(Vec<f32>, u64)> = contributors
+            .iter()
+            .map(|&(member, samples)| {
+                let path = d
+                    .dir
+                    .join(&d.members[usize::from(member)])
+                    .join(format!("kept/update-{round}.safetensors"));
+                let (values, _) =
+                    training::tensors::read_file(&path, &initial.layout, &initial.kept).unwrap();
+                (values, samples)
+            })
+            .collect();
+        d.plan.fedavg_step(&mut model, &updates).unwrap();
+    }
+    let expected = hex::encode(model_digest(&model));
+    let parameters: Vec<f32> = initial
+        .values
+        .iter()
+        .zip(d.plan.decode_model(&model))
+        .map(|(i, g)| i + g)
+        .collect();
+    for name in &d.members {
+        assert_eq!(d.summary(name)["model_digest"], expected.as_str(), "{name}");
+        // The export loads with a strict load_state_dict: every tensor, the counter included.
+        let export =
+            training::tensors::read_model(&d.dir.join(name).join("export.safetensors")).unwrap();
+        assert_eq!(export.kept, initial.kept, "{name}");
+        let (values, _) = training::tensors::read_file(
+            &d.dir.join(name).join("export.safetensors"),
+            &initial.layout,
+            &initial.kept,
+        )
+        .unwrap();
+        assert_eq!(values, parameters, "{name}: the export is initial + FedAvg");
+        let check = Command::new(&python)
+            .arg("-c")
+            .arg(format!(
+                "import sys; sys.path.insert(0, {trainers:?}); import pytorch_cnn, torch; \
+                 from safetensors.torch import load_file; \
+                 m = pytorch_cnn.network(); m.load_state_dict(load_file({:?}), strict=True)",
+                d.dir.join(name).join("export.safetensors")
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        // Each institution's trainer was started once for the whole run.
+        let log = std::fs::read_to_string(d.dir.join(name).join("log")).unwrap();
+        assert!(!log.contains("starting it again"), "{log}");
+    }
+    d.audit_verifies();
+}
