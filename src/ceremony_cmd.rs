@@ -113,6 +113,11 @@ pub enum CeremonyCommand {
         /// an external source starting from the initial model.
         #[arg(long, requires = "initial_model")]
         trainer: Option<String>,
+        /// How the nodes run the trainer: started each round (per-round), or once for the
+        /// whole run and asked for each round on its standard input (persistent).
+        #[arg(long, requires = "trainer", default_value = "per-round",
+              value_parser = ["per-round", "persistent"])]
+        trainer_mode: String,
     },
 }
 
@@ -328,6 +333,7 @@ pub fn run(command: &CeremonyCommand) -> Result<ExitCode> {
             plan_rounds,
             initial_model,
             trainer,
+            trainer_mode,
         } => {
             let plan = match initial_model {
                 Some(path) => crate::model_cmd::plan_for(
@@ -348,7 +354,7 @@ pub fn run(command: &CeremonyCommand) -> Result<ExitCode> {
                 let model = model
                     .canonicalize()
                     .with_context(|| format!("{}", model.display()))?;
-                external_sources(out, *members, trainer, &model)?;
+                external_sources(out, *members, trainer, trainer_mode, &model)?;
             }
             Ok(code)
         }
@@ -357,7 +363,13 @@ pub fn run(command: &CeremonyCommand) -> Result<ExitCode> {
 
 /// Points every rehearsed node's `[source]` at the institution's own training command,
 /// starting from the agreed initial model.
-fn external_sources(out: &Path, members: u8, trainer: &str, initial_model: &Path) -> Result<()> {
+fn external_sources(
+    out: &Path,
+    members: u8,
+    trainer: &str,
+    mode: &str,
+    initial_model: &Path,
+) -> Result<()> {
     let command: Vec<toml::Value> = trainer
         .split_whitespace()
         .map(|word| toml::Value::String(word.into()))
@@ -367,6 +379,7 @@ fn external_sources(out: &Path, members: u8, trainer: &str, initial_model: &Path
         let name = protocol::consortium::rehearsal_member_name(i);
         let mut source = toml::Table::new();
         source.insert("kind".into(), "external".into());
+        source.insert("mode".into(), mode.into());
         source.insert("command".into(), toml::Value::Array(command.clone()));
         source.insert(
             "initial_model".into(),
@@ -377,7 +390,7 @@ fn external_sources(out: &Path, members: u8, trainer: &str, initial_model: &Path
         })?;
     }
     println!(
-        "  nodes: each runs {trainer:?} in its own directory from the initial model {}",
+        "  nodes: each runs {trainer:?} ({mode}) in its own directory from the initial model {}",
         initial_model.display()
     );
     Ok(())

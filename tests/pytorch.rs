@@ -27,6 +27,7 @@ fn pytorch() -> PathBuf {
 }
 
 const ROUNDS: u64 = 3;
+const HELD_OUT: usize = 60;
 
 #[test]
 fn pytorch_cnns_with_batchnorm_in_persistent_mode_match_plaintext_fixed_point_fedavg() {
@@ -34,7 +35,7 @@ fn pytorch_cnns_with_batchnorm_in_persistent_mode_match_plaintext_fixed_point_fe
     let trainers = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/trainers");
     let cnn = trainers.join("pytorch_cnn.py");
     let trainer = format!(
-        "{} {} --data data.csv --keep-updates kept",
+        "{} {} --data data.csv --test-data test.csv --keep-updates kept",
         python.display(),
         cnn.display()
     );
@@ -46,6 +47,8 @@ fn pytorch_cnns_with_batchnorm_in_persistent_mode_match_plaintext_fixed_point_fe
             "initial.safetensors",
             "--trainer",
             &trainer,
+            "--trainer-mode",
+            "persistent",
         ],
         ROUNDS,
         120,
@@ -80,7 +83,7 @@ fn pytorch_cnns_with_batchnorm_in_persistent_mode_match_plaintext_fixed_point_fe
             .any(|(n, _)| n.ends_with("running_var"))
     );
 
-    // Digits, split by row among the three institutions.
+    // Digits, split by row among the three institutions; each holds out its last 60 rows.
     let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/data/digits.csv"),
     )
@@ -93,10 +96,21 @@ fn pytorch_cnns_with_batchnorm_in_persistent_mode_match_plaintext_fixed_point_fe
         parts[i % 3].push('\n');
     }
     for (i, name) in d.members.iter().enumerate() {
-        std::fs::write(d.dir.join(name).join("data.csv"), &parts[i]).unwrap();
+        let rows: Vec<&str> = parts[i].lines().collect();
+        let (train, test) = rows[1..].split_at(rows.len() - 1 - HELD_OUT);
+        std::fs::write(
+            d.dir.join(name).join("data.csv"),
+            format!("{header}\n{}\n", train.join("\n")),
+        )
+        .unwrap();
+        std::fs::write(
+            d.dir.join(name).join("test.csv"),
+            format!("{header}\n{}\n", test.join("\n")),
+        )
+        .unwrap();
         edit_toml(&d.dir.join(name).join("node.toml"), |t| {
             let source = t["source"].as_table_mut().unwrap();
-            source.insert("mode".into(), "persistent".into());
+            assert_eq!(source["mode"].as_str(), Some("persistent"));
             // No tensor list: the node reads it from the initial model.
             assert!(!source.contains_key("tensors"));
             t.insert("export_model".into(), "export.safetensors".into());
@@ -159,6 +173,23 @@ fn pytorch_cnns_with_batchnorm_in_persistent_mode_match_plaintext_fixed_point_fe
             "{name}: {}",
             String::from_utf8_lossy(&check.stderr)
         );
+        // The trainer measured each decrypted model on its held-out rows, for the round report.
+        let report = std::fs::read_to_string(d.dir.join(name).join("rounds.jsonl")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(report.lines().last().unwrap()).unwrap();
+        assert_eq!(last["round"], ROUNDS);
+        assert_eq!(last["evaluation"]["rows"], HELD_OUT as u64, "{last}");
+        let correct = last["evaluation"]["correct"].as_u64().unwrap();
+        // Ten classes: chance is 6 of 60; a trained CNN gets most right.
+        assert!(
+            correct > 30,
+            "{name}: {correct} of {HELD_OUT} correct\n{report}"
+        );
+        assert!(
+            last["trainer_metrics"]["seconds"].as_f64().is_some(),
+            "{last}"
+        );
+        let clipped = last["clipped_fraction"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&clipped), "{last}");
         // Each institution's trainer was started once for the whole run.
         let log = std::fs::read_to_string(d.dir.join(name).join("log")).unwrap();
         assert!(!log.contains("starting it again"), "{log}");

@@ -70,6 +70,7 @@ def main():
     parser.add_argument("--init", metavar="FILE", help="write the initial model and exit")
     parser.add_argument("--data")
     parser.add_argument("--target", default="label")
+    parser.add_argument("--test-data", help="held-out rows: the global model is measured on them")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=0.05)
@@ -101,7 +102,20 @@ def main():
                 optimiser.step()
         return len(y)
 
-    quorate_trainer.run(model, train, keep_updates=args.keep_updates)
+    evaluate = None
+    if args.test_data:
+        test_x, test_y = load_rows(args.test_data, args.target)
+
+        def evaluate(model):
+            model.eval()
+            out = model(test_x)
+            return {
+                "accuracy": (out.argmax(1) == test_y).float().mean().item(),
+                "loss": torch.nn.functional.cross_entropy(out, test_y).item(),
+                "rows": len(test_y),
+            }
+
+    quorate_trainer.run(model, train, evaluate=evaluate, keep_updates=args.keep_updates)
 
 
 if __name__ == "__main__":

@@ -80,9 +80,32 @@ def _one_round(model, train, model_path, update_path, round_number, keep_updates
         shutil.copyfile(update_path, os.path.join(keep_updates, f"update-{round_number}.safetensors"))
 
 
-def run(model, train, keep_updates=None):
+def _evaluate(model, evaluate, path):
+    if evaluate is None:
+        return {"ok": True}
+    try:
+        model.load_state_dict(load_global(path), strict=True)
+        with torch.no_grad():
+            metrics = evaluate(model)
+        return {
+            "ok": True,
+            "metrics": {
+                "accuracy": float(metrics["accuracy"]),
+                "loss": float(metrics["loss"]),
+                "rows": int(metrics["rows"]),
+            },
+        }
+    except Exception as e:
+        print(f"evaluation: {e!r}", file=sys.stderr, flush=True)
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def run(model, train, evaluate=None, keep_updates=None):
     """Serves the node: once (per-round mode) or for every request (persistent mode).
-    `keep_updates` names a directory that keeps a copy of every update written."""
+    `evaluate(model)`, if given, measures a model on the institution's held-out rows and returns
+    {"accuracy": a, "loss": l, "rows": n}: a persistent trainer is asked after every decrypted
+    round, and the node's round report carries the answer. `keep_updates` names a directory
+    that keeps a copy of every update written."""
     mode = os.environ.get("QUORATE_TRAINER_MODE", "per-round")
     if mode == "per-round":
         _one_round(
@@ -102,6 +125,10 @@ def run(model, train, keep_updates=None):
         if not line.strip():
             continue
         request = json.loads(line)
+        if "evaluate" in request:
+            answers.write(json.dumps(_evaluate(model, evaluate, request["evaluate"])) + "\n")
+            answers.flush()
+            continue
         try:
             _one_round(
                 model, train, request["model"], request["update"], int(request["round"]), keep_updates

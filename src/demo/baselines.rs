@@ -11,7 +11,7 @@ use training::trainer::Evaluation;
 pub(super) fn pooled(sources: &[TrainingSource], global: &[f32]) -> Evaluation {
     let mut total = Evaluation::default();
     for source in sources {
-        if let Some(e) = source.evaluate(global) {
+        if let Some(e) = source.held_out(global) {
             total.add(&e);
         }
     }

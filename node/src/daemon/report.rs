@@ -30,7 +30,7 @@ pub(super) fn report_round(
     digest: &ModelDigest,
 ) -> Result<(), StepError> {
     let global = ctx.plan.decode_model(&ctx.lock().model);
-    let source = ctx.source.lock().unwrap_or_else(|p| p.into_inner());
+    let mut source = ctx.source.lock().unwrap_or_else(|p| p.into_inner());
     let evaluation = source.evaluate(&global);
     if let Some(e) = &evaluation {
         tracing::info!(

@@ -238,13 +238,8 @@ impl ExternalSource {
         Ok(())
     }
 
-    /// Persistent mode: the running trainer (started if it is not) asked for this round.
-    fn run_persistent(
-        &mut self,
-        round: u64,
-        model: &Path,
-        update: &Path,
-    ) -> Result<(), SourceError> {
+    /// The persistent trainer, started if it is not running (again, if it exited).
+    fn trainer(&mut self) -> Result<Persistent, SourceError> {
         if let Some(mut trainer) = self.running.take() {
             if trainer.running() {
                 self.running = Some(trainer);
@@ -252,8 +247,8 @@ impl ExternalSource {
                 tracing::warn!(%status, "the persistent trainer had exited; starting it again");
             }
         }
-        let mut trainer = match self.running.take() {
-            Some(trainer) => trainer,
+        match self.running.take() {
+            Some(trainer) => Ok(trainer),
             None => {
                 let stderr_path = self.stderr_path();
                 let stderr = std::fs::OpenOptions::new()
@@ -261,9 +256,19 @@ impl ExternalSource {
                     .append(true)
                     .open(&stderr_path)
                     .map_err(io_error(&stderr_path))?;
-                Persistent::start(self.command(), &self.program(), stderr)?
+                Persistent::start(self.command(), &self.program(), stderr)
             }
-        };
+        }
+    }
+
+    /// Persistent mode: the running trainer asked for this round.
+    fn run_persistent(
+        &mut self,
+        round: u64,
+        model: &Path,
+        update: &Path,
+    ) -> Result<(), SourceError> {
+        let mut trainer = self.trainer()?;
         let request = serde_json::json!({
             "round": round,
             "model": model,
@@ -271,7 +276,7 @@ impl ExternalSource {
         });
         let deadline = Instant::now() + Duration::from_secs(self.config.timeout_secs);
         match trainer.request(&request, deadline) {
-            Ok(Answer::Written) => {
+            Ok(Answer::Written(_)) => {
                 self.running = Some(trainer);
                 Ok(())
             }
@@ -361,6 +366,51 @@ impl UpdateSource for ExternalSource {
 
     fn kept(&self) -> &[KeptTensor] {
         &self.kept
+    }
+
+    /// A persistent trainer measures the model on its own held-out rows, if it does that.
+    fn evaluate(&mut self, global: &[f32]) -> Option<Evaluation> {
+        if self.config.mode != TrainerMode::Persistent {
+            return None;
+        }
+        let path = self.scratch.join("evaluate.safetensors");
+        let bytes = tensors::encode(
+            &self.layout,
+            &self.parameters(global),
+            &self.kept,
+            HashMap::new(),
+        )
+        .ok()?;
+        runtime::files::write_atomically(&path, &bytes, 0o600).ok()?;
+        let request = serde_json::json!({ "evaluate": path });
+        let deadline = Instant::now() + Duration::from_secs(self.config.timeout_secs);
+        let answer = match self.trainer() {
+            Ok(mut trainer) => {
+                let answer = trainer.request(&request, deadline);
+                if answer.is_ok() {
+                    self.running = Some(trainer);
+                } else {
+                    trainer.stop();
+                }
+                answer
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the trainer could not be started to evaluate");
+                return None;
+            }
+        };
+        let _ = std::fs::remove_file(&path);
+        match answer {
+            Ok(Answer::Written(measured)) => measured.and_then(|m| m.evaluation()),
+            Ok(Answer::Refused(reason)) => {
+                tracing::warn!(reason, "the trainer did not evaluate the model");
+                None
+            }
+            Err(stopped) => {
+                tracing::warn!(?stopped, "the trainer did not answer the evaluation");
+                None
+            }
+        }
     }
 
     fn trainer_metrics(&self, round: u64) -> Option<TrainerMetrics> {

@@ -210,8 +210,9 @@ pub trait UpdateSource: Send {
         global.to_vec()
     }
 
-    /// The global model measured on this institution's held-out rows, if it has some.
-    fn evaluate(&self, _global: &[f32]) -> Option<Evaluation> {
+    /// The global model measured on this institution's held-out rows, if it has some (by the
+    /// built-in trainer, or by a persistent external trainer asked to).
+    fn evaluate(&mut self, _global: &[f32]) -> Option<Evaluation> {
         None
     }
 
@@ -411,6 +412,12 @@ impl TrainingSource {
         }
     }
 
+    /// The global model measured on the held-out rows, if there are some.
+    pub fn held_out(&self, global: &[f32]) -> Option<Evaluation> {
+        let test = self.scaled(self.test.as_ref()?, global)?;
+        Some(self.model.evaluate(&self.parameters(global), &test))
+    }
+
     /// `rows` scaled for a global model (borrowed when nothing is left to apply).
     fn scaled<'a>(&self, rows: &'a Dataset, global: &[f32]) -> Option<Cow<'a, Dataset>> {
         match &self.scaling {
@@ -454,9 +461,8 @@ impl UpdateSource for TrainingSource {
         from_initial(&self.initial, global)
     }
 
-    fn evaluate(&self, global: &[f32]) -> Option<Evaluation> {
-        let test = self.scaled(self.test.as_ref()?, global)?;
-        Some(self.model.evaluate(&self.parameters(global), &test))
+    fn evaluate(&mut self, global: &[f32]) -> Option<Evaluation> {
+        self.held_out(global)
     }
 
     fn layout(&self) -> Layout {

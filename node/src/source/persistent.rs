@@ -4,7 +4,10 @@
 //!
 //! The exchange, one JSON object per line:
 //! - node to trainer: `{"round": 3, "model": "/…/model-3.safetensors", "update": "/…/update-3.safetensors"}`
-//! - trainer to node: `{"ok": true}` once the update file is written, or `{"error": "why"}`.
+//! - trainer to node: `{"ok": true}` once the update file is written, or `{"error": "why"}`;
+//! - node to trainer, after each decrypted round: `{"evaluate": "/…/evaluate.safetensors"}`;
+//! - trainer to node: `{"ok": true, "metrics": {"accuracy": 0.97, "loss": 0.08, "rows": 360}}`
+//!   (its held-out rows), or `{"ok": true}` when it does not evaluate.
 //!
 //! Other lines on its standard output are ignored (a stray `print`), each cut at
 //! [`MAX_LINE_BYTES`], so a trainer cannot make the node buffer without end. A trainer that
@@ -30,10 +33,34 @@ pub struct Persistent {
 }
 
 /// What the trainer answered to one request.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum Answer {
-    Written,
+    /// Done, with its measure of the model on its held-out rows when it was asked for one.
+    Written(Option<Measured>),
     Refused(String),
+}
+
+/// A trainer's measure of a model on its own held-out rows.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize)]
+pub struct Measured {
+    pub accuracy: f64,
+    pub loss: f64,
+    pub rows: u64,
+}
+
+impl Measured {
+    /// As the node's own evaluations are kept (counts over rows, which pool by addition).
+    pub fn evaluation(&self) -> Option<training::trainer::Evaluation> {
+        let valid = self.rows > 0
+            && (0.0..=1.0).contains(&self.accuracy)
+            && self.loss.is_finite()
+            && self.loss >= 0.0;
+        valid.then(|| training::trainer::Evaluation {
+            rows: self.rows,
+            correct: (self.accuracy * self.rows as f64).round() as u64,
+            loss_sum: self.loss * self.rows as f64,
+        })
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -42,6 +69,8 @@ struct AnswerLine {
     ok: bool,
     #[serde(default)]
     error: Option<String>,
+    #[serde(default)]
+    metrics: Option<Measured>,
 }
 
 /// The answer a line carries, if it is one.
@@ -49,7 +78,7 @@ pub fn parse_answer(line: &str) -> Option<Answer> {
     let answer: AnswerLine = serde_json::from_str(line.trim()).ok()?;
     match (answer.ok, answer.error) {
         (_, Some(error)) => Some(Answer::Refused(error)),
-        (true, None) => Some(Answer::Written),
+        (true, None) => Some(Answer::Written(answer.metrics)),
         (false, None) => None,
     }
 }
@@ -171,7 +200,28 @@ mod tests {
 
     #[test]
     fn answers_are_one_json_object_per_line_and_other_output_is_not_an_answer() {
-        assert_eq!(parse_answer("{\"ok\": true}\n"), Some(Answer::Written));
+        assert_eq!(
+            parse_answer("{\"ok\": true}\n"),
+            Some(Answer::Written(None))
+        );
+        let measured = Measured {
+            accuracy: 0.75,
+            loss: 0.5,
+            rows: 8,
+        };
+        assert_eq!(
+            parse_answer(r#"{"ok": true, "metrics": {"accuracy": 0.75, "loss": 0.5, "rows": 8}}"#),
+            Some(Answer::Written(Some(measured)))
+        );
+        let evaluation = measured.evaluation().unwrap();
+        assert_eq!((evaluation.rows, evaluation.correct), (8, 6));
+        assert_eq!(evaluation.loss(), 0.5);
+        // Nonsense is not recorded as a measure.
+        let nonsense = Measured {
+            accuracy: 1.5,
+            ..measured
+        };
+        assert_eq!(nonsense.evaluation(), None);
         assert_eq!(
             parse_answer("{\"error\": \"out of memory\"}"),
             Some(Answer::Refused("out of memory".into()))
