@@ -105,6 +105,12 @@ pub fn run(command: &ModelCommand) -> Result<ExitCode> {
                 node::source::initial_model_of(&written.layout, &written.values, &written.kept);
             println!("{}: {} values", out.display(), values.len());
             println!("initial model {digest}");
+            // A built-in trainer builds the same network from initial_seed, laid out in the
+            // network's order rather than the file's: another flat vector, another digest.
+            let (built_in, _) = node::source::initial_model_of(&layout, &values, &[]);
+            println!(
+                "a built-in trainer with initial_seed = {seed} starts from initial model {built_in}"
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -162,37 +168,52 @@ pub fn plan_for(
 
 fn inspect(path: &Path, rounds: u32, max_retries: u8, config: ThresholdConfig) -> Result<ExitCode> {
     let model = read_initial(path)?;
-    println!("{}", path.display());
-    println!(
+    // Written as a whole at the end: a reader that goes away (`| head`) is an error `main`
+    // takes for success, not a panic in println!.
+    let mut out = String::new();
+    macro_rules! say {
+        () => {
+            out.push('\n')
+        };
+        ($($arg:tt)*) => {{
+            out.push_str(&format!($($arg)*));
+            out.push('\n');
+        }};
+    }
+    say!("{}", path.display());
+    say!(
         "  {:<40} {:<18} {:<5} {:>10}  federated",
-        "tensor", "shape", "dtype", "values"
+        "tensor",
+        "shape",
+        "dtype",
+        "values"
     );
     for ((name, shape), dtype) in model.layout.iter().zip(&model.dtypes) {
         let count: usize = shape.iter().product();
         let shape = format!("{shape:?}");
         let dtype = format!("{dtype:?}");
-        println!("  {name:<40} {shape:<18} {dtype:<5} {count:>10}  yes");
+        say!("  {name:<40} {shape:<18} {dtype:<5} {count:>10}  yes");
     }
     for kept in &model.kept {
         let count: usize = kept.shape.iter().product();
         let shape = format!("{:?}", kept.shape);
         let dtype = format!("{:?}", kept.dtype);
-        println!(
+        say!(
             "  {:<40} {shape:<18} {dtype:<5} {count:>10}  no: handed to the trainer unchanged",
             kept.name
         );
     }
     let plan = plan_for(&model, rounds, max_retries, config)?;
-    println!(
+    say!(
         "  {} tensors federated, {} values; {} kept",
         model.layout.len(),
         model.values.len(),
         model.kept.len()
     );
     let (digest, _) = node::source::initial_model_of(&model.layout, &model.values, &model.kept);
-    println!("  initial model {digest}");
-    println!();
-    println!(
+    say!("  initial model {digest}");
+    say!();
+    say!(
         "Plan limits: a plan takes at most {MAX_PLAN_VALUES} values. {rounds} rounds with up to \
          {max_retries} retries reveal {} values, which kappa = {} covers at 40 bits of \
          statistical security; with a {}-of-{} key that leaves weights 2^{} steps of the rate.",
@@ -202,13 +223,14 @@ fn inspect(path: &Path, rounds: u32, max_retries: u8, config: ThresholdConfig) -
         config.parties(),
         plan.weight_bits
     );
-    println!(
+    say!(
         "The same [plan] in the coordinator's and every node's configuration (the nodes' \
          [source] names this file as initial_model):"
     );
-    println!();
-    println!("[plan]");
-    print!("{}", toml::to_string(&plan).context("writing the plan")?);
+    say!();
+    say!("[plan]");
+    out.push_str(&toml::to_string(&plan).context("writing the plan")?);
+    std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -84,19 +84,13 @@ fn pytorch_cnns_with_batchnorm_in_persistent_mode_match_plaintext_fixed_point_fe
     );
 
     // Digits, split by row among the three institutions; each holds out its last 60 rows.
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/data/digits.csv"),
-    )
-    .unwrap();
-    let mut lines = text.lines();
-    let header = lines.next().unwrap();
-    let mut parts = vec![format!("{header}\n"); 3];
-    for (i, line) in lines.enumerate() {
-        parts[i % 3].push_str(line);
-        parts[i % 3].push('\n');
-    }
+    let parts = split_rows(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/data/digits.csv"),
+        3,
+    );
     for (i, name) in d.members.iter().enumerate() {
         let rows: Vec<&str> = parts[i].lines().collect();
+        let header = rows[0];
         let (train, test) = rows[1..].split_at(rows.len() - 1 - HELD_OUT);
         std::fs::write(
             d.dir.join(name).join("data.csv"),
@@ -191,8 +185,14 @@ fn pytorch_cnns_with_batchnorm_in_persistent_mode_match_plaintext_fixed_point_fe
         let clipped = last["clipped_fraction"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&clipped), "{last}");
         // Each institution's trainer was started once for the whole run.
-        let log = std::fs::read_to_string(d.dir.join(name).join("log")).unwrap();
-        assert!(!log.contains("starting it again"), "{log}");
+        let trainer_log =
+            std::fs::read_to_string(d.dir.join(name).join("node-store/trainer/trainer.log"))
+                .unwrap();
+        assert_eq!(
+            trainer_log.matches("serving requests").count(),
+            1,
+            "{trainer_log}"
+        );
     }
     d.audit_verifies();
 }

@@ -151,14 +151,7 @@ fn training_on_real_data_matches_plaintext_fixed_point_fedavg_exactly() {
     let values = (2 * (FEATURES + 1)) as u32;
     let d = deploy(3, 2, values, 3, 120);
     // An IID split: row i goes to institution i mod 3.
-    let text = std::fs::read_to_string(source_csv()).unwrap();
-    let mut lines = text.lines();
-    let header = lines.next().unwrap();
-    let mut parts = vec![format!("{header}\n"); 3];
-    for (i, line) in lines.enumerate() {
-        parts[i % 3].push_str(line);
-        parts[i % 3].push('\n');
-    }
+    let parts = split_rows(&source_csv(), 3);
     let trainer = |i: usize| node::config::TrainerConfig {
         model: node::config::ModelKind::Logistic,
         hidden: 16,
@@ -391,4 +384,27 @@ fn a_member_whose_initial_model_is_not_the_plans_does_not_start() {
         log.contains(&format!("initial_model = \"{agreed}\"")),
         "{log}"
     );
+    // The agreed file under the plan that pins it: the node passes the check and starts.
+    edit_toml(&d.dir.join(&d.members[2]).join("node.toml"), |t| {
+        let plan = t["plan"].as_table_mut().unwrap();
+        plan.insert("initial_model".into(), agreed.as_str().into());
+    });
+    let mut node = d.node(&d.members[2], 1, &[]);
+    let log_path = d.dir.join(&d.members[2]).join("log");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("node running")
+    {
+        if let Some(status) = node.try_wait().unwrap() {
+            panic!(
+                "the agreed model was refused ({status}): {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = node.kill();
+    let _ = node.wait();
 }

@@ -20,7 +20,6 @@ Needs torch and safetensors (scripts/setup-pytorch installs a CPU-only build).
 """
 
 import argparse
-import csv
 import os
 import sys
 
@@ -43,26 +42,11 @@ def network():
 
 
 def load_rows(path, target):
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        if target not in header:
-            sys.exit(f"{path}: no column named {target!r}")
-        t = header.index(target)
-        features, labels = [], []
-        for row_number, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            try:
-                labels.append(int(row[t]))
-                features.append([float(v) for i, v in enumerate(row) if i != t])
-            except ValueError as e:
-                sys.exit(f"{path}, row {row_number}: {e}")
-    x = torch.tensor(features)
+    x, y = quorate_trainer.load_csv(path, target)
     if x.shape[1] != 64:
         sys.exit(f"{path}: {x.shape[1]} pixel columns, this network takes 64 (8x8)")
     # Pixels are 0..16 in the shipped digits: a fixed scale, the same at every institution.
-    return (x / 16.0).reshape(-1, 1, 8, 8), torch.tensor(labels)
+    return (x / 16.0).reshape(-1, 1, 8, 8), y
 
 
 def main():

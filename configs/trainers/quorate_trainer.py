@@ -35,6 +35,31 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+def load_csv(path, target):
+    """Features (float32) and labels (class indices) from a CSV file with a header and a
+    class-index column named `target`; a bad row ends the trainer naming file and row."""
+    import csv
+
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        if target not in header:
+            sys.exit(f"{path}: no column named {target!r}")
+        t = header.index(target)
+        features, labels = [], []
+        for row_number, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                sys.exit(f"{path}, row {row_number}: {len(row)} fields, the header has {len(header)}")
+            try:
+                labels.append(int(row[t]))
+                features.append([float(v) for i, v in enumerate(row) if i != t])
+            except ValueError as e:
+                sys.exit(f"{path}, row {row_number}: {e}")
+    return torch.tensor(features), torch.tensor(labels)
+
+
 def load_global(path):
     """The global model in a safetensors file, as a state_dict (float32, integer buffers as
     they were)."""
@@ -121,21 +146,24 @@ def run(model, train, evaluate=None, keep_updates=None):
         sys.exit(f"QUORATE_TRAINER_MODE = {mode!r}: per-round or persistent")
     answers = sys.stdout
     sys.stdout = sys.stderr
+    print(f"quorate_trainer: serving requests (pid {os.getpid()})", file=sys.stderr, flush=True)
     for line in sys.stdin:
         if not line.strip():
             continue
         request = json.loads(line)
         if "evaluate" in request:
-            answers.write(json.dumps(_evaluate(model, evaluate, request["evaluate"])) + "\n")
-            answers.flush()
-            continue
-        try:
-            _one_round(
-                model, train, request["model"], request["update"], int(request["round"]), keep_updates
-            )
-            answer = {"ok": True}
-        except Exception as e:  # the node logs it and sits the round out; the next may work
-            print(f"round {request.get('round')}: {e!r}", file=sys.stderr, flush=True)
-            answer = {"error": f"{type(e).__name__}: {e}"}
+            answer = _evaluate(model, evaluate, request["evaluate"])
+        else:
+            try:
+                _one_round(
+                    model, train, request["model"], request["update"], int(request["round"]),
+                    keep_updates,
+                )
+                answer = {"ok": True}
+            except Exception as e:  # the node logs it and sits the round out; the next may work
+                print(f"round {request.get('round')}: {e!r}", file=sys.stderr, flush=True)
+                answer = {"error": f"{type(e).__name__}: {e}"}
+        # The node takes only the answer that names its request.
+        answer["id"] = request.get("id")
         answers.write(json.dumps(answer) + "\n")
         answers.flush()

@@ -167,8 +167,9 @@ struct State {
     resent: HashMap<(u64, u8), std::time::Instant>,
     next_sequence: u64,
     rounds_done: u64,
-    /// The fraction of this member's last update that the plan's clip changed, by round.
-    clipped: Option<(u64, f64)>,
+    /// The fraction of this member's latest updates that the plan's clip changed, by round
+    /// (a few rounds: the next round's update can come before this round's report).
+    clipped: std::collections::BTreeMap<u64, f64>,
 }
 
 struct Context {
@@ -366,7 +367,7 @@ pub async fn run(
             resent: HashMap::new(),
             next_sequence,
             rounds_done: 0,
-            clipped: None,
+            clipped: Default::default(),
         }),
         source: Mutex::new(setup.source),
         author: tokio::sync::Mutex::new(()),

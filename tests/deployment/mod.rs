@@ -22,6 +22,20 @@ pub fn quorate(args: &[&str], cwd: &Path) -> Output {
         .expect("quorate runs")
 }
 
+/// A CSV file's rows dealt among `parts` institutions (row i to institution i mod parts), each
+/// part with the header.
+pub fn split_rows(csv: &Path, parts: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(csv).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let mut split = vec![format!("{header}\n"); parts];
+    for (i, line) in lines.enumerate() {
+        split[i % parts].push_str(line);
+        split[i % parts].push('\n');
+    }
+    split
+}
+
 pub struct Deployment {
     _work: tempfile::TempDir,
     pub dir: PathBuf,

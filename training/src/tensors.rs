@@ -149,7 +149,15 @@ pub fn decode_model(bytes: &[u8], file: &str) -> Result<ModelFile, TensorError> 
         values: Vec::new(),
         kept: Vec::new(),
     };
-    for name in header.offset_keys() {
+    // By place in the data, then by name: empty tensors share a place, and a HashMap's order
+    // must not decide theirs.
+    let mut names: Vec<(usize, String)> = header
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| (info.data_offsets.0, name))
+        .collect();
+    names.sort();
+    for (_, name) in names {
         let view = tensors.tensor(&name).map_err(malformed)?;
         match is_federated(view.dtype()) {
             Some(true) => {
@@ -179,7 +187,8 @@ pub fn decode_model(bytes: &[u8], file: &str) -> Result<ModelFile, TensorError> 
     Ok(model)
 }
 
-fn expected_names(layout: &Layout) -> String {
+/// A layout as errors name it: `weight [2, 30], bias [2]`.
+pub fn describe_layout(layout: &Layout) -> String {
     layout
         .iter()
         .map(|(name, shape)| format!("{name} {shape:?}"))
@@ -285,7 +294,7 @@ pub fn decode(
     };
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(malformed)?;
     let tensors = SafeTensors::deserialize(bytes).map_err(malformed)?;
-    let expected = expected_names(layout);
+    let expected = describe_layout(layout);
     if let Some(name) = tensors
         .names()
         .into_iter()

@@ -105,7 +105,13 @@ pub const CLIP_WARNING_FRACTION: f64 = 0.01;
 /// report, and warns past [`CLIP_WARNING_FRACTION`].
 fn report_clipping(ctx: &Context, round: u64, clipped: usize) {
     let fraction = clipped as f64 / f64::from(ctx.plan.values.max(1));
-    ctx.lock().clipped = Some((round, fraction));
+    {
+        let mut state = ctx.lock();
+        state.clipped.insert(round, fraction);
+        while state.clipped.len() > 8 {
+            state.clipped.pop_first();
+        }
+    }
     if fraction > CLIP_WARNING_FRACTION {
         tracing::warn!(
             round,

@@ -78,11 +78,7 @@ pub(super) fn report_round(
             model_digest: hex::encode(digest),
             evaluation,
             trainer_metrics: source.trainer_metrics(round),
-            clipped_fraction: ctx
-                .lock()
-                .clipped
-                .filter(|(r, _)| *r == round)
-                .map(|(_, fraction)| fraction),
+            clipped_fraction: ctx.lock().clipped.get(&round).copied(),
             bytes_sent: ctx.bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
             unix_millis: now_ms(),
         };

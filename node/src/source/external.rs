@@ -5,6 +5,13 @@ use super::persistent::{Answer, Persistent, Stopped};
 use super::*;
 use crate::config::TrainerMode;
 
+/// A persistent trainer's error output is started afresh past this size.
+const MAX_TRAINER_LOG_BYTES: u64 = 16 << 20;
+/// The longest a persistent trainer may take to measure a model.
+const MAX_EVALUATE_SECS: u64 = 120;
+/// Rounds whose trainer metrics are kept for their round reports.
+const KEPT_METRICS: usize = 8;
+
 /// The institution's own training command (see [`ExternalConfig`]).
 #[derive(Debug)]
 pub struct ExternalSource {
@@ -17,8 +24,9 @@ pub struct ExternalSource {
     pub scratch: PathBuf,
     /// The trainer in persistent mode, once started.
     running: Option<Persistent>,
-    /// What the trainer reported with its last update, and that update's round.
-    metrics: Option<(u64, TrainerMetrics)>,
+    /// What the trainer reported with its latest updates, by round (a few rounds: the next
+    /// round's update can come before this round's report).
+    metrics: std::collections::BTreeMap<u64, TrainerMetrics>,
 }
 
 impl ExternalSource {
@@ -63,8 +71,8 @@ impl ExternalSource {
                     if sorted != in_file {
                         return Err(SourceError::TensorsDiffer {
                             path: path.clone(),
-                            listed: describe(&listed),
-                            file: describe(&model.layout),
+                            listed: tensors::describe_layout(&listed),
+                            file: tensors::describe_layout(&model.layout),
                         });
                     }
                     // The list's order, as before the list could be left out.
@@ -103,17 +111,9 @@ impl ExternalSource {
             kept,
             scratch,
             running: None,
-            metrics: None,
+            metrics: Default::default(),
         })
     }
-}
-
-fn describe(layout: &Layout) -> String {
-    layout
-        .iter()
-        .map(|(name, shape)| format!("{name} {shape:?}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// How near an update is to the model it was computed from, as a fraction of the update's
@@ -251,9 +251,14 @@ impl ExternalSource {
             Some(trainer) => Ok(trainer),
             None => {
                 let stderr_path = self.stderr_path();
+                // Kept across restarts (the last crash's output), but not without end.
+                let long =
+                    std::fs::metadata(&stderr_path).is_ok_and(|m| m.len() > MAX_TRAINER_LOG_BYTES);
                 let stderr = std::fs::OpenOptions::new()
                     .create(true)
-                    .append(true)
+                    .append(!long)
+                    .write(true)
+                    .truncate(long)
                     .open(&stderr_path)
                     .map_err(io_error(&stderr_path))?;
                 Persistent::start(self.command(), &self.program(), stderr)
@@ -269,13 +274,13 @@ impl ExternalSource {
         update: &Path,
     ) -> Result<(), SourceError> {
         let mut trainer = self.trainer()?;
-        let request = serde_json::json!({
-            "round": round,
-            "model": model,
-            "update": update,
-        });
+        let request = serde_json::Map::from_iter([
+            ("round".to_string(), round.into()),
+            ("model".to_string(), model.to_string_lossy().into()),
+            ("update".to_string(), update.to_string_lossy().into()),
+        ]);
         let deadline = Instant::now() + Duration::from_secs(self.config.timeout_secs);
-        match trainer.request(&request, deadline) {
+        match trainer.request(request, deadline) {
             Ok(Answer::Written(_)) => {
                 self.running = Some(trainer);
                 Ok(())
@@ -339,8 +344,8 @@ impl UpdateSource for ExternalSource {
         if let Some(percent) = looks_like_weights(&update, &start) {
             return Err(SourceError::LooksLikeWeights { percent });
         }
-        self.metrics = TrainerMetrics::from_metadata(&metadata).map(|m| (round, m));
-        if let Some((_, m)) = &self.metrics {
+        let metrics = TrainerMetrics::from_metadata(&metadata);
+        if let Some(m) = &metrics {
             tracing::info!(
                 round,
                 accuracy = ?m.accuracy,
@@ -349,6 +354,13 @@ impl UpdateSource for ExternalSource {
                 seconds = ?m.seconds,
                 "the trainer's own metrics"
             );
+        }
+        match metrics {
+            Some(m) => self.metrics.insert(round, m),
+            None => self.metrics.remove(&round),
+        };
+        while self.metrics.len() > KEPT_METRICS {
+            self.metrics.pop_first();
         }
         Ok(Update {
             values: update,
@@ -382,11 +394,14 @@ impl UpdateSource for ExternalSource {
         )
         .ok()?;
         runtime::files::write_atomically(&path, &bytes, 0o600).ok()?;
-        let request = serde_json::json!({ "evaluate": path });
-        let deadline = Instant::now() + Duration::from_secs(self.config.timeout_secs);
+        let request =
+            serde_json::Map::from_iter([("evaluate".to_string(), path.to_string_lossy().into())]);
+        // The node waits for this before its next step: far less than a round's training.
+        let secs = self.config.timeout_secs.min(MAX_EVALUATE_SECS);
+        let deadline = Instant::now() + Duration::from_secs(secs);
         let answer = match self.trainer() {
             Ok(mut trainer) => {
-                let answer = trainer.request(&request, deadline);
+                let answer = trainer.request(request, deadline);
                 if answer.is_ok() {
                     self.running = Some(trainer);
                 } else {
@@ -414,9 +429,6 @@ impl UpdateSource for ExternalSource {
     }
 
     fn trainer_metrics(&self, round: u64) -> Option<TrainerMetrics> {
-        self.metrics
-            .as_ref()
-            .filter(|(r, _)| *r == round)
-            .map(|(_, m)| m.clone())
+        self.metrics.get(&round).cloned()
     }
 }

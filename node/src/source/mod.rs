@@ -670,9 +670,12 @@ mod tests {
         let script = r#"echo $$ >> pids; [ "$QUORATE_TRAINER_MODE" = persistent ] || exit 9
             while read -r line; do
               echo "epoch 1 loss 0.5"
+              i=$(echo "$line" | sed 's/.*"id":\([0-9]*\).*/\1/')
               m=$(echo "$line" | sed 's/.*"model":"\([^"]*\)".*/\1/')
               u=$(echo "$line" | sed 's/.*"update":"\([^"]*\)".*/\1/')
-              cp "$m" "$u"; echo '{"ok": true}'
+              # An answer to another request first: not taken for this one's.
+              echo "{\"id\": $((i + 100)), \"ok\": true}"
+              cp "$m" "$u"; echo "{\"id\": $i, \"ok\": true}"
             done"#;
         let mut source = persistent(script, 60, dir.path());
         for round in 1..=3 {
@@ -699,7 +702,10 @@ mod tests {
         assert!(error.contains("exit status: 4"), "{error}");
 
         let mut refuses = persistent(
-            r#"while read -r line; do echo '{"error": "no data yet"}'; done"#,
+            r#"while read -r line; do
+                 i=$(echo "$line" | sed 's/.*"id":\([0-9]*\).*/\1/')
+                 echo "{\"id\": $i, \"error\": \"no data yet\"}"
+               done"#,
             60,
             dir.path(),
         );

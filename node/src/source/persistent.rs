@@ -2,17 +2,20 @@
 //! its standard input and answering with one line on its standard output. Importing PyTorch
 //! and loading data take seconds; a per-round process pays them every round.
 //!
-//! The exchange, one JSON object per line:
-//! - node to trainer: `{"round": 3, "model": "/…/model-3.safetensors", "update": "/…/update-3.safetensors"}`
-//! - trainer to node: `{"ok": true}` once the update file is written, or `{"error": "why"}`;
-//! - node to trainer, after each decrypted round: `{"evaluate": "/…/evaluate.safetensors"}`;
-//! - trainer to node: `{"ok": true, "metrics": {"accuracy": 0.97, "loss": 0.08, "rows": 360}}`
-//!   (its held-out rows), or `{"ok": true}` when it does not evaluate.
+//! The exchange, one JSON object per line, every request numbered by `id` and every answer
+//! echoing it:
+//! - node to trainer: `{"id": 7, "round": 3, "model": "/…/model-3.safetensors", "update": "/…/update-3.safetensors"}`
+//! - trainer to node: `{"id": 7, "ok": true}` once the update file is written, or
+//!   `{"id": 7, "error": "why"}`;
+//! - node to trainer, after each decrypted round: `{"id": 8, "evaluate": "/…/evaluate.safetensors"}`;
+//! - trainer to node: `{"id": 8, "ok": true, "metrics": {"accuracy": 0.97, "loss": 0.08, "rows": 360}}`
+//!   (its held-out rows), or `{"id": 8, "ok": true}` when it does not evaluate.
 //!
-//! Other lines on its standard output are ignored (a stray `print`), each cut at
-//! [`MAX_LINE_BYTES`], so a trainer cannot make the node buffer without end. A trainer that
-//! exits, answers with an error or overruns its timeout is stopped with its process group and
-//! started again for the next round.
+//! Lines that are not the answer to the request in hand are ignored (a stray `print`, a line
+//! some library writes, an answer to an earlier request), each cut at [`MAX_LINE_BYTES`], so a
+//! trainer cannot make the node buffer without end, and no line can be taken for another
+//! request's answer. A trainer that exits, answers with an error or overruns its timeout is
+//! stopped with its process group and started again for the next round.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -30,6 +33,8 @@ pub struct Persistent {
     child: Child,
     stdin: ChildStdin,
     lines: Receiver<String>,
+    /// The number of the next request.
+    next_id: u64,
 }
 
 /// What the trainer answered to one request.
@@ -65,6 +70,7 @@ impl Measured {
 
 #[derive(serde::Deserialize)]
 struct AnswerLine {
+    id: u64,
     #[serde(default)]
     ok: bool,
     #[serde(default)]
@@ -73,9 +79,12 @@ struct AnswerLine {
     metrics: Option<Measured>,
 }
 
-/// The answer a line carries, if it is one.
-pub fn parse_answer(line: &str) -> Option<Answer> {
+/// The answer to request `id` a line carries, if it is one.
+pub fn parse_answer(line: &str, id: u64) -> Option<Answer> {
     let answer: AnswerLine = serde_json::from_str(line.trim()).ok()?;
+    if answer.id != id {
+        return None;
+    }
     match (answer.ok, answer.error) {
         (_, Some(error)) => Some(Answer::Refused(error)),
         (true, None) => Some(Answer::Written(answer.metrics)),
@@ -131,17 +140,25 @@ impl Persistent {
             child,
             stdin,
             lines,
+            next_id: 1,
         })
     }
 
-    /// Sends one round's request and waits for its answer until `deadline`. `Err` means the
-    /// trainer is gone or must go: the caller stops it and starts another next round.
+    /// Sends one request (its fields; the id is added here) and waits for its answer until
+    /// `deadline`. `Err` means the trainer is gone or must go: the caller stops it and starts
+    /// another next round. A request line is under a kilobyte and each waits for its answer,
+    /// so writing it cannot fill the pipe.
     pub fn request(
         &mut self,
-        request: &serde_json::Value,
+        mut request: serde_json::Map<String, serde_json::Value>,
         deadline: Instant,
     ) -> Result<Answer, Stopped> {
-        let mut line = request.to_string();
+        let id = self.next_id;
+        self.next_id += 1;
+        request.insert("id".into(), id.into());
+        // Whatever came before this request is not its answer.
+        while self.lines.try_recv().is_ok() {}
+        let mut line = serde_json::Value::Object(request).to_string();
         line.push('\n');
         if self
             .stdin
@@ -155,7 +172,7 @@ impl Persistent {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left.max(Duration::from_millis(1))) {
                 Ok(line) => {
-                    if let Some(answer) = parse_answer(&line) {
+                    if let Some(answer) = parse_answer(&line, id) {
                         return Ok(answer);
                     }
                     tracing::debug!(line = line.trim_end(), "trainer output ignored");
@@ -201,16 +218,30 @@ mod tests {
     #[test]
     fn answers_are_one_json_object_per_line_and_other_output_is_not_an_answer() {
         assert_eq!(
-            parse_answer("{\"ok\": true}\n"),
+            parse_answer("{\"id\": 4, \"ok\": true}\n", 4),
             Some(Answer::Written(None))
         );
+        // An answer to another request (an earlier one, or a stray line shaped like one) is
+        // not this request's answer.
+        assert_eq!(parse_answer("{\"id\": 3, \"ok\": true}", 4), None);
+        assert_eq!(parse_answer("{\"ok\": true}", 4), None);
+        assert_eq!(
+            parse_answer("{\"id\": 4, \"error\": \"out of memory\"}", 4),
+            Some(Answer::Refused("out of memory".into()))
+        );
+        assert_eq!(parse_answer("epoch 1 loss 0.3", 4), None);
+        assert_eq!(parse_answer("{\"id\": 4, \"ok\": false}", 4), None);
+        assert_eq!(parse_answer("[1, 2]", 4), None);
         let measured = Measured {
             accuracy: 0.75,
             loss: 0.5,
             rows: 8,
         };
         assert_eq!(
-            parse_answer(r#"{"ok": true, "metrics": {"accuracy": 0.75, "loss": 0.5, "rows": 8}}"#),
+            parse_answer(
+                r#"{"id": 9, "ok": true, "metrics": {"accuracy": 0.75, "loss": 0.5, "rows": 8}}"#,
+                9
+            ),
             Some(Answer::Written(Some(measured)))
         );
         let evaluation = measured.evaluation().unwrap();
@@ -222,12 +253,5 @@ mod tests {
             ..measured
         };
         assert_eq!(nonsense.evaluation(), None);
-        assert_eq!(
-            parse_answer("{\"error\": \"out of memory\"}"),
-            Some(Answer::Refused("out of memory".into()))
-        );
-        assert_eq!(parse_answer("epoch 1 loss 0.3"), None);
-        assert_eq!(parse_answer("{\"ok\": false}"), None);
-        assert_eq!(parse_answer("[1, 2]"), None);
     }
 }
