@@ -28,13 +28,22 @@ impl std::fmt::Display for InitialModel {
     }
 }
 
+/// Why a text is not an initial model's digest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestParseError {
+    #[error("{0:?} is not hex")]
+    NotHex(String),
+    #[error("{0} bytes of hex, a digest has 32")]
+    Length(usize),
+}
+
 impl std::str::FromStr for InitialModel {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bytes = hex::decode(s).map_err(|e| format!("{s:?} is not hex: {e}"))?;
+    type Err = DigestParseError;
+    fn from_str(s: &str) -> Result<Self, DigestParseError> {
+        let bytes = hex::decode(s).map_err(|_| DigestParseError::NotHex(s.to_owned()))?;
         let digest: Digest = bytes
             .try_into()
-            .map_err(|b: Vec<u8>| format!("{} bytes of hex, a digest has 32", b.len()))?;
+            .map_err(|b: Vec<u8>| DigestParseError::Length(b.len()))?;
         Ok(Self(digest))
     }
 }
@@ -224,12 +233,12 @@ mod tests {
         let text = serde_json::to_string(&digest).unwrap();
         assert_eq!(text, format!("\"{digest}\""));
         assert_eq!(serde_json::from_str::<InitialModel>(&text).unwrap(), digest);
-        assert!(
-            "abcd"
-                .parse::<InitialModel>()
-                .unwrap_err()
-                .contains("2 bytes")
-        );
-        assert!("zz".parse::<InitialModel>().is_err());
+        let short = "abcd".parse::<InitialModel>().unwrap_err();
+        assert_eq!(short, DigestParseError::Length(2));
+        assert!(short.to_string().contains("2 bytes"));
+        assert!(matches!(
+            "zz".parse::<InitialModel>(),
+            Err(DigestParseError::NotHex(_))
+        ));
     }
 }
