@@ -35,6 +35,11 @@ pub enum ModelCommand {
         /// Members needed to decrypt.
         #[arg(long, default_value_t = 3)]
         threshold: u8,
+        /// Features of the rows, with the trainer given the consortium's pooled scaling
+        /// (`[source.pooled_scaling]`): the plan takes 4 x features + 1 values more for the
+        /// statistics.
+        #[arg(long)]
+        scaling_features: Option<usize>,
     },
     /// Write the initial model of a built-in network (the one the built-in trainer starts
     /// from with the same --seed as its initial_seed), and print its digest.
@@ -66,9 +71,10 @@ pub fn run(command: &ModelCommand) -> Result<ExitCode> {
             max_retries,
             members,
             threshold,
+            scaling_features,
         } => {
             let config = ThresholdConfig::new(*members, *threshold)?;
-            inspect(file, *rounds, *max_retries, config)
+            inspect(file, *rounds, *max_retries, config, *scaling_features)
         }
         ModelCommand::Init {
             model,
@@ -121,24 +127,36 @@ pub fn read_initial(path: &Path) -> Result<ModelFile> {
     read_model(path).with_context(|| format!("the initial model {}", path.display()))
 }
 
-/// The plan for a consortium of `config` starting from `model`: its values, kappa sized for
-/// the plan's whole life, its digest pinned, and the weights' precision lowered (from 2^-12 of
-/// the rate, at most to 2^-8) where a larger kappa leaves the noise budget too few bits. One
-/// function for `inspect` and the rehearsal.
+/// Values the pooled scaling's statistics take after a model's, for rows of `features`
+/// features (none without pooled scaling).
+pub fn scaling_values(features: Option<usize>) -> Result<usize> {
+    match features {
+        None => Ok(0),
+        Some(0) => bail!("--scaling-features 0: the rows need at least one feature"),
+        Some(n) => Ok(training::scaling::region_size(n)),
+    }
+}
+
+/// The plan for a consortium of `config` starting from `model` (and `scaling` values of
+/// pooled statistics after it): its values, kappa sized for the plan's whole life, its digest
+/// pinned, and the weights' precision lowered (from 2^-12 of the rate, at most to 2^-8) where
+/// a larger kappa leaves the noise budget too few bits. One function for `inspect` and the
+/// rehearsal.
 pub fn plan_for(
     model: &ModelFile,
+    scaling: usize,
     rounds: u32,
     max_retries: u8,
     config: ThresholdConfig,
 ) -> Result<RoundPlan> {
+    let values = model.values.len() + scaling;
     ensure!(
-        model.values.len() <= MAX_PLAN_VALUES as usize,
-        "{} federated values, more than the {MAX_PLAN_VALUES} a plan can take",
-        model.values.len()
+        values <= MAX_PLAN_VALUES as usize,
+        "{values} federated values, more than the {MAX_PLAN_VALUES} a plan can take"
     );
     let (digest, _) = node::source::initial_model_of(&model.layout, &model.values, &model.kept);
     let plan = RoundPlan {
-        values: model.values.len() as u32,
+        values: values as u32,
         rounds,
         max_retries,
         initial_model: Some(digest),
@@ -166,8 +184,15 @@ pub fn plan_for(
     )
 }
 
-fn inspect(path: &Path, rounds: u32, max_retries: u8, config: ThresholdConfig) -> Result<ExitCode> {
+fn inspect(
+    path: &Path,
+    rounds: u32,
+    max_retries: u8,
+    config: ThresholdConfig,
+    scaling_features: Option<usize>,
+) -> Result<ExitCode> {
     let model = read_initial(path)?;
+    let scaling = scaling_values(scaling_features)?;
     // Written as a whole at the end: a reader that goes away (`| head`) is an error `main`
     // takes for success, not a panic in println!.
     let mut out = String::new();
@@ -203,13 +228,19 @@ fn inspect(path: &Path, rounds: u32, max_retries: u8, config: ThresholdConfig) -
             kept.name
         );
     }
-    let plan = plan_for(&model, rounds, max_retries, config)?;
+    let plan = plan_for(&model, scaling, rounds, max_retries, config)?;
     say!(
         "  {} tensors federated, {} values; {} kept",
         model.layout.len(),
         model.values.len(),
         model.kept.len()
     );
+    if let Some(features) = scaling_features {
+        say!(
+            "  pooled scaling of {features} features: {scaling} values of statistics after the \
+             model's"
+        );
+    }
     let (digest, _) = node::source::initial_model_of(&model.layout, &model.values, &model.kept);
     say!("  initial model {digest}");
     say!();
@@ -223,6 +254,17 @@ fn inspect(path: &Path, rounds: u32, max_retries: u8, config: ThresholdConfig) -
         config.parties(),
         plan.weight_bits
     );
+    if scaling_features.is_some() {
+        say!(
+            "Each node's [source] names the rows the statistics come from (the trainer's own \
+             file; the target column is left out):"
+        );
+        say!();
+        say!("[source.pooled_scaling]");
+        say!("data = \"data.csv\"");
+        say!("target = \"label\"");
+        say!();
+    }
     say!(
         "The same [plan] in the coordinator's and every node's configuration (the nodes' \
          [source] names this file as initial_model):"
@@ -257,7 +299,7 @@ mod tests {
             }],
         };
         let config = ThresholdConfig::new(5, 3).unwrap();
-        let plan = plan_for(&model, 50, 3, config).unwrap();
+        let plan = plan_for(&model, 0, 50, 3, config).unwrap();
         assert_eq!(plan.values, 22_510);
         // 22,510 values x 50 rounds x 4 attempts = 4,502,000 reveals, more than the default
         // kappa covers.
@@ -280,9 +322,15 @@ mod tests {
         assert_eq!(plan.weight_bits, 11);
         plan.budget(config).unwrap();
         // Far too many rounds for any precision: said, with what to change.
-        let err = plan_for(&model, 100_000, 3, config)
+        let err = plan_for(&model, 0, 100_000, 3, config)
             .unwrap_err()
             .to_string();
         assert!(err.contains("plan fewer rounds"), "{err}");
+        // Pooled scaling of 64 features: 257 values of statistics after the model's, the same
+        // digest pinned (the statistics start at zero at every member).
+        let scaled = plan_for(&model, scaling_values(Some(64)).unwrap(), 50, 3, config).unwrap();
+        assert_eq!(scaled.values, 22_510 + 257);
+        assert_eq!(scaled.initial_model, plan.initial_model);
+        assert!(scaling_values(Some(0)).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! Real PyTorch trainers on loopback: a CNN with BatchNorm, each institution's own process in
-//! persistent mode, from an initial model whose digest the plan pins. The test installs
-//! PyTorch with the project's own script and fails, never skips, when it cannot.
+//! persistent mode, from an initial model whose digest the plan pins, with the consortium's
+//! pooled feature scaling. The test installs PyTorch with the project's own script and fails,
+//! never skips, when it cannot.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,11 +27,13 @@ fn pytorch() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-const ROUNDS: u64 = 3;
+/// The statistics round, then three rounds of training.
+const ROUNDS: u64 = 4;
+const FEATURES: usize = 64;
 const HELD_OUT: usize = 60;
 
 #[test]
-fn pytorch_cnns_with_batchnorm_in_persistent_mode_match_plaintext_fixed_point_fedavg() {
+fn pytorch_cnns_with_batchnorm_and_pooled_scaling_in_persistent_mode_match_plaintext_fedavg() {
     let python = pytorch();
     let trainers = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/trainers");
     let cnn = trainers.join("pytorch_cnn.py");
@@ -49,6 +52,8 @@ fn pytorch_cnns_with_batchnorm_in_persistent_mode_match_plaintext_fixed_point_fe
             &trainer,
             "--trainer-mode",
             "persistent",
+            "--scaling-features",
+            "64",
         ],
         ROUNDS,
         120,
@@ -71,7 +76,9 @@ fn pytorch_cnns_with_batchnorm_in_persistent_mode_match_plaintext_fixed_point_fe
             .unwrap();
     d.plan = coordinator["plan"].clone().try_into().unwrap();
     let initial = training::tensors::read_model(&d.dir.join("../initial.safetensors")).unwrap();
-    assert_eq!(d.plan.values as usize, initial.values.len());
+    let region = training::scaling::region_size(FEATURES);
+    let parameters = initial.values.len();
+    assert_eq!(d.plan.values as usize, parameters + region);
     assert!(d.plan.initial_model.is_some());
     // BatchNorm's counter is kept, not federated; its running statistics are federated.
     assert_eq!(initial.kept.len(), 1);
@@ -107,57 +114,100 @@ fn pytorch_cnns_with_batchnorm_in_persistent_mode_match_plaintext_fixed_point_fe
             assert_eq!(source["mode"].as_str(), Some("persistent"));
             // No tensor list: the node reads it from the initial model.
             assert!(!source.contains_key("tensors"));
+            assert_eq!(source["pooled_scaling"]["data"].as_str(), Some("data.csv"));
+            assert_eq!(source["pooled_scaling"]["target"].as_str(), Some("label"));
             t.insert("export_model".into(), "export.safetensors".into());
         });
     }
     d.run(ROUNDS, None);
 
-    // The reference: plaintext fixed-point FedAvg of the very updates each trainer wrote (kept
-    // copies), over the rounds and contributors the log decrypted.
+    // The reference: plaintext fixed-point FedAvg over the rounds and contributors the log
+    // decrypted, of each member's moments of its log-transformed pixels in the statistics
+    // round, then of the very updates each trainer wrote (kept copies).
     let chain = node::reference::decrypted_chain(&d.log()).unwrap();
     assert_eq!(chain.len() as u64, ROUNDS, "{chain:?}");
+    assert_eq!(chain[0].0, 1);
     let mut model = vec![0i64; d.plan.values as usize];
     for (round, contributors) in &chain {
         let updates: Vec<(Vec<f32>, u64)> = contributors
             .iter()
             .map(|&(member, samples)| {
-                let path = d
-                    .dir
-                    .join(&d.members[usize::from(member)])
-                    .join(format!("kept/update-{round}.safetensors"));
-                let (values, _) =
-                    training::tensors::read_file(&path, &initial.layout, &initial.kept).unwrap();
+                let dir = d.dir.join(&d.members[usize::from(member)]);
+                let mut values = if *round == 1 {
+                    let mut rows = training::data::load_features(
+                        &dir.join("data.csv"),
+                        "label",
+                        training::data::Impute::Refuse,
+                        &Default::default(),
+                    )
+                    .unwrap();
+                    assert_eq!(rows.rows() as u64, samples);
+                    rows.log_transform();
+                    let mut values = vec![0.0; parameters];
+                    values.extend(training::scaling::local_statistics(&rows));
+                    values
+                } else {
+                    let path = dir.join(format!("kept/update-{round}.safetensors"));
+                    let (values, _) =
+                        training::tensors::read_file(&path, &initial.layout, &initial.kept)
+                            .unwrap();
+                    values
+                };
+                values.resize(parameters + region, 0.0);
                 (values, samples)
             })
             .collect();
         d.plan.fedavg_step(&mut model, &updates).unwrap();
     }
     let expected = hex::encode(model_digest(&model));
-    let parameters: Vec<f32> = initial
+    let global = d.plan.decode_model(&model);
+    let trained: Vec<f32> = initial
         .values
         .iter()
-        .zip(d.plan.decode_model(&model))
+        .zip(&global)
         .map(|(i, g)| i + g)
         .collect();
+    // The scaling every trainer was handed, and every export carries.
+    let stats = training::scaling::pooled(&global[parameters..], FEATURES).unwrap();
+    let scaling: Vec<f32> = training::scaling::scaling_tensors(&stats)
+        .into_iter()
+        .flat_map(|(_, v)| v)
+        .collect();
+    let mut export_layout = initial.layout.clone();
+    export_layout.push(("scaling.mean".into(), vec![FEATURES]));
+    export_layout.push(("scaling.std".into(), vec![FEATURES]));
     for name in &d.members {
         assert_eq!(d.summary(name)["model_digest"], expected.as_str(), "{name}");
         // The export loads with a strict load_state_dict: every tensor, the counter included.
         let export =
             training::tensors::read_model(&d.dir.join(name).join("export.safetensors")).unwrap();
         assert_eq!(export.kept, initial.kept, "{name}");
-        let (values, _) = training::tensors::read_file(
+        let (values, metadata) = training::tensors::read_file(
             &d.dir.join(name).join("export.safetensors"),
-            &initial.layout,
+            &export_layout,
             &initial.kept,
         )
         .unwrap();
-        assert_eq!(values, parameters, "{name}: the export is initial + FedAvg");
+        assert_eq!(
+            values[..parameters],
+            trained[..],
+            "{name}: the export is initial + FedAvg"
+        );
+        assert_eq!(
+            values[parameters..],
+            scaling[..],
+            "{name}: the pooled scaling"
+        );
+        assert_eq!(metadata["scaling"], training::scaling::POOLED_FORMULA);
+        // As the README loads it: the scaling popped, the rest strictly the network's.
         let check = Command::new(&python)
             .arg("-c")
             .arg(format!(
                 "import sys; sys.path.insert(0, {trainers:?}); import pytorch_cnn, torch; \
                  from safetensors.torch import load_file; \
-                 m = pytorch_cnn.network(); m.load_state_dict(load_file({:?}), strict=True)",
+                 s = load_file({:?}); mean, std = s.pop('scaling.mean'), s.pop('scaling.std'); \
+                 assert mean.shape == (64,) and bool((std > 0).all()); \
+                 m = pytorch_cnn.network(); m.load_state_dict(s, strict=True)",
                 d.dir.join(name).join("export.safetensors")
             ))
             .output()
@@ -191,6 +241,11 @@ fn pytorch_cnns_with_batchnorm_in_persistent_mode_match_plaintext_fixed_point_fe
         assert_eq!(
             trainer_log.matches("serving requests").count(),
             1,
+            "{trainer_log}"
+        );
+        // It scaled its pixels with the consortium's statistics, handed over with the requests.
+        assert!(
+            trainer_log.contains("pooled scaling of 64 features is in force"),
             "{trainer_log}"
         );
     }

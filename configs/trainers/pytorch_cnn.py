@@ -42,11 +42,20 @@ def network():
 
 
 def load_rows(path, target):
-    x, y = quorate_trainer.load_csv(path, target)
+    """The rows as images, scaled by a function of the request in hand: with the consortium's
+    pooled scaling when the node hands one over ([source.pooled_scaling]), else by a fixed
+    scale (pixels are 0..16 in the shipped digits), the same at every institution."""
+    x, y, columns = quorate_trainer.load_csv(path, target, columns=True)
     if x.shape[1] != 64:
         sys.exit(f"{path}: {x.shape[1]} pixel columns, this network takes 64 (8x8)")
-    # Pixels are 0..16 in the shipped digits: a fixed scale, the same at every institution.
-    return (x / 16.0).reshape(-1, 1, 8, 8), y
+    fixed = (x / 16.0).reshape(-1, 1, 8, 8)
+
+    def images():
+        if quorate_trainer.scaling() is None:
+            return fixed
+        return quorate_trainer.scale(x, columns).reshape(-1, 1, 8, 8)
+
+    return images, y
 
 
 def main():
@@ -69,7 +78,7 @@ def main():
         return
     if not args.data:
         parser.error("--data is required (or --init)")
-    x, y = load_rows(args.data, args.target)
+    images, y = load_rows(args.data, args.target)
     model = network()
 
     def train(model, round_number):
@@ -77,6 +86,7 @@ def main():
         model.train()
         optimiser = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=0.9)
         loss_fn = torch.nn.CrossEntropyLoss()
+        x = images()
         for _ in range(args.epochs):
             order = torch.randperm(len(y))
             for start in range(0, len(y), args.batch):
@@ -88,11 +98,11 @@ def main():
 
     evaluate = None
     if args.test_data:
-        test_x, test_y = load_rows(args.test_data, args.target)
+        test_images, test_y = load_rows(args.test_data, args.target)
 
         def evaluate(model):
             model.eval()
-            out = model(test_x)
+            out = model(test_images())
             return {
                 "accuracy": (out.argmax(1) == test_y).float().mean().item(),
                 "loss": torch.nn.functional.cross_entropy(out, test_y).item(),

@@ -9,6 +9,8 @@ Configure the node with (node.toml):
   command = ["python3", "trainers/pytorch_train.py", "--data", "data/hospital-a.csv",
              "--target", "benign", "--classes", "2"]
   initial_model = "initial.safetensors"
+  # The consortium's pooled feature scaling (the plan takes 4 x features + 1 more values):
+  pooled_scaling = { data = "data/hospital-a.csv", target = "benign" }
 
 The initial model comes from `quorate model init --model logistic --features 30 --classes 2
 --out initial.safetensors` (or `--model mlp --hidden 16`, whose tensor names this script's
@@ -48,16 +50,24 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    x, y = quorate_trainer.load_csv(args.data, args.target)
-    # Standardise with this institution's own statistics: nothing about them leaves here.
-    mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
-    x = (x - mean) / std
-    model = network(x.shape[1], args.classes, args.hidden)
+    raw, y, columns = quorate_trainer.load_csv(args.data, args.target, columns=True)
+    # Without the consortium's pooled scaling, this institution's own statistics: nothing
+    # about them leaves here, but they differ between institutions whose data differ.
+    mean, std = raw.mean(0), raw.std(0, unbiased=False).clamp_min(1e-6)
+    local = (raw - mean) / std
+
+    def features():
+        if quorate_trainer.scaling() is None:
+            return local
+        return quorate_trainer.scale(raw, columns)
+
+    model = network(raw.shape[1], args.classes, args.hidden)
 
     def train(model, round_number):
         torch.manual_seed(args.seed * 1_000_003 + round_number)
         optimiser = torch.optim.SGD(model.parameters(), lr=args.learning_rate, weight_decay=1e-4)
         loss_fn = torch.nn.CrossEntropyLoss()
+        x = features()
         for _ in range(args.epochs):
             order = torch.randperm(len(y))
             for start in range(0, len(y), args.batch):

@@ -23,6 +23,11 @@ so BatchNorm's running_mean and running_var are averaged like weights. Integer b
 (num_batches_tracked) are not: the node hands them back unchanged with every model, and the
 update leaves them out. Tensors are exchanged as float32; the update is trained minus global,
 which the node clips to the plan's clip (the plan's `clip`, 1.0 by default) before encoding.
+
+Pooled scaling (`[source.pooled_scaling]` in the node's configuration): the node computes this
+institution's feature statistics itself, the first round pools them under encryption (the
+trainer is not asked that round), and every later request carries the consortium's mean and
+standard deviation per feature. `scale(features, columns)` applies them; `scaling()` gives them.
 """
 
 import json
@@ -35,9 +40,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def load_csv(path, target):
+def load_csv(path, target, columns=False):
     """Features (float32) and labels (class indices) from a CSV file with a header and a
-    class-index column named `target`; a bad row ends the trainer naming file and row."""
+    class-index column named `target`; a bad row ends the trainer naming file and row. With
+    `columns=True`, also the feature columns' names (for `scale`)."""
     import csv
 
     with open(path, newline="") as f:
@@ -57,7 +63,64 @@ def load_csv(path, target):
                 features.append([float(v) for i, v in enumerate(row) if i != t])
             except ValueError as e:
                 sys.exit(f"{path}, row {row_number}: {e}")
-    return torch.tensor(features), torch.tensor(labels)
+    x, y = torch.tensor(features), torch.tensor(labels)
+    if columns:
+        return x, y, [h for i, h in enumerate(header) if i != t]
+    return x, y
+
+
+# The consortium's pooled scaling in force, from the node's latest request.
+_scaling = None
+
+
+def _load_scaling(path):
+    global _scaling
+    if not path:
+        return
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        metadata = f.metadata() or {}
+        first = _scaling is None
+        _scaling = {
+            "mean": f.get_tensor("scaling.mean"),
+            "std": f.get_tensor("scaling.std"),
+            "columns": json.loads(metadata.get("columns", "[]")),
+        }
+    if first:
+        print(
+            f"quorate_trainer: the consortium's pooled scaling of {len(_scaling['columns'])} "
+            "features is in force",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def scaling():
+    """The consortium's pooled scaling in force: {"mean", "std"} (a float32 tensor each, one
+    value per feature) and "columns" (the features' names, in order), or None without one."""
+    return _scaling
+
+
+def scale(features, columns=None):
+    """`features` (rows x features, as load_csv reads them) scaled as the whole consortium
+    scales them: (sign(x) ln(1 + |x|) - mean) / std. Give the `columns` load_csv read, and a
+    file whose features are not the ones the node computed the statistics from is refused."""
+    if _scaling is None:
+        raise RuntimeError(
+            "no pooled scaling in force: the node's [source] has no pooled_scaling table"
+        )
+    mean, std = _scaling["mean"], _scaling["std"]
+    if columns is not None and list(columns) != _scaling["columns"]:
+        raise ValueError(
+            f"the features {list(columns)} are not those of the pooled scaling "
+            f"{_scaling['columns']}: the node's pooled_scaling must read the trainer's file"
+        )
+    if features.shape[-1] != mean.shape[0]:
+        raise ValueError(
+            f"{features.shape[-1]} features, the pooled scaling has {mean.shape[0]}"
+        )
+    return (torch.sign(features) * torch.log1p(features.abs()) - mean) / std
 
 
 def load_global(path):
@@ -133,6 +196,7 @@ def run(model, train, evaluate=None, keep_updates=None):
     that keeps a copy of every update written."""
     mode = os.environ.get("QUORATE_TRAINER_MODE", "per-round")
     if mode == "per-round":
+        _load_scaling(os.environ.get("QUORATE_SCALING"))
         _one_round(
             model,
             train,
@@ -151,6 +215,7 @@ def run(model, train, evaluate=None, keep_updates=None):
         if not line.strip():
             continue
         request = json.loads(line)
+        _load_scaling(request.get("scaling"))
         if "evaluate" in request:
             answer = _evaluate(model, evaluate, request["evaluate"])
         else:

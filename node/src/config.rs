@@ -116,7 +116,8 @@ pub struct TrainerConfig {
 /// A training command run once per round. It finds the global model in the safetensors file
 /// named by `QUORATE_MODEL`, and writes its update (trained minus global, same tensors) to
 /// `QUORATE_UPDATE` with the number of training rows in the metadata key `samples`.
-/// `QUORATE_ROUND` holds the round. It runs in the configuration file's directory.
+/// `QUORATE_ROUND` holds the round, and `QUORATE_SCALING`, with `pooled_scaling`, the
+/// consortium's feature scaling. It runs in the configuration file's directory.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExternalConfig {
@@ -133,6 +134,12 @@ pub struct ExternalConfig {
     /// How the command runs: started for each round, or once (see [`TrainerMode`]).
     #[serde(default)]
     pub mode: TrainerMode,
+    /// The consortium's pooled feature scaling, as the built-in trainer's `pooled`: the node
+    /// reads this institution's rows for their moments, the first round pools them under
+    /// encryption, and the trainer is handed the result (`QUORATE_SCALING`). The plan's
+    /// `values` grow by 4 x features + 1.
+    #[serde(default)]
+    pub pooled_scaling: Option<PooledScalingConfig>,
     /// The command is killed, and the node sits the round out, after this long (per round in
     /// persistent mode).
     #[serde(default = "default_trainer_timeout")]
@@ -140,6 +147,23 @@ pub struct ExternalConfig {
     /// Where the command runs: the configuration file's directory.
     #[serde(skip)]
     pub working_dir: PathBuf,
+}
+
+/// The rows an external trainer's pooled scaling is computed from: the same CSV file the
+/// trainer trains on, read by the node for its per-feature moments only.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PooledScalingConfig {
+    /// The institution's training rows (CSV with a header), relative to this file.
+    pub data: PathBuf,
+    /// The column left out of the features (the trainer's target; never read).
+    pub target: String,
+    /// Fill missing cells with the column mean instead of refusing the file.
+    #[serde(default)]
+    pub impute_missing: bool,
+    /// Categorical columns, one-hot encoded as the built-in trainer does.
+    #[serde(default)]
+    pub categories: training::data::Categories,
 }
 
 /// How an external trainer runs.
@@ -223,6 +247,9 @@ impl NodeConfig {
                 if let Some(p) = &mut external.initial_model {
                     *p = base.join(&*p);
                 }
+                if let Some(scaling) = &mut external.pooled_scaling {
+                    scaling.data = base.join(&scaling.data);
+                }
                 external.working_dir = base.to_owned();
             }
         }
@@ -286,6 +313,7 @@ mod tests {
                 if e.tensors.is_empty()
                     && e.initial_model.is_some()
                     && e.mode == TrainerMode::Persistent
+                    && e.pooled_scaling.as_ref().is_some_and(|p| p.target == "benign")
         ));
     }
 }

@@ -121,6 +121,18 @@ pub enum CeremonyCommand {
         #[arg(long, requires = "trainer", default_value = "per-round",
               value_parser = ["per-round", "persistent"])]
         trainer_mode: String,
+        /// With --trainer: give every trainer the consortium's pooled feature scaling over
+        /// rows of this many features (after one-hot encoding); the plan takes 4 x features +
+        /// 1 values more, and the first round pools the statistics.
+        #[arg(long, requires = "trainer")]
+        scaling_features: Option<usize>,
+        /// With --scaling-features: each member's rows, in its directory (the trainer's own
+        /// training file).
+        #[arg(long, requires = "scaling_features", default_value = "data.csv")]
+        scaling_data: PathBuf,
+        /// With --scaling-features: the column left out of the features.
+        #[arg(long, requires = "scaling_features", default_value = "label")]
+        scaling_target: String,
     },
 }
 
@@ -337,10 +349,14 @@ pub fn run(command: &CeremonyCommand) -> Result<ExitCode> {
             initial_model,
             trainer,
             trainer_mode,
+            scaling_features,
+            scaling_data,
+            scaling_target,
         } => {
             let plan = match initial_model {
                 Some(path) => crate::model_cmd::plan_for(
                     &crate::model_cmd::read_initial(path)?,
+                    crate::model_cmd::scaling_values(*scaling_features)?,
                     *plan_rounds,
                     protocol::round::RoundPlan::default().max_retries,
                     protocol::he::ThresholdConfig::new(*members, *threshold)?,
@@ -357,7 +373,8 @@ pub fn run(command: &CeremonyCommand) -> Result<ExitCode> {
                 let model = model
                     .canonicalize()
                     .with_context(|| format!("{}", model.display()))?;
-                external_sources(out, *members, trainer, trainer_mode, &model)?;
+                let scaling = scaling_features.map(|_| (scaling_data.as_path(), &**scaling_target));
+                external_sources(out, *members, trainer, trainer_mode, &model, scaling)?;
             }
             Ok(code)
         }

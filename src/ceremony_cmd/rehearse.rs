@@ -219,6 +219,7 @@ pub(super) fn external_sources(
     trainer: &str,
     mode: &str,
     initial_model: &Path,
+    pooled_scaling: Option<(&Path, &str)>,
 ) -> Result<()> {
     let command: Vec<toml::Value> = trainer
         .split_whitespace()
@@ -235,6 +236,12 @@ pub(super) fn external_sources(
             "initial_model".into(),
             initial_model.to_string_lossy().into_owned().into(),
         );
+        if let Some((data, target)) = pooled_scaling {
+            let mut scaling = toml::Table::new();
+            scaling.insert("data".into(), data.to_string_lossy().into_owned().into());
+            scaling.insert("target".into(), target.into());
+            source.insert("pooled_scaling".into(), toml::Value::Table(scaling));
+        }
         crate::local::edit_config(&out.join(&name).join("node.toml"), |t| {
             t.insert("source".into(), toml::Value::Table(source));
         })?;
@@ -243,5 +250,12 @@ pub(super) fn external_sources(
         "  nodes: each runs {trainer:?} ({mode}) in its own directory from the initial model {}",
         initial_model.display()
     );
+    if let Some((data, target)) = pooled_scaling {
+        println!(
+            "  pooled scaling: each node reads {} in its directory (all but {target:?}); the \
+             first round pools the statistics and every later one hands them to the trainer",
+            data.display()
+        );
+    }
     Ok(())
 }

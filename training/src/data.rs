@@ -188,6 +188,30 @@ pub fn parse_csv(
     impute: Impute,
     categories: &Categories,
 ) -> Result<Dataset, DataError> {
+    parse_rows(text, path, target, Some(classes), impute, categories)
+}
+
+/// Parses CSV text for its features alone: the `target` column is left out unread (an
+/// external trainer's target may be anything), and every label is 0.
+pub fn parse_features(
+    text: &str,
+    path: &str,
+    target: &str,
+    impute: Impute,
+    categories: &Categories,
+) -> Result<Dataset, DataError> {
+    parse_rows(text, path, target, None, impute, categories)
+}
+
+/// `classes`: the target's class count, or `None` to leave the target unread.
+fn parse_rows(
+    text: &str,
+    path: &str,
+    target: &str,
+    classes: Option<usize>,
+    impute: Impute,
+    categories: &Categories,
+) -> Result<Dataset, DataError> {
     let mut lines = text
         .lines()
         .enumerate()
@@ -257,6 +281,10 @@ pub fn parse_csv(
         for (i, value) in values.iter().enumerate() {
             let value = value.trim();
             if i == target_at {
+                let Some(classes) = classes else {
+                    labels.push(0);
+                    continue;
+                };
                 let label: u32 = value
                     .parse::<f64>()
                     .ok()
@@ -339,6 +367,16 @@ pub fn parse_csv(
     })
 }
 
+/// A file's text and its name for messages.
+fn read(path: &Path) -> Result<(String, String), DataError> {
+    let display = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::Read {
+        path: display.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok((text, display))
+}
+
 pub fn load_csv(
     path: &Path,
     target: &str,
@@ -346,12 +384,19 @@ pub fn load_csv(
     impute: Impute,
     categories: &Categories,
 ) -> Result<Dataset, DataError> {
-    let display = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::Read {
-        path: display.clone(),
-        reason: e.to_string(),
-    })?;
+    let (text, display) = read(path)?;
     parse_csv(&text, &display, target, classes, impute, categories)
+}
+
+/// The features of a CSV file, its `target` column left out unread (see [`parse_features`]).
+pub fn load_features(
+    path: &Path,
+    target: &str,
+    impute: Impute,
+    categories: &Categories,
+) -> Result<Dataset, DataError> {
+    let (text, display) = read(path)?;
+    parse_features(&text, &display, target, impute, categories)
 }
 
 #[cfg(test)]
@@ -360,6 +405,43 @@ mod tests {
 
     fn parse(text: &str, impute: Impute) -> Result<Dataset, DataError> {
         parse_csv(text, "t.csv", "y", 3, impute, &Categories::new())
+    }
+
+    #[test]
+    fn features_alone_leave_any_target_unread_and_the_rest_checked() {
+        // An external trainer's target may be text or a real number.
+        let d = parse_features(
+            "a,y,b\n1,cat,2\n3,0.5,4\n",
+            "t.csv",
+            "y",
+            Impute::Refuse,
+            &Categories::new(),
+        )
+        .unwrap();
+        assert_eq!(d.columns, ["a", "b"]);
+        assert_eq!(d.features, [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(d.rows(), 2);
+        let error = parse_features(
+            "a,y\nx,1\n",
+            "t.csv",
+            "y",
+            Impute::Refuse,
+            &Categories::new(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, DataError::NotNumeric { row: 2, .. }),
+            "{error:?}"
+        );
+        let error = parse_features(
+            "a,b\n1,2\n",
+            "t.csv",
+            "y",
+            Impute::Refuse,
+            &Categories::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(error, DataError::NoTarget { .. }), "{error:?}");
     }
 
     #[test]

@@ -30,6 +30,19 @@ const SQUARE_SCALE: f64 = 8192.0;
 /// The codec's grid (the plan's fraction bits), and the factor a residual is sent at.
 const GRID: f64 = 65536.0;
 
+/// How a pooled scaling is applied to a row of features, as an exported model's metadata
+/// `scaling` says.
+pub const POOLED_FORMULA: &str = "(sign(x) ln(1 + |x|) - scaling.mean) / scaling.std";
+
+/// The tensors a scaling travels as, beside an exported model or to an external trainer:
+/// `scaling.mean` and `scaling.std`, one value per feature.
+pub fn scaling_tensors(stats: &[(f32, f32)]) -> Vec<(String, Vec<f32>)> {
+    vec![
+        ("scaling.mean".into(), stats.iter().map(|s| s.0).collect()),
+        ("scaling.std".into(), stats.iter().map(|s| s.1).collect()),
+    ]
+}
+
 /// Values the statistics region takes in the global model for `features` features.
 pub fn region_size(features: usize) -> usize {
     4 * features + 1

@@ -3,7 +3,8 @@
 
 use super::persistent::{Answer, Persistent, Stopped};
 use super::*;
-use crate::config::TrainerMode;
+use crate::config::{PooledScalingConfig, TrainerMode};
+use training::data::load_features;
 
 /// A persistent trainer's error output is started afresh past this size.
 const MAX_TRAINER_LOG_BYTES: u64 = 16 << 20;
@@ -22,11 +23,52 @@ pub struct ExternalSource {
     pub kept: Vec<KeptTensor>,
     /// Where the model and update files are exchanged.
     pub scratch: PathBuf,
+    /// The consortium's pooled scaling, if the trainer is given one.
+    pooled: Option<PooledScaling>,
     /// The trainer in persistent mode, once started.
     running: Option<Persistent>,
     /// What the trainer reported with its latest updates, by round (a few rounds: the next
     /// round's update can come before this round's report).
     metrics: std::collections::BTreeMap<u64, TrainerMetrics>,
+}
+
+/// An external trainer's pooled scaling: this institution's share of the statistics round,
+/// computed by the node from its rows with the built-in trainer's functions.
+#[derive(Debug)]
+struct PooledScaling {
+    /// This institution's moments, the statistics region of its first update.
+    statistics: Vec<f32>,
+    /// The features they are of, in order (handed to the trainer, to check against its own).
+    columns: Vec<String>,
+    /// The first update's weight.
+    rows: u64,
+}
+
+impl PooledScaling {
+    fn read(config: &PooledScalingConfig) -> Result<Self, SourceError> {
+        let impute = if config.impute_missing {
+            Impute::Mean
+        } else {
+            Impute::Refuse
+        };
+        let mut data = load_features(&config.data, &config.target, impute, &config.categories)?;
+        data.log_transform();
+        Ok(Self {
+            statistics: scaling::local_statistics(&data),
+            rows: data.rows() as u64,
+            columns: data.columns,
+        })
+    }
+
+    fn region(&self) -> usize {
+        self.statistics.len()
+    }
+
+    /// The pooled (mean, standard deviation) per feature in a global model's statistics
+    /// region, once the statistics round is decrypted.
+    fn in_force(&self, region: &[f32]) -> Option<Vec<(f32, f32)>> {
+        scaling::pooled(region, self.columns.len())
+    }
 }
 
 impl ExternalSource {
@@ -51,13 +93,21 @@ impl ExternalSource {
         if config.timeout_secs == 0 || config.timeout_secs > MAX_TRAINER_SECS {
             return Err(SourceError::TrainerTimeout(config.timeout_secs));
         }
+        let pooled = config
+            .pooled_scaling
+            .as_ref()
+            .map(PooledScaling::read)
+            .transpose()?;
+        // The model's values, then the statistics region.
+        let region = pooled.as_ref().map_or(0, PooledScaling::region);
         let (layout, initial, kept) = match &config.initial_model {
             Some(path) => {
                 let model = tensors::read_model(path)?;
-                if model.values.len() != values {
+                if model.values.len() + region != values {
                     return Err(SourceError::InitialValues {
                         path: path.clone(),
                         total: model.values.len(),
+                        scaling: region,
                         values,
                     });
                 }
@@ -91,10 +141,14 @@ impl ExternalSource {
                             .and_then(|n| total.checked_add(n))
                     })
                     .ok_or(SourceError::ShapesOverflow)?;
-                if total != values {
-                    return Err(SourceError::TensorValues { total, values });
+                if total.checked_add(region) != Some(values) {
+                    return Err(SourceError::TensorValues {
+                        total,
+                        scaling: region,
+                        values,
+                    });
                 }
-                (listed, vec![0.0; values], Vec::new())
+                (listed, vec![0.0; total], Vec::new())
             }
         };
         std::fs::DirBuilder::new()
@@ -110,9 +164,17 @@ impl ExternalSource {
             initial,
             kept,
             scratch,
+            pooled,
             running: None,
             metrics: Default::default(),
         })
+    }
+}
+
+/// Names the scaling file in a persistent trainer's request, when a pooled scaling is in force.
+fn with_scaling(request: &mut serde_json::Map<String, serde_json::Value>, scaling: Option<&Path>) {
+    if let Some(path) = scaling {
+        request.insert("scaling".into(), path.to_string_lossy().into());
     }
 }
 
@@ -198,14 +260,23 @@ impl ExternalSource {
     }
 
     /// Per-round mode: one process for this round, given the files in its environment.
-    fn run_once(&self, round: u64, model: &Path, update: &Path) -> Result<(), SourceError> {
+    fn run_once(
+        &self,
+        round: u64,
+        model: &Path,
+        update: &Path,
+        scaling: Option<&Path>,
+    ) -> Result<(), SourceError> {
         let stderr_path = self.stderr_path();
         let stderr = std::fs::File::create(&stderr_path).map_err(io_error(&stderr_path))?;
         let program = self.program();
         // Its error output goes to a file, not a pipe: nothing the trainer or its children do
         // with it can block the node.
-        let mut child = self
-            .command()
+        let mut command = self.command();
+        if let Some(path) = scaling {
+            command.env("QUORATE_SCALING", path);
+        }
+        let mut child = command
             .env("QUORATE_MODEL", model)
             .env("QUORATE_UPDATE", update)
             .env("QUORATE_ROUND", round.to_string())
@@ -272,13 +343,15 @@ impl ExternalSource {
         round: u64,
         model: &Path,
         update: &Path,
+        scaling: Option<&Path>,
     ) -> Result<(), SourceError> {
         let mut trainer = self.trainer()?;
-        let request = serde_json::Map::from_iter([
+        let mut request = serde_json::Map::from_iter([
             ("round".to_string(), round.into()),
             ("model".to_string(), model.to_string_lossy().into()),
             ("update".to_string(), update.to_string_lossy().into()),
         ]);
+        with_scaling(&mut request, scaling);
         let deadline = Instant::now() + Duration::from_secs(self.config.timeout_secs);
         match trainer.request(request, deadline) {
             Ok(Answer::Written(_)) => {
@@ -317,6 +390,21 @@ impl ExternalSource {
 
 impl UpdateSource for ExternalSource {
     fn update(&mut self, round: u64, global: &[f32]) -> Result<Update, SourceError> {
+        let parameters = self.initial.len();
+        if let Some(pooled) = &self.pooled
+            && pooled
+                .in_force(global.get(parameters..).unwrap_or_default())
+                .is_none()
+        {
+            // The statistics round: this institution's moments, the trainer not asked.
+            let mut values = vec![0.0; parameters];
+            values.extend(&pooled.statistics);
+            return Ok(Update {
+                values,
+                samples: pooled.rows,
+            });
+        }
+        let scaling = self.write_scaling(global)?;
         // Per-round names: a trainer left over from an earlier round cannot slip its file in.
         let model_path = self.scratch.join(format!("model-{round}.safetensors"));
         let update_path = self.scratch.join(format!("update-{round}.safetensors"));
@@ -328,14 +416,18 @@ impl UpdateSource for ExternalSource {
         runtime::files::write_atomically(&model_path, &bytes, 0o600)
             .map_err(io_error(&model_path))?;
         let run = match self.config.mode {
-            TrainerMode::PerRound => self.run_once(round, &model_path, &update_path),
-            TrainerMode::Persistent => self.run_persistent(round, &model_path, &update_path),
+            TrainerMode::PerRound => {
+                self.run_once(round, &model_path, &update_path, scaling.as_deref())
+            }
+            TrainerMode::Persistent => {
+                self.run_persistent(round, &model_path, &update_path, scaling.as_deref())
+            }
         };
         let _ = std::fs::remove_file(&model_path);
         run?;
         let read = tensors::read_file(&update_path, &self.layout, &self.kept);
         let _ = std::fs::remove_file(&update_path);
-        let (update, metadata) = read.map_err(SourceError::BadUpdate)?;
+        let (mut update, metadata) = read.map_err(SourceError::BadUpdate)?;
         let samples = metadata
             .get("samples")
             .and_then(|s| s.parse::<u64>().ok())
@@ -362,6 +454,8 @@ impl UpdateSource for ExternalSource {
         while self.metrics.len() > KEPT_METRICS {
             self.metrics.pop_first();
         }
+        // No round after the first touches the statistics region.
+        update.resize(global.len(), 0.0);
         Ok(Update {
             values: update,
             samples,
@@ -394,8 +488,16 @@ impl UpdateSource for ExternalSource {
         )
         .ok()?;
         runtime::files::write_atomically(&path, &bytes, 0o600).ok()?;
-        let request =
+        let scaling = match self.write_scaling(global) {
+            Ok(scaling) => scaling,
+            Err(e) => {
+                tracing::warn!(error = %e, "the scaling could not be written to evaluate");
+                return None;
+            }
+        };
+        let mut request =
             serde_json::Map::from_iter([("evaluate".to_string(), path.to_string_lossy().into())]);
+        with_scaling(&mut request, scaling.as_deref());
         // The node waits for this before its next step: far less than a round's training.
         let secs = self.config.timeout_secs.min(MAX_EVALUATE_SECS);
         let deadline = Instant::now() + Duration::from_secs(secs);
@@ -430,5 +532,53 @@ impl UpdateSource for ExternalSource {
 
     fn trainer_metrics(&self, round: u64) -> Option<TrainerMetrics> {
         self.metrics.get(&round).cloned()
+    }
+
+    fn export_extras(&self, global: &[f32]) -> Vec<(String, Vec<f32>)> {
+        self.scaling_in_force(global)
+            .map(|stats| scaling::scaling_tensors(&stats))
+            .unwrap_or_default()
+    }
+
+    fn export_metadata(&self) -> Vec<(String, String)> {
+        match self.pooled {
+            Some(_) => vec![("scaling".into(), scaling::POOLED_FORMULA.into())],
+            None => Vec::new(),
+        }
+    }
+}
+
+impl ExternalSource {
+    /// The pooled scaling in force for a global model, if the trainer is given one and the
+    /// statistics round is decrypted.
+    fn scaling_in_force(&self, global: &[f32]) -> Option<Vec<(f32, f32)>> {
+        let region = global.get(self.initial.len()..)?;
+        self.pooled.as_ref()?.in_force(region)
+    }
+
+    /// Writes the scaling in force for the trainer (owner-only, like the model), and gives
+    /// its path: `scaling.mean` and `scaling.std` per feature, the formula and the columns in
+    /// the metadata.
+    fn write_scaling(&self, global: &[f32]) -> Result<Option<PathBuf>, SourceError> {
+        let (Some(pooled), Some(stats)) = (&self.pooled, self.scaling_in_force(global)) else {
+            return Ok(None);
+        };
+        let tensors = scaling::scaling_tensors(&stats);
+        let layout: Layout = tensors
+            .iter()
+            .map(|(name, values)| (name.clone(), vec![values.len()]))
+            .collect();
+        let values: Vec<f32> = tensors.into_iter().flat_map(|(_, v)| v).collect();
+        let metadata = HashMap::from([
+            ("scaling".to_string(), scaling::POOLED_FORMULA.to_string()),
+            (
+                "columns".to_string(),
+                serde_json::to_string(&pooled.columns).expect("strings serialise"),
+            ),
+        ]);
+        let bytes = tensors::encode(&layout, &values, &[], metadata)?;
+        let path = self.scratch.join("scaling.safetensors");
+        runtime::files::write_atomically(&path, &bytes, 0o600).map_err(io_error(&path))?;
+        Ok(Some(path))
     }
 }

@@ -116,12 +116,15 @@ pub enum SourceError {
         file: String,
     },
     #[error(
-        "the initial model {path} holds {total} federated values, the plan has {values}: set \
-         values = {total} in the plan (`quorate model inspect {path}` prints a plan for it)"
+        "the initial model {path} holds {total} federated values{}, the plan has {values}: set \
+         values = {} in the plan (`quorate model inspect {path}` prints a plan for it)",
+        scaling_note(*.scaling), .total + .scaling
     )]
     InitialValues {
         path: PathBuf,
         total: usize,
+        /// Values of the pooled scaling's statistics region, after the model's.
+        scaling: usize,
         values: usize,
     },
     #[error("source.tensors names {0:?} twice")]
@@ -130,8 +133,15 @@ pub enum SourceError {
     TrainerTimeout(u64),
     #[error("source.tensors: the shapes overflow")]
     ShapesOverflow,
-    #[error("source.tensors hold {total} values, the plan has {values}")]
-    TensorValues { total: usize, values: usize },
+    #[error(
+        "source.tensors hold {total} values{}, the plan has {values}",
+        scaling_note(*.scaling)
+    )]
+    TensorValues {
+        total: usize,
+        scaling: usize,
+        values: usize,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -191,6 +201,14 @@ impl SourceError {
             SourceError::Data(_) => "the training data could not be read".into(),
             _ => "the update source failed".into(),
         }
+    }
+}
+
+/// The statistics region's share of a plan's values, for a message.
+fn scaling_note(scaling: usize) -> String {
+    match scaling {
+        0 => String::new(),
+        n => format!(" and the pooled scaling {n} more"),
     }
 }
 
@@ -470,19 +488,15 @@ impl UpdateSource for TrainingSource {
     }
 
     fn export_extras(&self, global: &[f32]) -> Vec<(String, Vec<f32>)> {
-        let Some(stats) = self.feature_scaling(global) else {
-            return Vec::new();
-        };
-        vec![
-            ("scaling.mean".into(), stats.iter().map(|s| s.0).collect()),
-            ("scaling.std".into(), stats.iter().map(|s| s.1).collect()),
-        ]
+        self.feature_scaling(global)
+            .map(|stats| scaling::scaling_tensors(&stats))
+            .unwrap_or_default()
     }
 
     fn export_metadata(&self) -> Vec<(String, String)> {
         let scaling = match self.scaling {
             SourceScaling::Local(_) => "(x - scaling.mean) / scaling.std",
-            SourceScaling::Pooled => "(sign(x) ln(1 + |x|) - scaling.mean) / scaling.std",
+            SourceScaling::Pooled => scaling::POOLED_FORMULA,
         };
         vec![("scaling".into(), scaling.into())]
     }
@@ -511,6 +525,9 @@ pub fn open_source(
             Box::new(TrainingSource::open(trainer, values)?)
         }
         SourceConfig::External(external) => {
+            if external.pooled_scaling.is_some() && plan.clip < 1.0 {
+                return Err(SourceError::PooledClip { clip: plan.clip });
+            }
             Box::new(ExternalSource::open(external, values, scratch)?)
         }
     })

@@ -4,7 +4,9 @@
 //!
 //! The exchange, one JSON object per line, every request numbered by `id` and every answer
 //! echoing it:
-//! - node to trainer: `{"id": 7, "round": 3, "model": "/…/model-3.safetensors", "update": "/…/update-3.safetensors"}`
+//! - node to trainer: `{"id": 7, "round": 3, "model": "/…/model-3.safetensors", "update": "/…/update-3.safetensors"}`,
+//!   with `"scaling": "/…/scaling.safetensors"` (the consortium's pooled scaling) in this and
+//!   the evaluation request when the node's source has `pooled_scaling`;
 //! - trainer to node: `{"id": 7, "ok": true}` once the update file is written, or
 //!   `{"id": 7, "error": "why"}`;
 //! - node to trainer, after each decrypted round: `{"id": 8, "evaluate": "/…/evaluate.safetensors"}`;

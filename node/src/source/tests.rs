@@ -22,6 +22,7 @@ fn external_in(
         }],
         initial_model: None,
         mode,
+        pooled_scaling: None,
         timeout_secs,
         working_dir: scratch.to_owned(),
     };
@@ -84,6 +85,7 @@ fn bad_tensor_lists_are_refused() {
         tensors: vec![spec("w", vec![1]), spec("w", vec![1])],
         initial_model: None,
         mode: Default::default(),
+        pooled_scaling: None,
         timeout_secs: 60,
         working_dir: dir.path().to_owned(),
     };
@@ -206,4 +208,164 @@ fn a_persistent_trainer_that_fails_refuses_or_hangs_is_named_and_started_again()
     let mut hangs = persistent("sleep 300", 1, dir.path());
     let error = hangs.update(1, &[0.0, 0.0]).unwrap_err().to_string();
     assert!(error.contains("ran longer than 1 s"), "{error}");
+}
+
+/// An external source over a model `w` of two values, with pooled scaling over `rows.csv`
+/// (two features and a target the node never reads).
+fn pooled_external(mode: crate::config::TrainerMode, command: &str, dir: &Path) -> ExternalSource {
+    std::fs::write(
+        dir.join("rows.csv"),
+        "a,label,b\n1,cat,10\n3,dog,30\n-2,cat,5\n",
+    )
+    .unwrap();
+    let config = ExternalConfig {
+        command: vec!["sh".into(), "-c".into(), command.into()],
+        tensors: vec![TensorSpec {
+            name: "w".into(),
+            shape: vec![2],
+        }],
+        initial_model: None,
+        mode,
+        pooled_scaling: Some(crate::config::PooledScalingConfig {
+            data: dir.join("rows.csv"),
+            target: "label".into(),
+            impute_missing: false,
+            categories: Default::default(),
+        }),
+        timeout_secs: 60,
+        working_dir: dir.to_owned(),
+    };
+    ExternalSource::open(&config, 2 + scaling::region_size(2), dir.join("trainer")).unwrap()
+}
+
+#[test]
+fn an_external_trainer_with_pooled_scaling_is_handed_the_consortiums_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (layout, update) = (vec![("w".to_string(), vec![2])], [0.125f32, -0.25]);
+    let bytes = tensors::encode(
+        &layout,
+        &update,
+        &[],
+        HashMap::from([("samples".to_string(), "3".to_string())]),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("prepared.safetensors"), bytes).unwrap();
+    let mut source = pooled_external(
+        Default::default(),
+        r#"touch ran; cp "$QUORATE_SCALING" seen.safetensors && cp prepared.safetensors "$QUORATE_UPDATE""#,
+        dir.path(),
+    );
+    // The statistics round: the node's own moments of the log-transformed rows, nothing
+    // trained, the trainer not asked.
+    let first = source.update(1, &[0.0; 11]).unwrap();
+    let mut rows = training::data::load_features(
+        &dir.path().join("rows.csv"),
+        "label",
+        Impute::Refuse,
+        &Default::default(),
+    )
+    .unwrap();
+    rows.log_transform();
+    let moments = scaling::local_statistics(&rows);
+    assert_eq!(first.values[..2], [0.0, 0.0]);
+    assert_eq!(first.values[2..], moments[..]);
+    assert_eq!(first.samples, 3);
+    assert!(!dir.path().join("ran").exists(), "the trainer was asked");
+    assert_eq!(source.export_extras(&[0.0; 11]), Vec::new());
+
+    // Decrypted (one institution's moments are the pool): the trainer is given the scaling
+    // in force, and its update leaves the statistics region alone.
+    let mut global = vec![0.5, 0.25];
+    global.extend(&moments);
+    let stats = scaling::pooled(&moments, 2).unwrap();
+    let second = source.update(2, &global).unwrap();
+    assert_eq!(second.values[..2], update);
+    assert_eq!(second.values[2..], [0.0; 9]);
+    assert_eq!(second.samples, 3);
+    let given = dir.path().join("seen.safetensors");
+    let scaling_layout = vec![
+        ("scaling.mean".to_string(), vec![2]),
+        ("scaling.std".to_string(), vec![2]),
+    ];
+    let (values, metadata) = tensors::read_file(&given, &scaling_layout, &[]).unwrap();
+    let expected: Vec<f32> = scaling::scaling_tensors(&stats)
+        .into_iter()
+        .flat_map(|(_, v)| v)
+        .collect();
+    assert_eq!(values, expected);
+    assert_eq!(metadata["columns"], r#"["a","b"]"#);
+    assert_eq!(metadata["scaling"], scaling::POOLED_FORMULA);
+    // The pooled mean of sign(x) ln(1 + |x|) over a: (ln 2 + ln 4 - ln 3) / 3.
+    let mean_a = ((2f64.ln() + 4f64.ln() - 3f64.ln()) / 3.0) as f32;
+    assert!((stats[0].0 - mean_a).abs() < 1e-6, "{stats:?}");
+    // The export carries the scaling, as a built-in trainer's does.
+    assert_eq!(
+        source.export_extras(&global),
+        scaling::scaling_tensors(&stats)
+    );
+    assert_eq!(
+        source.export_metadata(),
+        [("scaling".to_string(), scaling::POOLED_FORMULA.to_string())]
+    );
+
+    // A persistent trainer finds the same file named in its request.
+    let mut persistent = pooled_external(
+        crate::config::TrainerMode::Persistent,
+        r#"while read -r line; do
+             echo "$line" >> requests
+             i=$(echo "$line" | sed 's/.*"id":\([0-9]*\).*/\1/')
+             u=$(echo "$line" | sed 's/.*"update":"\([^"]*\)".*/\1/')
+             cp prepared.safetensors "$u"; echo "{\"id\": $i, \"ok\": true}"
+           done"#,
+        dir.path(),
+    );
+    assert_eq!(persistent.update(2, &global).unwrap(), second);
+    let requests = std::fs::read_to_string(dir.path().join("requests")).unwrap();
+    assert!(
+        requests.contains(&format!(
+            "\"scaling\":\"{}",
+            dir.path()
+                .canonicalize()
+                .unwrap()
+                .join("trainer/scaling.safetensors")
+                .display()
+        )),
+        "{requests}"
+    );
+}
+
+#[test]
+fn a_plan_without_room_for_the_pooled_statistics_is_refused_with_the_count_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rows.csv"), "a,label,b\n1,0,2\n").unwrap();
+    let mut config = ExternalConfig {
+        command: vec!["true".into()],
+        tensors: vec![TensorSpec {
+            name: "w".into(),
+            shape: vec![2],
+        }],
+        initial_model: None,
+        mode: Default::default(),
+        pooled_scaling: Some(crate::config::PooledScalingConfig {
+            data: dir.path().join("rows.csv"),
+            target: "label".into(),
+            impute_missing: false,
+            categories: Default::default(),
+        }),
+        timeout_secs: 60,
+        working_dir: dir.path().to_owned(),
+    };
+    let error = ExternalSource::open(&config, 2, dir.path().join("t"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("2 values and the pooled scaling 9 more, the plan has 2"),
+        "{error}"
+    );
+    // A file that is not there is named.
+    config.pooled_scaling.as_mut().unwrap().data = dir.path().join("missing.csv");
+    let error = ExternalSource::open(&config, 11, dir.path().join("t"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("missing.csv"), "{error}");
 }
