@@ -133,6 +133,10 @@ pub fn scaling_values(features: Option<usize>) -> Result<usize> {
     match features {
         None => Ok(0),
         Some(0) => bail!("--scaling-features 0: the rows need at least one feature"),
+        Some(n) if n > MAX_PLAN_VALUES as usize / 4 => bail!(
+            "--scaling-features {n}: the statistics would take more than the \
+             {MAX_PLAN_VALUES} values a plan can take"
+        ),
         Some(n) => Ok(training::scaling::region_size(n)),
     }
 }
@@ -149,7 +153,7 @@ pub fn plan_for(
     max_retries: u8,
     config: ThresholdConfig,
 ) -> Result<RoundPlan> {
-    let values = model.values.len() + scaling;
+    let values = model.values.len().saturating_add(scaling);
     ensure!(
         values <= MAX_PLAN_VALUES as usize,
         "{values} federated values, more than the {MAX_PLAN_VALUES} a plan can take"
@@ -332,5 +336,6 @@ mod tests {
         assert_eq!(scaled.values, 22_510 + 257);
         assert_eq!(scaled.initial_model, plan.initial_model);
         assert!(scaling_values(Some(0)).is_err());
+        assert!(scaling_values(Some(usize::MAX)).is_err());
     }
 }

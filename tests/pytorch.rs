@@ -207,8 +207,21 @@ fn pytorch_cnns_with_batchnorm_and_pooled_scaling_in_persistent_mode_match_plain
                  from safetensors.torch import load_file; \
                  s = load_file({:?}); mean, std = s.pop('scaling.mean'), s.pop('scaling.std'); \
                  assert mean.shape == (64,) and bool((std > 0).all()); \
-                 m = pytorch_cnn.network(); m.load_state_dict(s, strict=True)",
-                d.dir.join(name).join("export.safetensors")
+                 m = pytorch_cnn.network(); m.load_state_dict(s, strict=True); \
+                 import quorate_trainer as q; q._load_scaling({:?}); sc = q.scaling(); \
+                 assert torch.equal(sc['mean'], mean) and torch.equal(sc['std'], std); \
+                 x, y, cols = q.load_csv({:?}, 'label', columns=True); \
+                 z = (torch.sign(x) * torch.log1p(x.abs()) - mean) / std; \
+                 assert torch.allclose(q.scale(x, cols), z); \
+                 refused = False\n\
+                 try: q.scale(x, cols[::-1])\n\
+                 except ValueError: refused = True\n\
+                 assert refused, 'columns in another order were taken'",
+                d.dir.join(name).join("export.safetensors"),
+                d.dir
+                    .join(name)
+                    .join("node-store/trainer/scaling.safetensors"),
+                d.dir.join(name).join("data.csv"),
             ))
             .output()
             .unwrap();

@@ -6,6 +6,9 @@ pins its digest):
 
   python3 pytorch_cnn.py --init initial.safetensors --seed 0
 
+(`--channels 32 --hidden 288` makes a larger network, 151,082 values instead of 1,402; give the
+same two options to the trainer's command.)
+
 Run by the node, in per-round or persistent mode (node.toml):
 
   [source]
@@ -30,14 +33,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quorate_trainer  # noqa: E402
 
 
-def network():
+def network(channels=8, hidden=0):
+    """The CNN: `channels` convolution filters, then a hidden layer of `hidden` units if not 0
+    (8 and 0: 1,402 federated values; 32 and 288: 151,082)."""
+    head = (
+        [torch.nn.Linear(channels * 4 * 4, 10)]
+        if hidden == 0
+        else [
+            torch.nn.Linear(channels * 4 * 4, hidden),
+            torch.nn.ReLU(),
+            torch.nn.Linear(hidden, 10),
+        ]
+    )
     return torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, 3, padding=1),
-        torch.nn.BatchNorm2d(8),
+        torch.nn.Conv2d(1, channels, 3, padding=1),
+        torch.nn.BatchNorm2d(channels),
         torch.nn.ReLU(),
         torch.nn.MaxPool2d(2),
         torch.nn.Flatten(),
-        torch.nn.Linear(8 * 4 * 4, 10),
+        *head,
     )
 
 
@@ -68,18 +82,20 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--channels", type=int, default=8, help="convolution filters")
+    parser.add_argument("--hidden", type=int, default=0, help="units of a hidden layer (0: none)")
     parser.add_argument("--keep-updates", metavar="DIR", help="also keep a copy of each update")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     if args.init:
         torch.manual_seed(args.seed)
-        save_file(network().state_dict(), args.init)
+        save_file(network(args.channels, args.hidden).state_dict(), args.init)
         return
     if not args.data:
         parser.error("--data is required (or --init)")
     images, y = load_rows(args.data, args.target)
-    model = network()
+    model = network(args.channels, args.hidden)
 
     def train(model, round_number):
         torch.manual_seed(args.seed * 1_000_003 + round_number)

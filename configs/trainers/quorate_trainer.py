@@ -48,7 +48,8 @@ def load_csv(path, target, columns=False):
 
     with open(path, newline="") as f:
         reader = csv.reader(f)
-        header = next(reader)
+        # As the node reads a header: names trimmed, so the columns compare equal.
+        header = [h.strip() for h in next(reader)]
         if target not in header:
             sys.exit(f"{path}: no column named {target!r}")
         t = header.index(target)
@@ -73,6 +74,10 @@ def load_csv(path, target, columns=False):
 _scaling = None
 
 
+# The formula `scale` applies, as the node names it in the scaling file.
+_FORMULA = "(sign(x) ln(1 + |x|) - scaling.mean) / scaling.std"
+
+
 def _load_scaling(path):
     global _scaling
     if not path:
@@ -81,15 +86,22 @@ def _load_scaling(path):
 
     with safe_open(path, framework="pt") as f:
         metadata = f.metadata() or {}
-        first = _scaling is None
-        _scaling = {
+        if metadata.get("scaling") != _FORMULA:
+            raise ValueError(
+                f"{path}: scaling {metadata.get('scaling')!r}, this helper applies {_FORMULA!r}"
+            )
+        loaded = {
             "mean": f.get_tensor("scaling.mean"),
             "std": f.get_tensor("scaling.std"),
             "columns": json.loads(metadata.get("columns", "[]")),
         }
-    if first:
+    changed = _scaling is None or not (
+        torch.equal(loaded["mean"], _scaling["mean"]) and torch.equal(loaded["std"], _scaling["std"])
+    )
+    _scaling = loaded
+    if changed:
         print(
-            f"quorate_trainer: the consortium's pooled scaling of {len(_scaling['columns'])} "
+            f"quorate_trainer: the consortium's pooled scaling of {len(loaded['columns'])} "
             "features is in force",
             file=sys.stderr,
             flush=True,
@@ -168,10 +180,11 @@ def _one_round(model, train, model_path, update_path, round_number, keep_updates
         shutil.copyfile(update_path, os.path.join(keep_updates, f"update-{round_number}.safetensors"))
 
 
-def _evaluate(model, evaluate, path):
+def _evaluate(model, evaluate, path, scaling_path):
     if evaluate is None:
         return {"ok": True}
     try:
+        _load_scaling(scaling_path)
         model.load_state_dict(load_global(path), strict=True)
         with torch.no_grad():
             metrics = evaluate(model)
@@ -215,11 +228,11 @@ def run(model, train, evaluate=None, keep_updates=None):
         if not line.strip():
             continue
         request = json.loads(line)
-        _load_scaling(request.get("scaling"))
         if "evaluate" in request:
-            answer = _evaluate(model, evaluate, request["evaluate"])
+            answer = _evaluate(model, evaluate, request["evaluate"], request.get("scaling"))
         else:
             try:
+                _load_scaling(request.get("scaling"))
                 _one_round(
                     model, train, request["model"], request["update"], int(request["round"]),
                     keep_updates,

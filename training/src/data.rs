@@ -84,6 +84,17 @@ pub enum Impute {
     Mean,
 }
 
+impl Impute {
+    /// As a configuration's `impute_missing` says.
+    pub fn when(impute_missing: bool) -> Self {
+        if impute_missing {
+            Self::Mean
+        } else {
+            Self::Refuse
+        }
+    }
+}
+
 /// Features (row-major) and integer class labels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {

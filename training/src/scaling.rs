@@ -72,6 +72,32 @@ pub fn local_statistics(data: &Dataset) -> Vec<f32> {
     out
 }
 
+/// What a global model's statistics region holds, as every member reads it before training.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Region {
+    /// All zeros: no statistics round decrypted yet, so this round is the statistics round.
+    Empty,
+    /// The consortium's (mean, standard deviation) per feature.
+    Pooled(Vec<(f32, f32)>),
+    /// Neither: only a member that broke the protocol writes this. Taking it for the first
+    /// round would have every honest member send its moments again, aggregated over whichever
+    /// members a later round brings together; subtracting such aggregates isolates one
+    /// institution's statistics.
+    Unreadable,
+}
+
+/// Reads the statistics region of a global model (see [`Region`]): one rule for the
+/// built-in trainer and external ones.
+pub fn read_region(region: &[f32], features: usize) -> Region {
+    if region.iter().all(|v| *v == 0.0) {
+        return Region::Empty;
+    }
+    match pooled(region, features) {
+        Some(stats) => Region::Pooled(stats),
+        None => Region::Unreadable,
+    }
+}
+
 /// The pooled (mean, standard deviation) per feature from the statistics region, or `None`
 /// before the statistics round has been decrypted.
 pub fn pooled(region: &[f32], features: usize) -> Option<Vec<(f32, f32)>> {
@@ -153,6 +179,23 @@ mod tests {
                 "feature {c}: sd {pooled_sd} against {sd}"
             );
         }
+    }
+
+    #[test]
+    fn only_an_all_zero_region_asks_for_the_statistics_round() {
+        let stats = local_statistics(&dataset(&[[1.0, 2.0], [3.0, 4.0]]));
+        assert_eq!(read_region(&[0.0; 9], 2), Region::Empty);
+        assert_eq!(
+            read_region(&stats, 2),
+            Region::Pooled(pooled(&stats, 2).unwrap())
+        );
+        // A total weight driven to zero or below (a member claiming many rows and sending
+        // -clip there): not taken for a first round, so no member sends its moments again.
+        let mut poisoned = stats.clone();
+        poisoned[8] = -0.25;
+        assert_eq!(read_region(&poisoned, 2), Region::Unreadable);
+        poisoned[8] = 0.0;
+        assert_eq!(read_region(&poisoned, 2), Region::Unreadable);
     }
 
     #[test]

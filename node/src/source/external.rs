@@ -46,11 +46,7 @@ struct PooledScaling {
 
 impl PooledScaling {
     fn read(config: &PooledScalingConfig) -> Result<Self, SourceError> {
-        let impute = if config.impute_missing {
-            Impute::Mean
-        } else {
-            Impute::Refuse
-        };
+        let impute = Impute::when(config.impute_missing);
         let mut data = load_features(&config.data, &config.target, impute, &config.categories)?;
         data.log_transform();
         Ok(Self {
@@ -64,10 +60,9 @@ impl PooledScaling {
         self.statistics.len()
     }
 
-    /// The pooled (mean, standard deviation) per feature in a global model's statistics
-    /// region, once the statistics round is decrypted.
-    fn in_force(&self, region: &[f32]) -> Option<Vec<(f32, f32)>> {
-        scaling::pooled(region, self.columns.len())
+    /// What a global model's statistics region holds.
+    fn holds(&self, region: &[f32]) -> scaling::Region {
+        scaling::read_region(region, self.columns.len())
     }
 }
 
@@ -231,6 +226,12 @@ impl ExternalSource {
             .args(&self.config.command[1..])
             .current_dir(&self.config.working_dir)
             .env_remove("QUORATE_PASSPHRASE")
+            // Only what this node sets: a name left in the operator's environment would
+            // reach the trainer as if the node had said it.
+            .env_remove("QUORATE_MODEL")
+            .env_remove("QUORATE_UPDATE")
+            .env_remove("QUORATE_ROUND")
+            .env_remove("QUORATE_SCALING")
             .env("QUORATE_TRAINER_MODE", self.config.mode.name())
             .process_group(0);
         command
@@ -391,20 +392,21 @@ impl ExternalSource {
 impl UpdateSource for ExternalSource {
     fn update(&mut self, round: u64, global: &[f32]) -> Result<Update, SourceError> {
         let parameters = self.initial.len();
-        if let Some(pooled) = &self.pooled
-            && pooled
-                .in_force(global.get(parameters..).unwrap_or_default())
-                .is_none()
-        {
-            // The statistics round: this institution's moments, the trainer not asked.
-            let mut values = vec![0.0; parameters];
-            values.extend(&pooled.statistics);
-            return Ok(Update {
-                values,
-                samples: pooled.rows,
-            });
-        }
-        let scaling = self.write_scaling(global)?;
+        let stats = match self.region(global) {
+            None => None,
+            Some((_, scaling::Region::Pooled(stats))) => Some(stats),
+            Some((_, scaling::Region::Unreadable)) => return Err(SourceError::UnreadableScaling),
+            Some((pooled, scaling::Region::Empty)) => {
+                // The statistics round: this institution's moments, the trainer not asked.
+                let mut values = vec![0.0; parameters];
+                values.extend(&pooled.statistics);
+                return Ok(Update {
+                    values,
+                    samples: pooled.rows,
+                });
+            }
+        };
+        let scaling = stats.map(|s| self.write_scaling(&s)).transpose()?;
         // Per-round names: a trainer left over from an earlier round cannot slip its file in.
         let model_path = self.scratch.join(format!("model-{round}.safetensors"));
         let update_path = self.scratch.join(format!("update-{round}.safetensors"));
@@ -479,6 +481,17 @@ impl UpdateSource for ExternalSource {
         if self.config.mode != TrainerMode::Persistent {
             return None;
         }
+        let scaling = match self
+            .scaling_in_force(global)
+            .map(|s| self.write_scaling(&s))
+        {
+            None => None,
+            Some(Ok(path)) => Some(path),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "the scaling could not be written to evaluate");
+                return None;
+            }
+        };
         let path = self.scratch.join("evaluate.safetensors");
         let bytes = tensors::encode(
             &self.layout,
@@ -488,13 +501,6 @@ impl UpdateSource for ExternalSource {
         )
         .ok()?;
         runtime::files::write_atomically(&path, &bytes, 0o600).ok()?;
-        let scaling = match self.write_scaling(global) {
-            Ok(scaling) => scaling,
-            Err(e) => {
-                tracing::warn!(error = %e, "the scaling could not be written to evaluate");
-                return None;
-            }
-        };
         let mut request =
             serde_json::Map::from_iter([("evaluate".to_string(), path.to_string_lossy().into())]);
         with_scaling(&mut request, scaling.as_deref());
@@ -549,21 +555,29 @@ impl UpdateSource for ExternalSource {
 }
 
 impl ExternalSource {
+    /// What a global model's statistics region holds, if the trainer is given a pooled
+    /// scaling.
+    fn region(&self, global: &[f32]) -> Option<(&PooledScaling, scaling::Region)> {
+        let pooled = self.pooled.as_ref()?;
+        let region = global.get(self.initial.len()..).unwrap_or_default();
+        Some((pooled, pooled.holds(region)))
+    }
+
     /// The pooled scaling in force for a global model, if the trainer is given one and the
     /// statistics round is decrypted.
     fn scaling_in_force(&self, global: &[f32]) -> Option<Vec<(f32, f32)>> {
-        let region = global.get(self.initial.len()..)?;
-        self.pooled.as_ref()?.in_force(region)
+        match self.region(global)? {
+            (_, scaling::Region::Pooled(stats)) => Some(stats),
+            _ => None,
+        }
     }
 
-    /// Writes the scaling in force for the trainer (owner-only, like the model), and gives
-    /// its path: `scaling.mean` and `scaling.std` per feature, the formula and the columns in
-    /// the metadata.
-    fn write_scaling(&self, global: &[f32]) -> Result<Option<PathBuf>, SourceError> {
-        let (Some(pooled), Some(stats)) = (&self.pooled, self.scaling_in_force(global)) else {
-            return Ok(None);
-        };
-        let tensors = scaling::scaling_tensors(&stats);
+    /// Writes a pooled scaling for the trainer (owner-only, like the model), and gives its
+    /// path: `scaling.mean` and `scaling.std` per feature, the formula and the columns in the
+    /// metadata.
+    fn write_scaling(&self, stats: &[(f32, f32)]) -> Result<PathBuf, SourceError> {
+        let columns = self.pooled.as_ref().map_or(&[][..], |p| &p.columns[..]);
+        let tensors = scaling::scaling_tensors(stats);
         let layout: Layout = tensors
             .iter()
             .map(|(name, values)| (name.clone(), vec![values.len()]))
@@ -573,12 +587,12 @@ impl ExternalSource {
             ("scaling".to_string(), scaling::POOLED_FORMULA.to_string()),
             (
                 "columns".to_string(),
-                serde_json::to_string(&pooled.columns).expect("strings serialise"),
+                serde_json::to_string(columns).expect("strings serialise"),
             ),
         ]);
         let bytes = tensors::encode(&layout, &values, &[], metadata)?;
         let path = self.scratch.join("scaling.safetensors");
         runtime::files::write_atomically(&path, &bytes, 0o600).map_err(io_error(&path))?;
-        Ok(Some(path))
+        Ok(path)
     }
 }

@@ -99,6 +99,12 @@ pub enum SourceError {
     },
     #[error("pooled scaling needs the plan's clip to be at least 1 (it is {clip})")]
     PooledClip { clip: f32 },
+    #[error(
+        "the global model's statistics region holds no pooled scaling, and is not the zeros of \
+         a first round either: a member wrote it against the protocol. This member sits the \
+         round out rather than send its statistics again"
+    )]
+    UnreadableScaling,
     #[error("source.command is empty")]
     EmptyCommand,
     #[error(
@@ -117,8 +123,8 @@ pub enum SourceError {
     },
     #[error(
         "the initial model {path} holds {total} federated values{}, the plan has {values}: set \
-         values = {} in the plan (`quorate model inspect {path}` prints a plan for it)",
-        scaling_note(*.scaling), .total + .scaling
+         values = {} in the plan (`quorate model inspect {path}{}` prints a plan for it)",
+        scaling_note(*.scaling), .total + .scaling, scaling_features_arg(*.scaling)
     )]
     InitialValues {
         path: PathBuf,
@@ -199,6 +205,9 @@ impl SourceError {
             | SourceError::Tensors(_)
             | SourceError::LooksLikeWeights { .. } => "the trainer's update is unusable".into(),
             SourceError::Data(_) => "the training data could not be read".into(),
+            SourceError::UnreadableScaling => {
+                "the global model's pooled scaling is unreadable".into()
+            }
             _ => "the update source failed".into(),
         }
     }
@@ -209,6 +218,14 @@ fn scaling_note(scaling: usize) -> String {
     match scaling {
         0 => String::new(),
         n => format!(" and the pooled scaling {n} more"),
+    }
+}
+
+/// The `model inspect` option that counts a statistics region of `scaling` values.
+fn scaling_features_arg(scaling: usize) -> String {
+    match scaling {
+        0 => String::new(),
+        n => format!(" --scaling-features {}", (n - 1) / 4),
     }
 }
 
@@ -343,11 +360,7 @@ impl TrainingSource {
 
     /// Loads the data; the network's size follows from it.
     pub fn load(config: &TrainerConfig) -> Result<Self, SourceError> {
-        let impute = if config.impute_missing {
-            Impute::Mean
-        } else {
-            Impute::Refuse
-        };
+        let impute = Impute::when(config.impute_missing);
         let mut data = load_csv(
             &config.data,
             &config.target,
@@ -454,14 +467,28 @@ impl UpdateSource for TrainingSource {
     fn update(&mut self, round: u64, global: &[f32]) -> Result<Update, SourceError> {
         let parameters = self.model.parameters();
         let samples = self.data.rows() as u64;
-        let Some(data) = self.scaled(&self.data, global) else {
-            // The statistics round: this institution's moments, nothing trained.
-            let mut update = vec![0.0; parameters];
-            update.extend(scaling::local_statistics(&self.data));
-            return Ok(Update {
-                values: update,
-                samples,
-            });
+        let data = match &self.scaling {
+            SourceScaling::Local(_) => Cow::Borrowed(&self.data),
+            SourceScaling::Pooled => {
+                let region = global.get(parameters..).unwrap_or_default();
+                match scaling::read_region(region, self.model.features()) {
+                    scaling::Region::Empty => {
+                        // The statistics round: this institution's moments, nothing trained.
+                        let mut update = vec![0.0; parameters];
+                        update.extend(scaling::local_statistics(&self.data));
+                        return Ok(Update {
+                            values: update,
+                            samples,
+                        });
+                    }
+                    scaling::Region::Unreadable => return Err(SourceError::UnreadableScaling),
+                    scaling::Region::Pooled(stats) => {
+                        let mut scaled = self.data.clone();
+                        scaled.apply(&stats);
+                        Cow::Owned(scaled)
+                    }
+                }
+            }
         };
         let start = self.parameters(global);
         let trained = self
@@ -502,6 +529,15 @@ impl UpdateSource for TrainingSource {
     }
 }
 
+/// The statistics region's moments are scaled to fit a clip of 1 (see `training::scaling`):
+/// a smaller clip would clamp them.
+fn check_pooled_clip(pooled: bool, plan: &RoundPlan) -> Result<(), SourceError> {
+    if pooled && plan.clip < 1.0 {
+        return Err(SourceError::PooledClip { clip: plan.clip });
+    }
+    Ok(())
+}
+
 /// The source a node's configuration names. `scratch` is a directory of the node's own.
 pub fn open_source(
     config: &SourceConfig,
@@ -519,15 +555,11 @@ pub fn open_source(
             clip: plan.clip,
         }),
         SourceConfig::BuiltIn(trainer) => {
-            if trainer.scaling == Scaling::Pooled && plan.clip < 1.0 {
-                return Err(SourceError::PooledClip { clip: plan.clip });
-            }
+            check_pooled_clip(trainer.scaling == Scaling::Pooled, plan)?;
             Box::new(TrainingSource::open(trainer, values)?)
         }
         SourceConfig::External(external) => {
-            if external.pooled_scaling.is_some() && plan.clip < 1.0 {
-                return Err(SourceError::PooledClip { clip: plan.clip });
-            }
+            check_pooled_clip(external.pooled_scaling.is_some(), plan)?;
             Box::new(ExternalSource::open(external, values, scratch)?)
         }
     })

@@ -320,18 +320,62 @@ fn an_external_trainer_with_pooled_scaling_is_handed_the_consortiums_statistics(
         dir.path(),
     );
     assert_eq!(persistent.update(2, &global).unwrap(), second);
+    // And in the request to evaluate a model.
+    assert_eq!(persistent.evaluate(&global), None);
     let requests = std::fs::read_to_string(dir.path().join("requests")).unwrap();
+    let named = format!(
+        "\"scaling\":\"{}\"",
+        dir.path()
+            .canonicalize()
+            .unwrap()
+            .join("trainer/scaling.safetensors")
+            .display()
+    );
+    let lines: Vec<&str> = requests.lines().collect();
+    assert_eq!(lines.len(), 2, "{requests}");
     assert!(
-        requests.contains(&format!(
-            "\"scaling\":\"{}",
-            dir.path()
-                .canonicalize()
-                .unwrap()
-                .join("trainer/scaling.safetensors")
-                .display()
-        )),
+        lines[0].contains("\"update\"") && lines[0].contains(&named),
         "{requests}"
     );
+    assert!(
+        lines[1].contains("\"evaluate\"") && lines[1].contains(&named),
+        "{requests}"
+    );
+}
+
+#[test]
+fn a_region_written_against_the_protocol_is_refused_not_taken_for_a_first_round() {
+    let dir = tempfile::tempdir().unwrap();
+    // Moments whose weight total a colluder drove below zero (many rows claimed, -clip sent).
+    let mut poisoned = vec![0.5, 0.25];
+    poisoned.extend(vec![0.125; scaling::region_size(2)]);
+    *poisoned.last_mut().unwrap() = -0.25;
+    let mut external = pooled_external(Default::default(), "touch ran; exit 1", dir.path());
+    let error = external.update(3, &poisoned).unwrap_err();
+    assert!(matches!(error, SourceError::UnreadableScaling), "{error}");
+    assert_eq!(
+        error.public_reason(),
+        "the global model's pooled scaling is unreadable"
+    );
+    assert!(!dir.path().join("ran").exists(), "the trainer was asked");
+
+    // The built-in trainer reads the region by the same rule.
+    std::fs::write(dir.path().join("train.csv"), "a,y,b\n1,0,10\n3,1,30\n").unwrap();
+    let config: TrainerConfig = toml::from_str(&format!(
+        "data = {:?}\ntarget = \"y\"\nclasses = 2\nmodel = \"logistic\"",
+        dir.path().join("train.csv")
+    ))
+    .unwrap();
+    let mut built_in = TrainingSource::open(&config, 6 + scaling::region_size(2)).unwrap();
+    let mut global = vec![0.0; 6];
+    global.extend(vec![0.125; scaling::region_size(2)]);
+    *global.last_mut().unwrap() = 0.0;
+    let error = built_in.update(3, &global).unwrap_err();
+    assert!(matches!(error, SourceError::UnreadableScaling), "{error}");
+    // All zeros is the statistics round.
+    let first = built_in.update(1, &[0.0; 15]).unwrap();
+    assert_eq!(first.values[..6], [0.0; 6]);
+    assert_eq!(first.values[14], 0.5);
 }
 
 #[test]
