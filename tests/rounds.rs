@@ -18,6 +18,9 @@ fn three_rounds_of_five_members_decrypt_exactly_and_the_log_verifies() {
     d.run(3, None);
     let everyone: &[u8] = &[0, 1, 2, 3, 4];
     let expected = d.expected_digest(&[everyone, everyone, everyone]);
+    // Every member recomputes every round's aggregate from the four other contributions, and
+    // builds on the model it recomputed the round before, which it holds: it never fetches it.
+    let ciphertext = protocol::wire::ciphertext_encoded_len(10_000) as u64;
     for name in &d.members {
         let summary = d.summary(name);
         assert_eq!(summary["rounds"], 3, "{name}");
@@ -26,6 +29,7 @@ fn three_rounds_of_five_members_decrypt_exactly_and_the_log_verifies() {
             Some(expected.as_str()),
             "{name}"
         );
+        assert_eq!(summary["bytes_fetched"], 3 * 4 * ciphertext, "{name}");
     }
     let coordinator_summary = d.summary("coordinator");
     for round in coordinator_summary["rounds"].as_array().unwrap() {

@@ -25,8 +25,7 @@ use protocol::round::message::{
 use protocol::round::policy::{HeldModel, Refusal, ReleaseTarget, check_combine, check_request};
 use protocol::round::{ModelDigest, RoundPlan, model_digest};
 use protocol::wire::{
-    BoundCiphertext, DecodeLimits, ciphertext_digest, encode_ciphertext, encode_partial_decryption,
-    encoded_digest,
+    BoundCiphertext, DecodeLimits, encode_ciphertext, encode_partial_decryption, encoded_digest,
 };
 use rand::SeedableRng;
 use runtime::clock::now_ms;
@@ -44,6 +43,7 @@ mod decrypt;
 mod entries;
 mod error;
 mod fetch;
+mod held;
 mod log;
 mod report;
 
@@ -190,6 +190,9 @@ struct Context {
     store: StateStore,
     witness_store: WitnessStore,
     scratch: PathBuf,
+    /// The encrypted model this member recomputed last (see `held`), which the next round
+    /// builds on.
+    held: PathBuf,
     state: Mutex<State>,
     source: Mutex<Box<dyn UpdateSource>>,
     author: tokio::sync::Mutex<()>,
@@ -200,6 +203,8 @@ struct Context {
     round_report: Option<PathBuf>,
     /// Ciphertext and partial-decryption bytes this node sent.
     bytes_sent: std::sync::atomic::AtomicU64,
+    /// Ciphertext bytes this node fetched from the coordinator to recompute aggregates.
+    bytes_fetched: std::sync::atomic::AtomicU64,
     /// When this member last sent a partial decryption again (ms): a leaving node stays while
     /// peers still catch up.
     last_resend_ms: std::sync::atomic::AtomicU64,
@@ -251,6 +256,10 @@ pub struct NodeSummary {
     pub rounds: u64,
     pub model_digest: String,
     pub bytes_sent: u64,
+    /// Ciphertext bytes fetched from the coordinator (the other members' contributions, and
+    /// the model a round builds on when this member does not hold it).
+    #[serde(default)]
+    pub bytes_fetched: u64,
 }
 
 /// Runs the node until its last round (`stop_after`), until the coordinator says its run is
@@ -327,6 +336,7 @@ pub async fn run(
     )?;
     let scratch = setup.store.join("fetched");
     std::fs::create_dir_all(&scratch).map_err(|e| bad(&e))?;
+    let held_dir = setup.store.join("held");
     let next_sequence = log.next_sequence(&setup.identity.signing.verifying_key().to_bytes());
     let acted = log.size();
     let member = Member::new(me, membership.clone(), setup.plan.clone(), held, acted);
@@ -350,6 +360,7 @@ pub async fn run(
         store,
         witness_store,
         scratch,
+        held: held_dir,
         state: Mutex::new(State {
             log,
             entries,
@@ -377,6 +388,7 @@ pub async fn run(
         export_model: setup.export_model,
         round_report: setup.round_report,
         bytes_sent: Default::default(),
+        bytes_fetched: Default::default(),
         last_resend_ms: Default::default(),
     });
     ctx.handle.dial(coordinator).await;
@@ -468,6 +480,7 @@ pub async fn run(
         rounds: state.rounds_done,
         model_digest: hex::encode(model_digest(&state.model)),
         bytes_sent: ctx.bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
+        bytes_fetched: ctx.bytes_fetched.load(std::sync::atomic::Ordering::Relaxed),
     })
 }
 

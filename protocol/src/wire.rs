@@ -346,25 +346,38 @@ pub fn ciphertext_encoded_len(value_count: usize) -> usize {
 
 /// The digest of a ciphertext's encoding, computed without materialising the encoding.
 pub fn ciphertext_digest(ciphertext: &Ciphertext) -> CiphertextDigest {
+    let Ok(digest) = stream_ciphertext(ciphertext, |_| Ok::<_, std::convert::Infallible>(()));
+    digest
+}
+
+/// The encoding in pieces of about 64 KiB, each hashed and handed to `emit`.
+fn stream_ciphertext<E>(
+    ciphertext: &Ciphertext,
+    mut emit: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<CiphertextDigest, E> {
     let mut hasher = Sha256::new();
-    hasher.update(ciphertext_header(
+    let mut piece = |bytes: &[u8]| {
+        hasher.update(bytes);
+        emit(bytes)
+    };
+    piece(&ciphertext_header(
         ciphertext.value_count(),
         ciphertext.delta_bits(),
-    ));
+    ))?;
     let mut buffer = Vec::with_capacity(64 * 1024);
     for chunk in ciphertext.masks().chunks(4096) {
         buffer.clear();
         put_masks(&mut buffer, chunk);
-        hasher.update(&buffer);
+        piece(&buffer)?;
     }
     for chunk in ciphertext.bodies().chunks(8192) {
         buffer.clear();
         for body in chunk {
             buffer.extend_from_slice(&body.to_le_bytes());
         }
-        hasher.update(&buffer);
+        piece(&buffer)?;
     }
-    CiphertextDigest(hasher.finalize().into())
+    Ok(CiphertextDigest(hasher.finalize().into()))
 }
 
 /// The digest of a ciphertext's masks alone. A partial decryption depends on the masks only
@@ -399,6 +412,17 @@ pub struct BoundCiphertext {
 impl BoundCiphertext {
     pub fn new(ciphertext: Ciphertext) -> Self {
         let digest = ciphertext_digest(&ciphertext);
+        Self { ciphertext, digest }
+    }
+
+    /// Hands the ciphertext's encoding to `emit` piece by piece (about 64 KiB each) and binds
+    /// it to its digest, hashed on the way: one pass over the encoding for both, and never the
+    /// whole encoding in memory beside the ciphertext.
+    pub fn streamed(ciphertext: Ciphertext, mut emit: impl FnMut(&[u8])) -> Self {
+        let Ok(digest) = stream_ciphertext(&ciphertext, |piece| {
+            emit(piece);
+            Ok::<_, std::convert::Infallible>(())
+        });
         Self { ciphertext, digest }
     }
 

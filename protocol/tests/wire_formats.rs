@@ -108,6 +108,14 @@ fn every_encoding_round_trips() {
         ciphertext_digest(&ciphertext),
         encoded_digest(&s.ciphertext)
     );
+    // Streamed piece by piece: the same bytes, bound to the same digest.
+    let mut streamed = Vec::new();
+    let bound = BoundCiphertext::streamed(ciphertext.clone(), |piece| {
+        streamed.extend_from_slice(piece)
+    });
+    assert_eq!(streamed, s.ciphertext);
+    assert_eq!(bound.digest(), encoded_digest(&s.ciphertext));
+    assert_eq!(bound, BoundCiphertext::new(ciphertext));
     assert_eq!(
         encode_partial_decryption(&decode_partial_decryption(&s.partial, limits).unwrap()),
         s.partial

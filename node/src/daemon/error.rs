@@ -66,8 +66,16 @@ pub enum StepError {
         chunks: usize,
         length: u64,
     },
-    #[error("ciphertext {}: chunk {index} does not match its digest", hex::encode(&digest[..8]))]
-    ChunkDigest { digest: Digest, index: usize },
+    #[error(
+        "ciphertext {}: chunk {index} holds {size} bytes, not {expected}",
+        hex::encode(&digest[..8])
+    )]
+    ChunkSize {
+        digest: Digest,
+        index: usize,
+        size: usize,
+        expected: usize,
+    },
     #[error("the fetched ciphertext does not match its digest {}", hex::encode(&digest[..8]))]
     WholeDigest { digest: Digest },
     #[error("{count} chunks do not make a partial decryption of this plan")]

@@ -45,6 +45,12 @@ pub(super) async fn fetch(ctx: &Context, digest: &Digest) -> Result<PathBuf, Ste
     if path.exists() {
         return Ok(path);
     }
+    // Linked in, so that keeping a later model cannot take it away while it is read.
+    if let Some(held) = held::find(&ctx.held, digest)
+        && (std::fs::hard_link(&held, &path).is_ok() || path.exists())
+    {
+        return Ok(path);
+    }
     let expected_length = protocol::wire::ciphertext_encoded_len(ctx.plan.values as usize) as u64;
     // The first chunk brings the length and every chunk's digest; the rest come pipelined.
     let (length, chunk_list, first) = fetch_chunk(ctx, digest, 0).await?;
@@ -62,17 +68,24 @@ pub(super) async fn fetch(ctx: &Context, digest: &Digest) -> Result<PathBuf, Ste
             length,
         });
     }
+    // Each chunk's size is checked as it arrives, the whole's digest once the last is in:
+    // nothing is used before that, so hashing every chunk on its own as well would only
+    // spend a second pass over every byte.
     let check = |index: usize, chunk: &[u8]| -> Result<(), StepError> {
-        let size = (length as usize - index * CHUNK_BYTES).min(CHUNK_BYTES);
-        if chunk.len() != size || Sha256::digest(chunk).as_slice() != chunk_list[index] {
-            return Err(StepError::ChunkDigest {
+        let expected = (length as usize - index * CHUNK_BYTES).min(CHUNK_BYTES);
+        if chunk.len() != expected {
+            return Err(StepError::ChunkSize {
                 digest: *digest,
                 index,
+                size: chunk.len(),
+                expected,
             });
         }
         Ok(())
     };
     check(0, &first)?;
+    let mut whole = Sha256::new();
+    whole.update(&first);
     let mut bytes = Vec::with_capacity(length as usize);
     bytes.extend_from_slice(&first);
     let mut rest = futures::stream::iter(1..chunk_list.len() as u32)
@@ -82,12 +95,15 @@ pub(super) async fn fetch(ctx: &Context, digest: &Digest) -> Result<PathBuf, Ste
     while let Some(chunk) = rest.next().await {
         let (_, _, chunk) = chunk?;
         check(index, &chunk)?;
+        whole.update(&chunk);
         bytes.extend_from_slice(&chunk);
         index += 1;
     }
-    if encoded_digest(&bytes).0 != *digest {
+    if whole.finalize().as_slice() != digest {
         return Err(StepError::WholeDigest { digest: *digest });
     }
+    ctx.bytes_fetched
+        .fetch_add(length, std::sync::atomic::Ordering::Relaxed);
     keep(ctx, digest, &bytes)
 }
 
@@ -169,16 +185,17 @@ pub(super) async fn recompute(
         protocol::round::policy::aggregate(&mut acc, &t.weighted_terms(), worker.limits, |d| {
             std::fs::read(&files[d])
         })?;
-        if ciphertext_digest(&acc).0 != t.aggregate {
+        // Kept for the next round, which builds on it, if it is the agreed aggregate.
+        let Some(bound) = held::keep_if(&worker.held, acc, &t.aggregate, t.base.as_ref()) else {
             return Ok(None);
+        };
+        if t.attempt == 0 {
+            return Ok::<_, RecomputeError>(Some(bound));
         }
-        if t.attempt > 0 {
-            worker.key.rerandomize(&mut acc, t.seed)?;
-        }
-        Ok::<_, RecomputeError>(Some(acc))
+        let mut acc = bound.into_ciphertext();
+        worker.key.rerandomize(&mut acc, t.seed)?;
+        Ok(Some(BoundCiphertext::new(acc)))
     })
     .await??;
-    Ok(recomputed
-        .map(BoundCiphertext::new)
-        .filter(|bound| bound.digest().0 == target.ciphertext))
+    Ok(recomputed.filter(|bound| bound.digest().0 == target.ciphertext))
 }

@@ -1,7 +1,8 @@
 //! `quorate bench round`: whole rounds over loopback with every role in its own process, as a
 //! deployment runs them: a rehearsed ceremony, the coordinator, one node per institution,
-//! synthetic updates. Reports per-phase times, bytes each node sent, the coordinator's peak
-//! memory, and whether every member decrypted exactly the model integer arithmetic predicts.
+//! synthetic updates. Reports per-phase times (the coordinator's, and each round's critical
+//! path from its log), bytes each node sent and fetched, the coordinator's peak memory, and
+//! whether every member decrypted exactly the model integer arithmetic predicts.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail, ensure};
 use protocol::round::{RoundPlan, model_digest};
 use serde::Serialize;
+
+mod path;
 
 use crate::local::{
     SYNTHETIC_SEED, read_json, rehearse, spawn_coordinator, spawn_node, wait_with_timeout,
@@ -55,8 +58,12 @@ struct RoundBenchReport {
     institutions: u8,
     threshold: u8,
     rounds: Vec<RoundPhases>,
+    /// Each decrypted round's phases, from the log's entries.
+    critical_path: Vec<path::CriticalPath>,
     median_round_seconds: f64,
     bytes_sent_per_node: Vec<u64>,
+    /// Ciphertext bytes each node fetched to recompute the aggregates it decrypts.
+    bytes_fetched_per_node: Vec<u64>,
     coordinator_bytes_received: u64,
     coordinator_peak_memory_bytes: Option<u64>,
     exact: bool,
@@ -146,6 +153,13 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
         })
         .collect();
     let coordinator_bytes_received = summary.rounds.iter().map(|r| r.bytes_received).sum();
+    let store = coordinator::store::LogStore::open(&coordinator_dir.join("log-store"))?;
+    let entries = store
+        .leaves()?
+        .iter()
+        .map(|leaf| protocol::audit::entry::SignedEntry::open(leaf).map(|s| s.entry))
+        .collect::<Result<Vec<_>, _>>()?;
+    let critical_path = path::critical_paths(&entries);
     // Every member contributes to every round, declaring the rehearsal's 100 + 10 i samples.
     let everyone: Vec<(u8, u64)> = (0..members.len() as u8)
         .map(|i| (i, 100 + 10 * u64::from(i)))
@@ -158,10 +172,12 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
     let expected = hex::encode(model_digest(&expected));
     let mut exact = true;
     let mut bytes_sent_per_node = Vec::new();
+    let mut bytes_fetched_per_node = Vec::new();
     for name in &members {
         let node: node::daemon::NodeSummary = read_json(&dir.join(name).join("summary.json"))?;
         exact &= node.model_digest == expected;
         bytes_sent_per_node.push(node.bytes_sent);
+        bytes_fetched_per_node.push(node.bytes_fetched);
     }
     let mut totals: Vec<f64> = rounds.iter().map(|r| r.total_seconds).collect();
     totals.sort_by(f64::total_cmp);
@@ -171,7 +187,9 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
         threshold: args.threshold,
         median_round_seconds: totals.get(totals.len() / 2).copied().unwrap_or(0.0),
         rounds,
+        critical_path,
         bytes_sent_per_node,
+        bytes_fetched_per_node,
         coordinator_bytes_received,
         coordinator_peak_memory_bytes: summary.peak_memory_bytes,
         exact,
@@ -193,9 +211,19 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
                 r.total_seconds
             );
         }
+        for p in &report.critical_path {
+            println!(
+                "round {} critical path: encryption {:.2} s, upload and aggregation {:.2} s, \
+                 request {:.2} s, recomputation and partial decryption {:.2} s, partials' \
+                 exchange and combination {:.2} s",
+                p.round, p.encrypt, p.upload_aggregate, p.request, p.release, p.combine
+            );
+        }
         println!(
-            "bytes sent per node: {:?}; coordinator peak memory: {} MiB; exact: {}",
+            "bytes sent per node: {:?}; fetched per node: {:?}; coordinator peak memory: {} MiB; \
+             exact: {}",
             report.bytes_sent_per_node,
+            report.bytes_fetched_per_node,
             report.coordinator_peak_memory_bytes.unwrap_or(0) / (1 << 20),
             report.exact
         );
