@@ -7,14 +7,10 @@ fn external(command: &str, timeout_secs: u64, scratch: &Path) -> ExternalSource 
     external_in(Default::default(), command, timeout_secs, scratch)
 }
 
-/// A source running `command` with `sh` in `mode`, over a two-value model of zeros.
-fn external_in(
-    mode: crate::config::TrainerMode,
-    command: &str,
-    timeout_secs: u64,
-    scratch: &Path,
-) -> ExternalSource {
-    let config = ExternalConfig {
+/// The configuration of a source running `command` with `sh` in `mode` in `dir`, over a
+/// two-value model `w` of zeros.
+fn sh_config(mode: crate::config::TrainerMode, command: &str, dir: &Path) -> ExternalConfig {
+    ExternalConfig {
         command: vec!["sh".into(), "-c".into(), command.into()],
         tensors: vec![TensorSpec {
             name: "w".into(),
@@ -23,8 +19,21 @@ fn external_in(
         initial_model: None,
         mode,
         pooled_scaling: None,
+        timeout_secs: 60,
+        working_dir: dir.to_owned(),
+    }
+}
+
+/// A source running `command` with `sh` in `mode`, over a two-value model of zeros.
+fn external_in(
+    mode: crate::config::TrainerMode,
+    command: &str,
+    timeout_secs: u64,
+    scratch: &Path,
+) -> ExternalSource {
+    let config = ExternalConfig {
         timeout_secs,
-        working_dir: scratch.to_owned(),
+        ..sh_config(mode, command, scratch)
     };
     ExternalSource::open(&config, 2, scratch.join("trainer")).unwrap()
 }
@@ -219,21 +228,13 @@ fn pooled_external(mode: crate::config::TrainerMode, command: &str, dir: &Path) 
     )
     .unwrap();
     let config = ExternalConfig {
-        command: vec!["sh".into(), "-c".into(), command.into()],
-        tensors: vec![TensorSpec {
-            name: "w".into(),
-            shape: vec![2],
-        }],
-        initial_model: None,
-        mode,
         pooled_scaling: Some(crate::config::PooledScalingConfig {
             data: dir.join("rows.csv"),
             target: "label".into(),
             impute_missing: false,
             categories: Default::default(),
         }),
-        timeout_secs: 60,
-        working_dir: dir.to_owned(),
+        ..sh_config(mode, command, dir)
     };
     ExternalSource::open(&config, 2 + scaling::region_size(2), dir.join("trainer")).unwrap()
 }
@@ -383,21 +384,13 @@ fn a_plan_without_room_for_the_pooled_statistics_is_refused_with_the_count_it_ne
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("rows.csv"), "a,label,b\n1,0,2\n").unwrap();
     let mut config = ExternalConfig {
-        command: vec!["true".into()],
-        tensors: vec![TensorSpec {
-            name: "w".into(),
-            shape: vec![2],
-        }],
-        initial_model: None,
-        mode: Default::default(),
         pooled_scaling: Some(crate::config::PooledScalingConfig {
             data: dir.path().join("rows.csv"),
             target: "label".into(),
             impute_missing: false,
             categories: Default::default(),
         }),
-        timeout_secs: 60,
-        working_dir: dir.path().to_owned(),
+        ..sh_config(Default::default(), "true", dir.path())
     };
     let error = ExternalSource::open(&config, 2, dir.path().join("t"))
         .unwrap_err()
