@@ -337,6 +337,7 @@ pub async fn run(
     let scratch = setup.store.join("fetched");
     std::fs::create_dir_all(&scratch).map_err(|e| bad(&e))?;
     let held_dir = setup.store.join("held");
+    held::clear_after_restart(&held_dir, &scratch);
     let next_sequence = log.next_sequence(&setup.identity.signing.verifying_key().to_bytes());
     let acted = log.size();
     let member = Member::new(me, membership.clone(), setup.plan.clone(), held, acted);

@@ -3,8 +3,6 @@
 
 use super::*;
 
-/// Fetches a stored ciphertext from the coordinator into the scratch directory, checking each
-/// chunk and the whole against their digests; returns its path.
 /// Chunk requests in flight at once while fetching: enough to keep the connection busy.
 const FETCH_WINDOW: usize = 8;
 
@@ -39,17 +37,28 @@ pub(super) async fn fetch_chunk(
     }
 }
 
+/// A ciphertext by digest, from the scratch directory, from the model this member holds
+/// (`held`), or from the coordinator (each chunk's size checked on arrival, the whole against
+/// the digest before it is kept); returns its path in the scratch directory.
 pub(super) async fn fetch(ctx: &Context, digest: &Digest) -> Result<PathBuf, StepError> {
     use futures::StreamExt;
     let path = ctx.scratch.join(hex::encode(digest));
     if path.exists() {
         return Ok(path);
     }
-    // Linked in, so that keeping a later model cannot take it away while it is read.
-    if let Some(held) = held::find(&ctx.held, digest)
-        && (std::fs::hard_link(&held, &path).is_ok() || path.exists())
-    {
-        return Ok(path);
+    // Hashed off the event loop (230 MB at 10M values); linked in, so that keeping a later
+    // model cannot take it away while it is read.
+    let (dir, wanted) = (ctx.held.clone(), *digest);
+    let held = tokio::task::spawn_blocking(move || held::find(&dir, &wanted))
+        .await
+        .ok()
+        .flatten();
+    if let Some(held) = held {
+        match std::fs::hard_link(&held, &path) {
+            Ok(()) => return Ok(path),
+            Err(_) if path.exists() => return Ok(path),
+            Err(e) => tracing::warn!(error = %e, "the held model could not be linked; fetching it"),
+        }
     }
     let expected_length = protocol::wire::ciphertext_encoded_len(ctx.plan.values as usize) as u64;
     // The first chunk brings the length and every chunk's digest; the rest come pipelined.
@@ -122,11 +131,6 @@ pub(super) fn keep(ctx: &Context, digest: &Digest, bytes: &[u8]) -> Result<PathB
     Ok(path)
 }
 
-/// Recomputes the ciphertext `target` names from this member's own held encrypted model and the
-/// logged contributions (fetched by digest and checked), re-randomised from the logged seed on
-/// a retry. `None` if the round's aggregate or the request's ciphertext has another digest: the
-/// coordinator asked for something other than the agreed aggregate of the model this member
-/// verified.
 /// Why a request's ciphertext could not be recomputed (a mismatch is not an error: `None`).
 #[derive(Debug, thiserror::Error)]
 pub enum RecomputeError {
@@ -150,6 +154,11 @@ pub enum RecomputeError {
     Worker(#[from] tokio::task::JoinError),
 }
 
+/// Recomputes the ciphertext `target` names from this member's own held encrypted model and the
+/// logged contributions (fetched by digest and checked), re-randomised from the logged seed on
+/// a retry. `None` if the round's aggregate or the request's ciphertext has another digest: the
+/// coordinator asked for something other than the agreed aggregate of the model this member
+/// verified.
 pub(super) async fn recompute(
     ctx: &Arc<Context>,
     target: &ReleaseTarget,

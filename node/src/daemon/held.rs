@@ -3,9 +3,11 @@
 //! the coordinator again: at 10M values that is 230 MB fewer per member and round, each byte
 //! of which would otherwise be encrypted, sent and hashed three times.
 //!
-//! Only a ciphertext whose digest this member computed itself is kept, and a kept file is
-//! hashed again before use: a file damaged on disk (a crash between the write and the disk)
-//! is dropped and the ciphertext fetched as before, never used.
+//! This is a cache looked up by digest: which digest a round builds on is decided by the
+//! member's verified model chain (`HeldModel`), never by what is here. Only a ciphertext whose
+//! digest this member computed itself is kept, and a kept file is hashed again when it is
+//! taken: a file damaged on disk (a crash between the write and the disk) is dropped and the
+//! ciphertext fetched as before.
 
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -83,6 +85,21 @@ fn unkept(
     (bound.digest().0 == *expected).then_some(bound)
 }
 
+/// Clears what a process that stopped mid-write left (its temporary files), and the scratch
+/// directory of fetched ciphertexts, which are not hashed again when read: after a crash they
+/// are fetched afresh.
+pub fn clear_after_restart(held: &Path, scratch: &Path) {
+    let leftovers = std::fs::read_dir(held)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|f| f.file_name().to_string_lossy().starts_with(".held-"));
+    let fetched = std::fs::read_dir(scratch).into_iter().flatten().flatten();
+    for file in leftovers.chain(fetched) {
+        let _ = std::fs::remove_file(file.path());
+    }
+}
+
 /// The kept ciphertext of `digest`, if this member holds it intact.
 pub fn find(dir: &Path, digest: &Digest) -> Option<PathBuf> {
     let path = path(dir, digest);
@@ -147,23 +164,56 @@ mod tests {
     #[test]
     fn keeping_a_model_drops_all_but_it_and_the_model_it_builds_on() {
         let dir = tempfile::tempdir().unwrap();
-        let models: Vec<Ciphertext> = (1..=3).map(|n| Ciphertext::zero(n, 40)).collect();
+        let models: Vec<Ciphertext> = (1..=4).map(|n| Ciphertext::zero(n, 40)).collect();
         let digests: Vec<Digest> = models.iter().map(|m| ciphertext_digest(m).0).collect();
-        for (model, digest) in models.iter().zip(&digests) {
-            assert!(keep_if(dir.path(), model.clone(), digest, None).is_some());
-        }
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        assert!(
+        let keep = |i: usize| {
             keep_if(
                 dir.path(),
-                models[0].clone(),
-                &digests[0],
-                Some(&digests[2])
+                models[i].clone(),
+                &digests[i],
+                Some(&digests[i - 1]),
             )
-            .is_some()
-        );
-        assert!(find(dir.path(), &digests[0]).is_some());
-        assert!(find(dir.path(), &digests[2]).is_some());
+        };
+        // Each kept model keeps the one before it (the model it builds on), and only it.
+        assert!(keep(1).is_some());
+        assert!(keep(2).is_some());
+        assert!(find(dir.path(), &digests[1]).is_some());
+        assert!(keep(3).is_some());
         assert!(find(dir.path(), &digests[1]).is_none());
+        assert!(find(dir.path(), &digests[2]).is_some());
+        assert!(find(dir.path(), &digests[3]).is_some());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_model_that_cannot_be_kept_is_still_bound_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = Ciphertext::zero(3, 40);
+        let digest = ciphertext_digest(&model).0;
+        // The held directory is a file: nothing can be written there.
+        let blocked = dir.path().join("held");
+        std::fs::write(&blocked, b"").unwrap();
+        assert_eq!(
+            keep_if(&blocked, model.clone(), &digest, None),
+            Some(BoundCiphertext::new(model.clone()))
+        );
+        assert_eq!(keep_if(&blocked, model, &[7; 32], None), None);
+    }
+
+    #[test]
+    fn a_restart_clears_half_written_models_and_unchecked_fetches() {
+        let dir = tempfile::tempdir().unwrap();
+        let (held, scratch) = (dir.path().join("held"), dir.path().join("fetched"));
+        std::fs::create_dir_all(&held).unwrap();
+        std::fs::create_dir_all(&scratch).unwrap();
+        let model = Ciphertext::zero(3, 40);
+        let digest = ciphertext_digest(&model).0;
+        assert!(keep_if(&held, model, &digest, None).is_some());
+        std::fs::write(held.join(".held-7-0.part"), b"half").unwrap();
+        std::fs::write(scratch.join("ab"), b"fetched").unwrap();
+        clear_after_restart(&held, &scratch);
+        assert!(find(&held, &digest).is_some(), "the kept model stays");
+        assert_eq!(std::fs::read_dir(&held).unwrap().count(), 1);
+        assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
     }
 }
