@@ -101,15 +101,7 @@ def main():
         torch.manual_seed(args.seed * 1_000_003 + round_number)
         model.train()
         optimiser = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=0.9)
-        loss_fn = torch.nn.CrossEntropyLoss()
-        x = images()
-        for _ in range(args.epochs):
-            order = torch.randperm(len(y))
-            for start in range(0, len(y), args.batch):
-                batch = order[start : start + args.batch]
-                optimiser.zero_grad()
-                loss_fn(model(x[batch]), y[batch]).backward()
-                optimiser.step()
+        quorate_trainer.fit(model, images(), y, optimiser, args.epochs, args.batch)
         return len(y)
 
     evaluate = None

@@ -66,15 +66,7 @@ def main():
     def train(model, round_number):
         torch.manual_seed(args.seed * 1_000_003 + round_number)
         optimiser = torch.optim.SGD(model.parameters(), lr=args.learning_rate, weight_decay=1e-4)
-        loss_fn = torch.nn.CrossEntropyLoss()
-        x = features()
-        for _ in range(args.epochs):
-            order = torch.randperm(len(y))
-            for start in range(0, len(y), args.batch):
-                batch = order[start : start + args.batch]
-                optimiser.zero_grad()
-                loss_fn(model(x[batch]), y[batch]).backward()
-                optimiser.step()
+        quorate_trainer.fit(model, features(), y, optimiser, args.epochs, args.batch)
         return len(y)
 
     quorate_trainer.run(model, train)

@@ -135,6 +135,19 @@ def scale(features, columns=None):
     return (torch.sign(features) * torch.log1p(features.abs()) - mean) / std
 
 
+def fit(model, x, y, optimiser, epochs, batch):
+    """Cross-entropy minibatch training of `model` on rows `x` and class indices `y`, the rows
+    shuffled each epoch with torch's generator (seed it first for the same bits each run)."""
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for _ in range(epochs):
+        order = torch.randperm(len(y))
+        for start in range(0, len(y), batch):
+            rows = order[start : start + batch]
+            optimiser.zero_grad()
+            loss_fn(model(x[rows]), y[rows]).backward()
+            optimiser.step()
+
+
 def load_global(path):
     """The global model in a safetensors file, as a state_dict (float32, integer buffers as
     they were)."""
