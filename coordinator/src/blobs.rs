@@ -81,6 +81,35 @@ impl BlobStore {
         std::fs::read(&path).map_err(io(&path))
     }
 
+    /// Adds `weight` times the stored ciphertext `digest` into `acc`, read in pieces of
+    /// [`CHUNK_BYTES`] and checked against the digest on the way: no buffer of its size.
+    pub fn add_into(
+        &self,
+        acc: &mut protocol::he::Ciphertext,
+        digest: &Digest,
+        weight: i64,
+        limits: protocol::wire::DecodeLimits,
+    ) -> Result<(), protocol::round::policy::AggregateError<BlobError>> {
+        use protocol::round::policy::AggregateError;
+        let path = self.path(digest);
+        let read = |source| AggregateError::Read {
+            digest: *digest,
+            source,
+        };
+        let mut file = std::fs::File::open(&path)
+            .map_err(|_| read(BlobError::Missing(hex::encode(digest))))?;
+        let mut term = protocol::round::TermStream::new(acc, *digest, weight, limits);
+        let mut buffer = vec![0u8; CHUNK_BYTES];
+        loop {
+            match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => term.push(&buffer[..n])?,
+                Err(e) => return Err(read(io(&path)(e))),
+            }
+        }
+        term.finish()
+    }
+
     /// Chunk `index` of a stored blob, with the blob's length and every chunk's digest.
     pub fn read_chunk(
         &self,

@@ -189,10 +189,11 @@ struct Context {
     limits: DecodeLimits,
     store: StateStore,
     witness_store: WitnessStore,
-    scratch: PathBuf,
     /// The encrypted model this member recomputed last (see `held`), which the next round
     /// builds on.
     held: PathBuf,
+    /// This member's latest contribution, which its recomputation of the round adds.
+    contributed: PathBuf,
     state: Mutex<State>,
     source: Mutex<Box<dyn UpdateSource>>,
     author: tokio::sync::Mutex<()>,
@@ -334,10 +335,12 @@ pub async fn run(
             peers: allowed,
         },
     )?;
-    let scratch = setup.store.join("fetched");
-    std::fs::create_dir_all(&scratch).map_err(|e| bad(&e))?;
+    // Fetched ciphertexts are added as they arrive; earlier versions kept them here.
+    let _ = std::fs::remove_dir_all(setup.store.join("fetched"));
     let held_dir = setup.store.join("held");
-    held::clear_after_restart(&held_dir, &scratch);
+    let contributed = setup.store.join("contributed");
+    held::clear_after_restart(&held_dir);
+    held::clear_after_restart(&contributed);
     let next_sequence = log.next_sequence(&setup.identity.signing.verifying_key().to_bytes());
     let acted = log.size();
     let member = Member::new(me, membership.clone(), setup.plan.clone(), held, acted);
@@ -360,8 +363,8 @@ pub async fn run(
         plan: setup.plan,
         store,
         witness_store,
-        scratch,
         held: held_dir,
+        contributed,
         state: Mutex::new(State {
             log,
             entries,
@@ -577,7 +580,7 @@ fn leave_if_run_over(ctx: &Context) {
     }
 }
 
-/// Drops the fetched ciphertexts and buffered partial decryptions of requests logged before
+/// Drops the recomputed ciphertexts and buffered partial decryptions of requests logged before
 /// leaf `index` (a round opened there), so nothing from abandoned attempts piles up.
 fn forget_before(ctx: &Context, index: u64) {
     {
@@ -587,15 +590,6 @@ fn forget_before(ctx: &Context, index: u64) {
     }
     if let Err(e) = ctx.store.forget_partials_before(index) {
         tracing::warn!(error = %e, "old partial decryptions could not be dropped");
-    }
-    // A combination still running reads its ciphertexts from here.
-    if ctx.lock().combining.values().any(|c| c.running) {
-        return;
-    }
-    if let Ok(files) = std::fs::read_dir(&ctx.scratch) {
-        for file in files.flatten() {
-            let _ = std::fs::remove_file(file.path());
-        }
     }
 }
 

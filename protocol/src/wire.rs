@@ -439,6 +439,12 @@ impl BoundCiphertext {
         &self.ciphertext
     }
 
+    /// For a ciphertext decoded from an encoding already hashed to `digest`: encodings are
+    /// canonical, so that is the digest of the ciphertext too.
+    pub(crate) fn checked(ciphertext: Ciphertext, digest: CiphertextDigest) -> Self {
+        Self { ciphertext, digest }
+    }
+
     pub fn digest(&self) -> CiphertextDigest {
         self.digest
     }
@@ -457,11 +463,26 @@ pub struct CiphertextView<'a> {
     bodies: &'a [u8],
 }
 
-pub fn decode_ciphertext_view(
+/// Bytes of a ciphertext's header: the common header, the value count and the message scale.
+pub(crate) fn ciphertext_header_len() -> usize {
+    ciphertext_header(0, 1).len()
+}
+
+/// A ciphertext header's value count and message scale, checked against `limits`; the
+/// header must be all of `bytes`'s first [`ciphertext_header_len`] bytes.
+pub(crate) fn decode_ciphertext_header(
     bytes: &[u8],
     limits: DecodeLimits,
-) -> Result<CiphertextView<'_>, WireError> {
+) -> Result<(usize, u32), WireError> {
     let mut reader = WireReader::new(bytes);
+    let (value_count, delta_bits) = read_ciphertext_header(&mut reader, limits)?;
+    Ok((value_count as usize, delta_bits))
+}
+
+fn read_ciphertext_header(
+    reader: &mut WireReader<'_>,
+    limits: DecodeLimits,
+) -> Result<(u64, u32), WireError> {
     reader.header(Kind::Ciphertext)?;
     let value_count = reader.u64("value count")?;
     let limit = limits.max_values.min(MAX_VALUES);
@@ -479,6 +500,15 @@ pub fn decode_ciphertext_view(
             reason: format!("2^{delta_bits} is impossible"),
         });
     }
+    Ok((value_count, delta_bits))
+}
+
+pub fn decode_ciphertext_view(
+    bytes: &[u8],
+    limits: DecodeLimits,
+) -> Result<CiphertextView<'_>, WireError> {
+    let mut reader = WireReader::new(bytes);
+    let (value_count, delta_bits) = read_ciphertext_header(&mut reader, limits)?;
     let bins = value_count.div_ceil(POLYNOMIAL_SIZE as u64);
     let mask_bytes = bins * POLYNOMIAL_SIZE as u64 * MASK_WIRE_BYTES as u64;
     reader.expect_remaining(mask_bytes + value_count * 8)?;
@@ -497,7 +527,7 @@ pub fn decode_ciphertext(bytes: &[u8], limits: DecodeLimits) -> Result<Ciphertex
 }
 
 #[inline(always)]
-fn read_mask(bytes: &[u8]) -> u128 {
+pub(crate) fn read_mask(bytes: &[u8]) -> u128 {
     let mut word = [0u8; 16];
     word[16 - MASK_WIRE_BYTES..].copy_from_slice(&bytes[..MASK_WIRE_BYTES]);
     u128::from_le_bytes(word)

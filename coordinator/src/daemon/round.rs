@@ -251,15 +251,19 @@ async fn close(
         let delta = budget.delta_bits();
         let values = ctx.plan.values as usize;
         tokio::task::spawn_blocking(move || -> Result<Ciphertext, CoordinatorError> {
-            let mut acc = match (base != ZERO_BASE).then_some(base) {
-                Some(digest) => {
-                    protocol::wire::decode_ciphertext(&ctx.blobs.read(&digest)?, ctx.limits)
-                        .map_err(|e| round_error(format!("the stored model ciphertext: {e}")))?
-                }
-                None => Ciphertext::zero(values, delta),
-            };
-            protocol::round::policy::aggregate(&mut acc, &terms, ctx.limits, |d| ctx.blobs.read(d))
-                .map_err(|e| round_error(e.to_string()))?;
+            // The model this round builds on is a term of weight 1 onto zero; each term is
+            // read from disk in pieces, so the sum is the one encrypted model held in memory.
+            let mut acc = Ciphertext::zero(values, delta);
+            if base != ZERO_BASE {
+                ctx.blobs
+                    .add_into(&mut acc, &base, 1, ctx.limits)
+                    .map_err(|e| round_error(format!("the stored model ciphertext: {e}")))?;
+            }
+            for (digest, weight) in &terms {
+                ctx.blobs
+                    .add_into(&mut acc, digest, *weight, ctx.limits)
+                    .map_err(|e| round_error(e.to_string()))?;
+            }
             Ok(acc)
         })
         .await

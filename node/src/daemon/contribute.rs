@@ -37,7 +37,13 @@ pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), Ste
     let digest = encoded_digest(&bytes).0;
     let chunks = chunk_digests(&bytes);
     // Kept, so that if this member recomputes the round's aggregate it need not fetch it back.
-    keep(ctx, &digest, &bytes)?;
+    let (dir, for_disk, digest_kept) = (ctx.contributed.clone(), bytes.clone(), digest);
+    let kept =
+        tokio::task::spawn_blocking(move || held::keep_contribution(&dir, &digest_kept, &for_disk))
+            .await?;
+    if let Err(e) = kept {
+        tracing::warn!(error = %e, "this member's contribution could not be kept; it will fetch it back");
+    }
     let _author = ctx.author.lock().await;
     let entry = sign(
         ctx,

@@ -76,8 +76,6 @@ pub enum StepError {
         size: usize,
         expected: usize,
     },
-    #[error("the fetched ciphertext does not match its digest {}", hex::encode(&digest[..8]))]
-    WholeDigest { digest: Digest },
     #[error("{count} chunks do not make a partial decryption of this plan")]
     PartialChunks { count: u32 },
     #[error("member {member} is not in request {request}'s quorum")]

@@ -37,98 +37,99 @@ pub(super) async fn fetch_chunk(
     }
 }
 
-/// A ciphertext by digest, from the scratch directory, from the model this member holds
-/// (`held`), or from the coordinator (each chunk's size checked on arrival, the whole against
-/// the digest before it is kept); returns its path in the scratch directory.
-pub(super) async fn fetch(ctx: &Context, digest: &Digest) -> Result<PathBuf, StepError> {
+/// Adds `weight` times the ciphertext `digest` names, fetched from the coordinator, into `acc`
+/// as its chunks arrive: each chunk's size is checked on arrival and the whole against the
+/// digest at the end, by one hash over the bytes in flight. Nothing is written to disk and no
+/// buffer of the ciphertext's size is made. On an error `acc` is gone with it: it holds part of
+/// a term that may not be the logged one.
+pub(super) async fn add_fetched(
+    ctx: &Context,
+    acc: Ciphertext,
+    digest: &Digest,
+    weight: i64,
+) -> Result<Ciphertext, RecomputeError> {
     use futures::StreamExt;
-    let path = ctx.scratch.join(hex::encode(digest));
-    if path.exists() {
-        return Ok(path);
-    }
-    // Hashed off the event loop (230 MB at 10M values); linked in, so that keeping a later
-    // model cannot take it away while it is read.
-    let (dir, wanted) = (ctx.held.clone(), *digest);
-    let held = tokio::task::spawn_blocking(move || held::find(&dir, &wanted))
-        .await
-        .ok()
-        .flatten();
-    if let Some(held) = held {
-        match std::fs::hard_link(&held, &path) {
-            Ok(()) => return Ok(path),
-            Err(_) if path.exists() => return Ok(path),
-            Err(e) => tracing::warn!(error = %e, "the held model could not be linked; fetching it"),
-        }
-    }
+    let fetch_error = |source: StepError| RecomputeError::Fetch {
+        digest: *digest,
+        source: Box::new(source),
+    };
     let expected_length = protocol::wire::ciphertext_encoded_len(ctx.plan.values as usize) as u64;
     // The first chunk brings the length and every chunk's digest; the rest come pipelined.
-    let (length, chunk_list, first) = fetch_chunk(ctx, digest, 0).await?;
+    let (length, chunk_list, first) = fetch_chunk(ctx, digest, 0).await.map_err(fetch_error)?;
     if length != expected_length {
-        return Err(StepError::CiphertextLength {
+        return Err(fetch_error(StepError::CiphertextLength {
             digest: *digest,
             length,
             expected: expected_length,
-        });
+        }));
     }
     if chunk_list.len() as u64 != length.div_ceil(CHUNK_BYTES as u64) {
-        return Err(StepError::ChunkList {
+        return Err(fetch_error(StepError::ChunkList {
             digest: *digest,
             chunks: chunk_list.len(),
             length,
-        });
+        }));
     }
-    // Each chunk's size is checked as it arrives, the whole's digest once the last is in:
-    // nothing is used before that, so hashing every chunk on its own as well would only
-    // spend a second pass over every byte.
-    let check = |index: usize, chunk: &[u8]| -> Result<(), StepError> {
+    // Each chunk's size is checked as it arrives, the whole's digest once the last is in
+    // (`TermStream::finish`): nothing is used before that, so hashing every chunk on its own
+    // as well would only spend a second pass over every byte.
+    let check = |index: usize, chunk: &[u8]| -> Result<(), RecomputeError> {
         let expected = (length as usize - index * CHUNK_BYTES).min(CHUNK_BYTES);
         if chunk.len() != expected {
-            return Err(StepError::ChunkSize {
+            return Err(fetch_error(StepError::ChunkSize {
                 digest: *digest,
                 index,
                 size: chunk.len(),
                 expected,
-            });
+            }));
         }
         Ok(())
     };
     check(0, &first)?;
-    let mut whole = Sha256::new();
-    whole.update(&first);
-    let mut bytes = Vec::with_capacity(length as usize);
-    bytes.extend_from_slice(&first);
-    let mut rest = futures::stream::iter(1..chunk_list.len() as u32)
-        .map(|index| fetch_chunk(ctx, digest, index))
-        .buffered(FETCH_WINDOW);
-    let mut index = 1;
-    while let Some(chunk) = rest.next().await {
-        let (_, _, chunk) = chunk?;
-        check(index, &chunk)?;
-        whole.update(&chunk);
-        bytes.extend_from_slice(&chunk);
-        index += 1;
+    // Hashing and adding run off the event loop, a few chunks behind the fetches.
+    let (chunks, mut arriving) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let (wanted, limits) = (*digest, ctx.limits);
+    let adder = tokio::task::spawn_blocking(move || {
+        let mut acc = acc;
+        let mut term = protocol::round::TermStream::new(&mut acc, wanted, weight, limits);
+        while let Some(chunk) = arriving.blocking_recv() {
+            term.push::<std::io::Error>(&chunk)?;
+        }
+        term.finish::<std::io::Error>()?;
+        Ok::<_, RecomputeError>(acc)
+    });
+    let fetched = async {
+        chunks
+            .send(first)
+            .await
+            .map_err(|_| RecomputeError::Interrupted)?;
+        let mut rest = futures::stream::iter(1..chunk_list.len() as u32)
+            .map(|index| fetch_chunk(ctx, digest, index))
+            .buffered(FETCH_WINDOW);
+        let mut index = 1;
+        while let Some(chunk) = rest.next().await {
+            let (_, _, chunk) = chunk.map_err(fetch_error)?;
+            check(index, &chunk)?;
+            chunks
+                .send(chunk)
+                .await
+                .map_err(|_| RecomputeError::Interrupted)?;
+            index += 1;
+        }
+        Ok::<_, RecomputeError>(())
     }
-    if whole.finalize().as_slice() != digest {
-        return Err(StepError::WholeDigest { digest: *digest });
-    }
+    .await;
+    drop(chunks);
+    let added = adder.await?;
+    // A fetch that failed says why; a send refused because the adder stopped, the adder does
+    // (it refused the encoding).
+    let acc = match fetched {
+        Err(RecomputeError::Interrupted) | Ok(()) => added?,
+        Err(e) => return Err(e),
+    };
     ctx.bytes_fetched
         .fetch_add(length, std::sync::atomic::Ordering::Relaxed);
-    keep(ctx, digest, &bytes)
-}
-
-/// Keeps a ciphertext in the scratch directory under its digest.
-pub(super) fn keep(ctx: &Context, digest: &Digest, bytes: &[u8]) -> Result<PathBuf, StepError> {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let path = ctx.scratch.join(hex::encode(digest));
-    let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let temp = path.with_extension(format!("part{unique}"));
-    let io = |path: &PathBuf| {
-        let path = path.clone();
-        move |source| StepError::Io { path, source }
-    };
-    std::fs::write(&temp, bytes).map_err(io(&temp))?;
-    std::fs::rename(&temp, &path).map_err(io(&path))?;
-    Ok(path)
+    Ok(acc)
 }
 
 /// Why a request's ciphertext could not be recomputed (a mismatch is not an error: `None`).
@@ -139,72 +140,117 @@ pub enum RecomputeError {
         digest: Digest,
         source: Box<StepError>,
     },
-    #[error("reading {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the held encrypted model: {0}")]
-    Decode(#[from] protocol::wire::WireError),
     #[error(transparent)]
     Aggregate(#[from] protocol::round::policy::AggregateError<std::io::Error>),
     #[error(transparent)]
     Rerandomize(#[from] protocol::he::HeError),
     #[error("the recomputation stopped: {0}")]
     Worker(#[from] tokio::task::JoinError),
+    #[error("the recomputation stopped before the ciphertext was complete")]
+    Interrupted,
+    #[error(
+        "this member's kept copy of ciphertext {} was damaged on disk; it fetches it next time",
+        hex::encode(&digest[..8])
+    )]
+    DamagedOnDisk { digest: Digest },
 }
 
 /// Recomputes the ciphertext `target` names from this member's own held encrypted model and the
-/// logged contributions (fetched by digest and checked), re-randomised from the logged seed on
-/// a retry. `None` if the round's aggregate or the request's ciphertext has another digest: the
-/// coordinator asked for something other than the agreed aggregate of the model this member
-/// verified.
+/// logged contributions (fetched by digest, added as they arrive and checked), re-randomised
+/// from the logged seed on a retry. The aggregate itself is taken from the held directory when
+/// an earlier attempt of the round kept it. `None` if the round's aggregate or the request's
+/// ciphertext has another digest: the coordinator asked for something other than the agreed
+/// aggregate of the model this member verified.
 pub(super) async fn recompute(
     ctx: &Arc<Context>,
     target: &ReleaseTarget,
 ) -> Result<Option<BoundCiphertext>, RecomputeError> {
-    let mut files = HashMap::new();
-    for digest in target
-        .base
-        .iter()
-        .chain(target.terms.iter().map(|t| &t.ciphertext))
-    {
-        let path = fetch(ctx, digest)
-            .await
-            .map_err(|source| RecomputeError::Fetch {
-                digest: *digest,
-                source: Box::new(source),
-            })?;
-        files.insert(*digest, path);
+    match recompute_once(ctx, target).await {
+        // The damaged file is gone: the second time fetches what it held.
+        Err(RecomputeError::DamagedOnDisk { .. }) => recompute_once(ctx, target).await,
+        done => done,
     }
-    let worker = ctx.clone();
-    let t = target.clone();
-    let recomputed = tokio::task::spawn_blocking(move || {
-        let mut acc = match t.base {
-            Some(digest) => {
-                let path = &files[&digest];
-                let bytes = std::fs::read(path).map_err(|source| RecomputeError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                protocol::wire::decode_ciphertext(&bytes, worker.limits)?
+}
+
+async fn recompute_once(
+    ctx: &Arc<Context>,
+    target: &ReleaseTarget,
+) -> Result<Option<BoundCiphertext>, RecomputeError> {
+    let aggregate = match load_held(ctx, target.aggregate).await? {
+        Some(kept) => kept,
+        None => {
+            let values = ctx.plan.values as usize;
+            let mut acc = Ciphertext::zero(values, ctx.budget.delta_bits());
+            if let Some(base) = target.base {
+                acc = match load_held(ctx, base).await? {
+                    Some(kept) => kept.into_ciphertext(),
+                    // The base is a term of weight 1 onto zero.
+                    None => add_fetched(ctx, acc, &base, 1).await?,
+                };
             }
-            None => Ciphertext::zero(worker.plan.values as usize, worker.budget.delta_bits()),
-        };
-        protocol::round::policy::aggregate(&mut acc, &t.weighted_terms(), worker.limits, |d| {
-            std::fs::read(&files[d])
-        })?;
-        // Kept for the next round, which builds on it, if it is the agreed aggregate.
-        let Some(bound) = held::keep_if(&worker.held, acc, &t.aggregate, t.base.as_ref()) else {
-            return Ok(None);
-        };
-        if t.attempt == 0 {
-            return Ok::<_, RecomputeError>(Some(bound));
+            for term in &target.terms {
+                acc = add_term(ctx, acc, &term.ciphertext, term.weight).await?;
+            }
+            // Kept for the next round, which builds on it, if it is the agreed aggregate.
+            let (dir, expected, base) = (ctx.held.clone(), target.aggregate, target.base);
+            let kept = tokio::task::spawn_blocking(move || {
+                held::keep_if(&dir, acc, &expected, base.as_ref())
+            })
+            .await?;
+            let Some(bound) = kept else {
+                return Ok(None);
+            };
+            bound
         }
-        let mut acc = bound.into_ciphertext();
-        worker.key.rerandomize(&mut acc, t.seed)?;
-        Ok(Some(BoundCiphertext::new(acc)))
-    })
-    .await??;
-    Ok(recomputed.filter(|bound| bound.digest().0 == target.ciphertext))
+    };
+    let recomputed = if target.attempt == 0 {
+        aggregate
+    } else {
+        let (worker, seed) = (ctx.clone(), target.seed);
+        tokio::task::spawn_blocking(move || {
+            let mut acc = aggregate.into_ciphertext();
+            worker.key.rerandomize(&mut acc, seed)?;
+            Ok::<_, RecomputeError>(BoundCiphertext::new(acc))
+        })
+        .await??
+    };
+    Ok(Some(recomputed).filter(|bound| bound.digest().0 == target.ciphertext))
+}
+
+/// Adds a term from this member's own kept contribution if it is one, or else as fetched. A
+/// kept file found damaged part-way has spoilt the accumulator: the recomputation starts
+/// again (the file is gone, so it fetches the term then).
+async fn add_term(
+    ctx: &Arc<Context>,
+    acc: Ciphertext,
+    digest: &Digest,
+    weight: i64,
+) -> Result<Ciphertext, RecomputeError> {
+    let (dir, wanted, limits) = (ctx.contributed.clone(), *digest, ctx.limits);
+    let added =
+        tokio::task::spawn_blocking(move || held::add_kept(&dir, acc, &wanted, weight, limits))
+            .await?;
+    match added {
+        held::Kept::Added(acc) => Ok(acc),
+        held::Kept::Missing(acc) => add_fetched(ctx, acc, digest, weight).await,
+        held::Kept::Damaged => Err(RecomputeError::DamagedOnDisk { digest: *digest }),
+    }
+}
+
+/// The held model of `digest`, read and hashed off the event loop; `None` if this member does
+/// not hold it intact.
+async fn load_held(
+    ctx: &Context,
+    digest: Digest,
+) -> Result<Option<BoundCiphertext>, RecomputeError> {
+    let (dir, values, delta, limits) = (
+        ctx.held.clone(),
+        ctx.plan.values as usize,
+        ctx.budget.delta_bits(),
+        ctx.limits,
+    );
+    Ok(
+        tokio::task::spawn_blocking(move || held::load(&dir, &digest, values, delta, limits))
+            .await?,
+    )
 }

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use protocol::audit::entry::Digest;
 use protocol::he::Ciphertext;
-use protocol::wire::BoundCiphertext;
-use sha2::{Digest as _, Sha256};
+use protocol::round::{TermStream, WholeStream};
+use protocol::wire::{BoundCiphertext, DecodeLimits};
 
 /// Binds `recomputed` to its digest and, if that is `expected`, keeps it in `dir` under it and
 /// gives it back bound; `None` for another digest. Files under other names go, except `also`
@@ -85,41 +85,106 @@ fn unkept(
     (bound.digest().0 == *expected).then_some(bound)
 }
 
-/// Clears what a process that stopped mid-write left (its temporary files), and the scratch
-/// directory of fetched ciphertexts, which are not hashed again when read: after a crash they
-/// are fetched afresh.
-pub fn clear_after_restart(held: &Path, scratch: &Path) {
+/// Clears what a process that stopped mid-write left: its temporary files.
+pub fn clear_after_restart(held: &Path) {
     let leftovers = std::fs::read_dir(held)
         .into_iter()
         .flatten()
         .flatten()
         .filter(|f| f.file_name().to_string_lossy().starts_with(".held-"));
-    let fetched = std::fs::read_dir(scratch).into_iter().flatten().flatten();
-    for file in leftovers.chain(fetched) {
+    for file in leftovers {
         let _ = std::fs::remove_file(file.path());
     }
 }
 
-/// The kept ciphertext of `digest`, if this member holds it intact.
-pub fn find(dir: &Path, digest: &Digest) -> Option<PathBuf> {
+/// The kept ciphertext of `digest`, if this member holds it intact: read in pieces, hashed and
+/// decoded in one pass, and bound to the digest it hashed to.
+pub fn load(
+    dir: &Path,
+    digest: &Digest,
+    values: usize,
+    delta_bits: u32,
+    limits: DecodeLimits,
+) -> Option<BoundCiphertext> {
     let path = path(dir, digest);
     let mut file = std::fs::File::open(&path).ok()?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
+    let mut stream = WholeStream::new(values, delta_bits, *digest, limits);
+    let mut buffer = vec![0u8; 1 << 22];
+    let loaded = loop {
         match file.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buffer[..n]),
+            Ok(0) => break stream.finish::<std::io::Error>().ok(),
+            Ok(n) => {
+                if stream.push::<std::io::Error>(&buffer[..n]).is_err() {
+                    break None;
+                }
+            }
             Err(_) => return None,
         }
-    }
-    if hasher.finalize().as_slice() == digest {
-        Some(path)
-    } else {
+    };
+    if loaded.is_none() {
         tracing::warn!(path = %path.display(), "a kept model was damaged on disk; fetching it");
         let _ = std::fs::remove_file(&path);
-        None
     }
+    loaded
+}
+
+/// Keeps this member's own contribution (encoded, hashed by the member) beside the held model,
+/// so that recomputing the round's aggregate need not fetch it back; any earlier one goes.
+pub fn keep_contribution(dir: &Path, digest: &Digest, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    if let Ok(files) = std::fs::read_dir(dir) {
+        for file in files.flatten() {
+            let _ = std::fs::remove_file(file.path());
+        }
+    }
+    let temporary = dir.join(format!(".held-{}.part", std::process::id()));
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, path(dir, digest))
+}
+
+/// What adding a kept file as a term did.
+#[derive(Debug)]
+pub enum Kept {
+    /// Not kept here: the accumulator, untouched.
+    Missing(Ciphertext),
+    Added(Ciphertext),
+    /// The file was not the ciphertext of its name (damaged on disk): it is removed, and the
+    /// accumulator, which holds part of it, is gone.
+    Damaged,
+}
+
+/// Adds `weight` times the kept ciphertext of `digest` in `dir` into `acc`, read in pieces and
+/// checked against the digest on the way, as a fetched one is.
+pub fn add_kept(
+    dir: &Path,
+    mut acc: Ciphertext,
+    digest: &Digest,
+    weight: i64,
+    limits: DecodeLimits,
+) -> Kept {
+    let path = path(dir, digest);
+    let Ok(mut file) = std::fs::File::open(&path) else {
+        return Kept::Missing(acc);
+    };
+    let mut stream = TermStream::new(&mut acc, *digest, weight, limits);
+    let mut buffer = vec![0u8; 1 << 22];
+    let added = loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break stream.finish::<std::io::Error>().is_ok(),
+            Ok(n) => {
+                if stream.push::<std::io::Error>(&buffer[..n]).is_err() {
+                    break false;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    if added {
+        return Kept::Added(acc);
+    }
+    tracing::warn!(path = %path.display(), "a kept ciphertext was damaged on disk; fetching it");
+    let _ = std::fs::remove_file(&path);
+    Kept::Damaged
 }
 
 fn path(dir: &Path, digest: &Digest) -> PathBuf {
@@ -129,7 +194,15 @@ fn path(dir: &Path, digest: &Digest) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::wire::{ciphertext_digest, encode_ciphertext};
+    use protocol::wire::ciphertext_digest;
+
+    fn find(dir: &Path, digest: &Digest) -> Option<BoundCiphertext> {
+        let values = [3, 1, 2, 4]
+            .into_iter()
+            .find(|&n| ciphertext_digest(&Ciphertext::zero(n, 40)).0 == *digest)
+            .unwrap_or(3);
+        load(dir, digest, values, 40, DecodeLimits::default())
+    }
 
     #[test]
     fn a_recomputed_model_is_kept_only_under_the_digest_expected_and_found_intact() {
@@ -143,7 +216,7 @@ mod tests {
         let bound = keep_if(dir.path(), model.clone(), &digest, None).unwrap();
         assert_eq!(bound, BoundCiphertext::new(model.clone()));
         let found = find(dir.path(), &digest).unwrap();
-        assert_eq!(std::fs::read(&found).unwrap(), encode_ciphertext(&model));
+        assert_eq!(found, BoundCiphertext::new(model));
     }
 
     #[test]
@@ -201,19 +274,16 @@ mod tests {
     }
 
     #[test]
-    fn a_restart_clears_half_written_models_and_unchecked_fetches() {
+    fn a_restart_clears_half_written_models() {
         let dir = tempfile::tempdir().unwrap();
-        let (held, scratch) = (dir.path().join("held"), dir.path().join("fetched"));
+        let held = dir.path().join("held");
         std::fs::create_dir_all(&held).unwrap();
-        std::fs::create_dir_all(&scratch).unwrap();
         let model = Ciphertext::zero(3, 40);
         let digest = ciphertext_digest(&model).0;
         assert!(keep_if(&held, model, &digest, None).is_some());
         std::fs::write(held.join(".held-7-0.part"), b"half").unwrap();
-        std::fs::write(scratch.join("ab"), b"fetched").unwrap();
-        clear_after_restart(&held, &scratch);
+        clear_after_restart(&held);
         assert!(find(&held, &digest).is_some(), "the kept model stays");
         assert_eq!(std::fs::read_dir(&held).unwrap().count(), 1);
-        assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
     }
 }

@@ -23,6 +23,7 @@ pub mod message;
 pub mod plan;
 pub mod policy;
 pub mod rules;
+pub mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -32,6 +33,7 @@ pub use plan::{ModelDigest, RoundPlan, model_digest};
 pub use policy::{
     HeldModel, Refusal, ReleaseTarget, Term, check_combine, check_contribution, check_request,
 };
+pub use stream::{TermStream, WholeStream};
 
 /// Why a round step was refused, naming the member where one is at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -494,8 +494,10 @@ pub enum AggregateError<E: std::fmt::Display> {
 
 /// Adds `weight * contribution` for every term into `acc` (the encrypted model the round
 /// builds on), reading one encoded contribution at a time through `read` and checking that
-/// it hashes to the digest its author logged. Coordinator and members run this same code,
-/// so an honest coordinator's aggregate always matches what members recompute.
+/// it hashes to the digest its author logged. Coordinator and members run this same code
+/// ([`TermStream`](super::TermStream), which members feed piece by piece as they fetch), so an
+/// honest coordinator's aggregate always matches what members recompute. On an error `acc`
+/// holds part of a term and must be dropped.
 pub fn aggregate<E: std::fmt::Display>(
     acc: &mut crate::he::Ciphertext,
     terms: &[(Digest, i64)],
@@ -504,13 +506,9 @@ pub fn aggregate<E: std::fmt::Display>(
 ) -> Result<(), AggregateError<E>> {
     for &(digest, weight) in terms {
         let bytes = read(&digest).map_err(|source| AggregateError::Read { digest, source })?;
-        if crate::wire::encoded_digest(&bytes).0 != digest {
-            return Err(AggregateError::Digest { digest });
-        }
-        let view = crate::wire::decode_ciphertext_view(&bytes, limits)
-            .map_err(|source| AggregateError::Decode { digest, source })?;
-        view.add_weighted_into(acc, weight)
-            .map_err(|source| AggregateError::Shape { digest, source })?;
+        let mut term = super::TermStream::new(&mut *acc, digest, weight, limits);
+        term.push(&bytes)?;
+        term.finish()?;
     }
     Ok(())
 }
