@@ -116,26 +116,42 @@ fn resend_wait(attempt: u32) -> Duration {
 }
 
 /// A partial decryption arriving in chunks from another member.
-#[derive(Default)]
 struct Incoming {
     /// Chunks received so far, and announced in all.
     received: u32,
     count: u32,
     bytes: Vec<u8>,
+    /// When the latest chunk arrived.
+    last_chunk: std::time::Instant,
 }
 
 impl Incoming {
+    fn new(count: u32) -> Self {
+        Self {
+            received: 0,
+            count,
+            bytes: Vec::new(),
+            last_chunk: std::time::Instant::now(),
+        }
+    }
+
     /// This member's own partial decryption, complete as it is.
     fn whole(bytes: Vec<u8>) -> Self {
         Self {
             received: 1,
             count: 1,
             bytes,
+            last_chunk: std::time::Instant::now(),
         }
     }
 
     fn complete(&self) -> bool {
         self.received == self.count
+    }
+
+    /// Incomplete, with no chunk for `quiet`: worth asking its author for again.
+    fn stalled(&self, quiet: Duration) -> bool {
+        !self.complete() && self.last_chunk.elapsed() >= quiet
     }
 }
 
@@ -165,6 +181,8 @@ struct State {
     /// When this member last sent a partial again, by request and asking member: at most once
     /// per [`RESEND_WAIT`], so a member cannot make it send the same bytes without end.
     resent: HashMap<(u64, u8), std::time::Instant>,
+    /// Deliveries of this member's partial decryptions under way, by request and member.
+    delivering: HashSet<(u64, u8)>,
     next_sequence: u64,
     rounds_done: u64,
     /// The fraction of this member's latest updates that the plan's clip changed, by round
@@ -380,6 +398,7 @@ pub async fn run(
             chasing: HashSet::new(),
             run_over: None,
             resent: HashMap::new(),
+            delivering: HashSet::new(),
             next_sequence,
             rounds_done: 0,
             clipped: Default::default(),
@@ -596,6 +615,21 @@ fn forget_before(ctx: &Context, index: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partial_whose_chunks_keep_arriving_is_not_asked_for_again() {
+        let mut arriving = Incoming::new(3);
+        assert!(!arriving.stalled(Duration::from_secs(60)), "just begun");
+        assert!(
+            arriving.stalled(Duration::ZERO),
+            "nothing since: worth asking"
+        );
+        arriving.last_chunk -= Duration::from_secs(5);
+        assert!(arriving.stalled(Duration::from_secs(2)));
+        arriving.received = 3;
+        assert!(!arriving.stalled(Duration::ZERO), "complete");
+        assert!(!Incoming::whole(vec![1]).stalled(Duration::ZERO));
+    }
 
     #[test]
     fn a_missing_partial_is_asked_for_soon_then_less_often_for_about_two_minutes() {

@@ -130,20 +130,47 @@ pub(super) async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), Step
 pub(super) async fn send_partial(ctx: &Arc<Context>, request: u64, partial: Vec<u8>) {
     let partial = Arc::new(partial);
     let mut sends = Vec::new();
-    for (m, peer) in ctx.peers.iter().enumerate() {
+    for m in 0..ctx.peers.len() {
         if m == usize::from(ctx.me) {
             continue;
         }
-        ctx.sent(partial.len());
-        let (handle, peer, partial) = (ctx.handle.clone(), *peer, partial.clone());
+        let (ctx, partial) = (ctx.clone(), partial.clone());
         sends.push(tokio::spawn(async move {
-            deliver(&handle, peer, m, request, &partial, PARTIAL_ATTEMPTS).await
+            deliver_once_at_a_time(&ctx, m as u8, request, &partial, PARTIAL_ATTEMPTS).await
         }));
     }
     for send in sends {
         let _ = send.await;
     }
     try_combine(ctx, request);
+}
+
+/// Delivers a partial decryption to one member unless a delivery of it to that member is
+/// already under way: a second one would start the member's copy over from the first chunk and
+/// throw away what had arrived. Returns whether it delivered.
+async fn deliver_once_at_a_time(
+    ctx: &Arc<Context>,
+    member: u8,
+    request: u64,
+    partial: &[u8],
+    attempts: u32,
+) -> bool {
+    if !ctx.lock().delivering.insert((request, member)) {
+        return false;
+    }
+    ctx.sent(partial.len());
+    let peer = ctx.peers[usize::from(member)];
+    deliver(
+        &ctx.handle,
+        peer,
+        usize::from(member),
+        request,
+        partial,
+        attempts,
+    )
+    .await;
+    ctx.lock().delivering.remove(&(request, member));
+    true
 }
 
 /// Delivers a partial decryption to one member, chunk by chunk. A member not reachable yet is
@@ -224,14 +251,21 @@ pub(super) fn resend_partial(
     if logged.is_none_or(|share| Sha256::digest(&partial).as_slice() != share) {
         return Err(StepError::NothingToResend { request });
     }
+    if ctx.lock().delivering.contains(&(request, member)) {
+        tracing::debug!(
+            member,
+            request,
+            "the partial decryption is on its way already"
+        );
+        return Ok(());
+    }
     tracing::info!(member, request, "sending a partial decryption again");
     ctx.last_resend_ms
         .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
-    ctx.sent(partial.len());
-    let (handle, peer) = (ctx.handle.clone(), ctx.peers[usize::from(member)]);
+    let ctx = ctx.clone();
     // One attempt: the member asks again if it still lacks it.
     tokio::spawn(async move {
-        deliver(&handle, peer, usize::from(member), request, &partial, 1).await;
+        deliver_once_at_a_time(&ctx, member, request, &partial, 1).await;
     });
     Ok(())
 }
@@ -256,11 +290,13 @@ fn chase(ctx: &Arc<Context>, request: u64) {
                         .iter()
                         .copied()
                         .filter(|m| *m != ctx.me && d.logged_shares.contains_key(m))
+                        // A partial whose chunks are still arriving is on its way: asking
+                        // for it again would only start it over.
                         .filter(|m| {
                             state
                                 .partials
                                 .get(&(request, *m))
-                                .is_none_or(|incoming| !incoming.complete())
+                                .is_none_or(|incoming| incoming.stalled(resend_wait(attempt)))
                         })
                         .collect(),
                     _ => Vec::new(),
@@ -337,11 +373,7 @@ pub(super) fn receive_partial(
         let incoming = state
             .partials
             .entry((request, member))
-            .or_insert_with(|| Incoming {
-                received: 0,
-                count,
-                bytes: Vec::new(),
-            });
+            .or_insert_with(|| Incoming::new(count));
         if incoming.count != count || incoming.received != index {
             // Start over: a sender resends from the first chunk.
             if index != 0 {
@@ -352,17 +384,14 @@ pub(super) fn receive_partial(
                     expected_count: incoming.count,
                 });
             }
-            *incoming = Incoming {
-                received: 0,
-                count,
-                bytes: Vec::new(),
-            };
+            *incoming = Incoming::new(count);
         }
         if incoming.bytes.len() + bytes.len() > limit {
             return Err(StepError::PartialTooLarge { member });
         }
         incoming.bytes.extend_from_slice(&bytes);
         incoming.received += 1;
+        incoming.last_chunk = std::time::Instant::now();
         incoming.complete()
     };
     if complete {
