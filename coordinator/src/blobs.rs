@@ -81,6 +81,19 @@ impl BlobStore {
         std::fs::read(&path).map_err(io(&path))
     }
 
+    /// The first `size` bytes of a stored blob (fewer if it is shorter) and its length.
+    pub fn head(&self, digest: &Digest, size: usize) -> Result<(Vec<u8>, u64), BlobError> {
+        let path = self.path(digest);
+        let file =
+            std::fs::File::open(&path).map_err(|_| BlobError::Missing(hex::encode(digest)))?;
+        let length = file.metadata().map_err(io(&path))?.len();
+        let mut head = Vec::with_capacity(size);
+        file.take(size as u64)
+            .read_to_end(&mut head)
+            .map_err(io(&path))?;
+        Ok((head, length))
+    }
+
     /// Adds `weight` times the stored ciphertext `digest` into `acc`, read in pieces of
     /// [`CHUNK_BYTES`] and checked against the digest on the way: no buffer of its size.
     pub fn add_into(

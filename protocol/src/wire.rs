@@ -464,13 +464,13 @@ pub struct CiphertextView<'a> {
 }
 
 /// Bytes of a ciphertext's header: the common header, the value count and the message scale.
-pub(crate) fn ciphertext_header_len() -> usize {
+pub fn ciphertext_header_len() -> usize {
     ciphertext_header(0, 1).len()
 }
 
 /// A ciphertext header's value count and message scale, checked against `limits`; the
 /// header must be all of `bytes`'s first [`ciphertext_header_len`] bytes.
-pub(crate) fn decode_ciphertext_header(
+pub fn decode_ciphertext_header(
     bytes: &[u8],
     limits: DecodeLimits,
 ) -> Result<(usize, u32), WireError> {

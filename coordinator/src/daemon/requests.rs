@@ -26,17 +26,39 @@ pub(super) enum RequestRefusal {
     NotTheSender,
 }
 
-/// Checks that a stored ciphertext decodes with the plan's size and message scale.
+/// Checks that a stored ciphertext decodes with the plan's size and message scale: its header
+/// says so and its length is what that header's value count takes (the body is read only when
+/// it is aggregated, where every coefficient is decoded and the whole hashed again).
 pub(super) fn check_shape(ctx: &Context, digest: &Digest) -> Result<(), RequestRefusal> {
-    let bytes = ctx.blobs.read(digest)?;
-    let view = protocol::wire::decode_ciphertext_view(&bytes, ctx.limits)?;
-    if view.value_count() != ctx.plan.values as usize || view.delta_bits() != ctx.delta_bits {
+    let (header, length) = ctx
+        .blobs
+        .head(digest, protocol::wire::ciphertext_header_len())?;
+    shape_of(&header, length, ctx.plan.values, ctx.delta_bits, ctx.limits)
+}
+
+fn shape_of(
+    header: &[u8],
+    length: u64,
+    plan_values: u32,
+    plan_delta_bits: u32,
+    limits: DecodeLimits,
+) -> Result<(), RequestRefusal> {
+    let (values, delta_bits) = protocol::wire::decode_ciphertext_header(header, limits)?;
+    if values != plan_values as usize || delta_bits != plan_delta_bits {
         return Err(RequestRefusal::Shape {
-            values: view.value_count(),
-            delta_bits: view.delta_bits(),
-            plan_values: ctx.plan.values,
-            plan_delta_bits: ctx.delta_bits,
+            values,
+            delta_bits,
+            plan_values,
+            plan_delta_bits,
         });
+    }
+    let expected = protocol::wire::ciphertext_encoded_len(values) as u64;
+    if length != expected {
+        return Err(protocol::wire::WireError::WrongLength {
+            expected,
+            actual: length,
+        }
+        .into());
     }
     Ok(())
 }
@@ -263,5 +285,48 @@ pub(super) async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Req
         Request::Incident { .. } => refused("incidents reach the coordinator as entries to append"),
         Request::Finished { .. } => refused("the coordinator says when a run is over"),
         Request::Resend { .. } => refused("partial decryptions go to members, never here"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::wire::{WireError, ciphertext_header_len, encode_ciphertext};
+
+    #[test]
+    fn only_a_ciphertext_of_the_plans_shape_and_length_is_logged_as_a_contribution() {
+        let bytes = encode_ciphertext(&Ciphertext::zero(1000, 80));
+        let header = &bytes[..ciphertext_header_len()];
+        let length = bytes.len() as u64;
+        let limits = DecodeLimits::default();
+        assert!(shape_of(header, length, 1000, 80, limits).is_ok());
+        assert!(matches!(
+            shape_of(header, length, 1001, 80, limits),
+            Err(RequestRefusal::Shape { values: 1000, .. })
+        ));
+        assert!(matches!(
+            shape_of(header, length, 1000, 81, limits),
+            Err(RequestRefusal::Shape { delta_bits: 80, .. })
+        ));
+        assert!(matches!(
+            shape_of(header, length - 1, 1000, 80, limits),
+            Err(RequestRefusal::NotACiphertext(
+                WireError::WrongLength { .. }
+            ))
+        ));
+        assert!(matches!(
+            shape_of(&header[..10], 10, 1000, 80, limits),
+            Err(RequestRefusal::NotACiphertext(_))
+        ));
+        assert!(matches!(
+            shape_of(
+                &bytes[1..=ciphertext_header_len()],
+                length,
+                1000,
+                80,
+                limits
+            ),
+            Err(RequestRefusal::NotACiphertext(WireError::BadMagic))
+        ));
     }
 }

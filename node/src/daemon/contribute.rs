@@ -36,14 +36,13 @@ pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), Ste
     report_clipping(ctx, round, clipped);
     let digest = encoded_digest(&bytes).0;
     let chunks = chunk_digests(&bytes);
-    // Kept, so that if this member recomputes the round's aggregate it need not fetch it back.
+    // Kept, so that when this member recomputes the round's aggregate it need not fetch it
+    // back; written while the upload runs, and done before its last chunk (which has it logged).
+    let bytes = Arc::new(bytes);
     let (dir, for_disk, digest_kept) = (ctx.contributed.clone(), bytes.clone(), digest);
-    let kept =
-        tokio::task::spawn_blocking(move || held::keep_contribution(&dir, &digest_kept, &for_disk))
-            .await?;
-    if let Err(e) = kept {
-        tracing::warn!(error = %e, "this member's contribution could not be kept; it will fetch it back");
-    }
+    let mut keeping = Some(tokio::task::spawn_blocking(move || {
+        held::keep_contribution(&dir, &digest_kept, &for_disk)
+    }));
     let _author = ctx.author.lock().await;
     let entry = sign(
         ctx,
@@ -72,6 +71,12 @@ pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), Ste
     }
     let count = bytes.len().div_ceil(CHUNK_BYTES);
     for (index, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
+        if index + 1 == count
+            && let Some(keeping) = keeping.take()
+            && let Err(e) = keeping.await?
+        {
+            tracing::warn!(error = %e, "this member's contribution could not be kept; it will fetch it back");
+        }
         ctx.sent(chunk.len());
         let response = ctx
             .handle

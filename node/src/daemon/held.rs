@@ -8,6 +8,10 @@
 //! digest this member computed itself is kept, and a kept file is hashed again when it is
 //! taken: a file damaged on disk (a crash between the write and the disk) is dropped and the
 //! ciphertext fetched as before.
+//!
+//! The member's own latest contribution is kept here too (in its own directory), for the same
+//! reason: the recomputation of its round adds it from disk, checked as it is read, instead of
+//! fetching back what it uploaded.
 
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -271,6 +275,45 @@ mod tests {
             Some(BoundCiphertext::new(model.clone()))
         );
         assert_eq!(keep_if(&blocked, model, &[7; 32], None), None);
+    }
+
+    #[test]
+    fn a_kept_contribution_is_added_only_if_intact_and_a_damaged_one_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = DecodeLimits::default();
+        // A contribution with every byte after the header set: masks and bodies not zero.
+        let mut bytes = protocol::wire::encode_ciphertext(&Ciphertext::zero(3, 40));
+        let header = protocol::wire::ciphertext_header_len();
+        for (i, byte) in bytes[header..].iter_mut().enumerate() {
+            *byte = (i as u8).wrapping_mul(37).wrapping_add(11);
+        }
+        let contribution = protocol::wire::decode_ciphertext(&bytes, limits).unwrap();
+        let digest = ciphertext_digest(&contribution).0;
+        let start = Ciphertext::zero(3, 40);
+        assert!(matches!(
+            add_kept(dir.path(), start.clone(), &digest, 5, limits),
+            Kept::Missing(acc) if acc == start
+        ));
+        keep_contribution(dir.path(), &digest, &bytes).unwrap();
+        let mut expected = start.clone();
+        protocol::round::policy::aggregate(&mut expected, &[(digest, 5)], limits, |_| {
+            Ok::<_, std::io::Error>(bytes.clone())
+        })
+        .unwrap();
+        assert_ne!(expected, start);
+        assert!(matches!(
+            add_kept(dir.path(), start.clone(), &digest, 5, limits),
+            Kept::Added(acc) if acc == expected
+        ));
+        let mut damaged = bytes.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        keep_contribution(dir.path(), &digest, &damaged).unwrap();
+        assert!(matches!(
+            add_kept(dir.path(), start.clone(), &digest, 5, limits),
+            Kept::Damaged
+        ));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "dropped");
     }
 
     #[test]
