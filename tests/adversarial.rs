@@ -238,24 +238,40 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
     .await;
     sync!();
 
-    // Round 3: fewer than k_min contributions.
+    // Round 3: a close naming an aggregate member-a computed and kept itself (round 1's, kept
+    // when it recomputed round 1 for the retry above), over other contributions. The kept copy
+    // is a cache for the model a round builds on; a coordinator-named aggregate is always
+    // recomputed from the logged contributions.
     h.open_round(3);
-    let (c3, agg3) = h.contributions(3, 1..3, 20);
-    let close3 = h.close(3, &c3, agg3);
-    h.request(3, close3, agg3, 0);
+    let (c3, _) = h.contributions(3, 1..5, 15);
+    let close3 = h.close(3, &c3, aggregate);
+    h.request(3, close3, aggregate, 0);
+    publish!();
+    h.expect_appended(
+        "a refusal of a kept aggregate named for other contributions (113)",
+        incident(113),
+    )
+    .await;
+    sync!();
+
+    // Round 4: fewer than k_min contributions.
+    h.open_round(4);
+    let (c4, agg4) = h.contributions(4, 1..3, 20);
+    let close4 = h.close(4, &c4, agg4);
+    h.request(4, close4, agg4, 0);
     publish!();
     h.expect_appended("a refusal below k_min (106)", incident(106))
         .await;
     sync!();
 
-    // Round 4: a request naming the close of another round (a second close of one round, or
+    // Round 5: a request naming the close of another round (a second close of one round, or
     // a close over a subset, never reaches the log: the round rules refuse it, see
     // protocol/src/round/attacks.rs).
-    h.open_round(4);
-    let (c4, agg4) = h.contributions(4, 1..5, 30);
-    h.close(4, &c4, agg4);
+    h.open_round(5);
+    let (c5, agg5) = h.contributions(5, 1..5, 30);
+    h.close(5, &c5, agg5);
 
-    // An old round again, once round 4 is open.
+    // An old round again, once round 5 is open.
     h.request(1, close1, [0x6b; 32], 2);
     publish!();
     h.expect_appended("a refusal of an old round (110)", incident(110))
@@ -298,43 +314,43 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
         "member-a released a share to a malicious request"
     );
 
-    // Round 5, honest: member-a releases, so the refusals above were the policy's doing.
-    h.open_round(5);
-    let (c5, agg5) = h.contributions(5, 1..5, 40);
-    let close5 = h.close(5, &c5, agg5);
-    let request5 = h.request(5, close5, agg5, 0);
+    // Round 6, honest: member-a releases, so the refusals above were the policy's doing.
+    h.open_round(6);
+    let (c6, agg6) = h.contributions(6, 1..5, 40);
+    let close6 = h.close(6, &c6, agg6);
+    let request6 = h.request(6, close6, agg6, 0);
     publish!();
     h.expect_appended(
         "a share release for the honest request",
-        |b| matches!(b, Body::ShareReleased { ciphertext, .. } if *ciphertext == agg5),
+        |b| matches!(b, Body::ShareReleased { ciphertext, .. } if *ciphertext == agg6),
     )
     .await;
     assert_eq!(h.released(), 1);
     sync!();
 
     // Attack 1, key extraction through an unverified base. Colluders b and c log their releases
-    // of round 5 but send member-a nothing, so the log's chain moves to round 5's aggregate,
-    // which member-a never combined. Round 6 closes on a crafted ciphertext Y; member-a, in its
-    // quorum, refuses (it does not hold the model round 6 builds on); colluder b logs a release
-    // of Y; and the coordinator opens round 7 on Y, so that members would release
+    // of round 6 but send member-a nothing, so the log's chain moves to round 6's aggregate,
+    // which member-a never combined. Round 7 closes on a crafted ciphertext Y; member-a, in its
+    // quorum, refuses (it does not hold the model round 7 builds on); colluder b logs a release
+    // of Y; and the coordinator opens round 8 on Y, so that members would release
     // Y + contributions and decrypt the key into the model's message bits.
     for m in [1, 2] {
         let key = h.member_key(m).clone();
         h.append_as(
             &key,
             Body::ShareReleased {
-                request: request5,
-                ciphertext: agg5,
+                request: request6,
+                ciphertext: agg6,
                 share: [m as u8; 32],
             },
             None,
         );
     }
-    h.open_round(6);
-    let (c6, _) = h.contributions(6, 1..5, 50);
+    h.open_round(7);
+    let (c7, _) = h.contributions(7, 1..5, 50);
     let crafted: Digest = [0x59; 32];
-    let close6 = h.close(6, &c6, crafted);
-    let request6 = h.request(6, close6, crafted, 0);
+    let close7 = h.close(7, &c7, crafted);
+    let request7 = h.request(7, close7, crafted, 0);
     publish!();
     h.expect_appended(
         "a refusal of a round built on a model it did not verify (114)",
@@ -346,22 +362,22 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
     h.append_as(
         &key,
         Body::ShareReleased {
-            request: request6,
+            request: request7,
             ciphertext: crafted,
             share: [1; 32],
         },
         None,
     );
     publish!();
-    // Round 7 on Y breaks the log's round rules, so it is written past them, and the
+    // Round 8 on Y breaks the log's round rules, so it is written past them, and the
     // checkpoint over it is shown to member-a for cosigning.
-    let open7 = h
+    let open8 = h
         .log
         .draft(
             &h.coordinator.signing,
             now_ms(),
             Body::RoundOpen {
-                round: 7,
+                round: 8,
                 model: [0; 32],
                 base: crafted,
                 deadline_ms: now_ms() + 60_000,
@@ -371,7 +387,7 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
         .with_payload(Some(h.plan.digest()))
         .sign(&h.coordinator.signing);
     let mut leaves = h.log.leaves().to_vec();
-    leaves.push(open7.leaf().to_vec());
+    leaves.push(open8.leaf().to_vec());
     let hashes: Vec<_> = leaves
         .iter()
         .map(|l| protocol::audit::merkle::leaf_hash(l))
@@ -481,9 +497,9 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
     // Nothing but the honest ciphertext is in member-a's ledger.
     let ledger = node::state_store::StateStore::open(&dir.join("member-a/node-store")).unwrap();
     for digest in [
-        c[0].1, [0x5a; 32], bogus, agg3, agg4, [0x6b; 32], aggregate, crafted,
+        c[0].1, [0x5a; 32], bogus, agg4, agg5, [0x6b; 32], aggregate, crafted,
     ] {
         assert_eq!(ledger.released(&digest).unwrap(), None);
     }
-    assert!(ledger.released(&agg5).unwrap().is_some());
+    assert!(ledger.released(&agg6).unwrap().is_some());
 }

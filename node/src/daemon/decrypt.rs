@@ -145,6 +145,16 @@ pub(super) async fn send_partial(ctx: &Arc<Context>, request: u64, partial: Vec<
     try_combine(ctx, request);
 }
 
+/// A delivery's entry in `delivering`, removed however the delivery ends (a panic, a
+/// cancelled task), so that a member's requests to send again are never ignored for good.
+struct Delivering<'a>(&'a Context, u64, u8);
+
+impl Drop for Delivering<'_> {
+    fn drop(&mut self) {
+        self.0.lock().delivering.remove(&(self.1, self.2));
+    }
+}
+
 /// Delivers a partial decryption to one member unless a delivery of it to that member is
 /// already under way: a second one would start the member's copy over from the first chunk and
 /// throw away what had arrived. Returns whether it delivered.
@@ -158,6 +168,7 @@ async fn deliver_once_at_a_time(
     if !ctx.lock().delivering.insert((request, member)) {
         return false;
     }
+    let _entry = Delivering(ctx, request, member);
     ctx.sent(partial.len());
     let peer = ctx.peers[usize::from(member)];
     deliver(
@@ -169,7 +180,6 @@ async fn deliver_once_at_a_time(
         attempts,
     )
     .await;
-    ctx.lock().delivering.remove(&(request, member));
     true
 }
 
@@ -282,27 +292,31 @@ fn chase(ctx: &Arc<Context>, request: u64) {
         for attempt in 0..RESEND_ATTEMPTS {
             // A partial on its way normally arrives within moments: ask soon, then less often.
             tokio::time::sleep(resend_wait(attempt)).await;
-            let missing: Vec<u8> = {
+            // Partials not complete, and of those the ones worth asking for again: a partial
+            // whose chunks are still arriving is on its way, and asking would only start it
+            // over; it is looked at again next time.
+            let (incomplete, missing): (usize, Vec<u8>) = {
                 let state = ctx.lock();
                 match state.member.decryption(request) {
-                    Some(d) if state.member.held().round < d.round => d
-                        .quorum
-                        .iter()
-                        .copied()
-                        .filter(|m| *m != ctx.me && d.logged_shares.contains_key(m))
-                        // A partial whose chunks are still arriving is on its way: asking
-                        // for it again would only start it over.
-                        .filter(|m| {
-                            state
-                                .partials
-                                .get(&(request, *m))
-                                .is_none_or(|incoming| incoming.stalled(resend_wait(attempt)))
-                        })
-                        .collect(),
-                    _ => Vec::new(),
+                    Some(d) if state.member.held().round < d.round => {
+                        let incomplete: Vec<(u8, bool)> = d
+                            .quorum
+                            .iter()
+                            .copied()
+                            .filter(|m| *m != ctx.me && d.logged_shares.contains_key(m))
+                            .filter_map(|m| match state.partials.get(&(request, m)) {
+                                None => Some((m, true)),
+                                Some(incoming) if incoming.complete() => None,
+                                Some(incoming) => Some((m, incoming.stalled(resend_wait(attempt)))),
+                            })
+                            .collect();
+                        let missing = incomplete.iter().filter(|(_, s)| *s).map(|(m, _)| *m);
+                        (incomplete.len(), missing.collect())
+                    }
+                    _ => (0, Vec::new()),
                 }
             };
-            if missing.is_empty() {
+            if incomplete == 0 {
                 try_combine(&ctx, request);
                 break;
             }

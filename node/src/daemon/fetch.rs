@@ -157,8 +157,7 @@ pub enum RecomputeError {
 
 /// Recomputes the ciphertext `target` names from this member's own held encrypted model and the
 /// logged contributions (fetched by digest, added as they arrive and checked), re-randomised
-/// from the logged seed on a retry. The aggregate itself is taken from the held directory when
-/// an earlier attempt of the round kept it. `None` if the round's aggregate or the request's
+/// from the logged seed on a retry. `None` if the round's aggregate or the request's
 /// ciphertext has another digest: the coordinator asked for something other than the agreed
 /// aggregate of the model this member verified.
 pub(super) async fn recompute(
@@ -176,32 +175,28 @@ async fn recompute_once(
     ctx: &Arc<Context>,
     target: &ReleaseTarget,
 ) -> Result<Option<BoundCiphertext>, RecomputeError> {
-    let aggregate = match load_held(ctx, target.aggregate).await? {
-        Some(kept) => kept,
-        None => {
-            let values = ctx.plan.values as usize;
-            let mut acc = Ciphertext::zero(values, ctx.budget.delta_bits());
-            if let Some(base) = target.base {
-                acc = match load_held(ctx, base).await? {
-                    Some(kept) => kept.into_ciphertext(),
-                    // The base is a term of weight 1 onto zero.
-                    None => add_fetched(ctx, acc, &base, 1).await?,
-                };
-            }
-            for term in &target.terms {
-                acc = add_term(ctx, acc, &term.ciphertext, term.weight).await?;
-            }
-            // Kept for the next round, which builds on it, if it is the agreed aggregate.
-            let (dir, expected, base) = (ctx.held.clone(), target.aggregate, target.base);
-            let kept = tokio::task::spawn_blocking(move || {
-                held::keep_if(&dir, acc, &expected, base.as_ref())
-            })
+    // Never the aggregate the close names taken from the held directory: that digest is the
+    // coordinator's word, and only recomputing it from the logged contributions checks it.
+    // Only the base is looked up there, a digest this member's verified chain named.
+    let values = ctx.plan.values as usize;
+    let mut acc = Ciphertext::zero(values, ctx.budget.delta_bits());
+    if let Some(base) = target.base {
+        acc = match load_held(ctx, base).await? {
+            Some(kept) => kept.into_ciphertext(),
+            // The base is a term of weight 1 onto zero.
+            None => add_fetched(ctx, acc, &base, 1).await?,
+        };
+    }
+    for term in &target.terms {
+        acc = add_term(ctx, acc, &term.ciphertext, term.weight).await?;
+    }
+    // Kept for the next round, which builds on it, if it is the agreed aggregate.
+    let (dir, expected, base) = (ctx.held.clone(), target.aggregate, target.base);
+    let kept =
+        tokio::task::spawn_blocking(move || held::keep_if(&dir, acc, &expected, base.as_ref()))
             .await?;
-            let Some(bound) = kept else {
-                return Ok(None);
-            };
-            bound
-        }
+    let Some(aggregate) = kept else {
+        return Ok(None);
     };
     let recomputed = if target.attempt == 0 {
         aggregate

@@ -113,18 +113,12 @@ pub fn load(
     let path = path(dir, digest);
     let mut file = std::fs::File::open(&path).ok()?;
     let mut stream = WholeStream::new(values, delta_bits, *digest, limits);
-    let mut buffer = vec![0u8; 1 << 22];
-    let loaded = loop {
-        match file.read(&mut buffer) {
-            Ok(0) => break stream.finish::<std::io::Error>().ok(),
-            Ok(n) => {
-                if stream.push::<std::io::Error>(&buffer[..n]).is_err() {
-                    break None;
-                }
-            }
-            Err(_) => return None,
-        }
-    };
+    let read = read_in_pieces(&mut file, |piece| {
+        stream.push::<std::io::Error>(piece).is_ok()
+    });
+    let loaded = read
+        .then(|| stream.finish::<std::io::Error>().ok())
+        .flatten();
     if loaded.is_none() {
         tracing::warn!(path = %path.display(), "a kept model was damaged on disk; fetching it");
         let _ = std::fs::remove_file(&path);
@@ -171,24 +165,28 @@ pub fn add_kept(
         return Kept::Missing(acc);
     };
     let mut stream = TermStream::new(&mut acc, *digest, weight, limits);
-    let mut buffer = vec![0u8; 1 << 22];
-    let added = loop {
-        match file.read(&mut buffer) {
-            Ok(0) => break stream.finish::<std::io::Error>().is_ok(),
-            Ok(n) => {
-                if stream.push::<std::io::Error>(&buffer[..n]).is_err() {
-                    break false;
-                }
-            }
-            Err(_) => break false,
-        }
-    };
-    if added {
+    let read = read_in_pieces(&mut file, |piece| {
+        stream.push::<std::io::Error>(piece).is_ok()
+    });
+    if read && stream.finish::<std::io::Error>().is_ok() {
         return Kept::Added(acc);
     }
     tracing::warn!(path = %path.display(), "a kept ciphertext was damaged on disk; fetching it");
     let _ = std::fs::remove_file(&path);
     Kept::Damaged
+}
+
+/// Hands the rest of `file` to `push` in pieces of 4 MiB; false at a read error or at the first
+/// piece `push` refuses.
+fn read_in_pieces(file: &mut std::fs::File, mut push: impl FnMut(&[u8]) -> bool) -> bool {
+    let mut buffer = vec![0u8; 1 << 22];
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(n) if push(&buffer[..n]) => {}
+            Ok(_) | Err(_) => return false,
+        }
+    }
 }
 
 fn path(dir: &Path, digest: &Digest) -> PathBuf {
