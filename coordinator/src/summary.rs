@@ -55,13 +55,7 @@ impl RunSummary {
     }
 }
 
-/// The peak resident set size of this process (Linux), in bytes.
-pub fn peak_memory() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
+pub use runtime::process::peak_memory;
 
 #[cfg(test)]
 mod tests {

@@ -279,6 +279,9 @@ pub struct NodeSummary {
     /// the model a round builds on when this member does not hold it).
     #[serde(default)]
     pub bytes_fetched: u64,
+    /// The node process's peak resident set size, where the system says.
+    #[serde(default)]
+    pub peak_memory_bytes: Option<u64>,
 }
 
 /// Runs the node until its last round (`stop_after`), until the coordinator says its run is
@@ -504,6 +507,7 @@ pub async fn run(
         model_digest: hex::encode(model_digest(&state.model)),
         bytes_sent: ctx.bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
         bytes_fetched: ctx.bytes_fetched.load(std::sync::atomic::Ordering::Relaxed),
+        peak_memory_bytes: runtime::process::peak_memory(),
     })
 }
 

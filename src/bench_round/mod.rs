@@ -1,7 +1,7 @@
 //! `quorate bench round`: whole rounds over loopback with every role in its own process, as a
 //! deployment runs them: a rehearsed ceremony, the coordinator, one node per institution,
 //! synthetic updates. Reports per-phase times (the coordinator's, and each round's critical
-//! path from its log), bytes each node sent and fetched, the coordinator's peak memory, and
+//! path from its log), bytes each node sent and fetched, each role's peak memory and disk, and
 //! whether every member decrypted exactly the model integer arithmetic predicts.
 
 use std::path::PathBuf;
@@ -12,6 +12,7 @@ use anyhow::{Result, bail, ensure};
 use protocol::round::{RoundPlan, model_digest};
 use serde::Serialize;
 
+mod disk;
 mod path;
 
 use crate::local::{
@@ -66,6 +67,12 @@ struct RoundBenchReport {
     bytes_fetched_per_node: Vec<u64>,
     coordinator_bytes_received: u64,
     coordinator_peak_memory_bytes: Option<u64>,
+    /// Each node's peak resident set size, in the order of the byte counts.
+    peak_memory_per_node: Vec<Option<u64>>,
+    /// The most disk the coordinator's directory, then each node's, took while the rounds ran
+    /// (sampled every 250 ms, so short-lived peaks may be missed).
+    coordinator_peak_disk_bytes: u64,
+    peak_disk_per_node: Vec<u64>,
     exact: bool,
     wall_seconds: f64,
     machine: String,
@@ -112,6 +119,12 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
 
     let rounds_started = Instant::now();
     let coordinator_dir = dir.join("coordinator");
+    let disk = disk::DiskSampler::start(
+        std::iter::once(coordinator_dir.clone())
+            .chain(members.iter().map(|name| dir.join(name)))
+            .collect(),
+        Duration::from_millis(250),
+    );
     let mut coordinator = spawn_coordinator(&exe, &coordinator_dir, &coordinator_dir.join("log"))?;
     let mut nodes = Vec::new();
     for name in &members {
@@ -130,6 +143,9 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
         let ok = wait_with_timeout(child, name, Duration::from_secs(90));
         nodes_ok &= matches!(ok, Ok(true));
     }
+    let mut peak_disk = disk.finish().into_iter();
+    let coordinator_peak_disk_bytes = peak_disk.next().unwrap_or(0);
+    let peak_disk_per_node: Vec<u64> = peak_disk.collect();
     let coordinator_ok = coordinator_ok?;
     if !coordinator_ok || !nodes_ok {
         bail!(
@@ -173,11 +189,13 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
     let mut exact = true;
     let mut bytes_sent_per_node = Vec::new();
     let mut bytes_fetched_per_node = Vec::new();
+    let mut peak_memory_per_node = Vec::new();
     for name in &members {
         let node: node::daemon::NodeSummary = read_json(&dir.join(name).join("summary.json"))?;
         exact &= node.model_digest == expected;
         bytes_sent_per_node.push(node.bytes_sent);
         bytes_fetched_per_node.push(node.bytes_fetched);
+        peak_memory_per_node.push(node.peak_memory_bytes);
     }
     let mut totals: Vec<f64> = rounds.iter().map(|r| r.total_seconds).collect();
     totals.sort_by(f64::total_cmp);
@@ -192,6 +210,9 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
         bytes_fetched_per_node,
         coordinator_bytes_received,
         coordinator_peak_memory_bytes: summary.peak_memory_bytes,
+        peak_memory_per_node,
+        coordinator_peak_disk_bytes,
+        peak_disk_per_node,
         exact,
         wall_seconds,
         machine: crate::bench::machine(),
@@ -219,12 +240,26 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
                 p.round, p.encrypt, p.upload_aggregate, p.request, p.release, p.combine
             );
         }
+        let mib = |bytes: u64| bytes / (1 << 20);
         println!(
-            "bytes sent per node: {:?}; fetched per node: {:?}; coordinator peak memory: {} MiB; \
-             exact: {}",
-            report.bytes_sent_per_node,
-            report.bytes_fetched_per_node,
-            report.coordinator_peak_memory_bytes.unwrap_or(0) / (1 << 20),
+            "bytes sent per node: {:?}; fetched per node: {:?}",
+            report.bytes_sent_per_node, report.bytes_fetched_per_node,
+        );
+        println!(
+            "peak memory: coordinator {} MiB, nodes {:?} MiB; peak disk: coordinator {} MiB, \
+             nodes {:?} MiB; exact: {}",
+            mib(report.coordinator_peak_memory_bytes.unwrap_or(0)),
+            report
+                .peak_memory_per_node
+                .iter()
+                .map(|m| mib(m.unwrap_or(0)))
+                .collect::<Vec<_>>(),
+            mib(report.coordinator_peak_disk_bytes),
+            report
+                .peak_disk_per_node
+                .iter()
+                .map(|&d| mib(d))
+                .collect::<Vec<_>>(),
             report.exact
         );
     }
