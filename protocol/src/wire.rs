@@ -527,10 +527,30 @@ pub fn decode_ciphertext(bytes: &[u8], limits: DecodeLimits) -> Result<Ciphertex
 }
 
 #[inline(always)]
-pub(crate) fn read_mask(bytes: &[u8]) -> u128 {
+fn read_mask(bytes: &[u8]) -> u128 {
     let mut word = [0u8; 16];
     word[16 - MASK_WIRE_BYTES..].copy_from_slice(&bytes[..MASK_WIRE_BYTES]);
     u128::from_le_bytes(word)
+}
+
+/// out[i] += weight * the i-th mask coefficient encoded in `bytes` (mod 2^128): the one
+/// multiply-add every aggregation runs, from whole encodings or from pieces.
+#[inline]
+pub(crate) fn add_masks(out: &mut [u128], bytes: &[u8], weight: i64) {
+    let w = weight as i128 as u128;
+    for (acc, coefficient) in out.iter_mut().zip(bytes.chunks_exact(MASK_WIRE_BYTES)) {
+        *acc = acc.wrapping_add(read_mask(coefficient).wrapping_mul(w));
+    }
+}
+
+/// out[i] += weight * the i-th body encoded in `bytes` (mod 2^64).
+#[inline]
+pub(crate) fn add_bodies(out: &mut [u64], bytes: &[u8], weight: i64) {
+    let w = weight as u64;
+    for (acc, body) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+        let value = u64::from_le_bytes(body.try_into().expect("8 bytes"));
+        *acc = acc.wrapping_add(value.wrapping_mul(w));
+    }
 }
 
 #[inline]
@@ -596,12 +616,9 @@ impl CiphertextView<'_> {
             .for_each(|(block, out)| {
                 let start = block * BLOCK;
                 for (term, weight) in terms {
-                    let w = *weight as i128 as u128;
                     let bytes =
                         &term.masks[start * MASK_WIRE_BYTES..(start + out.len()) * MASK_WIRE_BYTES];
-                    for (acc, chunk) in out.iter_mut().zip(bytes.chunks_exact(MASK_WIRE_BYTES)) {
-                        *acc = acc.wrapping_add(read_mask(chunk).wrapping_mul(w));
-                    }
+                    add_masks(out, bytes, *weight);
                 }
             });
         bodies
@@ -610,12 +627,8 @@ impl CiphertextView<'_> {
             .for_each(|(block, out)| {
                 let start = block * BLOCK;
                 for (term, weight) in terms {
-                    let w = *weight as u64;
                     let bytes = &term.bodies[start * 8..(start + out.len()) * 8];
-                    for (acc, chunk) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-                        let value = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-                        *acc = acc.wrapping_add(value.wrapping_mul(w));
-                    }
+                    add_bodies(out, bytes, *weight);
                 }
             });
         Ok(())

@@ -198,11 +198,8 @@ mod tests {
     use super::*;
     use protocol::wire::ciphertext_digest;
 
-    fn find(dir: &Path, digest: &Digest) -> Option<BoundCiphertext> {
-        let values = [3, 1, 2, 4]
-            .into_iter()
-            .find(|&n| ciphertext_digest(&Ciphertext::zero(n, 40)).0 == *digest)
-            .unwrap_or(3);
+    /// The kept model of `digest`, a ciphertext of `values` values at 2^40.
+    fn find(dir: &Path, digest: &Digest, values: usize) -> Option<BoundCiphertext> {
         load(dir, digest, values, 40, DecodeLimits::default())
     }
 
@@ -213,11 +210,11 @@ mod tests {
         let digest = ciphertext_digest(&model).0;
         // Another digest expected: not kept.
         assert_eq!(keep_if(dir.path(), model.clone(), &[7; 32], None), None);
-        assert_eq!(find(dir.path(), &digest), None);
+        assert_eq!(find(dir.path(), &digest, 3), None);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         let bound = keep_if(dir.path(), model.clone(), &digest, None).unwrap();
         assert_eq!(bound, BoundCiphertext::new(model.clone()));
-        let found = find(dir.path(), &digest).unwrap();
+        let found = find(dir.path(), &digest, 3).unwrap();
         assert_eq!(found, BoundCiphertext::new(model));
     }
 
@@ -232,7 +229,7 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&path, bytes).unwrap();
-        assert_eq!(find(dir.path(), &digest), None);
+        assert_eq!(find(dir.path(), &digest, 3), None);
         assert!(!path.exists());
     }
 
@@ -252,11 +249,11 @@ mod tests {
         // Each kept model keeps the one before it (the model it builds on), and only it.
         assert!(keep(1).is_some());
         assert!(keep(2).is_some());
-        assert!(find(dir.path(), &digests[1]).is_some());
+        assert!(find(dir.path(), &digests[1], 2).is_some());
         assert!(keep(3).is_some());
-        assert!(find(dir.path(), &digests[1]).is_none());
-        assert!(find(dir.path(), &digests[2]).is_some());
-        assert!(find(dir.path(), &digests[3]).is_some());
+        assert!(find(dir.path(), &digests[1], 2).is_none());
+        assert!(find(dir.path(), &digests[2], 3).is_some());
+        assert!(find(dir.path(), &digests[3], 4).is_some());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
@@ -324,7 +321,7 @@ mod tests {
         assert!(keep_if(&held, model, &digest, None).is_some());
         std::fs::write(held.join(".held-7-0.part"), b"half").unwrap();
         clear_after_restart(&held);
-        assert!(find(&held, &digest).is_some(), "the kept model stays");
+        assert!(find(&held, &digest, 3).is_some(), "the kept model stays");
         assert_eq!(std::fs::read_dir(&held).unwrap().count(), 1);
     }
 }

@@ -494,10 +494,10 @@ pub enum AggregateError<E: std::fmt::Display> {
 
 /// Adds `weight * contribution` for every term into `acc` (the encrypted model the round
 /// builds on), reading one encoded contribution at a time through `read` and checking that
-/// it hashes to the digest its author logged. Coordinator and members run this same code
-/// ([`TermStream`](super::TermStream), which members feed piece by piece as they fetch), so an
-/// honest coordinator's aggregate always matches what members recompute. On an error `acc`
-/// holds part of a term and must be dropped.
+/// it hashes to the digest its author logged: the whole-bytes form of
+/// [`TermStream`](super::TermStream), the one aggregation step the coordinator (reading from
+/// disk) and members (as they fetch) both run, so an honest coordinator's aggregate always
+/// matches what members recompute. On an error `acc` holds part of a term and must be dropped.
 pub fn aggregate<E: std::fmt::Display>(
     acc: &mut crate::he::Ciphertext,
     terms: &[(Digest, i64)],

@@ -176,32 +176,20 @@ impl<A: BorrowMut<Ciphertext>> TermStream<A> {
         use rayon::prelude::*;
         const BLOCK: usize = 4096;
         let (masks, bodies) = self.acc.borrow_mut().parts_mut();
+        let weight = self.weight;
         if mask {
             let count = bytes.len() / MASK_WIRE_BYTES;
-            let w = self.weight as i128 as u128;
             masks[start..start + count]
                 .par_chunks_mut(BLOCK)
                 .zip(bytes.par_chunks(BLOCK * MASK_WIRE_BYTES))
-                .for_each(|(out, bytes)| {
-                    for (acc, coefficient) in
-                        out.iter_mut().zip(bytes.chunks_exact(MASK_WIRE_BYTES))
-                    {
-                        *acc = acc.wrapping_add(wire::read_mask(coefficient).wrapping_mul(w));
-                    }
-                });
+                .for_each(|(out, bytes)| wire::add_masks(out, bytes, weight));
             self.masks_done += count;
         } else {
             let count = bytes.len() / 8;
-            let w = self.weight as u64;
             bodies[start..start + count]
                 .par_chunks_mut(BLOCK)
                 .zip(bytes.par_chunks(BLOCK * 8))
-                .for_each(|(out, bytes)| {
-                    for (acc, body) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-                        let value = u64::from_le_bytes(body.try_into().expect("8 bytes"));
-                        *acc = acc.wrapping_add(value.wrapping_mul(w));
-                    }
-                });
+                .for_each(|(out, bytes)| wire::add_bodies(out, bytes, weight));
             self.bodies_done += count;
         }
     }
