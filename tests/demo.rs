@@ -111,8 +111,37 @@ fn assert_complete(
             "audit/{exported}"
         );
     }
+    // Each institution alone against the consortium, on its own held-out rows: the
+    // consortium's figures are its node's, and pooled they are the final accuracy.
+    let per_institution = report["per_institution"].as_array().unwrap();
+    let names: Vec<&str> = per_institution
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, institutions);
+    let (mut correct, mut rows) = (0.0, 0.0);
+    for i in per_institution {
+        let alone = i["alone_accuracy"].as_f64().unwrap();
+        let consortium = i["consortium_accuracy"].as_f64().unwrap();
+        assert!(
+            (0.0..=1.0).contains(&alone) && (0.0..=1.0).contains(&consortium),
+            "{i}"
+        );
+        let gain = i["gain_points"].as_f64().unwrap();
+        assert!((gain - 100.0 * (consortium - alone)).abs() < 1e-9, "{i}");
+        let held_out = i["held_out_rows"].as_u64().unwrap() as f64;
+        correct += consortium * held_out;
+        rows += held_out;
+    }
+    assert!(
+        (correct / rows - final_accuracy).abs() < 1e-9,
+        "{per_institution:?}"
+    );
     let svg = std::fs::read_to_string(out.join("accuracy.svg")).unwrap();
     assert_eq!(svg.matches("<polyline").count(), 2, "encrypted and float");
+    for bar in ["class=\"alone\"", "class=\"consortium\""] {
+        assert_eq!(svg.matches(bar).count(), institutions.len(), "{bar}");
+    }
 }
 
 #[test]

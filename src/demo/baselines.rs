@@ -71,3 +71,26 @@ pub(super) fn float_fedavg(
     }
     Ok(out)
 }
+
+/// Each institution trained alone for the same training rounds: the same network, initial
+/// model and local training, but only its own rows, so its own feature scaling and no clip
+/// (there is no consortium to agree one with). Measured on its own held-out rows, the rows the
+/// consortium's model is measured on beside it: what joining the consortium is worth to it.
+pub(super) fn alone(
+    sources: &mut [TrainingSource],
+    rounds: std::ops::RangeInclusive<u64>,
+) -> Result<Vec<Option<Evaluation>>> {
+    sources
+        .iter_mut()
+        .map(|source| {
+            let mut model = vec![0.0f32; source.global_size()];
+            for round in rounds.clone() {
+                let update = source.update(round, &model)?;
+                for (m, u) in model.iter_mut().zip(&update.values) {
+                    *m += u;
+                }
+            }
+            Ok(source.held_out(&model))
+        })
+        .collect()
+}

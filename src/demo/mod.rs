@@ -3,8 +3,9 @@
 //! as separate processes on loopback, and shows the encrypted training round by round beside
 //! the plaintext baselines computed in this process from the same local training: fixed-point
 //! FedAvg (which the decrypted models must equal bit for bit) and float FedAvg (the accuracy
-//! to match). Then it verifies the audit log and the ceremony transcript, and writes the
-//! models, the log, the transcript, `report.json` and `accuracy.svg` to `--out`.
+//! to match), and each institution trained alone (what the consortium is worth to it). Then it
+//! verifies the audit log and the ceremony transcript, and writes the models, the log, the
+//! transcript, `report.json` and `accuracy.svg` to `--out`.
 
 mod baselines;
 mod live;
@@ -260,6 +261,19 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     print_setup(args, &institutions, parameters, classes, &dataset);
     let fixed = baselines::fixed_point_fedavg(&plan, &mut sources, total_rounds)?;
     let float = baselines::float_fedavg(&plan, &mut sources, total_rounds)?;
+    let mut alone_sources = (0..institutions.len())
+        .map(|i| {
+            TrainingSource::load(&TrainerConfig {
+                scaling: Scaling::Local,
+                ..trainer(i)
+            })
+            .with_context(|| format!("institution {}", institutions[i].name))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let alone = baselines::alone(
+        &mut alone_sources,
+        u64::from(statistics_rounds) + 1..=u64::from(total_rounds),
+    )?;
     println!("Plaintext baselines computed; rehearsing the key ceremony...");
 
     let consortium_dir = out.join("consortium");
@@ -335,6 +349,8 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
         &fixed,
         &float,
     );
+    let per_institution =
+        report::institution_records(&institutions, &alone, &reports, u64::from(total_rounds));
     let (audit_verified, transcript_verified) = verify_audit(&exe, &out, &consortium_dir, &logs)?;
 
     let last = per_round.last().expect("at least one round");
@@ -371,13 +387,14 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
         transcript_verified,
         all_checks_passed,
         per_round,
+        per_institution,
         wall_seconds: started.elapsed().as_secs_f64(),
         date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
     std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
     std::fs::write(
         out.join("accuracy.svg"),
-        plot::accuracy_svg(&report.per_round),
+        plot::accuracy_svg(&report.per_round, &report.per_institution),
     )?;
     report::print_result(&report, &out);
     Ok(if all_checks_passed {

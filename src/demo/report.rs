@@ -33,6 +33,18 @@ pub(super) struct RoundRecord {
     pub(super) bitexact_vs_fixed_point: bool,
 }
 
+/// What the consortium is worth to one institution: its own held-out rows measured on the
+/// model it would have trained alone and on the consortium's final model.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct InstitutionRecord {
+    pub(super) name: String,
+    pub(super) held_out_rows: usize,
+    pub(super) alone_accuracy: Option<f64>,
+    pub(super) consortium_accuracy: Option<f64>,
+    /// consortium_accuracy minus alone_accuracy, in percentage points.
+    pub(super) gain_points: Option<f64>,
+}
+
 #[derive(Debug, Serialize)]
 pub(super) struct DemoReport {
     pub(super) institutions: usize,
@@ -56,6 +68,9 @@ pub(super) struct DemoReport {
     pub(super) transcript_verified: bool,
     pub(super) all_checks_passed: bool,
     pub(super) per_round: Vec<RoundRecord>,
+    /// Each institution trained alone against the consortium's model, on its own held-out
+    /// rows.
+    pub(super) per_institution: Vec<InstitutionRecord>,
     pub(super) wall_seconds: f64,
     pub(super) date: String,
 }
@@ -133,6 +148,40 @@ pub(super) fn records(
     per_round
 }
 
+/// One record per institution: its accuracy alone (from the demo's own training) and the
+/// consortium's, as its node measured the last round's decrypted model on its held-out rows.
+pub(super) fn institution_records(
+    institutions: &[Institution],
+    alone: &[Option<Evaluation>],
+    reports: &[Vec<RoundReport>],
+    last_round: u64,
+) -> Vec<InstitutionRecord> {
+    institutions
+        .iter()
+        .zip(alone)
+        .zip(reports)
+        .map(|((institution, alone), reports)| {
+            let accuracy = |e: Option<&Evaluation>| e.filter(|e| e.rows > 0).map(|e| e.accuracy());
+            let alone_accuracy = accuracy(alone.as_ref());
+            let consortium_accuracy = accuracy(
+                reports
+                    .iter()
+                    .find(|r| r.round == last_round)
+                    .and_then(|r| r.evaluation.as_ref()),
+            );
+            InstitutionRecord {
+                name: institution.name.clone(),
+                held_out_rows: institution.test_rows,
+                alone_accuracy,
+                consortium_accuracy,
+                gain_points: alone_accuracy
+                    .zip(consortium_accuracy)
+                    .map(|(alone, consortium)| 100.0 * (consortium - alone)),
+            }
+        })
+        .collect()
+}
+
 /// The closing lines: final accuracy against float FedAvg and each check's outcome.
 pub(super) fn print_result(report: &DemoReport, out: &std::path::Path) {
     let mark = |ok: bool| if ok { "yes" } else { "NO" };
@@ -156,6 +205,23 @@ pub(super) fn print_result(report: &DemoReport, out: &std::path::Path) {
         "  ceremony transcript verified and certified in the log: {}",
         mark(report.transcript_verified)
     );
+    println!("Each institution on its own held-out rows, trained alone against the consortium:");
+    println!(
+        "  {:<14} {:>5}  {:>9}  {:>10}  {:>7}",
+        "institution", "rows", "alone", "consortium", "gain"
+    );
+    let shown = |a: Option<f64>| a.map_or_else(|| "-".to_owned(), percent);
+    for i in &report.per_institution {
+        println!(
+            "  {:<14} {:>5}  {:>9}  {:>10}  {:>7}",
+            i.name,
+            i.held_out_rows,
+            shown(i.alone_accuracy),
+            shown(i.consortium_accuracy),
+            i.gain_points
+                .map_or_else(|| "-".to_owned(), |g| format!("{g:+.1}"))
+        );
+    }
     println!(
         "Wrote {0}/report.json, {0}/accuracy.svg, models/, audit/ and transcript in {1:.0} s",
         out.display(),
