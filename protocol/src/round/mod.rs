@@ -20,6 +20,7 @@ pub mod incidents;
 pub mod initial;
 pub mod machine;
 pub mod message;
+pub mod optimizer;
 pub mod plan;
 pub mod policy;
 pub mod rules;
@@ -29,6 +30,7 @@ mod tests;
 
 pub use initial::{InitialModel, InitialModelError, KeptTensor, check_initial_model};
 pub use machine::{CloseDecision, CloseTerms, CoordinatorRound, DecryptionStatus};
+pub use optimizer::{Optimizer, OptimizerState};
 pub use plan::{ModelDigest, RoundPlan, model_digest};
 pub use policy::{
     HeldModel, Refusal, ReleaseTarget, Term, check_combine, check_contribution, check_request,
