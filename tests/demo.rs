@@ -191,6 +191,50 @@ fn the_demo_trains_exactly_and_verifies_its_log() {
     assert!(run.join("notes.txt").exists());
 }
 
+/// A server optimizer: every member applies FedAdam to each decrypted average and ends
+/// bit-identical to plaintext fixed-point FedAdam, beside float FedAdam.
+#[test]
+fn the_demo_trains_with_fedadam_exactly_and_reports_it() {
+    let work = tempfile::tempdir().unwrap();
+    let out = demo(
+        &[
+            "--optimizer",
+            "adam",
+            "--dataset",
+            "digits",
+            "--split",
+            "skewed",
+            "--institutions",
+            "5",
+            "--threshold",
+            "3",
+            "--rounds",
+            "3",
+            "--out",
+            "adam",
+        ],
+        work.path(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("float FedAdam"), "{stdout}");
+    assert!(
+        stdout.contains("bit-identical to plaintext fixed-point FedAdam: yes"),
+        "{stdout}"
+    );
+    let run = work.path().join("adam");
+    let members = ["member-a", "member-b", "member-c", "member-d", "member-e"];
+    assert_complete(&run, &members, 3, 650, 0.85);
+    let report = report(&run);
+    assert_eq!(report["optimizer"], "adam");
+    assert_eq!(report["server_rate"], 0.1);
+    assert!(report["baseline_float_accuracy"].as_f64().unwrap() > 0.85);
+}
+
 /// One CSV file per institution (a natural split), an MLP, and a file that does not parse.
 #[test]
 fn the_demo_trains_on_a_directory_of_institution_files() {

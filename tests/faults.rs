@@ -165,7 +165,41 @@ fn a_node_store_damaged_on_disk_is_refused_naming_its_file_never_reset() {
 
 #[test]
 fn a_member_away_for_several_rounds_catches_up_and_contributes_again() {
-    let d = five_members_paced(8);
+    away_for_several_rounds(five_members_paced(8));
+}
+
+/// Under a server optimizer the next base is the members' encryption of the stepped model, so
+/// a member that was away combines every decryption it missed, in order, stepping each.
+#[test]
+fn under_a_server_optimizer_a_member_away_for_several_rounds_catches_up_in_order() {
+    away_for_several_rounds(five_members_paced(8).with_optimizer("momentum", 500));
+}
+
+#[test]
+fn under_a_server_optimizer_a_member_killed_before_logging_its_step_logs_it_after_a_restart() {
+    // Killed in the last round: no later round moves it on, so it must log the step itself.
+    let d = five_members().with_optimizer("yogi", 100);
+    assert!(
+        d.run_through(Target::Node("member-a"), "server-step:3"),
+        "member-a did not go down\n{}",
+        d.logs()
+    );
+    d.invariants_hold(3);
+    let log = d.log();
+    let me = d.member_key("member-a");
+    let request3 = log
+        .iter()
+        .rposition(|e| matches!(e.entry.body, Body::DecryptionRequest { round: 3, .. }))
+        .unwrap() as u64;
+    assert!(
+        log.iter().any(|e| e.entry.author == me
+            && matches!(e.entry.body, Body::ServerStep { request, .. } if request == request3)),
+        "{}",
+        d.logs()
+    );
+}
+
+fn away_for_several_rounds(d: Deployment) {
     let mut coordinator = d.coordinator();
     let mut nodes: Vec<std::process::Child> =
         d.members.iter().map(|m| d.node_until_run_over(m)).collect();

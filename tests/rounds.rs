@@ -41,6 +41,57 @@ fn three_rounds_of_five_members_decrypt_exactly_and_the_log_verifies() {
 }
 
 #[test]
+fn a_server_optimizer_steps_every_members_model_alike_and_the_next_round_builds_on_it() {
+    let d = deploy(5, 3, 2_000, 3, 120).with_optimizer("adam", 100);
+    d.run(3, None);
+    // Every member holds the plaintext fixed-point FedAdam model of the three rounds...
+    let (expected, rounds) = d.expected_from_log();
+    assert_eq!(rounds, vec![1, 2, 3]);
+    let everyone: Vec<(u8, u64)> = (0..5u8).map(|i| (i, 100 + 10 * u64::from(i))).collect();
+    let adam = node::source::synthetic_fedavg(&d.plan, SYNTHETIC_SEED, &vec![everyone.clone(); 3])
+        .unwrap();
+    assert_eq!(hex::encode(model_digest(&adam)), expected);
+    // ...which is not what FedAvg gives.
+    let fedavg = protocol::round::RoundPlan {
+        optimizer: protocol::round::Optimizer::Fedavg,
+        ..d.plan.clone()
+    };
+    let averaged =
+        node::source::synthetic_fedavg(&fedavg, SYNTHETIC_SEED, &vec![everyone; 3]).unwrap();
+    assert_ne!(hex::encode(model_digest(&averaged)), expected);
+    for name in &d.members {
+        assert_eq!(
+            d.summary(name)["model_digest"].as_str(),
+            Some(expected.as_str()),
+            "{name}"
+        );
+    }
+    // Rounds 2 and 3 built on the encryption of the stepped model that every member logged
+    // alike, not on the bare aggregate of the round before.
+    let log = d.log();
+    let steps: Vec<([u8; 32], u64)> = log
+        .iter()
+        .filter_map(|e| match e.entry.body {
+            Body::ServerStep { base, request, .. } => Some((base, request)),
+            _ => None,
+        })
+        .collect();
+    for e in &log {
+        if let Body::RoundOpen { round, base, .. } = e.entry.body
+            && round > 1
+        {
+            let alike = steps.iter().filter(|(b, _)| *b == base).count();
+            assert!(
+                alike >= 3,
+                "round {round}'s base was stepped by {alike} members"
+            );
+        }
+    }
+    d.coordinator_held_only_ciphertexts();
+    d.invariants_hold(3);
+}
+
+#[test]
 fn a_member_that_drops_out_mid_round_is_not_waited_for() {
     let d = deploy(5, 3, 3_000, 2, 120);
     // member-e crashes when round 2 opens, before it contributes.

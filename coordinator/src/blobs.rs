@@ -202,7 +202,9 @@ impl BlobStore {
                 chunks.len()
             )));
         }
-        let path = self.dir.join("incoming").join(hex::encode(digest));
+        // Its own file: members upload the same server step's ciphertext at once, and each
+        // upload lands by an atomic rename of identical bytes.
+        let path = self.temp_path("upload", &digest);
         let file = std::fs::File::create(&path).map_err(io(&path))?;
         Ok(Upload {
             digest,

@@ -82,6 +82,8 @@ struct Shared {
     acted_connections: Vec<u64>,
     /// Decryption results logged, by request leaf: member -> model digest.
     results: BTreeMap<u64, BTreeMap<u8, Digest>>,
+    /// Server steps logged (under an optimizer other than FedAvg), by request leaf.
+    steps: BTreeMap<u64, std::collections::BTreeSet<u8>>,
     bytes_received: u64,
     requests_received: BTreeMap<String, u64>,
 }
@@ -284,6 +286,7 @@ pub async fn run(
             connections: vec![0; members],
             acted_connections: vec![0; members],
             results: BTreeMap::new(),
+            steps: BTreeMap::new(),
             bytes_received: 0,
             requests_received: BTreeMap::new(),
         }),
@@ -580,7 +583,7 @@ impl RunPlan {
 
 /// Lets the last entries be witnessed and published: waits (at most ten seconds) until every
 /// member holds the whole log, every connected member logged its result of the last
-/// decryption, and half a second has passed since then with no growth (members append results
+/// decryption (and its server step, under an optimizer other than FedAvg), and half a second has passed since then with no growth (members append results
 /// and incidents after each checkpoint they act on, which reaches them after they cosigned it).
 async fn settle(ctx: &Context) {
     let give_up = now_ms() + 10_000;
@@ -591,8 +594,15 @@ async fn settle(ctx: &Context) {
         // Every member holds the whole log, and every connected member logged its result of
         // the last decryption (one catching up after a restart fetches what it needs from here).
         let last_request = s.results.keys().max().copied();
-        let combined =
-            |m: usize| last_request.is_none_or(|r| s.results[&r].contains_key(&(m as u8)));
+        // Under a server optimizer a member's part ends with its step: a later run builds on
+        // the step t members logged alike.
+        let stepped = |r: u64, m: u8| {
+            ctx.plan.optimizer.is_fedavg() || s.steps.get(&r).is_some_and(|set| set.contains(&m))
+        };
+        let combined = |m: usize| {
+            last_request
+                .is_none_or(|r| s.results[&r].contains_key(&(m as u8)) && stepped(r, m as u8))
+        };
         let synced = s.member_sizes.iter().all(|&m| m >= size)
             && (0..s.member_sizes.len()).all(|m| s.connected & (1 << m) == 0 || combined(m));
         quiet_since = match quiet_since {
@@ -633,6 +643,9 @@ fn base_model(ctx: &Context) -> (Digest, Digest) {
         return (ZERO_BASE, [0; 32]);
     };
     let (base, base_round) = (rules.base(), rules.base_round());
+    if let Some(model) = rules.base_model() {
+        return (base, model);
+    }
     let model = state
         .leaves()
         .iter()

@@ -46,6 +46,7 @@ mod fetch;
 mod held;
 mod log;
 mod report;
+mod step;
 
 use contribute::*;
 use decrypt::*;
@@ -167,6 +168,12 @@ struct State {
     acted: u64,
     witness: WitnessState,
     model: Vec<i64>,
+    /// The server optimizer's state after `model` (empty under FedAvg).
+    optimizer: protocol::round::OptimizerState,
+    /// Requests whose server step is being logged, and those whose step this member logged
+    /// (its copy of the log may not show it yet).
+    stepping: HashSet<u64>,
+    stepped: HashSet<u64>,
     /// The member's decisions: the model it verified and holds (it contributes from, releases
     /// for and builds on nothing else), the decryptions it follows, incidents heard directly.
     member: Member,
@@ -331,6 +338,10 @@ pub async fn run(
     let (model, held) = store
         .model()?
         .unwrap_or_else(|| (vec![0; setup.plan.values as usize], HeldModel::initial()));
+    let initial_state = setup.plan.initial_optimizer_state();
+    let optimizer = store
+        .optimizer_state(&initial_state)?
+        .unwrap_or(initial_state);
     let peers = transport::consortium_peers(&consortium)?;
     let coordinator = peers[0].0;
     let member_peers: Vec<PeerId> = peers[1..].iter().map(|(p, _)| *p).collect();
@@ -394,6 +405,9 @@ pub async fn run(
             acted: 0,
             witness,
             model,
+            optimizer,
+            stepping: HashSet::new(),
+            stepped: HashSet::new(),
             member,
             combining: HashMap::new(),
             partials: HashMap::new(),
@@ -593,10 +607,12 @@ async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Request) -> Re
 fn leave_if_run_over(ctx: &Context) {
     let leave = {
         let s = ctx.lock();
-        s.run_over.is_some_and(|last| {
-            s.member.held().round >= last
-                || (s.chasing.is_empty() && s.combining.values().all(|c| !c.running))
-        })
+        // Never while this member's server step is being logged: the next run builds on it.
+        s.stepping.is_empty()
+            && s.run_over.is_some_and(|last| {
+                s.member.held().round >= last
+                    || (s.chasing.is_empty() && s.combining.values().all(|c| !c.running))
+            })
     };
     if leave {
         ctx.done.notify_one();

@@ -1,5 +1,6 @@
 //! What a run must have produced, computed from its log alone: the plaintext fixed-point
-//! FedAvg model of the rounds the log decrypted (for synthetic updates), and the releases that
+//! model of the rounds the log decrypted (for synthetic updates; FedAvg or the plan's server
+//! optimizer), and the releases that
 //! would break the release policy. The resilience suite and `bench soak` judge every run with
 //! these, whatever faults it went through.
 
@@ -36,6 +37,23 @@ pub fn decrypted_chain(log: &[SignedEntry]) -> Result<Chain, ReferenceError> {
     let mut base = rules.base();
     let mut chain = Vec::new();
     while base != ZERO_BASE {
+        // Under a server optimizer a base is the members' encryption of a round's stepped
+        // model, named by their server steps; that round's aggregate is what was decrypted.
+        let aggregate = log
+            .iter()
+            .find_map(|e| match &e.entry.body {
+                Body::ServerStep {
+                    request, base: b, ..
+                } if *b == base => rules.request(*request).map(|r| r.close),
+                _ => None,
+            })
+            .and_then(
+                |close| match log.get(close as usize).map(|e| &e.entry.body) {
+                    Some(Body::RoundClose { aggregate, .. }) => Some(*aggregate),
+                    _ => None,
+                },
+            )
+            .unwrap_or(base);
         let (round, previous, contributions) = log
             .iter()
             .find_map(|e| match &e.entry.body {
@@ -43,8 +61,8 @@ pub fn decrypted_chain(log: &[SignedEntry]) -> Result<Chain, ReferenceError> {
                     round,
                     base: previous,
                     contributions,
-                    aggregate,
-                } if *aggregate == base => Some((*round, *previous, contributions.clone())),
+                    aggregate: a,
+                } if *a == aggregate => Some((*round, *previous, contributions.clone())),
                 _ => None,
             })
             .ok_or(ReferenceError::UnknownBase(base))?;

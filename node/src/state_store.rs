@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use protocol::audit::entry::Digest;
-use protocol::round::HeldModel;
+use protocol::round::{HeldModel, OptimizerState};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -71,6 +71,9 @@ pub enum Recorded {
 const MODEL: &str = "model";
 /// The model this node verified itself ([`HeldModel`]): round, base and model digest.
 const HELD: &str = "held";
+/// The server optimizer's state (under a plan with another optimizer than FedAvg), written in
+/// the same transaction as the model it belongs to.
+const OPTIMIZER: &str = "optimizer-state";
 
 fn be_u64(bytes: &[u8]) -> Option<u64> {
     bytes.try_into().ok().map(u64::from_be_bytes)
@@ -291,24 +294,78 @@ impl StateStore {
         )))
     }
 
-    /// Keeps a decrypted model with the record of how it was verified, in one transaction.
-    pub fn save_model(&self, model: &[i64], held: &HeldModel) -> Result<(), StateStoreError> {
+    /// Keeps a decrypted model with the record of how it was verified and, under a server
+    /// optimizer, its state: in one transaction, so a crash never leaves a model beside
+    /// another round's state.
+    pub fn save_model(
+        &self,
+        model: &[i64],
+        held: &HeldModel,
+        optimizer: Option<&OptimizerState>,
+    ) -> Result<(), StateStoreError> {
         let bytes: Vec<u8> = model.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut record = held.round.to_le_bytes().to_vec();
         record.extend_from_slice(&held.base);
         record.extend_from_slice(&held.model);
+        let optimizer = optimizer.map(OptimizerState::encode);
         self.write(|tx| {
             let mut meta = tx.open_table(META)?;
             meta.insert(MODEL, bytes.as_slice())?;
             meta.insert(HELD, record.as_slice())?;
+            if let Some(optimizer) = &optimizer {
+                meta.insert(OPTIMIZER, optimizer.as_slice())?;
+            }
             Ok(())
         })
+    }
+
+    /// The server optimizer's state saved with the model, checked against the sizes of the
+    /// plan's (`expected`); `None` before the first decryption.
+    pub fn optimizer_state(
+        &self,
+        expected: &OptimizerState,
+    ) -> Result<Option<OptimizerState>, StateStoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(META).map_err(|e| self.err(e))?;
+        let Some(bytes) = table.get(OPTIMIZER).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        OptimizerState::decode(bytes.value(), expected)
+            .map(Some)
+            .ok_or_else(|| StateStoreError::Corrupt {
+                path: self.path.clone(),
+                what: "the server optimizer's state (or it belongs to another plan)".into(),
+            })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_optimizer_state_is_kept_with_its_model_and_read_only_at_the_plans_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let adam = protocol::round::Optimizer::named("adam").unwrap();
+        let mut state = adam.initial_state(2, 28);
+        state.first[0] = 5;
+        let held = HeldModel {
+            round: 1,
+            base: [1; 32],
+            model: [2; 32],
+        };
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            assert_eq!(store.optimizer_state(&state).unwrap(), None);
+            store.save_model(&[3, 4], &held, Some(&state)).unwrap();
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.optimizer_state(&state).unwrap(), Some(state));
+        assert!(matches!(
+            store.optimizer_state(&adam.initial_state(3, 28)),
+            Err(StateStoreError::Corrupt { .. })
+        ));
+    }
 
     #[test]
     fn a_release_is_recorded_once_and_survives_reopening() {
@@ -371,7 +428,7 @@ mod tests {
                 }
             );
             store.append_leaves(0, &[vec![1], vec![2]]).unwrap();
-            store.save_model(&[1, -2, 3], &held).unwrap();
+            store.save_model(&[1, -2, 3], &held, None).unwrap();
             store.keep_partial(40, b"partial").unwrap();
         }
         let store = StateStore::open(dir.path()).unwrap();

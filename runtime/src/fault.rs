@@ -17,6 +17,9 @@ pub enum Step {
     Send,
     /// Node: with every partial decryption in hand, before the model is stored (abort).
     Combine,
+    /// Node, under a server optimizer: once the stepped model is stored, before its server
+    /// step is logged (abort).
+    ServerStep,
     /// Node: a panic in the task that contributes (not an abort): the process must not carry
     /// on without it.
     Panic,
@@ -60,8 +63,8 @@ pub enum Role {
 /// A `--fault` argument that cannot be parsed.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{0:?}: expected STEP:ROUND (STEP contribute, upload, release, send, combine, panic or \
-     lose-partials for a node; open, close, request, first-share or results for the coordinator), \
+    "{0:?}: expected STEP:ROUND (STEP contribute, upload, release, send, combine, server-step, \
+     panic or lose-partials for a node; open, close, request, first-share or results for the coordinator), \
      slow:ROUND:SECONDS, cut-off:ROUND:SECONDS:MEMBER or clock-jump:ROUND:SECONDS"
 )]
 pub struct FaultError(String);
@@ -91,6 +94,7 @@ impl std::str::FromStr for Fault {
             ("release", 0) => Step::Release,
             ("send", 0) => Step::Send,
             ("combine", 0) => Step::Combine,
+            ("server-step", 0) => Step::ServerStep,
             ("panic", 0) => Step::Panic,
             ("lose-partials", 0) => Step::LosePartials,
             ("open", 0) => Step::Open,
@@ -123,6 +127,7 @@ impl Fault {
             | Step::Release
             | Step::Send
             | Step::Combine
+            | Step::ServerStep
             | Step::Panic
             | Step::LosePartials
             | Step::Slow { .. }

@@ -45,6 +45,7 @@ pub(super) fn follow(
     total_rounds: u32,
     statistics_rounds: u32,
     float: &[Evaluation],
+    optimizer: &str,
 ) -> Result<Live> {
     let bar = ProgressBar::new(u64::from(total_rounds)).with_style(
         ProgressStyle::with_template("{bar:30} round {pos}/{len} [{elapsed}] {msg}")
@@ -53,8 +54,13 @@ pub(super) fn follow(
     bar.set_message("training, encrypting, aggregating, decrypting");
     bar.suspend(|| {
         println!(
-            "{:>5}  {:>9}  {:>7}  {:>13}  {:>9}  {:>8}",
-            "round", "accuracy", "loss", "float FedAvg", "MB sent", "seconds"
+            "{:>5}  {:>9}  {:>7}  {:>16}  {:>9}  {:>8}",
+            "round",
+            "accuracy",
+            "loss",
+            format!("float {optimizer}"),
+            "MB sent",
+            "seconds"
         )
     });
     let deadline = Instant::now() + Duration::from_secs(180 + 300 * u64::from(total_rounds));
@@ -100,13 +106,13 @@ pub(super) fn follow(
             bar.suspend(|| {
                 if round <= u64::from(statistics_rounds) {
                     println!(
-                        "{round:>5}  {:<42}  {:>9.2}  {seconds:>8.1}",
+                        "{round:>5}  {:<45}  {:>9.2}  {seconds:>8.1}",
                         "feature statistics pooled under encryption",
                         bytes as f64 / 1e6
                     )
                 } else {
                     println!(
-                        "{round:>5}  {:>9}  {:>7.4}  {:>13}  {:>9.2}  {seconds:>8.1}",
+                        "{round:>5}  {:>9}  {:>7.4}  {:>16}  {:>9.2}  {seconds:>8.1}",
                         percent(evaluation.accuracy()),
                         evaluation.loss(),
                         percent(float_accuracy),

@@ -14,14 +14,18 @@ const FLOAT: &str = "#d62728";
 const ALONE: &str = "#9e9e9e";
 
 /// Both panels in one SVG.
-pub(super) fn accuracy_svg(rounds: &[RoundRecord], institutions: &[InstitutionRecord]) -> String {
+pub(super) fn accuracy_svg(
+    rounds: &[RoundRecord],
+    institutions: &[InstitutionRecord],
+    optimizer: &str,
+) -> String {
     let height = LINES_HEIGHT + BARS_HEIGHT;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" \
          font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
-    lines_panel(&mut svg, rounds);
+    lines_panel(&mut svg, rounds, optimizer);
     bars_panel(&mut svg, institutions, LINES_HEIGHT);
     svg.push_str("</svg>\n");
     svg
@@ -31,7 +35,7 @@ pub(super) fn accuracy_svg(rounds: &[RoundRecord], institutions: &[InstitutionRe
 /// line usually lies on the float baseline's: the baseline is drawn as a wide translucent band
 /// and the encrypted model as a thin line with a marker per round on top of it, so both stay
 /// visible whether they coincide or not.
-fn lines_panel(svg: &mut String, rounds: &[RoundRecord]) {
+fn lines_panel(svg: &mut String, rounds: &[RoundRecord], optimizer: &str) {
     let values = rounds
         .iter()
         .flat_map(|r| [r.accuracy, r.float_accuracy])
@@ -59,7 +63,7 @@ fn lines_panel(svg: &mut String, rounds: &[RoundRecord]) {
     };
     svg.push_str(&format!(
         "<text x=\"{MARGIN}\" y=\"24\" font-size=\"14\">Test accuracy per round: encrypted \
-         FedAvg against float FedAvg</text>\n"
+         {optimizer} against float {optimizer}</text>\n"
     ));
     let mut tick = low;
     while tick <= 1.0 + 1e-9 {
@@ -103,7 +107,7 @@ fn lines_panel(svg: &mut String, rounds: &[RoundRecord]) {
          <text x=\"{:.1}\" y=\"{:.1}\" fill=\"{ENCRYPTED}\">encrypted (Quorate)</text>\n\
          <line x1=\"{legend_x:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{FLOAT}\" \
          stroke-opacity=\"0.35\" stroke-width=\"8\"/>\n\
-         <text x=\"{:.1}\" y=\"{:.1}\" fill=\"{FLOAT}\">float FedAvg (plaintext)</text>\n",
+         <text x=\"{:.1}\" y=\"{:.1}\" fill=\"{FLOAT}\">float {optimizer} (plaintext)</text>\n",
         legend_x + 24.0,
         legend_y - 4.0,
         legend_y - 4.0,
@@ -235,6 +239,7 @@ mod tests {
         let svg = accuracy_svg(
             &[round(1, 0.8), round(2, 0.9)],
             &[institution("a<b", Some(0.7)), institution("c", None)],
+            "FedAdam",
         );
         // The baseline is a wide band drawn first, the encrypted line thin on top with a
         // marker per round: equal lines do not hide one another.
@@ -253,5 +258,6 @@ mod tests {
         );
         assert_eq!(svg.matches("class=\"consortium\"").count(), 2);
         assert!(svg.contains(">a&lt;b<") && !svg.contains("a<b"));
+        assert!(svg.contains("float FedAdam (plaintext)"));
     }
 }

@@ -47,6 +47,11 @@ pub(super) struct InstitutionRecord {
 
 #[derive(Debug, Serialize)]
 pub(super) struct DemoReport {
+    /// The server optimizer (`--optimizer`), and its server rate.
+    pub(super) optimizer: &'static str,
+    #[serde(skip)]
+    pub(super) optimizer_label: &'static str,
+    pub(super) server_rate: f64,
     pub(super) institutions: usize,
     pub(super) threshold: u8,
     pub(super) rounds: u32,
@@ -182,22 +187,23 @@ pub(super) fn institution_records(
         .collect()
 }
 
-/// The closing lines: final accuracy against float FedAvg and each check's outcome.
+/// The closing lines: final accuracy against the float baseline and each check's outcome.
 pub(super) fn print_result(report: &DemoReport, out: &std::path::Path) {
     let mark = |ok: bool| if ok { "yes" } else { "NO" };
+    let label = report.optimizer_label;
     println!(
-        "Final accuracy {} (float FedAvg {}, {:+.2} points); loss {:.4}",
+        "Final accuracy {} (float {label} {}, {:+.2} points); loss {:.4}",
         percent(report.final_accuracy),
         percent(report.baseline_float_accuracy),
         report.accuracy_gap_points,
         report.final_loss
     );
     println!(
-        "  bit-identical to plaintext fixed-point FedAvg: {}",
+        "  bit-identical to plaintext fixed-point {label}: {}",
         mark(report.bitexact_vs_fixed_point)
     );
     println!(
-        "  within 0.5 points of float FedAvg: {}",
+        "  within 0.5 points of float {label}: {}",
         mark(report.within_half_point_of_float)
     );
     println!("  audit log verified: {}", mark(report.audit_verified));

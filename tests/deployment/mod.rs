@@ -132,6 +132,26 @@ pub fn deploy_rehearsed(
 }
 
 impl Deployment {
+    /// The same consortium under a server optimizer (by `--optimizer` name) at this server
+    /// rate: every configuration's plan names it.
+    pub fn with_optimizer(mut self, name: &str, server_rate_millis: u32) -> Self {
+        self.plan.optimizer = protocol::round::Optimizer::named(name).expect("an optimizer");
+        self.plan.server_rate_millis = server_rate_millis;
+        let plan = toml::Value::try_from(&self.plan).unwrap();
+        let mut configs = vec![self.dir.join("coordinator/coordinator.toml")];
+        configs.extend(
+            self.members
+                .iter()
+                .map(|m| self.dir.join(m).join("node.toml")),
+        );
+        for config in &configs {
+            edit_toml(config, |t| {
+                t.insert("plan".into(), plan.clone());
+            });
+        }
+        self
+    }
+
     pub fn spawn(&self, args: &[&str], log: &str) -> Child {
         let log = std::fs::File::create(self.dir.join(log)).unwrap();
         Command::new(env!("CARGO_BIN_EXE_quorate"))

@@ -101,13 +101,16 @@ pub(super) async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Req
                 Ok(entry) => entry,
                 Err(e) => return refused(e.to_string()),
             };
+            if let Body::ServerStep { base, .. } = entry.entry.body {
+                return offer_step(&ctx, member, entry, base, length, chunks);
+            }
             let Body::Contribution {
                 round,
                 ciphertext,
                 samples,
             } = entry.entry.body
             else {
-                return refused("an offer must carry a contribution entry");
+                return refused("an offer must carry a contribution or a server step entry");
             };
             let expected_length =
                 protocol::wire::ciphertext_encoded_len(ctx.plan.values as usize) as u64;
@@ -175,6 +178,9 @@ pub(super) async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Req
                     if let Err(reason) = check_shape(&ctx, &digest) {
                         ctx.blobs.remove(&digest);
                         return refused(reason.to_string());
+                    }
+                    if let Body::ServerStep { .. } = entry.entry.body {
+                        return append_step(&ctx, member, entry);
                     }
                     let Body::Contribution {
                         round,
@@ -285,6 +291,57 @@ pub(super) async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Req
         Request::Incident { .. } => refused("incidents reach the coordinator as entries to append"),
         Request::Finished { .. } => refused("the coordinator says when a run is over"),
         Request::Resend { .. } => refused("partial decryptions go to members, never here"),
+    }
+}
+
+/// A member's server step with the ciphertext it names: logged at once if that ciphertext is
+/// stored already (another member sent it: every member computes the same bytes), or else once
+/// it is uploaded and found of the plan's shape. The log's rules decide whether the step may
+/// be logged; whether the next round builds on it is theirs too (t members alike).
+fn offer_step(
+    ctx: &Context,
+    member: u8,
+    entry: SignedEntry,
+    base: Digest,
+    length: u64,
+    chunks: Vec<Digest>,
+) -> Response {
+    if ctx.plan.optimizer.is_fedavg() {
+        return refused("this plan's optimizer is FedAvg: there are no server steps");
+    }
+    if let Err(e) = ctx.lock().log.state().check(&entry) {
+        return refused(e.to_string());
+    }
+    if ctx.blobs.contains(&base) {
+        return append_step(ctx, member, entry);
+    }
+    let expected = protocol::wire::ciphertext_encoded_len(ctx.plan.values as usize) as u64;
+    if length != expected {
+        return refused(format!(
+            "a server step's ciphertext is {expected} bytes under this plan, not {length}"
+        ));
+    }
+    match ctx.blobs.begin_upload(base, length, chunks) {
+        Ok(upload) => {
+            ctx.lock().uploads.insert(member, (entry, upload));
+            Response::Ok
+        }
+        Err(e) => refused(e.to_string()),
+    }
+}
+
+fn append_step(ctx: &Context, member: u8, entry: SignedEntry) -> Response {
+    let Body::ServerStep { request, .. } = entry.entry.body else {
+        return refused("not a server step");
+    };
+    let mut s = ctx.lock();
+    match s.log.append(entry) {
+        Ok(leaf) => {
+            s.steps.entry(request).or_default().insert(member);
+            tracing::info!(member, leaf, "server step logged");
+            Response::Appended { leaf }
+        }
+        Err(e) => refused(e.to_string()),
     }
 }
 

@@ -24,6 +24,7 @@ pub(super) async fn run_round(
         ..Default::default()
     };
     enough_members(ctx, round).await;
+    await_server_step(ctx, round).await;
     let bytes_before = ctx.lock().bytes_received;
     let (base, subject) = open(ctx, config, round)?;
 
@@ -144,6 +145,34 @@ fn give_up_reason(ctx: &Context, reason: String) -> String {
     } else {
         reason
     }
+}
+
+/// Under another optimizer than FedAvg, the next round builds on the members' encryption of
+/// the stepped model: waits until t members logged the same server step for the latest
+/// decryption (the log's rules then name it as the base). A round opened on the bare
+/// aggregate would only be refused by every member.
+async fn await_server_step(ctx: &Context, round: u64) {
+    let stepped = |s: &Shared| {
+        s.log
+            .state()
+            .rounds()
+            .is_none_or(|r| r.base_round() == 0 || r.base_stepped())
+    };
+    if ctx.plan.optimizer.is_fedavg() || stepped(&ctx.lock()) {
+        return;
+    }
+    tracing::info!(
+        round,
+        "waiting for the members' server step of the last decryption (t alike) before opening"
+    );
+    ctx.wait_for(|s, _| {
+        if stepped(s) {
+            Next::Done(())
+        } else {
+            Next::Wait(None)
+        }
+    })
+    .await;
 }
 
 /// Opens the round on the base the log's rules name, expecting the members connected now.

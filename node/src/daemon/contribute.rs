@@ -35,14 +35,12 @@ pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), Ste
     };
     report_clipping(ctx, round, clipped);
     let digest = encoded_digest(&bytes).0;
-    let chunks = chunk_digests(&bytes);
     // Kept, so that when this member recomputes the round's aggregate it need not fetch it
     // back; written while the upload runs, and done before its last chunk (which has it logged).
     let bytes = Arc::new(bytes);
     let (dir, for_disk, digest_kept) = (ctx.contributed.clone(), bytes.clone(), digest);
-    let mut keeping = Some(tokio::task::spawn_blocking(move || {
-        held::keep_contribution(&dir, &digest_kept, &for_disk)
-    }));
+    let keeping =
+        tokio::task::spawn_blocking(move || held::keep_only(&dir, &digest_kept, &for_disk));
     let _author = ctx.author.lock().await;
     let entry = sign(
         ctx,
@@ -54,16 +52,54 @@ pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), Ste
         vec![],
         Some(digest),
     );
+    let leaf = upload(
+        ctx,
+        &entry,
+        digest,
+        &bytes,
+        &format!("round {round}'s contribution"),
+        Some(keeping),
+        |ctx| abort_if(ctx.fault.as_ref(), Step::Upload, round),
+    )
+    .await?;
+    tracing::info!(round, leaf, bytes = bytes.len(), "contribution logged");
+    Ok(())
+}
+
+/// Offers `bytes` (a ciphertext of digest `digest`) to the coordinator with `entry`, which is
+/// logged once the whole upload matches, and sends it chunk by chunk (the caller holds the
+/// author lock). A coordinator that holds the ciphertext already logs the entry at the offer.
+/// `before_last` (a local write of the same bytes) is awaited before the last chunk, so the
+/// entry is logged only once it is done; `half_way` runs after half the chunks (a fault step).
+pub(super) async fn upload(
+    ctx: &Context,
+    entry: &SignedEntry,
+    digest: Digest,
+    bytes: &[u8],
+    what: &str,
+    before_last: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    half_way: impl Fn(&Context),
+) -> Result<u64, StepError> {
     let offer = Request::Offer {
         entry: entry.leaf().to_vec(),
         length: bytes.len() as u64,
-        chunks,
+        chunks: chunk_digests(bytes),
     };
+    let mut before_last = before_last;
     match ctx.handle.call(ctx.coordinator, &offer).await {
         Ok(Response::Ok) => {}
+        Ok(Response::Appended { leaf }) => {
+            if let Some(keeping) = before_last.take()
+                && let Err(e) = keeping.await?
+            {
+                tracing::warn!(error = %e, "{what} could not be kept on this node's disk");
+            }
+            finish_append(ctx, entry, Response::Appended { leaf })?;
+            return Ok(leaf);
+        }
         Ok(other) => {
             return Err(StepError::Unexpected {
-                request: format!("the offer for round {round}"),
+                request: format!("the offer of {what}"),
                 response: format!("{other:?}"),
             });
         }
@@ -72,10 +108,10 @@ pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), Ste
     let count = bytes.len().div_ceil(CHUNK_BYTES);
     for (index, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
         if index + 1 == count
-            && let Some(keeping) = keeping.take()
+            && let Some(keeping) = before_last.take()
             && let Err(e) = keeping.await?
         {
-            tracing::warn!(error = %e, "this member's contribution could not be kept; it will fetch it back");
+            tracing::warn!(error = %e, "{what} could not be kept on this node's disk");
         }
         ctx.sent(chunk.len());
         let response = ctx
@@ -90,19 +126,21 @@ pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), Ste
             )
             .await?;
         if index + 1 == count.div_ceil(2) {
-            abort_if(ctx.fault.as_ref(), Step::Upload, round);
+            half_way(ctx);
         }
         if index + 1 == count {
-            let leaf = finish_append(ctx, &entry, response)?;
-            tracing::info!(round, leaf, bytes = bytes.len(), "contribution logged");
+            return finish_append(ctx, entry, response);
         } else if response != Response::Ok {
             return Err(StepError::Unexpected {
-                request: format!("chunk {index} of round {round}'s contribution"),
+                request: format!("chunk {index} of {what}"),
                 response: format!("{response:?}"),
             });
         }
     }
-    Ok(())
+    Err(StepError::Unexpected {
+        request: format!("the upload of {what}"),
+        response: "no chunks to send".into(),
+    })
 }
 
 /// The ciphertext of an update, its declared samples, and how many of its values were clipped.

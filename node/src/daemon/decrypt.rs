@@ -435,6 +435,21 @@ fn lost_by_fault(ctx: &Context, request: u64) -> bool {
 /// Combines once every quorum member's share release is logged and its partial decryption,
 /// hashing to the logged digest, has arrived.
 pub(super) fn try_combine(ctx: &Arc<Context>, request: u64) {
+    // A member restarted after saving this round's stepped model and before logging its server
+    // step logs it now.
+    let unlogged_step = {
+        let state = ctx.lock();
+        !ctx.plan.optimizer.is_fedavg()
+            && state
+                .member
+                .decryption(request)
+                .is_some_and(|d| state.member.held().round == d.round)
+            && !step_logged(ctx, &state, request)
+    };
+    if unlogged_step {
+        step::log_step_again(ctx, request);
+        return;
+    }
     let ready = 'ready: {
         let mut state = ctx.lock();
         let state = &mut *state;
@@ -503,6 +518,16 @@ pub(super) fn try_combine(ctx: &Arc<Context>, request: u64) {
         }
         leave_if_run_over(&ctx);
     });
+}
+
+/// Whether this member's server step for `request` is in its log.
+fn step_logged(ctx: &Context, state: &State, request: u64) -> bool {
+    let me = ctx.signing.verifying_key().to_bytes();
+    state.stepped.contains(&request)
+        || state.entries.iter().any(|e| {
+            matches!(e.entry.body, Body::ServerStep { request: r, .. } if r == request)
+                && e.entry.author == me
+        })
 }
 
 pub(super) async fn combine(
@@ -575,17 +600,34 @@ pub(super) async fn combine(
         });
     }
     let digest = model_digest(&decoded);
-    let held = HeldModel {
-        round,
-        base: release_target.aggregate,
-        model: digest,
+    // Under a server optimizer the model is its step from the decrypted average, and the next
+    // round builds on the members' encryption of that.
+    let mut marked = None;
+    let (model, held, stepped) = if ctx.plan.optimizer.is_fedavg() {
+        let held = HeldModel {
+            round,
+            base: release_target.aggregate,
+            model: digest,
+        };
+        (decoded, held, None)
+    } else {
+        let stepped = step::step(ctx, request, round, decoded).await?;
+        // Marked before the model is saved, so that a combine attempt meanwhile, which finds
+        // this round's model held and its step not logged, does not log it a second time.
+        marked = Some(step::Stepping::mark(ctx, request));
+        let held = stepped.held;
+        (stepped.model, held, Some((stepped.state, stepped.bytes)))
     };
     abort_if(ctx.fault.as_ref(), Step::Combine, round);
-    ctx.store.save_model(&decoded, &held)?;
+    ctx.store
+        .save_model(&model, &held, stepped.as_ref().map(|(state, _)| state))?;
     let waited = {
         let mut state = ctx.lock();
         let state = &mut *state;
-        state.model = decoded;
+        state.model = model;
+        if let Some((optimizer, _)) = &stepped {
+            state.optimizer = optimizer.clone();
+        }
         state.rounds_done += 1;
         state.targets.remove(&request);
         state.partials.retain(|(r, _), _| *r != request);
@@ -606,8 +648,18 @@ pub(super) async fn combine(
     )
     .await?;
     tracing::info!(round, request, model = %hex::encode(&digest[..8]), "model decrypted");
-    let worker = ctx.clone();
-    let reported = tokio::task::spawn_blocking(move || report_round(&worker, round, &digest)).await;
+    if let Some((optimizer, bytes)) = stepped {
+        abort_if(ctx.fault.as_ref(), Step::ServerStep, round);
+        let logged = step::log_step(ctx, request, &held, &optimizer, &bytes).await;
+        drop(marked);
+        if let Err(e) = logged {
+            tracing::warn!(request, error = %e, "the server step could not be logged; trying again");
+            step::log_step_again(ctx, request);
+        }
+    }
+    let (worker, reported_digest) = (ctx.clone(), held.model);
+    let reported =
+        tokio::task::spawn_blocking(move || report_round(&worker, round, &reported_digest)).await;
     if let Err(e) = reported.map_err(StepError::from).and_then(|r| r) {
         tracing::error!(round, error = %e, "the round could not be reported");
     }

@@ -126,13 +126,18 @@ pub fn load(
     loaded
 }
 
-/// Keeps this member's own contribution (encoded, hashed by the member) beside the held model,
-/// so that recomputing the round's aggregate need not fetch it back; any earlier one goes.
-pub fn keep_contribution(dir: &Path, digest: &Digest, bytes: &[u8]) -> std::io::Result<()> {
+/// Keeps a ciphertext this member encoded and hashed itself in `dir`, where it is then the
+/// only one: its own latest contribution (so that recomputing the round's aggregate need not
+/// fetch it back), or the encryption of its stepped model under a server optimizer (the next
+/// round's base).
+pub fn keep_only(dir: &Path, digest: &Digest, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     if let Ok(files) = std::fs::read_dir(dir) {
+        // Another worker's file in progress (its name starts with a dot) stays.
         for file in files.flatten() {
-            let _ = std::fs::remove_file(file.path());
+            if !file.file_name().to_string_lossy().starts_with('.') {
+                let _ = std::fs::remove_file(file.path());
+            }
         }
     }
     let temporary = dir.join(format!(".held-{}.part", std::process::id()));
@@ -289,7 +294,7 @@ mod tests {
             add_kept(dir.path(), start.clone(), &digest, 5, limits),
             Kept::Missing(acc) if acc == start
         ));
-        keep_contribution(dir.path(), &digest, &bytes).unwrap();
+        keep_only(dir.path(), &digest, &bytes).unwrap();
         let mut expected = start.clone();
         protocol::round::policy::aggregate(&mut expected, &[(digest, 5)], limits, |_| {
             Ok::<_, std::io::Error>(bytes.clone())
@@ -303,7 +308,7 @@ mod tests {
         let mut damaged = bytes.clone();
         let last = damaged.len() - 1;
         damaged[last] ^= 1;
-        keep_contribution(dir.path(), &digest, &damaged).unwrap();
+        keep_only(dir.path(), &digest, &damaged).unwrap();
         assert!(matches!(
             add_kept(dir.path(), start.clone(), &digest, 5, limits),
             Kept::Damaged

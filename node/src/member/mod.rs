@@ -155,9 +155,16 @@ impl Member {
                 }
                 _ => false,
             }),
+            // Under a server optimizer the member's part ends with its logged step.
             Body::ShareReleased { request, .. } => log.iter().any(|e| {
-                matches!(&e.entry.body, Body::DecryptionResult { request: r, .. } if r == request)
-                    && mine(e)
+                let done = match &e.entry.body {
+                    Body::DecryptionResult { request: r, .. } => {
+                        r == request && self.plan.optimizer.is_fedavg()
+                    }
+                    Body::ServerStep { request: r, .. } => r == request,
+                    _ => false,
+                };
+                done && mine(e)
             }),
             _ => false,
         }
@@ -360,8 +367,9 @@ impl Member {
         }
     }
 
-    /// Whether `aggregate` is the aggregate of a logged round whose decryption this member
-    /// follows and has not combined.
+    /// Whether `aggregate` is the aggregate of a logged round (or, under a server optimizer,
+    /// a step logged for its decryption) whose decryption this member follows and has not
+    /// combined.
     fn combining(&self, log: &[SignedEntry], aggregate: &Digest) -> bool {
         let Some(round) = log.iter().find_map(|e| match &e.entry.body {
             Body::RoundClose {
@@ -369,6 +377,9 @@ impl Member {
                 aggregate: a,
                 ..
             } if a == aggregate => Some(*round),
+            Body::ServerStep { request, base, .. } if base == aggregate => {
+                self.decryptions.get(request).map(|d| d.round)
+            }
             _ => None,
         }) else {
             return false;

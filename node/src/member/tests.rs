@@ -319,3 +319,68 @@ fn a_round_under_another_plan_and_a_different_decoded_model_are_incidents() {
         }
     )));
 }
+
+/// Under a server optimizer a round builds on the members' step: a member still combining the
+/// round before waits for it as it would for an aggregate, and after a restart with its result
+/// logged but not its step, it is asked to try again (which logs the step).
+#[test]
+fn under_a_server_optimizer_a_member_waits_for_the_step_and_logs_a_missing_one_after_a_restart() {
+    let plan = RoundPlan {
+        values: 20,
+        optimizer: protocol::round::Optimizer::named("adam").unwrap(),
+        ..RoundPlan::default()
+    };
+    let mut s = SampleConsortium::new(5, 3, 4, 43);
+    s.round_plan = Some(plan.digest());
+    let membership = s.log.membership().unwrap().clone();
+    let fresh = |me: u8, held: HeldModel, replay_until: u64| {
+        Member::new(me, membership.clone(), plan.clone(), held, replay_until)
+    };
+    // Quorum 0, 1, 2 release and log results; members 0, 1 and 3 log the same step (t = 3),
+    // member 2 stopped before logging its own.
+    let request = s.honest_round(1, &[0, 1, 2, 3, 4], &[0, 1, 2]);
+    let stepped: Digest = [0x5e; 32];
+    for q in [0usize, 1, 3] {
+        s.append(
+            Author::Member(q),
+            Body::ServerStep {
+                request,
+                model: [1; 32],
+                state: [2; 32],
+                base: stepped,
+            },
+            vec![request],
+        );
+    }
+    assert_eq!(s.base(), stepped);
+    let held = HeldModel {
+        round: 1,
+        base: stepped,
+        model: [1; 32],
+    };
+
+    // Member 4 has not combined round 1 when round 2 opens on the step: it waits.
+    let mut m = fresh(4, HeldModel::initial(), 0);
+    let before = s.log.size();
+    feed(&mut m, &s, 0);
+    s.open_and_close(2, &[0, 1, 2, 3, 4]);
+    let actions = feed(&mut m, &s, before);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::Contribute { .. } | Action::Incident { .. })),
+        "{actions:?}"
+    );
+    assert_eq!(
+        m.combined(&log(&s), held),
+        vec![Action::Contribute { round: 2 }]
+    );
+
+    // Restarted: member 2 (result, no step) is asked to try again; member 0 (both) is not.
+    let tries = |me: u8| {
+        let mut restarted = fresh(me, held, s.log.size());
+        feed(&mut restarted, &s, 0).contains(&Action::TryCombine { request })
+    };
+    assert!(tries(2), "member 2 logged no step");
+    assert!(!tries(0), "member 0 logged its step");
+}

@@ -27,7 +27,8 @@ pub fn synthetic_update(seed: u64, member: u8, round: u64, values: usize, clip: 
     (0..values).map(|_| rng.gen_range(-half..=half)).collect()
 }
 
-/// The model plaintext fixed-point FedAvg reaches from zero when, in each round, the listed
+/// The model the plan's plaintext fixed-point rounds (FedAvg, or its server optimizer) reach
+/// from zero when, in each round, the listed
 /// members contribute their synthetic updates with the given sample counts.
 pub fn synthetic_fedavg(
     plan: &RoundPlan,
@@ -46,6 +47,7 @@ pub fn synthetic_fedavg_of_rounds(
     rounds: &[(u64, Vec<(u8, u64)>)],
 ) -> Result<Vec<i64>, protocol::round::RoundError> {
     let mut model = vec![0i64; plan.values as usize];
+    let mut state = plan.initial_optimizer_state();
     for (round, contributors) in rounds {
         let updates: Vec<(Vec<f32>, u64)> = contributors
             .iter()
@@ -55,7 +57,7 @@ pub fn synthetic_fedavg_of_rounds(
                 (update, samples)
             })
             .collect();
-        plan.fedavg_step(&mut model, &updates)?;
+        plan.reference_round(&mut model, &mut state, &updates)?;
     }
     Ok(model)
 }

@@ -199,6 +199,16 @@ pub enum Body {
         evidence: Digest,
         description: String,
     },
+    /// kind 11, by a member, under a plan with another optimizer than FedAvg: after
+    /// combining `request`, the model its server step gave (`model`, a model digest), the
+    /// optimizer's state (`state`), and the encryption of that model every member computes
+    /// alike (`base`, uploaded as the entry's payload), which the next round builds on.
+    ServerStep {
+        request: u64,
+        model: Digest,
+        state: Digest,
+        base: Digest,
+    },
 }
 
 impl Body {
@@ -214,6 +224,7 @@ impl Body {
             Body::DecryptionResult { .. } => 8,
             Body::ConfigChange { .. } => 9,
             Body::Incident { .. } => 10,
+            Body::ServerStep { .. } => 11,
         }
     }
 
@@ -229,6 +240,7 @@ impl Body {
             Body::DecryptionResult { .. } => "decryption-result",
             Body::ConfigChange { .. } => "config-change",
             Body::Incident { .. } => "incident",
+            Body::ServerStep { .. } => "server-step",
         }
     }
 
@@ -332,6 +344,14 @@ impl Body {
                 description,
             } => {
                 w.u16(*code).bytes(evidence).string(description);
+            }
+            Body::ServerStep {
+                request,
+                model,
+                state,
+                base,
+            } => {
+                w.u64(*request).bytes(model).bytes(state).bytes(base);
             }
         }
     }
@@ -442,6 +462,12 @@ impl Body {
                 code: r.u16("incident code")?,
                 evidence: r.array("evidence digest")?,
                 description: r.string("description", MAX_TEXT)?,
+            },
+            11 => Body::ServerStep {
+                request: r.u64("request leaf")?,
+                model: r.array("model digest")?,
+                state: r.array("optimizer state digest")?,
+                base: r.array("base digest")?,
             },
             other => return Err(EntryError::UnknownKind(other)),
         })

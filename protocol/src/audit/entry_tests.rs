@@ -76,6 +76,12 @@ pub(crate) fn sample_bodies() -> Vec<Body> {
             evidence: [15; 32],
             description: "refused a single contribution".into(),
         },
+        Body::ServerStep {
+            request: 7,
+            model: [16; 32],
+            state: [17; 32],
+            base: [18; 32],
+        },
     ]
 }
 

@@ -43,7 +43,8 @@ fn allowed_author(membership: &Membership, author: &KeyBytes, body: &Body) -> bo
         Body::CeremonyStep { .. }
         | Body::Contribution { .. }
         | Body::ShareReleased { .. }
-        | Body::DecryptionResult { .. } => member,
+        | Body::DecryptionResult { .. }
+        | Body::ServerStep { .. } => member,
         Body::Incident { .. } => coordinator || member,
     }
 }

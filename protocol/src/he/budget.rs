@@ -233,6 +233,14 @@ impl Budget {
         (1i64 << self.request.value_bits) - 1
     }
 
+    /// Bits of the largest message a decrypted ciphertext may hold: values of `value_bits`
+    /// summed with the request's whole weight L1 norm.
+    pub fn message_bits(&self) -> u32 {
+        let r = &self.request;
+        let l1 = f64::from(r.max_contributions) * r.weight_bound as f64 * f64::from(r.rounds);
+        r.value_bits + l1.log2().ceil() as u32
+    }
+
     /// The smudging's margin over the secret-dependent noise, in bits (at least kappa).
     pub fn margin_bits(&self) -> f64 {
         f64::from(self.smudging_bits) - self.secret_noise_bits

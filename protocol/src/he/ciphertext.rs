@@ -221,6 +221,30 @@ impl EncryptionKey {
         Ok(self.encrypt_with(messages, delta, |m| (*m as i128 as u128) << delta, rng))
     }
 
+    /// Encrypts a whole model (integers at the model's scale, within the budget's message
+    /// space) with randomness expanded from `seed`, so that every member holding the model
+    /// computes the same ciphertext and can check the one the next round builds on by its
+    /// digest. Whoever knows the seed can decrypt this ciphertext without the key, so the seed
+    /// must be derived from secrets only the model's holders share (the model itself).
+    pub fn encrypt_model(
+        &self,
+        model: &[i64],
+        budget: &Budget,
+        seed: [u8; 32],
+    ) -> Result<Ciphertext, HeError> {
+        let bits = budget.message_bits().min(62);
+        if let Some(index) = model.iter().position(|m| m.unsigned_abs() >> bits != 0) {
+            return Err(HeError::ValueOutOfRange {
+                index,
+                value: model[index],
+                bits,
+            });
+        }
+        let delta = budget.delta_bits();
+        let mut stream = ChaCha20Rng::from_seed(seed);
+        Ok(self.encrypt_with(model, delta, |m| (*m as i128 as u128) << delta, &mut stream))
+    }
+
     /// Re-randomises a ciphertext before a retried decryption by adding an encryption of zero
     /// whose randomness is expanded from `seed`.
     ///

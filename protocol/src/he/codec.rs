@@ -48,6 +48,11 @@ impl FixedPointCodec {
         (max + 1.0).log2().ceil() as u32
     }
 
+    /// The largest encoded value: the clip at the codec's scale.
+    pub fn max_encoded(&self) -> i64 {
+        (f64::from(self.clip) * self.scale()).round() as i64
+    }
+
     /// How many values encoding clamps to [-clip, clip]: a member reports it, since clipping
     /// changes its update without failing.
     pub fn clipped(&self, values: &[f32]) -> usize {

@@ -523,6 +523,44 @@ fn partial_decryptions_are_smudged_to_the_budget() {
 }
 
 #[test]
+fn a_model_encrypted_from_a_seed_is_the_same_at_every_member_and_decrypts_to_it() {
+    let config = ThresholdConfig::new(3, 2).unwrap();
+    let keys = test_keys(&config, 60);
+    let key = keys.public_key.prepare();
+    let budget = budget(config, 20, 5, 4096);
+    let mut rng = ChaCha20Rng::seed_from_u64(61);
+    // A model beyond one contribution's range but within the summed message space.
+    let mut model = random_messages(&mut rng, 700, budget.max_value());
+    model[3] = (1i64 << budget.message_bits()) - 1;
+    model[4] = -model[3];
+    let at_one = key.encrypt_model(&model, &budget, [4; 32]).unwrap();
+    let at_another = key.encrypt_model(&model, &budget, [4; 32]).unwrap();
+    assert_eq!(at_one, at_another);
+    assert_ne!(
+        at_one,
+        key.encrypt_model(&model, &budget, [5; 32]).unwrap(),
+        "another seed, another ciphertext"
+    );
+    let bound = BoundCiphertext::new(at_one);
+    let quorum = Quorum::new(&config, vec![0, 2]).unwrap();
+    let partials: Vec<_> = [0usize, 2]
+        .iter()
+        .map(|&m| {
+            keys.shares[m]
+                .partial_decrypt(&bound, &quorum, &budget, &mut rng)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(combine(&bound, &quorum, &partials, &budget).unwrap(), model);
+    // Past the message space it is refused, naming the value.
+    model[9] = 1i64 << budget.message_bits();
+    assert!(matches!(
+        key.encrypt_model(&model, &budget, [4; 32]),
+        Err(HeError::ValueOutOfRange { index: 9, .. })
+    ));
+}
+
+#[test]
 fn rerandomized_ciphertext_decrypts_to_the_same_values_with_a_new_digest() {
     let config = ThresholdConfig::new(3, 2).unwrap();
     let keys = test_keys(&config, 50);

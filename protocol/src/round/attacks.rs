@@ -485,3 +485,131 @@ fn releases_count_only_from_the_quorum_and_results_only_after_all_of_them() {
     .unwrap();
     assert_eq!(target.attempt, 1);
 }
+
+/// A server step (kind 11) by `member` for `request`.
+fn step(s: &mut SampleConsortium, member: usize, request: u64, base: Digest) -> u64 {
+    s.append(
+        Author::Member(member),
+        Body::ServerStep {
+            request,
+            model: [base[0] ^ 0x10; 32],
+            state: [0x5e; 32],
+            base,
+        },
+        vec![request],
+    )
+}
+
+/// Under another optimizer than FedAvg the next round builds on the members' encryption of
+/// the stepped model. Attack: the two colluders log a server step naming a crafted base Y (say
+/// one honest member's contribution), and the coordinator opens the next round on it. Two
+/// agreeing steps are fewer than t = 3, so the chain stays on the round's aggregate; the open
+/// on Y is refused by the log and flagged by the auditor. Once three members log the honest
+/// step, the chain moves to it, and an open on the bare aggregate is refused in turn.
+#[test]
+fn a_server_step_moves_the_base_only_when_t_members_log_the_same_one() {
+    let mut s = consortium();
+    let request = s.honest_round(1, &[0, 1, 2, 3, 4], &[0, 2, 4]);
+    let aggregate = s.base();
+    let crafted: Digest = SampleConsortium::contribution_digest(1, 3);
+    step(&mut s, 0, request, crafted);
+    step(&mut s, 1, request, crafted);
+    let open_on = |base: Digest| Body::RoundOpen {
+        round: 2,
+        model: [2; 32],
+        base,
+        deadline_ms: 1,
+        expected: 0b11111,
+    };
+    assert_eq!(s.base(), aggregate, "two colluders cannot move the chain");
+    assert_eq!(
+        log_refuses(&s, Author::Coordinator, open_on(crafted), vec![]),
+        RuleError::Base {
+            round: 2,
+            named: crafted,
+            expected: aggregate
+        }
+    );
+    auditor_flags(
+        &s,
+        vec![(Author::Coordinator, open_on(crafted), vec![])],
+        "names base",
+    );
+    // A member logs one step per request.
+    assert_eq!(
+        log_refuses(
+            &s,
+            Author::Member(0),
+            Body::ServerStep {
+                request,
+                model: [1; 32],
+                state: [1; 32],
+                base: [1; 32]
+            },
+            vec![request]
+        ),
+        RuleError::SecondStep { member: 0, request }
+    );
+
+    // The honest members' step: identical at each, since each computed it itself.
+    let honest: Digest = [0x42; 32];
+    step(&mut s, 2, request, honest);
+    step(&mut s, 3, request, honest);
+    assert_eq!(s.base(), aggregate, "two honest steps are not t either");
+    step(&mut s, 4, request, honest);
+    assert_eq!(s.base(), honest);
+    assert_eq!(
+        log_refuses(&s, Author::Coordinator, open_on(aggregate), vec![]),
+        RuleError::Base {
+            round: 2,
+            named: aggregate,
+            expected: honest
+        }
+    );
+    // The coordinator cannot log a step, and no member can step a request not yet released.
+    let forged = s.sign(
+        Author::Coordinator,
+        Body::ServerStep {
+            request,
+            model: [0; 32],
+            state: [0; 32],
+            base: [9; 32],
+        },
+        vec![request],
+    );
+    assert!(s.log.check(&forged).is_err());
+}
+
+#[test]
+fn a_server_step_before_the_whole_quorum_released_is_refused() {
+    let mut s = consortium();
+    s.honest_round(1, &[0, 1, 2, 3, 4], &[0, 2, 4]);
+    let base = s.base();
+    let leaves = open_with_everyone(&mut s, 2, base);
+    let close = s.append(
+        Author::Coordinator,
+        Body::RoundClose {
+            round: 2,
+            base,
+            contributions: leaves.clone(),
+            aggregate: [0x21; 32],
+        },
+        leaves,
+    );
+    let request = s.request(2, close, [0x21; 32], &[0, 2, 4], 0);
+    release(&mut s, 0, request, [0x21; 32]);
+    assert_eq!(
+        log_refuses(
+            &s,
+            Author::Member(0),
+            Body::ServerStep {
+                request,
+                model: [1; 32],
+                state: [1; 32],
+                base: [1; 32]
+            },
+            vec![request]
+        ),
+        RuleError::StepBeforeRelease { request }
+    );
+}

@@ -391,6 +391,46 @@ impl Optimizer {
 }
 
 impl OptimizerState {
+    /// The bytes a member stores: the counts, then the first and second moments.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 8 * self.first.len() + 16 * self.second.len());
+        out.extend((self.first.len() as u64).to_le_bytes());
+        out.extend((self.second.len() as u64).to_le_bytes());
+        for value in &self.first {
+            out.extend(value.to_le_bytes());
+        }
+        for value in &self.second {
+            out.extend(value.to_le_bytes());
+        }
+        out
+    }
+
+    /// Decodes a stored state, which must have exactly the counts of `expected` (the plan's
+    /// initial state); `None` for anything else.
+    pub fn decode(bytes: &[u8], expected: &OptimizerState) -> Option<Self> {
+        let count = |at: usize| -> Option<usize> {
+            Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?) as usize)
+        };
+        let (first, second) = (count(0)?, count(8)?);
+        if first != expected.first.len()
+            || second != expected.second.len()
+            || bytes.len() != 16 + 8 * first + 16 * second
+        {
+            return None;
+        }
+        let (firsts, seconds) = bytes[16..].split_at(8 * first);
+        Some(Self {
+            first: firsts
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+            second: seconds
+                .chunks_exact(16)
+                .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+                .collect(),
+        })
+    }
+
     /// The digest of the state, which members who decrypted the same rounds share.
     pub fn digest(&self) -> Digest {
         let mut hasher = Sha256::new();
@@ -405,6 +445,24 @@ impl OptimizerState {
         }
         hasher.finalize().into()
     }
+}
+
+/// The seed of the encryption of a stepped model that the next round builds on: hashed from
+/// the model and the optimizer's state themselves, which every member that combined the round
+/// holds and the coordinator never does. So every member encrypts the same bits, and whoever
+/// lacks the model cannot derive the randomness that would let it decrypt them.
+pub fn base_seed(plan: &Digest, request: u64, model: &[i64], state: &OptimizerState) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"quorate/server-step-seed/v1\0");
+    hasher.update(plan);
+    hasher.update(request.to_le_bytes());
+    hasher.update((model.len() as u64).to_le_bytes());
+    for chunk in model.chunks(8192) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+        hasher.update(&bytes);
+    }
+    hasher.update(state.digest());
+    hasher.finalize().into()
 }
 
 /// tau at the model's scale, at least 1 so that no step divides by zero.
@@ -614,6 +672,59 @@ mod tests {
                 "04a0bb0d00e8030000",
             ]
         );
+    }
+
+    #[test]
+    fn a_stored_state_reads_back_only_with_the_plans_sizes() {
+        let adam = Optimizer::named("adam").unwrap();
+        let mut state = adam.initial_state(3, 28);
+        state.first[1] = -7;
+        state.second[2] = u128::MAX - 1;
+        let bytes = state.encode();
+        let expected = adam.initial_state(3, 28);
+        // Golden: the counts, the first moments, the second moments, all little-endian.
+        let small = OptimizerState {
+            first: vec![-2],
+            second: vec![3],
+        };
+        assert_eq!(
+            hex::encode(small.encode()),
+            "01000000000000000100000000000000feffffffffffffff03000000000000000000000000000000"
+        );
+        assert_eq!(OptimizerState::decode(&bytes, &expected), Some(state));
+        assert_eq!(
+            OptimizerState::decode(&bytes[..bytes.len() - 1], &expected),
+            None
+        );
+        assert_eq!(
+            OptimizerState::decode(&bytes, &adam.initial_state(4, 28)),
+            None
+        );
+        let momentum = Optimizer::named("momentum").unwrap();
+        assert_eq!(
+            OptimizerState::decode(&bytes, &momentum.initial_state(3, 28)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_plan_names_an_optimizer_by_kind_with_defaults_and_refuses_unknown_fields() {
+        #[derive(serde::Deserialize)]
+        struct Plan {
+            optimizer: Optimizer,
+        }
+        let parse = |text: &str| toml::from_str::<Plan>(text).map(|p| p.optimizer);
+        assert_eq!(
+            parse("optimizer = { kind = \"adam\" }").unwrap(),
+            Optimizer::named("adam").unwrap()
+        );
+        assert_eq!(
+            parse("optimizer = { kind = \"momentum\", beta_ppm = 500000 }").unwrap(),
+            Optimizer::Momentum { beta_ppm: 500_000 }
+        );
+        let typo = parse("optimizer = { kind = \"yogi\", beta_1_ppm = 1 }").unwrap_err();
+        assert!(typo.to_string().contains("beta_1_ppm"), "{typo}");
+        assert!(parse("optimizer = { kind = \"sgd\" }").is_err());
     }
 
     #[test]

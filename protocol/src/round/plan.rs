@@ -4,6 +4,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::RoundError;
 use super::initial::InitialModel;
+use super::optimizer::{Optimizer, OptimizerState, StepScale};
 use crate::audit::entry::Digest;
 use crate::bytes::Writer;
 use crate::he::{Budget, BudgetRequest, FixedPointCodec, ThresholdConfig};
@@ -52,6 +53,15 @@ pub struct RoundPlan {
     /// the all-zero model is allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_model: Option<InitialModel>,
+    /// The server optimizer. FedAvg runs entirely under encryption; the others are applied
+    /// by every member to each decrypted average (see [`super::optimizer`]), and the next
+    /// round builds on the result encrypted by the members.
+    #[serde(default, skip_serializing_if = "Optimizer::is_fedavg")]
+    pub optimizer: Optimizer,
+    /// How many leading values are the network's parameters, which the optimizer moves; the
+    /// rest (the pooled feature statistics) take each round's average as it is. Absent: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<u32>,
 }
 
 fn default_sample_ratio() -> u32 {
@@ -72,6 +82,8 @@ impl Default for RoundPlan {
             kappa: 49,
             max_sample_ratio: default_sample_ratio(),
             initial_model: None,
+            optimizer: Optimizer::Fedavg,
+            parameters: None,
         }
     }
 }
@@ -103,6 +115,15 @@ impl RoundPlan {
                 "max_retries = {}: at most {}",
                 self.max_retries,
                 crate::audit::verify::MAX_ATTEMPT
+            )));
+        }
+        self.optimizer.check().map_err(|e| plan(e.to_string()))?;
+        if let Some(parameters) = self.parameters
+            && parameters > self.values
+        {
+            return Err(plan(format!(
+                "parameters = {parameters}: more than the model's {} values",
+                self.values
             )));
         }
         let codec = self.codec()?;
@@ -161,9 +182,71 @@ impl RoundPlan {
             .map_err(|e| RoundError::Plan(e.to_string()))
     }
 
-    /// The largest weight any contribution can receive: the whole rate, rounded up.
+    /// The largest weight any contribution can receive: the whole rate, rounded up. Under
+    /// another optimizer than FedAvg this also bounds a step (at most the rate times the clip
+    /// per value, see [`RoundPlan::step_scale`]), so the larger of the two rates counts.
     pub fn weight_bound(&self) -> u64 {
-        ((u64::from(self.server_rate_millis) << self.weight_bits) / 1000) + 1
+        let rate = self.aggregation_rate_millis().max(self.server_rate_millis);
+        ((u64::from(rate) << self.weight_bits) / 1000) + 1
+    }
+
+    /// The rate in the aggregation weights: the server rate under FedAvg; 1 under any other
+    /// optimizer, whose step applies the server rate to the decrypted average.
+    pub fn aggregation_rate_millis(&self) -> u32 {
+        if self.optimizer.is_fedavg() {
+            self.server_rate_millis
+        } else {
+            1000
+        }
+    }
+
+    /// The integers a server step takes: the model's scale, the server rate, and the largest
+    /// step per value (the rate times the clip at the model's scale).
+    pub fn step_scale(&self) -> Result<StepScale, RoundError> {
+        let clip = self.codec()?.max_encoded();
+        let bound =
+            (i128::from(clip) << self.weight_bits) * i128::from(self.server_rate_millis) / 1000;
+        Ok(StepScale {
+            scale_bits: self.model_scale_bits(),
+            rate_millis: self.server_rate_millis,
+            bound: bound.min(i128::from(i64::MAX)) as i64,
+        })
+    }
+
+    /// Values the optimizer moves: the parameters, not the statistics region after them.
+    pub fn optimized_values(&self) -> usize {
+        self.parameters.unwrap_or(self.values).min(self.values) as usize
+    }
+
+    /// The optimizer's state before the first round.
+    pub fn initial_optimizer_state(&self) -> OptimizerState {
+        self.optimizer
+            .initial_state(self.optimized_values(), self.model_scale_bits())
+    }
+
+    /// The model after a round from the model before it and the round's decrypted average:
+    /// the optimizer's step on the parameters, the average as it is on the rest.
+    pub fn server_step(
+        &self,
+        previous: &[i64],
+        average: &[i64],
+        state: &mut OptimizerState,
+    ) -> Result<Vec<i64>, RoundError> {
+        let split = self
+            .optimized_values()
+            .min(previous.len())
+            .min(average.len());
+        let mut next = self
+            .optimizer
+            .step(
+                self.step_scale()?,
+                &previous[..split],
+                &average[..split],
+                state,
+            )
+            .map_err(|e| RoundError::Plan(e.to_string()))?;
+        next.extend_from_slice(&average[split..]);
+        Ok(next)
     }
 
     /// Bits of scale of the global model's integers.
@@ -200,8 +283,8 @@ impl RoundPlan {
         let weights: Vec<i64> = samples
             .iter()
             .map(|&n| {
-                let numerator =
-                    (u128::from(self.server_rate_millis) << self.weight_bits) * u128::from(n);
+                let numerator = (u128::from(self.aggregation_rate_millis()) << self.weight_bits)
+                    * u128::from(n);
                 ((2 * numerator + denominator) / (2 * denominator)) as i64
             })
             .collect();
@@ -222,9 +305,9 @@ impl RoundPlan {
         model.iter().map(|&v| (v as f64 / scale) as f32).collect()
     }
 
-    /// One round of plaintext fixed-point FedAvg: `model += sum of weight_i * encode(update_i)`
-    /// with this plan's codec and weights. This is the reference the encrypted rounds must
-    /// match bit for bit.
+    /// One round's plaintext fixed-point aggregation: `model += sum of weight_i *
+    /// encode(update_i)` with this plan's codec and weights. Under FedAvg this is the round;
+    /// under another optimizer, [`RoundPlan::reference_round`] applies its step after it.
     pub fn fedavg_step(
         &self,
         model: &mut [i64],
@@ -244,6 +327,20 @@ impl RoundPlan {
         Ok(())
     }
 
+    /// One whole round of the plaintext fixed-point reference: the aggregation, then the
+    /// server step. The encrypted rounds must match it bit for bit.
+    pub fn reference_round(
+        &self,
+        model: &mut Vec<i64>,
+        state: &mut OptimizerState,
+        updates: &[(Vec<f32>, u64)],
+    ) -> Result<(), RoundError> {
+        let mut average = model.clone();
+        self.fedavg_step(&mut average, updates)?;
+        *model = self.server_step(model, &average, state)?;
+        Ok(())
+    }
+
     fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.bytes(b"quorate/round-plan/v1\0")
@@ -259,6 +356,12 @@ impl RoundPlan {
         // Appended only when pinned, so that the digests of plans without one are unchanged.
         if let Some(initial) = &self.initial_model {
             w.bytes(b"initial-model").bytes(&initial.0);
+        }
+        // Likewise only under another optimizer than FedAvg.
+        if !self.optimizer.is_fedavg() {
+            w.bytes(b"optimizer")
+                .bytes(&self.optimizer.encode())
+                .u32(self.optimized_values() as u32);
         }
         w.into_bytes()
     }

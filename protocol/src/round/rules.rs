@@ -18,7 +18,10 @@
 //! - **one contribution per ciphertext, ever**, so no member can pass another's ciphertext off
 //!   as its own;
 //! - **no stale-model replay**: a member contributes from one model at most once once any share
-//!   of that round was released, so no two decryptable aggregates differ by its update alone.
+//!   of that round was released, so no two decryptable aggregates differ by its update alone;
+//! - **server steps by agreement**: under an optimizer other than FedAvg, the base moves on
+//!   from a decrypted round's aggregate to the encryption of its server step once t members
+//!   logged the same step (at least one of them honest), never on one member's word.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -107,6 +110,10 @@ pub enum RuleError {
     ResultBeforeRelease { request: u64 },
     #[error("member {member} already logged a result for request {request}")]
     SecondResult { member: u8, request: u64 },
+    #[error("a server step for request {request} before its whole quorum released")]
+    StepBeforeRelease { request: u64 },
+    #[error("member {member} already logged a server step for request {request}")]
+    SecondStep { member: u8, request: u64 },
 }
 
 fn short(digest: &Digest) -> String {
@@ -136,6 +143,23 @@ pub struct RequestRecord {
     pub released: u16,
     /// Members whose result is logged.
     pub results: u16,
+    /// The server steps members logged after combining it: member -> (model, base).
+    pub steps: BTreeMap<u8, (Digest, Digest)>,
+}
+
+impl RequestRecord {
+    /// The server step at least `threshold` members logged alike, if any: with at most
+    /// t - 1 colluders, one of them is honest and computed it from the decryption itself.
+    pub fn agreed_step(&self, threshold: u8) -> Option<(Digest, Digest)> {
+        let mut counts: BTreeMap<(Digest, Digest), u8> = BTreeMap::new();
+        for step in self.steps.values() {
+            *counts.entry(*step).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .find(|(_, count)| *count >= threshold)
+            .map(|(step, _)| step)
+    }
 }
 
 impl RequestRecord {
@@ -176,6 +200,8 @@ pub struct RoundRules {
     /// The aggregate the next round must build on, and the round it came from.
     base: Digest,
     base_round: u64,
+    /// The plaintext model the base encrypts, where a server step named it.
+    base_model: Option<Digest>,
 }
 
 impl RoundRules {
@@ -190,12 +216,25 @@ impl RoundRules {
             latest_request: None,
             base: ZERO_BASE,
             base_round: 0,
+            base_model: None,
         }
     }
 
     /// The encrypted model the next round must build on ([`ZERO_BASE`] before any decryption).
     pub fn base(&self) -> Digest {
         self.base
+    }
+
+    /// The model digest the base encrypts, when it is a server step's (under FedAvg the
+    /// members' decryption results name it instead).
+    pub fn base_model(&self) -> Option<Digest> {
+        self.base_model
+    }
+
+    /// Whether the base is the server step of the round it came from (always false under
+    /// FedAvg, whose members log none).
+    pub fn base_stepped(&self) -> bool {
+        self.base_model.is_some()
     }
 
     /// The round whose aggregate [`RoundRules::base`] is (0 before any decryption).
@@ -375,6 +414,23 @@ impl RoundRules {
                     return Err(RuleError::StaleRelease { request: *request });
                 }
             }
+            Body::ServerStep { request, .. } => {
+                let record = self
+                    .requests
+                    .get(request)
+                    .ok_or(RuleError::NotARequest { request: *request })?;
+                if !record.complete() {
+                    return Err(RuleError::StepBeforeRelease { request: *request });
+                }
+                if let Writer::Member(member) = writer
+                    && record.steps.contains_key(&member)
+                {
+                    return Err(RuleError::SecondStep {
+                        member,
+                        request: *request,
+                    });
+                }
+            }
             Body::DecryptionResult {
                 request,
                 ciphertext,
@@ -500,6 +556,7 @@ impl RoundRules {
                         quorum: if in_range { *quorum } else { 0 },
                         released: 0,
                         results: 0,
+                        steps: BTreeMap::new(),
                     },
                 );
             }
@@ -525,6 +582,7 @@ impl RoundRules {
                 {
                     self.base = aggregate;
                     self.base_round = round;
+                    self.base_model = None;
                 }
             }
             Body::DecryptionResult { request, .. } => {
@@ -532,6 +590,36 @@ impl RoundRules {
                     (writer, self.requests.get_mut(request))
                 {
                     record.results |= 1 << member;
+                }
+            }
+            Body::ServerStep {
+                request,
+                model,
+                base,
+                ..
+            } => {
+                let (Writer::Member(member), Some(record)) =
+                    (writer, self.requests.get_mut(request))
+                else {
+                    return;
+                };
+                record.steps.entry(member).or_insert((*model, *base));
+                // The chain moves on to the step once t members agree on it, for the request
+                // that moved the base to its round's aggregate, and only once.
+                let round = record.round;
+                if let Some((model, base)) = record.agreed_step(self.threshold)
+                    && record.complete()
+                    && round == self.base_round
+                    && self.base_model.is_none()
+                    && self
+                        .rounds
+                        .get(&round)
+                        .and_then(|r| r.close)
+                        .map(|(leaf, _)| leaf)
+                        == Some(record.close)
+                {
+                    self.base = base;
+                    self.base_model = Some(model);
                 }
             }
             _ => {}

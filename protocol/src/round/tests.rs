@@ -123,10 +123,31 @@ fn plan_digest_covers_every_field_and_the_budget_fits() {
             initial_model: Some(crate::round::InitialModel([7; 32])),
             ..base.clone()
         },
+        RoundPlan {
+            optimizer: crate::round::Optimizer::named("adam").unwrap(),
+            ..base.clone()
+        },
+        RoundPlan {
+            optimizer: crate::round::Optimizer::named("adam").unwrap(),
+            parameters: Some(10),
+            ..base.clone()
+        },
     ];
-    for variant in &variants {
+    for (i, variant) in variants.iter().enumerate() {
         assert_ne!(variant.digest(), base.digest(), "{variant:?}");
+        for other in &variants[i + 1..] {
+            assert_ne!(variant.digest(), other.digest(), "{variant:?}");
+        }
     }
+    // Under FedAvg the parameter count moves nothing, and is not in the digest.
+    assert_eq!(
+        RoundPlan {
+            parameters: Some(10),
+            ..base.clone()
+        }
+        .digest(),
+        base.digest()
+    );
     // Golden: a plan that pins no initial model keeps the digest it had before plans could.
     assert_eq!(
         hex::encode(RoundPlan::default().digest()),
@@ -883,6 +904,34 @@ fn messages_round_trip_with_their_id_and_refuse_oversize() {
     let mut version = Request::Act { note: vec![] }.encode(1);
     version[4] = 2;
     assert_eq!(Request::decode(&version), Err(MessageError::Version(2)));
+}
+
+#[test]
+fn under_an_optimizer_weights_average_and_the_step_moves_only_the_parameters() {
+    let plan = RoundPlan {
+        values: 3,
+        server_rate_millis: 500,
+        optimizer: crate::round::Optimizer::named("momentum").unwrap(),
+        parameters: Some(2),
+        ..RoundPlan::default()
+    };
+    // The weights are a plain average (rate 1): the server rate is the step's.
+    assert_eq!(plan.weights(&[10, 10]).unwrap(), vec![2048, 2048]);
+    let mut model = vec![0i64; 3];
+    let mut state = plan.initial_optimizer_state();
+    let updates = [(vec![0.5, -0.25, 1.0], 10), (vec![0.5, -0.25, 1.0], 10)];
+    plan.reference_round(&mut model, &mut state, &updates)
+        .unwrap();
+    let unit = 1i64 << plan.model_scale_bits();
+    // Momentum's first step is rate x average on the parameters; the statistics value takes
+    // the average as it is.
+    assert_eq!(model, vec![unit / 4, -unit / 8, unit]);
+    plan.reference_round(&mut model, &mut state, &updates)
+        .unwrap();
+    // m = 0.9 m + delta, then the step 0.5 m, each rounded half away from zero.
+    let m = (9 * (unit / 2) + 5) / 10 + unit / 2;
+    assert_eq!(model[0], unit / 4 + (m + 1) / 2);
+    assert_eq!(model[2], 2 * unit);
 }
 
 #[test]
