@@ -38,6 +38,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BlobError + '_ {
 
 impl BlobStore {
     pub fn open(dir: &Path) -> Result<Self, BlobError> {
+        // What a stopped process was receiving is gone with it: its part-files go too.
+        let _ = std::fs::remove_dir_all(dir.join("incoming"));
         std::fs::create_dir_all(dir.join("incoming")).map_err(io(dir))?;
         Ok(Self {
             dir: dir.to_owned(),
@@ -219,17 +221,11 @@ impl BlobStore {
 
     /// Moves a completed, checked upload into place.
     pub fn finish_upload(&self, upload: Upload) -> Result<Digest, BlobError> {
-        let Upload {
-            digest,
-            file,
-            path,
-            chunks,
-            ..
-        } = upload;
-        file.sync_all().map_err(io(&path))?;
-        self.write_chunk_digests(&digest, &chunks)?;
+        let digest = upload.digest;
+        upload.file.sync_all().map_err(io(&upload.path))?;
+        self.write_chunk_digests(&digest, &upload.chunks)?;
         let target = self.path(&digest);
-        std::fs::rename(&path, &target).map_err(io(&target))?;
+        std::fs::rename(&upload.path, &target).map_err(io(&target))?;
         Ok(digest)
     }
 }
@@ -244,6 +240,14 @@ pub struct Upload {
     hasher: Sha256,
     file: std::fs::File,
     path: PathBuf,
+}
+
+/// An upload abandoned part way (refused, replaced by another offer, its member gone) leaves no
+/// part-file behind; a finished one was renamed away already.
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl Upload {

@@ -42,9 +42,13 @@ pub fn decrypted_chain(log: &[SignedEntry]) -> Result<Chain, ReferenceError> {
         let aggregate = log
             .iter()
             .find_map(|e| match &e.entry.body {
-                Body::ServerStep {
-                    request, base: b, ..
-                } if *b == base => rules.request(*request).map(|r| r.close),
+                Body::ServerStep { request, .. } => rules
+                    .request(*request)
+                    .filter(|r| {
+                        r.agreed_step(membership.threshold)
+                            .is_some_and(|(_, agreed)| agreed == base)
+                    })
+                    .map(|r| r.close),
                 _ => None,
             })
             .and_then(

@@ -165,15 +165,35 @@ async fn await_server_step(ctx: &Context, round: u64) {
         round,
         "waiting for the members' server step of the last decryption (t alike) before opening"
     );
-    ctx.wait_for(|s, _| {
+    // No deadline: a round opened on the bare aggregate would only be refused. Every half
+    // minute it says who has not logged a step yet.
+    let mut next_warning = now_ms() + STEP_WARNING_MS;
+    ctx.wait_for(|s, now| {
         if stepped(s) {
-            Next::Done(())
-        } else {
-            Next::Wait(None)
+            return Next::Done(());
         }
+        if now >= next_warning {
+            let last = s.results.keys().max().copied();
+            let missing: Vec<String> = (0..s.membership.members.len() as u8)
+                .filter(|m| {
+                    last.is_none_or(|r| !s.steps.get(&r).is_some_and(|set| set.contains(m)))
+                })
+                .map(|m| s.membership.members[usize::from(m)].name.clone())
+                .collect();
+            tracing::warn!(
+                round,
+                missing = missing.join(", "),
+                "still waiting for t members to log the same server step of the last decryption"
+            );
+            next_warning = now + STEP_WARNING_MS;
+        }
+        Next::Wait(Some(next_warning))
     })
     .await;
 }
+
+/// How often a coordinator waiting for server steps says who it waits for.
+const STEP_WARNING_MS: u64 = 30_000;
 
 /// Opens the round on the base the log's rules name, expecting the members connected now.
 fn open(

@@ -444,6 +444,13 @@ pub(super) fn try_combine(ctx: &Arc<Context>, request: u64) {
                 .member
                 .decryption(request)
                 .is_some_and(|d| state.member.held().round == d.round)
+            // The request the whole quorum released: an earlier attempt of the round has no
+            // step (its seed would name another request).
+            && state
+                .log
+                .rounds()
+                .and_then(|rules| rules.request(request))
+                .is_some_and(|r| r.complete())
             && !step_logged(ctx, &state, request)
     };
     if unlogged_step {

@@ -20,6 +20,15 @@ pub enum StepError {
     Refused(String),
     #[error("the coordinator answered {request} with {response}")]
     Unexpected { request: String, response: String },
+    #[error(
+        "the server step of request {request} is history: this member holds round {held}'s model"
+    )]
+    NoLongerHeld { request: u64, held: u64 },
+    #[error(
+        "the model saved for request {request} encrypts to another base than the one saved with \
+         it: the node store does not match its held model"
+    )]
+    SavedStepMismatch { request: u64 },
     #[error(transparent)]
     Store(#[from] StateStoreError),
     #[error(transparent)]

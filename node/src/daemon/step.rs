@@ -57,7 +57,13 @@ pub(super) async fn step(
     tokio::task::spawn_blocking(move || -> Result<Stepped, StepError> {
         let plan = &worker.plan;
         let model = plan.server_step(&previous, &average, &mut state)?;
-        let seed = base_seed(&plan.digest(), request, &model, &state);
+        let seed = base_seed(
+            &worker.key.fingerprint(),
+            &plan.digest(),
+            request,
+            &model,
+            &state,
+        );
         let base = worker.key.encrypt_model(&model, &worker.budget, seed)?;
         let bytes = encode_ciphertext(&base);
         let held = HeldModel {
@@ -122,36 +128,38 @@ pub(super) async fn log_step(
 
 /// Logs this member's server step for `request` again from what it saved (the model and the
 /// optimizer's state, in one transaction), encrypted again from the same seed, so the same
-/// ciphertext: after a restart between saving and logging, or when logging failed. Tries a
-/// few times, backing off; runs at most once at a time per request.
+/// ciphertext: after a restart between saving and logging, or when logging failed. Tries until
+/// it is logged or this member holds a later model (backing off up to [`STEP_RETRY_CAP`]: a
+/// coordinator that was away waits for t steps before it opens another round); runs at most
+/// once at a time per request.
 pub(super) fn log_step_again(ctx: &Arc<Context>, request: u64) {
     if !ctx.lock().stepping.insert(request) {
         return;
     }
     let ctx = ctx.clone();
     tokio::spawn(async move {
-        for attempt in 0..STEP_ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
-            }
+        let mut attempt = 0u32;
+        loop {
             if ctx.lock().stepped.contains(&request) {
                 break;
             }
             match encrypt_saved_and_log(&ctx, request).await {
-                Ok(_) => break,
+                Ok(_) | Err(StepError::NoLongerHeld { .. }) => break,
                 Err(e) => {
                     tracing::warn!(request, attempt, error = %e, "the server step could not be logged")
                 }
             }
+            attempt += 1;
+            let pause = Duration::from_secs(1 << attempt.min(5)).min(STEP_RETRY_CAP);
+            tokio::time::sleep(pause).await;
         }
         ctx.lock().stepping.remove(&request);
         leave_if_run_over(&ctx);
     });
 }
 
-/// Attempts at logging a server step before the member gives up (and sits the next rounds
-/// out unless t other members logged the same step).
-const STEP_ATTEMPTS: u32 = 5;
+/// The longest pause between attempts at logging a server step.
+const STEP_RETRY_CAP: Duration = Duration::from_secs(30);
 
 async fn encrypt_saved_and_log(ctx: &Arc<Context>, request: u64) -> Result<u64, StepError> {
     let (held, model, state, round) = {
@@ -167,24 +175,27 @@ async fn encrypt_saved_and_log(ctx: &Arc<Context>, request: u64) -> Result<u64, 
     // Only the step of the model this member holds: once it holds a later one, this step is
     // history (and t other members' steps moved the chain on, or it would not have).
     if round != Some(held.round) {
-        return Err(StepError::Unexpected {
-            request: format!("the server step of request {request}"),
-            response: format!("this member holds round {}'s model now", held.round),
+        return Err(StepError::NoLongerHeld {
+            request,
+            held: held.round,
         });
     }
     let worker = ctx.clone();
     let for_seed = state.clone();
     let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StepError> {
-        let seed = base_seed(&worker.plan.digest(), request, &model, &for_seed);
+        let seed = base_seed(
+            &worker.key.fingerprint(),
+            &worker.plan.digest(),
+            request,
+            &model,
+            &for_seed,
+        );
         let base = worker.key.encrypt_model(&model, &worker.budget, seed)?;
         Ok(encode_ciphertext(&base))
     })
     .await??;
     if encoded_digest(&bytes).0 != held.base {
-        return Err(StepError::Unexpected {
-            request: format!("the server step of request {request}"),
-            response: "the saved model encrypts to another base than the one saved with it".into(),
-        });
+        return Err(StepError::SavedStepMismatch { request });
     }
     log_step(ctx, request, &held, &state, &bytes).await
 }

@@ -266,6 +266,37 @@ impl Member {
                 }
                 actions.push(Action::TryCombine { request: *request });
             }
+            Body::ServerStep {
+                request,
+                model,
+                base,
+                ..
+            } => {
+                // Members that stepped one decryption differently: every honest member computes
+                // the same bits, so someone is lying or broken, and everyone should know.
+                let mine = log.iter().find_map(|e| match &e.entry.body {
+                    Body::ServerStep {
+                        request: r,
+                        model: m,
+                        base: b,
+                        ..
+                    } if r == request && self.author(e) == Some(self.me) => Some((*m, *b)),
+                    _ => None,
+                });
+                if let (Some(mine), Some(author)) = (mine, self.author(entry))
+                    && author != self.me
+                    && mine != (*model, *base)
+                    && index >= self.replay_until
+                {
+                    actions.push(Action::Incident {
+                        code: IncidentCode::OtherStep,
+                        evidence: *base,
+                        description: format!(
+                            "member {author} logged another server step than this member for request {request}"
+                        ),
+                    });
+                }
+            }
             Body::DecryptionResult { request, model, .. } => {
                 // Members that decoded different models for one request: someone is lying or
                 // broken, and everyone should know.
@@ -371,20 +402,23 @@ impl Member {
     /// a step logged for its decryption) whose decryption this member follows and has not
     /// combined.
     fn combining(&self, log: &[SignedEntry], aggregate: &Digest) -> bool {
-        let Some(round) = log.iter().find_map(|e| match &e.entry.body {
-            Body::RoundClose {
-                round,
-                aggregate: a,
-                ..
-            } if a == aggregate => Some(*round),
-            Body::ServerStep { request, base, .. } if base == aggregate => {
-                self.decryptions.get(request).map(|d| d.round)
-            }
-            _ => None,
-        }) else {
-            return false;
-        };
-        round > self.held.round && self.decryptions.values().any(|d| d.round == round)
+        // Every entry naming it counts (a colluder may log a step naming it for another
+        // request first).
+        log.iter()
+            .filter_map(|e| match &e.entry.body {
+                Body::RoundClose {
+                    round,
+                    aggregate: a,
+                    ..
+                } if a == aggregate => Some(*round),
+                Body::ServerStep { request, base, .. } if base == aggregate => {
+                    self.decryptions.get(request).map(|d| d.round)
+                }
+                _ => None,
+            })
+            .any(|round| {
+                round > self.held.round && self.decryptions.values().any(|d| d.round == round)
+            })
     }
 
     /// Keeps an incident member `sender` sent directly, until the log accounts for it; `next`

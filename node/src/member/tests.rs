@@ -383,4 +383,28 @@ fn under_a_server_optimizer_a_member_waits_for_the_step_and_logs_a_missing_one_a
     };
     assert!(tries(2), "member 2 logged no step");
     assert!(!tries(0), "member 0 logged its step");
+
+    // A member that logs another step than member 0's for the same request is named.
+    let mut zero = fresh(0, held, 0);
+    feed(&mut zero, &s, 0);
+    let at = s.log.size();
+    s.append(
+        Author::Member(4),
+        Body::ServerStep {
+            request,
+            model: [1; 32],
+            state: [2; 32],
+            base: [0x66; 32],
+        },
+        vec![request],
+    );
+    let actions = feed(&mut zero, &s, at);
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Incident { code: IncidentCode::OtherStep, description, .. }
+                if description.contains("member 4")
+        )),
+        "{actions:?}"
+    );
 }

@@ -367,6 +367,11 @@ impl std::fmt::Debug for EncryptionKey {
 }
 
 impl EncryptionKey {
+    /// The fingerprint of the public key this was prepared from.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.public.fingerprint()
+    }
+
     pub fn public_key(&self) -> &PublicKey {
         &self.public
     }

@@ -247,10 +247,10 @@ impl Optimizer {
                 second: Vec::new(),
             },
             Some((_, _, tau, _)) => {
-                let tau = tau_at_scale(tau, scale_bits);
+                let tau = u128::from(tau_at_scale(tau, scale_bits));
                 OptimizerState {
                     first: vec![0; values],
-                    second: vec![(tau * tau) as u128; values],
+                    second: vec![tau * tau; values],
                 }
             }
         }
@@ -448,12 +448,21 @@ impl OptimizerState {
 }
 
 /// The seed of the encryption of a stepped model that the next round builds on: hashed from
-/// the model and the optimizer's state themselves, which every member that combined the round
+/// the key's fingerprint, the plan, the request and the model and the optimizer's state
+/// themselves, which every member that combined the round
 /// holds and the coordinator never does. So every member encrypts the same bits, and whoever
 /// lacks the model cannot derive the randomness that would let it decrypt them.
-pub fn base_seed(plan: &Digest, request: u64, model: &[i64], state: &OptimizerState) -> [u8; 32] {
+pub fn base_seed(
+    key: &Digest,
+    plan: &Digest,
+    request: u64,
+    model: &[i64],
+    state: &OptimizerState,
+) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(b"quorate/server-step-seed/v1\0");
+    // The key too: a later run under another key never reuses this randomness.
+    hasher.update(key);
     hasher.update(plan);
     hasher.update(request.to_le_bytes());
     hasher.update((model.len() as u64).to_le_bytes());

@@ -16,6 +16,8 @@ pub type ModelDigest = Digest;
 pub const MAX_SAMPLES: u64 = 1 << 40;
 /// Largest model a plan may describe (values per contribution).
 pub const MAX_PLAN_VALUES: u32 = 1 << 27;
+/// Largest scale of the model's integers under a server optimizer.
+pub const MAX_OPTIMIZER_SCALE_BITS: u32 = 40;
 
 /// What a training run agrees on. Members refuse a round whose `round open` names another
 /// plan digest, so the coordinator cannot change the codec, the aggregation rule or the
@@ -124,6 +126,15 @@ impl RoundPlan {
             return Err(plan(format!(
                 "parameters = {parameters}: more than the model's {} values",
                 self.values
+            )));
+        }
+        // The fixed-point step shifts first moments by the model's scale in 128 bits, and
+        // squares values at that scale: 40 bits of scale leave room for both.
+        if !self.optimizer.is_fedavg() && self.model_scale_bits() > MAX_OPTIMIZER_SCALE_BITS {
+            return Err(plan(format!(
+                "fraction_bits + weight_bits = {}: a server optimizer needs at most \
+                 {MAX_OPTIMIZER_SCALE_BITS}",
+                self.model_scale_bits()
             )));
         }
         let codec = self.codec()?;
@@ -246,7 +257,24 @@ impl RoundPlan {
             )
             .map_err(|e| RoundError::Plan(e.to_string()))?;
         next.extend_from_slice(&average[split..]);
+        // Every value within what an honest run can reach, so the members' encryption of the
+        // model always fits the message space: a colluder's malformed contribution may put
+        // anything into an average (FedAvg would only decode a bad model from it), and an
+        // encryption refused at every member would stop the chain for good.
+        let bound = self.model_bound();
+        for value in &mut next {
+            *value = (*value).clamp(-bound, bound);
+        }
         Ok(next)
+    }
+
+    /// The largest absolute value of the model an honest run reaches: every round adds at
+    /// most the weight bound times the largest encoded value. Under the plan's budget this
+    /// lies within the message space.
+    pub fn model_bound(&self) -> i64 {
+        let largest = self.codec().map_or(0, |c| (1i128 << c.value_bits()) - 1);
+        (largest * i128::from(self.weight_bound()) * i128::from(self.rounds)).min((1 << 62) - 1)
+            as i64
     }
 
     /// Bits of scale of the global model's integers.

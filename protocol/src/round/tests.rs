@@ -934,6 +934,39 @@ fn under_an_optimizer_weights_average_and_the_step_moves_only_the_parameters() {
     assert_eq!(model[2], 2 * unit);
 }
 
+/// A colluder's malformed contribution can put any value into a decrypted average. The step
+/// clamps the model to what an honest run reaches, which the budget's message space holds, so
+/// every member can always encrypt it (an encryption refused everywhere would stop the chain).
+#[test]
+fn a_malformed_average_is_clamped_so_every_member_can_encrypt_the_stepped_model() {
+    let plan = RoundPlan {
+        values: 3,
+        optimizer: crate::round::Optimizer::named("adam").unwrap(),
+        parameters: Some(2),
+        ..RoundPlan::default()
+    };
+    let budget = plan.budget(ThresholdConfig::new(5, 3).unwrap()).unwrap();
+    let bound = plan.model_bound();
+    assert!(bound > 0 && (bound as u64) >> budget.message_bits() == 0);
+    let mut state = plan.initial_optimizer_state();
+    let next = plan
+        .server_step(&[0, 0, 0], &[i64::MAX, i64::MIN, i64::MIN], &mut state)
+        .unwrap();
+    assert!(next.iter().all(|v| v.abs() <= bound), "{next:?}");
+    assert_eq!(next[2], -bound, "the statistics value, clamped");
+    // A plan whose scale the fixed-point step cannot carry is refused up front.
+    let fine = RoundPlan {
+        fraction_bits: 30,
+        weight_bits: 12,
+        ..plan.clone()
+    };
+    let err = fine
+        .budget(ThresholdConfig::new(5, 3).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at most 40"), "{err}");
+}
+
 #[test]
 fn plaintext_fedavg_adds_weighted_encoded_updates_and_decodes_at_the_model_scale() {
     let plan = plan();

@@ -43,6 +43,9 @@ pub enum IncidentCode {
     LifetimeSpent = 130,
     /// Another member logged a different model for the same request.
     OtherModel = 140,
+    /// Another member logged a different server step (model or encrypted base) for the same
+    /// request than this member computed.
+    OtherStep = 141,
     /// The coordinator sent a different entry at an index the member already holds.
     ForkedEntry = 200,
     /// A checkpoint's root does not match the entries the member holds.
@@ -57,7 +60,7 @@ pub enum IncidentCode {
 
 impl IncidentCode {
     /// Every code, in numeric order.
-    pub const ALL: [IncidentCode; 30] = [
+    pub const ALL: [IncidentCode; 31] = [
         Self::TooFewContributions,
         Self::DecryptionAbandoned,
         Self::RoundNotClosed,
@@ -83,6 +86,7 @@ impl IncidentCode {
         Self::NoUpdate,
         Self::LifetimeSpent,
         Self::OtherModel,
+        Self::OtherStep,
         Self::ForkedEntry,
         Self::ForkedCheckpoint,
         Self::RefusedToCosign,
@@ -125,6 +129,7 @@ impl IncidentCode {
             Self::NoUpdate => "not contributing: no update (the trainer failed)",
             Self::LifetimeSpent => "refused: the key's lifetime reveal budget is spent",
             Self::OtherModel => "another member logged a different model for the request",
+            Self::OtherStep => "another member logged a different server step for the request",
             Self::ForkedEntry => "the coordinator sent a different entry at a known index",
             Self::ForkedCheckpoint => "a checkpoint's root does not match the entries",
             Self::RefusedToCosign => "refused to cosign a checkpoint",
@@ -157,7 +162,7 @@ mod tests {
             numbers,
             [
                 1, 2, 3, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114,
-                115, 116, 117, 118, 119, 130, 140, 200, 201, 202, 203, 204
+                115, 116, 117, 118, 119, 130, 140, 141, 200, 201, 202, 203, 204
             ]
         );
         let mut unique = numbers.clone();
