@@ -15,6 +15,18 @@ fn demo(args: &[&str], cwd: &Path) -> Output {
         .expect("quorate runs")
 }
 
+/// Runs the demo, which must succeed; its standard output.
+fn demo_succeeds(args: &[&str], cwd: &Path) -> String {
+    let out = demo(args, cwd);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 fn report(out: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap()
 }
@@ -147,15 +159,9 @@ fn assert_complete(
 #[test]
 fn the_demo_trains_exactly_and_verifies_its_log() {
     let work = tempfile::tempdir().unwrap();
-    let out = demo(
+    let stdout = demo_succeeds(
         &["--rounds", "3", "--split", "skewed", "--out", "run"],
         work.path(),
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     // The live table printed a row per round.
     for round in 1..=4 {
@@ -196,7 +202,7 @@ fn the_demo_trains_exactly_and_verifies_its_log() {
 #[test]
 fn the_demo_trains_with_fedadam_exactly_and_reports_it() {
     let work = tempfile::tempdir().unwrap();
-    let out = demo(
+    let stdout = demo_succeeds(
         &[
             "--optimizer",
             "adam",
@@ -214,12 +220,6 @@ fn the_demo_trains_with_fedadam_exactly_and_reports_it() {
             "adam",
         ],
         work.path(),
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("float FedAdam"), "{stdout}");
     assert!(
@@ -257,7 +257,7 @@ fn the_demo_trains_on_a_directory_of_institution_files() {
     for (name, file) in names.iter().zip(&files) {
         std::fs::write(data.join(format!("{name}.csv")), file).unwrap();
     }
-    let out = demo(
+    demo_succeeds(
         &[
             "--data-dir",
             "hospitals",
@@ -277,12 +277,6 @@ fn the_demo_trains_on_a_directory_of_institution_files() {
             "natural",
         ],
         work.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     );
     let run = work.path().join("natural");
     assert_complete(&run, &names, 2, 8 * 33 + 2 * 9, 0.9);

@@ -266,65 +266,76 @@ impl Member {
                 }
                 actions.push(Action::TryCombine { request: *request });
             }
-            Body::ServerStep {
-                request,
-                model,
-                base,
-                ..
-            } => {
+            Body::ServerStep { request, base, .. } => {
                 // Members that stepped one decryption differently: every honest member computes
                 // the same bits, so someone is lying or broken, and everyone should know.
-                let mine = log.iter().find_map(|e| match &e.entry.body {
+                let step = |body: &Body| match body {
                     Body::ServerStep {
                         request: r,
-                        model: m,
-                        base: b,
+                        model,
+                        base,
                         ..
-                    } if r == request && self.author(e) == Some(self.me) => Some((*m, *b)),
+                    } if r == request => Some((*model, *base)),
                     _ => None,
-                });
-                if let (Some(mine), Some(author)) = (mine, self.author(entry))
-                    && author != self.me
-                    && mine != (*model, *base)
-                    && index >= self.replay_until
-                {
-                    actions.push(Action::Incident {
-                        code: IncidentCode::OtherStep,
-                        evidence: *base,
-                        description: format!(
-                            "member {author} logged another server step than this member for request {request}"
-                        ),
-                    });
-                }
+                };
+                actions.extend(self.disagreement(
+                    log,
+                    index,
+                    step,
+                    IncidentCode::OtherStep,
+                    *base,
+                    format!("logged another server step than this member for request {request}"),
+                ));
             }
             Body::DecryptionResult { request, model, .. } => {
                 // Members that decoded different models for one request: someone is lying or
                 // broken, and everyone should know.
-                let mine = log.iter().find_map(|e| match &e.entry.body {
+                let result = |body: &Body| match body {
                     Body::DecryptionResult {
-                        request: r,
-                        model: m,
-                        ..
-                    } if r == request && self.author(e) == Some(self.me) => Some(*m),
+                        request: r, model, ..
+                    } if r == request => Some(*model),
                     _ => None,
-                });
-                if let (Some(mine), Some(author)) = (mine, self.author(entry))
-                    && author != self.me
-                    && mine != *model
-                    && index >= self.replay_until
-                {
-                    actions.push(Action::Incident {
-                        code: IncidentCode::OtherModel,
-                        evidence: *model,
-                        description: format!(
-                            "member {author} decoded another model than this member for request {request}"
-                        ),
-                    });
-                }
+                };
+                actions.extend(self.disagreement(
+                    log,
+                    index,
+                    result,
+                    IncidentCode::OtherModel,
+                    *model,
+                    format!("decoded another model than this member for request {request}"),
+                ));
             }
             _ => {}
         }
         actions
+    }
+
+    /// The incident naming the author of the entry at `index` when what it logged (`of`, for
+    /// its body) differs from what this member logged itself for the same request: a result
+    /// or a server step, which every honest member computes alike. `what` says how.
+    fn disagreement<T: PartialEq>(
+        &self,
+        log: &[SignedEntry],
+        index: u64,
+        of: impl Fn(&Body) -> Option<T>,
+        code: IncidentCode,
+        evidence: Digest,
+        what: String,
+    ) -> Option<Action> {
+        let entry = log.get(index as usize)?;
+        let theirs = of(&entry.entry.body)?;
+        let author = self.author(entry)?;
+        let mine = log
+            .iter()
+            .filter(|e| self.author(e) == Some(self.me))
+            .find_map(|e| of(&e.entry.body))?;
+        (author != self.me && mine != theirs && index >= self.replay_until).then(|| {
+            Action::Incident {
+                code,
+                evidence,
+                description: format!("member {author} {what}"),
+            }
+        })
     }
 
     /// What a round open at `round` retires: everything before the previous round's open

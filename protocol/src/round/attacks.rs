@@ -486,16 +486,21 @@ fn releases_count_only_from_the_quorum_and_results_only_after_all_of_them() {
     assert_eq!(target.attempt, 1);
 }
 
-/// A server step (kind 11) by `member` for `request`.
+/// A server step (kind 11) for `request` naming `base`.
+fn step_body(request: u64, base: Digest) -> Body {
+    Body::ServerStep {
+        request,
+        model: [base[0] ^ 0x10; 32],
+        state: [0x5e; 32],
+        base,
+    }
+}
+
+/// Member `member`'s server step for `request`, appended to the sample log.
 fn step(s: &mut SampleConsortium, member: usize, request: u64, base: Digest) -> u64 {
     s.append(
         Author::Member(member),
-        Body::ServerStep {
-            request,
-            model: [base[0] ^ 0x10; 32],
-            state: [0x5e; 32],
-            base,
-        },
+        step_body(request, base),
         vec![request],
     )
 }
@@ -540,12 +545,7 @@ fn a_server_step_moves_the_base_only_when_t_members_log_the_same_one() {
         log_refuses(
             &s,
             Author::Member(0),
-            Body::ServerStep {
-                request,
-                model: [1; 32],
-                state: [1; 32],
-                base: [1; 32]
-            },
+            step_body(request, [1; 32]),
             vec![request]
         ),
         RuleError::SecondStep { member: 0, request }
@@ -569,12 +569,7 @@ fn a_server_step_moves_the_base_only_when_t_members_log_the_same_one() {
     // The coordinator cannot log a step, and no member can step a request not yet released.
     let forged = s.sign(
         Author::Coordinator,
-        Body::ServerStep {
-            request,
-            model: [0; 32],
-            state: [0; 32],
-            base: [9; 32],
-        },
+        step_body(request, [9; 32]),
         vec![request],
     );
     assert!(s.log.check(&forged).is_err());
@@ -602,12 +597,7 @@ fn a_server_step_before_the_whole_quorum_released_is_refused() {
         log_refuses(
             &s,
             Author::Member(0),
-            Body::ServerStep {
-                request,
-                model: [1; 32],
-                state: [1; 32],
-                base: [1; 32]
-            },
+            step_body(request, [1; 32]),
             vec![request]
         ),
         RuleError::StepBeforeRelease { request }

@@ -577,42 +577,36 @@ mod tests {
         }
     }
 
+    /// `count` rounds of `values` values from zero: the model and the state's digest.
+    fn run(optimizer: Optimizer, values: usize, count: usize) -> (Vec<i64>, Digest) {
+        let mut state = optimizer.initial_state(values, 28);
+        let mut x = vec![0i64; values];
+        for deltas in rounds(values, count) {
+            let average: Vec<i64> = x
+                .iter()
+                .zip(&deltas)
+                .map(|(x, d)| x + (d * 1e8) as i64)
+                .collect();
+            x = optimizer.step(SCALE, &x, &average, &mut state).unwrap();
+        }
+        (x, state.digest())
+    }
+
     #[test]
     fn the_same_rounds_give_the_same_bits_and_the_same_state_digest() {
         for optimizer in all().into_iter().skip(1) {
-            let run = || {
-                let mut state = optimizer.initial_state(20, 28);
-                let mut x = vec![0i64; 20];
-                for deltas in rounds(20, 5) {
-                    let average: Vec<i64> = x
-                        .iter()
-                        .zip(&deltas)
-                        .map(|(x, d)| x + (d * 1e8) as i64)
-                        .collect();
-                    x = optimizer.step(SCALE, &x, &average, &mut state).unwrap();
-                }
-                (x, state.digest())
-            };
-            assert_eq!(run(), run(), "{}", optimizer.name());
+            assert_eq!(
+                run(optimizer, 20, 5),
+                run(optimizer, 20, 5),
+                "{}",
+                optimizer.name()
+            );
         }
     }
 
     #[test]
     fn the_adaptive_optimizers_differ_from_one_another_and_from_momentum() {
-        let mut finals = Vec::new();
-        for optimizer in all() {
-            let mut state = optimizer.initial_state(10, 28);
-            let mut x = vec![0i64; 10];
-            for deltas in rounds(10, 8) {
-                let average: Vec<i64> = x
-                    .iter()
-                    .zip(&deltas)
-                    .map(|(x, d)| x + (d * 1e8) as i64)
-                    .collect();
-                x = optimizer.step(SCALE, &x, &average, &mut state).unwrap();
-            }
-            finals.push(x);
-        }
+        let finals: Vec<Vec<i64>> = all().into_iter().map(|o| run(o, 10, 8).0).collect();
         for i in 0..finals.len() {
             for j in i + 1..finals.len() {
                 assert_ne!(finals[i], finals[j], "{i} and {j}");
