@@ -57,15 +57,7 @@ pub(super) async fn step(
     tokio::task::spawn_blocking(move || -> Result<Stepped, StepError> {
         let plan = &worker.plan;
         let model = plan.server_step(&previous, &average, &mut state)?;
-        let seed = base_seed(
-            &worker.key.fingerprint(),
-            &plan.digest(),
-            request,
-            &model,
-            &state,
-        );
-        let base = worker.key.encrypt_model(&model, &worker.budget, seed)?;
-        let bytes = encode_ciphertext(&base);
+        let bytes = encrypt_stepped(&worker, request, &model, &state)?;
         let held = HeldModel {
             round,
             base: encoded_digest(&bytes).0,
@@ -183,19 +175,30 @@ async fn encrypt_saved_and_log(ctx: &Arc<Context>, request: u64) -> Result<u64, 
     let worker = ctx.clone();
     let for_seed = state.clone();
     let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StepError> {
-        let seed = base_seed(
-            &worker.key.fingerprint(),
-            &worker.plan.digest(),
-            request,
-            &model,
-            &for_seed,
-        );
-        let base = worker.key.encrypt_model(&model, &worker.budget, seed)?;
-        Ok(encode_ciphertext(&base))
+        encrypt_stepped(&worker, request, &model, &for_seed)
     })
     .await??;
     if encoded_digest(&bytes).0 != held.base {
         return Err(StepError::SavedStepMismatch { request });
     }
     log_step(ctx, request, &held, &state, &bytes).await
+}
+
+/// The encoded encryption of a stepped model, from the seed every holder of the model derives
+/// alike: the same bytes at every member, and again after a restart.
+fn encrypt_stepped(
+    ctx: &Context,
+    request: u64,
+    model: &[i64],
+    state: &OptimizerState,
+) -> Result<Vec<u8>, StepError> {
+    let seed = base_seed(
+        &ctx.key.fingerprint(),
+        &ctx.plan.digest(),
+        request,
+        model,
+        state,
+    );
+    let base = ctx.key.encrypt_model(model, &ctx.budget, seed)?;
+    Ok(encode_ciphertext(&base))
 }
