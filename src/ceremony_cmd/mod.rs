@@ -425,11 +425,6 @@ fn verify_transcript(path: &Path) -> Result<ExitCode> {
     }
 }
 
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
 fn run_ceremony(
     consortium_path: &Path,
     identity_path: &Path,

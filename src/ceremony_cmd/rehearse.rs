@@ -48,6 +48,7 @@ pub(super) fn rehearse(
     )?;
     let mut identities = Vec::new();
     let mut entries = Vec::new();
+    let mut ports = Ports::new();
     for i in 0..members {
         let name = protocol::consortium::rehearsal_member_name(i);
         let identity = Identity::generate(Role::Member, &name, &mut rng)?;
@@ -56,7 +57,8 @@ pub(super) fn rehearse(
             &out.join(&name).join("identity"),
             &identity.seal(secret.as_bytes(), &mut rng)?,
         )?;
-        entries.push(identity.member_entry(&format!("/ip4/127.0.0.1/tcp/{}", free_port()?)));
+        let port = ports.next(&mut rng)?;
+        entries.push(identity.member_entry(&format!("/ip4/127.0.0.1/tcp/{port}")));
         identities.push(identity);
     }
     // k_min = t + 1: the t - 1 colluders' known inputs still leave two honest contributions in
@@ -80,7 +82,8 @@ pub(super) fn rehearse(
         k_min,
         accept_small_aggregates,
         witness_quorum: None,
-        coordinator: coordinator.coordinator_entry(&format!("/ip4/127.0.0.1/tcp/{}", free_port()?)),
+        coordinator: coordinator
+            .coordinator_entry(&format!("/ip4/127.0.0.1/tcp/{}", ports.next(&mut rng)?)),
         members: entries,
         approvals: Default::default(),
     };
@@ -258,4 +261,81 @@ pub(super) fn external_sources(
         );
     }
     Ok(())
+}
+
+/// Ports for a rehearsal's processes to listen on, chosen at random below the kernel's
+/// ephemeral range. A port from `bind(0)` is one the kernel also hands out as the source port
+/// of outgoing connections: on a machine where many processes connect over loopback, one was
+/// sometimes taken between being chosen and its process listening, and that member stayed
+/// unreachable until the ceremony timed out. Below the range only another listener takes it.
+struct Ports {
+    range: std::ops::Range<u16>,
+    taken: std::collections::HashSet<u16>,
+}
+
+/// The lowest port of those below the ephemeral range that a rehearsal uses.
+const REHEARSAL_PORTS_FROM: u16 = 10_000;
+
+impl Ports {
+    fn new() -> Self {
+        // Linux's default where the kernel does not say (other systems start higher).
+        let ephemeral = ephemeral_start().unwrap_or(32_768);
+        Self {
+            range: REHEARSAL_PORTS_FROM..ephemeral.max(REHEARSAL_PORTS_FROM),
+            taken: Default::default(),
+        }
+    }
+
+    /// A port nothing listens on now and this rehearsal has not handed out yet.
+    fn next(&mut self, rng: &mut impl rand::Rng) -> Result<u16> {
+        for _ in 0..1000 {
+            if self.range.is_empty() {
+                break;
+            }
+            let port = rng.gen_range(self.range.clone());
+            if !self.taken.contains(&port)
+                && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            {
+                self.taken.insert(port);
+                return Ok(port);
+            }
+        }
+        // No room below the ephemeral range: let the kernel choose.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+        let port = listener.local_addr()?.port();
+        self.taken.insert(port);
+        Ok(port)
+    }
+}
+
+/// The first port of the kernel's ephemeral range, where it says (Linux).
+fn ephemeral_start() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rehearsal_ports_are_distinct_free_and_below_the_ephemeral_range() {
+        let mut ports = Ports::new();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+        let chosen: Vec<u16> = (0..40).map(|_| ports.next(&mut rng).unwrap()).collect();
+        let distinct: std::collections::HashSet<u16> = chosen.iter().copied().collect();
+        assert_eq!(distinct.len(), chosen.len());
+        if let Some(ephemeral) = ephemeral_start().filter(|&e| e > REHEARSAL_PORTS_FROM) {
+            assert!(
+                chosen
+                    .iter()
+                    .all(|&p| (REHEARSAL_PORTS_FROM..ephemeral).contains(&p)),
+                "{chosen:?} against the ephemeral range from {ephemeral}"
+            );
+        }
+    }
 }
