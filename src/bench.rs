@@ -193,24 +193,73 @@ fn measure(args: &HeBenchArgs, config: ThresholdConfig, budget: &Budget) -> Resu
         Some(seed) => ChaCha20Rng::seed_from_u64(seed),
         None => ChaCha20Rng::from_entropy(),
     };
-    tracing::info!(
-        values = args.values,
-        parties = args.parties,
-        "generating keys"
-    );
-    let (keys, keygen_ms) = time(|| LocalKeySet::generate(&config, &mut rng));
+    let steps = time_steps(config, budget, args.values, args.repetitions, &mut rng)?;
+    Ok(HeBenchReport {
+        parameter_set: protocol::he::QUORATE_RLWE128_V1.id,
+        values: args.values,
+        parties: args.parties,
+        threshold: args.threshold,
+        threads: args.threads,
+        repetitions: args.repetitions,
+        delta_bits: budget.delta_bits(),
+        smudging_bits: budget.smudging_bits(),
+        kappa: budget.request().kappa,
+        lifetime_reveals: args.lifetime_reveals,
+        statistical_security_bits: budget.statistical_security_bits(args.lifetime_reveals),
+        keygen_ms: steps.keygen_ms,
+        encrypt_ms: steps.encrypt_ms,
+        aggregate_ms: steps.aggregate_ms,
+        memcpy_floor_ms: steps.memcpy_floor_ms,
+        partial_decrypt_ms: steps.partial_decrypt_ms,
+        combine_ms: steps.combine_ms,
+        ciphertext_bytes_per_value: steps.ciphertext_bytes as f64 / args.values as f64,
+        share_bytes_per_value: steps.share_bytes as f64 / args.values as f64,
+        exact: steps.mismatches == 0,
+        mismatches: steps.mismatches,
+        machine: machine(),
+        date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    })
+}
+
+/// Every step of the scheme, timed on this thread pool: the medians over `repetitions`, and
+/// what one party's ciphertext and partial decryption of `values` values weigh encoded.
+#[derive(Debug)]
+pub(crate) struct StepTimes {
+    pub keygen_ms: f64,
+    /// One party's encryption of `values` values.
+    pub encrypt_ms: f64,
+    /// The weighted sum of every party's ciphertext, read from its encoding.
+    pub aggregate_ms: f64,
+    pub memcpy_floor_ms: f64,
+    /// One quorum member's partial decryption of the aggregate, smudging included.
+    pub partial_decrypt_ms: f64,
+    /// Combining the quorum's partials and decoding.
+    pub combine_ms: f64,
+    pub ciphertext_bytes: usize,
+    pub share_bytes: usize,
+    /// Decrypted values that differ from the plaintext sum (0 when the scheme is exact).
+    pub mismatches: usize,
+}
+
+/// Encrypts random values within the budget for every party of `config`, aggregates them,
+/// decrypts with the first `t` parties and checks the result, timing each step.
+pub(crate) fn time_steps(
+    config: ThresholdConfig,
+    budget: &Budget,
+    values: usize,
+    repetitions: usize,
+    rng: &mut ChaCha20Rng,
+) -> Result<StepTimes> {
+    tracing::info!(values, parties = config.parties(), "generating keys");
+    let (keys, keygen_ms) = time(|| LocalKeySet::generate(&config, &mut *rng));
     let keys = keys?;
     let encryption_key = keys.public_key.prepare();
 
     let bound = budget.max_value();
-    let inputs: Vec<Vec<i64>> = (0..args.parties)
-        .map(|_| {
-            (0..args.values)
-                .map(|_| rng.gen_range(-bound..=bound))
-                .collect()
-        })
+    let inputs: Vec<Vec<i64>> = (0..config.parties())
+        .map(|_| (0..values).map(|_| rng.gen_range(-bound..=bound)).collect())
         .collect();
-    let expected: Vec<i64> = (0..args.values)
+    let expected: Vec<i64> = (0..values)
         .map(|i| inputs.iter().map(|v| v[i]).sum())
         .collect();
 
@@ -218,8 +267,8 @@ fn measure(args: &HeBenchArgs, config: ThresholdConfig, budget: &Budget) -> Resu
     let mut encrypt_times = Vec::new();
     let mut encoded = Vec::new();
     for (party, values) in inputs.iter().enumerate() {
-        for repetition in 0..args.repetitions {
-            let (ciphertext, ms) = time(|| encryption_key.encrypt(values, budget, &mut rng));
+        for repetition in 0..repetitions {
+            let (ciphertext, ms) = time(|| encryption_key.encrypt(values, budget, &mut *rng));
             let ciphertext = ciphertext?;
             encrypt_times.push(ms);
             if repetition == 0 {
@@ -237,9 +286,9 @@ fn measure(args: &HeBenchArgs, config: ThresholdConfig, budget: &Budget) -> Resu
         .collect::<Result<Vec<_>, _>>()?;
     let mut aggregate_times = Vec::new();
     let mut memcpy_times = Vec::new();
-    let mut aggregate = Ciphertext::zero(args.values, budget.delta_bits());
+    let mut aggregate = Ciphertext::zero(values, budget.delta_bits());
     let mut copy = vec![0u8; total_bytes];
-    for _ in 0..args.repetitions {
+    for _ in 0..repetitions {
         let (sum, ms) = time(|| protocol::wire::CiphertextView::weighted_sum(&views));
         aggregate = sum?;
         aggregate_times.push(ms);
@@ -256,14 +305,14 @@ fn measure(args: &HeBenchArgs, config: ThresholdConfig, budget: &Budget) -> Resu
     let aggregate = BoundCiphertext::new(aggregate);
 
     tracing::info!("decrypting");
-    let quorum = Quorum::new(&config, (0..args.threshold).collect())?;
+    let quorum = Quorum::new(&config, (0..config.threshold()).collect())?;
     let mut partial_times = Vec::new();
     let mut partials = Vec::new();
     for &member in quorum.members() {
         let share = &keys.shares[usize::from(member)];
-        for repetition in 0..args.repetitions {
+        for repetition in 0..repetitions {
             let (partial, ms) =
-                time(|| share.partial_decrypt(&aggregate, &quorum, budget, &mut rng));
+                time(|| share.partial_decrypt(&aggregate, &quorum, budget, &mut *rng));
             partial_times.push(ms);
             if repetition == 0 {
                 partials.push(partial?);
@@ -274,7 +323,7 @@ fn measure(args: &HeBenchArgs, config: ThresholdConfig, budget: &Budget) -> Resu
 
     let mut combine_times = Vec::new();
     let mut decrypted = Vec::new();
-    for _ in 0..args.repetitions {
+    for _ in 0..repetitions {
         let (result, ms) = time(|| combine(&aggregate, &quorum, &partials, budget));
         decrypted = result?;
         combine_times.push(ms);
@@ -283,31 +332,17 @@ fn measure(args: &HeBenchArgs, config: ThresholdConfig, budget: &Budget) -> Resu
         .iter()
         .zip(&expected)
         .filter(|(a, b)| a != b)
-        .count();
-
-    Ok(HeBenchReport {
-        parameter_set: protocol::he::QUORATE_RLWE128_V1.id,
-        values: args.values,
-        parties: args.parties,
-        threshold: args.threshold,
-        threads: args.threads,
-        repetitions: args.repetitions,
-        delta_bits: budget.delta_bits(),
-        smudging_bits: budget.smudging_bits(),
-        kappa: budget.request().kappa,
-        lifetime_reveals: args.lifetime_reveals,
-        statistical_security_bits: budget.statistical_security_bits(args.lifetime_reveals),
+        .count()
+        + expected.len().abs_diff(decrypted.len());
+    Ok(StepTimes {
         keygen_ms,
         encrypt_ms: median(encrypt_times),
         aggregate_ms: median(aggregate_times),
         memcpy_floor_ms: median(memcpy_times),
         partial_decrypt_ms: median(partial_times),
         combine_ms: median(combine_times),
-        ciphertext_bytes_per_value: encoded[0].len() as f64 / args.values as f64,
-        share_bytes_per_value: share_bytes as f64 / args.values as f64,
-        exact: mismatches == 0 && decrypted.len() == expected.len(),
+        ciphertext_bytes: encoded[0].len(),
+        share_bytes,
         mismatches,
-        machine: machine(),
-        date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     })
 }

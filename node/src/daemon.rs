@@ -18,7 +18,7 @@ use protocol::audit::log::{LogState, checkpoint_verifiers};
 use protocol::audit::note::{COSIGNATURE_V1, Note, NoteSigner, NoteVerifier};
 use protocol::audit::witness::WitnessState;
 use protocol::consortium::Consortium;
-use protocol::he::{Budget, Ciphertext, EncryptionKey, KeyShare, Quorum};
+use protocol::he::{Budget, Ciphertext, CombineTarget, EncryptionKey, KeyShare, Quorum};
 use protocol::round::message::{
     CHUNK_BYTES, MAX_MESSAGE_BYTES, PROTOCOL, Request, Response, chunk_digests,
 };
@@ -116,12 +116,17 @@ fn resend_wait(attempt: u32) -> Duration {
     (RESEND_WAIT * 2u32.pow((attempt - 1) / 2)).min(RESEND_WAIT_MAX)
 }
 
-/// A partial decryption arriving in chunks from another member.
+/// A partial decryption arriving in chunks from another member. Chunks are hashed as they
+/// arrive, so the digest its author logged is checked without hashing the whole partial again
+/// under the state's lock; the bytes are shared with a combination, never copied.
 struct Incoming {
     /// Chunks received so far, and announced in all.
     received: u32,
     count: u32,
-    bytes: Vec<u8>,
+    bytes: Arc<Vec<u8>>,
+    hasher: Sha256,
+    /// SHA-256 of the bytes, once complete.
+    digest: Option<Digest>,
     /// When the latest chunk arrived.
     last_chunk: std::time::Instant,
 }
@@ -131,18 +136,33 @@ impl Incoming {
         Self {
             received: 0,
             count,
-            bytes: Vec::new(),
+            bytes: Arc::default(),
+            hasher: Sha256::new(),
+            digest: None,
             last_chunk: std::time::Instant::now(),
         }
     }
 
-    /// This member's own partial decryption, complete as it is.
-    fn whole(bytes: Vec<u8>) -> Self {
+    /// This member's own partial decryption, complete as it is, with its digest.
+    fn whole(bytes: Arc<Vec<u8>>, digest: Digest) -> Self {
         Self {
             received: 1,
             count: 1,
             bytes,
+            hasher: Sha256::new(),
+            digest: Some(digest),
             last_chunk: std::time::Instant::now(),
+        }
+    }
+
+    /// Adds the next chunk; the last one completes the digest.
+    fn push(&mut self, chunk: &[u8]) {
+        Arc::make_mut(&mut self.bytes).extend_from_slice(chunk);
+        self.hasher.update(chunk);
+        self.received += 1;
+        self.last_chunk = std::time::Instant::now();
+        if self.complete() {
+            self.digest = Some(self.hasher.finalize_reset().into());
         }
     }
 
@@ -179,7 +199,8 @@ struct State {
     member: Member,
     combining: HashMap<u64, Combining>,
     partials: HashMap<(u64, u8), Incoming>,
-    targets: HashMap<u64, Arc<BoundCiphertext>>,
+    /// What combining needs of the ciphertexts this member released for (their bodies).
+    targets: HashMap<u64, CombineTarget>,
     /// Requests whose missing partial decryptions this member is asking their authors for.
     chasing: HashSet<u64>,
     /// The coordinator said its run is over after this round: the node leaves once it holds
@@ -646,9 +667,15 @@ mod tests {
         );
         arriving.last_chunk -= Duration::from_secs(5);
         assert!(arriving.stalled(Duration::from_secs(2)));
-        arriving.received = 3;
+        for chunk in [&b"par"[..], b"tial", b"!"] {
+            assert_eq!(arriving.digest, None);
+            arriving.push(chunk);
+        }
         assert!(!arriving.stalled(Duration::ZERO), "complete");
-        assert!(!Incoming::whole(vec![1]).stalled(Duration::ZERO));
+        assert_eq!(arriving.bytes.as_slice(), b"partial!");
+        let digest: Digest = Sha256::digest(b"partial!").into();
+        assert_eq!(arriving.digest, Some(digest));
+        assert!(!Incoming::whole(Arc::new(vec![1]), digest).stalled(Duration::ZERO));
     }
 
     #[test]

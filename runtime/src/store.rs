@@ -68,6 +68,10 @@ pub fn open(
     };
     let db = Database::builder()
         .set_check_integrity_on_open(true)
+        // redb keeps every page it wrote in its cache (1 GiB by default). A member writes its
+        // model and partial decryptions, 80 MB each at 10M values, and rarely reads them back:
+        // cached, they would hold as much memory as the round's own buffers.
+        .set_cache_size(STORE_CACHE_BYTES)
         .create(&path)
         .map_err(|e| failed(e.into()))?;
     let tx = db.begin_write().map_err(|e| failed(e.into()))?;
@@ -75,6 +79,9 @@ pub fn open(
     tx.commit().map_err(|e| failed(e.into()))?;
     Ok(db)
 }
+
+/// redb's page cache per store: the log's entries and the ledger fit many times over.
+const STORE_CACHE_BYTES: usize = 32 << 20;
 
 /// Whether a store error is the file system's (a full disk, a read-only file system, a
 /// failing device). After one, redb refuses every later write until the store is reopened.

@@ -1,8 +1,9 @@
 //! `quorate bench round`: whole rounds over loopback with every role in its own process, as a
 //! deployment runs them: a rehearsed ceremony, the coordinator, one node per institution,
 //! synthetic updates. Reports per-phase times (the coordinator's, and each round's critical
-//! path from its log), bytes each node sent and fetched, each role's peak memory and disk, and
-//! whether every member decrypted exactly the model integer arithmetic predicts.
+//! path from its log) beside each phase's floor on this machine, bytes each node sent and
+//! fetched, each role's peak memory and disk, and whether every member decrypted exactly the
+//! model integer arithmetic predicts.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,12 +14,19 @@ use protocol::round::{RoundPlan, model_digest};
 use serde::Serialize;
 
 mod disk;
+mod floor;
 mod path;
 
 use crate::local::{
     SYNTHETIC_SEED, read_json, rehearse, spawn_coordinator, spawn_node, wait_with_timeout,
     write_deployment_configs,
 };
+
+/// The step times behind the floors are measured on a model of at most this many values and
+/// scaled (they are linear in the values), so the floors cost seconds even at 100M.
+const FLOOR_SAMPLE_VALUES: u32 = 1 << 20;
+/// Bytes sent through loopback to measure its rate.
+const LOOPBACK_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, clap::Args)]
 pub struct RoundBenchArgs {
@@ -61,6 +69,9 @@ struct RoundBenchReport {
     rounds: Vec<RoundPhases>,
     /// Each decrypted round's phases, from the log's entries.
     critical_path: Vec<path::CriticalPath>,
+    /// Each phase's floor on this machine (the same every round), and what it is computed from.
+    floors: floor::Floors,
+    floor_costs: floor::Costs,
     median_round_seconds: f64,
     bytes_sent_per_node: Vec<u64>,
     /// Ciphertext bytes each node fetched to recompute the aggregates it decrypts.
@@ -197,6 +208,10 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
         bytes_fetched_per_node.push(node.bytes_fetched);
         peak_memory_per_node.push(node.peak_memory_bytes);
     }
+    eprintln!("  measuring the floors: the loopback rate and each step's time on one thread");
+    let config = protocol::he::ThresholdConfig::new(args.institutions, args.threshold)?;
+    let floor_costs = floor::Costs::measure(&plan, config, FLOOR_SAMPLE_VALUES, LOOPBACK_BYTES)?;
+    let floors = floor_costs.floors(args.institutions, args.threshold);
     let mut totals: Vec<f64> = rounds.iter().map(|r| r.total_seconds).collect();
     totals.sort_by(f64::total_cmp);
     let report = RoundBenchReport {
@@ -206,6 +221,8 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
         median_round_seconds: totals.get(totals.len() / 2).copied().unwrap_or(0.0),
         rounds,
         critical_path,
+        floors,
+        floor_costs,
         bytes_sent_per_node,
         bytes_fetched_per_node,
         coordinator_bytes_received,
@@ -232,14 +249,44 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
                 r.total_seconds
             );
         }
+        let f = &report.floors;
         for p in &report.critical_path {
             println!(
-                "round {} critical path: encryption {:.2} s, upload and aggregation {:.2} s, \
-                 request {:.2} s, recomputation and partial decryption {:.2} s, partials' \
-                 exchange and combination {:.2} s",
-                p.round, p.encrypt, p.upload_aggregate, p.request, p.release, p.combine
+                "round {} critical path (floor): encryption {:.2} s ({:.2}), upload and \
+                 aggregation {:.2} s ({:.2}), request {:.2} s, recomputation and partial \
+                 decryption {:.2} s ({:.2}), partials' exchange and combination {:.2} s ({:.2})",
+                p.round,
+                p.encrypt,
+                f.encrypt.seconds,
+                p.upload_aggregate,
+                f.upload_aggregate.seconds,
+                p.request,
+                p.release,
+                f.release.seconds,
+                p.combine,
+                f.combine.seconds
             );
         }
+        let c = &report.floor_costs;
+        let mb = |bytes: u64| bytes as f64 / 1e6;
+        println!(
+            "floor of a round: {:.2} s; bytes per phase: upload {:.0} MB, release {:.0} MB, \
+             combination {:.0} MB at {:.2} GB/s (loopback); per model on one thread: encryption \
+             {:.3} s, one aggregated term {:.3} s, partial decryption {:.3} s, combination \
+             {:.3} s, on {} cores; ciphertext {:.1} MB, partial {:.1} MB",
+            f.round_seconds,
+            mb(f.upload_aggregate.bytes),
+            mb(f.release.bytes),
+            mb(f.combine.bytes),
+            c.loopback_bytes_per_second / 1e9,
+            c.encrypt_seconds,
+            c.aggregate_term_seconds,
+            c.partial_decrypt_seconds,
+            c.combine_seconds,
+            c.cores,
+            mb(c.ciphertext_bytes),
+            mb(c.partial_bytes),
+        );
         let mib = |bytes: u64| bytes / (1 << 20);
         println!(
             "bytes sent per node: {:?}; fetched per node: {:?}",

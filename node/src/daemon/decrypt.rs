@@ -83,23 +83,29 @@ pub(super) async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), Step
     abort_if(ctx.fault.as_ref(), Step::Release, target.round);
     let quorum = Quorum::new(ctx.share.config(), target.quorum.clone())?;
     let worker = ctx.clone();
-    let bound = Arc::new(bound);
-    let for_partial = bound.clone();
-    let partial = tokio::task::spawn_blocking(move || {
+    // Combining later needs only the bodies: the masks go once the partial is made.
+    let (partial, combine_target) = tokio::task::spawn_blocking(move || {
         let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
         worker
             .share
-            .partial_decrypt(&for_partial, &quorum, &worker.budget, &mut rng)
-            .map(|p| encode_partial_decryption(&p))
+            .partial_decrypt(&bound, &quorum, &worker.budget, &mut rng)
+            .map(|p| {
+                (
+                    encode_partial_decryption(&p),
+                    CombineTarget::from_bound(bound),
+                )
+            })
     })
     .await??;
     let share_digest: Digest = Sha256::digest(&partial).into();
+    let partial = Arc::new(partial);
     {
         let mut state = ctx.lock();
-        state.targets.insert(request, bound);
-        state
-            .partials
-            .insert((request, ctx.me), Incoming::whole(partial.clone()));
+        state.targets.insert(request, combine_target);
+        state.partials.insert(
+            (request, ctx.me),
+            Incoming::whole(partial.clone(), share_digest),
+        );
     }
     // Kept durably before the release is logged, so that a crash after logging cannot lose
     // a share the log says went out: after a restart the same bytes are sent again.
@@ -127,8 +133,7 @@ pub(super) async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), Step
 
 /// Sends this member's partial decryption for `request` to every other member, chunk by
 /// chunk: only to members, never to the coordinator.
-pub(super) async fn send_partial(ctx: &Arc<Context>, request: u64, partial: Vec<u8>) {
-    let partial = Arc::new(partial);
+pub(super) async fn send_partial(ctx: &Arc<Context>, request: u64, partial: Arc<Vec<u8>>) {
     let mut sends = Vec::new();
     for m in 0..ctx.peers.len() {
         if m == usize::from(ctx.me) {
@@ -403,9 +408,7 @@ pub(super) fn receive_partial(
         if incoming.bytes.len() + bytes.len() > limit {
             return Err(StepError::PartialTooLarge { member });
         }
-        incoming.bytes.extend_from_slice(&bytes);
-        incoming.received += 1;
-        incoming.last_chunk = std::time::Instant::now();
+        incoming.push(&bytes);
         incoming.complete()
     };
     if complete {
@@ -483,7 +486,7 @@ pub(super) fn try_combine(ctx: &Arc<Context>, request: u64) {
         let mut partials = Vec::new();
         for m in &d.quorum {
             let incoming = &state.partials[&(request, *m)];
-            if Sha256::digest(&incoming.bytes).as_slice() != d.logged_shares[m] {
+            if incoming.digest.as_ref().map(|d| d.as_slice()) != Some(&d.logged_shares[m][..]) {
                 tracing::warn!(
                     member = m,
                     request,
@@ -491,7 +494,7 @@ pub(super) fn try_combine(ctx: &Arc<Context>, request: u64) {
                 );
                 return;
             }
-            partials.push(incoming.bytes.clone());
+            partials.push(Arc::clone(&incoming.bytes));
         }
         let (ciphertext, quorum, round) = (d.ciphertext, d.quorum.clone(), d.round);
         state.combining.entry(request).or_default().running = true;
@@ -543,7 +546,7 @@ pub(super) async fn combine(
     round: u64,
     ciphertext: Digest,
     quorum: Vec<u8>,
-    partials: Vec<Vec<u8>>,
+    partials: Vec<Arc<Vec<u8>>>,
 ) -> Result<(), StepError> {
     // The result becomes this member's model, the base of its next contribution and release:
     // so it combines only a ciphertext it recomputed itself from the model it holds.
@@ -565,11 +568,13 @@ pub(super) async fn combine(
             return Ok(());
         }
     };
-    let recomputed = ctx.lock().targets.get(&request).cloned();
+    // Taken, not copied: the combination subtracts into it. Should combining fail, a later
+    // attempt recomputes it.
+    let recomputed = ctx.lock().targets.remove(&request);
     let target = match recomputed {
         Some(t) => t,
         None => match recompute(ctx, &release_target).await? {
-            Some(bound) => Arc::new(bound),
+            Some(bound) => CombineTarget::from_bound(bound),
             None => {
                 let refusal = Refusal::Mismatch;
                 incident(
@@ -587,17 +592,13 @@ pub(super) async fn combine(
         let limits = DecodeLimits {
             max_values: u64::from(worker.plan.values),
         };
-        let partials = partials
-            .iter()
-            .map(|p| protocol::wire::decode_partial_decryption(p, limits))
-            .collect::<Result<Vec<_>, _>>()?;
         let quorum = Quorum::new(worker.share.config(), quorum)?;
-        Ok(protocol::he::combine(
-            &target,
-            &quorum,
-            &partials,
-            &worker.budget,
-        )?)
+        let mut combination = protocol::he::Combination::new(target, quorum, &worker.budget)?;
+        // One decoded partial at a time: combining holds the bodies and one partial.
+        for partial in &partials {
+            combination.subtract(&protocol::wire::decode_partial_decryption(partial, limits)?)?;
+        }
+        Ok(combination.finish()?)
     })
     .await??;
     if decoded.len() != ctx.plan.values as usize {

@@ -206,9 +206,10 @@ pub(super) fn carry_out(ctx: &Arc<Context>, action: Action) {
                 if let Some(round) = round {
                     abort_if(ctx.fault.as_ref(), Step::Send, round);
                 }
+                let partial = Arc::new(partial);
                 ctx.lock()
                     .partials
-                    .insert((request, ctx.me), Incoming::whole(partial.clone()));
+                    .insert((request, ctx.me), Incoming::whole(partial.clone(), share));
                 let ctx = ctx.clone();
                 tokio::spawn(async move { send_partial(&ctx, request, partial).await });
             }

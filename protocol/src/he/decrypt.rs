@@ -184,6 +184,142 @@ impl Drop for PartialScratch {
     }
 }
 
+/// What combining needs of a ciphertext: its digest, its scale and its bodies. The masks only
+/// matter to partial decryption, so a member waiting for the quorum's partials keeps this, a
+/// third of the ciphertext, and combines into it in place.
+pub struct CombineTarget {
+    digest: CiphertextDigest,
+    delta_bits: u32,
+    bodies: Vec<u64>,
+}
+
+impl std::fmt::Debug for CombineTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CombineTarget(ciphertext {}, {} values)",
+            self.digest,
+            self.bodies.len()
+        )
+    }
+}
+
+impl std::fmt::Debug for Combination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Combination({:?}, quorum {:?}, {} subtracted)",
+            self.target,
+            self.quorum.members(),
+            self.seen.count_ones()
+        )
+    }
+}
+
+impl CombineTarget {
+    /// Takes the bodies out of the ciphertext and drops its masks.
+    pub fn from_bound(ciphertext: BoundCiphertext) -> Self {
+        let digest = ciphertext.digest();
+        let ciphertext = ciphertext.into_ciphertext();
+        Self {
+            digest,
+            delta_bits: ciphertext.delta_bits,
+            bodies: ciphertext.bodies,
+        }
+    }
+
+    /// Copies the bodies, leaving the ciphertext as it is.
+    pub fn of(ciphertext: &BoundCiphertext) -> Self {
+        Self {
+            digest: ciphertext.digest(),
+            delta_bits: ciphertext.ciphertext().delta_bits,
+            bodies: ciphertext.ciphertext().bodies.clone(),
+        }
+    }
+
+    pub fn digest(&self) -> CiphertextDigest {
+        self.digest
+    }
+}
+
+/// The quorum's partial decryptions subtracted one at a time from the target's bodies, so
+/// combining holds one model-sized buffer however large the quorum (a partial can be decoded,
+/// subtracted and dropped before the next arrives). Each partial is checked before it touches
+/// the sum; nothing is decoded until every quorum member's is in.
+pub struct Combination {
+    target: CombineTarget,
+    quorum: Quorum,
+    seen: u16,
+}
+
+impl Combination {
+    pub fn new(target: CombineTarget, quorum: Quorum, budget: &Budget) -> Result<Self, HeError> {
+        if target.delta_bits != budget.delta_bits() {
+            return Err(HeError::Mismatch(format!(
+                "the ciphertext encodes messages at 2^{}, the budget at 2^{}",
+                target.delta_bits,
+                budget.delta_bits()
+            )));
+        }
+        Ok(Self {
+            target,
+            quorum,
+            seen: 0,
+        })
+    }
+
+    /// Subtracts one quorum member's partial decryption, refusing (and leaving the sum as it
+    /// was) one bound to another ciphertext or quorum, from outside the quorum, a second from
+    /// the same member, or of another length.
+    pub fn subtract(&mut self, partial: &PartialDecryption) -> Result<(), HeError> {
+        let refused = |reason: String| HeError::Partial {
+            party: partial.party,
+            reason,
+        };
+        let digest = self.target.digest;
+        if partial.ciphertext != digest {
+            return Err(refused(format!(
+                "it decrypts ciphertext {}, not {digest}",
+                partial.ciphertext
+            )));
+        }
+        if partial.quorum != self.quorum.members() {
+            return Err(refused(format!(
+                "it was made for quorum {:?}, not {:?}",
+                partial.quorum,
+                self.quorum.members()
+            )));
+        }
+        if !self.quorum.contains(partial.party) || self.seen & (1 << partial.party) != 0 {
+            return Err(refused(
+                "the party is outside the quorum or sent twice".into(),
+            ));
+        }
+        if partial.values.len() != self.target.bodies.len() {
+            return Err(refused(format!(
+                "it has {} values, the ciphertext {}",
+                partial.values.len(),
+                self.target.bodies.len()
+            )));
+        }
+        self.seen |= 1 << partial.party;
+        subtract_share(&mut self.target.bodies, &partial.values);
+        Ok(())
+    }
+
+    /// The decoded messages, once every quorum member's partial was subtracted.
+    pub fn finish(self) -> Result<Vec<i64>, HeError> {
+        if self.seen.count_ones() as usize != self.quorum.members().len() {
+            return Err(HeError::Mismatch(format!(
+                "{} of {} quorum members' partial decryptions are present",
+                self.seen.count_ones(),
+                self.quorum.members().len()
+            )));
+        }
+        Ok(decode_phases(self.target.bodies, self.target.delta_bits))
+    }
+}
+
 /// Combines the partial decryptions of the whole quorum and decodes the messages.
 pub fn combine(
     ciphertext: &BoundCiphertext,
@@ -191,90 +327,45 @@ pub fn combine(
     partials: &[PartialDecryption],
     budget: &Budget,
 ) -> Result<Vec<i64>, HeError> {
-    let digest = ciphertext.digest();
-    let ciphertext = ciphertext.ciphertext();
-    if ciphertext.delta_bits != budget.delta_bits() {
-        return Err(HeError::Mismatch(format!(
-            "the ciphertext encodes messages at 2^{}, the budget at 2^{}",
-            ciphertext.delta_bits,
-            budget.delta_bits()
-        )));
-    }
-    let mut seen = 0u16;
+    let mut combination = Combination::new(CombineTarget::of(ciphertext), quorum.clone(), budget)?;
     for partial in partials {
-        if partial.ciphertext != digest {
-            return Err(HeError::Partial {
-                party: partial.party,
-                reason: format!(
-                    "it decrypts ciphertext {}, not {digest}",
-                    partial.ciphertext
-                ),
-            });
-        }
-        if partial.quorum != quorum.members() {
-            return Err(HeError::Partial {
-                party: partial.party,
-                reason: format!(
-                    "it was made for quorum {:?}, not {:?}",
-                    partial.quorum,
-                    quorum.members()
-                ),
-            });
-        }
-        if !quorum.contains(partial.party) || seen & (1 << partial.party) != 0 {
-            return Err(HeError::Partial {
-                party: partial.party,
-                reason: "the party is outside the quorum or sent twice".into(),
-            });
-        }
-        if partial.values.len() != ciphertext.value_count {
-            return Err(HeError::Partial {
-                party: partial.party,
-                reason: format!(
-                    "it has {} values, the ciphertext {}",
-                    partial.values.len(),
-                    ciphertext.value_count
-                ),
-            });
-        }
-        seen |= 1 << partial.party;
+        combination.subtract(partial)?;
     }
-    if seen.count_ones() as usize != quorum.members().len() {
-        return Err(HeError::Mismatch(format!(
-            "{} of {} quorum members' partial decryptions are present",
-            seen.count_ones(),
-            quorum.members().len()
-        )));
-    }
-    let shares: Vec<&[u64]> = partials.iter().map(|p| p.values.as_slice()).collect();
-    Ok(combine_raw(
-        &ciphertext.bodies,
-        &shares,
-        budget.delta_bits(),
-    ))
+    combination.finish()
 }
 
-/// body - sum of shares, then signed rounding by Delta. Everything lives in the top 64 bits
-/// (bodies and shares were both rounded there), so the subtraction is done on u64 and the
-/// result is shifted back up before decoding.
+/// body - sum of shares, then signed rounding by Delta (see `decode_phases`).
+#[cfg(test)]
 pub(crate) fn combine_raw(bodies: &[u64], shares: &[&[u64]], delta_bits: u32) -> Vec<i64> {
-    let half = 1u128 << (delta_bits - 1);
-    let mut out = vec![0i64; bodies.len()];
-    const BLOCK: usize = 4096;
-    out.par_chunks_mut(BLOCK)
-        .enumerate()
-        .for_each(|(block, out)| {
-            let start = block * BLOCK;
-            let mut phase: Vec<u64> = bodies[start..start + out.len()].to_vec();
-            for share in shares {
-                for (p, s) in phase.iter_mut().zip(&share[start..]) {
-                    *p = p.wrapping_sub(*s);
-                }
-            }
-            for (o, p) in out.iter_mut().zip(&phase) {
-                let full = u128::from(*p) << 64;
-                *o = ((full.wrapping_add(half) as i128) >> delta_bits) as i64;
+    let mut phases = bodies.to_vec();
+    for share in shares {
+        subtract_share(&mut phases, share);
+    }
+    decode_phases(phases, delta_bits)
+}
+
+/// Everything lives in the top 64 bits (bodies and shares were both rounded there), so the
+/// subtraction is done on u64.
+fn subtract_share(phases: &mut [u64], share: &[u64]) {
+    const BLOCK: usize = 1 << 16;
+    phases
+        .par_chunks_mut(BLOCK)
+        .zip(share.par_chunks(BLOCK))
+        .for_each(|(phases, share)| {
+            for (p, s) in phases.iter_mut().zip(share) {
+                *p = p.wrapping_sub(*s);
             }
         });
-    out
+}
+
+/// Each phase shifted back up to 128 bits and rounded by Delta to its signed message, in the
+/// phases' own buffer.
+fn decode_phases(mut phases: Vec<u64>, delta_bits: u32) -> Vec<i64> {
+    let half = 1u128 << (delta_bits - 1);
+    phases.par_iter_mut().for_each(|p| {
+        let full = u128::from(*p) << 64;
+        *p = ((full.wrapping_add(half) as i128) >> delta_bits) as i64 as u64;
+    });
+    // Same size and alignment: collects in place, no second buffer.
+    phases.into_iter().map(|p| p as i64).collect()
 }

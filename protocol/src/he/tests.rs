@@ -593,6 +593,47 @@ fn rerandomized_ciphertext_decrypts_to_the_same_values_with_a_new_digest() {
 }
 
 #[test]
+fn a_combination_fed_one_partial_at_a_time_refuses_a_bad_one_without_touching_the_sum() {
+    let config = ThresholdConfig::new(4, 3).unwrap();
+    let keys = test_keys(&config, 62);
+    let key = keys.public_key.prepare();
+    let budget = budget(config, 30, 1, 1);
+    let mut rng = ChaCha20Rng::seed_from_u64(63);
+    let messages: Vec<i64> = (0..POLYNOMIAL_SIZE as i64 + 5)
+        .map(|i| i * 7 - 900)
+        .collect();
+    let ciphertext = BoundCiphertext::new(key.encrypt(&messages, &budget, &mut rng).unwrap());
+    let quorum = Quorum::new(&config, vec![0, 2, 3]).unwrap();
+    let partials: Vec<PartialDecryption> = [0, 2, 3]
+        .iter()
+        .map(|&m| {
+            keys.shares[m]
+                .partial_decrypt(&ciphertext, &quorum, &budget, &mut rng)
+                .unwrap()
+        })
+        .collect();
+    // The target is taken out of the ciphertext: its digest stays, its masks go.
+    let target = CombineTarget::from_bound(ciphertext.clone());
+    assert_eq!(target.digest(), ciphertext.digest());
+    let mut combination = Combination::new(target, quorum.clone(), &budget).unwrap();
+    let mut wrong = partials[1].clone();
+    wrong.values[0] ^= 1 << 40;
+    wrong.ciphertext = CiphertextDigest([9; 32]);
+    for (index, partial) in partials.iter().enumerate().rev() {
+        let err = combination.subtract(&wrong).unwrap_err();
+        assert!(matches!(err, HeError::Partial { party: 2, .. }), "{err}");
+        combination.subtract(partial).unwrap();
+        // A second copy of one already subtracted is refused.
+        assert!(combination.subtract(&partials[index]).is_err());
+    }
+    assert_eq!(combination.finish().unwrap(), messages);
+    assert_eq!(
+        combine(&ciphertext, &quorum, &partials, &budget).unwrap(),
+        messages
+    );
+}
+
+#[test]
 fn combine_rejects_partials_for_another_ciphertext_quorum_scale_or_a_missing_member() {
     let config = ThresholdConfig::new(3, 2).unwrap();
     let keys = test_keys(&config, 60);
