@@ -7,7 +7,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use protocol::audit::entry::Digest;
-use protocol::round::message::CHUNK_BYTES;
+use protocol::he::Ciphertext;
+use protocol::round::message::{CHUNK_BYTES, ChunkHasher};
 use sha2::{Digest as _, Sha256};
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,48 @@ impl BlobStore {
         Ok(digest)
     }
 
+    /// Stores the encoding of `ciphertext` under its digest (durably), written as it is encoded
+    /// and hashed whole and in chunks: the encoding is never whole in memory, so an aggregate
+    /// costs one encrypted model, not two.
+    pub fn put_ciphertext(&self, ciphertext: &Ciphertext) -> Result<Digest, BlobError> {
+        // The digest is known only at the end: written under a temporary name first.
+        let temp = self.temp_path("put", &[0; 32]);
+        let written = self.write_encoding(ciphertext, &temp);
+        let (digest, chunks) = match written {
+            Ok(written) => written,
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                return Err(e);
+            }
+        };
+        let path = self.path(&digest);
+        if path.exists() {
+            let _ = std::fs::remove_file(&temp);
+        } else {
+            self.write_chunk_digests(&digest, &chunks)?;
+            std::fs::rename(&temp, &path).map_err(io(&path))?;
+        }
+        Ok(digest)
+    }
+
+    fn write_encoding(
+        &self,
+        ciphertext: &Ciphertext,
+        temp: &Path,
+    ) -> Result<(Digest, Vec<Digest>), BlobError> {
+        let file = std::fs::File::create(temp).map_err(io(temp))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut chunks = ChunkHasher::default();
+        let digest = protocol::wire::stream_ciphertext(ciphertext, |piece| {
+            chunks.update(piece);
+            out.write_all(piece)
+        })
+        .map_err(io(temp))?;
+        let file = out.into_inner().map_err(|e| io(temp)(e.into_error()))?;
+        file.sync_all().map_err(io(temp))?;
+        Ok((digest.0, chunks.finish()))
+    }
+
     /// Drops a stored blob (one that was refused after upload).
     pub fn remove(&self, digest: &Digest) {
         let _ = std::fs::remove_file(self.path(digest));
@@ -100,7 +143,7 @@ impl BlobStore {
     /// [`CHUNK_BYTES`] and checked against the digest on the way: no buffer of its size.
     pub fn add_into(
         &self,
-        acc: &mut protocol::he::Ciphertext,
+        acc: &mut Ciphertext,
         digest: &Digest,
         weight: i64,
         limits: protocol::wire::DecodeLimits,
@@ -290,5 +333,44 @@ impl Upload {
             ));
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ciphertext_stored_as_it_is_encoded_is_the_blob_of_its_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        // 60 bins: 11 MB, three chunks, the last one partly filled.
+        let values = protocol::he::POLYNOMIAL_SIZE * 60;
+        let mut bytes = protocol::wire::encode_ciphertext(&Ciphertext::zero(values, 40));
+        let header = protocol::wire::ciphertext_header_len();
+        for (i, byte) in bytes[header..].iter_mut().enumerate() {
+            *byte = (i % 239) as u8;
+        }
+        let limits = protocol::wire::DecodeLimits::default();
+        let ciphertext = protocol::wire::decode_ciphertext(&bytes, limits).unwrap();
+        let digest = store.put_ciphertext(&ciphertext).unwrap();
+        assert_eq!(digest, Sha256::digest(&bytes).as_slice());
+        assert_eq!(store.read(&digest).unwrap(), bytes);
+        let chunks = protocol::round::message::chunk_digests(&bytes);
+        assert_eq!(chunks.len(), 3);
+        for (index, expected) in chunks.iter().enumerate() {
+            let (length, digests, chunk) = store.read_chunk(&digest, index as u32).unwrap();
+            assert_eq!(length, bytes.len() as u64);
+            assert_eq!(digests, chunks);
+            assert_eq!(Sha256::digest(&chunk).as_slice(), expected);
+        }
+        // Stored again: the same blob, and nothing left in `incoming/`.
+        assert_eq!(store.put_ciphertext(&ciphertext).unwrap(), digest);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("incoming"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }

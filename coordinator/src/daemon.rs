@@ -24,7 +24,7 @@ use protocol::round::message::{
 };
 use protocol::round::rules::ZERO_BASE;
 use protocol::round::{CloseDecision, CoordinatorRound, DecryptionStatus, RoundPlan};
-use protocol::wire::{DecodeLimits, ciphertext_digest, encode_ciphertext};
+use protocol::wire::{DecodeLimits, ciphertext_digest};
 use rand::RngCore;
 use runtime::clock::now_ms;
 use runtime::identity::Identity;

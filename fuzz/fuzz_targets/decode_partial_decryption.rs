@@ -1,15 +1,25 @@
 #![no_main]
-//! Any input: an error or a value that re-encodes to the same bytes, never a panic.
+//! Any input: an error or a value that re-encodes to the same bytes, never a panic; and the
+//! header alone decodes exactly when the whole partial does, with the same fields.
 use libfuzzer_sys::fuzz_target;
-use protocol::wire::{DecodeLimits, decode_partial_decryption, encode_partial_decryption};
+use protocol::wire::{
+    DecodeLimits, decode_partial_decryption, decode_partial_header, encode_partial_decryption,
+};
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(value) = decode_partial_decryption(
-        data,
-        DecodeLimits {
-            max_values: 1 << 16,
-        },
-    ) {
-        assert_eq!(encode_partial_decryption(&value), data);
+    let limits = DecodeLimits {
+        max_values: 1 << 16,
+    };
+    let header = decode_partial_header(data, limits);
+    match decode_partial_decryption(data, limits) {
+        Ok(value) => {
+            assert_eq!(encode_partial_decryption(&value), data);
+            let header = header.expect("the header of a partial that decodes");
+            assert_eq!(header.party, value.party);
+            assert_eq!(header.quorum, value.quorum);
+            assert_eq!(header.ciphertext, value.ciphertext);
+            assert_eq!(header.value_count, value.values.len() as u64);
+        }
+        Err(_) => assert!(header.is_err()),
     }
 });

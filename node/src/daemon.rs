@@ -51,7 +51,7 @@ mod step;
 use contribute::*;
 use decrypt::*;
 use entries::*;
-pub use error::StepError;
+pub use error::{MalformedPartial, StepError};
 use fetch::*;
 use log::*;
 pub use report::RoundReport;
@@ -85,6 +85,9 @@ struct Combining {
     /// Combining attempts that failed (a fetch, a file): tried again a few times, since a
     /// member that misses a decryption sits out every later round.
     failures: u8,
+    /// A quorum member's logged partial does not fit the request: the request can never be
+    /// combined (the log fixes the partial's bytes), and its author was named once.
+    malformed: bool,
 }
 
 /// Deliveries of a partial decryption to a member that cannot be reached, [`PARTIAL_RETRY`]
@@ -161,9 +164,11 @@ impl Incoming {
         self.hasher.update(chunk);
         self.received += 1;
         self.last_chunk = std::time::Instant::now();
-        if self.complete() {
-            self.digest = Some(self.hasher.finalize_reset().into());
-        }
+        self.digest = if self.complete() {
+            Some(self.hasher.finalize_reset().into())
+        } else {
+            None
+        };
     }
 
     fn complete(&self) -> bool {

@@ -350,8 +350,9 @@ pub fn ciphertext_digest(ciphertext: &Ciphertext) -> CiphertextDigest {
     digest
 }
 
-/// The encoding in pieces of about 64 KiB, each hashed and handed to `emit`.
-fn stream_ciphertext<E>(
+/// The encoding in pieces of about 64 KiB, each hashed and handed to `emit`: a ciphertext
+/// written out and bound to its digest in one pass, never encoded whole.
+pub fn stream_ciphertext<E>(
     ciphertext: &Ciphertext,
     mut emit: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<CiphertextDigest, E> {
@@ -653,6 +654,42 @@ pub fn decode_partial_decryption(
     bytes: &[u8],
     limits: DecodeLimits,
 ) -> Result<PartialDecryption, WireError> {
+    let (header, values) = read_partial_header(bytes, limits)?;
+    let values = values
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    Ok(PartialDecryption {
+        party: header.party,
+        quorum: header.quorum,
+        ciphertext: header.ciphertext,
+        values,
+    })
+}
+
+/// Everything of a partial decryption but its values, checked against its length: whether the
+/// rest decodes, without decoding it (a member checks every partial this way before it
+/// commits to combining them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartialHeader {
+    pub party: u8,
+    pub quorum: Vec<u8>,
+    pub ciphertext: CiphertextDigest,
+    pub value_count: u64,
+}
+
+pub fn decode_partial_header(
+    bytes: &[u8],
+    limits: DecodeLimits,
+) -> Result<PartialHeader, WireError> {
+    read_partial_header(bytes, limits).map(|(header, _)| header)
+}
+
+/// The header and the values' bytes, exactly `value_count * 8` of them.
+fn read_partial_header(
+    bytes: &[u8],
+    limits: DecodeLimits,
+) -> Result<(PartialHeader, &[u8]), WireError> {
     let mut reader = WireReader::new(bytes);
     reader.header(Kind::PartialDecryption)?;
     let party = reader.u8("party")?;
@@ -685,15 +722,12 @@ pub fn decode_partial_decryption(
         });
     }
     reader.expect_remaining(value_count * 8)?;
-    let values = reader
-        .take("values", value_count as usize * 8)?
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-        .collect();
-    Ok(PartialDecryption {
+    let values = reader.take("values", value_count as usize * 8)?;
+    let header = PartialHeader {
         party,
         quorum,
         ciphertext: CiphertextDigest(digest),
-        values,
-    })
+        value_count,
+    };
+    Ok((header, values))
 }

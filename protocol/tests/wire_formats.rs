@@ -168,6 +168,32 @@ fn every_truncation_of_every_encoding_is_an_error() {
 }
 
 #[test]
+fn a_partials_header_decodes_exactly_when_the_whole_partial_does() {
+    let s = samples();
+    let limits = DecodeLimits::default();
+    let partial = decode_partial_decryption(&s.partial, limits).unwrap();
+    let header = decode_partial_header(&s.partial, limits).unwrap();
+    assert_eq!(header.party, partial.party);
+    assert_eq!(header.quorum, partial.quorum);
+    assert_eq!(header.ciphertext, partial.ciphertext);
+    assert_eq!(header.value_count, partial.values.len() as u64);
+    let cuts = (0..s.partial.len().min(200)).chain((200..s.partial.len()).step_by(997));
+    for cut in cuts {
+        assert!(
+            decode_partial_header(&s.partial[..cut], limits).is_err(),
+            "cut at {cut}"
+        );
+    }
+    let mut longer = s.partial.clone();
+    longer.push(0);
+    assert!(decode_partial_header(&longer, limits).is_err());
+    let few = DecodeLimits {
+        max_values: header.value_count - 1,
+    };
+    assert!(decode_partial_header(&s.partial, few).is_err());
+}
+
+#[test]
 fn wrong_version_kind_and_parameter_set_are_named() {
     let mut bytes = samples().partial.clone();
     bytes[4] = 2;

@@ -318,7 +318,7 @@ async fn close(
         .await
         .map_err(|e| round_error(e.to_string()))??
     };
-    let digest = ctx.blobs.put(&encode_ciphertext(&aggregate))?;
+    let digest = ctx.blobs.put_ciphertext(&aggregate)?;
     debug_assert_eq!(ciphertext_digest(&aggregate).0, digest);
     let contributors = leaves.len() as u32;
     let close = ctx.append_own(
@@ -486,7 +486,7 @@ fn rerandomised(
             round,
             reason: e.to_string(),
         })?;
-    Ok(ctx.blobs.put(&encode_ciphertext(&retried))?)
+    Ok(ctx.blobs.put_ciphertext(&retried)?)
 }
 
 /// Finishes the decryption of the log's latest round if a share of it was released but it

@@ -12,6 +12,7 @@ pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), Ste
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .update(round, &model)?;
+        drop(model);
         if update.values.len() != worker.plan.values as usize {
             return Err(StepError::UpdateSize {
                 got: update.values.len(),
@@ -21,12 +22,32 @@ pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), Ste
         let codec = worker.plan.codec()?;
         let clipped = codec.clipped(&update.values);
         let encoded = codec.encode(&update.values)?;
+        let samples = update.samples;
+        drop(update);
         let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
         let ciphertext = worker.key.encrypt(&encoded, &worker.budget, &mut rng)?;
-        Ok((encode_ciphertext(&ciphertext), update.samples, clipped))
+        drop(encoded);
+        // Kept, so that when this member recomputes the round's aggregate it need not fetch
+        // it back, and uploaded from the file: the encoding is never whole in memory.
+        let payload = match held::keep_encoding(&worker.contributed, ciphertext) {
+            Ok(kept) => Payload::File(kept),
+            Err(failed) => {
+                tracing::warn!(
+                    error = %failed.error,
+                    dir = %worker.contributed.display(),
+                    "the contribution could not be kept on this node's disk; uploading it \
+                     from memory, and fetching it back to recompute the aggregate"
+                );
+                Payload::Bytes {
+                    bytes: encode_ciphertext(failed.ciphertext.ciphertext()).into(),
+                    digest: failed.ciphertext.digest().0,
+                }
+            }
+        };
+        Ok((payload, samples, clipped))
     })
     .await;
-    let (bytes, samples, clipped) = match prepared.map_err(StepError::from).and_then(|p| p) {
+    let (payload, samples, clipped) = match prepared.map_err(StepError::from).and_then(|p| p) {
         Ok(prepared) => prepared,
         Err(e) => {
             sit_out(ctx, round, &e);
@@ -34,13 +55,7 @@ pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), Ste
         }
     };
     report_clipping(ctx, round, clipped);
-    let digest = encoded_digest(&bytes).0;
-    // Kept, so that when this member recomputes the round's aggregate it need not fetch it
-    // back; written while the upload runs, and done before its last chunk (which has it logged).
-    let bytes = Arc::new(bytes);
-    let (dir, for_disk, digest_kept) = (ctx.contributed.clone(), bytes.clone(), digest);
-    let keeping =
-        tokio::task::spawn_blocking(move || held::keep_only(&dir, &digest_kept, &for_disk));
+    let digest = payload.digest();
     let _author = ctx.author.lock().await;
     let entry = sign(
         ctx,
@@ -55,45 +70,89 @@ pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), Ste
     let leaf = upload(
         ctx,
         &entry,
-        digest,
-        &bytes,
+        &payload,
         &format!("round {round}'s contribution"),
-        Some(keeping),
         |ctx| abort_if(ctx.fault.as_ref(), Step::Upload, round),
     )
     .await?;
-    tracing::info!(round, leaf, bytes = bytes.len(), "contribution logged");
+    tracing::info!(round, leaf, bytes = payload.length(), "contribution logged");
     Ok(())
 }
 
-/// Offers `bytes` (a ciphertext of digest `digest`) to the coordinator with `entry`, which is
-/// logged once the whole upload matches, and sends it chunk by chunk (the caller holds the
-/// author lock). A coordinator that holds the ciphertext already logs the entry at the offer.
-/// `before_last` (a local write of the same bytes) is awaited before the last chunk, so the
-/// entry is logged only once it is done; `half_way` runs after half the chunks (a fault step).
+/// What an upload sends: an encoding in memory, or one kept in a file and read back chunk by
+/// chunk as it is sent.
+pub(super) enum Payload<'a> {
+    /// The encoding and its digest, which the caller computed already.
+    Bytes {
+        bytes: std::borrow::Cow<'a, [u8]>,
+        digest: Digest,
+    },
+    File(held::KeptEncoding),
+}
+
+impl Payload<'_> {
+    fn digest(&self) -> Digest {
+        match self {
+            Payload::Bytes { digest, .. } => *digest,
+            Payload::File(kept) => kept.digest,
+        }
+    }
+
+    fn length(&self) -> u64 {
+        match self {
+            Payload::Bytes { bytes, .. } => bytes.len() as u64,
+            Payload::File(kept) => kept.length,
+        }
+    }
+
+    fn chunks(&self) -> Vec<Digest> {
+        match self {
+            Payload::Bytes { bytes, .. } => chunk_digests(bytes),
+            Payload::File(kept) => kept.chunks.clone(),
+        }
+    }
+
+    async fn chunk(&self, index: usize) -> Result<Vec<u8>, StepError> {
+        match self {
+            Payload::Bytes { bytes, .. } => Ok(bytes
+                .chunks(CHUNK_BYTES)
+                .nth(index)
+                .unwrap_or_default()
+                .to_vec()),
+            Payload::File(kept) => {
+                let (path, length) = (kept.path.clone(), kept.length);
+                let read =
+                    tokio::task::spawn_blocking(move || held::read_chunk(&path, length, index))
+                        .await?;
+                read.map_err(|source| StepError::Io {
+                    path: kept.path.clone(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Offers `payload` (a ciphertext's encoding) to the coordinator with `entry`, which is logged
+/// once the whole upload matches, and sends it chunk by chunk (the caller holds the author
+/// lock). A coordinator that holds the ciphertext already logs the entry at the offer.
+/// `half_way` runs after half the chunks (a fault step).
 pub(super) async fn upload(
     ctx: &Context,
     entry: &SignedEntry,
-    digest: Digest,
-    bytes: &[u8],
+    payload: &Payload<'_>,
     what: &str,
-    before_last: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     half_way: impl Fn(&Context),
 ) -> Result<u64, StepError> {
+    let digest = payload.digest();
     let offer = Request::Offer {
         entry: entry.leaf().to_vec(),
-        length: bytes.len() as u64,
-        chunks: chunk_digests(bytes),
+        length: payload.length(),
+        chunks: payload.chunks(),
     };
-    let mut before_last = before_last;
     match ctx.handle.call(ctx.coordinator, &offer).await {
         Ok(Response::Ok) => {}
         Ok(Response::Appended { leaf }) => {
-            if let Some(keeping) = before_last.take()
-                && let Err(e) = keeping.await?
-            {
-                tracing::warn!(error = %e, "{what} could not be kept on this node's disk");
-            }
             finish_append(ctx, entry, Response::Appended { leaf })?;
             return Ok(leaf);
         }
@@ -105,14 +164,9 @@ pub(super) async fn upload(
         }
         Err(e) => return Err(e.into()),
     }
-    let count = bytes.len().div_ceil(CHUNK_BYTES);
-    for (index, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
-        if index + 1 == count
-            && let Some(keeping) = before_last.take()
-            && let Err(e) = keeping.await?
-        {
-            tracing::warn!(error = %e, "{what} could not be kept on this node's disk");
-        }
+    let count = payload.length().div_ceil(CHUNK_BYTES as u64) as usize;
+    for index in 0..count {
+        let chunk = payload.chunk(index).await?;
         ctx.sent(chunk.len());
         let response = ctx
             .handle
@@ -121,7 +175,7 @@ pub(super) async fn upload(
                 &Request::Chunk {
                     ciphertext: digest,
                     index: index as u32,
-                    bytes: chunk.to_vec(),
+                    bytes: chunk,
                 },
             )
             .await?;
@@ -144,7 +198,7 @@ pub(super) async fn upload(
 }
 
 /// The ciphertext of an update, its declared samples, and how many of its values were clipped.
-type Prepared = (Vec<u8>, u64, usize);
+type Prepared = (Payload<'static>, u64, usize);
 
 /// Above this fraction of clipped values a member warns: its updates are being changed, not
 /// just rounded (the plan's clip is too small for them, or the trainer writes weights).

@@ -364,6 +364,15 @@ pub(super) fn receive_partial(
     if count == 0 || count as usize > limit.div_ceil(CHUNK_BYTES) {
         return Err(StepError::PartialChunks { count });
     }
+    // A chunk past the announced count would reopen a complete partial.
+    if index >= count {
+        return Err(StepError::OutOfOrder {
+            index,
+            count,
+            expected: count - 1,
+            expected_count: count,
+        });
+    }
     if lost_by_fault(ctx, request) {
         tracing::warn!(
             member,
@@ -468,7 +477,10 @@ pub(super) fn try_combine(ctx: &Arc<Context>, request: u64) {
         };
         // Nothing to do while it runs, before every release is logged, or once this member
         // holds this round's model (or a later one).
-        if state.combining.get(&request).is_some_and(|c| c.running)
+        if state
+            .combining
+            .get(&request)
+            .is_some_and(|c| c.running || c.malformed)
             || d.logged_shares.len() < d.quorum.len()
             || state.member.held().round >= d.round
         {
@@ -540,6 +552,40 @@ fn step_logged(ctx: &Context, state: &State, request: u64) -> bool {
         })
 }
 
+/// Whether each of the quorum's partials (in the quorum's order) decodes and fits the request.
+fn check_received(
+    ctx: &Context,
+    target: &ReleaseTarget,
+    quorum: &[u8],
+    partials: &[Arc<Vec<u8>>],
+) -> Result<(), MalformedPartial> {
+    let limits = DecodeLimits {
+        max_values: u64::from(ctx.plan.values),
+    };
+    let mut headers = Vec::new();
+    for (&author, partial) in quorum.iter().zip(partials) {
+        let header = protocol::wire::decode_partial_header(partial, limits)
+            .map_err(|source| MalformedPartial::Decode { author, source })?;
+        if header.party != author {
+            return Err(MalformedPartial::OtherParty {
+                author,
+                party: header.party,
+            });
+        }
+        headers.push(header);
+    }
+    let quorum = Quorum::new(ctx.share.config(), quorum.to_vec())?;
+    protocol::he::check_partials(
+        protocol::he::CiphertextDigest(target.ciphertext),
+        u64::from(ctx.plan.values),
+        &quorum,
+        headers
+            .iter()
+            .map(|h| (h.party, h.quorum.as_slice(), h.ciphertext, h.value_count)),
+    )?;
+    Ok(())
+}
+
 pub(super) async fn combine(
     ctx: &Arc<Context>,
     request: u64,
@@ -568,12 +614,25 @@ pub(super) async fn combine(
             return Ok(());
         }
     };
+    // Every partial must decode and fit the request before this member commits its target or
+    // a recomputation to them: a quorum member who logged the digest of a malformed partial
+    // costs one look at the headers, and is named once.
+    if let Err(reason) = check_received(ctx, &release_target, &quorum, &partials) {
+        ctx.lock().combining.entry(request).or_default().malformed = true;
+        incident(
+            ctx,
+            IncidentCode::MalformedPartial,
+            ciphertext,
+            format!("not combining request {request}: {reason}"),
+        );
+        return Ok(());
+    }
     // Taken, not copied: the combination subtracts into it. Should combining fail, a later
     // attempt recomputes it.
     let recomputed = ctx.lock().targets.remove(&request);
     let target = match recomputed {
-        Some(t) => t,
-        None => match recompute(ctx, &release_target).await? {
+        Some(t) if t.digest().0 == release_target.ciphertext => t,
+        _ => match recompute(ctx, &release_target).await? {
             Some(bound) => CombineTarget::from_bound(bound),
             None => {
                 let refusal = Refusal::Mismatch;

@@ -121,3 +121,18 @@ pub enum StepError {
     #[error("the round report: {0}")]
     Report(#[from] serde_json::Error),
 }
+
+/// Why a quorum member's partial decryption, whose digest it logged, cannot be combined: it is
+/// fixed by the log, so the request never can be, and its author is named.
+#[derive(Debug, thiserror::Error)]
+pub enum MalformedPartial {
+    #[error("member {author}'s partial decryption does not decode: {source}")]
+    Decode {
+        author: u8,
+        source: protocol::wire::WireError,
+    },
+    #[error("member {author}'s partial decryption names party {party}")]
+    OtherParty { author: u8, party: u8 },
+    #[error("a partial decryption does not fit the request: {0}")]
+    Fit(#[from] protocol::he::HeError),
+}

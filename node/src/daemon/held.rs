@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use protocol::audit::entry::Digest;
 use protocol::he::Ciphertext;
+use protocol::round::message::{CHUNK_BYTES, ChunkHasher};
 use protocol::round::{TermStream, WholeStream};
 use protocol::wire::{BoundCiphertext, DecodeLimits};
 
@@ -131,18 +132,100 @@ pub fn load(
 /// fetch it back), or the encryption of its stepped model under a server optimizer (the next
 /// round's base).
 pub fn keep_only(dir: &Path, digest: &Digest, bytes: &[u8]) -> std::io::Result<()> {
+    clear_but_in_progress(dir)?;
+    let temporary = dir.join(format!(".held-{}.part", std::process::id()));
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, path(dir, digest))
+}
+
+/// A ciphertext's encoding kept in a file, with what an upload offers of it: an upload reads
+/// its chunks from the file instead of holding 23 bytes per value in memory.
+#[derive(Debug)]
+pub struct KeptEncoding {
+    pub path: PathBuf,
+    pub digest: Digest,
+    pub length: u64,
+    pub chunks: Vec<Digest>,
+}
+
+/// Chunk `index` of the `length`-byte encoding kept at `path`.
+pub fn read_chunk(path: &Path, length: u64, index: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let start = (index * CHUNK_BYTES) as u64;
+    let end = (start + CHUNK_BYTES as u64).min(length);
+    let mut chunk = vec![0u8; end.saturating_sub(start) as usize];
+    std::fs::File::open(path)?.read_exact_at(&mut chunk, start)?;
+    Ok(chunk)
+}
+
+/// Encodes `ciphertext` into `dir`, where it is then the only file, hashing it whole and in
+/// upload chunks on the way: one pass, and the encoding never whole in memory. On a write
+/// error the ciphertext comes back, so that the caller can still upload it from memory.
+pub fn keep_encoding(dir: &Path, ciphertext: Ciphertext) -> Result<KeptEncoding, KeepFailed> {
+    let temporary = dir.join(format!(".held-{}.part", std::process::id()));
+    let file = clear_but_in_progress(dir).and_then(|()| std::fs::File::create(&temporary));
+    let mut out = match file {
+        Ok(file) => BufWriter::with_capacity(1 << 20, file),
+        Err(error) => {
+            return Err(KeepFailed {
+                error,
+                ciphertext: BoundCiphertext::new(ciphertext),
+            });
+        }
+    };
+    let mut chunks = ChunkHasher::default();
+    let mut length = 0u64;
+    let mut failure = None;
+    let bound = BoundCiphertext::streamed(ciphertext, |piece| {
+        chunks.update(piece);
+        length += piece.len() as u64;
+        if failure.is_none()
+            && let Err(e) = out.write_all(piece)
+        {
+            failure = Some(e);
+        }
+    });
+    let digest = bound.digest().0;
+    let kept = match failure.or_else(|| out.flush().err()) {
+        Some(error) => Err(error),
+        None => {
+            drop(out);
+            std::fs::rename(&temporary, path(dir, &digest))
+        }
+    };
+    if let Err(error) = kept {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(KeepFailed {
+            error,
+            ciphertext: bound,
+        });
+    }
+    Ok(KeptEncoding {
+        path: path(dir, &digest),
+        digest,
+        length,
+        chunks: chunks.finish(),
+    })
+}
+
+/// A ciphertext that could not be kept on disk, and why.
+#[derive(Debug)]
+pub struct KeepFailed {
+    pub error: std::io::Error,
+    pub ciphertext: BoundCiphertext,
+}
+
+/// Removes every file of `dir` but those in progress (their names start with a dot).
+fn clear_but_in_progress(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     if let Ok(files) = std::fs::read_dir(dir) {
-        // Another worker's file in progress (its name starts with a dot) stays.
         for file in files.flatten() {
             if !file.file_name().to_string_lossy().starts_with('.') {
                 let _ = std::fs::remove_file(file.path());
             }
         }
     }
-    let temporary = dir.join(format!(".held-{}.part", std::process::id()));
-    std::fs::write(&temporary, bytes)?;
-    std::fs::rename(&temporary, path(dir, digest))
+    Ok(())
 }
 
 /// What adding a kept file as a term did.
@@ -314,6 +397,49 @@ mod tests {
             Kept::Damaged
         ));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "dropped");
+    }
+
+    #[test]
+    fn an_encoding_kept_in_a_file_is_uploaded_from_it_chunk_by_chunk_as_if_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let contributed = dir.path().join("contributed");
+        // 60 bins: 11 MB of encoding, three upload chunks, the last one partly filled.
+        let values = protocol::he::POLYNOMIAL_SIZE * 60;
+        let mut ciphertext = Ciphertext::zero(values, 40);
+        let bytes = {
+            let mut bytes = protocol::wire::encode_ciphertext(&ciphertext);
+            let header = protocol::wire::ciphertext_header_len();
+            for (i, byte) in bytes[header..].iter_mut().enumerate() {
+                *byte = (i % 241) as u8;
+            }
+            ciphertext =
+                protocol::wire::decode_ciphertext(&bytes, DecodeLimits::default()).unwrap();
+            protocol::wire::encode_ciphertext(&ciphertext)
+        };
+        assert!(bytes.len() > 2 * CHUNK_BYTES, "{}", bytes.len());
+        let earlier = contributed.join("earlier");
+        std::fs::create_dir_all(&contributed).unwrap();
+        std::fs::write(&earlier, b"last round's").unwrap();
+        let kept = keep_encoding(&contributed, ciphertext).unwrap();
+        assert_eq!(kept.digest, protocol::wire::encoded_digest(&bytes).0);
+        assert_eq!(kept.length, bytes.len() as u64);
+        assert_eq!(kept.chunks, protocol::round::message::chunk_digests(&bytes));
+        let read: Vec<u8> = (0..kept.chunks.len())
+            .flat_map(|i| read_chunk(&kept.path, kept.length, i).unwrap())
+            .collect();
+        assert_eq!(read, bytes);
+        assert!(!earlier.exists(), "the only file kept");
+        assert_eq!(std::fs::read_dir(&contributed).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_encoding_that_cannot_be_kept_gives_the_ciphertext_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocked = dir.path().join("contributed");
+        std::fs::write(&blocked, b"").unwrap();
+        let ciphertext = Ciphertext::zero(3, 40);
+        let failed = keep_encoding(&blocked, ciphertext.clone()).unwrap_err();
+        assert_eq!(failed.ciphertext, BoundCiphertext::new(ciphertext));
     }
 
     #[test]

@@ -101,10 +101,11 @@ pub(super) async fn log_step(
     let leaf = upload(
         ctx,
         &entry,
-        stepped.base,
-        bytes,
+        &Payload::Bytes {
+            bytes: bytes.into(),
+            digest: stepped.base,
+        },
         &format!("the server step of request {request}"),
-        None,
         |_| {},
     )
     .await?;

@@ -272,52 +272,108 @@ impl Combination {
     /// was) one bound to another ciphertext or quorum, from outside the quorum, a second from
     /// the same member, or of another length.
     pub fn subtract(&mut self, partial: &PartialDecryption) -> Result<(), HeError> {
-        let refused = |reason: String| HeError::Partial {
-            party: partial.party,
-            reason,
+        let expected = Expected {
+            ciphertext: self.target.digest,
+            values: self.target.bodies.len() as u64,
+            quorum: &self.quorum,
         };
-        let digest = self.target.digest;
-        if partial.ciphertext != digest {
-            return Err(refused(format!(
-                "it decrypts ciphertext {}, not {digest}",
-                partial.ciphertext
-            )));
-        }
-        if partial.quorum != self.quorum.members() {
-            return Err(refused(format!(
-                "it was made for quorum {:?}, not {:?}",
-                partial.quorum,
-                self.quorum.members()
-            )));
-        }
-        if !self.quorum.contains(partial.party) || self.seen & (1 << partial.party) != 0 {
-            return Err(refused(
-                "the party is outside the quorum or sent twice".into(),
-            ));
-        }
-        if partial.values.len() != self.target.bodies.len() {
-            return Err(refused(format!(
-                "it has {} values, the ciphertext {}",
-                partial.values.len(),
-                self.target.bodies.len()
-            )));
-        }
-        self.seen |= 1 << partial.party;
+        self.seen |= expected.admit(
+            self.seen,
+            partial.party,
+            &partial.quorum,
+            partial.ciphertext,
+            partial.values.len() as u64,
+        )?;
         subtract_share(&mut self.target.bodies, &partial.values);
         Ok(())
     }
 
     /// The decoded messages, once every quorum member's partial was subtracted.
     pub fn finish(self) -> Result<Vec<i64>, HeError> {
-        if self.seen.count_ones() as usize != self.quorum.members().len() {
-            return Err(HeError::Mismatch(format!(
-                "{} of {} quorum members' partial decryptions are present",
-                self.seen.count_ones(),
-                self.quorum.members().len()
-            )));
-        }
+        complete(&self.quorum, self.seen)?;
         Ok(decode_phases(self.target.bodies, self.target.delta_bits))
     }
+}
+
+/// Whether partials with these headers (party, quorum, ciphertext, value count) would all be
+/// subtracted from a combination of `ciphertext` (of `values` values) for `quorum`, and
+/// complete it: the checks `Combination::subtract` makes, without the values. A member checks
+/// what it received this way before it commits a recomputation or its target to combining.
+pub fn check_partials<'a>(
+    ciphertext: CiphertextDigest,
+    values: u64,
+    quorum: &Quorum,
+    headers: impl IntoIterator<Item = (u8, &'a [u8], CiphertextDigest, u64)>,
+) -> Result<(), HeError> {
+    let expected = Expected {
+        ciphertext,
+        values,
+        quorum,
+    };
+    let mut seen = 0;
+    for (party, members, digest, count) in headers {
+        seen |= expected.admit(seen, party, members, digest, count)?;
+    }
+    complete(quorum, seen)
+}
+
+/// What a combination takes partials for.
+struct Expected<'a> {
+    ciphertext: CiphertextDigest,
+    values: u64,
+    quorum: &'a Quorum,
+}
+
+impl Expected<'_> {
+    /// The checks a partial passes before it touches the sum, given the parties already
+    /// subtracted (`seen`): bound to this ciphertext and quorum, from a member of it not seen
+    /// before, of this length. Its party's bit.
+    fn admit(
+        &self,
+        seen: u16,
+        party: u8,
+        quorum: &[u8],
+        ciphertext: CiphertextDigest,
+        values: u64,
+    ) -> Result<u16, HeError> {
+        let refused = |reason: String| HeError::Partial { party, reason };
+        if ciphertext != self.ciphertext {
+            return Err(refused(format!(
+                "it decrypts ciphertext {ciphertext}, not {}",
+                self.ciphertext
+            )));
+        }
+        if quorum != self.quorum.members() {
+            return Err(refused(format!(
+                "it was made for quorum {quorum:?}, not {:?}",
+                self.quorum.members()
+            )));
+        }
+        if !self.quorum.contains(party) || seen & (1 << party) != 0 {
+            return Err(refused(
+                "the party is outside the quorum or sent twice".into(),
+            ));
+        }
+        if values != self.values {
+            return Err(refused(format!(
+                "it has {values} values, the ciphertext {}",
+                self.values
+            )));
+        }
+        Ok(1 << party)
+    }
+}
+
+/// Every quorum member's partial is in.
+fn complete(quorum: &Quorum, seen: u16) -> Result<(), HeError> {
+    if seen.count_ones() as usize != quorum.members().len() {
+        return Err(HeError::Mismatch(format!(
+            "{} of {} quorum members' partial decryptions are present",
+            seen.count_ones(),
+            quorum.members().len()
+        )));
+    }
+    Ok(())
 }
 
 /// Combines the partial decryptions of the whole quorum and decodes the messages.

@@ -32,7 +32,9 @@ pub use budget::{
 };
 pub use ciphertext::{Ciphertext, MAX_VALUES};
 pub use codec::FixedPointCodec;
-pub use decrypt::{CiphertextDigest, Combination, CombineTarget, PartialDecryption, combine};
+pub use decrypt::{
+    CiphertextDigest, Combination, CombineTarget, PartialDecryption, check_partials, combine,
+};
 pub use keys::{
     Dealing, DealtPiece, EncryptionKey, KeyShare, KeyShareBuilder, LocalKeySet, PublicKey,
     PublicKeyContribution, SecretContribution, SeededDealing, Subshare,

@@ -627,6 +627,40 @@ fn a_combination_fed_one_partial_at_a_time_refuses_a_bad_one_without_touching_th
         assert!(combination.subtract(&partials[index]).is_err());
     }
     assert_eq!(combination.finish().unwrap(), messages);
+    // The same checks on the headers alone, before anything is committed to combining.
+    let headers = |partials: &[PartialDecryption]| -> Vec<(u8, Vec<u8>, CiphertextDigest, u64)> {
+        partials
+            .iter()
+            .map(|p| {
+                (
+                    p.party,
+                    p.quorum.clone(),
+                    p.ciphertext,
+                    p.values.len() as u64,
+                )
+            })
+            .collect()
+    };
+    let check = |headers: &[(u8, Vec<u8>, CiphertextDigest, u64)]| {
+        check_partials(
+            ciphertext.digest(),
+            messages.len() as u64,
+            &quorum,
+            headers
+                .iter()
+                .map(|(p, q, c, n)| (*p, q.as_slice(), *c, *n)),
+        )
+    };
+    let good = headers(&partials);
+    check(&good).unwrap();
+    let mut short = good.clone();
+    short[2].3 -= 1;
+    let err = check(&short).unwrap_err();
+    assert!(matches!(err, HeError::Partial { party: 3, .. }), "{err}");
+    let err = check(&good[..2]).unwrap_err();
+    assert!(err.to_string().contains("2 of 3"), "{err}");
+    let twice = [good[0].clone(), good[0].clone(), good[1].clone()];
+    assert!(check(&twice).is_err());
     assert_eq!(
         combine(&ciphertext, &quorum, &partials, &budget).unwrap(),
         messages

@@ -377,9 +377,40 @@ impl Response {
 
 /// The digests of each [`CHUNK_BYTES`] chunk of `bytes`.
 pub fn chunk_digests(bytes: &[u8]) -> Vec<Digest> {
-    use sha2::{Digest as _, Sha256};
-    bytes
-        .chunks(CHUNK_BYTES)
-        .map(|c| Sha256::digest(c).into())
-        .collect()
+    let mut hasher = ChunkHasher::default();
+    hasher.update(bytes);
+    hasher.finish()
+}
+
+/// [`chunk_digests`] of bytes that arrive in pieces of any size: an upload's chunk list
+/// computed while its encoding is written out, without holding it.
+#[derive(Debug, Default)]
+pub struct ChunkHasher {
+    current: sha2::Sha256,
+    filled: usize,
+    digests: Vec<Digest>,
+}
+
+impl ChunkHasher {
+    pub fn update(&mut self, mut piece: &[u8]) {
+        use sha2::Digest as _;
+        while !piece.is_empty() {
+            let take = (CHUNK_BYTES - self.filled).min(piece.len());
+            self.current.update(&piece[..take]);
+            self.filled += take;
+            piece = &piece[take..];
+            if self.filled == CHUNK_BYTES {
+                self.digests.push(self.current.finalize_reset().into());
+                self.filled = 0;
+            }
+        }
+    }
+
+    pub fn finish(mut self) -> Vec<Digest> {
+        use sha2::Digest as _;
+        if self.filled > 0 {
+            self.digests.push(self.current.finalize().into());
+        }
+        self.digests
+    }
 }

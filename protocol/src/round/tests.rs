@@ -985,3 +985,26 @@ fn plaintext_fedavg_adds_weighted_encoded_updates_and_decodes_at_the_model_scale
             .is_err()
     );
 }
+
+#[test]
+fn chunk_digests_of_bytes_arriving_in_pieces_are_those_of_the_whole() {
+    use sha2::{Digest as _, Sha256};
+    let bytes: Vec<u8> = (0..2 * CHUNK_BYTES + 1000)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    let expected: Vec<Digest> = bytes
+        .chunks(CHUNK_BYTES)
+        .map(|c| Sha256::digest(c).into())
+        .collect();
+    assert_eq!(expected.len(), 3);
+    assert_eq!(chunk_digests(&bytes), expected);
+    // Pieces that straddle the chunk boundaries, and one that ends exactly on one.
+    let mut hasher = ChunkHasher::default();
+    let (first, rest) = bytes.split_at(CHUNK_BYTES);
+    hasher.update(first);
+    for piece in rest.chunks(65_536 + 7) {
+        hasher.update(piece);
+    }
+    assert_eq!(hasher.finish(), expected);
+    assert_eq!(ChunkHasher::default().finish(), Vec::<Digest>::new());
+}

@@ -46,6 +46,9 @@ pub enum IncidentCode {
     /// Another member logged a different server step (model or encrypted base) for the same
     /// request than this member computed.
     OtherStep = 141,
+    /// A quorum member's partial decryption, whose digest it logged, does not decode or is
+    /// not for the request's ciphertext, quorum or length.
+    MalformedPartial = 142,
     /// The coordinator sent a different entry at an index the member already holds.
     ForkedEntry = 200,
     /// A checkpoint's root does not match the entries the member holds.
@@ -60,7 +63,7 @@ pub enum IncidentCode {
 
 impl IncidentCode {
     /// Every code, in numeric order.
-    pub const ALL: [IncidentCode; 31] = [
+    pub const ALL: [IncidentCode; 32] = [
         Self::TooFewContributions,
         Self::DecryptionAbandoned,
         Self::RoundNotClosed,
@@ -87,6 +90,7 @@ impl IncidentCode {
         Self::LifetimeSpent,
         Self::OtherModel,
         Self::OtherStep,
+        Self::MalformedPartial,
         Self::ForkedEntry,
         Self::ForkedCheckpoint,
         Self::RefusedToCosign,
@@ -130,6 +134,9 @@ impl IncidentCode {
             Self::LifetimeSpent => "refused: the key's lifetime reveal budget is spent",
             Self::OtherModel => "another member logged a different model for the request",
             Self::OtherStep => "another member logged a different server step for the request",
+            Self::MalformedPartial => {
+                "a quorum member's logged partial decryption does not fit the request"
+            }
             Self::ForkedEntry => "the coordinator sent a different entry at a known index",
             Self::ForkedCheckpoint => "a checkpoint's root does not match the entries",
             Self::RefusedToCosign => "refused to cosign a checkpoint",
@@ -162,7 +169,7 @@ mod tests {
             numbers,
             [
                 1, 2, 3, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114,
-                115, 116, 117, 118, 119, 130, 140, 141, 200, 201, 202, 203, 204
+                115, 116, 117, 118, 119, 130, 140, 141, 142, 200, 201, 202, 203, 204
             ]
         );
         let mut unique = numbers.clone();
