@@ -204,8 +204,10 @@ struct State {
     member: Member,
     combining: HashMap<u64, Combining>,
     partials: HashMap<(u64, u8), Incoming>,
-    /// What combining needs of the ciphertexts this member released for (their bodies).
+    /// What combining needs of the ciphertexts this member released for or prepared (their
+    /// bodies), and the requests whose ciphertext is being recomputed ahead of combining.
     targets: HashMap<u64, CombineTarget>,
+    preparing: HashSet<u64>,
     /// Requests whose missing partial decryptions this member is asking their authors for.
     chasing: HashSet<u64>,
     /// The coordinator said its run is over after this round: the node leaves once it holds
@@ -438,6 +440,7 @@ pub async fn run(
             combining: HashMap::new(),
             partials: HashMap::new(),
             targets: HashMap::new(),
+            preparing: HashSet::new(),
             chasing: HashSet::new(),
             run_over: None,
             resent: HashMap::new(),

@@ -131,6 +131,53 @@ pub(super) async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), Step
     Ok(())
 }
 
+/// Recomputes the ciphertext of a request whose quorum this member is not in, as soon as the
+/// request is logged: the recomputation then runs while the quorum releases, not after every
+/// partial has arrived, and combining holds the bodies (a third of the ciphertext) while the
+/// partials come in. A request this member cannot combine yet (its base not held) is left to
+/// combining, which judges it again.
+pub(super) async fn prepare(ctx: &Arc<Context>, request: u64) -> Result<(), StepError> {
+    let target = {
+        let mut state = ctx.lock();
+        let verdict = check_combine(
+            &state.entries[..state.acted as usize],
+            &ctx.membership,
+            &ctx.plan,
+            request,
+            state.member.held(),
+        );
+        match verdict {
+            Ok(target) if !state.targets.contains_key(&request) => {
+                if !state.preparing.insert(request) {
+                    return Ok(());
+                }
+                target
+            }
+            _ => return Ok(()),
+        }
+    };
+    let recomputed = recompute(ctx, &target).await;
+    let failed = {
+        let mut state = ctx.lock();
+        state.preparing.remove(&request);
+        match recomputed {
+            Ok(Some(bound)) => {
+                state
+                    .targets
+                    .insert(request, CombineTarget::from_bound(bound));
+                None
+            }
+            // Another ciphertext than the request names: left to combining, which refuses
+            // it and says so.
+            Ok(None) => None,
+            Err(e) => Some(e),
+        }
+    };
+    // Partials that arrived meanwhile were left for this.
+    try_combine(ctx, request);
+    failed.map_or(Ok(()), |e| Err(e.into()))
+}
+
 /// Sends this member's partial decryption for `request` to every other member, chunk by
 /// chunk: only to members, never to the coordinator.
 pub(super) async fn send_partial(ctx: &Arc<Context>, request: u64, partial: Arc<Vec<u8>>) {
@@ -477,10 +524,12 @@ pub(super) fn try_combine(ctx: &Arc<Context>, request: u64) {
         };
         // Nothing to do while it runs, before every release is logged, or once this member
         // holds this round's model (or a later one).
-        if state
-            .combining
-            .get(&request)
-            .is_some_and(|c| c.running || c.malformed)
+        // A recomputation ahead of combining tries again when it is done.
+        if state.preparing.contains(&request)
+            || state
+                .combining
+                .get(&request)
+                .is_some_and(|c| c.running || c.malformed)
             || d.logged_shares.len() < d.quorum.len()
             || state.member.held().round >= d.round
         {

@@ -200,24 +200,50 @@ pub(super) fn carry_out(ctx: &Arc<Context>, action: Action) {
                 }
             });
         }
-        Action::SendPartial { request, share } => match ctx.store.released_partial(request) {
-            Ok(Some(partial)) if Sha256::digest(&partial).as_slice() == share => {
-                let round = ctx.lock().member.decryption(request).map(|d| d.round);
-                if let Some(round) = round {
-                    abort_if(ctx.fault.as_ref(), Step::Send, round);
+        Action::Prepare { request } => {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = prepare(&ctx, request).await {
+                    tracing::warn!(request, error = %e, "not prepared; recomputing when combining");
                 }
-                let partial = Arc::new(partial);
-                ctx.lock()
-                    .partials
-                    .insert((request, ctx.me), Incoming::whole(partial.clone(), share));
-                let ctx = ctx.clone();
-                tokio::spawn(async move { send_partial(&ctx, request, partial).await });
+            });
+        }
+        Action::SendPartial { request, share } => {
+            // The bytes this member kept when it released (the store's copy after a restart),
+            // whichever hashes to the logged share.
+            let held = ctx
+                .lock()
+                .partials
+                .get(&(request, ctx.me))
+                .filter(|own| own.digest == Some(share))
+                .map(|own| own.bytes.clone());
+            let partial = match held {
+                Some(partial) => Some(partial),
+                None => match ctx.store.released_partial(request) {
+                    Ok(Some(partial)) if Sha256::digest(&partial).as_slice() == share => {
+                        let partial = Arc::new(partial);
+                        ctx.lock()
+                            .partials
+                            .insert((request, ctx.me), Incoming::whole(partial.clone(), share));
+                        Some(partial)
+                    }
+                    _ => None,
+                },
+            };
+            let Some(partial) = partial else {
+                tracing::warn!(
+                    request,
+                    "this member's logged release has no stored partial; it cannot be sent"
+                );
+                return;
+            };
+            let round = ctx.lock().member.decryption(request).map(|d| d.round);
+            if let Some(round) = round {
+                abort_if(ctx.fault.as_ref(), Step::Send, round);
             }
-            _ => tracing::warn!(
-                request,
-                "this member's logged release has no stored partial; it cannot be sent"
-            ),
-        },
+            let ctx = ctx.clone();
+            tokio::spawn(async move { send_partial(&ctx, request, partial).await });
+        }
         Action::TryCombine { request } => try_combine(ctx, request),
         Action::Incident {
             code,

@@ -40,6 +40,9 @@ pub enum Action {
     /// Judge the request at leaf `request` under the release policy and, if it passes,
     /// release this member's partial decryption.
     Release { request: u64 },
+    /// A request whose quorum this member is not in: recompute its ciphertext now, while the
+    /// quorum releases, so that combining waits only for the partials.
+    Prepare { request: u64 },
     /// This member's release for `request` is in a cosigned checkpoint: its partial (which
     /// must hash to `share`) may now go to the other members.
     SendPartial { request: u64, share: Digest },
@@ -244,8 +247,12 @@ impl Member {
                         logged_shares: BTreeMap::new(),
                     },
                 );
-                if quorum & (1 << self.me) != 0 && !handled {
-                    actions.push(Action::Release { request: index });
+                if !handled {
+                    actions.push(if quorum & (1 << self.me) != 0 {
+                        Action::Release { request: index }
+                    } else {
+                        Action::Prepare { request: index }
+                    });
                 }
             }
             Body::ShareReleased { request, share, .. } => {
