@@ -205,7 +205,8 @@ struct State {
     combining: HashMap<u64, Combining>,
     partials: HashMap<(u64, u8), Incoming>,
     /// What combining needs of the ciphertexts this member released for or prepared (their
-    /// bodies), and the requests whose ciphertext is being recomputed ahead of combining.
+    /// bodies), by request, and the rounds whose aggregate is being recomputed ahead of
+    /// combining.
     targets: HashMap<u64, CombineTarget>,
     preparing: HashSet<u64>,
     /// Requests whose missing partial decryptions this member is asking their authors for.
@@ -640,7 +641,9 @@ fn leave_if_run_over(ctx: &Context) {
         s.stepping.is_empty()
             && s.run_over.is_some_and(|last| {
                 s.member.held().round >= last
-                    || (s.chasing.is_empty() && s.combining.values().all(|c| !c.running))
+                    || (s.chasing.is_empty()
+                        && s.preparing.is_empty()
+                        && s.combining.values().all(|c| !c.running))
             })
     };
     if leave {

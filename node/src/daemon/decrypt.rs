@@ -134,11 +134,17 @@ pub(super) async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), Step
 /// Recomputes the ciphertext of a request whose quorum this member is not in, as soon as the
 /// request is logged: the recomputation then runs while the quorum releases, not after every
 /// partial has arrived, and combining holds the bodies (a third of the ciphertext) while the
-/// partials come in. A request this member cannot combine yet (its base not held) is left to
-/// combining, which judges it again.
+/// partials come in.
+///
+/// Only a first attempt is prepared, and at most one per round: every first attempt of a round
+/// names the round's aggregate, so a coordinator that logs many requests costs one
+/// recomputation, as before. Retries (re-randomised ciphertexts) and requests this member
+/// cannot combine yet (its base not held, a combination under way or done) are left to
+/// combining, which judges them again.
 pub(super) async fn prepare(ctx: &Arc<Context>, request: u64) -> Result<(), StepError> {
     let target = {
         let mut state = ctx.lock();
+        let state = &mut *state;
         let verdict = check_combine(
             &state.entries[..state.acted as usize],
             &ctx.membership,
@@ -146,22 +152,27 @@ pub(super) async fn prepare(ctx: &Arc<Context>, request: u64) -> Result<(), Step
             request,
             state.member.held(),
         );
-        match verdict {
-            Ok(target) if !state.targets.contains_key(&request) => {
-                if !state.preparing.insert(request) {
-                    return Ok(());
-                }
-                target
-            }
-            _ => return Ok(()),
+        let Ok(target) = verdict else {
+            return Ok(());
+        };
+        let aggregate = target.ciphertext;
+        let combining = state.combining.get(&request).is_some_and(|c| c.running);
+        let prepared = state.targets.values().any(|t| t.digest().0 == aggregate);
+        if target.attempt != 0 || combining || prepared || !state.preparing.insert(target.round) {
+            return Ok(());
         }
+        target
     };
     let recomputed = recompute(ctx, &target).await;
     let failed = {
         let mut state = ctx.lock();
-        state.preparing.remove(&request);
+        state.preparing.remove(&target.round);
+        // Kept only while it can still be combined: not once this member holds the round, nor
+        // while a combination (which recomputes for itself) runs.
+        let wanted = state.member.held().round < target.round
+            && !state.combining.get(&request).is_some_and(|c| c.running);
         match recomputed {
-            Ok(Some(bound)) => {
+            Ok(Some(bound)) if wanted => {
                 state
                     .targets
                     .insert(request, CombineTarget::from_bound(bound));
@@ -169,12 +180,13 @@ pub(super) async fn prepare(ctx: &Arc<Context>, request: u64) -> Result<(), Step
             }
             // Another ciphertext than the request names: left to combining, which refuses
             // it and says so.
-            Ok(None) => None,
+            Ok(_) => None,
             Err(e) => Some(e),
         }
     };
     // Partials that arrived meanwhile were left for this.
     try_combine(ctx, request);
+    leave_if_run_over(ctx);
     failed.map_or(Ok(()), |e| Err(e.into()))
 }
 
@@ -525,7 +537,7 @@ pub(super) fn try_combine(ctx: &Arc<Context>, request: u64) {
         // Nothing to do while it runs, before every release is logged, or once this member
         // holds this round's model (or a later one).
         // A recomputation ahead of combining tries again when it is done.
-        if state.preparing.contains(&request)
+        if state.preparing.contains(&d.round)
             || state
                 .combining
                 .get(&request)
@@ -678,7 +690,17 @@ pub(super) async fn combine(
     }
     // Taken, not copied: the combination subtracts into it. Should combining fail, a later
     // attempt recomputes it.
-    let recomputed = ctx.lock().targets.remove(&request);
+    // Prepared or kept under this request, or prepared under another first attempt of the
+    // round (every first attempt names the round's aggregate).
+    let recomputed = {
+        let mut state = ctx.lock();
+        let kept = state
+            .targets
+            .iter()
+            .find(|(r, t)| **r == request || t.digest().0 == release_target.ciphertext)
+            .map(|(r, _)| *r);
+        kept.and_then(|r| state.targets.remove(&r))
+    };
     let target = match recomputed {
         Some(t) if t.digest().0 == release_target.ciphertext => t,
         _ => match recompute(ctx, &release_target).await? {
@@ -745,7 +767,8 @@ pub(super) async fn combine(
             state.optimizer = optimizer.clone();
         }
         state.rounds_done += 1;
-        state.targets.remove(&request);
+        // Nothing logged before this request can be combined any more.
+        state.targets.retain(|r, _| *r > request);
         state.partials.retain(|(r, _), _| *r != request);
         state.member.combined(&state.entries, held)
     };
