@@ -209,6 +209,8 @@ struct State {
     /// combining.
     targets: HashMap<u64, CombineTarget>,
     preparing: HashSet<u64>,
+    /// Requests whose combining waited for a preparation: tried again when it ends.
+    deferred: HashSet<u64>,
     /// Requests whose missing partial decryptions this member is asking their authors for.
     chasing: HashSet<u64>,
     /// The coordinator said its run is over after this round: the node leaves once it holds
@@ -442,6 +444,7 @@ pub async fn run(
             partials: HashMap::new(),
             targets: HashMap::new(),
             preparing: HashSet::new(),
+            deferred: HashSet::new(),
             chasing: HashSet::new(),
             run_over: None,
             resent: HashMap::new(),

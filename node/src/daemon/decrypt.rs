@@ -184,8 +184,12 @@ pub(super) async fn prepare(ctx: &Arc<Context>, request: u64) -> Result<(), Step
             Err(e) => Some(e),
         }
     };
-    // Partials that arrived meanwhile were left for this.
-    try_combine(ctx, request);
+    // Requests whose partials arrived meanwhile were left for this (another attempt of the
+    // round among them).
+    let deferred: Vec<u64> = ctx.lock().deferred.drain().collect();
+    for waiting in deferred.into_iter().chain([request]) {
+        try_combine(ctx, waiting);
+    }
     leave_if_run_over(ctx);
     failed.map_or(Ok(()), |e| Err(e.into()))
 }
@@ -534,14 +538,17 @@ pub(super) fn try_combine(ctx: &Arc<Context>, request: u64) {
         let Some(d) = state.member.decryption(request) else {
             return;
         };
+        // A recomputation ahead of combining tries again when it is done.
+        if state.preparing.contains(&d.round) {
+            state.deferred.insert(request);
+            return;
+        }
         // Nothing to do while it runs, before every release is logged, or once this member
         // holds this round's model (or a later one).
-        // A recomputation ahead of combining tries again when it is done.
-        if state.preparing.contains(&d.round)
-            || state
-                .combining
-                .get(&request)
-                .is_some_and(|c| c.running || c.malformed)
+        if state
+            .combining
+            .get(&request)
+            .is_some_and(|c| c.running || c.malformed)
             || d.logged_shares.len() < d.quorum.len()
             || state.member.held().round >= d.round
         {
