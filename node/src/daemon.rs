@@ -38,6 +38,7 @@ use crate::source::UpdateSource;
 use crate::state_store::{Recorded, Release, StateStore, StateStoreError};
 use crate::witness_store::{WitnessStore, WitnessStoreError};
 
+mod combine;
 mod contribute;
 mod decrypt;
 mod entries;
@@ -48,6 +49,7 @@ mod log;
 mod report;
 mod step;
 
+use combine::*;
 use contribute::*;
 use decrypt::*;
 use entries::*;
