@@ -120,9 +120,9 @@ impl Payload<'_> {
                 .unwrap_or_default()
                 .to_vec()),
             Payload::File(kept) => {
-                let (path, length) = (kept.path.clone(), kept.length);
+                let (file, length) = (kept.file.clone(), kept.length);
                 let read =
-                    tokio::task::spawn_blocking(move || held::read_chunk(&path, length, index))
+                    tokio::task::spawn_blocking(move || held::read_chunk(&file, length, index))
                         .await?;
                 read.map_err(|source| StepError::Io {
                     path: kept.path.clone(),

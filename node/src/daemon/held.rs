@@ -32,9 +32,7 @@ pub fn keep_if(
     expected: &Digest,
     also: Option<&Digest>,
 ) -> Option<BoundCiphertext> {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let temporary = dir.join(format!(".held-{}-{unique}.part", std::process::id()));
+    let temporary = temporary(dir);
     let file = std::fs::create_dir_all(dir).and_then(|()| std::fs::File::create(&temporary));
     let mut out = match file {
         Ok(file) => BufWriter::with_capacity(1 << 20, file),
@@ -90,6 +88,15 @@ fn unkept(
     (bound.digest().0 == *expected).then_some(bound)
 }
 
+/// A name in `dir` for a file being written, distinct from every other writer's: two
+/// contributions can be kept at once (a restarted coordinator opens a round while an earlier
+/// round's upload is retried), and neither may rename or remove the other's half-written file.
+fn temporary(dir: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!(".held-{}-{unique}.part", std::process::id()))
+}
+
 /// Clears what a process that stopped mid-write left: its temporary files.
 pub fn clear_after_restart(held: &Path) {
     let leftovers = std::fs::read_dir(held)
@@ -133,28 +140,31 @@ pub fn load(
 /// round's base).
 pub fn keep_only(dir: &Path, digest: &Digest, bytes: &[u8]) -> std::io::Result<()> {
     clear_but_in_progress(dir)?;
-    let temporary = dir.join(format!(".held-{}.part", std::process::id()));
+    let temporary = temporary(dir);
     std::fs::write(&temporary, bytes)?;
     std::fs::rename(&temporary, path(dir, digest))
 }
 
 /// A ciphertext's encoding kept in a file, with what an upload offers of it: an upload reads
-/// its chunks from the file instead of holding 23 bytes per value in memory.
+/// its chunks from the file instead of holding 23 bytes per value in memory. It reads them
+/// through `file`, opened when the encoding was kept, so that a later contribution kept in the
+/// same directory (which removes this file's name) cannot cut the upload short.
 #[derive(Debug)]
 pub struct KeptEncoding {
     pub path: PathBuf,
+    pub file: std::sync::Arc<std::fs::File>,
     pub digest: Digest,
     pub length: u64,
     pub chunks: Vec<Digest>,
 }
 
-/// Chunk `index` of the `length`-byte encoding kept at `path`.
-pub fn read_chunk(path: &Path, length: u64, index: usize) -> std::io::Result<Vec<u8>> {
+/// Chunk `index` of the `length`-byte encoding kept in `file`.
+pub fn read_chunk(file: &std::fs::File, length: u64, index: usize) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     let start = (index * CHUNK_BYTES) as u64;
     let end = (start + CHUNK_BYTES as u64).min(length);
     let mut chunk = vec![0u8; end.saturating_sub(start) as usize];
-    std::fs::File::open(path)?.read_exact_at(&mut chunk, start)?;
+    file.read_exact_at(&mut chunk, start)?;
     Ok(chunk)
 }
 
@@ -162,8 +172,15 @@ pub fn read_chunk(path: &Path, length: u64, index: usize) -> std::io::Result<Vec
 /// upload chunks on the way: one pass, and the encoding never whole in memory. On a write
 /// error the ciphertext comes back, so that the caller can still upload it from memory.
 pub fn keep_encoding(dir: &Path, ciphertext: Ciphertext) -> Result<KeptEncoding, KeepFailed> {
-    let temporary = dir.join(format!(".held-{}.part", std::process::id()));
-    let file = clear_but_in_progress(dir).and_then(|()| std::fs::File::create(&temporary));
+    let temporary = temporary(dir);
+    // Opened for reading too: the upload reads its chunks through this handle.
+    let file = clear_but_in_progress(dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&temporary)
+    });
     let mut out = match file {
         Ok(file) => BufWriter::with_capacity(1 << 20, file),
         Err(error) => {
@@ -188,20 +205,27 @@ pub fn keep_encoding(dir: &Path, ciphertext: Ciphertext) -> Result<KeptEncoding,
     let digest = bound.digest().0;
     let kept = match failure.or_else(|| out.flush().err()) {
         Some(error) => Err(error),
-        None => {
-            drop(out);
-            std::fs::rename(&temporary, path(dir, &digest))
+        None => out
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|file| {
+                std::fs::rename(&temporary, path(dir, &digest))?;
+                Ok(file)
+            }),
+    };
+    let file = match kept {
+        Ok(file) => file,
+        Err(error) => {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(KeepFailed {
+                error,
+                ciphertext: bound,
+            });
         }
     };
-    if let Err(error) = kept {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(KeepFailed {
-            error,
-            ciphertext: bound,
-        });
-    }
     Ok(KeptEncoding {
         path: path(dir, &digest),
+        file: std::sync::Arc::new(file),
         digest,
         length,
         chunks: chunks.finish(),
@@ -425,11 +449,51 @@ mod tests {
         assert_eq!(kept.length, bytes.len() as u64);
         assert_eq!(kept.chunks, protocol::round::message::chunk_digests(&bytes));
         let read: Vec<u8> = (0..kept.chunks.len())
-            .flat_map(|i| read_chunk(&kept.path, kept.length, i).unwrap())
+            .flat_map(|i| read_chunk(&kept.file, kept.length, i).unwrap())
             .collect();
         assert_eq!(read, bytes);
         assert!(!earlier.exists(), "the only file kept");
         assert_eq!(std::fs::read_dir(&contributed).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_encoding_kept_while_another_is_still_uploading_leaves_that_upload_whole() {
+        // A restarted coordinator can open a round while the upload of an earlier round's
+        // contribution is retried: two contributions in flight, each keeping its encoding.
+        let dir = tempfile::tempdir().unwrap();
+        let contributed = dir.path().join("contributed");
+        let encodings: Vec<(Ciphertext, Vec<u8>)> = (1..=2u8)
+            .map(|n| {
+                let values = protocol::he::POLYNOMIAL_SIZE * 8;
+                let mut bytes = protocol::wire::encode_ciphertext(&Ciphertext::zero(values, 40));
+                let header = protocol::wire::ciphertext_header_len();
+                for (i, byte) in bytes[header..].iter_mut().enumerate() {
+                    *byte = (i % 239) as u8 ^ n;
+                }
+                let c = protocol::wire::decode_ciphertext(&bytes, DecodeLimits::default());
+                (c.unwrap(), bytes)
+            })
+            .collect();
+        let first = keep_encoding(&contributed, encodings[0].0.clone()).unwrap();
+        let second = keep_encoding(&contributed, encodings[1].0.clone()).unwrap();
+        for (kept, (_, bytes)) in [first, second].iter().zip(&encodings) {
+            let read: Vec<u8> = (0..kept.chunks.len())
+                .flat_map(|i| read_chunk(&kept.file, kept.length, i).unwrap())
+                .collect();
+            assert!(read == *bytes, "an upload reads what was kept");
+        }
+    }
+
+    #[test]
+    fn writers_in_one_directory_never_share_a_temporary_name() {
+        let dir = Path::new("held");
+        let names: std::collections::HashSet<PathBuf> = (0..4).map(|_| temporary(dir)).collect();
+        assert_eq!(names.len(), 4);
+        assert!(
+            names
+                .iter()
+                .all(|n| n.file_name().unwrap().to_string_lossy().starts_with('.'))
+        );
     }
 
     #[test]
