@@ -10,12 +10,16 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::core::{Transport as _, muxing::StreamMuxerBox, upgrade};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, allow_block_list, connection_limits, noise, tcp, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
+
+/// How long a connection may take to be dialled, secured and multiplexed (libp2p's default).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Commands and events queued at most this deep; senders wait when it is full.
 pub const CHANNEL_DEPTH: usize = 64;
@@ -244,29 +248,38 @@ pub fn spawn(
     };
     let protocol = StreamProtocol::new(config.protocol);
     let timeout = config.request_timeout;
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| setup(&e))?
-        .with_behaviour(|_| Behaviour {
-            pending: crate::pending::Behaviour::new(pending),
-            allowed,
-            limits: connection_limits::Behaviour::new(limits),
-            exchange: request_response::Behaviour::with_codec(
-                codec,
-                [(protocol, ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(timeout)
-                    .with_max_concurrent_streams(64),
-            ),
-        })
-        .map_err(|e| setup(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
-        .build();
+    // What libp2p's SwarmBuilder assembles for TCP, Noise and Yamux on tokio, built by hand
+    // (see Cargo.toml for why its tokio feature is off).
+    let transport = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(&keypair).map_err(|e| setup(&e))?)
+        .multiplex(yamux::Config::default())
+        .timeout(CONNECTION_TIMEOUT)
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed();
+    let behaviour = Behaviour {
+        pending: crate::pending::Behaviour::new(pending),
+        allowed,
+        limits: connection_limits::Behaviour::new(limits),
+        exchange: request_response::Behaviour::with_codec(
+            codec,
+            [(protocol, ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(timeout)
+                .with_max_concurrent_streams(64),
+        ),
+    };
+    let executor = |task| {
+        tokio::spawn(task);
+    };
+    let swarm_config = libp2p::swarm::Config::with_executor(executor)
+        .with_idle_connection_timeout(Duration::from_secs(3600));
+    let mut swarm = libp2p::Swarm::new(
+        transport,
+        behaviour,
+        keypair.public().to_peer_id(),
+        swarm_config,
+    );
     swarm
         .listen_on(config.listen.clone())
         .map_err(|e| setup(&format!("cannot listen on {}: {e}", config.listen)))?;
