@@ -86,3 +86,51 @@ fn the_crate_graph_points_one_way() {
     }
     assert!(!depends("quorate-runtime", "quorate-keyceremony"));
 }
+
+/// bincode 1, unmaintained, comes in with tfhe's serialisation (SECURITY.md, "Dependencies").
+/// It is acceptable only while Quorate uses tfhe for its `core_crypto` primitives alone and
+/// decodes every byte another party writes with its own decoders: any other path into tfhe
+/// fails here, so that the acceptance is revisited.
+#[test]
+fn tfhe_is_used_only_through_its_core_crypto_primitives() {
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let mut sources = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).expect("a source directory") {
+            let path = entry.expect("an entry").path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if path.is_dir() && name != "target" && !name.starts_with('.') {
+                todo.push(path);
+            } else if name.ends_with(".rs") {
+                sources.push(path);
+            }
+        }
+    }
+    // Split, so that this file's own text holds neither.
+    let (path_start, allowed) = (concat!("tfhe", "::"), concat!("tfhe", "::core_crypto::"));
+    let mut uses = 0;
+    for path in &sources {
+        let text = std::fs::read_to_string(path).expect("a source file");
+        for (at, _) in text.match_indices(path_start) {
+            // A path into tfhe itself, not the tail of another crate's name.
+            let before = text[..at].chars().next_back();
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue;
+            }
+            uses += 1;
+            assert!(
+                text[at..].starts_with(allowed),
+                "{} uses tfhe outside core_crypto: {}",
+                path.display(),
+                text[at..].lines().next().unwrap_or("")
+            );
+        }
+    }
+    // The walk did happen: the scheme is built on tfhe's primitives.
+    assert!(
+        uses > 0 && sources.len() > 50,
+        "{uses} uses in {} files",
+        sources.len()
+    );
+}

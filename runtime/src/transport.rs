@@ -14,7 +14,7 @@ use libp2p::core::{Transport as _, muxing::StreamMuxerBox, upgrade};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, allow_block_list, connection_limits, noise, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, allow_block_list, connection_limits, noise, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -250,7 +250,7 @@ pub fn spawn(
     let timeout = config.request_timeout;
     // What libp2p's SwarmBuilder assembles for TCP, Noise and Yamux on tokio, built by hand
     // (see Cargo.toml for why its tokio feature is off).
-    let transport = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+    let transport = libp2p_tcp::tokio::Transport::new(libp2p_tcp::Config::default().nodelay(true))
         .upgrade(upgrade::Version::V1Lazy)
         .authenticate(noise::Config::new(&keypair).map_err(|e| setup(&e))?)
         .multiplex(yamux::Config::default())
