@@ -251,9 +251,9 @@ fn a_full_disk_under_a_node_store_stops_the_node_naming_the_file_and_a_restart_r
         "--round-report",
         "member-e/rounds.jsonl",
     ];
-    // member-e's files cannot grow past 150 kB: its store fills up within a few rounds (its
+    // member-e's files cannot grow past 100 kB: its store fills up within a few rounds (its
     // log goes to the test's file, opened before the limit).
-    let mut e = d.spawn_on_a_full_disk(&args, "member-e/log", 150_000);
+    let mut e = d.spawn_on_a_full_disk(&args, "member-e/log", 100_000);
     let status = d.exit_status(&mut e, "member-e", 120);
     assert!(!status.success());
     let log = std::fs::read_to_string(d.dir.join("member-e/log")).unwrap();

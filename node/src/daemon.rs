@@ -137,11 +137,14 @@ struct Incoming {
 }
 
 impl Incoming {
-    fn new(count: u32) -> Self {
+    /// Room for `count` chunks, at most `limit` bytes (the plan's partial size), taken at
+    /// once: grown chunk by chunk, an 80 MB partial would sit in a 128 MiB buffer.
+    fn new(count: u32, limit: usize) -> Self {
+        let capacity = (count as usize).saturating_mul(CHUNK_BYTES).min(limit);
         Self {
             received: 0,
             count,
-            bytes: Arc::default(),
+            bytes: Arc::new(Vec::with_capacity(capacity)),
             hasher: Sha256::new(),
             digest: None,
             last_chunk: std::time::Instant::now(),
@@ -675,7 +678,13 @@ mod tests {
 
     #[test]
     fn a_partial_whose_chunks_keep_arriving_is_not_asked_for_again() {
-        let mut arriving = Incoming::new(3);
+        let mut arriving = Incoming::new(3, 8);
+        // Room for the whole partial from the start, never more than the plan's size.
+        assert_eq!(arriving.bytes.capacity(), 8);
+        assert_eq!(
+            Incoming::new(2, 100 * CHUNK_BYTES).bytes.capacity(),
+            2 * CHUNK_BYTES
+        );
         assert!(!arriving.stalled(Duration::from_secs(60)), "just begun");
         assert!(
             arriving.stalled(Duration::ZERO),

@@ -1,12 +1,19 @@
 //! The node's durable state (redb, see `runtime::store`): its copy of the log (every leaf it
 //! checked), the release ledger (each ciphertext it released a share for, committed with an
-//! fsync before the share leaves), the count of values its key share has revealed, and its
-//! current model.
+//! fsync before the share leaves), the count of values its key share has revealed, and the
+//! record of its current model.
+//!
+//! The model itself (8 bytes per value) is a file beside the store, named by its digest, which
+//! the record holds: redb would give an 80 MB value a 128 MiB page and copy it through its
+//! write path, the largest part of a member's peak memory at 10M values. The file is written
+//! and synced before the record that names it is committed, so a crash leaves the record of
+//! the previous model with its file in place.
 
-use std::path::Path;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
 
 use protocol::audit::entry::Digest;
-use protocol::round::{HeldModel, OptimizerState};
+use protocol::round::{HeldModel, ModelDigest, OptimizerState, model_digest};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -28,10 +35,18 @@ pub enum StateStoreError {
     },
     #[error("node store at {path}: {what} is corrupt")]
     Corrupt { path: String, what: String },
+    #[error("the node's model file {path}: {source}")]
+    ModelFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub struct StateStore {
     path: String,
+    /// Where the model files are (`model/` in the store's directory).
+    models: PathBuf,
     db: redb::Database,
     health: std::sync::Arc<runtime::store::Health>,
 }
@@ -68,6 +83,7 @@ pub enum Recorded {
     AlreadyReleased,
     LifetimeSpent { revealed: u64, limit: u64 },
 }
+/// The model itself, where versions before the model file kept it.
 const MODEL: &str = "model";
 /// The model this node verified itself ([`HeldModel`]): round, base and model digest.
 const HELD: &str = "held";
@@ -88,8 +104,16 @@ impl StateStore {
             tx.open_table(PARTIALS)?;
             Ok(())
         })?;
+        let models = path.join("model");
+        // What a write that stopped half way left (the record names only whole files).
+        for file in std::fs::read_dir(&models).into_iter().flatten().flatten() {
+            if file.file_name().to_string_lossy().starts_with('.') {
+                let _ = std::fs::remove_file(file.path());
+            }
+        }
         Ok(Self {
             path: path.join(runtime::store::FILE).display().to_string(),
+            models,
             db,
             health: Default::default(),
         })
@@ -264,19 +288,15 @@ impl StateStore {
         let table = tx.open_table(META).map_err(|e| self.err(e))?;
         let model = table.get(MODEL).map_err(|e| self.err(e))?;
         let held = table.get(HELD).map_err(|e| self.err(e))?;
-        let (model, held) = match (model, held) {
-            (None, None) => return Ok(None),
-            (Some(model), Some(held)) => (model, held),
-            _ => {
-                return Err(corrupt(
-                    "the model or its verification record (from an older version?)",
-                ));
-            }
+        let Some(held) = held else {
+            return match model {
+                None => Ok(None),
+                Some(_) => Err(corrupt(
+                    "the model's verification record (from an older version?)",
+                )),
+            };
         };
-        let (model, held) = (model.value(), held.value());
-        if model.len() % 8 != 0 {
-            return Err(corrupt("the model"));
-        }
+        let held = held.value();
         if held.len() != 72 {
             return Err(corrupt("the model's verification record"));
         }
@@ -285,13 +305,54 @@ impl StateStore {
             base: held[8..40].try_into().expect("32 bytes"),
             model: held[40..72].try_into().expect("32 bytes"),
         };
-        Ok(Some((
-            model
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-            held,
-        )))
+        // Versions before the model file kept the model in the store.
+        let values = match model {
+            Some(model) => {
+                let model = model.value();
+                if model.len() % 8 != 0 {
+                    return Err(corrupt("the model"));
+                }
+                model
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect()
+            }
+            None => self.read_model_file(&held.model)?,
+        };
+        Ok(Some((values, held)))
+    }
+
+    fn model_path(&self, digest: &ModelDigest) -> PathBuf {
+        self.models.join(hex::encode(digest))
+    }
+
+    /// The model of `digest` from its file, which must hash to it.
+    fn read_model_file(&self, digest: &ModelDigest) -> Result<Vec<i64>, StateStoreError> {
+        let path = self.model_path(digest);
+        let io = |source| StateStoreError::ModelFile {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::File::open(&path).map_err(io)?;
+        let length = file.metadata().map_err(io)?.len();
+        if length % 8 != 0 {
+            return Err(io(std::io::Error::other(
+                "its length is not a whole number of values",
+            )));
+        }
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut values = Vec::with_capacity((length / 8) as usize);
+        let mut value = [0u8; 8];
+        for _ in 0..length / 8 {
+            reader.read_exact(&mut value).map_err(io)?;
+            values.push(i64::from_le_bytes(value));
+        }
+        if model_digest(&values) != *digest {
+            return Err(io(std::io::Error::other(
+                "it is not the model its record names (damaged on disk?)",
+            )));
+        }
+        Ok(values)
     }
 
     /// Keeps a decrypted model with the record of how it was verified and, under a server
@@ -303,20 +364,45 @@ impl StateStore {
         held: &HeldModel,
         optimizer: Option<&OptimizerState>,
     ) -> Result<(), StateStoreError> {
-        let bytes: Vec<u8> = model.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let path = self.model_path(&held.model);
+        let written = std::fs::create_dir_all(&self.models).and_then(|()| {
+            runtime::files::write_atomically_with(&path, 0o600, |out| {
+                model
+                    .iter()
+                    .try_for_each(|v| out.write_all(&v.to_le_bytes()))
+            })
+        });
+        if let Err(source) = written {
+            self.health.fail(format!("{}: {source}", path.display()));
+            return Err(StateStoreError::ModelFile {
+                path: path.display().to_string(),
+                source,
+            });
+        }
         let mut record = held.round.to_le_bytes().to_vec();
         record.extend_from_slice(&held.base);
         record.extend_from_slice(&held.model);
         let optimizer = optimizer.map(OptimizerState::encode);
         self.write(|tx| {
             let mut meta = tx.open_table(META)?;
-            meta.insert(MODEL, bytes.as_slice())?;
+            meta.remove(MODEL)?;
             meta.insert(HELD, record.as_slice())?;
             if let Some(optimizer) = &optimizer {
                 meta.insert(OPTIMIZER, optimizer.as_slice())?;
             }
             Ok(())
-        })
+        })?;
+        // Only now is the previous model's file no longer named by the record.
+        for file in std::fs::read_dir(&self.models)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if file.path() != path {
+                let _ = std::fs::remove_file(file.path());
+            }
+        }
+        Ok(())
     }
 
     /// The server optimizer's state saved with the model, checked against the sizes of the
@@ -352,7 +438,7 @@ mod tests {
         let held = HeldModel {
             round: 1,
             base: [1; 32],
-            model: [2; 32],
+            model: model_digest(&[3, 4]),
         };
         {
             let store = StateStore::open(dir.path()).unwrap();
@@ -373,7 +459,7 @@ mod tests {
         let held = HeldModel {
             round: 3,
             base: [7; 32],
-            model: [8; 32],
+            model: model_digest(&[1, -2, 3]),
         };
         {
             let store = StateStore::open(dir.path()).unwrap();
@@ -446,5 +532,111 @@ mod tests {
         assert_eq!(store.released_partial(41).unwrap(), None);
         store.forget_partials_before(41).unwrap();
         assert_eq!(store.released_partial(40).unwrap(), None);
+    }
+
+    fn held(round: u64, model: &[i64]) -> HeldModel {
+        HeldModel {
+            round,
+            base: [round as u8; 32],
+            model: model_digest(model),
+        }
+    }
+
+    #[test]
+    fn the_model_is_a_file_named_by_its_digest_and_only_the_latest_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let (first, second) = (vec![5, -6, 7], vec![8, 9, -10]);
+        store.save_model(&first, &held(1, &first), None).unwrap();
+        store.save_model(&second, &held(2, &second), None).unwrap();
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("model"))
+            .unwrap()
+            .map(|f| f.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, vec![hex::encode(model_digest(&second))]);
+        drop(store);
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.model().unwrap(),
+            Some((second.clone(), held(2, &second)))
+        );
+    }
+
+    #[test]
+    fn a_crash_between_the_model_file_and_its_record_leaves_the_previous_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = (vec![1i64, 2], vec![3i64, 4]);
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            store.save_model(&first, &held(1, &first), None).unwrap();
+            // The next model's file is written, then the process stops before the record,
+            // with a half-written temporary beside it.
+            let models = dir.path().join("model");
+            let bytes: Vec<u8> = second.iter().flat_map(|v| v.to_le_bytes()).collect();
+            std::fs::write(models.join(hex::encode(model_digest(&second))), bytes).unwrap();
+            std::fs::write(models.join(".half.tmp-7"), b"half").unwrap();
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.model().unwrap(),
+            Some((first.clone(), held(1, &first)))
+        );
+        assert!(!dir.path().join("model/.half.tmp-7").exists());
+        // The next save keeps only its own file.
+        store.save_model(&second, &held(2, &second), None).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("model")).unwrap().count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_model_file_damaged_or_missing_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = vec![11, 12, 13];
+        let path = dir
+            .path()
+            .join("model")
+            .join(hex::encode(model_digest(&model)));
+        let store = StateStore::open(dir.path()).unwrap();
+        store.save_model(&model, &held(4, &model), None).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[3] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let refused = store.model().unwrap_err().to_string();
+        assert!(refused.contains(&path.display().to_string()), "{refused}");
+        assert!(refused.contains("damaged"), "{refused}");
+        std::fs::remove_file(&path).unwrap();
+        let refused = store.model().unwrap_err().to_string();
+        assert!(refused.contains(&path.display().to_string()), "{refused}");
+    }
+
+    #[test]
+    fn a_store_from_before_the_model_file_still_gives_its_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = vec![-1, 2, -3];
+        let held = held(5, &model);
+        let store = StateStore::open(dir.path()).unwrap();
+        // What versions before the model file wrote: the model in the store itself.
+        let bytes: Vec<u8> = model.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut record = held.round.to_le_bytes().to_vec();
+        record.extend_from_slice(&held.base);
+        record.extend_from_slice(&held.model);
+        store
+            .write(|tx| {
+                let mut meta = tx.open_table(META)?;
+                meta.insert(MODEL, bytes.as_slice())?;
+                meta.insert(HELD, record.as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(store.model().unwrap(), Some((model.clone(), held)));
+        // Saving the next model moves it out of the store.
+        let next = vec![4, 5, 6];
+        store
+            .save_model(&next, &tests::held(6, &next), None)
+            .unwrap();
+        let tx = store.read().unwrap();
+        assert!(tx.open_table(META).unwrap().get(MODEL).unwrap().is_none());
     }
 }

@@ -12,6 +12,16 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Writes `bytes` to `path` atomically with the given mode (on Unix).
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write_atomically_with(path, mode, |out| out.write_all(bytes))
+}
+
+/// Writes what `write` produces to `path` atomically with the given mode (on Unix), through a
+/// buffer: large contents need not be whole in memory first.
+pub fn write_atomically_with(
+    path: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -31,8 +41,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result
     #[cfg(not(unix))]
     let _ = mode;
     let result = (|| {
-        let mut file = options.open(&temporary)?;
-        file.write_all(bytes)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, options.open(&temporary)?);
+        write(&mut out)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)?;
         std::fs::File::open(dir)?.sync_all()

@@ -402,7 +402,7 @@ pub(super) fn receive_partial(
         let incoming = state
             .partials
             .entry((request, member))
-            .or_insert_with(|| Incoming::new(count));
+            .or_insert_with(|| Incoming::new(count, limit));
         if incoming.count != count || incoming.received != index {
             // Start over: a sender resends from the first chunk.
             if index != 0 {
@@ -413,7 +413,7 @@ pub(super) fn receive_partial(
                     expected_count: incoming.count,
                 });
             }
-            *incoming = Incoming::new(count);
+            *incoming = Incoming::new(count, limit);
         }
         if incoming.bytes.len() + bytes.len() > limit {
             return Err(StepError::PartialTooLarge { member });
