@@ -137,14 +137,16 @@ struct Incoming {
 }
 
 impl Incoming {
-    /// Room for `count` chunks, at most `limit` bytes (the plan's partial size), taken at
-    /// once: grown chunk by chunk, an 80 MB partial would sit in a 128 MiB buffer.
-    fn new(count: u32, limit: usize) -> Self {
-        let capacity = (count as usize).saturating_mul(CHUNK_BYTES).min(limit);
+    /// Room for `count` chunks, at most `room` bytes (the plan's partial size, or nothing),
+    /// taken at once where the memory is there: grown chunk by chunk, an 80 MB partial would
+    /// sit in a 128 MiB buffer.
+    fn new(count: u32, room: usize) -> Self {
+        let mut bytes = Vec::new();
+        let _ = bytes.try_reserve_exact((count as usize).saturating_mul(CHUNK_BYTES).min(room));
         Self {
             received: 0,
             count,
-            bytes: Arc::new(Vec::with_capacity(capacity)),
+            bytes: Arc::new(bytes),
             hasher: Sha256::new(),
             digest: None,
             last_chunk: std::time::Instant::now(),
@@ -372,7 +374,7 @@ pub async fn run(
         entries.push(entry);
     }
     let (model, held) = store
-        .model()?
+        .model(setup.plan.values.into())?
         .unwrap_or_else(|| (vec![0; setup.plan.values as usize], HeldModel::initial()));
     let initial_state = setup.plan.initial_optimizer_state();
     let optimizer = store
@@ -685,6 +687,8 @@ mod tests {
             Incoming::new(2, 100 * CHUNK_BYTES).bytes.capacity(),
             2 * CHUNK_BYTES
         );
+        // No room ahead for a partial of a request not logged yet.
+        assert_eq!(Incoming::new(2, 0).bytes.capacity(), 0);
         assert!(!arriving.stalled(Duration::from_secs(60)), "just begun");
         assert!(
             arriving.stalled(Duration::ZERO),

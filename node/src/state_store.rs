@@ -47,6 +47,10 @@ pub struct StateStore {
     path: String,
     /// Where the model files are (`model/` in the store's directory).
     models: PathBuf,
+    /// Held while a model is saved: the file, its record and the removal of every other
+    /// model file are one step, or two combinations finishing at once could remove the file
+    /// the other one's record names.
+    saving: std::sync::Mutex<()>,
     db: redb::Database,
     health: std::sync::Arc<runtime::store::Health>,
 }
@@ -104,19 +108,30 @@ impl StateStore {
             tx.open_table(PARTIALS)?;
             Ok(())
         })?;
-        let models = path.join("model");
-        // What a write that stopped half way left (the record names only whole files).
-        for file in std::fs::read_dir(&models).into_iter().flatten().flatten() {
-            if file.file_name().to_string_lossy().starts_with('.') {
+        let store = Self {
+            path: path.join(runtime::store::FILE).display().to_string(),
+            models: path.join("model"),
+            saving: Default::default(),
+            db,
+            health: Default::default(),
+        };
+        // What a crash left: half-written files, and a model whose record was never committed.
+        let held = store.held()?;
+        store.remove_models_but(held.map(|h| store.model_path(&h.model)).as_deref());
+        Ok(store)
+    }
+
+    /// Removes every file in `model/` but `keep`.
+    fn remove_models_but(&self, keep: Option<&Path>) {
+        for file in std::fs::read_dir(&self.models)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if Some(file.path().as_path()) != keep {
                 let _ = std::fs::remove_file(file.path());
             }
         }
-        Ok(Self {
-            path: path.join(runtime::store::FILE).display().to_string(),
-            models,
-            db,
-            health: Default::default(),
-        })
     }
 
     /// Fails once a write to this store failed for want of a working file system.
@@ -277,17 +292,38 @@ impl StateStore {
         Ok(value.map(|v| v.value().to_vec()))
     }
 
-    /// The decrypted model and the record of how this node verified it, or `None` before the
-    /// first decryption.
-    pub fn model(&self) -> Result<Option<(Vec<i64>, HeldModel)>, StateStoreError> {
+    /// The record of how this node verified its model, or `None` before the first decryption.
+    fn held(&self) -> Result<Option<HeldModel>, StateStoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(META).map_err(|e| self.err(e))?;
+        let Some(held) = table.get(HELD).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        let held = held.value();
+        if held.len() != 72 {
+            return Err(StateStoreError::Corrupt {
+                path: self.path.clone(),
+                what: "the model's verification record".into(),
+            });
+        }
+        Ok(Some(HeldModel {
+            round: u64::from_le_bytes(held[..8].try_into().expect("8 bytes")),
+            base: held[8..40].try_into().expect("32 bytes"),
+            model: held[40..72].try_into().expect("32 bytes"),
+        }))
+    }
+
+    /// The decrypted model (of the plan's `values`) and the record of how this node verified
+    /// it, or `None` before the first decryption.
+    pub fn model(&self, values: u64) -> Result<Option<(Vec<i64>, HeldModel)>, StateStoreError> {
         let corrupt = |what: &str| StateStoreError::Corrupt {
             path: self.path.clone(),
             what: what.into(),
         };
+        let held = self.held()?;
         let tx = self.read()?;
         let table = tx.open_table(META).map_err(|e| self.err(e))?;
         let model = table.get(MODEL).map_err(|e| self.err(e))?;
-        let held = table.get(HELD).map_err(|e| self.err(e))?;
         let Some(held) = held else {
             return match model {
                 None => Ok(None),
@@ -295,15 +331,6 @@ impl StateStore {
                     "the model's verification record (from an older version?)",
                 )),
             };
-        };
-        let held = held.value();
-        if held.len() != 72 {
-            return Err(corrupt("the model's verification record"));
-        }
-        let held = HeldModel {
-            round: u64::from_le_bytes(held[..8].try_into().expect("8 bytes")),
-            base: held[8..40].try_into().expect("32 bytes"),
-            model: held[40..72].try_into().expect("32 bytes"),
         };
         // Versions before the model file kept the model in the store.
         let values = match model {
@@ -317,7 +344,7 @@ impl StateStore {
                     .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
                     .collect()
             }
-            None => self.read_model_file(&held.model)?,
+            None => self.read_model_file(&held.model, values)?,
         };
         Ok(Some((values, held)))
     }
@@ -326,8 +353,12 @@ impl StateStore {
         self.models.join(hex::encode(digest))
     }
 
-    /// The model of `digest` from its file, which must hash to it.
-    fn read_model_file(&self, digest: &ModelDigest) -> Result<Vec<i64>, StateStoreError> {
+    /// The model of `digest` from its file, which must hold `values` values and hash to it.
+    fn read_model_file(
+        &self,
+        digest: &ModelDigest,
+        values: u64,
+    ) -> Result<Vec<i64>, StateStoreError> {
         let path = self.model_path(digest);
         let io = |source| StateStoreError::ModelFile {
             path: path.display().to_string(),
@@ -335,10 +366,10 @@ impl StateStore {
         };
         let file = std::fs::File::open(&path).map_err(io)?;
         let length = file.metadata().map_err(io)?.len();
-        if length % 8 != 0 {
-            return Err(io(std::io::Error::other(
-                "its length is not a whole number of values",
-            )));
+        if length != values.saturating_mul(8) {
+            return Err(io(std::io::Error::other(format!(
+                "it is {length} bytes long, not the plan's {values} values of 8 bytes"
+            ))));
         }
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut values = Vec::with_capacity((length / 8) as usize);
@@ -364,8 +395,9 @@ impl StateStore {
         held: &HeldModel,
         optimizer: Option<&OptimizerState>,
     ) -> Result<(), StateStoreError> {
+        let _saving = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         let path = self.model_path(&held.model);
-        let written = std::fs::create_dir_all(&self.models).and_then(|()| {
+        let written = self.create_models_dir().and_then(|()| {
             runtime::files::write_atomically_with(&path, 0o600, |out| {
                 model
                     .iter()
@@ -393,16 +425,19 @@ impl StateStore {
             Ok(())
         })?;
         // Only now is the previous model's file no longer named by the record.
-        for file in std::fs::read_dir(&self.models)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if file.path() != path {
-                let _ = std::fs::remove_file(file.path());
-            }
-        }
+        self.remove_models_but(Some(&path));
         Ok(())
+    }
+
+    /// `model/`, its own entry in the store's directory synced when it is made: the record of
+    /// the first model must not outlive the directory its file is in.
+    fn create_models_dir(&self) -> std::io::Result<()> {
+        if self.models.is_dir() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.models)?;
+        let parent = self.models.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(parent)?.sync_all()
     }
 
     /// The server optimizer's state saved with the model, checked against the sizes of the
@@ -524,7 +559,7 @@ mod tests {
         assert_eq!(store.revealed().unwrap(), 2000);
         assert_eq!(store.released(&[3; 32]).unwrap(), None);
         assert_eq!(store.leaves().unwrap(), vec![vec![1], vec![2]]);
-        assert_eq!(store.model().unwrap(), Some((vec![1, -2, 3], held)));
+        assert_eq!(store.model(3).unwrap(), Some((vec![1, -2, 3], held)));
         assert_eq!(
             store.released_partial(40).unwrap(),
             Some(b"partial".to_vec())
@@ -557,7 +592,7 @@ mod tests {
         drop(store);
         let store = StateStore::open(dir.path()).unwrap();
         assert_eq!(
-            store.model().unwrap(),
+            store.model(3).unwrap(),
             Some((second.clone(), held(2, &second)))
         );
     }
@@ -578,12 +613,40 @@ mod tests {
         }
         let store = StateStore::open(dir.path()).unwrap();
         assert_eq!(
-            store.model().unwrap(),
+            store.model(2).unwrap(),
             Some((first.clone(), held(1, &first)))
         );
-        assert!(!dir.path().join("model/.half.tmp-7").exists());
-        // The next save keeps only its own file.
+        // Opening removed both leftovers: only the file the record names is there.
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("model"))
+            .unwrap()
+            .map(|f| f.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, vec![hex::encode(model_digest(&first))]);
         store.save_model(&second, &held(2, &second), None).unwrap();
+        assert_eq!(
+            store.model(2).unwrap(),
+            Some((second.clone(), held(2, &second)))
+        );
+    }
+
+    #[test]
+    fn models_saved_at_once_leave_the_file_their_last_record_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        // Two combinations finishing together, some of the same model and some not.
+        let models: Vec<Vec<i64>> = (0..8).map(|i| vec![i % 3, 7, -1]).collect();
+        std::thread::scope(|scope| {
+            for (i, model) in models.iter().enumerate() {
+                let store = &store;
+                scope.spawn(move || {
+                    store
+                        .save_model(model, &held(i as u64, model), None)
+                        .unwrap()
+                });
+            }
+        });
+        let (model, held) = store.model(3).unwrap().unwrap();
+        assert_eq!(model_digest(&model), held.model);
         assert_eq!(
             std::fs::read_dir(dir.path().join("model")).unwrap().count(),
             1
@@ -603,11 +666,15 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[3] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        let refused = store.model().unwrap_err().to_string();
+        let refused = store.model(3).unwrap_err().to_string();
         assert!(refused.contains(&path.display().to_string()), "{refused}");
         assert!(refused.contains("damaged"), "{refused}");
+        // A whole file of another plan's size.
+        std::fs::write(&path, [0u8; 32]).unwrap();
+        let refused = store.model(3).unwrap_err().to_string();
+        assert!(refused.contains("not the plan's 3 values"), "{refused}");
         std::fs::remove_file(&path).unwrap();
-        let refused = store.model().unwrap_err().to_string();
+        let refused = store.model(3).unwrap_err().to_string();
         assert!(refused.contains(&path.display().to_string()), "{refused}");
     }
 
@@ -630,7 +697,7 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        assert_eq!(store.model().unwrap(), Some((model.clone(), held)));
+        assert_eq!(store.model(3).unwrap(), Some((model.clone(), held)));
         // Saving the next model moves it out of the store.
         let next = vec![4, 5, 6];
         store

@@ -29,8 +29,12 @@ pub fn write_atomically_with(
     let file_name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other(format!("{} is not a file path", path.display())))?;
+    // Distinct for every writer, threads of one process included: a writer that fails removes
+    // its own temporary, never another's.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let temporary = dir.join(format!(
-        ".{}.tmp-{}",
+        ".{}.tmp-{}-{unique}",
         file_name.to_string_lossy(),
         std::process::id()
     ));

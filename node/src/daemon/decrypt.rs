@@ -384,11 +384,15 @@ pub(super) fn receive_partial(
     }
     let complete = {
         let mut state = ctx.lock();
-        if let Some(d) = state.member.decryption(request)
+        let decryption = state.member.decryption(request);
+        if let Some(d) = decryption
             && !d.quorum.contains(&member)
         {
             return Err(StepError::NotInQuorum { member, request });
         }
+        // Room for a whole partial is taken at once only from a quorum member of a logged
+        // request: anyone else's must first send the bytes it would occupy.
+        let room = if decryption.is_some() { limit } else { 0 };
         // A partial may overtake the checkpoint that logs its request, but not by much.
         if request > state.log.size() + 1024 {
             return Err(StepError::FarAhead { request });
@@ -402,7 +406,7 @@ pub(super) fn receive_partial(
         let incoming = state
             .partials
             .entry((request, member))
-            .or_insert_with(|| Incoming::new(count, limit));
+            .or_insert_with(|| Incoming::new(count, room));
         if incoming.count != count || incoming.received != index {
             // Start over: a sender resends from the first chunk.
             if index != 0 {
@@ -413,7 +417,7 @@ pub(super) fn receive_partial(
                     expected_count: incoming.count,
                 });
             }
-            *incoming = Incoming::new(count, limit);
+            *incoming = Incoming::new(count, room);
         }
         if incoming.bytes.len() + bytes.len() > limit {
             return Err(StepError::PartialTooLarge { member });
