@@ -5,14 +5,18 @@
 //! kind or parameter set, check every declared count against a limit and the exact input length
 //! *before* allocating, and reject trailing bytes, so each object has exactly one encoding.
 
+mod partial;
+pub use partial::{
+    PartialHeader, decode_partial_decryption, decode_partial_header, encode_partial_decryption,
+};
+
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::bytes::{ReadError, Reader};
 use crate::he::{
-    Ciphertext, CiphertextDigest, HeError, KeyShare, MAX_VALUES, POLYNOMIAL_SIZE,
-    PartialDecryption, PublicKey, PublicKeyContribution, QUORATE_RLWE128_V1, Subset, Subshare,
-    ThresholdConfig,
+    Ciphertext, CiphertextDigest, HeError, KeyShare, MAX_VALUES, POLYNOMIAL_SIZE, PublicKey,
+    PublicKeyContribution, QUORATE_RLWE128_V1, Subset, Subshare, ThresholdConfig,
 };
 
 pub const MAGIC: [u8; 4] = *b"QRAT";
@@ -634,100 +638,4 @@ impl CiphertextView<'_> {
             });
         Ok(())
     }
-}
-
-pub fn encode_partial_decryption(partial: &PartialDecryption) -> Vec<u8> {
-    let mut out = header(Kind::PartialDecryption);
-    out.push(partial.party);
-    out.push(partial.quorum.len() as u8);
-    out.extend_from_slice(&partial.quorum);
-    out.extend_from_slice(&partial.ciphertext.0);
-    out.extend_from_slice(&(partial.values.len() as u64).to_le_bytes());
-    out.reserve(partial.values.len() * 8);
-    for value in &partial.values {
-        out.extend_from_slice(&value.to_le_bytes());
-    }
-    out
-}
-
-pub fn decode_partial_decryption(
-    bytes: &[u8],
-    limits: DecodeLimits,
-) -> Result<PartialDecryption, WireError> {
-    let (header, values) = read_partial_header(bytes, limits)?;
-    let values = values
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-        .collect();
-    Ok(PartialDecryption {
-        party: header.party,
-        quorum: header.quorum,
-        ciphertext: header.ciphertext,
-        values,
-    })
-}
-
-/// Everything of a partial decryption but its values, checked against its length: whether the
-/// rest decodes, without decoding it (a member checks every partial this way before it
-/// commits to combining them).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PartialHeader {
-    pub party: u8,
-    pub quorum: Vec<u8>,
-    pub ciphertext: CiphertextDigest,
-    pub value_count: u64,
-}
-
-pub fn decode_partial_header(
-    bytes: &[u8],
-    limits: DecodeLimits,
-) -> Result<PartialHeader, WireError> {
-    read_partial_header(bytes, limits).map(|(header, _)| header)
-}
-
-/// The header and the values' bytes, exactly `value_count * 8` of them.
-fn read_partial_header(
-    bytes: &[u8],
-    limits: DecodeLimits,
-) -> Result<(PartialHeader, &[u8]), WireError> {
-    let mut reader = WireReader::new(bytes);
-    reader.header(Kind::PartialDecryption)?;
-    let party = reader.u8("party")?;
-    let quorum_len = reader.u8("quorum size")?;
-    if quorum_len > crate::he::MAX_PARTIES {
-        return Err(WireError::TooLarge {
-            field: "quorum size",
-            value: u64::from(quorum_len),
-            limit: u64::from(crate::he::MAX_PARTIES),
-        });
-    }
-    let quorum = reader.take("quorum", usize::from(quorum_len))?.to_vec();
-    if quorum.windows(2).any(|w| w[0] >= w[1]) || !quorum.contains(&party) {
-        return Err(WireError::Invalid {
-            field: "quorum",
-            reason: format!("{quorum:?} is not strictly increasing or lacks party {party}"),
-        });
-    }
-    let digest: [u8; 32] = reader
-        .take("ciphertext digest", 32)?
-        .try_into()
-        .expect("32 bytes");
-    let value_count = reader.u64("value count")?;
-    let limit = limits.max_values.min(MAX_VALUES);
-    if value_count > limit {
-        return Err(WireError::TooLarge {
-            field: "value count",
-            value: value_count,
-            limit,
-        });
-    }
-    reader.expect_remaining(value_count * 8)?;
-    let values = reader.take("values", value_count as usize * 8)?;
-    let header = PartialHeader {
-        party,
-        quorum,
-        ciphertext: CiphertextDigest(digest),
-        value_count,
-    };
-    Ok((header, values))
 }
