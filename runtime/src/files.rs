@@ -15,6 +15,15 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result
     write_atomically_with(path, mode, |out| out.write_all(bytes))
 }
 
+/// A name in `dir` for a file being written towards `name`, hidden (it starts with a dot) and
+/// distinct for every writer, threads of one process included: a writer that fails removes its
+/// own temporary, never another's, and two writers never rename each other's half-written file.
+pub fn temporary_in(dir: &Path, name: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!(".{name}.tmp-{}-{unique}", std::process::id()))
+}
+
 /// Writes what `write` produces to `path` atomically with the given mode (on Unix), through a
 /// buffer: large contents need not be whole in memory first.
 pub fn write_atomically_with(
@@ -29,15 +38,7 @@ pub fn write_atomically_with(
     let file_name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other(format!("{} is not a file path", path.display())))?;
-    // Distinct for every writer, threads of one process included: a writer that fails removes
-    // its own temporary, never another's.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let temporary = dir.join(format!(
-        ".{}.tmp-{}-{unique}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
+    let temporary = temporary_in(dir, &file_name.to_string_lossy());
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

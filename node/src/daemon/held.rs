@@ -88,13 +88,10 @@ fn unkept(
     (bound.digest().0 == *expected).then_some(bound)
 }
 
-/// A name in `dir` for a file being written, distinct from every other writer's: two
-/// contributions can be kept at once (a restarted coordinator opens a round while an earlier
-/// round's upload is retried), and neither may rename or remove the other's half-written file.
+/// A name in `dir` for a file being written: two contributions can be kept at once (a
+/// restarted coordinator opens a round while an earlier round's upload is retried).
 fn temporary(dir: &Path) -> PathBuf {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    dir.join(format!(".held-{}-{unique}.part", std::process::id()))
+    runtime::files::temporary_in(dir, "held")
 }
 
 /// Clears what a process that stopped mid-write left: its temporary files.
@@ -103,7 +100,7 @@ pub fn clear_after_restart(held: &Path) {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|f| f.file_name().to_string_lossy().starts_with(".held-"));
+        .filter(|f| f.file_name().to_string_lossy().starts_with('.'));
     for file in leftovers {
         let _ = std::fs::remove_file(file.path());
     }
