@@ -18,6 +18,7 @@
 mod budget;
 mod ciphertext;
 mod codec;
+mod crt;
 mod decrypt;
 mod keys;
 mod ntt;
