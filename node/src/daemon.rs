@@ -24,9 +24,7 @@ use protocol::round::message::{
 };
 use protocol::round::policy::{HeldModel, Refusal, ReleaseTarget, check_combine, check_request};
 use protocol::round::{ModelDigest, RoundPlan, model_digest};
-use protocol::wire::{
-    BoundCiphertext, DecodeLimits, encode_ciphertext, encode_partial_decryption, encoded_digest,
-};
+use protocol::wire::{BoundCiphertext, DecodeLimits, encode_ciphertext, encoded_digest};
 use rand::SeedableRng;
 use runtime::clock::now_ms;
 use runtime::identity::Identity;

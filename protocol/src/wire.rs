@@ -6,6 +6,7 @@
 //! *before* allocating, and reject trailing bytes, so each object has exactly one encoding.
 
 mod partial;
+pub(crate) use partial::encode_partial_header;
 pub use partial::{
     PartialHeader, decode_partial_decryption, decode_partial_header, encode_partial_decryption,
 };

@@ -84,18 +84,14 @@ pub(super) async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), Step
     abort_if(ctx.fault.as_ref(), Step::Release, target.round);
     let quorum = Quorum::new(ctx.share.config(), target.quorum.clone())?;
     let worker = ctx.clone();
-    // Combining later needs only the bodies: the masks go once the partial is made.
+    // Combining later needs only the bodies: the masks go once the partial is made. The
+    // partial is computed straight into the encoding that is kept and sent.
     let (partial, combine_target) = tokio::task::spawn_blocking(move || {
         let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
         worker
             .share
-            .partial_decrypt(&bound, &quorum, &worker.budget, &mut rng)
-            .map(|p| {
-                (
-                    encode_partial_decryption(&p),
-                    CombineTarget::from_bound(bound),
-                )
-            })
+            .partial_decrypt_encoded(&bound, &quorum, &worker.budget, &mut rng)
+            .map(|encoded| (encoded, CombineTarget::from_bound(bound)))
     })
     .await??;
     let share_digest: Digest = Sha256::digest(&partial).into();

@@ -143,7 +143,7 @@ impl NttContext {
             plan.mul_assign_normalize(product, fixed);
             plan.inv(product);
         }
-        self.full_crt.reconstruct(&scratch.0, out);
+        self.full_crt.reconstruct(&mut scratch.0, out);
     }
 }
 

@@ -592,6 +592,56 @@ fn rerandomized_ciphertext_decrypts_to_the_same_values_with_a_new_digest() {
     );
 }
 
+/// A member computes its partial straight into its encoding: the bytes must be those of the
+/// partial computed apart and then encoded, for the same randomness, across several bins and
+/// a last bin that is not full; and the encoding must combine like the values do.
+#[test]
+fn a_partial_computed_into_its_encoding_is_the_encoding_of_the_same_partial() {
+    let config = ThresholdConfig::new(3, 2).unwrap();
+    let keys = test_keys(&config, 70);
+    let key = keys.public_key.prepare();
+    let budget = budget(config, 30, 3, 1);
+    let mut rng = ChaCha20Rng::seed_from_u64(71);
+    let values = random_messages(&mut rng, 2 * POLYNOMIAL_SIZE + 77, budget.max_value());
+    let ciphertext = BoundCiphertext::new(key.encrypt(&values, &budget, &mut rng).unwrap());
+    let quorum = Quorum::new(&config, vec![0, 2]).unwrap();
+    let mut partials = Vec::new();
+    for (member, seed) in [(0usize, 72u64), (2, 73)] {
+        let share = &keys.shares[member];
+        let apart = share
+            .partial_decrypt(
+                &ciphertext,
+                &quorum,
+                &budget,
+                &mut ChaCha20Rng::seed_from_u64(seed),
+            )
+            .unwrap();
+        let encoded = share
+            .partial_decrypt_encoded(
+                &ciphertext,
+                &quorum,
+                &budget,
+                &mut ChaCha20Rng::seed_from_u64(seed),
+            )
+            .unwrap();
+        assert_eq!(encoded, crate::wire::encode_partial_decryption(&apart));
+        partials.push(
+            crate::wire::decode_partial_decryption(&encoded, crate::wire::DecodeLimits::default())
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        combine(&ciphertext, &quorum, &partials, &budget).unwrap(),
+        values
+    );
+    // The same refusals as apart: a member outside the quorum gets none.
+    assert!(
+        keys.shares[1]
+            .partial_decrypt_encoded(&ciphertext, &quorum, &budget, &mut rng)
+            .is_err()
+    );
+}
+
 #[test]
 fn a_combination_fed_one_partial_at_a_time_refuses_a_bad_one_without_touching_the_sum() {
     let config = ThresholdConfig::new(4, 3).unwrap();

@@ -6,16 +6,33 @@ use super::{DecodeLimits, Kind, WireError, WireReader, header};
 use crate::he::{CiphertextDigest, MAX_VALUES, PartialDecryption};
 
 pub fn encode_partial_decryption(partial: &PartialDecryption) -> Vec<u8> {
-    let mut out = header(Kind::PartialDecryption);
-    out.push(partial.party);
-    out.push(partial.quorum.len() as u8);
-    out.extend_from_slice(&partial.quorum);
-    out.extend_from_slice(&partial.ciphertext.0);
-    out.extend_from_slice(&(partial.values.len() as u64).to_le_bytes());
-    out.reserve(partial.values.len() * 8);
+    let mut out = encode_partial_header(
+        partial.party,
+        &partial.quorum,
+        &partial.ciphertext,
+        partial.values.len(),
+    );
     for value in &partial.values {
         out.extend_from_slice(&value.to_le_bytes());
     }
+    out
+}
+
+/// Everything of a partial decryption's encoding before its values, with room reserved for
+/// them (8 bytes each, little-endian): a member's partial is computed straight into it.
+pub(crate) fn encode_partial_header(
+    party: u8,
+    quorum: &[u8],
+    ciphertext: &CiphertextDigest,
+    value_count: usize,
+) -> Vec<u8> {
+    let mut out = header(Kind::PartialDecryption);
+    out.reserve_exact(2 + quorum.len() + 32 + 8 + value_count * 8);
+    out.push(party);
+    out.push(quorum.len() as u8);
+    out.extend_from_slice(quorum);
+    out.extend_from_slice(&ciphertext.0);
+    out.extend_from_slice(&(value_count as u64).to_le_bytes());
     out
 }
 
