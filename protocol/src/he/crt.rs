@@ -1,5 +1,6 @@
-//! The two ends of a partial decryption's product mod 2^128: 128-bit coefficients into
-//! residues modulo tfhe-ntt's ten 30-bit primes, and residues back into coefficients.
+//! The two ends of a partial decryption's product mod 2^128: coefficients (120 bits of them,
+//! see [`super::ntt`]) into residues modulo tfhe-ntt's 30-bit primes, and residues back into
+//! coefficients.
 //!
 //! tfhe-ntt goes back one coefficient at a time through Garner's mixed-radix digits (45
 //! modular multiplications for ten primes, in 64- and 128-bit arithmetic the compiler cannot
@@ -7,8 +8,9 @@
 //! residues a fifth. Here the reductions and the modular multiplications are products of two
 //! 32-bit numbers on blocks of coefficients, which the compiler vectorises (AVX2 or AVX-512,
 //! chosen at run time by `pulp`; plain code elsewhere, with the same result), and the way back
-//! takes ten modular multiplications instead of 45 (see [`Crt`]). The results equal tfhe-ntt's,
-//! which the tests check.
+//! takes one modular multiplication per prime (see [`Crt`]). The results equal tfhe-ntt's for
+//! ten primes, and exact sums of products for the nine partial decryption uses, which the
+//! tests check.
 //!
 //! For the five primes of encryption's binary products tfhe-ntt's own way back, which pairs
 //! the primes into 60-bit moduli, measured faster, so it is kept there.
@@ -172,9 +174,15 @@ impl<const K: usize> Crt<K> {
         self.primes.map(|p| p.value)
     }
 
-    /// residues[i][k] = coefficients[k] mod p_i.
-    pub(crate) fn residues(&self, coefficients: &[u128], residues: &mut [Vec<u32>; K]) {
-        pulp::Arch::new().dispatch(Residues {
+    /// residues[i][k] = (coefficients[k] mod 2^BITS) mod p_i, for BITS = 120 or 128: a mask
+    /// times a key share needs only 120 bits of the share (see [`super::ntt`]).
+    pub(crate) fn residues<const BITS: u32>(
+        &self,
+        coefficients: &[u128],
+        residues: &mut [Vec<u32>; K],
+    ) {
+        const { assert!(BITS == 120 || BITS == 128) };
+        pulp::Arch::new().dispatch(Residues::<K, BITS> {
             crt: self,
             coefficients,
             residues,
@@ -194,14 +202,18 @@ impl<const K: usize> Crt<K> {
     }
 
     #[inline(always)]
-    fn residues_of(&self, coefficients: &[u128], residues: &mut [Vec<u32>; K]) {
+    fn residues_of<const BITS: u32>(&self, coefficients: &[u128], residues: &mut [Vec<u32>; K]) {
+        let top_limb = LOW_32 >> (128 - BITS);
         for (i, out) in residues.iter_mut().enumerate() {
             let prime = &self.primes[i];
             let [w1, w2, w3] = self.limb_weights[i];
             for (out, &value) in out.iter_mut().zip(coefficients) {
                 let limb = |index: u32| (value >> (32 * index)) as u64 & LOW_32;
                 // Each weighted limb is below 2^62, so the sum stays below 2^64.
-                let sum = limb(0) + mul32(limb(1), w1) + mul32(limb(2), w2) + mul32(limb(3), w3);
+                let sum = limb(0)
+                    + mul32(limb(1), w1)
+                    + mul32(limb(2), w2)
+                    + mul32(limb(3) & top_limb, w3);
                 *out = prime.reduce(sum);
             }
         }
@@ -247,18 +259,19 @@ impl<const K: usize> Crt<K> {
 /// The conversions as `pulp` operations, so that they are compiled once per instruction set
 /// and the best one the CPU has is chosen at run time (a closure would be called through a
 /// shim that is not inlined, and so not vectorised).
-struct Residues<'a, const K: usize> {
+struct Residues<'a, const K: usize, const BITS: u32> {
     crt: &'a Crt<K>,
     coefficients: &'a [u128],
     residues: &'a mut [Vec<u32>; K],
 }
 
-impl<const K: usize> pulp::WithSimd for Residues<'_, K> {
+impl<const K: usize, const BITS: u32> pulp::WithSimd for Residues<'_, K, BITS> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        self.crt.residues_of(self.coefficients, self.residues);
+        self.crt
+            .residues_of::<BITS>(self.coefficients, self.residues);
     }
 }
 
@@ -326,14 +339,21 @@ mod tests {
             3,
         ]);
         let mut residues: [Vec<u32>; 10] = std::array::from_fn(|_| vec![0; N]);
-        crt.residues(&values, &mut residues);
-        for (residues, p) in residues.iter().zip(crt.primes()) {
-            for (&residue, &value) in residues.iter().zip(&values) {
-                assert_eq!(
-                    u128::from(residue),
-                    value % u128::from(p),
-                    "{value} mod {p}"
-                );
+        for bits in [128, 120] {
+            if bits == 128 {
+                crt.residues::<128>(&values, &mut residues);
+            } else {
+                crt.residues::<120>(&values, &mut residues);
+            }
+            for (residues, p) in residues.iter().zip(crt.primes()) {
+                for (&residue, &value) in residues.iter().zip(&values) {
+                    let kept = value & (u128::MAX >> (128 - bits));
+                    assert_eq!(
+                        u128::from(residue),
+                        kept % u128::from(p),
+                        "{value} mod 2^{bits} mod {p}"
+                    );
+                }
             }
         }
         for prime in &crt.primes {
@@ -378,5 +398,45 @@ mod tests {
             plan.inv(&mut theirs, p0, p1, p2, p3, p4, p5, p6, p7, p8, p9);
             assert_eq!(ours, theirs);
         }
+    }
+
+    /// Nine primes, as partial decryption uses: sums of up to N signed products of a 128-bit
+    /// and a 120-bit number (the size of a product's coefficients there, up to 2^261) come back
+    /// exactly mod 2^128, whatever their sign.
+    #[test]
+    fn nine_primes_reconstruct_sums_of_products_of_128_and_120_bit_numbers_exactly() {
+        let primes: [u32; 9] = std::array::from_fn(|i| full_primes()[i]);
+        let crt = Crt::new(primes);
+        let mut rng = ChaCha20Rng::seed_from_u64(14);
+        let top = (1u128 << 120) - 1;
+        let mut expected = vec![0u128; 64];
+        let mut residues: [Vec<u32>; 9] = std::array::from_fn(|_| vec![0; 64]);
+        for (k, expected) in expected.iter_mut().enumerate() {
+            // Every term at its largest, of one sign, for the first two; random after.
+            let terms = if k < 2 { N } else { rng.gen_range(1..=N) };
+            for _ in 0..terms {
+                let (a, b) = if k < 2 {
+                    (u128::MAX, top)
+                } else {
+                    (rng.r#gen::<u128>(), rng.r#gen::<u128>() & top)
+                };
+                let negative = if k < 2 { k == 1 } else { rng.r#gen::<bool>() };
+                let product = a.wrapping_mul(b);
+                *expected = if negative {
+                    expected.wrapping_sub(product)
+                } else {
+                    expected.wrapping_add(product)
+                };
+                for (residues, &p) in residues.iter_mut().zip(&primes) {
+                    let p = u128::from(p);
+                    let term = (a % p) * (b % p) % p;
+                    let term = if negative { (p - term) % p } else { term };
+                    residues[k] = ((u128::from(residues[k]) + term) % p) as u32;
+                }
+            }
+        }
+        let mut ours = vec![0u128; 64];
+        crt.reconstruct(&mut residues, &mut ours);
+        assert_eq!(ours, expected);
     }
 }

@@ -8,7 +8,7 @@ use zeroize::Zeroize;
 
 use super::ciphertext::{Ciphertext, round_body};
 use super::keys::KeyShare;
-use super::ntt::{FullForm, NttContext};
+use super::ntt::{FullForm, MASK_LOW_BITS, NttContext};
 use super::sampling::add_smudging;
 use super::{Budget, HeError, POLYNOMIAL_SIZE, Quorum, Subset};
 use crate::wire::BoundCiphertext;
@@ -177,6 +177,15 @@ impl KeyShare {
                 self.party
             )));
         }
+        // The product skips a mask's low bits, which every ciphertext has at zero: one that
+        // does not is refused, never decrypted wrong.
+        let low = (1u128 << MASK_LOW_BITS) - 1;
+        if ciphertext.masks.iter().fold(0, |any, mask| any | mask) & low != 0 {
+            let index = ciphertext.masks.iter().position(|mask| mask & low != 0);
+            return Err(HeError::MaskLowBits {
+                index: index.expect("some mask has low bits set"),
+            });
+        }
         let context = NttContext::get();
         // F_j = sum of the assigned pieces; <mask_k, F_j> = (A * rev(F_j))[N-1-k].
         let mut reversed_sum = vec![0u128; POLYNOMIAL_SIZE];
@@ -204,7 +213,7 @@ impl KeyShare {
             .for_each_init(
                 || PartialScratch::new(context),
                 |scratch, ((out, mask), seed)| {
-                    context.full_product(mask, &key_form, &mut scratch.form, &mut scratch.product);
+                    context.mask_product(mask, &key_form, &mut scratch.form, &mut scratch.product);
                     let len = out.len();
                     for (k, value) in scratch.values[..len].iter_mut().enumerate() {
                         *value = scratch.product[POLYNOMIAL_SIZE - 1 - k];

@@ -61,4 +61,9 @@ pub enum HeError {
     NonFinite { index: usize },
     #[error("partial decryption from party {party} rejected: {reason}")]
     Partial { party: u8, reason: String },
+    #[error(
+        "mask coefficient {index} has low bits set: no ciphertext of this scheme has them, and \
+         partial decryption would ignore them"
+    )]
+    MaskLowBits { index: usize },
 }

@@ -4,24 +4,30 @@
 //! - encryption multiplies the public key by a *binary* polynomial: the exact integer result is
 //!   below N * 2^128, so five 30-bit primes suffice (`native_binary128`), and the key's
 //!   transforms are computed once per key;
-//! - partial decryption multiplies a uniform mask by a uniform key share: ten primes, with the
-//!   share transformed once per request; tfhe-ntt does the transforms, and going into residues
-//!   and back is [`super::crt`]'s, vectorised.
+//! - partial decryption multiplies a ciphertext's mask by a uniform key share. Every mask is a
+//!   multiple of 2^8 (its low bits are dropped before it is sent), so the product mod 2^128
+//!   depends only on the share mod 2^120: with the share taken so, the exact product lies
+//!   within N * 2^248 of zero, which nine 30-bit primes cover (ten for two 128-bit operands).
+//!   The share is transformed once per request; tfhe-ntt does the transforms, and going into
+//!   residues and back is [`super::crt`]'s, vectorised.
 
 use std::sync::OnceLock;
 use tfhe_ntt::{native_binary128, native128, prime32};
 
-use super::POLYNOMIAL_SIZE;
 use super::crt::Crt;
+use super::{POLYNOMIAL_SIZE, QUORATE_RLWE128_V1};
+
+/// Low bits every ciphertext mask has at zero.
+pub(crate) const MASK_LOW_BITS: u32 = QUORATE_RLWE128_V1.mask_dropped_bits;
 
 const BINARY_PRIMES: usize = 5;
-const FULL_PRIMES: usize = 10;
+const FULL_PRIMES: usize = 9;
 
 /// The transform of one polynomial under the five primes of the binary path.
 #[derive(Clone)]
 pub(crate) struct BinaryForm([Vec<u32>; BINARY_PRIMES]);
 
-/// The transform of one polynomial under the ten primes of the full path.
+/// The transform of one polynomial under the nine primes of the full path.
 #[derive(Clone)]
 pub(crate) struct FullForm([Vec<u32>; FULL_PRIMES]);
 
@@ -120,34 +126,40 @@ impl NttContext {
         FullForm(std::array::from_fn(|_| vec![0u32; POLYNOMIAL_SIZE]))
     }
 
-    /// The transform of an arbitrary polynomial under the ten primes.
+    /// The transform of an arbitrary polynomial, mod 2^120, under the nine primes: the fixed
+    /// operand of [`Self::mask_product`].
     pub(crate) fn full_form(&self, poly: &[u128], out: &mut FullForm) {
-        self.full_crt.residues(poly, &mut out.0);
-        for (plan, residues) in full_plans(&self.full).iter().zip(&mut out.0) {
-            plan.fwd(residues);
-        }
+        self.transform::<120>(poly, out);
     }
 
-    /// out = poly * fixed mod (X^N + 1, 2^128) for arbitrary polynomials: the exact product
-    /// lies within N * 2^256 of zero, which ten 30-bit primes cover.
-    pub(crate) fn full_product(
+    /// out = mask * fixed mod (X^N + 1, 2^128), for a mask whose every coefficient is a
+    /// multiple of 2^8 (the caller checks; the low bits would be ignored).
+    pub(crate) fn mask_product(
         &self,
-        poly: &[u128],
+        mask: &[u128],
         fixed: &FullForm,
         scratch: &mut FullForm,
         out: &mut [u128],
     ) {
         let plans = full_plans(&self.full);
-        self.full_form(poly, scratch);
+        self.transform::<128>(mask, scratch);
         for ((plan, product), fixed) in plans.iter().zip(&mut scratch.0).zip(&fixed.0) {
             plan.mul_assign_normalize(product, fixed);
             plan.inv(product);
         }
+        // mask * (share mod 2^120) differs from mask * share by a multiple of 2^8 * 2^120.
         self.full_crt.reconstruct(&mut scratch.0, out);
+    }
+
+    fn transform<const BITS: u32>(&self, poly: &[u128], out: &mut FullForm) {
+        self.full_crt.residues::<BITS>(poly, &mut out.0);
+        for (plan, residues) in full_plans(&self.full).iter().zip(&mut out.0) {
+            plan.fwd(residues);
+        }
     }
 }
 
-/// The ten prime plans of the full path. The first five use the same primes, in the same
+/// The nine prime plans of the full path. The first five use the same primes, in the same
 /// order, as the binary path (both take tfhe-ntt's 30-bit prime list from its start), which is
 /// what lets the binary path borrow them for pointwise products.
 fn full_plans(full: &native128::Plan32) -> [&prime32::Plan; FULL_PRIMES] {
@@ -161,7 +173,6 @@ fn full_plans(full: &native128::Plan32) -> [&prime32::Plan; FULL_PRIMES] {
         full.ntt_6(),
         full.ntt_7(),
         full.ntt_8(),
-        full.ntt_9(),
     ]
 }
 
@@ -210,34 +221,46 @@ mod tests {
         context.binary_product(&context.binary_form(&a), &bits_form, &mut scratch, &mut out);
         assert_eq!(out, schoolbook_product(&a, &reversed));
 
+        // A mask's low bits are zero; the key share is arbitrary.
+        let mask: Vec<u128> = a
+            .iter()
+            .map(|v| v >> MASK_LOW_BITS << MASK_LOW_BITS)
+            .collect();
         let mut b_form = context.new_full_form();
         context.full_form(&b, &mut b_form);
         let mut full_scratch = context.new_full_form();
-        context.full_product(&a, &b_form, &mut full_scratch, &mut out);
-        assert_eq!(out, schoolbook_product(&a, &b));
+        context.mask_product(&mask, &b_form, &mut full_scratch, &mut out);
+        assert_eq!(out, schoolbook_product(&mask, &b));
     }
 
-    /// The largest exact products the ring can produce, of either sign, come back exactly:
-    /// all-maximal polynomials (every term of the negacyclic sum has the same magnitude) and
-    /// ones alternating between the two extremes.
+    /// The largest exact products a mask and a key share can produce, of either sign, come
+    /// back exactly: all-maximal polynomials (every term of the negacyclic sum has the same
+    /// magnitude, about 2^261 in all) and ones alternating between the two extremes.
     #[test]
-    fn full_products_at_the_largest_magnitudes_match_schoolbook() {
+    fn mask_products_at_the_largest_magnitudes_match_schoolbook() {
         let context = NttContext::get();
-        let maximal = vec![u128::MAX; POLYNOMIAL_SIZE];
-        let alternating: Vec<u128> = (0..POLYNOMIAL_SIZE)
-            .map(|k| if k % 2 == 0 { u128::MAX } else { 1 << 127 })
-            .collect();
+        let top_mask = u128::MAX << MASK_LOW_BITS;
+        let alternate = |top: u128| -> Vec<u128> {
+            (0..POLYNOMIAL_SIZE)
+                .map(|k| if k % 2 == 0 { top } else { 1 << 127 })
+                .collect()
+        };
+        let (maximal_mask, alternating_mask) =
+            (vec![top_mask; POLYNOMIAL_SIZE], alternate(top_mask));
+        let (maximal_key, alternating_key) =
+            (vec![u128::MAX; POLYNOMIAL_SIZE], alternate(u128::MAX));
         let mut scratch = context.new_full_form();
         let mut out = vec![0u128; POLYNOMIAL_SIZE];
-        for (lhs, rhs) in [
-            (&maximal, &maximal),
-            (&maximal, &alternating),
-            (&alternating, &alternating),
+        for (mask, key) in [
+            (&maximal_mask, &maximal_key),
+            (&maximal_mask, &alternating_key),
+            (&alternating_mask, &alternating_key),
+            (&alternating_mask, &maximal_key),
         ] {
             let mut form = context.new_full_form();
-            context.full_form(rhs, &mut form);
-            context.full_product(lhs, &form, &mut scratch, &mut out);
-            assert_eq!(out, schoolbook_product(lhs, rhs));
+            context.full_form(key, &mut form);
+            context.mask_product(mask, &form, &mut scratch, &mut out);
+            assert_eq!(out, schoolbook_product(mask, key));
         }
     }
 }

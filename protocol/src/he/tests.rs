@@ -243,7 +243,7 @@ impl ExactInnerProducts {
     }
 
     fn of(&mut self, mask: &[u128]) -> Vec<u128> {
-        NttContext::get().full_product(mask, &self.form, &mut self.scratch, &mut self.product);
+        NttContext::get().mask_product(mask, &self.form, &mut self.scratch, &mut self.product);
         (0..POLYNOMIAL_SIZE)
             .map(|k| self.product[POLYNOMIAL_SIZE - 1 - k])
             .collect()
@@ -640,6 +640,39 @@ fn a_partial_computed_into_its_encoding_is_the_encoding_of_the_same_partial() {
             .partial_decrypt_encoded(&ciphertext, &quorum, &budget, &mut rng)
             .is_err()
     );
+}
+
+/// Partial decryption multiplies only a mask's top 120 bits, since every ciphertext's mask has
+/// its low 8 at zero. A mask that does not is refused, naming the coefficient, instead of
+/// being decrypted as if it did.
+#[test]
+fn a_mask_with_low_bits_set_is_refused_naming_the_coefficient() {
+    let config = ThresholdConfig::new(3, 2).unwrap();
+    let keys = test_keys(&config, 80);
+    let key = keys.public_key.prepare();
+    let budget = budget(config, 30, 1, 1);
+    let mut rng = ChaCha20Rng::seed_from_u64(81);
+    let mut ciphertext = key.encrypt(&[5, 6, 7], &budget, &mut rng).unwrap();
+    let quorum = Quorum::new(&config, vec![0, 1]).unwrap();
+    let clean = BoundCiphertext::new(ciphertext.clone());
+    assert!(
+        keys.shares[0]
+            .partial_decrypt(&clean, &quorum, &budget, &mut rng)
+            .is_ok()
+    );
+    ciphertext.parts_mut().0[4099] ^= 1 << 7;
+    let doctored = BoundCiphertext::new(ciphertext);
+    for share in &keys.shares[..2] {
+        let err = share
+            .partial_decrypt(&doctored, &quorum, &budget, &mut rng)
+            .unwrap_err();
+        assert!(matches!(err, HeError::MaskLowBits { index: 4099 }), "{err}");
+        assert!(
+            share
+                .partial_decrypt_encoded(&doctored, &quorum, &budget, &mut rng)
+                .is_err()
+        );
+    }
 }
 
 #[test]
