@@ -103,7 +103,8 @@ impl ShoupConstant {
 }
 
 /// Conversion between coefficients mod 2^128 and residues modulo K primes, whose product P
-/// must exceed the largest exact coefficient a product can have by far (2^9 or more).
+/// must exceed twice the largest exact coefficient a product can have, with room to spare for
+/// the rounding below (nine primes give 2^8.9 times the largest of a partial decryption's).
 ///
 /// Back from residues r_i it uses the explicit formula: with Q_i = P / p_i and
 /// y_i = r_i Q_i^-1 mod p_i, the value is sum(y_i Q_i) - k P, where k is the integer nearest
