@@ -485,11 +485,8 @@ pub fn decode_ciphertext_header(
     Ok((value_count as usize, delta_bits))
 }
 
-fn read_ciphertext_header(
-    reader: &mut WireReader<'_>,
-    limits: DecodeLimits,
-) -> Result<(u64, u32), WireError> {
-    reader.header(Kind::Ciphertext)?;
+/// A declared value count, refused past the limits before anything is allocated for it.
+fn read_value_count(reader: &mut WireReader<'_>, limits: DecodeLimits) -> Result<u64, WireError> {
     let value_count = reader.u64("value count")?;
     let limit = limits.max_values.min(MAX_VALUES);
     if value_count > limit {
@@ -499,6 +496,15 @@ fn read_ciphertext_header(
             limit,
         });
     }
+    Ok(value_count)
+}
+
+fn read_ciphertext_header(
+    reader: &mut WireReader<'_>,
+    limits: DecodeLimits,
+) -> Result<(u64, u32), WireError> {
+    reader.header(Kind::Ciphertext)?;
+    let value_count = read_value_count(reader, limits)?;
     let delta_bits = u32::from(reader.u8("message scale")?);
     if !(1..128).contains(&delta_bits) {
         return Err(WireError::Invalid {

@@ -302,8 +302,7 @@ mod tests {
 
     const N: usize = 8192;
 
-    fn full_primes() -> [u32; 10] {
-        let plan = native128::Plan32::try_new(N).unwrap();
+    fn ten_plans(plan: &native128::Plan32) -> [&tfhe_ntt::prime32::Plan; 10] {
         [
             plan.ntt_0(),
             plan.ntt_1(),
@@ -316,7 +315,10 @@ mod tests {
             plan.ntt_8(),
             plan.ntt_9(),
         ]
-        .map(|plan| plan.modulus())
+    }
+
+    fn full_primes() -> [u32; 10] {
+        ten_plans(&native128::Plan32::try_new(N).unwrap()).map(|plan| plan.modulus())
     }
 
     fn random_residues<const K: usize>(rng: &mut ChaCha20Rng, primes: [u32; K]) -> [Vec<u32>; K] {
@@ -378,18 +380,7 @@ mod tests {
             crt.reconstruct(&mut residues.clone(), &mut ours);
             // tfhe-ntt's inverse runs the inverse transforms first; undo them beforehand.
             let mut transformed = residues.clone();
-            let plans = [
-                plan.ntt_0(),
-                plan.ntt_1(),
-                plan.ntt_2(),
-                plan.ntt_3(),
-                plan.ntt_4(),
-                plan.ntt_5(),
-                plan.ntt_6(),
-                plan.ntt_7(),
-                plan.ntt_8(),
-                plan.ntt_9(),
-            ];
+            let plans = ten_plans(&plan);
             for (plan, residues) in plans.iter().zip(&mut transformed) {
                 plan.fwd(residues);
                 plan.normalize(residues);

@@ -6,9 +6,10 @@ use rand_core::{CryptoRng, RngCore};
 use rayon::prelude::*;
 use zeroize::Zeroize;
 
+use super::ciphertext::MASK_DROPPED_BITS as MASK_LOW_BITS;
 use super::ciphertext::{Ciphertext, round_body};
 use super::keys::KeyShare;
-use super::ntt::{FullForm, MASK_LOW_BITS, NttContext};
+use super::ntt::{FullForm, NttContext};
 use super::sampling::add_smudging;
 use super::{Budget, HeError, POLYNOMIAL_SIZE, Quorum, Subset};
 use crate::wire::BoundCiphertext;

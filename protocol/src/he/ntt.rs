@@ -14,11 +14,12 @@
 use std::sync::OnceLock;
 use tfhe_ntt::{native_binary128, native128, prime32};
 
+use super::POLYNOMIAL_SIZE;
+use super::ciphertext::MASK_DROPPED_BITS as MASK_LOW_BITS;
 use super::crt::Crt;
-use super::{POLYNOMIAL_SIZE, QUORATE_RLWE128_V1};
 
-/// Low bits every ciphertext mask has at zero.
-pub(crate) const MASK_LOW_BITS: u32 = QUORATE_RLWE128_V1.mask_dropped_bits;
+// The share is taken mod 2^120 because every mask has its low 8 bits at zero.
+const _: () = assert!(128 - MASK_LOW_BITS == 120);
 
 const BINARY_PRIMES: usize = 5;
 const FULL_PRIMES: usize = 9;

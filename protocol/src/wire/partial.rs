@@ -3,7 +3,7 @@
 //! member refuses a malformed partial before it commits to combining.
 
 use super::{DecodeLimits, Kind, WireError, WireReader, header};
-use crate::he::{CiphertextDigest, MAX_VALUES, PartialDecryption};
+use crate::he::{CiphertextDigest, PartialDecryption};
 
 pub fn encode_partial_decryption(partial: &PartialDecryption) -> Vec<u8> {
     let mut out = encode_partial_header(
@@ -98,15 +98,7 @@ fn read_partial_header(
         .take("ciphertext digest", 32)?
         .try_into()
         .expect("32 bytes");
-    let value_count = reader.u64("value count")?;
-    let limit = limits.max_values.min(MAX_VALUES);
-    if value_count > limit {
-        return Err(WireError::TooLarge {
-            field: "value count",
-            value: value_count,
-            limit,
-        });
-    }
+    let value_count = super::read_value_count(&mut reader, limits)?;
     reader.expect_remaining(value_count * 8)?;
     let values = reader.take("values", value_count as usize * 8)?;
     let header = PartialHeader {
