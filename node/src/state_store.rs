@@ -7,11 +7,13 @@
 //! the record holds: redb would give an 80 MB value a 128 MiB page and copy it through its
 //! write path, the largest part of a member's peak memory at 10M values. The file is written
 //! and synced before the record that names it is committed, so a crash leaves the record of
-//! the previous model with its file in place.
+//! the previous model with its file in place. The partial decryptions it released are files
+//! beside the store too, for the same reason (`partial.rs`).
 
 use std::path::{Path, PathBuf};
 
 mod model;
+mod partial;
 
 use protocol::audit::entry::Digest;
 use protocol::round::OptimizerState;
@@ -42,12 +44,20 @@ pub enum StateStoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the node's kept partial decryption {path}: {source}")]
+    PartialFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub struct StateStore {
     path: String,
     /// Where the model files are (`model/` in the store's directory).
     models: PathBuf,
+    /// Where the released partial decryptions are (`partial/` in the store's directory).
+    partials: PathBuf,
     /// Held while a model is saved: the file, its record and the removal of every other
     /// model file are one step, or two combinations finishing at once could remove the file
     /// the other one's record names.
@@ -112,11 +122,13 @@ impl StateStore {
         let store = Self {
             path: path.join(runtime::store::FILE).display().to_string(),
             models: path.join("model"),
+            partials: path.join("partial"),
             saving: Default::default(),
             db,
             health: Default::default(),
         };
         store.clear_unrecorded_models()?;
+        store.clear_unfinished_partials();
         Ok(store)
     }
 
@@ -238,22 +250,6 @@ impl StateStore {
         })
     }
 
-    /// Keeps the partial decryption released for `request`, durably, before it is logged.
-    pub fn keep_partial(&self, request: u64, partial: &[u8]) -> Result<(), StateStoreError> {
-        self.write(|tx| {
-            tx.open_table(PARTIALS)?.insert(request, partial)?;
-            Ok(())
-        })
-    }
-
-    /// Drops kept partial decryptions of requests logged before leaf `index`.
-    pub fn forget_partials_before(&self, index: u64) -> Result<(), StateStoreError> {
-        self.write(|tx| {
-            tx.open_table(PARTIALS)?.retain_in(..index, |_, _| false)?;
-            Ok(())
-        })
-    }
-
     /// Keeps the latest checkpoint note the witness quorum cosigned, which this node acted
     /// on: after a restart the node acts on it again as soon as it reaches the coordinator,
     /// whether or not the log has grown since.
@@ -268,13 +264,6 @@ impl StateStore {
         let tx = self.read()?;
         let table = tx.open_table(META).map_err(|e| self.err(e))?;
         let value = table.get(FINAL_CHECKPOINT).map_err(|e| self.err(e))?;
-        Ok(value.map(|v| v.value().to_vec()))
-    }
-
-    pub fn released_partial(&self, request: u64) -> Result<Option<Vec<u8>>, StateStoreError> {
-        let tx = self.read()?;
-        let table = tx.open_table(PARTIALS).map_err(|e| self.err(e))?;
-        let value = table.get(request).map_err(|e| self.err(e))?;
         Ok(value.map(|v| v.value().to_vec()))
     }
 

@@ -106,7 +106,8 @@ pub(super) async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), Step
     }
     // Kept durably before the release is logged, so that a crash after logging cannot lose
     // a share the log says went out: after a restart the same bytes are sent again.
-    ctx.store.keep_partial(request, &partial)?;
+    let (worker, kept) = (ctx.clone(), partial.clone());
+    tokio::task::spawn_blocking(move || worker.store.keep_partial(request, &kept)).await??;
     append(
         ctx,
         Body::ShareReleased {
