@@ -433,6 +433,7 @@ async fn drive(
     }
     summary.log_size = ctx.lock().log.state().size();
     summary.peak_memory_bytes = peak_memory();
+    summary.cpu_seconds = runtime::process::CpuSeconds::of_this_process();
     summary.requests_received = ctx.lock().requests_received.clone();
     Ok(summary)
 }

@@ -11,6 +11,10 @@ pub struct RunSummary {
     pub log_size: u64,
     /// The process's peak resident memory, where the platform reports it.
     pub peak_memory_bytes: Option<u64>,
+    /// The CPU time the process used (every run of it, after a restart), where the platform
+    /// reports it.
+    #[serde(default)]
+    pub cpu_seconds: Option<runtime::process::CpuSeconds>,
     /// Every request members sent, by kind: what the coordinator was ever handed.
     pub requests_received: BTreeMap<String, u64>,
     /// The run was stopped by a signal before its last round; the round in progress, if any,
@@ -51,6 +55,10 @@ impl RunSummary {
             *self.requests_received.entry(kind).or_default() += count;
         }
         self.peak_memory_bytes = self.peak_memory_bytes.max(earlier.peak_memory_bytes);
+        self.cpu_seconds = match (self.cpu_seconds, earlier.cpu_seconds) {
+            (Some(now), Some(before)) => Some(now.plus(before)),
+            (now, before) => now.or(before),
+        };
         self
     }
 }
@@ -76,6 +84,10 @@ mod tests {
             }],
             log_size: 42,
             peak_memory_bytes: Some(1 << 20),
+            cpu_seconds: Some(runtime::process::CpuSeconds {
+                user: 1.25,
+                system: 0.5,
+            }),
             requests_received: [("offer".to_owned(), 4)].into(),
             interrupted: false,
         };
@@ -98,6 +110,10 @@ mod tests {
             requests_received: [("offer".to_owned(), 3)].into(),
             log_size: 40,
             interrupted: true,
+            cpu_seconds: Some(runtime::process::CpuSeconds {
+                user: 1.0,
+                system: 2.0,
+            }),
             ..Default::default()
         };
         let mut retried = round(3);
@@ -106,6 +122,10 @@ mod tests {
             rounds: vec![retried.clone(), round(4)],
             requests_received: [("offer".to_owned(), 2), ("fetch".to_owned(), 1)].into(),
             log_size: 60,
+            cpu_seconds: Some(runtime::process::CpuSeconds {
+                user: 0.5,
+                system: 0.25,
+            }),
             ..Default::default()
         };
         let merged = latest.after(earlier);
@@ -113,5 +133,13 @@ mod tests {
         assert_eq!(merged.requests_received["offer"], 5);
         assert_eq!(merged.requests_received["fetch"], 1);
         assert_eq!((merged.log_size, merged.interrupted), (60, false));
+        // Both runs' CPU time counts.
+        assert_eq!(
+            merged.cpu_seconds,
+            Some(runtime::process::CpuSeconds {
+                user: 1.5,
+                system: 2.25
+            })
+        );
     }
 }

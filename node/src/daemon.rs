@@ -260,6 +260,9 @@ pub struct NodeSummary {
     /// The node process's peak resident set size, where the system says.
     #[serde(default)]
     pub peak_memory_bytes: Option<u64>,
+    /// The CPU time the node process used, where the system says.
+    #[serde(default)]
+    pub cpu_seconds: Option<runtime::process::CpuSeconds>,
 }
 
 /// Runs the node until its last round (`stop_after`), until the coordinator says its run is
@@ -495,6 +498,7 @@ pub async fn run(
         bytes_sent: ctx.bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
         bytes_fetched: ctx.bytes_fetched.load(std::sync::atomic::Ordering::Relaxed),
         peak_memory_bytes: runtime::process::peak_memory(),
+        cpu_seconds: runtime::process::CpuSeconds::of_this_process(),
     })
 }
 

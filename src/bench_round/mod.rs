@@ -2,8 +2,8 @@
 //! deployment runs them: a rehearsed ceremony, the coordinator, one node per institution,
 //! synthetic updates. Reports per-phase times (the coordinator's, and each round's critical
 //! path from its log) beside each phase's floor on this machine, bytes each node sent and
-//! fetched, each role's peak memory and disk, and whether every member decrypted exactly the
-//! model integer arithmetic predicts.
+//! fetched, each role's peak memory, disk and CPU time, and whether every member decrypted
+//! exactly the model integer arithmetic predicts.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +84,11 @@ struct RoundBenchReport {
     /// (sampled every 250 ms, so short-lived peaks may be missed).
     coordinator_peak_disk_bytes: u64,
     peak_disk_per_node: Vec<u64>,
+    /// The CPU time the coordinator, then each node, used over the whole run (user code and
+    /// the kernel on its behalf): on a machine whose processes share its cores, where the
+    /// work goes.
+    coordinator_cpu_seconds: Option<runtime::process::CpuSeconds>,
+    cpu_seconds_per_node: Vec<Option<runtime::process::CpuSeconds>>,
     exact: bool,
     wall_seconds: f64,
     machine: String,
@@ -201,12 +206,14 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
     let mut bytes_sent_per_node = Vec::new();
     let mut bytes_fetched_per_node = Vec::new();
     let mut peak_memory_per_node = Vec::new();
+    let mut cpu_seconds_per_node = Vec::new();
     for name in &members {
         let node: node::daemon::NodeSummary = read_json(&dir.join(name).join("summary.json"))?;
         exact &= node.model_digest == expected;
         bytes_sent_per_node.push(node.bytes_sent);
         bytes_fetched_per_node.push(node.bytes_fetched);
         peak_memory_per_node.push(node.peak_memory_bytes);
+        cpu_seconds_per_node.push(node.cpu_seconds);
     }
     eprintln!("  measuring the floors: the loopback rate and each step's time on one thread");
     let config = protocol::he::ThresholdConfig::new(args.institutions, args.threshold)?;
@@ -230,6 +237,8 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
         peak_memory_per_node,
         coordinator_peak_disk_bytes,
         peak_disk_per_node,
+        coordinator_cpu_seconds: summary.cpu_seconds,
+        cpu_seconds_per_node,
         exact,
         wall_seconds,
         machine: crate::bench::machine(),
@@ -308,6 +317,21 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
                 .map(|&d| mib(d))
                 .collect::<Vec<_>>(),
             report.exact
+        );
+        let cpu = |c: &Option<runtime::process::CpuSeconds>| {
+            c.map_or("?".to_owned(), |c| {
+                format!("{:.1} + {:.1}", c.user, c.system)
+            })
+        };
+        println!(
+            "CPU time, user + kernel: coordinator {} s, nodes [{}] s",
+            cpu(&report.coordinator_cpu_seconds),
+            report
+                .cpu_seconds_per_node
+                .iter()
+                .map(cpu)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(if report.exact {
