@@ -110,6 +110,22 @@ fn be_u64(bytes: &[u8]) -> Option<u64> {
     bytes.try_into().ok().map(u64::from_be_bytes)
 }
 
+/// Makes `dir` (owner-only) if it is missing, and syncs its entry in its parent: a record
+/// committed, or an entry logged, after a file was kept in `dir` must not outlive the
+/// directory the file is in.
+fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(parent)?.sync_all()
+}
+
 impl StateStore {
     pub fn open(path: &Path) -> Result<Self, StateStoreError> {
         let db = runtime::store::open(path, |tx| {

@@ -167,15 +167,10 @@ impl StateStore {
         Ok(())
     }
 
-    /// `model/`, its own entry in the store's directory synced when it is made: the record of
-    /// the first model must not outlive the directory its file is in.
+    /// `model/`, made durably: the record of the first model must not outlive the directory
+    /// its file is in.
     fn create_models_dir(&self) -> std::io::Result<()> {
-        if self.models.is_dir() {
-            return Ok(());
-        }
-        std::fs::create_dir_all(&self.models)?;
-        let parent = self.models.parent().unwrap_or(Path::new("."));
-        std::fs::File::open(parent)?.sync_all()
+        super::create_dir_durably(&self.models)
     }
 }
 

@@ -4,7 +4,7 @@
 //! the quorum's critical path (it is kept before its release is logged) that write measured
 //! as long as the partial decryption itself at 10M values.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{PARTIALS, StateStore, StateStoreError};
 
@@ -37,7 +37,7 @@ impl StateStore {
     /// renamed into place, owner-only), before it is logged.
     pub fn keep_partial(&self, request: u64, partial: &[u8]) -> Result<(), StateStoreError> {
         let path = self.partial_path(request);
-        let written = std::fs::create_dir_all(&self.partials)
+        let written = super::create_dir_durably(&self.partials)
             .and_then(|()| runtime::files::write_secret(&path, partial));
         written.map_err(|source| {
             self.health.fail(format!("{}: {source}", path.display()));
@@ -59,22 +59,30 @@ impl StateStore {
         Ok(value.map(|v| v.value().to_vec()))
     }
 
-    /// Drops kept partial decryptions of requests logged before leaf `index`.
+    /// Drops kept partial decryptions of requests logged before leaf `index`. Files whose
+    /// names are not request numbers (a write in progress) are left.
     pub fn forget_partials_before(&self, index: u64) -> Result<(), StateStoreError> {
-        for file in std::fs::read_dir(&self.partials)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
+        let failed = |path: &Path, source: std::io::Error| {
+            self.health.fail(format!("{}: {source}", path.display()));
+            StateStoreError::PartialFile {
+                path: path.display().to_string(),
+                source,
+            }
+        };
+        let files = match std::fs::read_dir(&self.partials) {
+            Ok(files) => Some(files),
+            // Nothing released yet.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(failed(&self.partials, e)),
+        };
+        for file in files.into_iter().flatten() {
+            let file = file.map_err(|e| failed(&self.partials, e))?;
             let request = file.file_name().to_string_lossy().parse::<u64>();
             if request.is_ok_and(|request| request < index)
                 && let Err(e) = std::fs::remove_file(file.path())
                 && e.kind() != std::io::ErrorKind::NotFound
             {
-                return Err(StateStoreError::PartialFile {
-                    path: file.path().display().to_string(),
-                    source: e,
-                });
+                return Err(failed(&file.path(), e));
             }
         }
         // Only a store from before partials were files has anything here to drop.
@@ -118,8 +126,9 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
+            let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&path), 0o600);
+            assert_eq!(mode(&dir.path().join("partial")), 0o700);
         }
     }
 
@@ -130,9 +139,8 @@ mod tests {
         std::fs::create_dir_all(&partials).unwrap();
         let half = partials.join(".40.tmp-7-0");
         std::fs::write(&half, b"half").unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
+        StateStore::open(dir.path()).unwrap();
         assert!(!half.exists());
-        assert_eq!(store.released_partial(40).unwrap(), None);
     }
 
     #[test]
@@ -142,7 +150,11 @@ mod tests {
         for request in [38, 40, 41, 45] {
             store.keep_partial(request, &request.to_le_bytes()).unwrap();
         }
+        // A write in progress (a temporary) is not a request's partial.
+        let writing = dir.path().join("partial").join(".40.tmp-7-0");
+        std::fs::write(&writing, b"half").unwrap();
         store.forget_partials_before(41).unwrap();
+        assert!(writing.exists());
         assert_eq!(store.released_partial(38).unwrap(), None);
         assert_eq!(store.released_partial(40).unwrap(), None);
         assert_eq!(
@@ -183,10 +195,12 @@ mod tests {
         // A file where the directory of partials should be.
         std::fs::write(dir.path().join("partial"), b"").unwrap();
         let error = store.keep_partial(40, b"partial").unwrap_err();
-        assert!(matches!(error, StateStoreError::PartialFile { .. }));
-        assert!(error.to_string().contains("partial"), "{error}");
+        let StateStoreError::PartialFile { path, .. } = &error else {
+            panic!("{error}");
+        };
+        assert!(path.ends_with("partial/40"), "{path}");
         // Failed already: the wait for the failure ends at once, naming the file.
         let failure = futures::executor::block_on(store.health().failed());
-        assert!(failure.contains("partial"), "{failure}");
+        assert!(failure.contains("partial/40"), "{failure}");
     }
 }
