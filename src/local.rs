@@ -126,6 +126,14 @@ pub fn rehearse(
         .collect())
 }
 
+/// How long a local deployment's quorum has to release: a member fetches every contribution
+/// and recomputes the aggregate first, which took 16-20 s at 10M values and grows with them
+/// (2 cores, every process on one machine). A minute, or 6 s per million values for larger
+/// models: at 100M a minute's timeout gave up on every member while they were still fetching.
+pub fn release_timeout_secs(values: u32) -> u64 {
+    60.max(6 * u64::from(values).div_ceil(1_000_000))
+}
+
 /// Writes `coordinator/coordinator.toml` and `<member>/node.toml` into a rehearsal's
 /// directory, so its deployment runs as is.
 pub fn write_deployment_configs(
@@ -146,7 +154,7 @@ pub fn write_deployment_configs(
         store: ".".into(),
         rounds,
         round_deadline_secs,
-        release_timeout_secs: 60,
+        release_timeout_secs: release_timeout_secs(plan.values),
         round_interval_ms: 0,
         startup_timeout_secs: 60,
         metrics: None,

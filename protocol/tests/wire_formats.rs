@@ -261,6 +261,35 @@ fn oversized_counts_are_refused_before_allocation() {
 }
 
 #[test]
+fn every_model_size_a_plan_takes_is_a_ciphertext_the_wire_takes() {
+    // The header of a ciphertext of the largest model a plan may describe decodes under the
+    // default limits (a 100M-parameter plan was once valid and its ciphertexts refused); one
+    // value more is refused, naming the field.
+    let header = |values: u64| {
+        let mut bytes = samples().ciphertext[..25].to_vec();
+        bytes.extend_from_slice(&values.to_le_bytes());
+        bytes.push(samples().ciphertext[33]);
+        bytes
+    };
+    let largest = u64::from(protocol::round::plan::MAX_PLAN_VALUES);
+    assert!(largest >= 100_000_000);
+    let (values, _) = decode_ciphertext_header(&header(largest), DecodeLimits::default()).unwrap();
+    assert_eq!(values as u64, largest);
+    let err = decode_ciphertext_header(&header(largest + 1), DecodeLimits::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::TooLarge {
+                field: "value count",
+                limit,
+                ..
+            } if limit == largest
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn key_share_of_another_party_layout_is_refused() {
     let mut bytes = samples().key_share.clone();
     // Party byte sits after the header (25), parties and threshold.

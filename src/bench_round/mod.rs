@@ -151,7 +151,9 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
             spawn_node(&exe, &member_dir, args.rounds, None, &log)?,
         ));
     }
-    let timeout = Duration::from_secs(600 + 120 * args.rounds);
+    // A round at 100M values takes minutes: encryption, uploads, every member's recomputation.
+    let per_round = 120.max(15 * u64::from(args.params).div_ceil(1_000_000));
+    let timeout = Duration::from_secs(600 + per_round * args.rounds);
     let coordinator_ok = wait_with_timeout(&mut coordinator, "the coordinator", timeout);
     let wall_seconds = rounds_started.elapsed().as_secs_f64();
     let mut nodes_ok = true;

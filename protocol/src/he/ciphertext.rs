@@ -17,8 +17,10 @@ use super::ntt::NttContext;
 use super::sampling::{GaussianSampler, fill_binary};
 use super::{Budget, HeError, POLYNOMIAL_SIZE};
 
-/// Largest number of values one ciphertext may hold (2^26, a 64M-parameter model: 1.5 GiB).
-pub const MAX_VALUES: u64 = 1 << 26;
+/// Largest number of values one ciphertext may hold (2^27, a 134M-parameter model: 3.1 GB
+/// encoded). A plan takes at most as many (`round::plan::MAX_PLAN_VALUES` is this), so every
+/// ciphertext a valid plan makes decodes.
+pub const MAX_VALUES: u64 = 1 << 27;
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Ciphertext {

@@ -14,8 +14,10 @@ pub type ModelDigest = Digest;
 
 /// Largest sample count a contribution may declare: weights are computed in 128-bit integers.
 pub const MAX_SAMPLES: u64 = 1 << 40;
-/// Largest model a plan may describe (values per contribution).
-pub const MAX_PLAN_VALUES: u32 = 1 << 27;
+/// Largest model a plan may describe (values per contribution): the most a ciphertext may hold.
+/// One limit, not two: a plan larger than the wire takes would have every member encrypt its
+/// update only for the coordinator to refuse it.
+pub const MAX_PLAN_VALUES: u32 = crate::he::MAX_VALUES as u32;
 /// Largest scale of the model's integers under a server optimizer.
 pub const MAX_OPTIMIZER_SCALE_BITS: u32 = 40;
 
