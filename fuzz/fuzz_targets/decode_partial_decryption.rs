@@ -1,9 +1,11 @@
 #![no_main]
 //! Any input: an error or a value that re-encodes to the same bytes, never a panic; and the
-//! header alone decodes exactly when the whole partial does, with the same fields.
+//! header alone, and the view a combination subtracts from, decode exactly when the whole
+//! partial does, with the same fields and values.
 use libfuzzer_sys::fuzz_target;
 use protocol::wire::{
-    DecodeLimits, decode_partial_decryption, decode_partial_header, encode_partial_decryption,
+    DecodeLimits, decode_partial_decryption, decode_partial_header, decode_partial_view,
+    encode_partial_decryption,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -11,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
         max_values: 1 << 16,
     };
     let header = decode_partial_header(data, limits);
+    let view = decode_partial_view(data, limits);
     match decode_partial_decryption(data, limits) {
         Ok(value) => {
             assert_eq!(encode_partial_decryption(&value), data);
@@ -19,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(header.quorum, value.quorum);
             assert_eq!(header.ciphertext, value.ciphertext);
             assert_eq!(header.value_count, value.values.len() as u64);
+            let view = view.expect("the view of a partial that decodes");
+            assert_eq!(view.header, header);
+            assert!(view.values().eq(value.values.iter().copied()));
         }
-        Err(_) => assert!(header.is_err()),
+        Err(_) => assert!(header.is_err() && view.is_err()),
     }
 });

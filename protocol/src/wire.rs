@@ -8,7 +8,8 @@
 mod partial;
 pub(crate) use partial::encode_partial_header;
 pub use partial::{
-    PartialHeader, decode_partial_decryption, decode_partial_header, encode_partial_decryption,
+    PartialHeader, PartialView, decode_partial_decryption, decode_partial_header,
+    decode_partial_view, encode_partial_decryption,
 };
 
 use sha2::{Digest, Sha256};

@@ -168,7 +168,7 @@ fn every_truncation_of_every_encoding_is_an_error() {
 }
 
 #[test]
-fn a_partials_header_decodes_exactly_when_the_whole_partial_does() {
+fn a_partials_header_and_view_decode_exactly_when_the_whole_partial_does() {
     let s = samples();
     let limits = DecodeLimits::default();
     let partial = decode_partial_decryption(&s.partial, limits).unwrap();
@@ -177,20 +177,29 @@ fn a_partials_header_decodes_exactly_when_the_whole_partial_does() {
     assert_eq!(header.quorum, partial.quorum);
     assert_eq!(header.ciphertext, partial.ciphertext);
     assert_eq!(header.value_count, partial.values.len() as u64);
+    let view = decode_partial_view(&s.partial, limits).unwrap();
+    assert_eq!(view.header, header);
+    assert!(view.values().eq(partial.values.iter().copied()));
     let cuts = (0..s.partial.len().min(200)).chain((200..s.partial.len()).step_by(997));
     for cut in cuts {
         assert!(
             decode_partial_header(&s.partial[..cut], limits).is_err(),
             "cut at {cut}"
         );
+        assert!(
+            decode_partial_view(&s.partial[..cut], limits).is_err(),
+            "cut at {cut}"
+        );
     }
     let mut longer = s.partial.clone();
     longer.push(0);
     assert!(decode_partial_header(&longer, limits).is_err());
+    assert!(decode_partial_view(&longer, limits).is_err());
     let few = DecodeLimits {
         max_values: header.value_count - 1,
     };
     assert!(decode_partial_header(&s.partial, few).is_err());
+    assert!(decode_partial_view(&s.partial, few).is_err());
 }
 
 #[test]

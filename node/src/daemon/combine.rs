@@ -291,9 +291,10 @@ pub(super) async fn combine(
         };
         let quorum = Quorum::new(worker.share.config(), quorum)?;
         let mut combination = protocol::he::Combination::new(target, quorum, &worker.budget)?;
-        // One decoded partial at a time: combining holds the bodies and one partial.
+        // Each partial subtracted from its encoding as it arrived: combining adds nothing of
+        // model size to the bodies and the partials it holds.
         for partial in &partials {
-            combination.subtract(&protocol::wire::decode_partial_decryption(partial, limits)?)?;
+            combination.subtract_encoded(&protocol::wire::decode_partial_view(partial, limits)?)?;
         }
         Ok(combination.finish()?)
     })

@@ -12,7 +12,7 @@ use super::keys::KeyShare;
 use super::ntt::{FullForm, NttContext};
 use super::sampling::add_smudging;
 use super::{Budget, HeError, POLYNOMIAL_SIZE, Quorum, Subset};
-use crate::wire::BoundCiphertext;
+use crate::wire::{BoundCiphertext, PartialView};
 
 /// SHA-256 of a ciphertext's canonical encoding: what a decryption request names and what
 /// every partial decryption is bound to.
@@ -345,19 +345,46 @@ impl Combination {
     /// was) one bound to another ciphertext or quorum, from outside the quorum, a second from
     /// the same member, or of another length.
     pub fn subtract(&mut self, partial: &PartialDecryption) -> Result<(), HeError> {
+        self.admit(
+            partial.party,
+            &partial.quorum,
+            partial.ciphertext,
+            partial.values.len(),
+        )?;
+        subtract_share(&mut self.target.bodies, &partial.values, |v| *v);
+        Ok(())
+    }
+
+    /// [`Self::subtract`] straight from a partial's encoding: the same checks, and no decoded
+    /// copy of its values.
+    pub fn subtract_encoded(&mut self, partial: &PartialView<'_>) -> Result<(), HeError> {
+        let header = &partial.header;
+        self.admit(
+            header.party,
+            &header.quorum,
+            header.ciphertext,
+            partial.values.len(),
+        )?;
+        subtract_share(&mut self.target.bodies, partial.values, |v| {
+            u64::from_le_bytes(*v)
+        });
+        Ok(())
+    }
+
+    /// The checks of [`Expected::admit`]; marks the party as subtracted.
+    fn admit(
+        &mut self,
+        party: u8,
+        quorum: &[u8],
+        ciphertext: CiphertextDigest,
+        values: usize,
+    ) -> Result<(), HeError> {
         let expected = Expected {
             ciphertext: self.target.digest,
             values: self.target.bodies.len() as u64,
             quorum: &self.quorum,
         };
-        self.seen |= expected.admit(
-            self.seen,
-            partial.party,
-            &partial.quorum,
-            partial.ciphertext,
-            partial.values.len() as u64,
-        )?;
-        subtract_share(&mut self.target.bodies, &partial.values);
+        self.seen |= expected.admit(self.seen, party, quorum, ciphertext, values as u64)?;
         Ok(())
     }
 
@@ -468,21 +495,21 @@ pub fn combine(
 pub(crate) fn combine_raw(bodies: &[u64], shares: &[&[u64]], delta_bits: u32) -> Vec<i64> {
     let mut phases = bodies.to_vec();
     for share in shares {
-        subtract_share(&mut phases, share);
+        subtract_share(&mut phases, share, |v| *v);
     }
     decode_phases(phases, delta_bits)
 }
 
 /// Everything lives in the top 64 bits (bodies and shares were both rounded there), so the
 /// subtraction is done on u64.
-fn subtract_share(phases: &mut [u64], share: &[u64]) {
+fn subtract_share<S: Sync>(phases: &mut [u64], share: &[S], value: impl Fn(&S) -> u64 + Sync) {
     const BLOCK: usize = 1 << 16;
     phases
         .par_chunks_mut(BLOCK)
         .zip(share.par_chunks(BLOCK))
         .for_each(|(phases, share)| {
             for (p, s) in phases.iter_mut().zip(share) {
-                *p = p.wrapping_sub(*s);
+                *p = p.wrapping_sub(value(s));
             }
         });
 }

@@ -674,6 +674,64 @@ fn a_mask_with_low_bits_set_is_refused_naming_the_coefficient() {
     }
 }
 
+/// A member combines from the partials' encodings as they arrived, without a decoded copy of
+/// each: the same messages, and the same refusals, before the sum is touched.
+#[test]
+fn a_partial_subtracted_from_its_encoding_combines_and_is_refused_as_a_decoded_one() {
+    use crate::wire::{DecodeLimits, decode_partial_view, encode_partial_decryption};
+    let config = ThresholdConfig::new(4, 3).unwrap();
+    let keys = test_keys(&config, 64);
+    let key = keys.public_key.prepare();
+    let budget = budget(config, 30, 1, 1);
+    let mut rng = ChaCha20Rng::seed_from_u64(65);
+    let messages = random_messages(&mut rng, POLYNOMIAL_SIZE + 9, budget.max_value());
+    let ciphertext = BoundCiphertext::new(key.encrypt(&messages, &budget, &mut rng).unwrap());
+    let quorum = Quorum::new(&config, vec![0, 1, 3]).unwrap();
+    let partials: Vec<PartialDecryption> = [0, 1, 3]
+        .iter()
+        .map(|&m| {
+            keys.shares[m]
+                .partial_decrypt(&ciphertext, &quorum, &budget, &mut rng)
+                .unwrap()
+        })
+        .collect();
+    let encoded: Vec<Vec<u8>> = partials.iter().map(encode_partial_decryption).collect();
+    let limits = DecodeLimits::default();
+    let mut wrong = partials[1].clone();
+    wrong.values[3] ^= 1 << 50;
+    wrong.ciphertext = CiphertextDigest([7; 32]);
+    let wrong = encode_partial_decryption(&wrong);
+    let mut combination =
+        Combination::new(CombineTarget::of(&ciphertext), quorum.clone(), &budget).unwrap();
+    for bytes in &encoded {
+        let err = combination
+            .subtract_encoded(&decode_partial_view(&wrong, limits).unwrap())
+            .unwrap_err();
+        assert!(matches!(err, HeError::Partial { party: 1, .. }), "{err}");
+        combination
+            .subtract_encoded(&decode_partial_view(bytes, limits).unwrap())
+            .unwrap();
+        // A second copy of one already subtracted is refused.
+        assert!(
+            combination
+                .subtract_encoded(&decode_partial_view(bytes, limits).unwrap())
+                .is_err()
+        );
+    }
+    assert_eq!(combination.finish().unwrap(), messages);
+    assert_eq!(
+        combine(&ciphertext, &quorum, &partials, &budget).unwrap(),
+        messages
+    );
+    // Incomplete: two of the three.
+    let mut two = Combination::new(CombineTarget::of(&ciphertext), quorum, &budget).unwrap();
+    for bytes in &encoded[..2] {
+        two.subtract_encoded(&decode_partial_view(bytes, limits).unwrap())
+            .unwrap();
+    }
+    assert!(two.finish().is_err());
+}
+
 #[test]
 fn a_combination_fed_one_partial_at_a_time_refuses_a_bad_one_without_touching_the_sum() {
     let config = ThresholdConfig::new(4, 3).unwrap();

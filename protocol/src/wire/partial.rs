@@ -71,6 +71,35 @@ pub fn decode_partial_header(
     read_partial_header(bytes, limits).map(|(header, _)| header)
 }
 
+/// A partial decryption's header, checked as [`decode_partial_header`] does, and its values
+/// left where they are in the encoding: a combination subtracts them from there
+/// (`he::Combination::subtract_encoded`) instead of from a decoded copy of model size (800 MB
+/// at 100M values), which would be the largest thing a member holds while it combines.
+#[derive(Clone, Debug)]
+pub struct PartialView<'a> {
+    pub header: PartialHeader,
+    /// One value per ciphertext value, 8 little-endian bytes each.
+    pub(crate) values: &'a [[u8; 8]],
+}
+
+impl PartialView<'_> {
+    /// The values, decoded one by one.
+    pub fn values(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
+        self.values.iter().map(|v| u64::from_le_bytes(*v))
+    }
+}
+
+pub fn decode_partial_view(
+    bytes: &[u8],
+    limits: DecodeLimits,
+) -> Result<PartialView<'_>, WireError> {
+    let (header, values) = read_partial_header(bytes, limits)?;
+    Ok(PartialView {
+        header,
+        values: bytemuck::cast_slice(values),
+    })
+}
+
 /// The header and the values' bytes, exactly `value_count * 8` of them.
 fn read_partial_header(
     bytes: &[u8],
