@@ -204,3 +204,20 @@ pub fn edit_config(path: &Path, edit: impl FnOnce(&mut toml::Table)) -> Result<(
     std::fs::write(path, toml::to_string(&table)?)
         .with_context(|| format!("writing {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::release_timeout_secs;
+
+    #[test]
+    fn a_local_quorum_has_a_minute_to_release_or_6_s_per_million_values() {
+        assert_eq!(release_timeout_secs(1_000), 60);
+        assert_eq!(release_timeout_secs(10_000_000), 60);
+        assert_eq!(release_timeout_secs(10_000_001), 66);
+        assert_eq!(release_timeout_secs(100_000_000), 600);
+        assert_eq!(
+            release_timeout_secs(protocol::round::plan::MAX_PLAN_VALUES),
+            6 * 135
+        );
+    }
+}

@@ -10,7 +10,11 @@ use clap::Subcommand;
 use protocol::he::ThresholdConfig;
 use protocol::round::RoundPlan;
 use protocol::round::plan::MAX_PLAN_VALUES;
-use training::tensors::{ModelFile, read_model};
+use training::tensors::{MAX_MODEL_FILE_BYTES, ModelFile, read_model};
+
+// A model file of the largest plan's values (F64) is read: the trainer crate's limit, set without
+// the protocol, must keep up with the plan's.
+const _: () = assert!(MAX_MODEL_FILE_BYTES >= 8 * MAX_PLAN_VALUES as u64);
 
 use crate::args::ModelArg;
 

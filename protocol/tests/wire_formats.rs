@@ -282,6 +282,10 @@ fn every_model_size_a_plan_takes_is_a_ciphertext_the_wire_takes() {
     };
     let largest = u64::from(protocol::round::plan::MAX_PLAN_VALUES);
     assert!(largest >= 100_000_000);
+    // And it uploads: its encoding fits the chunks an offer may announce.
+    use protocol::round::message::{CHUNK_BYTES, MAX_CHUNKS};
+    let chunks = ciphertext_encoded_len(largest as usize).div_ceil(CHUNK_BYTES) as u64;
+    assert!(chunks <= MAX_CHUNKS, "{chunks} chunks");
     let (values, _) = decode_ciphertext_header(&header(largest), DecodeLimits::default()).unwrap();
     assert_eq!(values as u64, largest);
     let err = decode_ciphertext_header(&header(largest + 1), DecodeLimits::default()).unwrap_err();

@@ -95,8 +95,8 @@ pub struct ModelFile {
     pub kept: Vec<KeptTensor>,
 }
 
-/// The largest model file read whole: the largest plan's values as F64, plus room for kept
-/// tensors and the header.
+/// The largest model file read whole: the largest plan's values (2^27, `MAX_PLAN_VALUES`, which
+/// the binary checks this against) as F64, plus room for kept tensors and the header.
 pub const MAX_MODEL_FILE_BYTES: u64 = 8 * (1 << 27) + 64 * MAX_HEADER_BYTES;
 
 fn is_federated(dtype: Dtype) -> Option<bool> {

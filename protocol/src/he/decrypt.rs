@@ -315,10 +315,11 @@ impl CombineTarget {
     }
 }
 
-/// The quorum's partial decryptions subtracted one at a time from the target's bodies, so
-/// combining holds one model-sized buffer however large the quorum (a partial can be decoded,
-/// subtracted and dropped before the next arrives). Each partial is checked before it touches
-/// the sum; nothing is decoded until every quorum member's is in.
+/// The quorum's partial decryptions subtracted one at a time from the target's bodies, each
+/// checked before it touches the sum; nothing is decoded until every quorum member's is in.
+/// A member subtracts them from their encodings ([`Self::subtract_encoded`]), so combining adds
+/// nothing of model size to the bodies and the partials it holds; decoded partials
+/// ([`Self::subtract`]) serve `combine` and the key ceremony's check.
 pub struct Combination {
     target: CombineTarget,
     quorum: Quorum,

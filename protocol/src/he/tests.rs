@@ -723,6 +723,24 @@ fn a_partial_subtracted_from_its_encoding_combines_and_is_refused_as_a_decoded_o
         combine(&ciphertext, &quorum, &partials, &budget).unwrap(),
         messages
     );
+    // A partial made for another quorum is refused naming its party, as a decoded one is.
+    let other = Quorum::new(&config, vec![0, 1, 2]).unwrap();
+    let elsewhere = keys.shares[1]
+        .partial_decrypt(&ciphertext, &other, &budget, &mut rng)
+        .unwrap();
+    let mut fresh =
+        Combination::new(CombineTarget::of(&ciphertext), quorum.clone(), &budget).unwrap();
+    let encoded_err = fresh
+        .subtract_encoded(
+            &decode_partial_view(&encode_partial_decryption(&elsewhere), limits).unwrap(),
+        )
+        .unwrap_err();
+    let decoded_err = fresh.subtract(&elsewhere).unwrap_err();
+    assert!(
+        matches!(encoded_err, HeError::Partial { party: 1, .. }),
+        "{encoded_err}"
+    );
+    assert_eq!(encoded_err.to_string(), decoded_err.to_string());
     // Incomplete: two of the three.
     let mut two = Combination::new(CombineTarget::of(&ciphertext), quorum, &budget).unwrap();
     for bytes in &encoded[..2] {

@@ -18,6 +18,7 @@ pub const MAX_SAMPLES: u64 = 1 << 40;
 /// One limit, not two: a plan larger than the wire takes would have every member encrypt its
 /// update only for the coordinator to refuse it.
 pub const MAX_PLAN_VALUES: u32 = crate::he::MAX_VALUES as u32;
+const _: () = assert!(crate::he::MAX_VALUES <= u32::MAX as u64);
 /// Largest scale of the model's integers under a server optimizer.
 pub const MAX_OPTIMIZER_SCALE_BITS: u32 = 40;
 
