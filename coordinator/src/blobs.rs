@@ -168,6 +168,31 @@ impl BlobStore {
         term.finish()
     }
 
+    /// The stored ciphertext `digest`, read in pieces and checked against the digest on the way
+    /// (a term of weight 1 onto zero of the shape its header names): the file is never whole in
+    /// memory beside it.
+    pub fn read_ciphertext(
+        &self,
+        digest: &Digest,
+        limits: protocol::wire::DecodeLimits,
+    ) -> Result<Ciphertext, protocol::round::policy::AggregateError<BlobError>> {
+        use protocol::round::policy::AggregateError;
+        let (head, _) = self
+            .head(digest, protocol::wire::ciphertext_header_len())
+            .map_err(|source| AggregateError::Read {
+                digest: *digest,
+                source,
+            })?;
+        let (values, delta_bits) = protocol::wire::decode_ciphertext_header(&head, limits)
+            .map_err(|source| AggregateError::Decode {
+                digest: *digest,
+                source,
+            })?;
+        let mut ciphertext = Ciphertext::zero(values, delta_bits);
+        self.add_into(&mut ciphertext, digest, 1, limits)?;
+        Ok(ciphertext)
+    }
+
     /// Chunk `index` of a stored blob, with the blob's length and every chunk's digest.
     pub fn read_chunk(
         &self,
@@ -372,5 +397,39 @@ mod tests {
                 .count(),
             0
         );
+        // Read back (a retry re-randomises it): the same ciphertext, checked on the way.
+        assert_eq!(store.read_ciphertext(&digest, limits).unwrap(), ciphertext);
+    }
+
+    #[test]
+    fn a_stored_aggregate_damaged_on_disk_is_refused_naming_its_digest() {
+        use protocol::round::policy::AggregateError;
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let ciphertext = Ciphertext::zero(protocol::he::POLYNOMIAL_SIZE + 3, 40);
+        let digest = store.put_ciphertext(&ciphertext).unwrap();
+        let limits = protocol::wire::DecodeLimits::default();
+        let path = store.path(&digest);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = store.read_ciphertext(&digest, limits).unwrap_err();
+        assert!(
+            matches!(err, AggregateError::Digest { digest: d } if d == digest),
+            "{err}"
+        );
+        // Gone altogether: a read error naming it.
+        std::fs::remove_file(&path).unwrap();
+        let err = store.read_ciphertext(&digest, limits).unwrap_err();
+        assert!(
+            matches!(err, AggregateError::Read { digest: d, .. } if d == digest),
+            "{err}"
+        );
+        // A plan of fewer values refuses the header before anything is allocated.
+        let other = store.put_ciphertext(&ciphertext).unwrap();
+        let few = protocol::wire::DecodeLimits { max_values: 10 };
+        let err = store.read_ciphertext(&other, few).unwrap_err();
+        assert!(matches!(err, AggregateError::Decode { .. }), "{err}");
     }
 }
