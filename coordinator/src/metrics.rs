@@ -39,6 +39,94 @@ pub enum RoundStep {
     AwaitingResults = 5,
 }
 
+impl RoundStep {
+    /// The step a `quorate_round_step` gauge names, if any.
+    pub fn from_gauge(value: u64) -> Option<Self> {
+        [
+            Self::Idle,
+            Self::WaitingForMembers,
+            Self::Collecting,
+            Self::Closing,
+            Self::Decrypting,
+            Self::AwaitingResults,
+        ]
+        .into_iter()
+        .find(|step| *step as u64 == value)
+    }
+
+    /// What the coordinator is doing in this step, in the words of the gauge's help.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::WaitingForMembers => "waiting for members",
+            Self::Collecting => "collecting",
+            Self::Closing => "closing",
+            Self::Decrypting => "decrypting",
+            Self::AwaitingResults => "awaiting results",
+        }
+    }
+}
+
+/// What one scrape of the metrics says, read back by whoever watches a coordinator (`bench
+/// round` shows a long round's progress from it).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub members_connected: u64,
+    pub round: u64,
+    /// `None` when the gauge holds a value this build does not know.
+    pub step: Option<RoundStep>,
+    pub step_seconds: f64,
+    pub rounds: u64,
+    pub rounds_decrypted: u64,
+    pub bytes_received: u64,
+}
+
+/// A scrape that is not this coordinator's metrics.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ScrapeError {
+    #[error("the metrics have no `{0}` sample")]
+    Missing(&'static str),
+    #[error("the metrics' `{name}` sample is not a number: {value:?}")]
+    NotANumber { name: &'static str, value: String },
+}
+
+/// The sample `name`'s value as a number.
+fn parsed<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T, ScrapeError> {
+    value.parse().map_err(|_| ScrapeError::NotANumber {
+        name,
+        value: value.to_owned(),
+    })
+}
+
+impl Snapshot {
+    /// Reads the samples [`Metrics::render`] writes (the body of a scrape, without HTTP).
+    pub fn parse(text: &str) -> Result<Self, ScrapeError> {
+        let sample = |name: &'static str| -> Result<&str, ScrapeError> {
+            text.lines()
+                .filter(|line| !line.starts_with('#'))
+                .find_map(|line| {
+                    let (key, value) = line.split_once(' ')?;
+                    (key == name).then(|| value.trim())
+                })
+                .ok_or(ScrapeError::Missing(name))
+        };
+        let number = |name: &'static str| parsed::<u64>(name, sample(name)?);
+        // In the order they are rendered, so the first sample missing is the one named.
+        Ok(Self {
+            members_connected: number("quorate_members_connected")?,
+            round: number("quorate_round")?,
+            step: RoundStep::from_gauge(number("quorate_round_step")?),
+            step_seconds: parsed(
+                "quorate_round_step_seconds",
+                sample("quorate_round_step_seconds")?,
+            )?,
+            rounds: number("quorate_rounds_total")?,
+            rounds_decrypted: number("quorate_rounds_decrypted_total")?,
+            bytes_received: number("quorate_bytes_received_total")?,
+        })
+    }
+}
+
 impl Metrics {
     pub fn add_bytes(&self, bytes: u64) {
         self.inner
@@ -188,5 +276,83 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn a_scrape_reads_back_every_sample_the_coordinator_renders() {
+        let metrics = Metrics::default();
+        metrics.set_connected(5);
+        metrics.add_bytes(2_300_000_000);
+        metrics.round_finished(&RoundSummary {
+            round: 1,
+            contributors: 5,
+            decrypted: true,
+            total_seconds: 346.5,
+            ..Default::default()
+        });
+        metrics.step(2, RoundStep::Collecting, 1_000);
+        let snapshot = Snapshot::parse(&metrics.render_at(13_250)).unwrap();
+        assert_eq!(
+            snapshot,
+            Snapshot {
+                members_connected: 5,
+                round: 2,
+                step: Some(RoundStep::Collecting),
+                step_seconds: 12.25,
+                rounds: 1,
+                rounds_decrypted: 1,
+                bytes_received: 2_300_000_000,
+            }
+        );
+    }
+
+    #[test]
+    fn every_step_reads_back_from_its_gauge_and_nothing_else_does() {
+        for step in [
+            RoundStep::Idle,
+            RoundStep::WaitingForMembers,
+            RoundStep::Collecting,
+            RoundStep::Closing,
+            RoundStep::Decrypting,
+            RoundStep::AwaitingResults,
+        ] {
+            assert_eq!(RoundStep::from_gauge(step as u64), Some(step));
+            // The gauge's help names each step by its number and these words.
+            let help = format!("{} {}", step as u64, step.describe());
+            assert!(
+                Metrics::default().render().contains(&help),
+                "{help} missing from the gauge's help"
+            );
+        }
+        assert_eq!(RoundStep::from_gauge(6), None);
+    }
+
+    #[test]
+    fn a_scrape_missing_a_sample_or_with_a_garbled_one_is_refused_naming_it() {
+        let text = Metrics::default().render_at(0);
+        let without: String = text
+            .lines()
+            .filter(|line| !line.starts_with("quorate_round_step "))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert_eq!(
+            Snapshot::parse(&without),
+            Err(ScrapeError::Missing("quorate_round_step"))
+        );
+        let garbled = text.replace(
+            "quorate_bytes_received_total 0",
+            "quorate_bytes_received_total x",
+        );
+        assert_eq!(
+            Snapshot::parse(&garbled),
+            Err(ScrapeError::NotANumber {
+                name: "quorate_bytes_received_total",
+                value: "x".to_owned()
+            })
+        );
+        assert_eq!(
+            Snapshot::parse("<html>not found</html>"),
+            Err(ScrapeError::Missing("quorate_members_connected"))
+        );
     }
 }

@@ -16,10 +16,11 @@ use serde::Serialize;
 mod disk;
 mod floor;
 mod path;
+mod progress;
 
 use crate::local::{
-    SYNTHETIC_SEED, read_json, rehearse, spawn_coordinator, spawn_node, wait_with_timeout,
-    write_deployment_configs,
+    SYNTHETIC_SEED, edit_coordinator_config, read_json, rehearse, spawn_coordinator, spawn_node,
+    wait_with_timeout, write_deployment_configs,
 };
 
 /// The step times behind the floors are measured on a model of at most this many values and
@@ -95,6 +96,58 @@ struct RoundBenchReport {
     date: String,
 }
 
+/// Waits for the coordinator to finish its rounds, showing their progress from its metrics,
+/// and stops the run as soon as a node fails rather than at the timeout: a run at 100M values
+/// would otherwise wait many minutes for a round that can no longer close.
+fn watch(
+    coordinator: &mut std::process::Child,
+    nodes: &mut [(String, std::process::Child)],
+    dir: &std::path::Path,
+    metrics: std::net::SocketAddr,
+    rounds: u64,
+    timeout: Duration,
+) -> Result<bool> {
+    let started = Instant::now();
+    let mut shown = progress::Progress::new(rounds);
+    let mut scraped_at: Option<Instant> = None;
+    loop {
+        if let Some(status) = coordinator.try_wait()? {
+            return Ok(status.success());
+        }
+        for (name, node) in nodes.iter_mut() {
+            if let Some(status) = node.try_wait()?
+                && !status.success()
+            {
+                let _ = coordinator.kill();
+                let _ = coordinator.wait();
+                bail!(
+                    "node {name} failed ({status}) while the coordinator still ran its rounds; \
+                     see {}",
+                    dir.join(name.as_str()).join("log").display()
+                );
+            }
+        }
+        let elapsed = started.elapsed();
+        if elapsed > timeout {
+            let _ = coordinator.kill();
+            let _ = coordinator.wait();
+            bail!(
+                "the coordinator did not finish within {} s",
+                timeout.as_secs()
+            );
+        }
+        if scraped_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            scraped_at = Some(Instant::now());
+            if let Some(snapshot) = progress::scrape(metrics)
+                && let Some(line) = shown.observe(&snapshot, elapsed.as_secs_f64())
+            {
+                eprintln!("{line}");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
     ensure!(args.params > 0, "--params must be at least 1");
     ensure!(args.rounds > 0, "--rounds must be at least 1");
@@ -127,6 +180,10 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
         .kappa
         .max(RoundPlan::kappa_for(plan.lifetime_reveals()));
     write_deployment_configs(&dir, &members, &plan, args.rounds, 600)?;
+    let metrics = progress::free_loopback_address()?;
+    edit_coordinator_config(&dir, |table| {
+        table.insert("metrics".into(), metrics.to_string().into());
+    })?;
     eprintln!(
         "  ceremony done in {:.1} s; starting the coordinator and {} nodes",
         started.elapsed().as_secs_f64(),
@@ -154,8 +211,22 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
     // A round at 100M values takes minutes: encryption, uploads, every member's recomputation.
     let per_round = 120.max(15 * u64::from(args.params).div_ceil(1_000_000));
     let timeout = Duration::from_secs(600 + per_round * args.rounds);
-    let coordinator_ok = wait_with_timeout(&mut coordinator, "the coordinator", timeout);
+    let coordinator_ok = watch(
+        &mut coordinator,
+        &mut nodes,
+        &dir,
+        metrics,
+        args.rounds,
+        timeout,
+    );
     let wall_seconds = rounds_started.elapsed().as_secs_f64();
+    if coordinator_ok.is_err() {
+        // The run is over: the rest would wait for a coordinator that is gone.
+        for (_, child) in &mut nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
     let mut nodes_ok = true;
     for (name, child) in &mut nodes {
         let ok = wait_with_timeout(child, name, Duration::from_secs(90));
