@@ -132,7 +132,10 @@ struct State {
     entries: Vec<SignedEntry>,
     acted: u64,
     witness: WitnessState,
-    model: Vec<i64>,
+    /// The model this member holds, while it is in memory: from its decryption until this
+    /// member contributes from it. Absent, it is read back from the store ([`held_model`]):
+    /// at 100M values it is 800 MB that the round's recomputation and combination need more.
+    model: Option<Vec<i64>>,
     /// The server optimizer's state after `model` (empty under FedAvg).
     optimizer: protocol::round::OptimizerState,
     /// Requests whose server step is being logged, and those whose step this member logged
@@ -215,6 +218,28 @@ impl Context {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The model this member holds (zeros before its first decryption): from memory if it is
+    /// there, taken out of it if `take`, else read back from the store and checked against its
+    /// digest, as after a restart. Blocking: the read is up to a gigabyte.
+    fn held_model(&self, take: bool) -> Result<Vec<i64>, StateStoreError> {
+        let kept = {
+            let mut state = self.lock();
+            if take {
+                state.model.take()
+            } else {
+                state.model.clone()
+            }
+        };
+        if let Some(model) = kept {
+            return Ok(model);
+        }
+        let values = self.plan.values;
+        Ok(self
+            .store
+            .model(values.into())?
+            .map_or_else(|| vec![0; values as usize], |(model, _)| model))
     }
 
     fn member_of(&self, peer: &PeerId) -> Option<u8> {
@@ -309,6 +334,7 @@ pub async fn run(
             .map_err(|e| bad(&format!("stored log: {e}")))?;
         entries.push(entry);
     }
+    // Read, and checked against its record, at start: a damaged model stops the node here.
     let (model, held) = store
         .model(setup.plan.values.into())?
         .unwrap_or_else(|| (vec![0; setup.plan.values as usize], HeldModel::initial()));
@@ -378,7 +404,7 @@ pub async fn run(
             // what it already did.
             acted: 0,
             witness,
-            model,
+            model: Some(model),
             optimizer,
             stepping: HashSet::new(),
             stepped: HashSet::new(),
@@ -491,10 +517,16 @@ pub async fn run(
         }
     }
     ctx.store.flush()?;
+    let model = {
+        let worker = ctx.clone();
+        tokio::task::spawn_blocking(move || worker.held_model(false))
+            .await
+            .map_err(|e| NodeError::Setup(format!("reading the model back: {e}")))??
+    };
     let state = ctx.lock();
     Ok(NodeSummary {
         rounds: state.rounds_done,
-        model_digest: hex::encode(model_digest(&state.model)),
+        model_digest: hex::encode(model_digest(&model)),
         bytes_sent: ctx.bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
         bytes_fetched: ctx.bytes_fetched.load(std::sync::atomic::Ordering::Relaxed),
         peak_memory_bytes: runtime::process::peak_memory(),

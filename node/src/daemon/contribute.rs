@@ -4,9 +4,10 @@
 use super::*;
 
 pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), StepError> {
-    let model = ctx.plan.decode_model(&ctx.lock().model);
     let worker = ctx.clone();
     let prepared = tokio::task::spawn_blocking(move || -> Result<Prepared, StepError> {
+        // Taken out of memory: the rest of the round does not need it.
+        let model = worker.plan.decode_model(&worker.held_model(true)?);
         let update = worker
             .source
             .lock()

@@ -49,12 +49,10 @@ pub(super) async fn step(
     round: u64,
     average: Vec<i64>,
 ) -> Result<Stepped, StepError> {
-    let (previous, mut state) = {
-        let s = ctx.lock();
-        (s.model.clone(), s.optimizer.clone())
-    };
+    let mut state = ctx.lock().optimizer.clone();
     let worker = ctx.clone();
     tokio::task::spawn_blocking(move || -> Result<Stepped, StepError> {
+        let previous = worker.held_model(false)?;
         let plan = &worker.plan;
         let model = plan.server_step(&previous, &average, &mut state)?;
         let bytes = encrypt_stepped(&worker, request, &model, &state)?;
@@ -155,15 +153,10 @@ pub(super) fn log_step_again(ctx: &Arc<Context>, request: u64) {
 const STEP_RETRY_CAP: Duration = Duration::from_secs(30);
 
 async fn encrypt_saved_and_log(ctx: &Arc<Context>, request: u64) -> Result<u64, StepError> {
-    let (held, model, state, round) = {
+    let (held, state, round) = {
         let s = ctx.lock();
         let round = s.member.decryption(request).map(|d| d.round);
-        (
-            *s.member.held(),
-            s.model.clone(),
-            s.optimizer.clone(),
-            round,
-        )
+        (*s.member.held(), s.optimizer.clone(), round)
     };
     // Only the step of the model this member holds: once it holds a later one, this step is
     // history (and t other members' steps moved the chain on, or it would not have).
@@ -176,7 +169,7 @@ async fn encrypt_saved_and_log(ctx: &Arc<Context>, request: u64) -> Result<u64, 
     let worker = ctx.clone();
     let for_seed = state.clone();
     let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StepError> {
-        encrypt_stepped(&worker, request, &model, &for_seed)
+        encrypt_stepped(&worker, request, &worker.held_model(false)?, &for_seed)
     })
     .await??;
     if encoded_digest(&bytes).0 != held.base {
