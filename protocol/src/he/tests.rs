@@ -24,6 +24,27 @@ struct TestKeys {
     collective_secret: Vec<u128>,
 }
 
+impl TestKeys {
+    /// Each quorum member's partial decryption of `ciphertext`, in the quorum's order.
+    fn partials(
+        &self,
+        ciphertext: &BoundCiphertext,
+        quorum: &Quorum,
+        budget: &Budget,
+        rng: &mut ChaCha20Rng,
+    ) -> Vec<PartialDecryption> {
+        quorum
+            .members()
+            .iter()
+            .map(|&m| {
+                self.shares[usize::from(m)]
+                    .partial_decrypt(ciphertext, quorum, budget, rng)
+                    .unwrap()
+            })
+            .collect()
+    }
+}
+
 fn test_keys(config: &ThresholdConfig, seed: u64) -> TestKeys {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let mask_seed: u128 = rng.r#gen();
@@ -286,14 +307,7 @@ fn check_threshold(n: u8, t: u8, seed: u64) {
 
     for members in all_subsets_of_size(n, usize::from(t)) {
         let quorum = Quorum::new(&config, members.clone()).unwrap();
-        let partials: Vec<PartialDecryption> = members
-            .iter()
-            .map(|&m| {
-                keys.shares[usize::from(m)]
-                    .partial_decrypt(&aggregate, &quorum, &budget, &mut rng)
-                    .unwrap()
-            })
-            .collect();
+        let partials = keys.partials(&aggregate, &quorum, &budget, &mut rng);
         let decrypted = combine(&aggregate, &quorum, &partials, &budget).unwrap();
         assert_eq!(decrypted, expected, "quorum {members:?} of {t}-of-{n}");
     }
@@ -406,14 +420,7 @@ fn extreme_values_and_weights_at_the_budget_limit_decrypt_exactly() {
     let terms: Vec<(&Ciphertext, i64)> = ciphertexts.iter().map(|(c, w, _)| (c, *w)).collect();
     let aggregate = BoundCiphertext::new(Ciphertext::weighted_sum(&terms).unwrap());
     let quorum = Quorum::new(&config, vec![0, 2, 4]).unwrap();
-    let partials: Vec<_> = [0usize, 2, 4]
-        .iter()
-        .map(|&m| {
-            keys.shares[m]
-                .partial_decrypt(&aggregate, &quorum, &budget, &mut rng)
-                .unwrap()
-        })
-        .collect();
+    let partials = keys.partials(&aggregate, &quorum, &budget, &mut rng);
     assert_eq!(
         combine(&aggregate, &quorum, &partials, &budget).unwrap(),
         expected
@@ -687,14 +694,7 @@ fn a_partial_subtracted_from_its_encoding_combines_and_is_refused_as_a_decoded_o
     let messages = random_messages(&mut rng, POLYNOMIAL_SIZE + 9, budget.max_value());
     let ciphertext = BoundCiphertext::new(key.encrypt(&messages, &budget, &mut rng).unwrap());
     let quorum = Quorum::new(&config, vec![0, 1, 3]).unwrap();
-    let partials: Vec<PartialDecryption> = [0, 1, 3]
-        .iter()
-        .map(|&m| {
-            keys.shares[m]
-                .partial_decrypt(&ciphertext, &quorum, &budget, &mut rng)
-                .unwrap()
-        })
-        .collect();
+    let partials = keys.partials(&ciphertext, &quorum, &budget, &mut rng);
     let encoded: Vec<Vec<u8>> = partials.iter().map(encode_partial_decryption).collect();
     let limits = DecodeLimits::default();
     let mut wrong = partials[1].clone();
@@ -762,14 +762,7 @@ fn a_combination_fed_one_partial_at_a_time_refuses_a_bad_one_without_touching_th
         .collect();
     let ciphertext = BoundCiphertext::new(key.encrypt(&messages, &budget, &mut rng).unwrap());
     let quorum = Quorum::new(&config, vec![0, 2, 3]).unwrap();
-    let partials: Vec<PartialDecryption> = [0, 2, 3]
-        .iter()
-        .map(|&m| {
-            keys.shares[m]
-                .partial_decrypt(&ciphertext, &quorum, &budget, &mut rng)
-                .unwrap()
-        })
-        .collect();
+    let partials = keys.partials(&ciphertext, &quorum, &budget, &mut rng);
     // The target is taken out of the ciphertext: its digest stays, its masks go.
     let target = CombineTarget::from_bound(ciphertext.clone());
     assert_eq!(target.digest(), ciphertext.digest());
