@@ -135,7 +135,8 @@ struct State {
     /// The model this member holds, while it is in memory: from its decryption until this
     /// member contributes from it. Absent, it is read back from the store ([`held_model`]):
     /// at 100M values it is 800 MB that the round's recomputation and combination need more.
-    model: Option<Vec<i64>>,
+    /// Shared, so that reporting the model does not copy it.
+    model: Option<Arc<Vec<i64>>>,
     /// The server optimizer's state after `model` (empty under FedAvg).
     optimizer: protocol::round::OptimizerState,
     /// Requests whose server step is being logged, and those whose step this member logged
@@ -220,26 +221,43 @@ impl Context {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The model this member holds (zeros before its first decryption): from memory if it is
-    /// there, taken out of it if `take`, else read back from the store and checked against its
-    /// digest, as after a restart. Blocking: the read is up to a gigabyte.
-    fn held_model(&self, take: bool) -> Result<Vec<i64>, StateStoreError> {
+    /// The model this member holds, with the record of how it verified it (zeros and the
+    /// initial record before its first decryption): from memory if it is there, taken out of
+    /// it if `take`, else read back from the store and checked against its digest, as after a
+    /// restart. A caller that decided on a held model compares the record returned: a
+    /// combination may have moved the member on meanwhile. Blocking: the read is up to a
+    /// gigabyte.
+    fn held_model(&self, take: bool) -> Result<(Arc<Vec<i64>>, HeldModel), StateStoreError> {
         let kept = {
             let mut state = self.lock();
-            if take {
+            let model = if take {
                 state.model.take()
             } else {
                 state.model.clone()
-            }
+            };
+            model.map(|model| (model, *state.member.held()))
         };
-        if let Some(model) = kept {
-            return Ok(model);
+        if let Some(kept) = kept {
+            return Ok(kept);
         }
         let values = self.plan.values;
-        Ok(self
-            .store
-            .model(values.into())?
-            .map_or_else(|| vec![0; values as usize], |(model, _)| model))
+        Ok(match self.store.model(values.into())? {
+            Some((model, held)) => (Arc::new(model), held),
+            None => (Arc::new(vec![0; values as usize]), HeldModel::initial()),
+        })
+    }
+
+    /// The digest of the model this member holds, without reading it back when its record
+    /// names it.
+    fn held_model_digest(&self) -> ModelDigest {
+        let values = self.plan.values as usize;
+        let state = self.lock();
+        match (&state.model, state.member.held()) {
+            (Some(model), _) => model_digest(model),
+            (None, held) if held.round > 0 => held.model,
+            // Contributed from the initial zeros, and nothing combined since.
+            (None, _) => model_digest(&vec![0; values]),
+        }
     }
 
     fn member_of(&self, peer: &PeerId) -> Option<u8> {
@@ -404,7 +422,7 @@ pub async fn run(
             // what it already did.
             acted: 0,
             witness,
-            model: Some(model),
+            model: Some(Arc::new(model)),
             optimizer,
             stepping: HashSet::new(),
             stepped: HashSet::new(),
@@ -517,16 +535,11 @@ pub async fn run(
         }
     }
     ctx.store.flush()?;
-    let model = {
-        let worker = ctx.clone();
-        tokio::task::spawn_blocking(move || worker.held_model(false))
-            .await
-            .map_err(|e| NodeError::Setup(format!("reading the model back: {e}")))??
-    };
+    let model_digest = ctx.held_model_digest();
     let state = ctx.lock();
     Ok(NodeSummary {
         rounds: state.rounds_done,
-        model_digest: hex::encode(model_digest(&model)),
+        model_digest: hex::encode(model_digest),
         bytes_sent: ctx.bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
         bytes_fetched: ctx.bytes_fetched.load(std::sync::atomic::Ordering::Relaxed),
         peak_memory_bytes: runtime::process::peak_memory(),

@@ -96,6 +96,15 @@ struct RoundBenchReport {
     date: String,
 }
 
+/// Has the rehearsal's coordinator serve its metrics on a free loopback port, and returns it.
+fn serve_metrics(dir: &std::path::Path) -> Result<std::net::SocketAddr> {
+    let address = progress::free_loopback_address()?;
+    edit_coordinator_config(dir, |table| {
+        table.insert("metrics".into(), address.to_string().into());
+    })?;
+    Ok(address)
+}
+
 /// Waits for the coordinator to finish its rounds, showing their progress from its metrics,
 /// and stops the run as soon as a node fails rather than at the timeout: a run at 100M values
 /// would otherwise wait many minutes for a round that can no longer close.
@@ -180,10 +189,7 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
         .kappa
         .max(RoundPlan::kappa_for(plan.lifetime_reveals()));
     write_deployment_configs(&dir, &members, &plan, args.rounds, 600)?;
-    let metrics = progress::free_loopback_address()?;
-    edit_coordinator_config(&dir, |table| {
-        table.insert("metrics".into(), metrics.to_string().into());
-    })?;
+    let metrics = serve_metrics(&dir)?;
     eprintln!(
         "  ceremony done in {:.1} s; starting the coordinator and {} nodes",
         started.elapsed().as_secs_f64(),
@@ -221,8 +227,9 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
     );
     let wall_seconds = rounds_started.elapsed().as_secs_f64();
     if coordinator_ok.is_err() {
-        // The run is over: the rest would wait for a coordinator that is gone.
-        for (_, child) in &mut nodes {
+        // The run is over: nothing is left running, and the nodes would wait for a
+        // coordinator that is gone.
+        for child in std::iter::once(&mut coordinator).chain(nodes.iter_mut().map(|(_, c)| c)) {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -412,4 +419,97 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Child, Command};
+
+    fn spawn(program: &str, args: &[&str]) -> Child {
+        Command::new(program).args(args).spawn().unwrap()
+    }
+
+    #[test]
+    fn the_coordinator_serves_its_metrics_where_the_bench_scrapes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["coordinator", "member-a"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        let members = vec!["member-a".to_owned()];
+        write_deployment_configs(dir.path(), &members, &RoundPlan::default(), 1, 600).unwrap();
+        let address = serve_metrics(dir.path()).unwrap();
+        let text =
+            std::fs::read_to_string(dir.path().join("coordinator/coordinator.toml")).unwrap();
+        let config: coordinator::config::CoordinatorConfig = toml::from_str(&text).unwrap();
+        assert_eq!(config.metrics, Some(address.to_string()));
+    }
+
+    #[test]
+    fn a_failed_node_stops_the_run_naming_its_log_and_the_coordinator_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut coordinator = spawn("sleep", &["600"]);
+        let mut nodes = vec![
+            ("member-a".to_owned(), spawn("true", &[])),
+            ("member-b".to_owned(), spawn("false", &[])),
+        ];
+        let metrics = progress::free_loopback_address().unwrap();
+        let err = watch(
+            &mut coordinator,
+            &mut nodes,
+            dir.path(),
+            metrics,
+            1,
+            Duration::from_secs(600),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("node member-b failed"), "{err}");
+        assert!(err.contains("member-b/log"), "{err}");
+        // Killed, not left to run out its 600 s: its status is in, and it is not a success.
+        let status = coordinator
+            .try_wait()
+            .unwrap()
+            .expect("the coordinator was reaped");
+        assert!(!status.success());
+    }
+
+    #[test]
+    fn a_coordinator_past_its_timeout_is_killed_and_the_run_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut coordinator = spawn("sleep", &["600"]);
+        let metrics = progress::free_loopback_address().unwrap();
+        let err = watch(
+            &mut coordinator,
+            &mut [],
+            dir.path(),
+            metrics,
+            1,
+            Duration::from_secs(1),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("did not finish within 1 s"), "{err}");
+        assert!(coordinator.try_wait().unwrap().is_some());
+    }
+
+    #[test]
+    fn a_coordinator_that_finishes_ends_the_watch_with_its_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = progress::free_loopback_address().unwrap();
+        for (program, success) in [("true", true), ("false", false)] {
+            let mut coordinator = spawn(program, &[]);
+            let mut nodes = vec![("member-a".to_owned(), spawn("true", &[]))];
+            let finished = watch(
+                &mut coordinator,
+                &mut nodes,
+                dir.path(),
+                metrics,
+                1,
+                Duration::from_secs(600),
+            )
+            .unwrap();
+            assert_eq!(finished, success);
+        }
+    }
 }

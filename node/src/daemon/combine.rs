@@ -330,7 +330,7 @@ pub(super) async fn combine(
     let waited = {
         let mut state = ctx.lock();
         let state = &mut *state;
-        state.model = Some(model);
+        state.model = Some(Arc::new(model));
         if let Some((optimizer, _)) = &stepped {
             state.optimizer = optimizer.clone();
         }

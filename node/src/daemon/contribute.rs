@@ -7,7 +7,7 @@ pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), Ste
     let worker = ctx.clone();
     let prepared = tokio::task::spawn_blocking(move || -> Result<Prepared, StepError> {
         // Taken out of memory: the rest of the round does not need it.
-        let model = worker.plan.decode_model(&worker.held_model(true)?);
+        let model = worker.plan.decode_model(&worker.held_model(true)?.0);
         let update = worker
             .source
             .lock()

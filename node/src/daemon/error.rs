@@ -25,6 +25,15 @@ pub enum StepError {
     )]
     NoLongerHeld { request: u64, held: u64 },
     #[error(
+        "the server step of request {request} was to start from round {expected}'s model, but \
+         round {found}'s was read: a combination moved this member on meanwhile"
+    )]
+    ModelMoved {
+        request: u64,
+        expected: u64,
+        found: u64,
+    },
+    #[error(
         "the model saved for request {request} encrypts to another base than the one saved with \
          it: the node store does not match its held model"
     )]

@@ -29,7 +29,7 @@ pub(super) fn report_round(
     round: u64,
     digest: &ModelDigest,
 ) -> Result<(), StepError> {
-    let global = ctx.plan.decode_model(&ctx.held_model(false)?);
+    let global = ctx.plan.decode_model(&ctx.held_model(false)?.0);
     let mut source = ctx.source.lock().unwrap_or_else(|p| p.into_inner());
     let evaluation = source.evaluate(&global);
     if let Some(e) = &evaluation {

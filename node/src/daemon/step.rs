@@ -49,10 +49,21 @@ pub(super) async fn step(
     round: u64,
     average: Vec<i64>,
 ) -> Result<Stepped, StepError> {
-    let mut state = ctx.lock().optimizer.clone();
+    // The optimizer's state and the model it goes with, as this member holds them now.
+    let (mut state, expected) = {
+        let s = ctx.lock();
+        (s.optimizer.clone(), *s.member.held())
+    };
     let worker = ctx.clone();
     tokio::task::spawn_blocking(move || -> Result<Stepped, StepError> {
-        let previous = worker.held_model(false)?;
+        let (previous, held) = worker.held_model(false)?;
+        if held != expected {
+            return Err(StepError::ModelMoved {
+                request,
+                expected: expected.round,
+                found: held.round,
+            });
+        }
         let plan = &worker.plan;
         let model = plan.server_step(&previous, &average, &mut state)?;
         let bytes = encrypt_stepped(&worker, request, &model, &state)?;
@@ -169,7 +180,7 @@ async fn encrypt_saved_and_log(ctx: &Arc<Context>, request: u64) -> Result<u64, 
     let worker = ctx.clone();
     let for_seed = state.clone();
     let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StepError> {
-        encrypt_stepped(&worker, request, &worker.held_model(false)?, &for_seed)
+        encrypt_stepped(&worker, request, &worker.held_model(false)?.0, &for_seed)
     })
     .await??;
     if encoded_digest(&bytes).0 != held.base {

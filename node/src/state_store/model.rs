@@ -58,6 +58,8 @@ impl StateStore {
             path: self.path.clone(),
             what: what.into(),
         };
+        // Not beside a save: it removes the file of the model its record no longer names.
+        let _saving = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         let held = self.held()?;
         let tx = self.read()?;
         let table = tx.open_table(META).map_err(|e| self.err(e))?;
