@@ -127,13 +127,22 @@ fn buffered_partials_per_member(plan: &RoundPlan) -> usize {
     2 * (1 + usize::from(plan.max_retries))
 }
 
+/// The model a store holds, checked against its record, or the initial zeros before the first
+/// decryption.
+fn stored_model(store: &StateStore, values: u32) -> Result<(Vec<i64>, HeldModel), StateStoreError> {
+    Ok(store
+        .model(values.into())?
+        .unwrap_or_else(|| (vec![0; values as usize], HeldModel::initial())))
+}
+
 struct State {
     log: LogState,
     entries: Vec<SignedEntry>,
     acted: u64,
     witness: WitnessState,
     /// The model this member holds, while it is in memory: from its decryption until this
-    /// member contributes from it. Absent, it is read back from the store ([`held_model`]):
+    /// member contributes from it. Absent, it is read back from the store
+    /// ([`Context::held_model`]):
     /// at 100M values it is 800 MB that the round's recomputation and combination need more.
     /// Shared, so that reporting the model does not copy it.
     model: Option<Arc<Vec<i64>>>,
@@ -240,11 +249,8 @@ impl Context {
         if let Some(kept) = kept {
             return Ok(kept);
         }
-        let values = self.plan.values;
-        Ok(match self.store.model(values.into())? {
-            Some((model, held)) => (Arc::new(model), held),
-            None => (Arc::new(vec![0; values as usize]), HeldModel::initial()),
-        })
+        let (model, held) = stored_model(&self.store, self.plan.values)?;
+        Ok((Arc::new(model), held))
     }
 
     /// The digest of the model this member holds, without reading it back when its record
@@ -353,9 +359,7 @@ pub async fn run(
         entries.push(entry);
     }
     // Read, and checked against its record, at start: a damaged model stops the node here.
-    let (model, held) = store
-        .model(setup.plan.values.into())?
-        .unwrap_or_else(|| (vec![0; setup.plan.values as usize], HeldModel::initial()));
+    let (model, held) = stored_model(&store, setup.plan.values)?;
     let initial_state = setup.plan.initial_optimizer_state();
     let optimizer = store
         .optimizer_state(&initial_state)?

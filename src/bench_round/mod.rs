@@ -105,6 +105,12 @@ fn serve_metrics(dir: &std::path::Path) -> Result<std::net::SocketAddr> {
     Ok(address)
 }
 
+/// Kills a process of the run, if it still runs, and reaps it.
+fn stop(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Waits for the coordinator to finish its rounds, showing their progress from its metrics,
 /// and stops the run as soon as a node fails rather than at the timeout: a run at 100M values
 /// would otherwise wait many minutes for a round that can no longer close.
@@ -127,8 +133,7 @@ fn watch(
             if let Some(status) = node.try_wait()?
                 && !status.success()
             {
-                let _ = coordinator.kill();
-                let _ = coordinator.wait();
+                stop(coordinator);
                 bail!(
                     "node {name} failed ({status}) while the coordinator still ran its rounds; \
                      see {}",
@@ -138,8 +143,7 @@ fn watch(
         }
         let elapsed = started.elapsed();
         if elapsed > timeout {
-            let _ = coordinator.kill();
-            let _ = coordinator.wait();
+            stop(coordinator);
             bail!(
                 "the coordinator did not finish within {} s",
                 timeout.as_secs()
@@ -229,10 +233,8 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
     if coordinator_ok.is_err() {
         // The run is over: nothing is left running, and the nodes would wait for a
         // coordinator that is gone.
-        for child in std::iter::once(&mut coordinator).chain(nodes.iter_mut().map(|(_, c)| c)) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        stop(&mut coordinator);
+        nodes.iter_mut().for_each(|(_, node)| stop(node));
     }
     let mut nodes_ok = true;
     for (name, child) in &mut nodes {
@@ -430,6 +432,17 @@ mod tests {
         Command::new(program).args(args).spawn().unwrap()
     }
 
+    /// `watch` of one round, its metrics nowhere.
+    fn watch_for(
+        coordinator: &mut Child,
+        nodes: &mut [(String, Child)],
+        timeout: Duration,
+    ) -> Result<bool> {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = progress::free_loopback_address().unwrap();
+        watch(coordinator, nodes, dir.path(), metrics, 1, timeout)
+    }
+
     #[test]
     fn the_coordinator_serves_its_metrics_where_the_bench_scrapes_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -447,23 +460,14 @@ mod tests {
 
     #[test]
     fn a_failed_node_stops_the_run_naming_its_log_and_the_coordinator_is_killed() {
-        let dir = tempfile::tempdir().unwrap();
         let mut coordinator = spawn("sleep", &["600"]);
         let mut nodes = vec![
             ("member-a".to_owned(), spawn("true", &[])),
             ("member-b".to_owned(), spawn("false", &[])),
         ];
-        let metrics = progress::free_loopback_address().unwrap();
-        let err = watch(
-            &mut coordinator,
-            &mut nodes,
-            dir.path(),
-            metrics,
-            1,
-            Duration::from_secs(600),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = watch_for(&mut coordinator, &mut nodes, Duration::from_secs(600))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("node member-b failed"), "{err}");
         assert!(err.contains("member-b/log"), "{err}");
         // Killed, not left to run out its 600 s: its status is in, and it is not a success.
@@ -476,39 +480,21 @@ mod tests {
 
     #[test]
     fn a_coordinator_past_its_timeout_is_killed_and_the_run_fails() {
-        let dir = tempfile::tempdir().unwrap();
         let mut coordinator = spawn("sleep", &["600"]);
-        let metrics = progress::free_loopback_address().unwrap();
-        let err = watch(
-            &mut coordinator,
-            &mut [],
-            dir.path(),
-            metrics,
-            1,
-            Duration::from_secs(1),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = watch_for(&mut coordinator, &mut [], Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("did not finish within 1 s"), "{err}");
         assert!(coordinator.try_wait().unwrap().is_some());
     }
 
     #[test]
     fn a_coordinator_that_finishes_ends_the_watch_with_its_status() {
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = progress::free_loopback_address().unwrap();
         for (program, success) in [("true", true), ("false", false)] {
             let mut coordinator = spawn(program, &[]);
             let mut nodes = vec![("member-a".to_owned(), spawn("true", &[]))];
-            let finished = watch(
-                &mut coordinator,
-                &mut nodes,
-                dir.path(),
-                metrics,
-                1,
-                Duration::from_secs(600),
-            )
-            .unwrap();
+            let finished =
+                watch_for(&mut coordinator, &mut nodes, Duration::from_secs(600)).unwrap();
             assert_eq!(finished, success);
         }
     }
