@@ -36,7 +36,13 @@ pub enum Kind {
     PublicKey = 2,
     KeyShare = 3,
     Ciphertext = 4,
-    PartialDecryption = 5,
+    /// A partial decryption of the top 64 bits of every value, as every partial was before
+    /// windows: still read (as the window `ShareWindow::TOP_64`), so that a partial released
+    /// before an upgrade, or a ceremony transcript made before it, still combines. Never
+    /// written.
+    PartialDecryptionTop64 = 5,
+    /// A partial decryption that names its window.
+    PartialDecryption = 6,
 }
 
 impl Kind {
@@ -46,7 +52,8 @@ impl Kind {
             2 => Kind::PublicKey,
             3 => Kind::KeyShare,
             4 => Kind::Ciphertext,
-            5 => Kind::PartialDecryption,
+            5 => Kind::PartialDecryptionTop64,
+            6 => Kind::PartialDecryption,
             _ => return None,
         })
     }
@@ -173,6 +180,12 @@ impl<'a> WireReader<'a> {
     }
 
     fn header(&mut self, expected: Kind) -> Result<(), WireError> {
+        self.header_of(&[expected]).map(|_| ())
+    }
+
+    /// The header of any of `expected` kinds (the first is named if none is found), and the
+    /// kind found.
+    fn header_of(&mut self, expected: &[Kind]) -> Result<Kind, WireError> {
         if self.take("magic", 4).map_err(|_| WireError::BadMagic)? != MAGIC {
             return Err(WireError::BadMagic);
         }
@@ -180,13 +193,13 @@ impl<'a> WireReader<'a> {
         if version != FORMAT_VERSION {
             return Err(WireError::UnsupportedVersion(version));
         }
-        let kind = self.u8("kind")?;
-        if Kind::from_byte(kind) != Some(expected) {
+        let byte = self.u8("kind")?;
+        let Some(kind) = Kind::from_byte(byte).filter(|kind| expected.contains(kind)) else {
             return Err(WireError::WrongKind {
-                expected,
-                found: kind,
+                expected: expected[0],
+                found: byte,
             });
-        }
+        };
         let id_len = self.u8("parameter set id length")?;
         let id = self.take("parameter set id", usize::from(id_len))?;
         if id != QUORATE_RLWE128_V1.id.as_bytes() {
@@ -194,7 +207,7 @@ impl<'a> WireReader<'a> {
                 String::from_utf8_lossy(id).into_owned(),
             ));
         }
-        Ok(())
+        Ok(kind)
     }
 
     /// Requires the rest of the input to be exactly `expected` bytes, checked before the

@@ -177,6 +177,7 @@ fn a_partials_header_and_view_decode_exactly_when_the_whole_partial_does() {
     assert_eq!(header.quorum, partial.quorum);
     assert_eq!(header.ciphertext, partial.ciphertext);
     assert_eq!(header.value_count, partial.values.len() as u64);
+    assert_eq!(header.window, partial.window);
     let view = decode_partial_view(&s.partial, limits).unwrap();
     assert_eq!(view.header, header);
     assert!(view.values().eq(partial.values.iter().copied()));
@@ -200,6 +201,80 @@ fn a_partials_header_and_view_decode_exactly_when_the_whole_partial_does() {
     };
     assert!(decode_partial_header(&s.partial, few).is_err());
     assert!(decode_partial_view(&s.partial, few).is_err());
+}
+
+/// The window is read before the values and sizes them: one that is not a window is refused
+/// by name, before anything of the values' size is read.
+#[test]
+fn a_partial_whose_window_is_not_one_is_refused_naming_it() {
+    let s = samples();
+    let partial = decode_partial_decryption(&s.partial, DecodeLimits::default()).unwrap();
+    // The window's two bytes sit just before the 8-byte value count, after the digest.
+    let at = s.partial.len() - partial.values.len() * partial.window.bytes() - 8 - 2;
+    assert_eq!(
+        s.partial[at..at + 2],
+        [partial.window.dropped_bits(), partial.window.bytes() as u8]
+    );
+    for (dropped, bytes) in [(63, 8), (64, 9), (80, 0), (121, 1)] {
+        let mut bad = s.partial.clone();
+        bad[at] = dropped;
+        bad[at + 1] = bytes;
+        let err = decode_partial_header(&bad, DecodeLimits::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WireError::Invalid {
+                    field: "window",
+                    ..
+                }
+            ),
+            "{dropped}, {bytes}: {err}"
+        );
+    }
+    // A window that is one, but not the one the values were written for, does not decode:
+    // the length no longer matches.
+    let mut wider = s.partial.clone();
+    wider[at + 1] = partial.window.bytes() as u8 + 1;
+    assert!(matches!(
+        decode_partial_view(&wider, DecodeLimits::default()).unwrap_err(),
+        WireError::WrongLength { .. }
+    ));
+}
+
+/// Kind 5, the partial of the top 64 bits of every value that members sent before windows,
+/// still decodes (a partial released before an upgrade, a ceremony transcript made before it),
+/// and re-encodes as a partial that names that window.
+#[test]
+fn a_partial_from_before_windows_reads_as_the_top_64_bits() {
+    let s = samples();
+    let limits = DecodeLimits::default();
+    let partial = decode_partial_decryption(&s.partial, limits).unwrap();
+    let at = s.partial.len() - partial.values.len() * partial.window.bytes() - 8 - 2;
+    let mut old = s.partial[..at].to_vec();
+    old[5] = 5;
+    old.extend_from_slice(&(partial.values.len() as u64).to_le_bytes());
+    let widened: Vec<u64> = partial.values.iter().map(|v| v | 0xab << 56).collect();
+    for value in &widened {
+        old.extend_from_slice(&value.to_le_bytes());
+    }
+    let read = decode_partial_decryption(&old, limits).unwrap();
+    assert_eq!(read.window, protocol::he::ShareWindow::TOP_64);
+    assert_eq!(read.values, widened);
+    assert_eq!(
+        decode_partial_header(&old, limits).unwrap().window,
+        read.window
+    );
+    assert!(
+        decode_partial_view(&old, limits)
+            .unwrap()
+            .values()
+            .eq(widened.iter().copied())
+    );
+    let again = encode_partial_decryption(&read);
+    assert_eq!(again[5], 6);
+    assert_eq!(decode_partial_decryption(&again, limits).unwrap(), read);
+    old.push(0);
+    assert!(decode_partial_header(&old, limits).is_err());
 }
 
 #[test]
@@ -333,7 +408,7 @@ proptest! {
 
     #[test]
     fn garbage_after_a_valid_header_never_panics(
-        kind in 1u8..=5,
+        kind in 1u8..=6,
         rest in prop::collection::vec(any::<u8>(), 0..600),
     ) {
         let mut bytes = samples().partial[..25].to_vec();

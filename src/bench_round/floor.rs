@@ -129,7 +129,8 @@ impl Costs {
             steps.mismatches
         );
         // The work is per bin of the ring's N values (a bin is transformed whole, however
-        // full); the encodings carry a whole mask per bin and 8 bytes per value.
+        // full); the encodings carry a whole mask per bin, and partials the plan's window of
+        // bytes per value.
         let bins = |values: u32| values.div_ceil(protocol::he::POLYNOMIAL_SIZE as u32);
         let scale = f64::from(bins(plan.values)) / f64::from(bins(sampled));
         let seconds = |ms: f64| ms / 1e3 * scale;
@@ -142,7 +143,8 @@ impl Costs {
             partial_decrypt_seconds: seconds(steps.partial_decrypt_ms),
             combine_seconds: seconds(steps.combine_ms),
             ciphertext_bytes: protocol::wire::ciphertext_encoded_len(plan.values as usize) as u64,
-            partial_bytes: steps.share_bytes as u64 + 8 * extra_values,
+            partial_bytes: steps.share_bytes as u64
+                + budget.share_window().bytes() as u64 * extra_values,
             sampled_values: u64::from(sampled),
         })
     }
@@ -264,12 +266,14 @@ mod tests {
         let costs = Costs::measure(&plan, config, 10_000, 1 << 20).unwrap();
         assert_eq!(costs.sampled_values, 10_000);
         // What the plan's model encodes to, not the sample's: a ciphertext of 20,000 values
-        // fills three bins where 10,000 fill two; a partial is 8 bytes a value and a header.
+        // fills three bins where 10,000 fill two; a partial is the plan's window (5 bytes
+        // a value at 20,000 values over one round) and a header.
         assert_eq!(
             costs.ciphertext_bytes,
             protocol::wire::ciphertext_encoded_len(20_000) as u64
         );
-        let header = costs.partial_bytes - 8 * 20_000;
+        assert_eq!(plan.budget(config).unwrap().share_window().bytes(), 5);
+        let header = costs.partial_bytes - 5 * 20_000;
         assert!(header > 0 && header < 200, "{header}");
         assert!(costs.encrypt_seconds > 0.0 && costs.partial_decrypt_seconds > 0.0);
     }

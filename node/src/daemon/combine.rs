@@ -207,9 +207,8 @@ fn check_received(
         protocol::he::CiphertextDigest(target.ciphertext),
         u64::from(ctx.plan.values),
         &quorum,
-        headers
-            .iter()
-            .map(|h| (h.party, h.quorum.as_slice(), h.ciphertext, h.value_count)),
+        &ctx.budget,
+        &headers,
     )?;
     Ok(())
 }

@@ -11,7 +11,9 @@
 //!   unit of weight (known to the encryptor, independent of the secret, so it needs no smudging);
 //! - smudging, the sum of three independent uniforms in [-2^s, 2^s) per quorum member (so less
 //!   than 3 * 2^s), with 2^s >= 2^kappa * L1 * B_ct;
-//! - the rounding of each partial decryption to its top 64 bits, at most 2^63 per member.
+//! - the rounding of each partial decryption at its window's bottom (see `share_window`): at
+//!   most 2^63 per member when Delta is chosen, and at most 2^(Delta - 5) for the whole
+//!   quorum at the bottom the window then takes.
 //!
 //! Delta must exceed twice their sum, and the weighted sum of messages must fit in the signed
 //! range left above Delta.
@@ -32,7 +34,9 @@
 //! is why three are summed. The noise bound B itself holds except with probability
 //! 2 m exp(-k^2 / 2) for a tail factor k, which is added. See SECURITY.md for the figures.
 
-use super::{HeError, POLYNOMIAL_SIZE, ParameterSet, QUORATE_RLWE128_V1, ThresholdConfig};
+use super::{
+    HeError, POLYNOMIAL_SIZE, ParameterSet, QUORATE_RLWE128_V1, ShareWindow, ThresholdConfig,
+};
 
 /// Tail bound factor: a (sub)Gaussian exceeds 11 sigma with probability below 2^-86, so the
 /// noise bound holds over 2^44 coordinates but for 2^-41.
@@ -95,6 +99,7 @@ pub struct Budget {
     delta_bits: u32,
     smudging_bits: u32,
     spare_bits: u32,
+    share_window: ShareWindow,
     fresh_noise_bits: f64,
     ciphertext_noise_bits: f64,
     /// log2 of B: the bound of the secret-dependent noise of any decrypted ciphertext.
@@ -186,11 +191,13 @@ impl Budget {
                 config.threshold(),
             )));
         }
+        let share_window = share_window(delta_bits, message_bits as u32, config.threshold());
         Ok(Self {
             request,
             delta_bits,
             smudging_bits,
             spare_bits: spare as u32,
+            share_window,
             fresh_noise_bits,
             ciphertext_noise_bits,
             secret_noise_bits,
@@ -215,6 +222,12 @@ impl Budget {
     /// Bits to spare between the largest possible aggregate and the top of the message space.
     pub fn spare_bits(&self) -> u32 {
         self.spare_bits
+    }
+
+    /// The bits of each partial decryption its member sends: rounded a few bits under Delta,
+    /// reduced just above the largest phase (see `share_window` in this module).
+    pub fn share_window(&self) -> ShareWindow {
+        self.share_window
     }
 
     /// log2 of the high-probability bound of one fresh encryption's noise.
@@ -266,6 +279,37 @@ impl Budget {
             limit as u64
         }
     }
+}
+
+/// The window of a partial decryption for a budget of scale 2^delta_bits, messages below
+/// 2^message_bits in magnitude and quorums of `threshold`.
+///
+/// - **Bottom.** Delta was chosen with the error bounded by 2^(Delta - 2), counting partials
+///   rounded at bit 64. Dropping d = Delta - 4 - ceil(log2 t) bits instead (never fewer than
+///   64) adds at most t * 2^(d - 1) <= 2^(Delta - 5), so the error stays below
+///   2^(Delta - 2) + 2^(Delta - 5) < Delta / 2: decryption stays exact, and Delta is the same
+///   as with 64-bit partials.
+/// - **Top.** The phase Delta * m + e has |Delta * m + e| < 2^(Delta + message_bits) +
+///   2^(Delta - 1) < 2^(Delta + message_bits + 1), so it is known modulo
+///   2^(Delta + message_bits + 2) (or 2^128, whichever is smaller).
+///
+/// Between the two, whole bytes: the spare bits of the last byte raise the top, unless it
+/// would pass bit 128, where they lower the bottom instead (which only shrinks the rounding).
+///
+/// The top makes the budget's message bound load-bearing: a sum beyond 2^message_bits, which
+/// decoded correctly below 2^(127 - Delta) when partials kept every top bit, now wraps modulo
+/// 2^(w - Delta). Every flow stays inside it (a server optimizer clamps the model to
+/// `RoundPlan::model_bound`), and an L1 norm counted short would show here first.
+pub(crate) fn share_window(delta_bits: u32, message_bits: u32, threshold: u8) -> ShareWindow {
+    let guard = 4 + u32::from(threshold).next_power_of_two().trailing_zeros();
+    let bottom = delta_bits
+        .saturating_sub(guard)
+        .max(u32::from(ShareWindow::MIN_DROPPED_BITS));
+    let top = (delta_bits + message_bits + 2).min(128);
+    let bytes = (top.saturating_sub(bottom)).div_ceil(8).clamp(1, 8);
+    let bottom = bottom.min(128 - 8 * bytes);
+    ShareWindow::new(bottom as u8, bytes as u8)
+        .expect("bottom >= 64 and top <= 128 by construction")
 }
 
 /// Counts what a key has revealed so far and refuses to go past the lifetime limit.
@@ -351,6 +395,57 @@ mod tests {
         assert!(Budget::compute(request(largest, 100)).is_ok());
         let err = Budget::compute(request(largest + 1, 100)).unwrap_err();
         assert!(err.to_string().contains("message bits"), "{err}");
+    }
+
+    /// Every budget's window keeps decryption exact: its rounding stays within what Delta was
+    /// chosen for, and its top above every phase a message of the budget can make.
+    #[test]
+    fn every_window_rounds_within_delta_and_reaches_above_the_largest_phase() {
+        let mut checked = 0;
+        let mut narrower = 0;
+        for parties in 2..=10u8 {
+            for threshold in 2..=parties {
+                let config = ThresholdConfig::new(parties, threshold).unwrap();
+                for value_bits in [1, 8, 17, 30, 45, 62] {
+                    for (contributions, weight) in [(1, 1), (5, 1), (1, 4104), (1000, 1 << 20)] {
+                        for kappa in [40, 56, 80] {
+                            for rounds in [1, 50] {
+                                let request = BudgetRequest {
+                                    config,
+                                    max_contributions: contributions,
+                                    weight_bound: weight,
+                                    value_bits,
+                                    kappa,
+                                    rounds,
+                                };
+                                let Ok(budget) = Budget::compute(request) else {
+                                    continue;
+                                };
+                                let window = budget.share_window();
+                                let dropped = u32::from(window.dropped_bits());
+                                let delta = budget.delta_bits();
+                                let t = u32::from(threshold).next_power_of_two().trailing_zeros();
+                                // t * 2^(dropped - 1) <= 2^(Delta - 5), or the 64 bits Delta
+                                // was chosen with.
+                                assert!(
+                                    dropped == 64 || dropped - 1 + t <= delta - 5,
+                                    "{request:?}: {window:?} at Delta 2^{delta}"
+                                );
+                                assert!(
+                                    window.top_bit()
+                                        >= (delta + budget.message_bits() + 2).min(128),
+                                    "{request:?}: {window:?} at Delta 2^{delta}"
+                                );
+                                checked += 1;
+                                narrower += usize::from(window.bytes() < 8);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked}");
+        assert!(narrower > checked / 2, "{narrower} of {checked}");
     }
 
     #[test]

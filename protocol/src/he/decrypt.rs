@@ -6,13 +6,13 @@ use rand_core::{CryptoRng, RngCore};
 use rayon::prelude::*;
 use zeroize::Zeroize;
 
+use super::ciphertext::Ciphertext;
 use super::ciphertext::MASK_DROPPED_BITS as MASK_LOW_BITS;
-use super::ciphertext::{Ciphertext, round_body};
 use super::keys::KeyShare;
 use super::ntt::{FullForm, NttContext};
 use super::sampling::add_smudging;
-use super::{Budget, HeError, POLYNOMIAL_SIZE, Quorum, Subset};
-use crate::wire::{BoundCiphertext, PartialView};
+use super::{Budget, HeError, POLYNOMIAL_SIZE, Quorum, ShareWindow, Subset};
+use crate::wire::{BoundCiphertext, PartialHeader, PartialView};
 
 /// SHA-256 of a ciphertext's canonical encoding: what a decryption request names and what
 /// every partial decryption is bound to.
@@ -25,14 +25,18 @@ impl std::fmt::Display for CiphertextDigest {
     }
 }
 
-/// One quorum member's contribution to decrypting one ciphertext: for each value, the top 64
-/// bits of <mask, F_j> + E_j, where F_j sums the key-share pieces assigned to the member and E_j
-/// is fresh smudging noise. The low bits lie under the smudging and are not sent.
+/// One quorum member's contribution to decrypting one ciphertext: for each value, the
+/// budget's window of <mask, F_j> + E_j, where F_j sums the key-share pieces assigned to the
+/// member and E_j is fresh smudging noise. The bits below the window are rounded away within
+/// the error Delta allows, those above it are not needed to combine (see [`ShareWindow`]);
+/// neither is sent.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PartialDecryption {
     pub party: u8,
     pub quorum: Vec<u8>,
     pub ciphertext: CiphertextDigest,
+    pub window: ShareWindow,
+    /// Each below 2^(8 * window.bytes()).
     pub values: Vec<u64>,
 }
 
@@ -60,17 +64,32 @@ impl KeyShare {
         budget: &Budget,
         rng: &mut R,
     ) -> Result<PartialDecryption, HeError> {
+        self.partial_decrypt_in(ciphertext, quorum, budget, budget.share_window(), rng)
+    }
+
+    /// [`Self::partial_decrypt`] in another window than the budget's: a combination also
+    /// takes [`ShareWindow::TOP_64`], what members sent before windows.
+    pub(crate) fn partial_decrypt_in<R: RngCore + CryptoRng>(
+        &self,
+        ciphertext: &BoundCiphertext,
+        quorum: &Quorum,
+        budget: &Budget,
+        window: ShareWindow,
+        rng: &mut R,
+    ) -> Result<PartialDecryption, HeError> {
         self.check_partial_request(quorum, budget)?;
         let values = self.partial_decrypt_subsets(
             ciphertext.ciphertext(),
             &self.assigned_subsets(quorum),
             budget.smudging_bits(),
+            window,
             rng,
         )?;
         Ok(PartialDecryption {
             party: self.party,
             quorum: quorum.members().to_vec(),
             ciphertext: ciphertext.digest(),
+            window,
             values,
         })
     }
@@ -88,22 +107,25 @@ impl KeyShare {
     ) -> Result<Vec<u8>, HeError> {
         self.check_partial_request(quorum, budget)?;
         let values = ciphertext.ciphertext().value_count;
+        let window = budget.share_window();
         let mut out = crate::wire::encode_partial_header(
             self.party,
             quorum.members(),
             &ciphertext.digest(),
+            window,
             values,
         );
         let start = out.len();
-        out.resize(start + 8 * values, 0);
-        let words: &mut [[u8; 8]] = bytemuck::cast_slice_mut(&mut out[start..]);
+        let bytes = window.bytes();
+        out.resize(start + bytes * values, 0);
         self.partial_decrypt_into(
             ciphertext.ciphertext(),
             &self.assigned_subsets(quorum),
             budget.smudging_bits(),
+            window,
             rng,
-            words,
-            |word, value| *word = value.to_le_bytes(),
+            (&mut out[start..], bytes),
+            |place, value| place.copy_from_slice(&value.to_le_bytes()[..bytes]),
         )?;
         Ok(out)
     }
@@ -138,13 +160,14 @@ impl KeyShare {
             .collect()
     }
 
-    /// The smudged, rounded inner products of every bin's mask with the sum of the shares of
-    /// `subsets`, all of which this member must hold.
+    /// The smudged inner products of every bin's mask with the sum of the shares of
+    /// `subsets`, all of which this member must hold, each reduced to `window`.
     pub(crate) fn partial_decrypt_subsets<R: RngCore + CryptoRng>(
         &self,
         ciphertext: &Ciphertext,
         subsets: &[Subset],
         smudging_bits: u32,
+        window: ShareWindow,
         rng: &mut R,
     ) -> Result<Vec<u64>, HeError> {
         let mut out = vec![0u64; ciphertext.value_count];
@@ -152,22 +175,26 @@ impl KeyShare {
             ciphertext,
             subsets,
             smudging_bits,
+            window,
             rng,
-            &mut out,
-            |word, value| *word = value,
+            (&mut out, 1),
+            |place, value| place[0] = value,
         )?;
         Ok(out)
     }
 
-    /// The work of both: each value is handed to `store` with its place in `out`.
-    fn partial_decrypt_into<R: RngCore + CryptoRng, W: Send>(
+    /// The work of both: `out` holds `per_value` places for each value, and each value is
+    /// handed to `store` with its places.
+    #[allow(clippy::too_many_arguments)]
+    fn partial_decrypt_into<R: RngCore + CryptoRng, T: Send>(
         &self,
         ciphertext: &Ciphertext,
         subsets: &[Subset],
         smudging_bits: u32,
+        window: ShareWindow,
         rng: &mut R,
-        out: &mut [W],
-        store: impl Fn(&mut W, u64) + Sync,
+        (out, per_value): (&mut [T], usize),
+        store: impl Fn(&mut [T], u64) + Sync,
     ) -> Result<(), HeError> {
         if let Some(missing) = subsets
             .iter()
@@ -207,22 +234,26 @@ impl KeyShare {
         reversed_sum.zeroize();
 
         let mut seeds: Vec<[u8; 32]> = (0..ciphertext.bin_count()).map(|_| rng.r#gen()).collect();
-        assert_eq!(out.len(), ciphertext.value_count, "one place per value");
-        out.par_chunks_mut(POLYNOMIAL_SIZE)
+        assert_eq!(
+            out.len(),
+            ciphertext.value_count * per_value,
+            "places for every value"
+        );
+        out.par_chunks_mut(POLYNOMIAL_SIZE * per_value)
             .zip(ciphertext.masks.par_chunks(POLYNOMIAL_SIZE))
             .zip(seeds.par_iter())
             .for_each_init(
                 || PartialScratch::new(context),
                 |scratch, ((out, mask), seed)| {
                     context.mask_product(mask, &key_form, &mut scratch.form, &mut scratch.product);
-                    let len = out.len();
+                    let len = out.len() / per_value;
                     for (k, value) in scratch.values[..len].iter_mut().enumerate() {
                         *value = scratch.product[POLYNOMIAL_SIZE - 1 - k];
                     }
                     let mut bin_rng = ChaCha12Rng::from_seed(*seed);
                     add_smudging(&mut bin_rng, &mut scratch.values[..len], smudging_bits);
-                    for (o, v) in out.iter_mut().zip(&scratch.values) {
-                        store(o, round_body(*v));
+                    for (places, v) in out.chunks_exact_mut(per_value).zip(&scratch.values) {
+                        store(places, window.keep(*v));
                     }
                 },
             );
@@ -323,6 +354,7 @@ impl CombineTarget {
 pub struct Combination {
     target: CombineTarget,
     quorum: Quorum,
+    window: ShareWindow,
     seen: u16,
 }
 
@@ -338,21 +370,26 @@ impl Combination {
         Ok(Self {
             target,
             quorum,
+            window: budget.share_window(),
             seen: 0,
         })
     }
 
     /// Subtracts one quorum member's partial decryption, refusing (and leaving the sum as it
     /// was) one bound to another ciphertext or quorum, from outside the quorum, a second from
-    /// the same member, or of another length.
+    /// the same member, of another window or of another length.
     pub fn subtract(&mut self, partial: &PartialDecryption) -> Result<(), HeError> {
         self.admit(
             partial.party,
             &partial.quorum,
             partial.ciphertext,
+            partial.window,
             partial.values.len(),
         )?;
-        subtract_share(&mut self.target.bodies, &partial.values, |v| *v);
+        let window = partial.window;
+        subtract_share(&mut self.target.bodies, (&partial.values, 1), |v| {
+            window.to_top(v[0])
+        });
         Ok(())
     }
 
@@ -364,11 +401,15 @@ impl Combination {
             header.party,
             &header.quorum,
             header.ciphertext,
-            partial.values.len(),
+            header.window,
+            partial.value_count(),
         )?;
-        subtract_share(&mut self.target.bodies, partial.values, |v| {
-            u64::from_le_bytes(*v)
-        });
+        let window = header.window;
+        subtract_share(
+            &mut self.target.bodies,
+            (partial.values, window.bytes()),
+            |v| window.to_top(window.read(v)),
+        );
         Ok(())
     }
 
@@ -378,42 +419,57 @@ impl Combination {
         party: u8,
         quorum: &[u8],
         ciphertext: CiphertextDigest,
+        window: ShareWindow,
         values: usize,
     ) -> Result<(), HeError> {
         let expected = Expected {
             ciphertext: self.target.digest,
             values: self.target.bodies.len() as u64,
             quorum: &self.quorum,
+            window: self.window,
         };
-        self.seen |= expected.admit(self.seen, party, quorum, ciphertext, values as u64)?;
+        self.seen |= expected.admit(self.seen, party, quorum, ciphertext, window, values as u64)?;
         Ok(())
     }
 
     /// The decoded messages, once every quorum member's partial was subtracted.
     pub fn finish(self) -> Result<Vec<i64>, HeError> {
         complete(&self.quorum, self.seen)?;
-        Ok(decode_phases(self.target.bodies, self.target.delta_bits))
+        Ok(decode_phases(
+            self.target.bodies,
+            self.window,
+            self.target.delta_bits,
+        ))
     }
 }
 
-/// Whether partials with these headers (party, quorum, ciphertext, value count) would all be
-/// subtracted from a combination of `ciphertext` (of `values` values) for `quorum`, and
-/// complete it: the checks `Combination::subtract` makes, without the values. A member checks
-/// what it received this way before it commits a recomputation or its target to combining.
+/// Whether partials with these headers would all be subtracted from a combination of
+/// `ciphertext` (of `values` values) for `quorum` under `budget`, and complete it: the checks
+/// `Combination::subtract` makes, without the values. A member checks what it received this
+/// way before it commits a recomputation or its target to combining.
 pub fn check_partials<'a>(
     ciphertext: CiphertextDigest,
     values: u64,
     quorum: &Quorum,
-    headers: impl IntoIterator<Item = (u8, &'a [u8], CiphertextDigest, u64)>,
+    budget: &Budget,
+    headers: impl IntoIterator<Item = &'a PartialHeader>,
 ) -> Result<(), HeError> {
     let expected = Expected {
         ciphertext,
         values,
         quorum,
+        window: budget.share_window(),
     };
     let mut seen = 0;
-    for (party, members, digest, count) in headers {
-        seen |= expected.admit(seen, party, members, digest, count)?;
+    for header in headers {
+        seen |= expected.admit(
+            seen,
+            header.party,
+            &header.quorum,
+            header.ciphertext,
+            header.window,
+            header.value_count,
+        )?;
     }
     complete(quorum, seen)
 }
@@ -423,18 +479,22 @@ struct Expected<'a> {
     ciphertext: CiphertextDigest,
     values: u64,
     quorum: &'a Quorum,
+    window: ShareWindow,
 }
 
 impl Expected<'_> {
     /// The checks a partial passes before it touches the sum, given the parties already
     /// subtracted (`seen`): bound to this ciphertext and quorum, from a member of it not seen
-    /// before, of this length. Its party's bit.
+    /// before, of the budget's window (or of all the top 64 bits, as partials before windows,
+    /// which holds every bit of the budget's window and rounds less) and of this length. Its
+    /// party's bit.
     fn admit(
         &self,
         seen: u16,
         party: u8,
         quorum: &[u8],
         ciphertext: CiphertextDigest,
+        window: ShareWindow,
         values: u64,
     ) -> Result<u16, HeError> {
         let refused = |reason: String| HeError::Partial { party, reason };
@@ -454,6 +514,15 @@ impl Expected<'_> {
             return Err(refused(
                 "the party is outside the quorum or sent twice".into(),
             ));
+        }
+        if window != self.window && window != ShareWindow::TOP_64 {
+            return Err(refused(format!(
+                "it keeps bits {} to {} of each value, the budget bits {} to {} (or 64 to 128)",
+                window.dropped_bits(),
+                window.top_bit(),
+                self.window.dropped_bits(),
+                self.window.top_bit()
+            )));
         }
         if values != self.values {
             return Err(refused(format!(
@@ -493,34 +562,44 @@ pub fn combine(
 
 /// body - sum of shares, then signed rounding by Delta (see `decode_phases`).
 #[cfg(test)]
-pub(crate) fn combine_raw(bodies: &[u64], shares: &[&[u64]], delta_bits: u32) -> Vec<i64> {
+pub(crate) fn combine_raw(
+    bodies: &[u64],
+    shares: &[&[u64]],
+    window: ShareWindow,
+    delta_bits: u32,
+) -> Vec<i64> {
     let mut phases = bodies.to_vec();
     for share in shares {
-        subtract_share(&mut phases, share, |v| *v);
+        subtract_share(&mut phases, (share, 1), |v| window.to_top(v[0]));
     }
-    decode_phases(phases, delta_bits)
+    decode_phases(phases, window, delta_bits)
 }
 
-/// Everything lives in the top 64 bits (bodies and shares were both rounded there), so the
-/// subtraction is done on u64.
-fn subtract_share<S: Sync>(phases: &mut [u64], share: &[S], value: impl Fn(&S) -> u64 + Sync) {
+/// Everything lives in the top 64 bits (bodies were rounded there, and a window starts at
+/// bit 64 or above), so the subtraction is done on u64.
+/// `share` holds `per_value` places for each value.
+fn subtract_share<T: Sync>(
+    phases: &mut [u64],
+    (share, per_value): (&[T], usize),
+    value: impl Fn(&[T]) -> u64 + Sync,
+) {
     const BLOCK: usize = 1 << 16;
     phases
         .par_chunks_mut(BLOCK)
-        .zip(share.par_chunks(BLOCK))
+        .zip(share.par_chunks(BLOCK * per_value))
         .for_each(|(phases, share)| {
-            for (p, s) in phases.iter_mut().zip(share) {
+            for (p, s) in phases.iter_mut().zip(share.chunks_exact(per_value)) {
                 *p = p.wrapping_sub(value(s));
             }
         });
 }
 
-/// Each phase shifted back up to 128 bits and rounded by Delta to its signed message, in the
-/// phases' own buffer.
-fn decode_phases(mut phases: Vec<u64>, delta_bits: u32) -> Vec<i64> {
+/// Each phase, known modulo the window's 2^w, read as signed, shifted back up to 128 bits and
+/// rounded by Delta to its signed message, in the phases' own buffer.
+fn decode_phases(mut phases: Vec<u64>, window: ShareWindow, delta_bits: u32) -> Vec<i64> {
     let half = 1u128 << (delta_bits - 1);
     phases.par_iter_mut().for_each(|p| {
-        let full = u128::from(*p) << 64;
+        let full = u128::from(window.sign_extend(*p)) << 64;
         *p = ((full.wrapping_add(half) as i128) >> delta_bits) as i64 as u64;
     });
     // Same size and alignment: collects in place, no second buffer.

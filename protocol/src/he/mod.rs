@@ -26,6 +26,7 @@ mod params;
 pub mod sampling;
 #[cfg(test)]
 mod tests;
+mod window;
 
 pub use budget::{
     Budget, BudgetRequest, LifetimeLedger, SMUDGING_SUMMANDS, TARGET_SECURITY_BITS, kappa_for,
@@ -43,6 +44,7 @@ pub use keys::{
 pub use params::{
     MAX_PARTIES, POLYNOMIAL_SIZE, ParameterSet, QUORATE_RLWE128_V1, Quorum, Subset, ThresholdConfig,
 };
+pub use window::ShareWindow;
 
 /// Everything that can go wrong in the scheme, with the culprit named where there is one.
 #[derive(Debug, thiserror::Error)]

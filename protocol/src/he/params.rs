@@ -26,7 +26,8 @@ pub struct ParameterSet {
     pub mask_dropped_bits: u32,
     /// Low bits of every ciphertext body dropped before it leaves the encryptor.
     pub body_dropped_bits: u32,
-    /// Low bits of every partial decryption dropped before it leaves the member.
+    /// Low bits of a partial decryption dropped as Delta is chosen: the fewest any partial
+    /// drops. The budget's window then drops as many more as Delta leaves room for.
     pub share_dropped_bits: u32,
 }
 

@@ -15,7 +15,7 @@ use super::decrypt::combine_raw;
 use super::keys::{SecretContribution, tfhe_noise_distribution};
 use super::ntt::{FullForm, NttContext};
 use super::*;
-use crate::wire::BoundCiphertext;
+use crate::wire::{BoundCiphertext, PartialHeader};
 
 /// Keys with the collective secret kept, which only a test may do.
 struct TestKeys {
@@ -352,13 +352,19 @@ fn check_threshold(n: u8, t: u8, seed: u64) {
                         aggregate.ciphertext(),
                         &assigned,
                         budget.smudging_bits(),
+                        budget.share_window(),
                         &mut rng,
                     )
                     .unwrap(),
             );
         }
         let refs: Vec<&[u64]> = shares.iter().map(Vec::as_slice).collect();
-        let guess = combine_raw(aggregate.ciphertext().bodies(), &refs, budget.delta_bits());
+        let guess = combine_raw(
+            aggregate.ciphertext().bodies(),
+            &refs,
+            budget.share_window(),
+            budget.delta_bits(),
+        );
         let right = guess.iter().zip(&expected).filter(|(a, b)| a == b).count();
         worst = worst.max(right as f64 / count as f64);
     }
@@ -504,7 +510,13 @@ fn partial_decryptions_are_smudged_to_the_budget() {
     let share = &keys.shares[0];
     let subsets = config.subsets_held_by(0);
     let partial = share
-        .partial_decrypt_subsets(&ciphertext, &subsets, smudging, &mut rng)
+        .partial_decrypt_subsets(
+            &ciphertext,
+            &subsets,
+            smudging,
+            ShareWindow::TOP_64,
+            &mut rng,
+        )
         .unwrap();
 
     let mut sum = vec![0u128; POLYNOMIAL_SIZE];
@@ -698,7 +710,7 @@ fn a_partial_subtracted_from_its_encoding_combines_and_is_refused_as_a_decoded_o
     let encoded: Vec<Vec<u8>> = partials.iter().map(encode_partial_decryption).collect();
     let limits = DecodeLimits::default();
     let mut wrong = partials[1].clone();
-    wrong.values[3] ^= 1 << 50;
+    wrong.values[3] ^= 1;
     wrong.ciphertext = CiphertextDigest([7; 32]);
     let wrong = encode_partial_decryption(&wrong);
     let mut combination =
@@ -768,7 +780,7 @@ fn a_combination_fed_one_partial_at_a_time_refuses_a_bad_one_without_touching_th
     assert_eq!(target.digest(), ciphertext.digest());
     let mut combination = Combination::new(target, quorum.clone(), &budget).unwrap();
     let mut wrong = partials[1].clone();
-    wrong.values[0] ^= 1 << 40;
+    wrong.values[0] ^= 1;
     wrong.ciphertext = CiphertextDigest([9; 32]);
     for (index, partial) in partials.iter().enumerate().rev() {
         let err = combination.subtract(&wrong).unwrap_err();
@@ -779,35 +791,55 @@ fn a_combination_fed_one_partial_at_a_time_refuses_a_bad_one_without_touching_th
     }
     assert_eq!(combination.finish().unwrap(), messages);
     // The same checks on the headers alone, before anything is committed to combining.
-    let headers = |partials: &[PartialDecryption]| -> Vec<(u8, Vec<u8>, CiphertextDigest, u64)> {
+    let headers = |partials: &[PartialDecryption]| -> Vec<PartialHeader> {
         partials
             .iter()
-            .map(|p| {
-                (
-                    p.party,
-                    p.quorum.clone(),
-                    p.ciphertext,
-                    p.values.len() as u64,
-                )
+            .map(|p| PartialHeader {
+                party: p.party,
+                quorum: p.quorum.clone(),
+                ciphertext: p.ciphertext,
+                window: p.window,
+                value_count: p.values.len() as u64,
             })
             .collect()
     };
-    let check = |headers: &[(u8, Vec<u8>, CiphertextDigest, u64)]| {
+    let check = |headers: &[PartialHeader]| {
         check_partials(
             ciphertext.digest(),
             messages.len() as u64,
             &quorum,
-            headers
-                .iter()
-                .map(|(p, q, c, n)| (*p, q.as_slice(), *c, *n)),
+            &budget,
+            headers,
         )
     };
     let good = headers(&partials);
     check(&good).unwrap();
     let mut short = good.clone();
-    short[2].3 -= 1;
+    short[2].value_count -= 1;
     let err = check(&short).unwrap_err();
     assert!(matches!(err, HeError::Partial { party: 3, .. }), "{err}");
+    // A member whose partial keeps other bits than the budget's window is refused by name:
+    // its values would be subtracted at the wrong place. All the top 64 bits, as partials
+    // were before windows, are taken.
+    let other = ShareWindow::new(72, 7).unwrap();
+    assert_ne!(budget.share_window(), other);
+    let mut shifted = good.clone();
+    shifted[1].window = other;
+    let err = check(&shifted).unwrap_err();
+    assert!(matches!(err, HeError::Partial { party: 2, .. }), "{err}");
+    assert!(err.to_string().contains("keeps bits 72 to 128"), "{err}");
+    shifted[1].window = ShareWindow::TOP_64;
+    check(&shifted).unwrap();
+    let mut elsewhere = partials[1].clone();
+    elsewhere.window = other;
+    let mut fresh =
+        Combination::new(CombineTarget::of(&ciphertext), quorum.clone(), &budget).unwrap();
+    let decoded_err = fresh.subtract(&elsewhere).unwrap_err();
+    let encoded = crate::wire::encode_partial_decryption(&elsewhere);
+    let view = crate::wire::decode_partial_view(&encoded, crate::wire::DecodeLimits::default());
+    let encoded_err = fresh.subtract_encoded(&view.unwrap()).unwrap_err();
+    assert_eq!(decoded_err.to_string(), err.to_string());
+    assert_eq!(encoded_err.to_string(), err.to_string());
     let err = check(&good[..2]).unwrap_err();
     assert!(err.to_string().contains("2 of 3"), "{err}");
     let twice = [good[0].clone(), good[0].clone(), good[1].clone()];
@@ -920,4 +952,73 @@ fn seeded_dealings_share_the_same_secret_as_plain_ones() {
     }
     assert_eq!(sum, secret.coefficients());
     assert!(dealing.for_party(0).iter().all(|(u, _)| !u.contains(0)));
+}
+
+/// The window's top reduces every partial modulo 2^w with w below 128: sums as large as the
+/// budget allows, of either sign, still combine to the exact messages, from decoded partials
+/// and from their encodings alike, also beside a partial of all the top 64 bits (as members
+/// sent before windows). The second budget's window tops out exactly at Delta + message bits
+/// + 2, the least the argument allows.
+#[test]
+fn the_largest_sums_a_budget_allows_combine_exactly_from_windowed_partials() {
+    use crate::wire::{DecodeLimits, decode_partial_view, encode_partial_decryption};
+    let config = ThresholdConfig::new(5, 3).unwrap();
+    let keys = test_keys(&config, 70);
+    let key = keys.public_key.prepare();
+    let mut rng = ChaCha20Rng::seed_from_u64(71);
+    // L1 = 4 * 8192 = 2^15, so the sums below reach (2^value_bits - 1) * 2^15, the edge of
+    // the message bits.
+    for (value_bits, tight) in [(20, false), (1, true)] {
+        let budget = budget(config, value_bits, 4, 8192);
+        assert_eq!(budget.message_bits(), value_bits + 15);
+        let window = budget.share_window();
+        assert!(
+            window.bytes() < 8 && window.top_bit() < 128,
+            "the test needs a window reduced at both ends: {window:?}"
+        );
+        let least = budget.delta_bits() + budget.message_bits() + 2;
+        assert_eq!(window.top_bit() == least, tight, "{window:?}");
+        let max = budget.max_value();
+        let values: Vec<i64> = [max, -max, max - 1, 1 - max, 0, 1, -1]
+            .into_iter()
+            .cycle()
+            .take(POLYNOMIAL_SIZE + 3)
+            .collect();
+        let one = key.encrypt(&values, &budget, &mut rng).unwrap();
+        let mut sum = Ciphertext::zero(values.len(), budget.delta_bits());
+        for _ in 0..4 {
+            sum.add_weighted(&one, 8192).unwrap();
+        }
+        let sum = BoundCiphertext::new(sum);
+        let expected: Vec<i64> = values.iter().map(|v| v * 32768).collect();
+        let edge = (1i64 << budget.message_bits()) - (1 << 15);
+        assert!(expected.contains(&edge) && expected.contains(&-edge));
+        let quorum = Quorum::new(&config, vec![0, 2, 4]).unwrap();
+        let partials = keys.partials(&sum, &quorum, &budget, &mut rng);
+        assert!(partials.iter().all(|p| p.window == window));
+        assert_eq!(
+            combine(&sum, &quorum, &partials, &budget).unwrap(),
+            expected
+        );
+        let mut mixed = partials.clone();
+        mixed[1] = keys.shares[2]
+            .partial_decrypt_in(&sum, &quorum, &budget, ShareWindow::TOP_64, &mut rng)
+            .unwrap();
+        assert_eq!(combine(&sum, &quorum, &mixed, &budget).unwrap(), expected);
+        let encoded: Vec<Vec<u8>> = partials.iter().map(encode_partial_decryption).collect();
+        let header = encode_partial_decryption(&PartialDecryption {
+            values: Vec::new(),
+            ..partials[0].clone()
+        })
+        .len();
+        let mut combination =
+            Combination::new(CombineTarget::of(&sum), quorum.clone(), &budget).unwrap();
+        for bytes in &encoded {
+            assert_eq!(bytes.len(), header + values.len() * window.bytes());
+            combination
+                .subtract_encoded(&decode_partial_view(bytes, DecodeLimits::default()).unwrap())
+                .unwrap();
+        }
+        assert_eq!(combination.finish().unwrap(), expected);
+    }
 }

@@ -201,6 +201,25 @@ fn plan_digest_covers_every_field_and_the_budget_fits() {
     assert_eq!(RoundPlan::default().sized(), RoundPlan::default());
 }
 
+/// What a partial decryption weighs at the default plan, and at the plan `bench round`
+/// runs (10M values over 2 rounds): the window follows the plan's message bits.
+#[test]
+fn partials_take_6_bytes_a_value_at_the_default_plan_and_5_over_two_rounds() {
+    let config = ThresholdConfig::new(5, 3).unwrap();
+    let default = RoundPlan::default().budget(config).unwrap();
+    assert_eq!(default.message_bits(), 35);
+    assert_eq!(default.share_window().bytes(), 6);
+    let short = RoundPlan {
+        values: 10_000_000,
+        rounds: 2,
+        ..RoundPlan::default()
+    }
+    .sized();
+    let budget = short.budget(config).unwrap();
+    assert_eq!(budget.message_bits(), 31);
+    assert_eq!(budget.share_window().bytes(), 5);
+}
+
 fn entries(sample: &SampleConsortium) -> Vec<SignedEntry> {
     sample
         .log

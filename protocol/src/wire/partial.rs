@@ -1,37 +1,50 @@
 //! The encoding of a partial decryption: the party, its quorum, the digest of the ciphertext it
-//! decrypts and one 64-bit value per ciphertext value. Its header can be checked alone, so a
+//! decrypts, its window (the bits it keeps of each value: see `he::ShareWindow`) and one
+//! value per ciphertext value in the window's bytes. Its header can be checked alone, so a
 //! member refuses a malformed partial before it commits to combining.
 
 use super::{DecodeLimits, Kind, WireError, WireReader, header};
-use crate::he::{CiphertextDigest, PartialDecryption};
+use crate::he::{CiphertextDigest, PartialDecryption, ShareWindow};
 
+/// Writes each value's low `window.bytes()` bytes, little-endian; the values were reduced to
+/// the window, so nothing is lost.
 pub fn encode_partial_decryption(partial: &PartialDecryption) -> Vec<u8> {
     let mut out = encode_partial_header(
         partial.party,
         &partial.quorum,
         &partial.ciphertext,
+        partial.window,
         partial.values.len(),
     );
+    let bytes = partial.window.bytes();
     for value in &partial.values {
-        out.extend_from_slice(&value.to_le_bytes());
+        debug_assert!(
+            bytes == 8 || value >> (8 * bytes) == 0,
+            "a value outside its window"
+        );
+        out.extend_from_slice(&value.to_le_bytes()[..bytes]);
     }
     out
 }
 
 /// Everything of a partial decryption's encoding before its values, with room reserved for
-/// them (8 bytes each, little-endian): a member's partial is computed straight into it.
+/// them (the window's bytes each, little-endian): a member's partial is computed straight
+/// into it.
 pub(crate) fn encode_partial_header(
     party: u8,
     quorum: &[u8],
     ciphertext: &CiphertextDigest,
+    window: ShareWindow,
     value_count: usize,
 ) -> Vec<u8> {
     let mut out = header(Kind::PartialDecryption);
-    out.reserve_exact(2 + quorum.len() + 32 + 8 + value_count * 8);
+    out.reserve_exact(2 + quorum.len() + 32 + 2 + 8 + value_count * window.bytes());
     out.push(party);
     out.push(quorum.len() as u8);
     out.extend_from_slice(quorum);
     out.extend_from_slice(&ciphertext.0);
+    out.push(window.dropped_bits());
+    out.push(window.bytes() as u8);
     out.extend_from_slice(&(value_count as u64).to_le_bytes());
     out
 }
@@ -41,14 +54,16 @@ pub fn decode_partial_decryption(
     limits: DecodeLimits,
 ) -> Result<PartialDecryption, WireError> {
     let (header, values) = read_partial_header(bytes, limits)?;
+    let window = header.window;
     let values = values
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .chunks_exact(window.bytes())
+        .map(|c| window.read(c))
         .collect();
     Ok(PartialDecryption {
         party: header.party,
         quorum: header.quorum,
         ciphertext: header.ciphertext,
+        window,
         values,
     })
 }
@@ -61,6 +76,7 @@ pub struct PartialHeader {
     pub party: u8,
     pub quorum: Vec<u8>,
     pub ciphertext: CiphertextDigest,
+    pub window: ShareWindow,
     pub value_count: u64,
 }
 
@@ -78,14 +94,21 @@ pub fn decode_partial_header(
 #[derive(Clone, Debug)]
 pub struct PartialView<'a> {
     pub header: PartialHeader,
-    /// One value per ciphertext value, 8 little-endian bytes each.
-    pub(crate) values: &'a [[u8; 8]],
+    /// One value per ciphertext value, the window's bytes each, little-endian.
+    pub(crate) values: &'a [u8],
 }
 
 impl PartialView<'_> {
     /// The values, decoded one by one.
     pub fn values(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
-        self.values.iter().map(|v| u64::from_le_bytes(*v))
+        let window = self.header.window;
+        self.values
+            .chunks_exact(window.bytes())
+            .map(move |v| window.read(v))
+    }
+
+    pub(crate) fn value_count(&self) -> usize {
+        self.values.len() / self.header.window.bytes()
     }
 }
 
@@ -94,19 +117,16 @@ pub fn decode_partial_view(
     limits: DecodeLimits,
 ) -> Result<PartialView<'_>, WireError> {
     let (header, values) = read_partial_header(bytes, limits)?;
-    Ok(PartialView {
-        header,
-        values: bytemuck::cast_slice(values),
-    })
+    Ok(PartialView { header, values })
 }
 
-/// The header and the values' bytes, exactly `value_count * 8` of them.
+/// The header and the values' bytes, exactly `value_count * window.bytes()` of them.
 fn read_partial_header(
     bytes: &[u8],
     limits: DecodeLimits,
 ) -> Result<(PartialHeader, &[u8]), WireError> {
     let mut reader = WireReader::new(bytes);
-    reader.header(Kind::PartialDecryption)?;
+    let kind = reader.header_of(&[Kind::PartialDecryption, Kind::PartialDecryptionTop64])?;
     let party = reader.u8("party")?;
     let quorum_len = reader.u8("quorum size")?;
     if quorum_len > crate::he::MAX_PARTIES {
@@ -127,13 +147,25 @@ fn read_partial_header(
         .take("ciphertext digest", 32)?
         .try_into()
         .expect("32 bytes");
+    let window = if kind == Kind::PartialDecryptionTop64 {
+        ShareWindow::TOP_64
+    } else {
+        let dropped_bits = reader.u8("window's dropped bits")?;
+        let width = reader.u8("window's bytes per value")?;
+        ShareWindow::new(dropped_bits, width).map_err(|e| WireError::Invalid {
+            field: "window",
+            reason: e.to_string(),
+        })?
+    };
     let value_count = super::read_value_count(&mut reader, limits)?;
-    reader.expect_remaining(value_count * 8)?;
-    let values = reader.take("values", value_count as usize * 8)?;
+    let len = value_count * window.bytes() as u64;
+    reader.expect_remaining(len)?;
+    let values = reader.take("values", len as usize)?;
     let header = PartialHeader {
         party,
         quorum,
         ciphertext: CiphertextDigest(digest),
+        window,
         value_count,
     };
     Ok((header, values))

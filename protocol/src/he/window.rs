@@ -1,0 +1,153 @@
+//! Which bits of a partial decryption leave its member.
+//!
+//! A partial decryption is a 128-bit word per value, but combining needs only a window of it:
+//! - **below**, bits far under Delta only carry smudging, so they are rounded away (their
+//!   rounding adds to the decryption error, which the budget keeps under Delta / 2);
+//! - **above**, the combined phase Delta * m + e is small, so it is known from its residue
+//!   modulo 2^w for any w with |Delta * m + e| < 2^(w - 1). Reducing modulo 2^w commutes with
+//!   the subtraction (2^w divides 2^128), so each partial may be sent modulo 2^w.
+//!
+//! The window is a function of what is revealed anyway, so it weakens nothing: a simulator
+//! of the full partial yields the windowed one. What it saves is bytes: at the default plan a
+//! partial is 6 bytes per value instead of 8 (see `Budget::share_window`).
+
+use super::HeError;
+
+/// The bits `[dropped_bits, dropped_bits + 8 * bytes)` of each smudged partial word, rounded to
+/// nearest at the bottom. Only [`super::Budget`] chooses one for real use; a partial carries
+/// its window, and a combination refuses one that is not the budget's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ShareWindow {
+    dropped_bits: u8,
+    bytes: u8,
+}
+
+impl ShareWindow {
+    /// Fewest low bits any window drops: combining works on the top 64 bits, where the
+    /// ciphertext bodies live.
+    pub const MIN_DROPPED_BITS: u8 = 64;
+
+    /// A window, or why it is not one: 1 to 8 bytes, at least 64 dropped bits, and nothing
+    /// above bit 128.
+    pub fn new(dropped_bits: u8, bytes: u8) -> Result<Self, HeError> {
+        if !(1..=8).contains(&bytes) {
+            return Err(HeError::Config(format!(
+                "a partial window of {bytes} bytes per value: between 1 and 8"
+            )));
+        }
+        if dropped_bits < Self::MIN_DROPPED_BITS
+            || u32::from(dropped_bits) + 8 * u32::from(bytes) > 128
+        {
+            return Err(HeError::Config(format!(
+                "{dropped_bits} dropped bits and {bytes} bytes per value: the window must lie \
+                 between bit {} and bit 128",
+                Self::MIN_DROPPED_BITS
+            )));
+        }
+        Ok(Self {
+            dropped_bits,
+            bytes,
+        })
+    }
+
+    /// The top 64 bits, as every partial was before windows. A combination takes it beside
+    /// the budget's window: it holds every bit of any window, rounded at bit 64, which Delta
+    /// was chosen for.
+    pub const TOP_64: Self = Self {
+        dropped_bits: 64,
+        bytes: 8,
+    };
+
+    pub fn dropped_bits(self) -> u8 {
+        self.dropped_bits
+    }
+
+    /// Bytes per value on the wire.
+    pub fn bytes(self) -> usize {
+        usize::from(self.bytes)
+    }
+
+    /// The bits of the 128-bit word that partials are reduced to: w.
+    pub fn top_bit(self) -> u32 {
+        u32::from(self.dropped_bits) + 8 * u32::from(self.bytes)
+    }
+
+    /// The word rounded to nearest at `dropped_bits` and reduced modulo 2^w.
+    #[inline]
+    pub(crate) fn keep(self, word: u128) -> u64 {
+        let d = u32::from(self.dropped_bits);
+        let rounded = (word.wrapping_add(1u128 << (d - 1)) >> d) as u64;
+        if self.bytes == 8 {
+            rounded
+        } else {
+            rounded & ((1u64 << (8 * self.bytes)) - 1)
+        }
+    }
+
+    /// A kept value moved back to the top 64 bits (bit 64 of the word is bit 0 there), where
+    /// it is subtracted from the bodies.
+    #[inline]
+    pub(crate) fn to_top(self, kept: u64) -> u64 {
+        kept << (self.dropped_bits - 64)
+    }
+
+    /// A phase in the top 64 bits, known modulo 2^w, as the signed value it stands for.
+    #[inline]
+    pub(crate) fn sign_extend(self, phase: u64) -> u64 {
+        let unknown = 128 - self.top_bit();
+        (((phase << unknown) as i64) >> unknown) as u64
+    }
+
+    /// The value of `bytes` little-endian bytes.
+    #[inline]
+    pub(crate) fn read(self, bytes: &[u8]) -> u64 {
+        let mut word = [0u8; 8];
+        word[..bytes.len()].copy_from_slice(bytes);
+        u64::from_le_bytes(word)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_keeps_its_bits_rounded_to_nearest_and_reduced() {
+        let window = ShareWindow::new(80, 5).unwrap();
+        assert_eq!(window.top_bit(), 120);
+        assert_eq!(window.keep(0), 0);
+        assert_eq!(window.keep((1u128 << 79) - 1), 0);
+        assert_eq!(window.keep(1u128 << 79), 1);
+        assert_eq!(window.keep(7u128 << 80), 7);
+        // Bits from 120 up are reduced away, and rounding up wraps modulo 2^120.
+        assert_eq!(window.keep((1u128 << 120) | (3u128 << 80)), 3);
+        assert_eq!(window.keep(u128::MAX), 0);
+        assert_eq!(window.to_top(window.keep(9u128 << 80)), 9 << 16);
+    }
+
+    #[test]
+    fn a_phase_known_modulo_two_to_the_w_reads_back_signed() {
+        let window = ShareWindow::new(80, 5).unwrap();
+        // In the top 64 bits, the window reaches bit 56: a phase of -1 there reads as -1.
+        let minus_one = (1u64 << 56) - 1;
+        assert_eq!(window.sign_extend(minus_one) as i64, -1);
+        assert_eq!(window.sign_extend(5), 5);
+        // The largest positive phase and the most negative one, at the window's top.
+        assert_eq!(window.sign_extend((1 << 55) - 1), (1 << 55) - 1);
+        assert_eq!(window.sign_extend(1 << 55) as i64, -(1 << 55));
+        // Bits above the window are unknown and ignored.
+        assert_eq!(window.sign_extend((1 << 60) | 5), 5);
+        assert_eq!(window.sign_extend(u64::MAX) as i64, -1);
+        assert_eq!(ShareWindow::TOP_64.sign_extend(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn a_window_outside_bits_64_to_128_or_of_no_bytes_is_refused() {
+        assert!(ShareWindow::new(63, 8).is_err());
+        assert!(ShareWindow::new(64, 9).is_err());
+        assert!(ShareWindow::new(80, 0).is_err());
+        assert!(ShareWindow::new(121, 1).is_err());
+        assert!(ShareWindow::new(120, 1).is_ok());
+        assert_eq!(ShareWindow::new(64, 8).unwrap(), ShareWindow::TOP_64);
+    }
+}
