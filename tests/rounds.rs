@@ -18,9 +18,24 @@ fn three_rounds_of_five_members_decrypt_exactly_and_the_log_verifies() {
     d.run(3, None);
     let everyone: &[u8] = &[0, 1, 2, 3, 4];
     let expected = d.expected_digest(&[everyone, everyone, everyone]);
-    // Every member recomputes every round's aggregate from the four other contributions, and
-    // builds on the model it recomputed the round before, which it holds: it never fetches it.
+    // A quorum member recomputes its round's aggregate from the four other contributions, and
+    // builds on the model it held from the round before: it never fetches that. A member
+    // outside the quorum fetches the aggregate alone, and combines it once the whole quorum,
+    // each after recomputing it, logged its release.
     let ciphertext = protocol::wire::ciphertext_encoded_len(10_000) as u64;
+    let log = d.log();
+    let Body::Membership(membership) = &log[0].entry.body else {
+        panic!("no membership")
+    };
+    let quorums: Vec<u16> = log
+        .iter()
+        .filter_map(|e| match e.entry.body {
+            Body::DecryptionRequest { quorum, .. } => Some(quorum),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(quorums.len(), 3, "one first attempt a round");
+    let mut outside = 0;
     for name in &d.members {
         let summary = d.summary(name);
         assert_eq!(summary["rounds"], 3, "{name}");
@@ -29,8 +44,16 @@ fn three_rounds_of_five_members_decrypt_exactly_and_the_log_verifies() {
             Some(expected.as_str()),
             "{name}"
         );
-        assert_eq!(summary["bytes_fetched"], 3 * 4 * ciphertext, "{name}");
+        let index = membership.members.iter().position(|m| &m.name == name);
+        let bit = 1u16 << index.unwrap();
+        let fetched: u64 = quorums
+            .iter()
+            .map(|quorum| if quorum & bit != 0 { 4 } else { 1 })
+            .sum();
+        outside += quorums.iter().filter(|quorum| *quorum & bit == 0).count();
+        assert_eq!(summary["bytes_fetched"], fetched * ciphertext, "{name}");
     }
+    assert_eq!(outside, 3 * 2, "two members outside each quorum");
     let coordinator_summary = d.summary("coordinator");
     for round in coordinator_summary["rounds"].as_array().unwrap() {
         assert_eq!(round["contributors"], 5);

@@ -22,7 +22,9 @@ use protocol::he::{Budget, Ciphertext, CombineTarget, EncryptionKey, KeyShare, Q
 use protocol::round::message::{
     CHUNK_BYTES, MAX_MESSAGE_BYTES, PROTOCOL, Request, Response, chunk_digests,
 };
-use protocol::round::policy::{HeldModel, Refusal, ReleaseTarget, check_combine, check_request};
+use protocol::round::policy::{
+    HeldModel, Obtain, Refusal, ReleaseTarget, check_combine, check_request,
+};
 use protocol::round::{ModelDigest, RoundPlan, model_digest};
 use protocol::wire::{BoundCiphertext, DecodeLimits, encode_ciphertext, encoded_digest};
 use rand::SeedableRng;

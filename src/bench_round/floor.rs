@@ -76,8 +76,8 @@ impl Costs {
     /// `threshold` decrypts, as rounds run today: the coordinator adds every contribution onto
     /// the encrypted model; each quorum member fetches the others' contributions, recomputes
     /// the aggregate onto the model it holds and releases a partial to every other member;
-    /// each member outside the quorum recomputes the aggregate the same way before it
-    /// combines, and every member combines.
+    /// each member outside the quorum fetches the aggregate (one term onto zero), and every
+    /// member combines.
     pub fn floors(&self, institutions: u8, threshold: u8) -> Floors {
         let n = u64::from(institutions);
         let t = u64::from(threshold).min(n);
@@ -91,8 +91,8 @@ impl Costs {
             t as f64 * (recompute + self.partial_decrypt_seconds),
         );
         let combine = self.floor(
-            t * others * self.partial_bytes + (n - t) * others * self.ciphertext_bytes,
-            (n - t) as f64 * recompute + n as f64 * self.combine_seconds,
+            t * others * self.partial_bytes + (n - t) * self.ciphertext_bytes,
+            (n - t) as f64 * self.aggregate_term_seconds + n as f64 * self.combine_seconds,
         );
         let round_seconds =
             encrypt.seconds + upload_aggregate.seconds + release.seconds + combine.seconds;
@@ -224,10 +224,10 @@ mod tests {
         // Three quorum members fetch four contributions each, recompute and decrypt.
         assert_eq!(floors.release.bytes, 12 * 200_000_000);
         assert!((floors.release.cpu_seconds - 3.0 * (0.06 + 1.0) / 2.0).abs() < 1e-12);
-        // Three partials to four members each; two members outside the quorum fetch four
-        // contributions and recompute; five members combine.
-        assert_eq!(floors.combine.bytes, 12 * 80_000_000 + 8 * 200_000_000);
-        assert!((floors.combine.cpu_seconds - (2.0 * 0.06 + 0.5) / 2.0).abs() < 1e-12);
+        // Three partials to four members each; two members outside the quorum fetch the
+        // aggregate, one term each; five members combine.
+        assert_eq!(floors.combine.bytes, 12 * 80_000_000 + 2 * 200_000_000);
+        assert!((floors.combine.cpu_seconds - (2.0 * 0.01 + 0.5) / 2.0).abs() < 1e-12);
         let sum = [
             &floors.encrypt,
             &floors.upload_aggregate,
@@ -241,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn a_quorum_of_everyone_leaves_no_member_to_recompute_after_the_release() {
+    fn a_quorum_of_everyone_leaves_no_member_to_fetch_the_aggregate_after_the_release() {
         let floors = costs().floors(3, 3);
         assert_eq!(floors.combine.bytes, 3 * 2 * 80_000_000);
         assert!((floors.combine.cpu_seconds - 0.15).abs() < 1e-12);

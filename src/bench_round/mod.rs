@@ -75,7 +75,8 @@ struct RoundBenchReport {
     floor_costs: floor::Costs,
     median_round_seconds: f64,
     bytes_sent_per_node: Vec<u64>,
-    /// Ciphertext bytes each node fetched to recompute the aggregates it decrypts.
+    /// Ciphertext bytes each node fetched: every other contribution of a round whose quorum
+    /// it is in (to recompute the aggregate), the aggregate alone of any other round.
     bytes_fetched_per_node: Vec<u64>,
     coordinator_bytes_received: u64,
     coordinator_peak_memory_bytes: Option<u64>,

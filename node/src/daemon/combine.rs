@@ -4,14 +4,14 @@
 
 use super::*;
 
-/// Recomputes the ciphertext of a request whose quorum this member is not in, as soon as the
-/// request is logged: the recomputation then runs while the quorum releases, not after every
-/// partial has arrived, and combining holds the bodies (a third of the ciphertext) while the
-/// partials come in.
+/// Fetches the ciphertext of a request whose quorum this member is not in, as soon as the
+/// request is logged (see `fetch::obtain`): the fetch then runs while the quorum releases, not
+/// after every partial has arrived, and combining holds the bodies (a third of the ciphertext)
+/// while the partials come in. Nothing fetched here is combined before the whole quorum's
+/// releases are logged.
 ///
 /// Only a first attempt is prepared, and at most one per round: every first attempt of a round
-/// names the round's aggregate, so a coordinator that logs many requests costs one
-/// recomputation, as before. Retries (re-randomised ciphertexts) and requests this member
+/// names the round's aggregate, so a coordinator that logs many requests costs one fetch. Retries (re-randomised ciphertexts) and requests this member
 /// cannot combine yet (its base not held, a combination under way or done) are left to
 /// combining, which judges them again.
 pub(super) async fn prepare(ctx: &Arc<Context>, request: u64) -> Result<(), StepError> {
@@ -36,7 +36,7 @@ pub(super) async fn prepare(ctx: &Arc<Context>, request: u64) -> Result<(), Step
         }
         target
     };
-    let recomputed = recompute(ctx, &target).await;
+    let recomputed = obtain(ctx, &target).await;
     let failed = {
         let mut state = ctx.lock();
         state.preparing.remove(&target.round);
@@ -109,7 +109,7 @@ pub(super) fn try_combine(ctx: &Arc<Context>, request: u64) {
             .combining
             .get(&request)
             .is_some_and(|c| c.running || c.malformed)
-            || d.logged_shares.len() < d.quorum.len()
+            || !d.released_by_whole_quorum()
             || state.member.held().round >= d.round
         {
             return;
@@ -222,7 +222,9 @@ pub(super) async fn combine(
     partials: Vec<Arc<Vec<u8>>>,
 ) -> Result<(), StepError> {
     // The result becomes this member's model, the base of its next contribution and release:
-    // so it combines only a ciphertext it recomputed itself from the model it holds.
+    // so it combines only a ciphertext it recomputed itself from the model it holds, or, outside
+    // the quorum of a first attempt, one that every quorum member logged a release for after
+    // recomputing it (`Obtain::Fetch`; `try_combine` comes here only then).
     let verdict = {
         let state = ctx.lock();
         check_combine(
@@ -269,7 +271,7 @@ pub(super) async fn combine(
     };
     let target = match recomputed {
         Some(t) if t.digest().0 == release_target.ciphertext => t,
-        _ => match recompute(ctx, &release_target).await? {
+        _ => match obtain(ctx, &release_target).await? {
             Some(bound) => CombineTarget::from_bound(bound),
             None => {
                 let refusal = Refusal::Mismatch;

@@ -155,6 +155,42 @@ pub enum RecomputeError {
     DamagedOnDisk { digest: Digest },
 }
 
+/// The ciphertext `target` names, come by as `ReleaseTarget::obtain` says for this member:
+/// recomputed ([`recompute`]), or, outside the quorum of a first attempt, fetched and checked
+/// against the request's digest. Either way it is kept for the next round, which builds on it,
+/// and it is `None` if it is not the round's aggregate. A fetched one is combined only once the
+/// whole quorum's releases are logged (`try_combine` waits for them), each made on a
+/// recomputation of this very digest.
+pub(super) async fn obtain(
+    ctx: &Arc<Context>,
+    target: &ReleaseTarget,
+) -> Result<Option<BoundCiphertext>, RecomputeError> {
+    match target.obtain(ctx.me) {
+        Obtain::Recompute => recompute(ctx, target).await,
+        Obtain::Fetch => fetch_aggregate(ctx, target).await,
+    }
+}
+
+/// A first attempt's ciphertext, which is the round's aggregate: fetched onto zero as a term of
+/// weight 1, so that its chunks are checked as they arrive and the whole against the request's
+/// digest, then kept as a recomputed aggregate is. One ciphertext fetched instead of every
+/// other member's contribution.
+async fn fetch_aggregate(
+    ctx: &Arc<Context>,
+    target: &ReleaseTarget,
+) -> Result<Option<BoundCiphertext>, RecomputeError> {
+    if target.ciphertext != target.aggregate {
+        return Ok(None);
+    }
+    let zero = Ciphertext::zero(ctx.plan.values as usize, ctx.budget.delta_bits());
+    let fetched = add_fetched(ctx, zero, &target.ciphertext, 1).await?;
+    let (dir, expected, base) = (ctx.held.clone(), target.aggregate, target.base);
+    Ok(
+        tokio::task::spawn_blocking(move || held::keep_if(&dir, fetched, &expected, base.as_ref()))
+            .await?,
+    )
+}
+
 /// Recomputes the ciphertext `target` names from this member's own held encrypted model and the
 /// logged contributions (fetched by digest, added as they arrive and checked), re-randomised
 /// from the logged seed on a retry. `None` if the round's aggregate or the request's

@@ -204,7 +204,7 @@ pub(super) fn carry_out(ctx: &Arc<Context>, action: Action) {
             let ctx = ctx.clone();
             tokio::spawn(async move {
                 if let Err(e) = prepare(&ctx, request).await {
-                    tracing::warn!(request, error = %e, "not prepared; recomputing when combining");
+                    tracing::warn!(request, error = %e, "not prepared; obtaining it again when combining");
                 }
             });
         }

@@ -29,6 +29,17 @@ pub struct Decryption {
     pub logged_shares: BTreeMap<u8, Digest>,
 }
 
+impl Decryption {
+    /// Every quorum member logged its release. Nothing is combined before: a member outside
+    /// the quorum takes the request's ciphertext on the word of these releases, each made on
+    /// a recomputation of it (`protocol::round::Obtain::Fetch`), so all of them must be in.
+    pub fn released_by_whole_quorum(&self) -> bool {
+        self.quorum
+            .iter()
+            .all(|member| self.logged_shares.contains_key(member))
+    }
+}
+
 /// What the daemon is to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {

@@ -54,7 +54,15 @@ fn an_honest_round_asks_to_contribute_release_send_and_combine_in_log_order() {
         ]
     );
     let released = s.log.size();
+    // A member outside the quorum, which combines on the quorum's word: not before the last
+    // of the quorum's releases is logged.
+    let mut watcher = member(&s, 1);
+    let mut fed = 0;
     for q in [0usize, 2, 4] {
+        feed(&mut watcher, &s, fed);
+        fed = s.log.size();
+        let d = watcher.decryption(request).unwrap();
+        assert!(!d.released_by_whole_quorum(), "before member {q}'s release");
         s.append(
             Author::Member(q),
             Body::ShareReleased {
@@ -79,8 +87,16 @@ fn an_honest_round_asks_to_contribute_release_send_and_combine_in_log_order() {
         ]
     );
     assert_eq!(m.decryption(request).unwrap().logged_shares.len(), 3);
+    assert!(m.decryption(request).unwrap().released_by_whole_quorum());
+    feed(&mut watcher, &s, fed);
+    assert!(
+        watcher
+            .decryption(request)
+            .unwrap()
+            .released_by_whole_quorum()
+    );
     // A member outside the quorum follows the decryption and prepares to combine it (its
-    // recomputation runs while the quorum releases), but does not release.
+    // fetch of the aggregate runs while the quorum releases), but does not release.
     let mut outside = member(&s, 1);
     let actions = feed(&mut outside, &s, 0);
     assert!(!actions.iter().any(|a| matches!(a, Action::Release { .. })));

@@ -12,7 +12,7 @@
 //! - smudging, the sum of three independent uniforms in [-2^s, 2^s) per quorum member (so less
 //!   than 3 * 2^s), with 2^s >= 2^kappa * L1 * B_ct;
 //! - the rounding of each partial decryption at its window's bottom (see `share_window`): at
-//!   most 2^63 per member when Delta is chosen, and at most 2^(Delta - 5) for the whole
+//!   most 2^63 per member when Delta is chosen, and at most 2^(Delta - 3) for the whole
 //!   quorum at the bottom the window then takes.
 //!
 //! Delta must exceed twice their sum, and the weighted sum of messages must fit in the signed
@@ -285,13 +285,14 @@ impl Budget {
 /// 2^message_bits in magnitude and quorums of `threshold`.
 ///
 /// - **Bottom.** Delta was chosen with the error bounded by 2^(Delta - 2), counting partials
-///   rounded at bit 64. Dropping d = Delta - 4 - ceil(log2 t) bits instead (never fewer than
-///   64) adds at most t * 2^(d - 1) <= 2^(Delta - 5), so the error stays below
-///   2^(Delta - 2) + 2^(Delta - 5) < Delta / 2: decryption stays exact, and Delta is the same
-///   as with 64-bit partials.
-/// - **Top.** The phase Delta * m + e has |Delta * m + e| < 2^(Delta + message_bits) +
-///   2^(Delta - 1) < 2^(Delta + message_bits + 1), so it is known modulo
-///   2^(Delta + message_bits + 2) (or 2^128, whichever is smaller).
+///   rounded at bit 64. Dropping d = Delta - 2 - ceil(log2 t) bits instead (never fewer than
+///   64) adds at most t * 2^(d - 1) <= 2^(Delta - 3), so the error stays below
+///   2^(Delta - 2) + 2^(Delta - 3) = 3/4 of Delta / 2: decryption stays exact, and Delta is the
+///   same as with 64-bit partials.
+/// - **Top.** With |m| <= 2^message_bits - 1 and |e| < Delta / 2, the phase has
+///   |Delta * m + e| < 2^(Delta + message_bits) - Delta / 2, so it is known from its residue
+///   modulo 2^(Delta + message_bits + 1) read as signed (or modulo 2^128, whichever is
+///   smaller).
 ///
 /// Between the two, whole bytes: the spare bits of the last byte raise the top, unless it
 /// would pass bit 128, where they lower the bottom instead (which only shrinks the rounding).
@@ -301,11 +302,11 @@ impl Budget {
 /// 2^(w - Delta). Every flow stays inside it (a server optimizer clamps the model to
 /// `RoundPlan::model_bound`), and an L1 norm counted short would show here first.
 pub(crate) fn share_window(delta_bits: u32, message_bits: u32, threshold: u8) -> ShareWindow {
-    let guard = 4 + u32::from(threshold).next_power_of_two().trailing_zeros();
+    let guard = 2 + u32::from(threshold).next_power_of_two().trailing_zeros();
     let bottom = delta_bits
         .saturating_sub(guard)
         .max(u32::from(ShareWindow::MIN_DROPPED_BITS));
-    let top = (delta_bits + message_bits + 2).min(128);
+    let top = (delta_bits + message_bits + 1).min(128);
     let bytes = (top.saturating_sub(bottom)).div_ceil(8).clamp(1, 8);
     let bottom = bottom.min(128 - 8 * bytes);
     ShareWindow::new(bottom as u8, bytes as u8)
@@ -425,15 +426,15 @@ mod tests {
                                 let dropped = u32::from(window.dropped_bits());
                                 let delta = budget.delta_bits();
                                 let t = u32::from(threshold).next_power_of_two().trailing_zeros();
-                                // t * 2^(dropped - 1) <= 2^(Delta - 5), or the 64 bits Delta
+                                // t * 2^(dropped - 1) <= 2^(Delta - 3), or the 64 bits Delta
                                 // was chosen with.
                                 assert!(
-                                    dropped == 64 || dropped - 1 + t <= delta - 5,
+                                    dropped == 64 || dropped - 1 + t <= delta - 3,
                                     "{request:?}: {window:?} at Delta 2^{delta}"
                                 );
                                 assert!(
                                     window.top_bit()
-                                        >= (delta + budget.message_bits() + 2).min(128),
+                                        >= (delta + budget.message_bits() + 1).min(128),
                                     "{request:?}: {window:?} at Delta 2^{delta}"
                                 );
                                 checked += 1;

@@ -9,7 +9,7 @@
 //!
 //! The window is a function of what is revealed anyway, so it weakens nothing: a simulator
 //! of the full partial yields the windowed one. What it saves is bytes: at the default plan a
-//! partial is 6 bytes per value instead of 8 (see `Budget::share_window`).
+//! partial is 5 bytes per value instead of 8 (see `Budget::share_window`).
 
 use super::HeError;
 

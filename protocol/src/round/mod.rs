@@ -33,7 +33,8 @@ pub use machine::{CloseDecision, CloseTerms, CoordinatorRound, DecryptionStatus}
 pub use optimizer::{Optimizer, OptimizerState};
 pub use plan::{ModelDigest, RoundPlan, model_digest};
 pub use policy::{
-    HeldModel, Refusal, ReleaseTarget, Term, check_combine, check_contribution, check_request,
+    HeldModel, Obtain, Refusal, ReleaseTarget, Term, check_combine, check_contribution,
+    check_request,
 };
 pub use stream::{TermStream, WholeStream};
 

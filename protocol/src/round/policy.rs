@@ -64,6 +64,31 @@ pub struct ReleaseTarget {
     pub quorum: Vec<u8>,
 }
 
+/// How a member comes by the ciphertext it combines: the one rule of who must recompute it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Obtain {
+    /// From the model it holds and the logged contributions (re-randomised from the logged
+    /// seed on a retry): a quorum member, which releases on nothing else, and every retry.
+    Recompute,
+    /// Fetched from the coordinator and checked against the digest the request names: a
+    /// member outside the quorum of a round's first attempt. It combines it only once every
+    /// quorum member's release is logged, and each quorum member releases only for the
+    /// ciphertext it recomputed; with at most t - 1 colluders one of them is honest, so the
+    /// ciphertext is the agreed aggregate without this member recomputing it.
+    Fetch,
+}
+
+impl ReleaseTarget {
+    /// How `member` comes by this request's ciphertext to combine it (see [`Obtain`]).
+    pub fn obtain(&self, member: u8) -> Obtain {
+        if self.attempt == 0 && !self.quorum.contains(&member) {
+            Obtain::Fetch
+        } else {
+            Obtain::Recompute
+        }
+    }
+}
+
 /// Why a member refuses to release, contribute or combine; each is logged as an incident with
 /// [`Refusal::code`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -204,11 +204,11 @@ fn plan_digest_covers_every_field_and_the_budget_fits() {
 /// What a partial decryption weighs at the default plan, and at the plan `bench round`
 /// runs (10M values over 2 rounds): the window follows the plan's message bits.
 #[test]
-fn partials_take_6_bytes_a_value_at_the_default_plan_and_5_over_two_rounds() {
+fn partials_take_5_bytes_a_value_at_the_default_plan_and_over_two_rounds_of_10m() {
     let config = ThresholdConfig::new(5, 3).unwrap();
     let default = RoundPlan::default().budget(config).unwrap();
     assert_eq!(default.message_bits(), 35);
-    assert_eq!(default.share_window().bytes(), 6);
+    assert_eq!(default.share_window().bytes(), 5);
     let short = RoundPlan {
         values: 10_000_000,
         rounds: 2,
@@ -218,6 +218,27 @@ fn partials_take_6_bytes_a_value_at_the_default_plan_and_5_over_two_rounds() {
     let budget = short.budget(config).unwrap();
     assert_eq!(budget.message_bits(), 31);
     assert_eq!(budget.share_window().bytes(), 5);
+}
+
+/// The one rule of who recomputes: every quorum member (it releases on nothing else), every
+/// retry, and nobody else. A member outside the quorum of a first attempt fetches the
+/// ciphertext the request names and combines it once the whole quorum's releases are logged.
+#[test]
+fn a_member_outside_the_quorum_of_a_first_attempt_fetches_and_everyone_else_recomputes() {
+    let mut s = sample();
+    let (close, aggregate) = s.open_and_close(1, &[0, 1, 2, 3, 4]);
+    let request = s.request(1, close, aggregate, &[0, 2, 4], 0);
+    let membership = s.log.membership().unwrap().clone();
+    let target = |s: &SampleConsortium, request| {
+        check_combine(&entries(s), &membership, &plan(), request, &held(s)).unwrap()
+    };
+    let first = target(&s, request);
+    let obtained: Vec<Obtain> = (0..5).map(|m| first.obtain(m)).collect();
+    use Obtain::{Fetch, Recompute};
+    assert_eq!(obtained, [Recompute, Fetch, Recompute, Fetch, Recompute]);
+    let retry = s.request(1, close, [0xee; 32], &[1, 2, 3], 1);
+    let retried = target(&s, retry);
+    assert!((0..5).all(|m| retried.obtain(m) == Recompute));
 }
 
 fn entries(sample: &SampleConsortium) -> Vec<SignedEntry> {
