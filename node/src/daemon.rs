@@ -200,8 +200,8 @@ struct Context {
     limits: DecodeLimits,
     store: StateStore,
     witness_store: WitnessStore,
-    /// The encrypted model this member recomputed last (see `held`), which the next round
-    /// builds on.
+    /// The encrypted model this member recomputed or fetched last (see `held`), which the next
+    /// round builds on once its decryption is combined.
     held: PathBuf,
     /// This member's latest contribution, which its recomputation of the round adds.
     contributed: PathBuf,
@@ -215,7 +215,8 @@ struct Context {
     round_report: Option<PathBuf>,
     /// Ciphertext and partial-decryption bytes this node sent.
     bytes_sent: std::sync::atomic::AtomicU64,
-    /// Ciphertext bytes this node fetched from the coordinator to recompute aggregates.
+    /// Ciphertext bytes this node fetched from the coordinator: contributions to recompute an
+    /// aggregate, or an aggregate outside the quorum.
     bytes_fetched: std::sync::atomic::AtomicU64,
     /// When this member last sent a partial decryption again (ms): a leaving node stays while
     /// peers still catch up.

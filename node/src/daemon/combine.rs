@@ -11,7 +11,8 @@ use super::*;
 /// releases are logged.
 ///
 /// Only a first attempt is prepared, and at most one per round: every first attempt of a round
-/// names the round's aggregate, so a coordinator that logs many requests costs one fetch. Retries (re-randomised ciphertexts) and requests this member
+/// names the round's aggregate, so a coordinator that logs many requests costs one fetch
+/// while it succeeds. Retries (re-randomised ciphertexts) and requests this member
 /// cannot combine yet (its base not held, a combination under way or done) are left to
 /// combining, which judges them again.
 pub(super) async fn prepare(ctx: &Arc<Context>, request: u64) -> Result<(), StepError> {
@@ -126,7 +127,8 @@ pub(super) fn try_combine(ctx: &Arc<Context>, request: u64) {
         let mut partials = Vec::new();
         for m in &d.quorum {
             let incoming = &state.partials[&(request, *m)];
-            if incoming.digest.as_ref().map(|d| d.as_slice()) != Some(&d.logged_shares[m][..]) {
+            let logged = d.logged_shares.get(m).map(|share| &share[..]);
+            if incoming.digest.as_ref().map(|d| d.as_slice()) != logged {
                 tracing::warn!(
                     member = m,
                     request,
@@ -225,16 +227,26 @@ pub(super) async fn combine(
     // so it combines only a ciphertext it recomputed itself from the model it holds, or, outside
     // the quorum of a first attempt, one that every quorum member logged a release for after
     // recomputing it (`Obtain::Fetch`; `try_combine` comes here only then).
-    let verdict = {
+    let (verdict, released) = {
         let state = ctx.lock();
-        check_combine(
+        let verdict = check_combine(
             &state.entries[..state.acted as usize],
             &ctx.membership,
             &ctx.plan,
             request,
             state.member.held(),
-        )
+        );
+        let released = state
+            .member
+            .decryption(request)
+            .is_some_and(|d| d.released_by_whole_quorum());
+        (verdict, released)
     };
+    // Checked here as well as before coming: a fetched ciphertext is adopted on the word of
+    // these releases.
+    if !released {
+        return Ok(());
+    }
     let release_target = match verdict {
         Ok(t) if t.ciphertext == ciphertext => t,
         Ok(_) => return Err(StepError::OtherCiphertext { request }),

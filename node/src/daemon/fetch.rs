@@ -157,17 +157,29 @@ pub enum RecomputeError {
 
 /// The ciphertext `target` names, come by as `ReleaseTarget::obtain` says for this member:
 /// recomputed ([`recompute`]), or, outside the quorum of a first attempt, fetched and checked
-/// against the request's digest. Either way it is kept for the next round, which builds on it,
-/// and it is `None` if it is not the round's aggregate. A fetched one is combined only once the
-/// whole quorum's releases are logged (`try_combine` waits for them), each made on a
-/// recomputation of this very digest.
+/// against the request's digest (recomputed if that fails). Either way it is kept for the next
+/// round, which builds on it, and it is `None` if it is not the round's aggregate. A fetched
+/// one is combined only once the whole quorum's releases are logged (`combine` checks), and
+/// the honest member among them released on a recomputation of this very digest.
 pub(super) async fn obtain(
     ctx: &Arc<Context>,
     target: &ReleaseTarget,
 ) -> Result<Option<BoundCiphertext>, RecomputeError> {
     match target.obtain(ctx.me) {
         Obtain::Recompute => recompute(ctx, target).await,
-        Obtain::Fetch => fetch_aggregate(ctx, target).await,
+        Obtain::Fetch => match fetch_aggregate(ctx, target).await {
+            // The contributions are there (the quorum fetched them): recomputing is the
+            // stronger check, and costs only time.
+            Err(e) => {
+                tracing::warn!(
+                    request = target.request,
+                    error = %e,
+                    "the aggregate could not be fetched; recomputing it"
+                );
+                recompute(ctx, target).await
+            }
+            fetched => fetched,
+        },
     }
 }
 

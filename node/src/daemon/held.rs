@@ -1,4 +1,5 @@
-//! The encrypted model this member recomputed last, kept on its own disk under its digest.
+//! The encrypted model this member recomputed (or, outside the quorum, fetched) last, kept on
+//! its own disk under its digest.
 //! The next round builds on it (its base), so a member that holds it need not fetch it from
 //! the coordinator again: at 10M values that is 230 MB fewer per member and round, each byte
 //! of which would otherwise be encrypted, sent and hashed three times.

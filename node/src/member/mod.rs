@@ -51,7 +51,7 @@ pub enum Action {
     /// Judge the request at leaf `request` under the release policy and, if it passes,
     /// release this member's partial decryption.
     Release { request: u64 },
-    /// A request whose quorum this member is not in: recompute its ciphertext now, while the
+    /// A request whose quorum this member is not in: fetch its ciphertext now, while the
     /// quorum releases, so that combining waits only for the partials.
     Prepare { request: u64 },
     /// This member's release for `request` is in a cosigned checkpoint: its partial (which

@@ -170,7 +170,8 @@ impl Budget {
             + l1 * body_rounding
             + threshold
                 * (f64::from(SMUDGING_SUMMANDS) * f64::from(smudging_bits).exp2() + share_rounding);
-        // |error| < Delta / 2, with one bit of margin for the floating-point estimate.
+        // |error| < Delta / 2 with a bit to spare: the partials' window takes half of it (see
+        // `share_window`), and the rest covers the f64 estimate (off by about 10^-15).
         let delta_bits = total_error.log2().ceil() as u32 + 2;
         if delta_bits >= 127 {
             return Err(HeError::Budget(format!(
@@ -230,6 +231,15 @@ impl Budget {
         self.share_window
     }
 
+    /// Whether a partial kept in `window` combines exactly under this budget: it keeps every
+    /// bit the budget's own window keeps from its bottom up to the phase's top, and rounds
+    /// no more. A window chosen by an earlier rule (all the top 64 bits, as before windows;
+    /// a wider one) still does, so what was released or recorded before stays combinable.
+    pub fn admits(&self, window: ShareWindow) -> bool {
+        window.dropped_bits() <= self.share_window.dropped_bits()
+            && window.top_bit() >= phase_bits(self.delta_bits, self.message_bits())
+    }
+
     /// log2 of the high-probability bound of one fresh encryption's noise.
     pub fn fresh_noise_bits(&self) -> f64 {
         self.fresh_noise_bits
@@ -284,8 +294,8 @@ impl Budget {
 /// The window of a partial decryption for a budget of scale 2^delta_bits, messages below
 /// 2^message_bits in magnitude and quorums of `threshold`.
 ///
-/// - **Bottom.** Delta was chosen with the error bounded by 2^(Delta - 2), counting partials
-///   rounded at bit 64. Dropping d = Delta - 2 - ceil(log2 t) bits instead (never fewer than
+/// - **Bottom.** Delta was chosen with the error bounded by 2^(Delta - 2) (to the f64
+///   estimate's precision, about 10^-15), counting partials rounded at bit 64. Dropping d = Delta - 2 - ceil(log2 t) bits instead (never fewer than
 ///   64) adds at most t * 2^(d - 1) <= 2^(Delta - 3), so the error stays below
 ///   2^(Delta - 2) + 2^(Delta - 3) = 3/4 of Delta / 2: decryption stays exact, and Delta is the
 ///   same as with 64-bit partials.
@@ -306,11 +316,17 @@ pub(crate) fn share_window(delta_bits: u32, message_bits: u32, threshold: u8) ->
     let bottom = delta_bits
         .saturating_sub(guard)
         .max(u32::from(ShareWindow::MIN_DROPPED_BITS));
-    let top = (delta_bits + message_bits + 1).min(128);
+    let top = phase_bits(delta_bits, message_bits);
     let bytes = (top.saturating_sub(bottom)).div_ceil(8).clamp(1, 8);
     let bottom = bottom.min(128 - 8 * bytes);
     ShareWindow::new(bottom as u8, bytes as u8)
         .expect("bottom >= 64 and top <= 128 by construction")
+}
+
+/// The bits a combined phase needs: it is known from its residue modulo 2^phase_bits (see
+/// `share_window`'s top).
+fn phase_bits(delta_bits: u32, message_bits: u32) -> u32 {
+    (delta_bits + message_bits + 1).min(128)
 }
 
 /// Counts what a key has revealed so far and refuses to go past the lifetime limit.

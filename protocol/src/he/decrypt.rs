@@ -68,7 +68,8 @@ impl KeyShare {
     }
 
     /// [`Self::partial_decrypt`] in another window than the budget's: a combination also
-    /// takes [`ShareWindow::TOP_64`], what members sent before windows.
+    /// takes any window `Budget::admits`, such as [`ShareWindow::TOP_64`], what members sent
+    /// before windows.
     pub(crate) fn partial_decrypt_in<R: RngCore + CryptoRng>(
         &self,
         ciphertext: &BoundCiphertext,
@@ -354,7 +355,9 @@ impl CombineTarget {
 pub struct Combination {
     target: CombineTarget,
     quorum: Quorum,
-    window: ShareWindow,
+    budget: Budget,
+    /// The lowest top of the windows subtracted: the phase is known modulo 2^top_bit.
+    top_bit: u32,
     seen: u16,
 }
 
@@ -370,7 +373,8 @@ impl Combination {
         Ok(Self {
             target,
             quorum,
-            window: budget.share_window(),
+            budget: *budget,
+            top_bit: 128,
             seen: 0,
         })
     }
@@ -426,9 +430,10 @@ impl Combination {
             ciphertext: self.target.digest,
             values: self.target.bodies.len() as u64,
             quorum: &self.quorum,
-            window: self.window,
+            budget: &self.budget,
         };
         self.seen |= expected.admit(self.seen, party, quorum, ciphertext, window, values as u64)?;
+        self.top_bit = self.top_bit.min(window.top_bit());
         Ok(())
     }
 
@@ -437,7 +442,7 @@ impl Combination {
         complete(&self.quorum, self.seen)?;
         Ok(decode_phases(
             self.target.bodies,
-            self.window,
+            self.top_bit,
             self.target.delta_bits,
         ))
     }
@@ -458,7 +463,7 @@ pub fn check_partials<'a>(
         ciphertext,
         values,
         quorum,
-        window: budget.share_window(),
+        budget,
     };
     let mut seen = 0;
     for header in headers {
@@ -479,15 +484,15 @@ struct Expected<'a> {
     ciphertext: CiphertextDigest,
     values: u64,
     quorum: &'a Quorum,
-    window: ShareWindow,
+    budget: &'a Budget,
 }
 
 impl Expected<'_> {
     /// The checks a partial passes before it touches the sum, given the parties already
     /// subtracted (`seen`): bound to this ciphertext and quorum, from a member of it not seen
-    /// before, of the budget's window (or of all the top 64 bits, as partials before windows,
-    /// which holds every bit of the budget's window and rounds less) and of this length. Its
-    /// party's bit.
+    /// before, of a window the budget admits (its own, or one holding more of the word, such
+    /// as all the top 64 bits partials kept before windows) and of this length. Its party's
+    /// bit.
     fn admit(
         &self,
         seen: u16,
@@ -515,13 +520,14 @@ impl Expected<'_> {
                 "the party is outside the quorum or sent twice".into(),
             ));
         }
-        if window != self.window && window != ShareWindow::TOP_64 {
+        if !self.budget.admits(window) {
+            let ours = self.budget.share_window();
             return Err(refused(format!(
-                "it keeps bits {} to {} of each value, the budget bits {} to {} (or 64 to 128)",
+                "it keeps bits {} to {} of each value, the budget bits {} to {}",
                 window.dropped_bits(),
                 window.top_bit(),
-                self.window.dropped_bits(),
-                self.window.top_bit()
+                ours.dropped_bits(),
+                ours.top_bit()
             )));
         }
         if values != self.values {
@@ -572,7 +578,7 @@ pub(crate) fn combine_raw(
     for share in shares {
         subtract_share(&mut phases, (share, 1), |v| window.to_top(v[0]));
     }
-    decode_phases(phases, window, delta_bits)
+    decode_phases(phases, window.top_bit(), delta_bits)
 }
 
 /// Everything lives in the top 64 bits (bodies were rounded there, and a window starts at
@@ -594,12 +600,12 @@ fn subtract_share<T: Sync>(
         });
 }
 
-/// Each phase, known modulo the window's 2^w, read as signed, shifted back up to 128 bits and
+/// Each phase, known modulo 2^top_bit, read as signed, shifted back up to 128 bits and
 /// rounded by Delta to its signed message, in the phases' own buffer.
-fn decode_phases(mut phases: Vec<u64>, window: ShareWindow, delta_bits: u32) -> Vec<i64> {
+fn decode_phases(mut phases: Vec<u64>, top_bit: u32, delta_bits: u32) -> Vec<i64> {
     let half = 1u128 << (delta_bits - 1);
     phases.par_iter_mut().for_each(|p| {
-        let full = u128::from(window.sign_extend(*p)) << 64;
+        let full = u128::from(super::window::sign_extend(*p, top_bit)) << 64;
         *p = ((full.wrapping_add(half) as i128) >> delta_bits) as i64 as u64;
     });
     // Same size and alignment: collects in place, no second buffer.

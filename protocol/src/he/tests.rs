@@ -818,16 +818,24 @@ fn a_combination_fed_one_partial_at_a_time_refuses_a_bad_one_without_touching_th
     short[2].value_count -= 1;
     let err = check(&short).unwrap_err();
     assert!(matches!(err, HeError::Partial { party: 3, .. }), "{err}");
-    // A member whose partial keeps other bits than the budget's window is refused by name:
-    // its values would be subtracted at the wrong place. All the top 64 bits, as partials
-    // were before windows, are taken.
-    let other = ShareWindow::new(72, 7).unwrap();
-    assert_ne!(budget.share_window(), other);
+    // A member whose partial rounds away bits the budget's window keeps is refused by name:
+    // its rounding would not be what Delta was chosen for. A window holding more of the word
+    // is taken: all the top 64 bits, as partials were before windows, or a wider one.
+    let ours = budget.share_window();
+    let other = ShareWindow::new(ours.dropped_bits() + 8, ours.bytes() as u8).unwrap();
+    assert!(!budget.admits(other));
     let mut shifted = good.clone();
     shifted[1].window = other;
     let err = check(&shifted).unwrap_err();
     assert!(matches!(err, HeError::Partial { party: 2, .. }), "{err}");
-    assert!(err.to_string().contains("keeps bits 72 to 128"), "{err}");
+    let named = format!("keeps bits {} to {}", other.dropped_bits(), other.top_bit());
+    assert!(err.to_string().contains(&named), "{err}");
+    // Nor one that stops below the phase's top.
+    shifted[1].window = ShareWindow::new(ours.dropped_bits(), ours.bytes() as u8 - 1).unwrap();
+    assert!(check(&shifted).is_err());
+    let wider = ShareWindow::new(ours.dropped_bits(), ours.bytes() as u8 + 1).unwrap();
+    shifted[1].window = wider;
+    check(&shifted).unwrap();
     shifted[1].window = ShareWindow::TOP_64;
     check(&shifted).unwrap();
     let mut elsewhere = partials[1].clone();
@@ -956,8 +964,8 @@ fn seeded_dealings_share_the_same_secret_as_plain_ones() {
 
 /// The window's top reduces every partial modulo 2^w with w below 128: sums as large as the
 /// budget allows, of either sign, still combine to the exact messages, from decoded partials
-/// and from their encodings alike, also beside a partial of all the top 64 bits (as members
-/// sent before windows). The first budget's window tops out exactly at Delta + message bits
+/// and from their encodings alike, also beside partials of wider windows (all the top 64 bits,
+/// as members sent before windows, and one a bit lower and a byte higher). The first budget's window tops out exactly at Delta + message bits
 /// + 1, the least the argument allows.
 #[test]
 fn the_largest_sums_a_budget_allows_combine_exactly_from_windowed_partials() {
@@ -1003,6 +1011,10 @@ fn the_largest_sums_a_budget_allows_combine_exactly_from_windowed_partials() {
         let mut mixed = partials.clone();
         mixed[1] = keys.shares[2]
             .partial_decrypt_in(&sum, &quorum, &budget, ShareWindow::TOP_64, &mut rng)
+            .unwrap();
+        let wider = ShareWindow::new(window.dropped_bits() - 1, window.bytes() as u8 + 1).unwrap();
+        mixed[2] = keys.shares[4]
+            .partial_decrypt_in(&sum, &quorum, &budget, wider, &mut rng)
             .unwrap();
         assert_eq!(combine(&sum, &quorum, &mixed, &budget).unwrap(), expected);
         let encoded: Vec<Vec<u8>> = partials.iter().map(encode_partial_decryption).collect();

@@ -91,13 +91,6 @@ impl ShareWindow {
         kept << (self.dropped_bits - 64)
     }
 
-    /// A phase in the top 64 bits, known modulo 2^w, as the signed value it stands for.
-    #[inline]
-    pub(crate) fn sign_extend(self, phase: u64) -> u64 {
-        let unknown = 128 - self.top_bit();
-        (((phase << unknown) as i64) >> unknown) as u64
-    }
-
     /// The value of `bytes` little-endian bytes.
     #[inline]
     pub(crate) fn read(self, bytes: &[u8]) -> u64 {
@@ -105,6 +98,14 @@ impl ShareWindow {
         word[..bytes.len()].copy_from_slice(bytes);
         u64::from_le_bytes(word)
     }
+}
+
+/// A phase in the top 64 bits, known modulo 2^top_bit (top_bit in 64..=128), as the signed
+/// value it stands for.
+#[inline]
+pub(crate) fn sign_extend(phase: u64, top_bit: u32) -> u64 {
+    let unknown = 128 - top_bit;
+    (((phase << unknown) as i64) >> unknown) as u64
 }
 
 #[cfg(test)]
@@ -130,15 +131,18 @@ mod tests {
         let window = ShareWindow::new(80, 5).unwrap();
         // In the top 64 bits, the window reaches bit 56: a phase of -1 there reads as -1.
         let minus_one = (1u64 << 56) - 1;
-        assert_eq!(window.sign_extend(minus_one) as i64, -1);
-        assert_eq!(window.sign_extend(5), 5);
+        assert_eq!(sign_extend(minus_one, window.top_bit()) as i64, -1);
+        assert_eq!(sign_extend(5, window.top_bit()), 5);
         // The largest positive phase and the most negative one, at the window's top.
-        assert_eq!(window.sign_extend((1 << 55) - 1), (1 << 55) - 1);
-        assert_eq!(window.sign_extend(1 << 55) as i64, -(1 << 55));
+        assert_eq!(sign_extend((1 << 55) - 1, window.top_bit()), (1 << 55) - 1);
+        assert_eq!(sign_extend(1 << 55, window.top_bit()) as i64, -(1 << 55));
         // Bits above the window are unknown and ignored.
-        assert_eq!(window.sign_extend((1 << 60) | 5), 5);
-        assert_eq!(window.sign_extend(u64::MAX) as i64, -1);
-        assert_eq!(ShareWindow::TOP_64.sign_extend(u64::MAX), u64::MAX);
+        assert_eq!(sign_extend((1 << 60) | 5, window.top_bit()), 5);
+        assert_eq!(sign_extend(u64::MAX, window.top_bit()) as i64, -1);
+        assert_eq!(
+            sign_extend(u64::MAX, ShareWindow::TOP_64.top_bit()),
+            u64::MAX
+        );
     }
 
     #[test]

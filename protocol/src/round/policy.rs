@@ -5,7 +5,8 @@
 //! at least `k_min` distinct members' logged contributions, and only once per ciphertext. The
 //! caller then recomputes the ciphertext from the [`ReleaseTarget`] (its own held encrypted
 //! model plus the weighted contributions, re-randomised from the logged seed on a retry) and
-//! compares its digest with the request's before anything leaves.
+//! compares its digest with the request's before anything leaves. Combining, a member outside
+//! the quorum may take the ciphertext on the whole quorum's releases instead ([`Obtain`]).
 
 use std::collections::BTreeSet;
 
@@ -22,9 +23,9 @@ pub struct Term {
     pub weight: i64,
 }
 
-/// The model a member holds and verified itself: the aggregate it recomputed from its own
-/// earlier model and the logged contributions, whose decryption it combined and whose plaintext
-/// digest it logged. Before the first decryption, the zero model and [`ZERO_BASE`].
+/// The model a member holds, verified: the aggregate it recomputed from its own earlier model
+/// and the logged contributions (or, outside the quorum, took on the whole quorum's releases,
+/// see [`Obtain`]), whose decryption it combined and whose plaintext digest it logged. Before the first decryption, the zero model and [`ZERO_BASE`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeldModel {
     /// The round whose aggregate this is (0 before the first).
@@ -322,8 +323,9 @@ pub fn check_request(
 
 /// Whether member `me`, holding `held`, may combine the quorum's partial decryptions for
 /// `request` and take the result as its new model: the request is well formed, builds on the
-/// model it holds, and is for a later round. The caller recomputes the ciphertext from the
-/// target itself, so a member never adopts a ciphertext it did not verify.
+/// model it holds, and is for a later round. The caller obtains the ciphertext as
+/// [`ReleaseTarget::obtain`] says, so a member never adopts a ciphertext that nobody honest
+/// verified.
 pub fn check_combine(
     entries: &[SignedEntry],
     membership: &Membership,
