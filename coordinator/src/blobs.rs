@@ -3,12 +3,13 @@
 //! so a crash never leaves a partial blob under a real name. Uploads stream to disk chunk by
 //! chunk; nothing holds a whole contribution in memory.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use protocol::audit::entry::Digest;
 use protocol::he::Ciphertext;
 use protocol::round::message::{CHUNK_BYTES, ChunkHasher};
+use runtime::bulk::BulkWriter;
 use sha2::{Digest as _, Sha256};
 
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +62,12 @@ impl BlobStore {
         let path = self.path(&digest);
         if !path.exists() {
             let temp = self.temp_path("put", &digest);
-            let mut file = std::fs::File::create(&temp).map_err(io(&temp))?;
-            file.write_all(bytes).map_err(io(&temp))?;
-            file.sync_all().map_err(io(&temp))?;
+            let file = std::fs::File::create(&temp).map_err(io(&temp))?;
+            let mut out = BulkWriter::new(file);
+            out.write_all(bytes).map_err(io(&temp))?;
+            out.finish()
+                .and_then(|file| file.sync_all())
+                .map_err(io(&temp))?;
             self.write_chunk_digests(&digest, &protocol::round::message::chunk_digests(bytes))?;
             std::fs::rename(&temp, &path).map_err(io(&path))?;
         }
@@ -100,14 +104,14 @@ impl BlobStore {
         temp: &Path,
     ) -> Result<(Digest, Vec<Digest>), BlobError> {
         let file = std::fs::File::create(temp).map_err(io(temp))?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut out = BulkWriter::new(file);
         let mut chunks = ChunkHasher::default();
         let digest = protocol::wire::stream_ciphertext(ciphertext, |piece| {
             chunks.update(piece);
             out.write_all(piece)
         })
         .map_err(io(temp))?;
-        let file = out.into_inner().map_err(|e| io(temp)(e.into_error()))?;
+        let file = out.finish().map_err(io(temp))?;
         file.sync_all().map_err(io(temp))?;
         Ok((digest.0, chunks.finish()))
     }
@@ -154,16 +158,20 @@ impl BlobStore {
             digest: *digest,
             source,
         };
-        let mut file = std::fs::File::open(&path)
+        let file = runtime::bulk::open(&path)
             .map_err(|_| read(BlobError::Missing(hex::encode(digest))))?;
         let mut term = protocol::round::TermStream::new(acc, *digest, weight, limits);
-        let mut buffer = vec![0u8; CHUNK_BYTES];
-        loop {
-            match file.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(n) => term.push(&buffer[..n])?,
-                Err(e) => return Err(read(io(&path)(e))),
+        let mut refused = None;
+        runtime::bulk::read_in_pieces(&file, |piece| match term.push(piece) {
+            Ok(()) => true,
+            Err(e) => {
+                refused = Some(e);
+                false
             }
+        })
+        .map_err(|e| read(io(&path)(e)))?;
+        if let Some(e) = refused {
+            return Err(e);
         }
         term.finish()
     }
@@ -200,8 +208,8 @@ impl BlobStore {
         index: u32,
     ) -> Result<(u64, Vec<Digest>, Vec<u8>), BlobError> {
         let path = self.path(digest);
-        let mut file =
-            std::fs::File::open(&path).map_err(|_| BlobError::Missing(hex::encode(digest)))?;
+        let file =
+            runtime::bulk::open(&path).map_err(|_| BlobError::Missing(hex::encode(digest)))?;
         let length = file.metadata().map_err(io(&path))?.len();
         let chunks = self.chunk_digests(digest, length)?;
         let start = u64::from(index) * CHUNK_BYTES as u64;
@@ -212,9 +220,11 @@ impl BlobStore {
             )));
         }
         let size = (length - start).min(CHUNK_BYTES as u64) as usize;
-        let mut bytes = vec![0u8; size];
-        file.seek(SeekFrom::Start(start)).map_err(io(&path))?;
-        file.read_exact(&mut bytes).map_err(io(&path))?;
+        let bytes =
+            runtime::bulk::read_at(&file, start, size, <[u8]>::to_vec).map_err(io(&path))?;
+        if bytes.len() != size {
+            return Err(io(&path)(std::io::ErrorKind::UnexpectedEof.into()));
+        }
         Ok((length, chunks, bytes))
     }
 
@@ -282,7 +292,7 @@ impl BlobStore {
             chunks,
             next: 0,
             hasher: Sha256::new(),
-            file,
+            file: BulkWriter::new(file),
             path,
         })
     }
@@ -290,7 +300,7 @@ impl BlobStore {
     /// Moves a completed, checked upload into place.
     pub fn finish_upload(&self, upload: Upload) -> Result<Digest, BlobError> {
         let digest = upload.digest;
-        upload.file.sync_all().map_err(io(&upload.path))?;
+        upload.file.get_ref().sync_all().map_err(io(&upload.path))?;
         self.write_chunk_digests(&digest, &upload.chunks)?;
         let target = self.path(&digest);
         std::fs::rename(&upload.path, &target).map_err(io(&target))?;
@@ -306,7 +316,7 @@ pub struct Upload {
     chunks: Vec<Digest>,
     next: u32,
     hasher: Sha256,
-    file: std::fs::File,
+    file: BulkWriter,
     path: PathBuf,
 }
 
@@ -350,7 +360,8 @@ impl Upload {
         if !last {
             return Ok(false);
         }
-        let written = self.file.stream_position().map_err(io(&self.path))?;
+        self.file.flush().map_err(io(&self.path))?;
+        let written = self.file.len();
         let digest: Digest = std::mem::take(&mut self.hasher).finalize().into();
         if written != self.length || digest != self.digest {
             return Err(reason(

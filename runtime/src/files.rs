@@ -25,7 +25,8 @@ pub fn temporary_in(dir: &Path, name: &str) -> std::path::PathBuf {
 }
 
 /// Writes what `write` produces to `path` atomically with the given mode (on Unix), through a
-/// buffer: large contents need not be whole in memory first.
+/// buffer: large contents need not be whole in memory first, and go past the page cache
+/// ([`crate::bulk`]).
 pub fn write_atomically_with(
     path: &Path,
     mode: u32,
@@ -46,9 +47,9 @@ pub fn write_atomically_with(
     #[cfg(not(unix))]
     let _ = mode;
     let result = (|| {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, options.open(&temporary)?);
+        let mut out = crate::bulk::BulkWriter::new(options.open(&temporary)?);
         write(&mut out)?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
+        let file = out.finish()?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)?;
         std::fs::File::open(dir)?.sync_all()

@@ -14,7 +14,7 @@
 //! reason: the recomputation of its round adds it from disk, checked as it is read, instead of
 //! fetching back what it uploaded.
 
-use std::io::{BufWriter, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use protocol::audit::entry::Digest;
@@ -22,6 +22,7 @@ use protocol::he::Ciphertext;
 use protocol::round::message::{CHUNK_BYTES, ChunkHasher};
 use protocol::round::{TermStream, WholeStream};
 use protocol::wire::{BoundCiphertext, DecodeLimits};
+use runtime::bulk::BulkWriter;
 
 /// Binds `recomputed` to its digest and, if that is `expected`, keeps it in `dir` under it and
 /// gives it back bound; `None` for another digest. Files under other names go, except `also`
@@ -36,7 +37,7 @@ pub fn keep_if(
     let temporary = temporary(dir);
     let file = std::fs::create_dir_all(dir).and_then(|()| std::fs::File::create(&temporary));
     let mut out = match file {
-        Ok(file) => BufWriter::with_capacity(1 << 20, file),
+        Ok(file) => BulkWriter::new(file),
         Err(e) => return unkept(&e, &temporary, BoundCiphertext::new(recomputed), expected),
     };
     // Hashed to the end whatever the disk does (the first write error is kept): the binding
@@ -117,11 +118,9 @@ pub fn load(
     limits: DecodeLimits,
 ) -> Option<BoundCiphertext> {
     let path = path(dir, digest);
-    let mut file = std::fs::File::open(&path).ok()?;
+    let file = runtime::bulk::open(&path).ok()?;
     let mut stream = WholeStream::new(values, delta_bits, *digest, limits);
-    let read = read_in_pieces(&mut file, |piece| {
-        stream.push::<std::io::Error>(piece).is_ok()
-    });
+    let read = read_in_pieces(&file, |piece| stream.push::<std::io::Error>(piece).is_ok());
     let loaded = read
         .then(|| stream.finish::<std::io::Error>().ok())
         .flatten();
@@ -139,7 +138,9 @@ pub fn load(
 pub fn keep_only(dir: &Path, digest: &Digest, bytes: &[u8]) -> std::io::Result<()> {
     clear_but_in_progress(dir)?;
     let temporary = temporary(dir);
-    std::fs::write(&temporary, bytes)?;
+    let mut out = BulkWriter::new(std::fs::File::create(&temporary)?);
+    out.write_all(bytes)?;
+    out.finish()?;
     std::fs::rename(&temporary, path(dir, digest))
 }
 
@@ -158,11 +159,13 @@ pub struct KeptEncoding {
 
 /// Chunk `index` of the `length`-byte encoding kept in `file`.
 pub fn read_chunk(file: &std::fs::File, length: u64, index: usize) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
     let start = (index * CHUNK_BYTES) as u64;
     let end = (start + CHUNK_BYTES as u64).min(length);
-    let mut chunk = vec![0u8; end.saturating_sub(start) as usize];
-    file.read_exact_at(&mut chunk, start)?;
+    let size = end.saturating_sub(start) as usize;
+    let chunk = runtime::bulk::read_at(file, start, size, <[u8]>::to_vec)?;
+    if chunk.len() != size {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(chunk)
 }
 
@@ -180,7 +183,7 @@ pub fn keep_encoding(dir: &Path, ciphertext: Ciphertext) -> Result<KeptEncoding,
             .open(&temporary)
     });
     let mut out = match file {
-        Ok(file) => BufWriter::with_capacity(1 << 20, file),
+        Ok(file) => BulkWriter::new(file),
         Err(error) => {
             return Err(KeepFailed {
                 error,
@@ -203,13 +206,11 @@ pub fn keep_encoding(dir: &Path, ciphertext: Ciphertext) -> Result<KeptEncoding,
     let digest = bound.digest().0;
     let kept = match failure.or_else(|| out.flush().err()) {
         Some(error) => Err(error),
-        None => out
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|file| {
-                std::fs::rename(&temporary, path(dir, &digest))?;
-                Ok(file)
-            }),
+        None => out.finish().and_then(|file| {
+            runtime::bulk::read_past_cache(&file);
+            std::fs::rename(&temporary, path(dir, &digest))?;
+            Ok(file)
+        }),
     };
     let file = match kept {
         Ok(file) => file,
@@ -271,13 +272,11 @@ pub fn add_kept(
     limits: DecodeLimits,
 ) -> Kept {
     let path = path(dir, digest);
-    let Ok(mut file) = std::fs::File::open(&path) else {
+    let Ok(file) = runtime::bulk::open(&path) else {
         return Kept::Missing(acc);
     };
     let mut stream = TermStream::new(&mut acc, *digest, weight, limits);
-    let read = read_in_pieces(&mut file, |piece| {
-        stream.push::<std::io::Error>(piece).is_ok()
-    });
+    let read = read_in_pieces(&file, |piece| stream.push::<std::io::Error>(piece).is_ok());
     if read && stream.finish::<std::io::Error>().is_ok() {
         return Kept::Added(acc);
     }
@@ -288,15 +287,8 @@ pub fn add_kept(
 
 /// Hands the rest of `file` to `push` in pieces of 4 MiB; false at a read error or at the first
 /// piece `push` refuses.
-fn read_in_pieces(file: &mut std::fs::File, mut push: impl FnMut(&[u8]) -> bool) -> bool {
-    let mut buffer = vec![0u8; 1 << 22];
-    loop {
-        match file.read(&mut buffer) {
-            Ok(0) => return true,
-            Ok(n) if push(&buffer[..n]) => {}
-            Ok(_) | Err(_) => return false,
-        }
-    }
+fn read_in_pieces(file: &std::fs::File, push: impl FnMut(&[u8]) -> bool) -> bool {
+    runtime::bulk::read_in_pieces(file, push).unwrap_or(false)
 }
 
 fn path(dir: &Path, digest: &Digest) -> PathBuf {
