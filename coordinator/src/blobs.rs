@@ -10,6 +10,9 @@ use protocol::audit::entry::Digest;
 use protocol::he::Ciphertext;
 use protocol::round::message::{CHUNK_BYTES, ChunkHasher};
 use runtime::bulk::BulkWriter;
+
+// Chunks are read past the page cache in one aligned read each.
+const _: () = assert!(CHUNK_BYTES <= runtime::bulk::BLOCK && CHUNK_BYTES.is_multiple_of(4096));
 use sha2::{Digest as _, Sha256};
 
 #[derive(Debug, thiserror::Error)]

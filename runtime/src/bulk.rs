@@ -1,23 +1,21 @@
-//! Writing large files (ciphertexts, partial decryptions, models) past the page cache.
+//! Writing and reading large files past the page cache.
 //!
 //! A round writes several gigabytes at 10M values: every upload at the coordinator, every
 //! member's own contribution, the aggregate it keeps, its partial decryption and its model.
-//! Copied through the page cache, each byte lands in a freshly allocated page; on the
-//! virtual machines consortia and benchmarks run on, a fresh page costs a fault in the host as
-//! well, and writing a new 1 GB file took 3.3 to 4.0 s of kernel time in 4 MiB calls, against
-//! 0.1 s with `O_DIRECT` (see BENCHMARKS.md). These files are written once and read a few times
-//! at most, so nothing is lost by not caching what is written.
+//! Through the page cache each byte lands in a freshly allocated page, and on virtual machines
+//! that hand free memory back to their host a fresh page costs a fault in the host too: on the
+//! benchmark machine a new 1 GB file took 3.3 to 4.0 s of kernel time to write in 4 MiB calls,
+//! and as much to read back once it was no longer cached, against about 0.1 s each with
+//! `O_DIRECT` (BENCHMARKS.md, "the page cache"). These files are written once and read a few
+//! times at most, so caching them saves little.
 //!
-//! A page the kernel fills from the disk for a read costs the same (reading a 1 GB file that
-//! was written past the cache took 3.2 s of kernel time), so these files are read past it too:
-//! [`read_at`] and [`read_in_pieces`] read whole blocks at aligned offsets into a buffer each
+//! [`BulkWriter`] gathers whole blocks of [`BLOCK`] bytes in an aligned buffer and writes them
+//! with `O_DIRECT` where the file system takes it (Linux), and plainly wherever it does not: a
+//! file system that refuses `O_DIRECT`, or refuses one of its writes. The last, partial block
+//! is always a plain write (so files smaller than a block are plain writes), and a file of any
+//! length comes out byte for byte as a plain writer would leave it. [`read_at`] and
+//! [`read_in_pieces`] read the ciphertext files the same way, into an aligned buffer each
 //! thread keeps, which the disk fills directly.
-//!
-//! [`BulkWriter`] therefore gathers whole blocks of [`BLOCK`] bytes in an aligned buffer and
-//! writes them with `O_DIRECT` where the file system takes it (Linux), and falls back to plain
-//! writes wherever it does not: a file system that refuses `O_DIRECT`, or refuses one of its
-//! writes. The last, partial block is always a plain write, so a file of any length comes out
-//! byte for byte as a plain writer would leave it, and every later read sees it.
 
 use std::fs::File;
 use std::io::Write;
@@ -40,6 +38,9 @@ pub struct BulkWriter {
     filled: usize,
     written: u64,
     mode: Mode,
+    /// A write failed: the file's contents are unknown, so nothing more is written to it (the
+    /// caller removes it), not even by `Drop`.
+    failed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +75,7 @@ impl BulkWriter {
             filled: 0,
             written: 0,
             mode: if at_start { Mode::Untried } else { Mode::Plain },
+            failed: false,
         }
     }
 
@@ -122,6 +124,17 @@ impl BulkWriter {
     }
 
     fn write_buffer(&mut self) -> std::io::Result<()> {
+        if self.failed {
+            return Err(std::io::Error::other(
+                "an earlier write to this file failed",
+            ));
+        }
+        let result = self.try_write_buffer();
+        self.failed = result.is_err();
+        result
+    }
+
+    fn try_write_buffer(&mut self) -> std::io::Result<()> {
         if self.mode == Mode::Untried {
             self.set_mode(Mode::Direct);
         }
@@ -167,12 +180,21 @@ impl BulkWriter {
 
 impl Write for BulkWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.failed {
+            return Err(std::io::Error::other(
+                "an earlier write to this file failed",
+            ));
+        }
         let take = data.len().min(BLOCK - self.filled);
         let at = self.start + self.filled;
         self.buffer[at..at + take].copy_from_slice(&data[..take]);
         self.filled += take;
-        if self.filled == BLOCK {
-            self.write_buffer()?;
+        if self.filled == BLOCK
+            && let Err(e) = self.write_buffer()
+        {
+            // Not taken: an error means these bytes were not accepted.
+            self.filled -= take;
+            return Err(e);
         }
         Ok(take)
     }
@@ -186,14 +208,14 @@ impl Write for BulkWriter {
 
 impl Drop for BulkWriter {
     fn drop(&mut self) {
-        if self.file.is_some() {
+        if self.file.is_some() && !self.failed {
             let _ = self.write_rest();
         }
     }
 }
 
 thread_local! {
-    /// Each thread's aligned read buffer: allocated once, so reads touch no fresh memory.
+    /// Each thread's aligned read buffer, allocated at its first read and kept.
     static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -221,28 +243,42 @@ pub fn read_at<R>(
     take: impl FnOnce(&[u8]) -> R,
 ) -> std::io::Result<R> {
     assert!(len <= BLOCK, "a bulk read takes at most one block");
-    READ_BUFFER.with_borrow_mut(|buffer| {
-        if buffer.is_empty() {
-            *buffer = vec![0u8; 2 * BLOCK + ALIGN];
-        }
-        let start = buffer.as_ptr().align_offset(ALIGN);
-        let window = &mut buffer[start..start + 2 * BLOCK];
-        let skip = (offset % ALIGN as u64) as usize;
-        if is_direct(file) {
-            let covering = (skip + len).div_ceil(ALIGN) * ALIGN;
-            match read_fully_at(file, &mut window[..covering], offset - skip as u64) {
-                Err(e) if is_invalid_argument(&e) => {
-                    set_direct(file, false);
-                }
-                got => {
-                    let got = got?.saturating_sub(skip).min(len);
-                    return Ok(take(&window[skip..skip + got]));
-                }
+    READ_BUFFER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => read_into(&mut buffer, file, offset, len, take),
+        // Called from within a reader's callback on this thread: a buffer of its own.
+        Err(_) => read_into(&mut Vec::new(), file, offset, len, take),
+    })
+}
+
+fn read_into<R>(
+    buffer: &mut Vec<u8>,
+    file: &File,
+    offset: u64,
+    len: usize,
+    take: impl FnOnce(&[u8]) -> R,
+) -> std::io::Result<R> {
+    // A direct read of `len` bytes from an unaligned offset covers at most one block and
+    // one alignment unit.
+    if buffer.is_empty() {
+        *buffer = vec![0u8; BLOCK + 2 * ALIGN];
+    }
+    let start = buffer.as_ptr().align_offset(ALIGN);
+    let window = &mut buffer[start..start + BLOCK + ALIGN];
+    let skip = (offset % ALIGN as u64) as usize;
+    if is_direct(file) {
+        let covering = (skip + len).div_ceil(ALIGN) * ALIGN;
+        match read_fully_at(file, &mut window[..covering], offset - skip as u64) {
+            Err(e) if is_invalid_argument(&e) => {
+                set_direct(file, false);
+            }
+            got => {
+                let got = got?.saturating_sub(skip).min(len);
+                return Ok(take(&window[skip..skip + got]));
             }
         }
-        let got = read_fully_at(file, &mut window[..len], offset)?;
-        Ok(take(&window[..got]))
-    })
+    }
+    let got = read_fully_at(file, &mut window[..len], offset)?;
+    Ok(take(&window[..got]))
 }
 
 /// Hands the whole of `file` to `push` in pieces of [`BLOCK`] bytes, read past the page cache
@@ -253,7 +289,8 @@ pub fn read_in_pieces(file: &File, mut push: impl FnMut(&[u8]) -> bool) -> std::
         let (got, accepted) = read_at(file, offset, BLOCK, |piece| {
             (piece.len(), piece.is_empty() || push(piece))
         })?;
-        if got == 0 || !accepted {
+        // A short read is the end of the file (reads are retried until full or at the end).
+        if got < BLOCK || !accepted {
             return Ok(accepted);
         }
         offset += got as u64;
@@ -262,10 +299,14 @@ pub fn read_in_pieces(file: &File, mut push: impl FnMut(&[u8]) -> bool) -> std::
 
 /// Reads until `buffer` is full or the file ends; the bytes read.
 fn read_fully_at(file: &File, buffer: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    use std::os::unix::fs::FileExt;
+    #[cfg(unix)]
+    let read = |buffer: &mut [u8], at: u64| std::os::unix::fs::FileExt::read_at(file, buffer, at);
+    #[cfg(windows)]
+    let read =
+        |buffer: &mut [u8], at: u64| std::os::windows::fs::FileExt::seek_read(file, buffer, at);
     let mut got = 0;
     while got < buffer.len() {
-        match file.read_at(&mut buffer[got..], offset + got as u64) {
+        match read(&mut buffer[got..], offset + got as u64) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -426,9 +467,14 @@ mod tests {
             let end = (offset + len).min(bytes.len());
             assert_eq!(got, bytes[offset..end], "{len} bytes at {offset}");
         }
-        // Unaligned: read plainly.
+        // Unaligned offsets (a direct read covers the aligned range around them), up to a
+        // whole block from the last byte of an alignment unit.
         let got = read_at(&file, 4097, 1000, <[u8]>::to_vec).unwrap();
         assert_eq!(got, bytes[4097..5097]);
+        let got = read_at(&file, ALIGN as u64 - 1, BLOCK, <[u8]>::to_vec).unwrap();
+        assert_eq!(got, bytes[ALIGN - 1..ALIGN - 1 + BLOCK]);
+        let got = read_at(&file, (2 * BLOCK + 5) as u64, BLOCK, <[u8]>::to_vec).unwrap();
+        assert_eq!(got, bytes[2 * BLOCK + 5..]);
         let mut all = Vec::new();
         assert!(
             read_in_pieces(&file, |piece| {
@@ -447,6 +493,23 @@ mod tests {
             .unwrap()
         );
         assert_eq!(pieces, 1, "reading stops at the first refused piece");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_failed_write_takes_nothing_and_ends_the_writer() {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let mut writer = BulkWriter::new(full);
+        let block = pattern(BLOCK);
+        assert!(writer.write(&block).is_err(), "the disk is full");
+        assert_eq!(writer.len(), 0, "the refused bytes were not taken");
+        let later = writer.write(b"more").unwrap_err();
+        assert!(later.to_string().contains("earlier write"), "{later}");
+        // Dropping it writes nothing more (and does not panic).
+        drop(writer);
     }
 
     #[test]
