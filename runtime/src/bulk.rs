@@ -283,18 +283,112 @@ fn read_into<R>(
 
 /// Hands the whole of `file` to `push` in pieces of [`BLOCK`] bytes, read past the page cache
 /// where the file system allows it; false at the first piece `push` refuses.
+///
+/// A second thread reads the next block while `push` takes this one: read past the cache, a
+/// block waits on the disk (2.7 ms for 4 MiB on the benchmark machine), about as long as
+/// hashing and adding it takes, so reading in turn would nearly double an aggregation.
 pub fn read_in_pieces(file: &File, mut push: impl FnMut(&[u8]) -> bool) -> std::io::Result<bool> {
-    let mut offset = 0u64;
-    loop {
-        let (got, accepted) = read_at(file, offset, BLOCK, |piece| {
-            (piece.len(), piece.is_empty() || push(piece))
-        })?;
-        // A short read is the end of the file (reads are retried until full or at the end).
-        if got < BLOCK || !accepted {
-            return Ok(accepted);
-        }
-        offset += got as u64;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc::sync_channel;
+    let mut blocks = READ_AHEAD.with_borrow_mut(std::mem::take);
+    blocks.resize_with(2, Aligned::new);
+    let (to_reader, empties) = sync_channel::<Aligned>(2);
+    let (to_caller, fulls) = sync_channel::<(Aligned, std::io::Result<usize>)>(2);
+    for block in blocks.drain(..) {
+        to_reader
+            .send(block)
+            .expect("the channel holds both blocks");
     }
+    let stop = AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        let stop = &stop;
+        let reader = scope.spawn(move || {
+            let mut offset = 0u64;
+            let mut kept = Vec::new();
+            for mut block in empties.iter() {
+                if stop.load(Ordering::Acquire) {
+                    kept.push(block);
+                    continue;
+                }
+                let got = read_fully_at_block(file, block.window(), offset);
+                let last = !matches!(got, Ok(n) if n == BLOCK);
+                offset += BLOCK as u64;
+                if let Err(std::sync::mpsc::SendError((block, _))) = to_caller.send((block, got)) {
+                    kept.push(block);
+                }
+                if last {
+                    break;
+                }
+            }
+            drop(to_caller);
+            kept.extend(empties.try_iter());
+            kept
+        });
+        let result = loop {
+            let Ok((mut block, got)) = fulls.recv() else {
+                break Ok(true);
+            };
+            let outcome = got.map(|got| {
+                let accepted = got == 0 || push(&block.window()[..got]);
+                (accepted, got < BLOCK || !accepted)
+            });
+            blocks.push(block);
+            match outcome {
+                Ok((accepted, true)) => break Ok(accepted),
+                Ok((_, false)) => {
+                    let block = blocks.pop().expect("just kept");
+                    if let Err(std::sync::mpsc::SendError(block)) = to_reader.send(block) {
+                        blocks.push(block);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        stop.store(true, Ordering::Release);
+        drop(to_reader);
+        blocks.extend(reader.join().unwrap_or_default());
+        blocks.extend(fulls.try_iter().map(|(block, _)| block));
+        result
+    });
+    READ_AHEAD.with_borrow_mut(|kept| *kept = blocks);
+    result
+}
+
+thread_local! {
+    /// The two blocks each thread reads ahead into, allocated at its first read and kept.
+    static READ_AHEAD: std::cell::RefCell<Vec<Aligned>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A block-sized buffer aligned for direct reads.
+struct Aligned {
+    bytes: Vec<u8>,
+    start: usize,
+}
+
+impl Aligned {
+    fn new() -> Self {
+        let bytes = vec![0u8; BLOCK + ALIGN];
+        let start = bytes.as_ptr().align_offset(ALIGN);
+        Self { bytes, start }
+    }
+
+    fn window(&mut self) -> &mut [u8] {
+        &mut self.bytes[self.start..self.start + BLOCK]
+    }
+}
+
+/// Reads the block at `offset` (a multiple of [`BLOCK`]) into `window`, past the page cache
+/// where the file system allows it; the bytes read, fewer at the end of the file.
+fn read_fully_at_block(file: &File, window: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    if is_direct(file) {
+        match read_fully_at(file, window, offset) {
+            Err(e) if is_invalid_argument(&e) => {
+                set_direct(file, false);
+            }
+            got => return got,
+        }
+    }
+    read_fully_at(file, window, offset)
 }
 
 /// Reads until `buffer` is full or the file ends; the bytes read.
@@ -510,6 +604,36 @@ mod tests {
         assert!(later.to_string().contains("earlier write"), "{later}");
         // Dropping it writes nothing more (and does not panic).
         drop(writer);
+    }
+
+    #[test]
+    fn reading_ahead_hands_over_every_piece_in_order_whatever_the_length() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [0, 1, BLOCK - 1, BLOCK, 3 * BLOCK, 3 * BLOCK + 17] {
+            let path = dir.path().join(format!("bulk-{len}"));
+            let bytes = pattern(len);
+            std::fs::write(&path, &bytes).unwrap();
+            let file = open(&path).unwrap();
+            let mut pieces = Vec::new();
+            assert!(
+                read_in_pieces(&file, |piece| {
+                    pieces.push(piece.to_vec());
+                    true
+                })
+                .unwrap()
+            );
+            assert!(pieces.iter().all(|p| !p.is_empty() && p.len() <= BLOCK));
+            assert_eq!(pieces.concat(), bytes, "{len} bytes");
+            // Refusing the second piece stops there, and the next reading starts afresh.
+            let mut seen = 0;
+            let accepted = read_in_pieces(&file, |_| {
+                seen += 1;
+                seen < 2
+            })
+            .unwrap();
+            assert_eq!(accepted, len <= BLOCK, "{len} bytes");
+            assert_eq!(seen, len.div_ceil(BLOCK).min(2));
+        }
     }
 
     #[test]
