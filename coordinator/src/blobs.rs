@@ -10,9 +10,6 @@ use protocol::audit::entry::Digest;
 use protocol::he::Ciphertext;
 use protocol::round::message::{CHUNK_BYTES, ChunkHasher};
 use runtime::bulk::BulkWriter;
-
-// Chunks are read past the page cache in one aligned read each.
-const _: () = assert!(CHUNK_BYTES <= runtime::bulk::BLOCK && CHUNK_BYTES.is_multiple_of(4096));
 use sha2::{Digest as _, Sha256};
 
 #[derive(Debug, thiserror::Error)]
@@ -223,11 +220,7 @@ impl BlobStore {
             )));
         }
         let size = (length - start).min(CHUNK_BYTES as u64) as usize;
-        let bytes =
-            runtime::bulk::read_at(&file, start, size, <[u8]>::to_vec).map_err(io(&path))?;
-        if bytes.len() != size {
-            return Err(io(&path)(std::io::ErrorKind::UnexpectedEof.into()));
-        }
+        let bytes = runtime::bulk::read_exact_at(&file, start, size).map_err(io(&path))?;
         Ok((length, chunks, bytes))
     }
 

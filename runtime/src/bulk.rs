@@ -13,7 +13,7 @@
 //! with `O_DIRECT` where the file system takes it (Linux), and plainly wherever it does not: a
 //! file system that refuses `O_DIRECT`, or refuses one of its writes. The last, partial block
 //! is always a plain write (so files smaller than a block are plain writes), and a file of any
-//! length comes out byte for byte as a plain writer would leave it. [`read_at`] and
+//! length comes out byte for byte as a plain writer would leave it. [`read_exact_at`] and
 //! [`read_in_pieces`] read the ciphertext files the same way, into an aligned buffer each
 //! thread keeps, which the disk fills directly.
 
@@ -32,9 +32,7 @@ const ALIGN: usize = 4096;
 /// `BufWriter` does.
 pub struct BulkWriter {
     file: Option<File>,
-    /// `BLOCK + ALIGN` bytes, of which the aligned `BLOCK` starting at `start` is used.
-    buffer: Vec<u8>,
-    start: usize,
+    buffer: Aligned,
     filled: usize,
     written: u64,
     mode: Mode,
@@ -66,12 +64,9 @@ impl BulkWriter {
     /// tried (they need aligned offsets); at any other position the writer is plain.
     pub fn new(mut file: File) -> Self {
         let at_start = std::io::Seek::stream_position(&mut file).is_ok_and(|p| p == 0);
-        let buffer = vec![0u8; BLOCK + ALIGN];
-        let start = buffer.as_ptr().align_offset(ALIGN);
         Self {
             file: Some(file),
-            buffer,
-            start,
+            buffer: Aligned::new(BLOCK),
             filled: 0,
             written: 0,
             mode: if at_start { Mode::Untried } else { Mode::Plain },
@@ -111,24 +106,34 @@ impl BulkWriter {
             .expect("a writer holds its file until finished"))
     }
 
+    /// Writes what is buffered, plainly: a partial block would need padding to go direct, and
+    /// the handle is left plain for whoever reads through it.
     fn write_rest(&mut self) -> std::io::Result<()> {
+        self.go_plain();
         if self.filled > 0 {
-            // A partial block: direct writes would need it padded, so it goes plain.
-            self.set_mode(Mode::Plain);
             self.write_buffer()?;
-        }
-        if self.mode == Mode::Direct {
-            self.set_mode(Mode::Plain);
         }
         Ok(())
     }
 
-    fn write_buffer(&mut self) -> std::io::Result<()> {
+    fn go_plain(&mut self) {
+        if self.mode == Mode::Direct {
+            set_direct(self.get_ref(), false);
+        }
+        self.mode = Mode::Plain;
+    }
+
+    fn check_not_failed(&self) -> std::io::Result<()> {
         if self.failed {
             return Err(std::io::Error::other(
                 "an earlier write to this file failed",
             ));
         }
+        Ok(())
+    }
+
+    fn write_buffer(&mut self) -> std::io::Result<()> {
+        self.check_not_failed()?;
         let result = self.try_write_buffer();
         self.failed = result.is_err();
         result
@@ -136,13 +141,17 @@ impl BulkWriter {
 
     fn try_write_buffer(&mut self) -> std::io::Result<()> {
         if self.mode == Mode::Untried {
-            self.set_mode(Mode::Direct);
+            self.mode = if set_direct(self.get_ref(), true) {
+                Mode::Direct
+            } else {
+                Mode::Plain
+            };
         }
         let file = self
             .file
             .as_mut()
             .expect("a writer holds its file until finished");
-        let mut rest = &self.buffer[self.start..self.start + self.filled];
+        let mut rest = &self.buffer.window()[..self.filled];
         while !rest.is_empty() {
             match file.write(rest) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -160,34 +169,14 @@ impl BulkWriter {
         self.filled = 0;
         Ok(())
     }
-
-    fn set_mode(&mut self, mode: Mode) {
-        let file = self
-            .file
-            .as_ref()
-            .expect("a writer holds its file until finished");
-        self.mode = match mode {
-            Mode::Direct if set_direct(file, true) => Mode::Direct,
-            Mode::Direct | Mode::Plain | Mode::Untried => {
-                if self.mode == Mode::Direct {
-                    set_direct(file, false);
-                }
-                Mode::Plain
-            }
-        };
-    }
 }
 
 impl Write for BulkWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if self.failed {
-            return Err(std::io::Error::other(
-                "an earlier write to this file failed",
-            ));
-        }
+        self.check_not_failed()?;
         let take = data.len().min(BLOCK - self.filled);
-        let at = self.start + self.filled;
-        self.buffer[at..at + take].copy_from_slice(&data[..take]);
+        let at = self.filled;
+        self.buffer.window()[at..at + take].copy_from_slice(&data[..take]);
         self.filled += take;
         if self.filled == BLOCK
             && let Err(e) = self.write_buffer()
@@ -199,8 +188,8 @@ impl Write for BulkWriter {
         Ok(take)
     }
 
-    /// Writes what is buffered. A partial block makes the rest of the file plain (its offsets
-    /// are no longer aligned): callers flush at the end, not in between.
+    /// Writes what is buffered. The rest of the file is written plainly (a partial block leaves
+    /// its offsets unaligned): callers flush at the end, not in between.
     fn flush(&mut self) -> std::io::Result<()> {
         self.write_rest()
     }
@@ -215,12 +204,14 @@ impl Drop for BulkWriter {
 }
 
 thread_local! {
-    /// Each thread's aligned read buffer, allocated at its first read and kept.
-    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each thread's aligned buffer for [`read_at`], allocated at its first read and kept. A
+    /// direct read of up to a block from an unaligned offset covers at most one block and one
+    /// alignment unit.
+    static READ_BUFFER: std::cell::RefCell<Option<Aligned>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Opens `path` for reading past the page cache where the file system allows it (plainly
-/// elsewhere): for [`read_at`] and [`read_in_pieces`].
+/// elsewhere): for [`read_exact_at`] and [`read_in_pieces`].
 pub fn open(path: &std::path::Path) -> std::io::Result<File> {
     let file = File::open(path)?;
     set_direct(&file, true);
@@ -233,52 +224,50 @@ pub fn read_past_cache(file: &File) {
     set_direct(file, true);
 }
 
+/// Exactly `len` bytes of `file` at `offset`, read past the page cache where it can be: an
+/// `UnexpectedEof` error if the file ends before them.
+pub fn read_exact_at(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(len);
+    while bytes.len() < len {
+        let wanted = (len - bytes.len()).min(BLOCK);
+        let got = read_at(file, offset + bytes.len() as u64, wanted, |piece| {
+            bytes.extend_from_slice(piece);
+            piece.len()
+        })?;
+        if got < wanted {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(bytes)
+}
+
 /// Reads up to `len` bytes (at most [`BLOCK`]) at `offset` and hands them to `take`: fewer at
-/// the end of the file. A direct read covers the aligned range around them; a file system that
-/// refuses it gets plain reads from then on.
-pub fn read_at<R>(
+/// the end of the file. A direct read covers the aligned range around them.
+fn read_at<R>(
     file: &File,
     offset: u64,
     len: usize,
     take: impl FnOnce(&[u8]) -> R,
 ) -> std::io::Result<R> {
     assert!(len <= BLOCK, "a bulk read takes at most one block");
-    READ_BUFFER.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buffer) => read_into(&mut buffer, file, offset, len, take),
-        // Called from within a reader's callback on this thread: a buffer of its own.
-        Err(_) => read_into(&mut Vec::new(), file, offset, len, take),
-    })
-}
-
-fn read_into<R>(
-    buffer: &mut Vec<u8>,
-    file: &File,
-    offset: u64,
-    len: usize,
-    take: impl FnOnce(&[u8]) -> R,
-) -> std::io::Result<R> {
-    // A direct read of `len` bytes from an unaligned offset covers at most one block and
-    // one alignment unit.
-    if buffer.is_empty() {
-        *buffer = vec![0u8; BLOCK + 2 * ALIGN];
-    }
-    let start = buffer.as_ptr().align_offset(ALIGN);
-    let window = &mut buffer[start..start + BLOCK + ALIGN];
-    let skip = (offset % ALIGN as u64) as usize;
-    if is_direct(file) {
-        let covering = (skip + len).div_ceil(ALIGN) * ALIGN;
-        match read_fully_at(file, &mut window[..covering], offset - skip as u64) {
-            Err(e) if is_invalid_argument(&e) => {
-                set_direct(file, false);
-            }
-            got => {
-                let got = got?.saturating_sub(skip).min(len);
+    let read = |buffer: &mut Aligned| -> std::io::Result<R> {
+        let window = buffer.window();
+        let skip = (offset % ALIGN as u64) as usize;
+        if is_direct(file) {
+            let covering = (skip + len).div_ceil(ALIGN) * ALIGN;
+            if let Some(got) = read_direct(file, &mut window[..covering], offset - skip as u64)? {
+                let got = got.saturating_sub(skip).min(len);
                 return Ok(take(&window[skip..skip + got]));
             }
         }
-    }
-    let got = read_fully_at(file, &mut window[..len], offset)?;
-    Ok(take(&window[..got]))
+        let got = read_fully_at(file, &mut window[..len], offset)?;
+        Ok(take(&window[..got]))
+    };
+    READ_BUFFER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => read(buffer.get_or_insert_with(|| Aligned::new(BLOCK + ALIGN))),
+        // Called from within a reader's callback on this thread: a buffer of its own.
+        Err(_) => read(&mut Aligned::new(BLOCK + ALIGN)),
+    })
 }
 
 /// Hands the whole of `file` to `push` in pieces of [`BLOCK`] bytes, read past the page cache
@@ -291,7 +280,7 @@ pub fn read_in_pieces(file: &File, mut push: impl FnMut(&[u8]) -> bool) -> std::
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::mpsc::sync_channel;
     let mut blocks = READ_AHEAD.with_borrow_mut(std::mem::take);
-    blocks.resize_with(2, Aligned::new);
+    blocks.resize_with(2, || Aligned::new(BLOCK));
     let (to_reader, empties) = sync_channel::<Aligned>(2);
     let (to_caller, fulls) = sync_channel::<(Aligned, std::io::Result<usize>)>(2);
     for block in blocks.drain(..) {
@@ -332,16 +321,20 @@ pub fn read_in_pieces(file: &File, mut push: impl FnMut(&[u8]) -> bool) -> std::
                 let accepted = got == 0 || push(&block.window()[..got]);
                 (accepted, got < BLOCK || !accepted)
             });
-            blocks.push(block);
             match outcome {
-                Ok((accepted, true)) => break Ok(accepted),
                 Ok((_, false)) => {
-                    let block = blocks.pop().expect("just kept");
                     if let Err(std::sync::mpsc::SendError(block)) = to_reader.send(block) {
                         blocks.push(block);
                     }
                 }
-                Err(e) => break Err(e),
+                Ok((accepted, true)) => {
+                    blocks.push(block);
+                    break Ok(accepted);
+                }
+                Err(e) => {
+                    blocks.push(block);
+                    break Err(e);
+                }
             }
         };
         stop.store(true, Ordering::Release);
@@ -359,36 +352,46 @@ thread_local! {
     static READ_AHEAD: std::cell::RefCell<Vec<Aligned>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A block-sized buffer aligned for direct reads.
+/// A buffer aligned for direct reads and writes.
 struct Aligned {
     bytes: Vec<u8>,
     start: usize,
+    len: usize,
 }
 
 impl Aligned {
-    fn new() -> Self {
-        let bytes = vec![0u8; BLOCK + ALIGN];
+    fn new(len: usize) -> Self {
+        let bytes = vec![0u8; len + ALIGN];
         let start = bytes.as_ptr().align_offset(ALIGN);
-        Self { bytes, start }
+        Self { bytes, start, len }
     }
 
     fn window(&mut self) -> &mut [u8] {
-        &mut self.bytes[self.start..self.start + BLOCK]
+        &mut self.bytes[self.start..self.start + self.len]
     }
 }
 
 /// Reads the block at `offset` (a multiple of [`BLOCK`]) into `window`, past the page cache
 /// where the file system allows it; the bytes read, fewer at the end of the file.
 fn read_fully_at_block(file: &File, window: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    if is_direct(file) {
-        match read_fully_at(file, window, offset) {
-            Err(e) if is_invalid_argument(&e) => {
-                set_direct(file, false);
-            }
-            got => return got,
-        }
+    if is_direct(file)
+        && let Some(got) = read_direct(file, window, offset)?
+    {
+        return Ok(got);
     }
     read_fully_at(file, window, offset)
+}
+
+/// A direct read of `buffer` at `offset` (both aligned); `None` if the file system refused it,
+/// in which case reads through `file` are plain from then on.
+fn read_direct(file: &File, buffer: &mut [u8], offset: u64) -> std::io::Result<Option<usize>> {
+    match read_fully_at(file, buffer, offset) {
+        Err(e) if is_invalid_argument(&e) => {
+            set_direct(file, false);
+            Ok(None)
+        }
+        got => got.map(Some),
+    }
 }
 
 /// Reads until `buffer` is full or the file ends; the bytes read.
@@ -466,6 +469,20 @@ mod tests {
         (0..len).map(|i| (i * 7 + i / 4093) as u8).collect()
     }
 
+    /// Whether the file system under `dir` takes `O_DIRECT`, asked by opening a file with the
+    /// flag rather than through the code under test.
+    #[cfg(target_os = "linux")]
+    fn takes_direct_io(dir: &std::path::Path) -> bool {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(dir.join("probe"))
+            .is_ok()
+    }
+
     fn written_through(pieces: &[&[u8]]) -> (Vec<u8>, bool) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bulk");
@@ -507,8 +524,7 @@ mod tests {
     #[test]
     fn whole_blocks_go_past_the_page_cache_where_the_file_system_allows_it() {
         let dir = tempfile::tempdir().unwrap();
-        let probe = File::create(dir.path().join("probe")).unwrap();
-        let supported = set_direct(&probe, true);
+        let supported = takes_direct_io(dir.path());
         let (bytes, direct) = written_through(&[&pattern(2 * BLOCK + 5)]);
         assert_eq!(bytes, pattern(2 * BLOCK + 5));
         // A file system that refuses the flag gets plain writes, and the same bytes.
@@ -547,10 +563,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let file = open(&path).unwrap();
         #[cfg(target_os = "linux")]
-        {
-            let probe = File::open(&path).unwrap();
-            assert_eq!(is_direct(&file), set_direct(&probe, true));
-        }
+        assert_eq!(is_direct(&file), takes_direct_io(dir.path()));
         for (offset, len) in [
             (0, BLOCK),
             (BLOCK, BLOCK),
@@ -569,6 +582,11 @@ mod tests {
         assert_eq!(got, bytes[ALIGN - 1..ALIGN - 1 + BLOCK]);
         let got = read_at(&file, (2 * BLOCK + 5) as u64, BLOCK, <[u8]>::to_vec).unwrap();
         assert_eq!(got, bytes[2 * BLOCK + 5..]);
+        // Exact reads: longer than a block from an unaligned offset, and past the end refused.
+        let got = read_exact_at(&file, 4095, BLOCK + 9000).unwrap();
+        assert_eq!(got, bytes[4095..4095 + BLOCK + 9000]);
+        let past = read_exact_at(&file, (2 * BLOCK) as u64, 778).unwrap_err();
+        assert_eq!(past.kind(), std::io::ErrorKind::UnexpectedEof);
         let mut all = Vec::new();
         assert!(
             read_in_pieces(&file, |piece| {

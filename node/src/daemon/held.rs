@@ -161,12 +161,7 @@ pub struct KeptEncoding {
 pub fn read_chunk(file: &std::fs::File, length: u64, index: usize) -> std::io::Result<Vec<u8>> {
     let start = (index * CHUNK_BYTES) as u64;
     let end = (start + CHUNK_BYTES as u64).min(length);
-    let size = end.saturating_sub(start) as usize;
-    let chunk = runtime::bulk::read_at(file, start, size, <[u8]>::to_vec)?;
-    if chunk.len() != size {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(chunk)
+    runtime::bulk::read_exact_at(file, start, end.saturating_sub(start) as usize)
 }
 
 /// Encodes `ciphertext` into `dir`, where it is then the only file, hashing it whole and in
@@ -285,8 +280,8 @@ pub fn add_kept(
     Kept::Damaged
 }
 
-/// Hands the rest of `file` to `push` in pieces of 4 MiB; false at a read error or at the first
-/// piece `push` refuses.
+/// Hands the whole of `file` to `push` in pieces of 4 MiB; false at a read error or at the
+/// first piece `push` refuses.
 fn read_in_pieces(file: &std::fs::File, push: impl FnMut(&[u8]) -> bool) -> bool {
     runtime::bulk::read_in_pieces(file, push).unwrap_or(false)
 }
