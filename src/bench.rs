@@ -286,7 +286,7 @@ pub(crate) fn time_steps(
         .collect::<Result<Vec<_>, _>>()?;
     let mut aggregate_times = Vec::new();
     let mut memcpy_times = Vec::new();
-    let mut aggregate = Ciphertext::zero(values, budget.delta_bits());
+    let mut aggregate = Ciphertext::zero(budget.ciphertext_shape(values));
     let mut copy = vec![0u8; total_bytes];
     for _ in 0..repetitions {
         let (sum, ms) = time(|| protocol::wire::CiphertextView::weighted_sum(&views));

@@ -22,7 +22,9 @@ fn three_rounds_of_five_members_decrypt_exactly_and_the_log_verifies() {
     // builds on the model it held from the round before: it never fetches that. A member
     // outside the quorum fetches the aggregate alone, and combines it once the whole quorum,
     // each after recomputing it, logged its release.
-    let ciphertext = protocol::wire::ciphertext_encoded_len(10_000) as u64;
+    let config = protocol::he::ThresholdConfig::new(5, 3).unwrap();
+    let budget = d.plan.budget(config).unwrap();
+    let ciphertext = protocol::wire::ciphertext_encoded_len(budget.ciphertext_shape(10_000)) as u64;
     let log = d.log();
     let Body::Membership(membership) = &log[0].entry.body else {
         panic!("no membership")

@@ -191,12 +191,13 @@ impl BlobStore {
                 digest: *digest,
                 source,
             })?;
-        let (values, delta_bits) = protocol::wire::decode_ciphertext_header(&head, limits)
-            .map_err(|source| AggregateError::Decode {
+        let shape = protocol::wire::decode_ciphertext_header(&head, limits).map_err(|source| {
+            AggregateError::Decode {
                 digest: *digest,
                 source,
-            })?;
-        let mut ciphertext = Ciphertext::zero(values, delta_bits);
+            }
+        })?;
+        let mut ciphertext = Ciphertext::zero(shape);
         self.add_into(&mut ciphertext, digest, 1, limits)?;
         Ok(ciphertext)
     }
@@ -372,13 +373,22 @@ impl Upload {
 mod tests {
     use super::*;
 
+    /// Ciphertexts at 2^40 with bodies in bits 72..112.
+    fn shape(values: usize) -> protocol::he::CiphertextShape {
+        protocol::he::CiphertextShape {
+            values,
+            delta_bits: 40,
+            body_window: protocol::he::Window::new(72, 5).unwrap(),
+        }
+    }
+
     #[test]
     fn a_ciphertext_stored_as_it_is_encoded_is_the_blob_of_its_encoding() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
         // 60 bins: 11 MB, three chunks, the last one partly filled.
         let values = protocol::he::POLYNOMIAL_SIZE * 60;
-        let mut bytes = protocol::wire::encode_ciphertext(&Ciphertext::zero(values, 40));
+        let mut bytes = protocol::wire::encode_ciphertext(&Ciphertext::zero(shape(values)));
         let header = protocol::wire::ciphertext_header_len();
         for (i, byte) in bytes[header..].iter_mut().enumerate() {
             *byte = (i % 239) as u8;
@@ -413,7 +423,7 @@ mod tests {
         use protocol::round::policy::AggregateError;
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
-        let ciphertext = Ciphertext::zero(protocol::he::POLYNOMIAL_SIZE + 3, 40);
+        let ciphertext = Ciphertext::zero(shape(protocol::he::POLYNOMIAL_SIZE + 3));
         let digest = store.put_ciphertext(&ciphertext).unwrap();
         let limits = protocol::wire::DecodeLimits::default();
         let path = store.path(&digest);

@@ -18,7 +18,7 @@ use protocol::audit::entry::{Body, Digest, IncidentCode, Membership, SignedEntry
 use protocol::audit::log::checkpoint_verifiers;
 use protocol::audit::note::{ED25519, Note, NoteSigner, NoteVerifier, SignatureLine};
 use protocol::consortium::Consortium;
-use protocol::he::{Budget, Ciphertext, EncryptionKey};
+use protocol::he::{Budget, Ciphertext, CiphertextShape, EncryptionKey};
 use protocol::round::message::{
     MAX_ENTRIES_PER_MESSAGE, MAX_MESSAGE_BYTES, PROTOCOL, Request, Response,
 };
@@ -98,7 +98,8 @@ struct Context {
     witnesses: Vec<NoteVerifier>,
     plan: RoundPlan,
     limits: DecodeLimits,
-    delta_bits: u32,
+    /// The shape of every ciphertext of the plan: contributions, steps and aggregates.
+    shape: CiphertextShape,
     metrics: Metrics,
     publish_lock: tokio::sync::Mutex<()>,
     /// A fault to inject, for the resilience suite.
@@ -300,7 +301,7 @@ pub async fn run(
         limits: DecodeLimits {
             max_values: u64::from(config.plan.values),
         },
-        delta_bits: budget.delta_bits(),
+        shape: budget.ciphertext_shape(config.plan.values as usize),
         metrics,
         publish_lock: tokio::sync::Mutex::new(()),
         changed: Notify::new(),
@@ -312,15 +313,7 @@ pub async fn run(
     let mut background = JoinSet::new();
     background.spawn(serve_events(ctx.clone(), events));
     background.spawn(publisher(ctx.clone()));
-    let result = drive(
-        &ctx,
-        &config,
-        &budget,
-        &public_key,
-        &mut background,
-        shutdown,
-    )
-    .await;
+    let result = drive(&ctx, &config, &public_key, &mut background, shutdown).await;
     background.abort_all();
     result
 }
@@ -395,7 +388,6 @@ fn on_event(ctx: &Arc<Context>, event: Event, answering: &mut JoinSet<()>) {
 async fn drive(
     ctx: &Arc<Context>,
     config: &CoordinatorConfig,
-    budget: &Budget,
     public_key: &EncryptionKey,
     background: &mut JoinSet<&'static str>,
     shutdown: impl Future<Output = ()>,
@@ -404,7 +396,7 @@ async fn drive(
     let mut summary = RunSummary::default();
     let work = async {
         connect(ctx, config).await;
-        run_rounds(ctx, config, budget, public_key, &mut summary.rounds).await?;
+        run_rounds(ctx, config, public_key, &mut summary.rounds).await?;
         settle(ctx).await;
         Ok::<_, CoordinatorError>(())
     };
@@ -475,7 +467,6 @@ async fn connect(ctx: &Context, config: &CoordinatorConfig) {
 async fn run_rounds(
     ctx: &Arc<Context>,
     config: &CoordinatorConfig,
-    budget: &Budget,
     public_key: &EncryptionKey,
     done: &mut Vec<RoundSummary>,
 ) -> Result<(), CoordinatorError> {
@@ -494,7 +485,7 @@ async fn run_rounds(
             tokio::time::sleep_until(at + interval).await;
         }
         opened = Some(tokio::time::Instant::now());
-        let result = run_round(ctx, config, budget, public_key, round, &mut rng).await?;
+        let result = run_round(ctx, config, public_key, round, &mut rng).await?;
         ctx.metrics.round_finished(&result);
         done.push(result);
         finish_unfinished_round(ctx, config, public_key, &mut rng, done).await?;

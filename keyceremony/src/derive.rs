@@ -4,7 +4,7 @@
 
 use protocol::he::{
     Budget, BudgetRequest, KeyShare, PartialDecryption, PublicKey, Quorum, Subset, ThresholdConfig,
-    combine,
+    Window, combine,
 };
 use protocol::wire::{BoundCiphertext, DecodeLimits, decode_partial_decryption, encode_key_share};
 use rand::{Rng, SeedableRng};
@@ -141,12 +141,15 @@ pub fn validation_challenge(
     let values: Vec<i64> = (0..CHALLENGE_VALUES)
         .map(|_| stream.gen_range(-budget.max_value()..=budget.max_value()))
         .collect();
-    let ciphertext = public_key
-        .prepare()
-        .encrypt(&values, &budget, &mut stream)?;
+    // In the form every ciphertext had before body windows, so that transcripts made before
+    // them, whose partials are bound to this digest, still verify.
+    let ciphertext =
+        public_key
+            .prepare()
+            .encrypt_in(&values, &budget, Window::TOP_64, &mut stream)?;
     Ok(Challenge {
         values,
-        ciphertext: BoundCiphertext::new(ciphertext),
+        ciphertext: BoundCiphertext::before_windows(ciphertext)?,
         budget,
     })
 }

@@ -351,3 +351,19 @@ fn share_files_open_only_with_the_passphrase_and_for_their_own_ceremony() {
         Err(ShareFileError::OtherCeremony { .. })
     ));
 }
+
+/// A transcript written by the build before ciphertext bodies had windows (3 members,
+/// threshold 2, rehearsed): its partials are bound to the validation challenge's digest in the
+/// encoding of that time, which the challenge keeps, so every quorum still decrypts it.
+#[test]
+fn a_transcript_made_before_body_windows_still_verifies() {
+    use keyceremony::transcript::{Transcript, verify};
+    let bytes = include_bytes!("data/transcript-before-body-windows");
+    let verified = verify(&Transcript::decode(bytes).unwrap()).unwrap();
+    assert_eq!((verified.parties, verified.threshold), (3, 2));
+    assert_eq!(verified.quorums_validated, 3);
+    assert_eq!(
+        hex::encode(verified.fingerprint),
+        "7fb2fe8f666ecc56602022374f568aee5fe7c6bbf9f809fb7734529d95b57a18"
+    );
+}

@@ -224,6 +224,11 @@ struct Context {
 }
 
 impl Context {
+    /// The shape of every ciphertext of the plan: what each fetched or held one must have.
+    fn shape(&self) -> protocol::he::CiphertextShape {
+        self.budget.ciphertext_shape(self.plan.values as usize)
+    }
+
     fn sent(&self, bytes: usize) {
         self.bytes_sent
             .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);

@@ -5,20 +5,26 @@
 //! kind or parameter set, check every declared count against a limit and the exact input length
 //! *before* allocating, and reject trailing bytes, so each object has exactly one encoding.
 
+mod ciphertext;
 mod partial;
+pub use ciphertext::{
+    BoundCiphertext, CiphertextView, ciphertext_digest, ciphertext_encoded_len,
+    ciphertext_header_len, decode_ciphertext, decode_ciphertext_header, decode_ciphertext_view,
+    encode_ciphertext, encoded_digest, mask_digest, stream_ciphertext,
+};
+pub(crate) use ciphertext::{add_bodies, add_masks};
 pub(crate) use partial::encode_partial_header;
 pub use partial::{
     PartialHeader, PartialView, decode_partial_decryption, decode_partial_header,
     decode_partial_view, encode_partial_decryption,
 };
 
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::bytes::{ReadError, Reader};
 use crate::he::{
-    Ciphertext, CiphertextDigest, HeError, KeyShare, MAX_VALUES, POLYNOMIAL_SIZE, PublicKey,
-    PublicKeyContribution, QUORATE_RLWE128_V1, Subset, Subshare, ThresholdConfig,
+    HeError, KeyShare, MAX_VALUES, POLYNOMIAL_SIZE, PublicKey, PublicKeyContribution,
+    QUORATE_RLWE128_V1, Subset, Subshare, ThresholdConfig,
 };
 
 pub const MAGIC: [u8; 4] = *b"QRAT";
@@ -35,14 +41,19 @@ pub enum Kind {
     PublicKeyContribution = 1,
     PublicKey = 2,
     KeyShare = 3,
-    Ciphertext = 4,
+    /// A ciphertext whose bodies are their top 64 bits, as every ciphertext was before body
+    /// windows. Never written, and refused with a reason: its bodies are rounded at bit 64,
+    /// where the budget's window rounds them higher, so it adds up with no ciphertext of a
+    /// later build.
+    CiphertextTop64 = 4,
     /// A partial decryption of the top 64 bits of every value, as every partial was before
-    /// windows: still read (as the window `ShareWindow::TOP_64`), so that a partial released
-    /// before an upgrade, or a ceremony transcript made before it, still combines. Never
-    /// written.
+    /// windows: still read (as the window `Window::TOP_64`), so that a ceremony transcript
+    /// made before windows still verifies. Never written.
     PartialDecryptionTop64 = 5,
     /// A partial decryption that names its window.
     PartialDecryption = 6,
+    /// A ciphertext that names its body window.
+    Ciphertext = 7,
 }
 
 impl Kind {
@@ -51,9 +62,10 @@ impl Kind {
             1 => Kind::PublicKeyContribution,
             2 => Kind::PublicKey,
             3 => Kind::KeyShare,
-            4 => Kind::Ciphertext,
+            4 => Kind::CiphertextTop64,
             5 => Kind::PartialDecryptionTop64,
             6 => Kind::PartialDecryption,
+            7 => Kind::Ciphertext,
             _ => return None,
         })
     }
@@ -331,174 +343,6 @@ pub fn decode_key_share(bytes: &[u8]) -> Result<KeyShare, WireError> {
     Ok(KeyShare::from_parts(config, party, subshares)?)
 }
 
-fn ciphertext_header(value_count: usize, delta_bits: u32) -> Vec<u8> {
-    let mut out = header(Kind::Ciphertext);
-    out.extend_from_slice(&(value_count as u64).to_le_bytes());
-    out.push(delta_bits as u8);
-    out
-}
-
-fn put_masks(out: &mut Vec<u8>, masks: &[u128]) {
-    out.reserve(masks.len() * MASK_WIRE_BYTES);
-    for mask in masks {
-        out.extend_from_slice(&mask.to_le_bytes()[16 - MASK_WIRE_BYTES..]);
-    }
-}
-
-pub fn encode_ciphertext(ciphertext: &Ciphertext) -> Vec<u8> {
-    let mut out = ciphertext_header(ciphertext.value_count(), ciphertext.delta_bits());
-    out.reserve(ciphertext.masks().len() * MASK_WIRE_BYTES + ciphertext.bodies().len() * 8);
-    put_masks(&mut out, ciphertext.masks());
-    for body in ciphertext.bodies() {
-        out.extend_from_slice(&body.to_le_bytes());
-    }
-    out
-}
-
-/// The length of the encoding of a ciphertext of `value_count` values.
-pub fn ciphertext_encoded_len(value_count: usize) -> usize {
-    let bins = value_count.div_ceil(POLYNOMIAL_SIZE);
-    ciphertext_header(value_count, 1).len()
-        + bins * POLYNOMIAL_SIZE * MASK_WIRE_BYTES
-        + value_count * 8
-}
-
-/// The digest of a ciphertext's encoding, computed without materialising the encoding.
-pub fn ciphertext_digest(ciphertext: &Ciphertext) -> CiphertextDigest {
-    let Ok(digest) = stream_ciphertext(ciphertext, |_| Ok::<_, std::convert::Infallible>(()));
-    digest
-}
-
-/// The encoding in pieces of about 64 KiB, each hashed and handed to `emit`: a ciphertext
-/// written out and bound to its digest in one pass, never encoded whole.
-pub fn stream_ciphertext<E>(
-    ciphertext: &Ciphertext,
-    mut emit: impl FnMut(&[u8]) -> Result<(), E>,
-) -> Result<CiphertextDigest, E> {
-    let mut hasher = Sha256::new();
-    let mut piece = |bytes: &[u8]| {
-        hasher.update(bytes);
-        emit(bytes)
-    };
-    piece(&ciphertext_header(
-        ciphertext.value_count(),
-        ciphertext.delta_bits(),
-    ))?;
-    let mut buffer = Vec::with_capacity(64 * 1024);
-    for chunk in ciphertext.masks().chunks(4096) {
-        buffer.clear();
-        put_masks(&mut buffer, chunk);
-        piece(&buffer)?;
-    }
-    for chunk in ciphertext.bodies().chunks(8192) {
-        buffer.clear();
-        for body in chunk {
-            buffer.extend_from_slice(&body.to_le_bytes());
-        }
-        piece(&buffer)?;
-    }
-    Ok(CiphertextDigest(hasher.finalize().into()))
-}
-
-/// The digest of a ciphertext's masks alone. A partial decryption depends on the masks only
-/// (the bodies never meet the key), so a member's ledger refuses a second release for one mask
-/// digest, whatever the bodies: two partials of one mask would average their smudging down.
-pub fn mask_digest(ciphertext: &Ciphertext) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(b"quorate/ciphertext-masks/v1\0");
-    hasher.update((ciphertext.value_count() as u64).to_le_bytes());
-    let mut buffer = Vec::with_capacity(64 * 1024);
-    for chunk in ciphertext.masks().chunks(4096) {
-        buffer.clear();
-        put_masks(&mut buffer, chunk);
-        hasher.update(&buffer);
-    }
-    hasher.finalize().into()
-}
-
-/// The digest of an encoded ciphertext (equal to [`ciphertext_digest`] of the decoded one).
-pub fn encoded_digest(bytes: &[u8]) -> CiphertextDigest {
-    CiphertextDigest(Sha256::digest(bytes).into())
-}
-
-/// A ciphertext together with the digest of its encoding, which partial decryptions are bound
-/// to. Built only by hashing, so the digest always belongs to the ciphertext.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BoundCiphertext {
-    ciphertext: Ciphertext,
-    digest: CiphertextDigest,
-}
-
-impl BoundCiphertext {
-    pub fn new(ciphertext: Ciphertext) -> Self {
-        let digest = ciphertext_digest(&ciphertext);
-        Self { ciphertext, digest }
-    }
-
-    /// Hands the ciphertext's encoding to `emit` piece by piece (about 64 KiB each) and binds
-    /// it to its digest, hashed on the way: one pass over the encoding for both, and never the
-    /// whole encoding in memory beside the ciphertext.
-    pub fn streamed(ciphertext: Ciphertext, mut emit: impl FnMut(&[u8])) -> Self {
-        let Ok(digest) = stream_ciphertext(&ciphertext, |piece| {
-            emit(piece);
-            Ok::<_, std::convert::Infallible>(())
-        });
-        Self { ciphertext, digest }
-    }
-
-    /// Decodes an encoded ciphertext and binds it to the digest of exactly these bytes.
-    pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Self, WireError> {
-        let ciphertext = decode_ciphertext(bytes, limits)?;
-        Ok(Self {
-            ciphertext,
-            digest: encoded_digest(bytes),
-        })
-    }
-
-    pub fn ciphertext(&self) -> &Ciphertext {
-        &self.ciphertext
-    }
-
-    /// For a ciphertext decoded from an encoding already hashed to `digest`: encodings are
-    /// canonical, so that is the digest of the ciphertext too.
-    pub(crate) fn checked(ciphertext: Ciphertext, digest: CiphertextDigest) -> Self {
-        Self { ciphertext, digest }
-    }
-
-    pub fn digest(&self) -> CiphertextDigest {
-        self.digest
-    }
-
-    pub fn into_ciphertext(self) -> Ciphertext {
-        self.ciphertext
-    }
-}
-
-/// A validated, borrowed view of an encoded ciphertext: aggregation reads it in place.
-#[derive(Clone, Copy, Debug)]
-pub struct CiphertextView<'a> {
-    value_count: usize,
-    delta_bits: u32,
-    masks: &'a [u8],
-    bodies: &'a [u8],
-}
-
-/// Bytes of a ciphertext's header: the common header, the value count and the message scale.
-pub fn ciphertext_header_len() -> usize {
-    ciphertext_header(0, 1).len()
-}
-
-/// A ciphertext header's value count and message scale, checked against `limits`; the
-/// header must be all of `bytes`'s first [`ciphertext_header_len`] bytes.
-pub fn decode_ciphertext_header(
-    bytes: &[u8],
-    limits: DecodeLimits,
-) -> Result<(usize, u32), WireError> {
-    let mut reader = WireReader::new(bytes);
-    let (value_count, delta_bits) = read_ciphertext_header(&mut reader, limits)?;
-    Ok((value_count as usize, delta_bits))
-}
-
 /// A declared value count, refused past the limits before anything is allocated for it.
 fn read_value_count(reader: &mut WireReader<'_>, limits: DecodeLimits) -> Result<u64, WireError> {
     let value_count = reader.u64("value count")?;
@@ -511,152 +355,4 @@ fn read_value_count(reader: &mut WireReader<'_>, limits: DecodeLimits) -> Result
         });
     }
     Ok(value_count)
-}
-
-fn read_ciphertext_header(
-    reader: &mut WireReader<'_>,
-    limits: DecodeLimits,
-) -> Result<(u64, u32), WireError> {
-    reader.header(Kind::Ciphertext)?;
-    let value_count = read_value_count(reader, limits)?;
-    let delta_bits = u32::from(reader.u8("message scale")?);
-    if !(1..128).contains(&delta_bits) {
-        return Err(WireError::Invalid {
-            field: "message scale",
-            reason: format!("2^{delta_bits} is impossible"),
-        });
-    }
-    Ok((value_count, delta_bits))
-}
-
-pub fn decode_ciphertext_view(
-    bytes: &[u8],
-    limits: DecodeLimits,
-) -> Result<CiphertextView<'_>, WireError> {
-    let mut reader = WireReader::new(bytes);
-    let (value_count, delta_bits) = read_ciphertext_header(&mut reader, limits)?;
-    let bins = value_count.div_ceil(POLYNOMIAL_SIZE as u64);
-    let mask_bytes = bins * POLYNOMIAL_SIZE as u64 * MASK_WIRE_BYTES as u64;
-    reader.expect_remaining(mask_bytes + value_count * 8)?;
-    let masks = reader.take("masks", mask_bytes as usize)?;
-    let bodies = reader.take("bodies", value_count as usize * 8)?;
-    Ok(CiphertextView {
-        value_count: value_count as usize,
-        delta_bits,
-        masks,
-        bodies,
-    })
-}
-
-pub fn decode_ciphertext(bytes: &[u8], limits: DecodeLimits) -> Result<Ciphertext, WireError> {
-    decode_ciphertext_view(bytes, limits)?.to_ciphertext()
-}
-
-#[inline(always)]
-fn read_mask(bytes: &[u8]) -> u128 {
-    let mut word = [0u8; 16];
-    word[16 - MASK_WIRE_BYTES..].copy_from_slice(&bytes[..MASK_WIRE_BYTES]);
-    u128::from_le_bytes(word)
-}
-
-/// out[i] += weight * the i-th mask coefficient encoded in `bytes` (mod 2^128): the one
-/// multiply-add every aggregation runs, from whole encodings or from pieces.
-#[inline]
-pub(crate) fn add_masks(out: &mut [u128], bytes: &[u8], weight: i64) {
-    let w = weight as i128 as u128;
-    for (acc, coefficient) in out.iter_mut().zip(bytes.chunks_exact(MASK_WIRE_BYTES)) {
-        *acc = acc.wrapping_add(read_mask(coefficient).wrapping_mul(w));
-    }
-}
-
-/// out[i] += weight * the i-th body encoded in `bytes` (mod 2^64).
-#[inline]
-pub(crate) fn add_bodies(out: &mut [u64], bytes: &[u8], weight: i64) {
-    let w = weight as u64;
-    for (acc, body) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-        let value = u64::from_le_bytes(body.try_into().expect("8 bytes"));
-        *acc = acc.wrapping_add(value.wrapping_mul(w));
-    }
-}
-
-#[inline]
-fn body_at(bytes: &[u8], index: usize) -> u64 {
-    u64::from_le_bytes(bytes[index * 8..index * 8 + 8].try_into().expect("8 bytes"))
-}
-
-impl CiphertextView<'_> {
-    pub fn value_count(&self) -> usize {
-        self.value_count
-    }
-
-    pub fn delta_bits(&self) -> u32 {
-        self.delta_bits
-    }
-
-    pub fn to_ciphertext(&self) -> Result<Ciphertext, WireError> {
-        let masks = self
-            .masks
-            .chunks_exact(MASK_WIRE_BYTES)
-            .map(read_mask)
-            .collect();
-        let bodies = (0..self.value_count)
-            .map(|i| body_at(self.bodies, i))
-            .collect();
-        Ok(Ciphertext::from_parts(
-            self.value_count,
-            self.delta_bits,
-            masks,
-            bodies,
-        )?)
-    }
-
-    /// acc += weight * self, read straight from the encoded bytes.
-    pub fn add_weighted_into(&self, acc: &mut Ciphertext, weight: i64) -> Result<(), HeError> {
-        Self::accumulate(acc, &[(*self, weight)])
-    }
-
-    /// The weighted sum of encoded ciphertexts, block by block so that the accumulator stays
-    /// in cache while each input streams through once.
-    pub fn weighted_sum(terms: &[(CiphertextView<'_>, i64)]) -> Result<Ciphertext, HeError> {
-        let first = terms
-            .first()
-            .ok_or_else(|| HeError::Mismatch("a weighted sum needs at least one term".into()))?;
-        let mut acc = Ciphertext::zero(first.0.value_count, first.0.delta_bits);
-        Self::accumulate(&mut acc, terms)?;
-        Ok(acc)
-    }
-
-    fn accumulate(
-        acc: &mut Ciphertext,
-        terms: &[(CiphertextView<'_>, i64)],
-    ) -> Result<(), HeError> {
-        use rayon::prelude::*;
-        for (term, _) in terms {
-            acc.check_same_shape(term.value_count, term.delta_bits)?;
-        }
-        const BLOCK: usize = 4096;
-        let (masks, bodies) = acc.parts_mut();
-        masks
-            .par_chunks_mut(BLOCK)
-            .enumerate()
-            .for_each(|(block, out)| {
-                let start = block * BLOCK;
-                for (term, weight) in terms {
-                    let bytes =
-                        &term.masks[start * MASK_WIRE_BYTES..(start + out.len()) * MASK_WIRE_BYTES];
-                    add_masks(out, bytes, *weight);
-                }
-            });
-        bodies
-            .par_chunks_mut(BLOCK)
-            .enumerate()
-            .for_each(|(block, out)| {
-                let start = block * BLOCK;
-                for (term, weight) in terms {
-                    let bytes = &term.bodies[start * 8..(start + out.len()) * 8];
-                    add_bodies(out, bytes, *weight);
-                }
-            });
-        Ok(())
-    }
 }

@@ -258,7 +258,7 @@ fn a_partial_from_before_windows_reads_as_the_top_64_bits() {
         old.extend_from_slice(&value.to_le_bytes());
     }
     let read = decode_partial_decryption(&old, limits).unwrap();
-    assert_eq!(read.window, protocol::he::ShareWindow::TOP_64);
+    assert_eq!(read.window, protocol::he::Window::TOP_64);
     assert_eq!(read.values, widened);
     assert_eq!(
         decode_partial_header(&old, limits).unwrap().window,
@@ -312,7 +312,7 @@ fn oversized_counts_are_refused_before_allocation() {
     // A count within the limit but not backed by bytes is a length error, also before allocation.
     let mut bytes = samples().ciphertext[..25].to_vec();
     bytes.extend_from_slice(&(1u64 << 20).to_le_bytes());
-    bytes.push(69);
+    bytes.extend_from_slice(&samples().ciphertext[33..36]);
     let err = decode_ciphertext(&bytes, DecodeLimits::default()).unwrap_err();
     assert!(matches!(err, WireError::WrongLength { .. }), "{err}");
     // An impossible message scale is refused.
@@ -344,6 +344,74 @@ fn oversized_counts_are_refused_before_allocation() {
     );
 }
 
+/// The header names the body window; one outside bits 64 to 128 is refused naming the field,
+/// and so is a ciphertext written before windows, with the reason.
+#[test]
+fn a_ciphertext_names_its_body_window_and_one_from_before_windows_is_refused_with_the_reason() {
+    let s = samples();
+    let ciphertext = decode_ciphertext(&s.ciphertext, DecodeLimits::default()).unwrap();
+    let window = ciphertext.body_window();
+    assert_eq!(
+        s.ciphertext[34..36],
+        [window.dropped_bits(), window.bytes() as u8]
+    );
+    assert!(window.bytes() < 8, "{window:?}");
+    let shape = ciphertext.shape();
+    assert_eq!(ciphertext_encoded_len(shape), s.ciphertext.len());
+    assert_eq!(
+        decode_ciphertext_header(
+            &s.ciphertext[..ciphertext_header_len()],
+            DecodeLimits::default()
+        )
+        .unwrap(),
+        shape
+    );
+    for (field, at, byte) in [("body window", 34, 63), ("body window", 35, 9)] {
+        let mut bytes = s.ciphertext.clone();
+        bytes[at] = byte;
+        let err = decode_ciphertext(&bytes, DecodeLimits::default()).unwrap_err();
+        assert!(
+            matches!(err, WireError::Invalid { field: f, .. } if f == field),
+            "{err}"
+        );
+    }
+    // The same ciphertext claiming wider bodies is the wrong length for its header.
+    let mut bytes = s.ciphertext.clone();
+    bytes[35] += 1;
+    let err = decode_ciphertext(&bytes, DecodeLimits::default()).unwrap_err();
+    assert!(matches!(err, WireError::WrongLength { .. }), "{err}");
+    let mut before = s.ciphertext.clone();
+    before[5] = 4;
+    let err = decode_ciphertext(&before, DecodeLimits::default()).unwrap_err();
+    assert!(err.to_string().contains("before body windows"), "{err}");
+}
+
+/// The key ceremony's validation challenge keeps 64-bit bodies and the digest of the kind-4
+/// encoding it had before body windows: today's encoding without the window's two header
+/// bytes, under the old kind. Nothing else can be bound that way.
+#[test]
+fn a_ciphertext_with_64_bit_bodies_binds_to_its_digest_from_before_windows() {
+    let keys = common::keys();
+    let budget = common::budget(16, 1, 1);
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let key = keys.public_key.prepare();
+    let top64 = key
+        .encrypt_in(&[1, -2, 3], &budget, protocol::he::Window::TOP_64, &mut rng)
+        .unwrap();
+    let today = encode_ciphertext(&top64);
+    let mut before = today[..34].to_vec();
+    before[5] = 4;
+    before.extend_from_slice(&today[36..]);
+    let bound = BoundCiphertext::before_windows(top64.clone()).unwrap();
+    assert_eq!(bound.digest(), encoded_digest(&before));
+    assert_ne!(bound.digest(), encoded_digest(&today));
+    let windowed = key.encrypt(&[1, -2, 3], &budget, &mut rng).unwrap();
+    assert!(BoundCiphertext::before_windows(windowed).is_err());
+    // A body window the budget does not admit is refused at encryption.
+    let coarser = protocol::he::Window::new(budget.body_window().dropped_bits() + 8, 2).unwrap();
+    assert!(key.encrypt_in(&[1], &budget, coarser, &mut rng).is_err());
+}
+
 #[test]
 fn every_model_size_a_plan_takes_is_a_ciphertext_the_wire_takes() {
     // The header of a ciphertext of the largest model a plan may describe decodes under the
@@ -352,17 +420,23 @@ fn every_model_size_a_plan_takes_is_a_ciphertext_the_wire_takes() {
     let header = |values: u64| {
         let mut bytes = samples().ciphertext[..25].to_vec();
         bytes.extend_from_slice(&values.to_le_bytes());
-        bytes.push(samples().ciphertext[33]);
+        bytes.extend_from_slice(&samples().ciphertext[33..36]);
         bytes
     };
     let largest = u64::from(protocol::round::plan::MAX_PLAN_VALUES);
     assert!(largest >= 100_000_000);
     // And it uploads: its encoding fits the chunks an offer may announce.
     use protocol::round::message::{CHUNK_BYTES, MAX_CHUNKS};
-    let chunks = ciphertext_encoded_len(largest as usize).div_ceil(CHUNK_BYTES) as u64;
+    // With the widest bodies any window keeps.
+    let widest = protocol::he::CiphertextShape {
+        values: largest as usize,
+        delta_bits: 85,
+        body_window: protocol::he::Window::TOP_64,
+    };
+    let chunks = ciphertext_encoded_len(widest).div_ceil(CHUNK_BYTES) as u64;
     assert!(chunks <= MAX_CHUNKS, "{chunks} chunks");
-    let (values, _) = decode_ciphertext_header(&header(largest), DecodeLimits::default()).unwrap();
-    assert_eq!(values as u64, largest);
+    let shape = decode_ciphertext_header(&header(largest), DecodeLimits::default()).unwrap();
+    assert_eq!(shape.values as u64, largest);
     let err = decode_ciphertext_header(&header(largest + 1), DecodeLimits::default()).unwrap_err();
     assert!(
         matches!(

@@ -142,7 +142,9 @@ impl Costs {
             aggregate_term_seconds: seconds(steps.aggregate_ms) / f64::from(config.parties()),
             partial_decrypt_seconds: seconds(steps.partial_decrypt_ms),
             combine_seconds: seconds(steps.combine_ms),
-            ciphertext_bytes: protocol::wire::ciphertext_encoded_len(plan.values as usize) as u64,
+            ciphertext_bytes: protocol::wire::ciphertext_encoded_len(
+                budget.ciphertext_shape(plan.values as usize),
+            ) as u64,
             partial_bytes: steps.share_bytes as u64
                 + budget.share_window().bytes() as u64 * extra_values,
             sampled_values: u64::from(sampled),
@@ -266,13 +268,16 @@ mod tests {
         let costs = Costs::measure(&plan, config, 10_000, 1 << 20).unwrap();
         assert_eq!(costs.sampled_values, 10_000);
         // What the plan's model encodes to, not the sample's: a ciphertext of 20,000 values
-        // fills three bins where 10,000 fill two; a partial is the plan's window (5 bytes
-        // a value at 20,000 values over one round) and a header.
+        // fills three bins where 10,000 fill two, with the plan's body window; a partial is
+        // the plan's window (5 bytes a value at 20,000 values over one round) and a header.
+        let budget = plan.budget(config).unwrap();
+        let body = budget.body_window().bytes() as u64;
+        assert!(body < 8, "{body} bytes a body");
         assert_eq!(
             costs.ciphertext_bytes,
-            protocol::wire::ciphertext_encoded_len(20_000) as u64
+            protocol::wire::ciphertext_header_len() as u64 + 3 * 8192 * 15 + 20_000 * body
         );
-        assert_eq!(plan.budget(config).unwrap().share_window().bytes(), 5);
+        assert_eq!(budget.share_window().bytes(), 5);
         let header = costs.partial_bytes - 5 * 20_000;
         assert!(header > 0 && header < 200, "{header}");
         assert!(costs.encrypt_seconds > 0.0 && costs.partial_decrypt_seconds > 0.0);

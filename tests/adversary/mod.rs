@@ -165,7 +165,7 @@ impl Harness {
             .plan
             .budget(protocol::he::ThresholdConfig::new(5, 3).unwrap())
             .unwrap();
-        let mut acc = Ciphertext::zero(VALUES as usize, budget.delta_bits());
+        let mut acc = Ciphertext::zero(budget.ciphertext_shape(VALUES as usize));
         let blobs = self.blobs.lock().unwrap().clone();
         protocol::round::policy::aggregate(&mut acc, terms, DecodeLimits::default(), |d| {
             blobs.get(d).cloned().ok_or("missing")

@@ -12,13 +12,13 @@ pub(super) enum RequestRefusal {
     #[error("the contribution is not a ciphertext: {0}")]
     NotACiphertext(#[from] protocol::wire::WireError),
     #[error(
-        "the contribution holds {values} values at 2^{delta_bits}, the plan {plan_values} at 2^{plan_delta_bits}"
+        "the contribution holds {} values at 2^{} with bodies in bits {}..{}, the plan {} at 2^{} in bits {}..{}",
+        found.values, found.delta_bits, found.body_window.dropped_bits(), found.body_window.top_bit(),
+        plan.values, plan.delta_bits, plan.body_window.dropped_bits(), plan.body_window.top_bit()
     )]
     Shape {
-        values: usize,
-        delta_bits: u32,
-        plan_values: u32,
-        plan_delta_bits: u32,
+        found: CiphertextShape,
+        plan: CiphertextShape,
     },
     #[error("entry: {0}")]
     Entry(#[from] protocol::audit::entry::EntryError),
@@ -26,33 +26,27 @@ pub(super) enum RequestRefusal {
     NotTheSender,
 }
 
-/// Checks that a stored ciphertext decodes with the plan's size and message scale: its header
-/// says so and its length is what that header's value count takes (the body is read only when
-/// it is aggregated, where every coefficient is decoded and the whole hashed again).
+/// Checks that a stored ciphertext decodes with the plan's shape (size, message scale, body
+/// window): its header says so and its length is what that shape takes (the body is read only
+/// when it is aggregated, where every coefficient is decoded and the whole hashed again).
 pub(super) fn check_shape(ctx: &Context, digest: &Digest) -> Result<(), RequestRefusal> {
     let (header, length) = ctx
         .blobs
         .head(digest, protocol::wire::ciphertext_header_len())?;
-    shape_of(&header, length, ctx.plan.values, ctx.delta_bits, ctx.limits)
+    shape_of(&header, length, ctx.shape, ctx.limits)
 }
 
 fn shape_of(
     header: &[u8],
     length: u64,
-    plan_values: u32,
-    plan_delta_bits: u32,
+    plan: CiphertextShape,
     limits: DecodeLimits,
 ) -> Result<(), RequestRefusal> {
-    let (values, delta_bits) = protocol::wire::decode_ciphertext_header(header, limits)?;
-    if values != plan_values as usize || delta_bits != plan_delta_bits {
-        return Err(RequestRefusal::Shape {
-            values,
-            delta_bits,
-            plan_values,
-            plan_delta_bits,
-        });
+    let found = protocol::wire::decode_ciphertext_header(header, limits)?;
+    if found != plan {
+        return Err(RequestRefusal::Shape { found, plan });
     }
-    let expected = protocol::wire::ciphertext_encoded_len(values) as u64;
+    let expected = protocol::wire::ciphertext_encoded_len(found) as u64;
     if length != expected {
         return Err(protocol::wire::WireError::WrongLength {
             expected,
@@ -112,8 +106,7 @@ pub(super) async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Req
             else {
                 return refused("an offer must carry a contribution or a server step entry");
             };
-            let expected_length =
-                protocol::wire::ciphertext_encoded_len(ctx.plan.values as usize) as u64;
+            let expected_length = protocol::wire::ciphertext_encoded_len(ctx.shape) as u64;
             if length != expected_length {
                 return refused(format!(
                     "a contribution is {expected_length} bytes under this plan, not {length}"
@@ -315,7 +308,7 @@ fn offer_step(
     if ctx.blobs.contains(&base) {
         return append_step(ctx, member, entry);
     }
-    let expected = protocol::wire::ciphertext_encoded_len(ctx.plan.values as usize) as u64;
+    let expected = protocol::wire::ciphertext_encoded_len(ctx.shape) as u64;
     if length != expected {
         return refused(format!(
             "a server step's ciphertext is {expected} bytes under this plan, not {length}"
@@ -352,37 +345,50 @@ mod tests {
 
     #[test]
     fn only_a_ciphertext_of_the_plans_shape_and_length_is_logged_as_a_contribution() {
-        let bytes = encode_ciphertext(&Ciphertext::zero(1000, 80));
+        let plan = CiphertextShape {
+            values: 1000,
+            delta_bits: 80,
+            body_window: protocol::he::Window::new(72, 6).unwrap(),
+        };
+        let bytes = encode_ciphertext(&Ciphertext::zero(plan));
         let header = &bytes[..ciphertext_header_len()];
         let length = bytes.len() as u64;
         let limits = DecodeLimits::default();
-        assert!(shape_of(header, length, 1000, 80, limits).is_ok());
+        assert!(shape_of(header, length, plan, limits).is_ok());
+        let others = [
+            CiphertextShape {
+                values: 1001,
+                ..plan
+            },
+            CiphertextShape {
+                delta_bits: 81,
+                ..plan
+            },
+            CiphertextShape {
+                body_window: protocol::he::Window::new(64, 7).unwrap(),
+                ..plan
+            },
+        ];
+        for other in others {
+            let refused = shape_of(header, length, other, limits).unwrap_err();
+            assert!(
+                matches!(refused, RequestRefusal::Shape { found, .. } if found == plan),
+                "{refused}"
+            );
+            assert!(refused.to_string().contains("bits 72..120"), "{refused}");
+        }
         assert!(matches!(
-            shape_of(header, length, 1001, 80, limits),
-            Err(RequestRefusal::Shape { values: 1000, .. })
-        ));
-        assert!(matches!(
-            shape_of(header, length, 1000, 81, limits),
-            Err(RequestRefusal::Shape { delta_bits: 80, .. })
-        ));
-        assert!(matches!(
-            shape_of(header, length - 1, 1000, 80, limits),
+            shape_of(header, length - 1, plan, limits),
             Err(RequestRefusal::NotACiphertext(
                 WireError::WrongLength { .. }
             ))
         ));
         assert!(matches!(
-            shape_of(&header[..10], 10, 1000, 80, limits),
+            shape_of(&header[..10], 10, plan, limits),
             Err(RequestRefusal::NotACiphertext(_))
         ));
         assert!(matches!(
-            shape_of(
-                &bytes[1..=ciphertext_header_len()],
-                length,
-                1000,
-                80,
-                limits
-            ),
+            shape_of(&bytes[1..=ciphertext_header_len()], length, plan, limits),
             Err(RequestRefusal::NotACiphertext(WireError::BadMagic))
         ));
     }

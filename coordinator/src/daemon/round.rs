@@ -13,7 +13,6 @@ use runtime::fault::{Step, abort_if, jump_clock_if};
 pub(super) async fn run_round(
     ctx: &Arc<Context>,
     config: &CoordinatorConfig,
-    budget: &Budget,
     public_key: &EncryptionKey,
     round: u64,
     rng: &mut impl RngCore,
@@ -55,7 +54,7 @@ pub(super) async fn run_round(
 
     let aggregate_started = Instant::now();
     ctx.metrics.step(round, RoundStep::Closing, now_ms());
-    let Some(closed) = close(ctx, budget, round, base, subject).await? else {
+    let Some(closed) = close(ctx, round, base, subject).await? else {
         summary.total_seconds = started.elapsed().as_secs_f64();
         return Ok(summary);
     };
@@ -265,7 +264,6 @@ struct Closed {
 /// an incident; nothing is decrypted this round).
 async fn close(
     ctx: &Arc<Context>,
-    budget: &Budget,
     round: u64,
     base: Digest,
     subject: Digest,
@@ -298,12 +296,11 @@ async fn close(
     let round_error = move |reason: String| CoordinatorError::Round { round, reason };
     let aggregate = {
         let ctx = ctx.clone();
-        let delta = budget.delta_bits();
-        let values = ctx.plan.values as usize;
+        let shape = ctx.shape;
         tokio::task::spawn_blocking(move || -> Result<Ciphertext, CoordinatorError> {
             // The model this round builds on is a term of weight 1 onto zero; each term is
             // read from disk in pieces, so the sum is the one encrypted model held in memory.
-            let mut acc = Ciphertext::zero(values, delta);
+            let mut acc = Ciphertext::zero(shape);
             if base != ZERO_BASE {
                 ctx.blobs
                     .add_into(&mut acc, &base, 1, ctx.limits)

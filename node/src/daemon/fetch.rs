@@ -53,7 +53,7 @@ pub(super) async fn add_fetched(
         digest: *digest,
         source: Box::new(source),
     };
-    let expected_length = protocol::wire::ciphertext_encoded_len(ctx.plan.values as usize) as u64;
+    let expected_length = protocol::wire::ciphertext_encoded_len(ctx.shape()) as u64;
     // The first chunk brings the length and every chunk's digest; the rest come pipelined.
     let (length, chunk_list, first) = fetch_chunk(ctx, digest, 0).await.map_err(fetch_error)?;
     if length != expected_length {
@@ -194,7 +194,7 @@ async fn fetch_aggregate(
     if target.ciphertext != target.aggregate {
         return Ok(None);
     }
-    let zero = Ciphertext::zero(ctx.plan.values as usize, ctx.budget.delta_bits());
+    let zero = Ciphertext::zero(ctx.shape());
     let fetched = add_fetched(ctx, zero, &target.ciphertext, 1).await?;
     let (dir, expected, base) = (ctx.held.clone(), target.aggregate, target.base);
     Ok(
@@ -226,8 +226,7 @@ async fn recompute_once(
     // Never the aggregate the close names taken from the held directory: that digest is the
     // coordinator's word, and only recomputing it from the logged contributions checks it.
     // Only the base is looked up there, a digest this member's verified chain named.
-    let values = ctx.plan.values as usize;
-    let mut acc = Ciphertext::zero(values, ctx.budget.delta_bits());
+    let mut acc = Ciphertext::zero(ctx.shape());
     if let Some(base) = target.base {
         acc = match load_held(ctx, base).await? {
             Some(kept) => kept.into_ciphertext(),
@@ -286,14 +285,6 @@ async fn load_held(
     ctx: &Context,
     digest: Digest,
 ) -> Result<Option<BoundCiphertext>, RecomputeError> {
-    let (dir, values, delta, limits) = (
-        ctx.held.clone(),
-        ctx.plan.values as usize,
-        ctx.budget.delta_bits(),
-        ctx.limits,
-    );
-    Ok(
-        tokio::task::spawn_blocking(move || held::load(&dir, &digest, values, delta, limits))
-            .await?,
-    )
+    let (dir, shape, limits) = (ctx.held.clone(), ctx.shape(), ctx.limits);
+    Ok(tokio::task::spawn_blocking(move || held::load(&dir, &digest, shape, limits)).await?)
 }

@@ -18,7 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use protocol::audit::entry::Digest;
-use protocol::he::Ciphertext;
+use protocol::he::{Ciphertext, CiphertextShape};
 use protocol::round::message::{CHUNK_BYTES, ChunkHasher};
 use protocol::round::{TermStream, WholeStream};
 use protocol::wire::{BoundCiphertext, DecodeLimits};
@@ -113,13 +113,12 @@ pub fn clear_after_restart(held: &Path) {
 pub fn load(
     dir: &Path,
     digest: &Digest,
-    values: usize,
-    delta_bits: u32,
+    shape: CiphertextShape,
     limits: DecodeLimits,
 ) -> Option<BoundCiphertext> {
     let path = path(dir, digest);
     let file = runtime::bulk::open(&path).ok()?;
-    let mut stream = WholeStream::new(values, delta_bits, *digest, limits);
+    let mut stream = WholeStream::new(shape, *digest, limits);
     let read = read_in_pieces(&file, |piece| stream.push::<std::io::Error>(piece).is_ok());
     let loaded = read
         .then(|| stream.finish::<std::io::Error>().ok())
@@ -295,15 +294,24 @@ mod tests {
     use super::*;
     use protocol::wire::ciphertext_digest;
 
+    /// Ciphertexts at 2^40 with bodies in bits 72..112.
+    fn shape(values: usize) -> CiphertextShape {
+        CiphertextShape {
+            values,
+            delta_bits: 40,
+            body_window: protocol::he::Window::new(72, 5).unwrap(),
+        }
+    }
+
     /// The kept model of `digest`, a ciphertext of `values` values at 2^40.
     fn find(dir: &Path, digest: &Digest, values: usize) -> Option<BoundCiphertext> {
-        load(dir, digest, values, 40, DecodeLimits::default())
+        load(dir, digest, shape(values), DecodeLimits::default())
     }
 
     #[test]
     fn a_recomputed_model_is_kept_only_under_the_digest_expected_and_found_intact() {
         let dir = tempfile::tempdir().unwrap();
-        let model = Ciphertext::zero(3, 40);
+        let model = Ciphertext::zero(shape(3));
         let digest = ciphertext_digest(&model).0;
         // Another digest expected: not kept.
         assert_eq!(keep_if(dir.path(), model.clone(), &[7; 32], None), None);
@@ -318,7 +326,7 @@ mod tests {
     #[test]
     fn a_kept_model_damaged_on_disk_is_dropped_not_used() {
         let dir = tempfile::tempdir().unwrap();
-        let model = Ciphertext::zero(3, 40);
+        let model = Ciphertext::zero(shape(3));
         let digest = ciphertext_digest(&model).0;
         assert!(keep_if(dir.path(), model, &digest, None).is_some());
         let path = dir.path().join(hex::encode(digest));
@@ -333,7 +341,7 @@ mod tests {
     #[test]
     fn keeping_a_model_drops_all_but_it_and_the_model_it_builds_on() {
         let dir = tempfile::tempdir().unwrap();
-        let models: Vec<Ciphertext> = (1..=4).map(|n| Ciphertext::zero(n, 40)).collect();
+        let models: Vec<Ciphertext> = (1..=4).map(|n| Ciphertext::zero(shape(n))).collect();
         let digests: Vec<Digest> = models.iter().map(|m| ciphertext_digest(m).0).collect();
         let keep = |i: usize| {
             keep_if(
@@ -357,7 +365,7 @@ mod tests {
     #[test]
     fn a_model_that_cannot_be_kept_is_still_bound_and_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let model = Ciphertext::zero(3, 40);
+        let model = Ciphertext::zero(shape(3));
         let digest = ciphertext_digest(&model).0;
         // The held directory is a file: nothing can be written there.
         let blocked = dir.path().join("held");
@@ -374,14 +382,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let limits = DecodeLimits::default();
         // A contribution with every byte after the header set: masks and bodies not zero.
-        let mut bytes = protocol::wire::encode_ciphertext(&Ciphertext::zero(3, 40));
+        let mut bytes = protocol::wire::encode_ciphertext(&Ciphertext::zero(shape(3)));
         let header = protocol::wire::ciphertext_header_len();
         for (i, byte) in bytes[header..].iter_mut().enumerate() {
             *byte = (i as u8).wrapping_mul(37).wrapping_add(11);
         }
         let contribution = protocol::wire::decode_ciphertext(&bytes, limits).unwrap();
         let digest = ciphertext_digest(&contribution).0;
-        let start = Ciphertext::zero(3, 40);
+        let start = Ciphertext::zero(shape(3));
         assert!(matches!(
             add_kept(dir.path(), start.clone(), &digest, 5, limits),
             Kept::Missing(acc) if acc == start
@@ -414,7 +422,7 @@ mod tests {
         let contributed = dir.path().join("contributed");
         // 60 bins: 11 MB of encoding, three upload chunks, the last one partly filled.
         let values = protocol::he::POLYNOMIAL_SIZE * 60;
-        let mut ciphertext = Ciphertext::zero(values, 40);
+        let mut ciphertext = Ciphertext::zero(shape(values));
         let bytes = {
             let mut bytes = protocol::wire::encode_ciphertext(&ciphertext);
             let header = protocol::wire::ciphertext_header_len();
@@ -450,7 +458,7 @@ mod tests {
         let encodings: Vec<(Ciphertext, Vec<u8>)> = (1..=2u8)
             .map(|n| {
                 let values = protocol::he::POLYNOMIAL_SIZE * 8;
-                let mut bytes = protocol::wire::encode_ciphertext(&Ciphertext::zero(values, 40));
+                let mut bytes = protocol::wire::encode_ciphertext(&Ciphertext::zero(shape(values)));
                 let header = protocol::wire::ciphertext_header_len();
                 for (i, byte) in bytes[header..].iter_mut().enumerate() {
                     *byte = (i % 239) as u8 ^ n;
@@ -486,7 +494,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blocked = dir.path().join("contributed");
         std::fs::write(&blocked, b"").unwrap();
-        let ciphertext = Ciphertext::zero(3, 40);
+        let ciphertext = Ciphertext::zero(shape(3));
         let failed = keep_encoding(&blocked, ciphertext.clone()).unwrap_err();
         assert_eq!(failed.ciphertext, BoundCiphertext::new(ciphertext));
     }
@@ -496,7 +504,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let held = dir.path().join("held");
         std::fs::create_dir_all(&held).unwrap();
-        let model = Ciphertext::zero(3, 40);
+        let model = Ciphertext::zero(shape(3));
         let digest = ciphertext_digest(&model).0;
         assert!(keep_if(&held, model, &digest, None).is_some());
         std::fs::write(held.join(".held-7-0.part"), b"half").unwrap();

@@ -7,8 +7,10 @@
 //!   the public key's noise) and B_ct bounds one sent ciphertext's noise: the encryption noise
 //!   plus the rounding of its mask to a multiple of 2^8 (that error meets the secret, so it is
 //!   smudged like the rest);
-//! - the rounding of each ciphertext body to its top 64 bits before it is sent, at most 2^63 per
-//!   unit of weight (known to the encryptor, independent of the secret, so it needs no smudging);
+//! - the rounding of each ciphertext body before it is sent, at most 2^(d - 1) per unit of
+//!   weight for a body window dropping d bits (known to the encryptor, independent of the
+//!   secret, so it needs no smudging): Delta is chosen counting d = 64, and the window then
+//!   drops as many bits as the room left below Delta / 2 allows (see `body_window`);
 //! - smudging, the sum of three independent uniforms in [-2^s, 2^s) per quorum member (so less
 //!   than 3 * 2^s), with 2^s >= 2^kappa * L1 * B_ct;
 //! - the rounding of each partial decryption at its window's bottom (see `share_window`): at
@@ -34,9 +36,7 @@
 //! is why three are summed. The noise bound B itself holds except with probability
 //! 2 m exp(-k^2 / 2) for a tail factor k, which is added. See SECURITY.md for the figures.
 
-use super::{
-    HeError, POLYNOMIAL_SIZE, ParameterSet, QUORATE_RLWE128_V1, ShareWindow, ThresholdConfig,
-};
+use super::{HeError, POLYNOMIAL_SIZE, ParameterSet, QUORATE_RLWE128_V1, ThresholdConfig, Window};
 
 /// Tail bound factor: a (sub)Gaussian exceeds 11 sigma with probability below 2^-86, so the
 /// noise bound holds over 2^44 coordinates but for 2^-41.
@@ -99,7 +99,8 @@ pub struct Budget {
     delta_bits: u32,
     smudging_bits: u32,
     spare_bits: u32,
-    share_window: ShareWindow,
+    share_window: Window,
+    body_window: Window,
     fresh_noise_bits: f64,
     ciphertext_noise_bits: f64,
     /// log2 of B: the bound of the secret-dependent noise of any decrypted ciphertext.
@@ -171,7 +172,8 @@ impl Budget {
             + threshold
                 * (f64::from(SMUDGING_SUMMANDS) * f64::from(smudging_bits).exp2() + share_rounding);
         // |error| < Delta / 2 with a bit to spare: the partials' window takes half of it (see
-        // `share_window`), and the rest covers the f64 estimate (off by about 10^-15).
+        // `share_window`) and the bodies' window part of the rest (see `body_window`), which
+        // leaves an eighth of Delta / 2.
         let delta_bits = total_error.log2().ceil() as u32 + 2;
         if delta_bits >= 127 {
             return Err(HeError::Budget(format!(
@@ -193,12 +195,19 @@ impl Budget {
             )));
         }
         let share_window = share_window(delta_bits, message_bits as u32, config.threshold());
+        // Everything but the bodies' rounding, with the partials rounded at their window.
+        let other_error = secret_noise_bits.exp2()
+            + threshold
+                * (f64::from(SMUDGING_SUMMANDS) * f64::from(smudging_bits).exp2()
+                    + f64::from(u32::from(share_window.dropped_bits()) - 1).exp2());
+        let body_window = body_window(delta_bits, message_bits as u32, l1, other_error);
         Ok(Self {
             request,
             delta_bits,
             smudging_bits,
             spare_bits: spare as u32,
             share_window,
+            body_window,
             fresh_noise_bits,
             ciphertext_noise_bits,
             secret_noise_bits,
@@ -227,16 +236,31 @@ impl Budget {
 
     /// The bits of each partial decryption its member sends: rounded a few bits under Delta,
     /// reduced just above the largest phase (see `share_window` in this module).
-    pub fn share_window(&self) -> ShareWindow {
+    pub fn share_window(&self) -> Window {
         self.share_window
+    }
+
+    /// The bits of each ciphertext body its encryptor sends: rounded where the room Delta
+    /// leaves covers every body an aggregate sums, reduced just above the largest phase (see
+    /// `body_window` in this module).
+    pub fn body_window(&self) -> Window {
+        self.body_window
     }
 
     /// Whether a partial kept in `window` combines exactly under this budget: it keeps every
     /// bit the budget's own window keeps from its bottom up to the phase's top, and rounds
     /// no more. A window chosen by an earlier rule (all the top 64 bits, as before windows;
     /// a wider one) still does, so what was released or recorded before stays combinable.
-    pub fn admits(&self, window: ShareWindow) -> bool {
+    pub fn admits(&self, window: Window) -> bool {
         window.dropped_bits() <= self.share_window.dropped_bits()
+            && window.top_bit() >= phase_bits(self.delta_bits, self.message_bits())
+    }
+
+    /// Whether ciphertext bodies kept in `window` decrypt exactly under this budget: rounded
+    /// no higher than the budget's body window, and kept up to the phase's top. All the top 64
+    /// bits (every body before windows) always are.
+    pub fn admits_body(&self, window: Window) -> bool {
+        window.dropped_bits() <= self.body_window.dropped_bits()
             && window.top_bit() >= phase_bits(self.delta_bits, self.message_bits())
     }
 
@@ -262,6 +286,11 @@ impl Budget {
         let r = &self.request;
         let l1 = f64::from(r.max_contributions) * r.weight_bound as f64 * f64::from(r.rounds);
         r.value_bits + l1.log2().ceil() as u32
+    }
+
+    /// The bits a combined phase needs: it is known from its residue modulo 2^phase_bits.
+    pub fn phase_bits(&self) -> u32 {
+        phase_bits(self.delta_bits, self.message_bits())
     }
 
     /// The smudging's margin over the secret-dependent noise, in bits (at least kappa).
@@ -297,8 +326,9 @@ impl Budget {
 /// - **Bottom.** Delta was chosen with the error bounded by 2^(Delta - 2) (to the f64
 ///   estimate's precision, about 10^-15), counting partials rounded at bit 64. Dropping d = Delta - 2 - ceil(log2 t) bits instead (never fewer than
 ///   64) adds at most t * 2^(d - 1) <= 2^(Delta - 3), so the error stays below
-///   2^(Delta - 2) + 2^(Delta - 3) = 3/4 of Delta / 2: decryption stays exact, and Delta is the
-///   same as with 64-bit partials.
+///   2^(Delta - 2) + 2^(Delta - 3) = 3/4 of Delta / 2 (the bodies' window then takes up to
+///   another eighth, see `body_window`): decryption stays exact, and Delta is the same as
+///   with 64-bit partials.
 /// - **Top.** With |m| <= 2^message_bits - 1 and |e| < Delta / 2, the phase has
 ///   |Delta * m + e| < 2^(Delta + message_bits) - Delta / 2, so it is known from its residue
 ///   modulo 2^(Delta + message_bits + 1) read as signed (or modulo 2^128, whichever is
@@ -311,16 +341,45 @@ impl Budget {
 /// decoded correctly below 2^(127 - Delta) when partials kept every top bit, now wraps modulo
 /// 2^(w - Delta). Every flow stays inside it (a server optimizer clamps the model to
 /// `RoundPlan::model_bound`), and an L1 norm counted short would show here first.
-pub(crate) fn share_window(delta_bits: u32, message_bits: u32, threshold: u8) -> ShareWindow {
+pub(crate) fn share_window(delta_bits: u32, message_bits: u32, threshold: u8) -> Window {
     let guard = 2 + u32::from(threshold).next_power_of_two().trailing_zeros();
     let bottom = delta_bits
         .saturating_sub(guard)
-        .max(u32::from(ShareWindow::MIN_DROPPED_BITS));
-    let top = phase_bits(delta_bits, message_bits);
+        .max(u32::from(Window::MIN_DROPPED_BITS));
+    whole_bytes(bottom, phase_bits(delta_bits, message_bits))
+}
+
+/// The window of every ciphertext body under a budget of scale 2^delta_bits, messages below
+/// 2^message_bits, weight L1 norm `l1` and every other error term summed to `other_error`
+/// (secret-dependent noise, smudging, the partials' rounding at their window).
+///
+/// - **Bottom.** Decryption is exact while the error stays below Delta / 2. An aggregate's
+///   bodies carry at most l1 * 2^(d - 1) of rounding when each is rounded at bit d, so d is the
+///   largest with l1 * 2^(d - 1) <= 7/8 Delta / 2 - other_error, and never below 64. The
+///   eighth left over is a margin against a miscounted bound, far above the f64 estimate's
+///   error (about 10^-15). Delta was chosen counting bodies rounded at bit 64 and partials at
+///   theirs, so the error is below 3/4 of Delta / 2 with d = 64, which always fits.
+/// - **Top.** As for partials: the phase is known from its residue modulo
+///   2^(Delta + message_bits + 1), so bodies are sent modulo that, in whole bytes up from
+///   their own bottom (so their top may lie above or below the partials').
+pub(crate) fn body_window(delta_bits: u32, message_bits: u32, l1: f64, other_error: f64) -> Window {
+    let room = f64::from(delta_bits - 1).exp2() * 0.875 - other_error;
+    let fits = |d: u32| l1 * f64::from(d - 1).exp2() <= room;
+    debug_assert!(fits(64), "Delta was chosen with bodies rounded at bit 64");
+    let mut bottom = 64;
+    while bottom < delta_bits && fits(bottom + 1) {
+        bottom += 1;
+    }
+    whole_bytes(bottom, phase_bits(delta_bits, message_bits))
+}
+
+/// Whole bytes from `bottom` up to at least `top`: the spare bits of the last byte raise the
+/// top, unless it would pass bit 128, where they lower the bottom instead (which only shrinks
+/// the rounding).
+fn whole_bytes(bottom: u32, top: u32) -> Window {
     let bytes = (top.saturating_sub(bottom)).div_ceil(8).clamp(1, 8);
     let bottom = bottom.min(128 - 8 * bytes);
-    ShareWindow::new(bottom as u8, bytes as u8)
-        .expect("bottom >= 64 and top <= 128 by construction")
+    Window::new(bottom as u8, bytes as u8).expect("bottom >= 64 and top <= 128 by construction")
 }
 
 /// The bits a combined phase needs: it is known from its residue modulo 2^phase_bits (see
@@ -420,6 +479,7 @@ mod tests {
     fn every_window_rounds_within_delta_and_reaches_above_the_largest_phase() {
         let mut checked = 0;
         let mut narrower = 0;
+        let mut narrower_bodies = 0;
         for parties in 2..=10u8 {
             for threshold in 2..=parties {
                 let config = ThresholdConfig::new(parties, threshold).unwrap();
@@ -453,8 +513,27 @@ mod tests {
                                         >= (delta + budget.message_bits() + 1).min(128),
                                     "{request:?}: {window:?} at Delta 2^{delta}"
                                 );
+                                // Every error term together, with bodies rounded at their
+                                // window, stays below 7/8 of Delta / 2.
+                                let body = budget.body_window();
+                                let l1 =
+                                    f64::from(contributions) * weight as f64 * f64::from(rounds);
+                                let error = budget.secret_noise_bits.exp2()
+                                    + f64::from(threshold)
+                                        * (3.0 * f64::from(budget.smudging_bits()).exp2()
+                                            + f64::from(dropped - 1).exp2())
+                                    + l1 * f64::from(u32::from(body.dropped_bits()) - 1).exp2();
+                                assert!(
+                                    error <= 0.875 * f64::from(delta - 1).exp2(),
+                                    "{request:?}: {body:?} at Delta 2^{delta}"
+                                );
+                                assert!(
+                                    body.top_bit() >= (delta + budget.message_bits() + 1).min(128),
+                                    "{request:?}: {body:?} at Delta 2^{delta}"
+                                );
                                 checked += 1;
                                 narrower += usize::from(window.bytes() < 8);
+                                narrower_bodies += usize::from(body.bytes() < 8);
                             }
                         }
                     }
@@ -463,6 +542,10 @@ mod tests {
         }
         assert!(checked > 1000, "{checked}");
         assert!(narrower > checked / 2, "{narrower} of {checked}");
+        assert!(
+            narrower_bodies > checked / 2,
+            "{narrower_bodies} of {checked}"
+        );
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //!
 //! A ciphertext of c values has ceil(c / N) bins; each bin is one mask polynomial of N
 //! coefficients and the bodies of up to N values, like tfhe's `LweCompactCiphertextList`. It
-//! is never expanded (that would take N + 1 words per value). The encryptor rounds bodies to
-//! multiples of 2^64 and mask coefficients to multiples of 2^8 before anything leaves it; sums
-//! keep those low bits zero, so bodies are stored as their top 64 bits and masks travel as
-//! their top 120 bits: 15 + 8 bytes per value.
+//! is never expanded (that would take N + 1 words per value). The encryptor rounds mask
+//! coefficients to multiples of 2^8 and bodies to the bottom of the budget's body window before
+//! anything leaves it; sums keep those low bits zero, so masks travel as their top 120 bits and
+//! bodies as their window's bytes: 15 + 5 bytes per value at `bench he`'s plan, 15 + 7 at the
+//! default round plan, whose 50 rounds of weights multiply every body's rounding.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::{ChaCha12Rng, ChaCha20Rng};
@@ -15,24 +16,64 @@ use rayon::prelude::*;
 use super::keys::EncryptionKey;
 use super::ntt::NttContext;
 use super::sampling::{GaussianSampler, fill_binary};
-use super::{Budget, HeError, POLYNOMIAL_SIZE};
+use super::{Budget, HeError, POLYNOMIAL_SIZE, Window};
 
 /// Largest number of values one ciphertext may hold (2^27, a 134M-parameter model: 3.1 GB
 /// encoded). A plan takes at most as many (`round::plan::MAX_PLAN_VALUES` is this), so every
 /// ciphertext a valid plan makes decodes.
 pub const MAX_VALUES: u64 = 1 << 27;
 
-#[derive(Clone, PartialEq, Eq)]
+/// What decides how ciphertexts add up and how long their encoding is: ciphertexts of
+/// different shapes never add up, and a decryption with another scale is refused. Every
+/// ciphertext of one plan has the shape its budget gives (`Budget::ciphertext_shape`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CiphertextShape {
+    pub values: usize,
+    /// The scale messages are encoded at: m * 2^delta_bits.
+    pub delta_bits: u32,
+    /// The bits of each body that are kept and sent.
+    pub body_window: Window,
+}
+
+impl Budget {
+    /// The shape of this budget's ciphertexts of `values` values.
+    pub fn ciphertext_shape(&self, values: usize) -> CiphertextShape {
+        CiphertextShape {
+            values,
+            delta_bits: self.delta_bits(),
+            body_window: self.body_window(),
+        }
+    }
+}
+
+#[derive(Clone)]
 pub struct Ciphertext {
     pub(crate) value_count: usize,
-    /// The scale messages were encoded at (m * 2^delta_bits): ciphertexts of different scales
-    /// never add up, and a decryption with another scale is refused.
+    /// The scale messages were encoded at (m * 2^delta_bits).
     pub(crate) delta_bits: u32,
+    pub(crate) body_window: Window,
     /// One mask polynomial per bin, bins * N coefficients.
     pub(crate) masks: Vec<u128>,
-    /// Top 64 bits of each value's body.
+    /// Top 64 bits of each value's body, multiples of the window's bottom. Sums may carry
+    /// above the window's top; those bits are never read, encoded or compared.
     pub(crate) bodies: Vec<u64>,
 }
+
+/// Equal as encoded: the same shape, masks and kept body bits.
+impl PartialEq for Ciphertext {
+    fn eq(&self, other: &Self) -> bool {
+        let window = self.body_window;
+        self.shape() == other.shape()
+            && self.masks == other.masks
+            && self
+                .bodies
+                .iter()
+                .zip(&other.bodies)
+                .all(|(a, b)| window.of_top(*a) == window.of_top(*b))
+    }
+}
+
+impl Eq for Ciphertext {}
 
 impl std::fmt::Debug for Ciphertext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,12 +89,6 @@ pub(crate) fn bin_count(values: usize) -> usize {
     values.div_ceil(POLYNOMIAL_SIZE)
 }
 
-/// Rounds a full body to its top 64 bits.
-#[inline]
-pub(crate) fn round_body(body: u128) -> u64 {
-    (body.wrapping_add(1u128 << 63) >> 64) as u64
-}
-
 /// Low bits of a mask coefficient that are dropped (see `ParameterSet::mask_dropped_bits`).
 pub(crate) const MASK_DROPPED_BITS: u32 = super::QUORATE_RLWE128_V1.mask_dropped_bits;
 
@@ -65,22 +100,28 @@ pub(crate) fn round_mask(mask: u128) -> u128 {
 
 impl Ciphertext {
     /// The trivial encryption of zeros: the neutral element for sums.
-    pub fn zero(value_count: usize, delta_bits: u32) -> Self {
+    pub fn zero(shape: CiphertextShape) -> Self {
         Self {
-            value_count,
-            delta_bits,
-            masks: vec![0; bin_count(value_count) * POLYNOMIAL_SIZE],
-            bodies: vec![0; value_count],
+            value_count: shape.values,
+            delta_bits: shape.delta_bits,
+            body_window: shape.body_window,
+            masks: vec![0; bin_count(shape.values) * POLYNOMIAL_SIZE],
+            bodies: vec![0; shape.values],
         }
     }
 
-    /// Builds a ciphertext from decoded parts; masks must already be multiples of 2^8.
+    /// Builds a ciphertext from decoded parts; masks must already be multiples of 2^8 and
+    /// bodies of the window's bottom.
     pub(crate) fn from_parts(
-        value_count: usize,
-        delta_bits: u32,
+        shape: CiphertextShape,
         masks: Vec<u128>,
         bodies: Vec<u64>,
     ) -> Result<Self, HeError> {
+        let CiphertextShape {
+            values: value_count,
+            delta_bits,
+            body_window,
+        } = shape;
         debug_assert!(masks.iter().all(|m| *m == round_mask(*m)));
         if masks.len() != bin_count(value_count) * POLYNOMIAL_SIZE || bodies.len() != value_count {
             return Err(HeError::Mismatch(format!(
@@ -98,6 +139,7 @@ impl Ciphertext {
         Ok(Self {
             value_count,
             delta_bits,
+            body_window,
             masks,
             bodies,
         })
@@ -123,15 +165,32 @@ impl Ciphertext {
         self.delta_bits
     }
 
-    pub(crate) fn check_same_shape(
-        &self,
-        value_count: usize,
-        delta_bits: u32,
-    ) -> Result<(), HeError> {
-        if self.value_count != value_count || self.delta_bits != delta_bits {
+    pub fn body_window(&self) -> Window {
+        self.body_window
+    }
+
+    pub fn shape(&self) -> CiphertextShape {
+        CiphertextShape {
+            values: self.value_count,
+            delta_bits: self.delta_bits,
+            body_window: self.body_window,
+        }
+    }
+
+    pub(crate) fn check_same_shape(&self, other: CiphertextShape) -> Result<(), HeError> {
+        let ours = self.shape();
+        if ours != other {
             return Err(HeError::Mismatch(format!(
-                "cannot combine ciphertexts of {} values at 2^{} and {value_count} values at 2^{delta_bits}",
-                self.value_count, self.delta_bits
+                "cannot combine ciphertexts of {} values at 2^{} with bodies in bits {}..{} and \
+                 {} values at 2^{} with bodies in bits {}..{}",
+                ours.values,
+                ours.delta_bits,
+                ours.body_window.dropped_bits(),
+                ours.body_window.top_bit(),
+                other.values,
+                other.delta_bits,
+                other.body_window.dropped_bits(),
+                other.body_window.top_bit(),
             )));
         }
         Ok(())
@@ -144,7 +203,7 @@ impl Ciphertext {
 
     /// self += weight * other.
     pub fn add_weighted(&mut self, other: &Ciphertext, weight: i64) -> Result<(), HeError> {
-        self.check_same_shape(other.value_count, other.delta_bits)?;
+        self.check_same_shape(other.shape())?;
         let w128 = weight as i128 as u128;
         let w64 = weight as u64;
         for (acc, value) in self.masks.iter_mut().zip(&other.masks) {
@@ -162,9 +221,9 @@ impl Ciphertext {
         let first = terms
             .first()
             .ok_or_else(|| HeError::Mismatch("a weighted sum needs at least one term".into()))?;
-        let mut acc = Ciphertext::zero(first.0.value_count, first.0.delta_bits);
+        let mut acc = Ciphertext::zero(first.0.shape());
         for (term, _) in terms {
-            acc.check_same_shape(term.value_count, term.delta_bits)?;
+            acc.check_same_shape(term.shape())?;
         }
         const BLOCK: usize = 4096;
         acc.masks
@@ -211,6 +270,29 @@ impl EncryptionKey {
         budget: &Budget,
         rng: &mut R,
     ) -> Result<Ciphertext, HeError> {
+        self.encrypt_in(messages, budget, budget.body_window(), rng)
+    }
+
+    /// [`Self::encrypt`] with bodies kept in `body_window`, any the budget admits
+    /// (`Budget::admits_body`). The key ceremony's validation challenge keeps all the top 64
+    /// bits ([`Window::TOP_64`]), as every body was kept before windows, so that transcripts
+    /// made before them still verify.
+    pub fn encrypt_in<R: RngCore + CryptoRng>(
+        &self,
+        messages: &[i64],
+        budget: &Budget,
+        body_window: Window,
+        rng: &mut R,
+    ) -> Result<Ciphertext, HeError> {
+        if !budget.admits_body(body_window) {
+            return Err(HeError::Mismatch(format!(
+                "bodies in bits {}..{} do not decrypt exactly under a budget that keeps bits {}..{}",
+                body_window.dropped_bits(),
+                body_window.top_bit(),
+                budget.body_window().dropped_bits(),
+                budget.body_window().top_bit()
+            )));
+        }
         let max = budget.max_value();
         if let Some(index) = messages.iter().position(|m| m.unsigned_abs() > max as u64) {
             return Err(HeError::ValueOutOfRange {
@@ -219,8 +301,12 @@ impl EncryptionKey {
                 bits: budget.request().value_bits,
             });
         }
-        let delta = budget.delta_bits();
-        Ok(self.encrypt_with(messages, delta, |m| (*m as i128 as u128) << delta, rng))
+        let shape = CiphertextShape {
+            body_window,
+            ..budget.ciphertext_shape(messages.len())
+        };
+        let delta = shape.delta_bits;
+        Ok(self.encrypt_with(shape, messages, |m| (*m as i128 as u128) << delta, rng))
     }
 
     /// Encrypts a whole model (integers at the model's scale, within the budget's message
@@ -242,9 +328,10 @@ impl EncryptionKey {
                 bits,
             });
         }
-        let delta = budget.delta_bits();
+        let shape = budget.ciphertext_shape(model.len());
+        let delta = shape.delta_bits;
         let mut stream = ChaCha20Rng::from_seed(seed);
-        Ok(self.encrypt_with(model, delta, |m| (*m as i128 as u128) << delta, &mut stream))
+        Ok(self.encrypt_with(shape, model, |m| (*m as i128 as u128) << delta, &mut stream))
     }
 
     /// Re-randomises a ciphertext before a retried decryption by adding an encryption of zero
@@ -258,8 +345,8 @@ impl EncryptionKey {
     pub fn rerandomize(&self, ciphertext: &mut Ciphertext, seed: [u8; 32]) -> Result<(), HeError> {
         let mut stream = ChaCha20Rng::from_seed(seed);
         let zeros = self.encrypt_with(
+            ciphertext.shape(),
             &vec![(); ciphertext.value_count],
-            ciphertext.delta_bits,
             |()| 0,
             &mut stream,
         );
@@ -270,13 +357,14 @@ impl EncryptionKey {
     /// vector of the whole size is ever allocated.
     fn encrypt_with<M: Sync, R: RngCore + CryptoRng>(
         &self,
+        shape: CiphertextShape,
         messages: &[M],
-        delta_bits: u32,
         encode: impl Fn(&M) -> u128 + Sync,
         rng: &mut R,
     ) -> Ciphertext {
-        let value_count = messages.len();
-        let mut ciphertext = Ciphertext::zero(value_count, delta_bits);
+        debug_assert_eq!(shape.values, messages.len());
+        let window = shape.body_window;
+        let mut ciphertext = Ciphertext::zero(shape);
         // One independent stream per bin, drawn in order, so the result does not depend on how
         // many threads run the bins.
         let mut seeds: Vec<[u8; 32]> = (0..ciphertext.bin_count()).map(|_| rng.r#gen()).collect();
@@ -314,7 +402,7 @@ impl EncryptionKey {
                         *coefficient = round_mask(*coefficient);
                     }
                     for (body, full) in bodies.iter_mut().zip(&scratch.full_bodies) {
-                        *body = round_body(*full);
+                        *body = window.to_top(window.keep(*full));
                     }
                 },
             );

@@ -11,7 +11,7 @@ use super::ciphertext::MASK_DROPPED_BITS as MASK_LOW_BITS;
 use super::keys::KeyShare;
 use super::ntt::{FullForm, NttContext};
 use super::sampling::add_smudging;
-use super::{Budget, HeError, POLYNOMIAL_SIZE, Quorum, ShareWindow, Subset};
+use super::{Budget, HeError, POLYNOMIAL_SIZE, Quorum, Subset, Window};
 use crate::wire::{BoundCiphertext, PartialHeader, PartialView};
 
 /// SHA-256 of a ciphertext's canonical encoding: what a decryption request names and what
@@ -28,14 +28,14 @@ impl std::fmt::Display for CiphertextDigest {
 /// One quorum member's contribution to decrypting one ciphertext: for each value, the
 /// budget's window of <mask, F_j> + E_j, where F_j sums the key-share pieces assigned to the
 /// member and E_j is fresh smudging noise. The bits below the window are rounded away within
-/// the error Delta allows, those above it are not needed to combine (see [`ShareWindow`]);
+/// the error Delta allows, those above it are not needed to combine (see [`Window`]);
 /// neither is sent.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PartialDecryption {
     pub party: u8,
     pub quorum: Vec<u8>,
     pub ciphertext: CiphertextDigest,
-    pub window: ShareWindow,
+    pub window: Window,
     /// Each below 2^(8 * window.bytes()).
     pub values: Vec<u64>,
 }
@@ -68,14 +68,14 @@ impl KeyShare {
     }
 
     /// [`Self::partial_decrypt`] in another window than the budget's: a combination also
-    /// takes any window `Budget::admits`, such as [`ShareWindow::TOP_64`], what members sent
+    /// takes any window `Budget::admits`, such as [`Window::TOP_64`], what members sent
     /// before windows.
     pub(crate) fn partial_decrypt_in<R: RngCore + CryptoRng>(
         &self,
         ciphertext: &BoundCiphertext,
         quorum: &Quorum,
         budget: &Budget,
-        window: ShareWindow,
+        window: Window,
         rng: &mut R,
     ) -> Result<PartialDecryption, HeError> {
         self.check_partial_request(quorum, budget)?;
@@ -168,7 +168,7 @@ impl KeyShare {
         ciphertext: &Ciphertext,
         subsets: &[Subset],
         smudging_bits: u32,
-        window: ShareWindow,
+        window: Window,
         rng: &mut R,
     ) -> Result<Vec<u64>, HeError> {
         let mut out = vec![0u64; ciphertext.value_count];
@@ -192,7 +192,7 @@ impl KeyShare {
         ciphertext: &Ciphertext,
         subsets: &[Subset],
         smudging_bits: u32,
-        window: ShareWindow,
+        window: Window,
         rng: &mut R,
         (out, per_value): (&mut [T], usize),
         store: impl Fn(&mut [T], u64) + Sync,
@@ -295,6 +295,7 @@ impl Drop for PartialScratch {
 pub struct CombineTarget {
     digest: CiphertextDigest,
     delta_bits: u32,
+    body_window: Window,
     bodies: Vec<u64>,
 }
 
@@ -329,6 +330,7 @@ impl CombineTarget {
         Self {
             digest,
             delta_bits: ciphertext.delta_bits,
+            body_window: ciphertext.body_window,
             bodies: ciphertext.bodies,
         }
     }
@@ -338,6 +340,7 @@ impl CombineTarget {
         Self {
             digest: ciphertext.digest(),
             delta_bits: ciphertext.ciphertext().delta_bits,
+            body_window: ciphertext.ciphertext().body_window,
             bodies: ciphertext.ciphertext().bodies.clone(),
         }
     }
@@ -356,7 +359,8 @@ pub struct Combination {
     target: CombineTarget,
     quorum: Quorum,
     budget: Budget,
-    /// The lowest top of the windows subtracted: the phase is known modulo 2^top_bit.
+    /// The lowest top of the body window and the partials' windows subtracted: the phase is
+    /// known modulo 2^top_bit.
     top_bit: u32,
     seen: u16,
 }
@@ -370,11 +374,24 @@ impl Combination {
                 budget.delta_bits()
             )));
         }
+        // Bodies rounded no higher than the budget rounds them, and kept up to the phase's
+        // top: the error and the phase stay within what Delta and the windows were chosen for.
+        let window = target.body_window;
+        if !budget.admits_body(window) {
+            return Err(HeError::Mismatch(format!(
+                "the ciphertext keeps bits {}..{} of its bodies; the budget rounds them at bit {} \
+                 at most and needs them up to bit {}",
+                window.dropped_bits(),
+                window.top_bit(),
+                budget.body_window().dropped_bits(),
+                budget.phase_bits()
+            )));
+        }
         Ok(Self {
+            top_bit: target.body_window.top_bit(),
             target,
             quorum,
             budget: *budget,
-            top_bit: 128,
             seen: 0,
         })
     }
@@ -423,7 +440,7 @@ impl Combination {
         party: u8,
         quorum: &[u8],
         ciphertext: CiphertextDigest,
-        window: ShareWindow,
+        window: Window,
         values: usize,
     ) -> Result<(), HeError> {
         let expected = Expected {
@@ -499,7 +516,7 @@ impl Expected<'_> {
         party: u8,
         quorum: &[u8],
         ciphertext: CiphertextDigest,
-        window: ShareWindow,
+        window: Window,
         values: u64,
     ) -> Result<u16, HeError> {
         let refused = |reason: String| HeError::Partial { party, reason };
@@ -569,16 +586,17 @@ pub fn combine(
 /// body - sum of shares, then signed rounding by Delta (see `decode_phases`).
 #[cfg(test)]
 pub(crate) fn combine_raw(
-    bodies: &[u64],
+    ciphertext: &Ciphertext,
     shares: &[&[u64]],
-    window: ShareWindow,
+    window: Window,
     delta_bits: u32,
 ) -> Vec<i64> {
-    let mut phases = bodies.to_vec();
+    let mut phases = ciphertext.bodies.clone();
     for share in shares {
         subtract_share(&mut phases, (share, 1), |v| window.to_top(v[0]));
     }
-    decode_phases(phases, window.top_bit(), delta_bits)
+    let top = window.top_bit().min(ciphertext.body_window.top_bit());
+    decode_phases(phases, top, delta_bits)
 }
 
 /// Everything lives in the top 64 bits (bodies were rounded there, and a window starts at

@@ -32,7 +32,7 @@ pub use budget::{
     Budget, BudgetRequest, LifetimeLedger, SMUDGING_SUMMANDS, TARGET_SECURITY_BITS, kappa_for,
     statistical_security_bits,
 };
-pub use ciphertext::{Ciphertext, MAX_VALUES};
+pub use ciphertext::{Ciphertext, CiphertextShape, MAX_VALUES};
 pub use codec::FixedPointCodec;
 pub use decrypt::{
     CiphertextDigest, Combination, CombineTarget, PartialDecryption, check_partials, combine,
@@ -44,7 +44,7 @@ pub use keys::{
 pub use params::{
     MAX_PARTIES, POLYNOMIAL_SIZE, ParameterSet, QUORATE_RLWE128_V1, Quorum, Subset, ThresholdConfig,
 };
-pub use window::ShareWindow;
+pub use window::Window;
 
 /// Everything that can go wrong in the scheme, with the culprit named where there is one.
 #[derive(Debug, thiserror::Error)]

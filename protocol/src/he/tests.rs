@@ -10,7 +10,7 @@ use tfhe::core_crypto::prelude::{
     encrypt_lwe_compact_ciphertext_list_with_compact_public_key,
 };
 
-use super::ciphertext::{BinRandomness, EncryptWork, round_body, round_mask};
+use super::ciphertext::{BinRandomness, EncryptWork, round_mask};
 use super::decrypt::combine_raw;
 use super::keys::{SecretContribution, tfhe_noise_distribution};
 use super::ntt::{FullForm, NttContext};
@@ -222,9 +222,13 @@ fn fast_ciphertexts_decrypt_under_tfhe_and_partials_match_tfhe_expansion() {
     let mut inner = Vec::new();
 
     let half = 1u128 << (budget.delta_bits() - 1);
+    // Bodies are sent modulo 2^top (their window's top), so the phase is known modulo that.
+    let unknown = 128 - ciphertext.body_window().top_bit();
+    assert!(unknown > 0, "the budget's bodies keep fewer than 64 bits");
     for (index, lwe) in expanded.iter().enumerate() {
         let phase = decrypt_lwe_ciphertext(&secret, &lwe).0;
-        let decoded = ((phase.wrapping_add(half) as i128) >> budget.delta_bits()) as i64;
+        let signed = (((phase << unknown) as i128) >> unknown) as u128;
+        let decoded = ((signed.wrapping_add(half) as i128) >> budget.delta_bits()) as i64;
         assert_eq!(decoded, messages[index], "tfhe decryption of value {index}");
 
         let bin = index / POLYNOMIAL_SIZE;
@@ -360,7 +364,7 @@ fn check_threshold(n: u8, t: u8, seed: u64) {
         }
         let refs: Vec<&[u64]> = shares.iter().map(Vec::as_slice).collect();
         let guess = combine_raw(
-            aggregate.ciphertext().bodies(),
+            aggregate.ciphertext(),
             &refs,
             budget.share_window(),
             budget.delta_bits(),
@@ -510,13 +514,7 @@ fn partial_decryptions_are_smudged_to_the_budget() {
     let share = &keys.shares[0];
     let subsets = config.subsets_held_by(0);
     let partial = share
-        .partial_decrypt_subsets(
-            &ciphertext,
-            &subsets,
-            smudging,
-            ShareWindow::TOP_64,
-            &mut rng,
-        )
+        .partial_decrypt_subsets(&ciphertext, &subsets, smudging, Window::TOP_64, &mut rng)
         .unwrap();
 
     let mut sum = vec![0u128; POLYNOMIAL_SIZE];
@@ -762,6 +760,46 @@ fn a_partial_subtracted_from_its_encoding_combines_and_is_refused_as_a_decoded_o
     assert!(two.finish().is_err());
 }
 
+/// Bodies kept in any window the budget admits combine: all the top 64 bits (as the ceremony's
+/// validation challenge keeps them) decrypt exactly; bodies rounded higher than the budget
+/// rounds them, or cut below the phase's top, are refused before anything is subtracted.
+#[test]
+fn a_combination_takes_bodies_in_any_window_the_budget_admits_and_refuses_the_rest() {
+    let config = ThresholdConfig::new(3, 2).unwrap();
+    let keys = test_keys(&config, 64);
+    let key = keys.public_key.prepare();
+    let budget = budget(config, 20, 1, 1);
+    let mut rng = ChaCha20Rng::seed_from_u64(65);
+    let messages: Vec<i64> = (0..300).map(|i| i * 3 - 450).collect();
+    let quorum = Quorum::new(&config, vec![0, 2]).unwrap();
+    let top64 = BoundCiphertext::new(
+        key.encrypt_in(&messages, &budget, Window::TOP_64, &mut rng)
+            .unwrap(),
+    );
+    let partials = keys.partials(&top64, &quorum, &budget, &mut rng);
+    assert_eq!(
+        combine(&top64, &quorum, &partials, &budget).unwrap(),
+        messages
+    );
+    let ours = budget.body_window();
+    let coarser = Window::new(ours.dropped_bits() + 1, ours.bytes() as u8).unwrap();
+    let short = Window::new(ours.dropped_bits(), 1).unwrap();
+    assert!(short.top_bit() < budget.phase_bits());
+    for window in [coarser, short] {
+        let shape = CiphertextShape {
+            body_window: window,
+            ..budget.ciphertext_shape(messages.len())
+        };
+        let target = CombineTarget::of(&BoundCiphertext::new(Ciphertext::zero(shape)));
+        let err = Combination::new(target, quorum.clone(), &budget).unwrap_err();
+        assert!(err.to_string().contains("of its bodies"), "{err}");
+        assert!(
+            key.encrypt_in(&messages, &budget, window, &mut rng)
+                .is_err()
+        );
+    }
+}
+
 #[test]
 fn a_combination_fed_one_partial_at_a_time_refuses_a_bad_one_without_touching_the_sum() {
     let config = ThresholdConfig::new(4, 3).unwrap();
@@ -822,7 +860,7 @@ fn a_combination_fed_one_partial_at_a_time_refuses_a_bad_one_without_touching_th
     // its rounding would not be what Delta was chosen for. A window holding more of the word
     // is taken: all the top 64 bits, as partials were before windows, or a wider one.
     let ours = budget.share_window();
-    let other = ShareWindow::new(ours.dropped_bits() + 8, ours.bytes() as u8).unwrap();
+    let other = Window::new(ours.dropped_bits() + 8, ours.bytes() as u8).unwrap();
     assert!(!budget.admits(other));
     let mut shifted = good.clone();
     shifted[1].window = other;
@@ -831,12 +869,12 @@ fn a_combination_fed_one_partial_at_a_time_refuses_a_bad_one_without_touching_th
     let named = format!("keeps bits {} to {}", other.dropped_bits(), other.top_bit());
     assert!(err.to_string().contains(&named), "{err}");
     // Nor one that stops below the phase's top.
-    shifted[1].window = ShareWindow::new(ours.dropped_bits(), ours.bytes() as u8 - 1).unwrap();
+    shifted[1].window = Window::new(ours.dropped_bits(), ours.bytes() as u8 - 1).unwrap();
     assert!(check(&shifted).is_err());
-    let wider = ShareWindow::new(ours.dropped_bits(), ours.bytes() as u8 + 1).unwrap();
+    let wider = Window::new(ours.dropped_bits(), ours.bytes() as u8 + 1).unwrap();
     shifted[1].window = wider;
     check(&shifted).unwrap();
-    shifted[1].window = ShareWindow::TOP_64;
+    shifted[1].window = Window::TOP_64;
     check(&shifted).unwrap();
     let mut elsewhere = partials[1].clone();
     elsewhere.window = other;
@@ -925,15 +963,6 @@ fn secrets_never_show_in_debug_output_and_are_wiped_on_drop() {
 }
 
 #[test]
-fn round_body_rounds_to_nearest() {
-    assert_eq!(round_body(0), 0);
-    assert_eq!(round_body((1u128 << 63) - 1), 0);
-    assert_eq!(round_body(1u128 << 63), 1);
-    assert_eq!(round_body(u128::MAX), 0);
-    assert_eq!(round_body(5u128 << 64), 5);
-}
-
-#[test]
 fn round_mask_rounds_to_the_nearest_multiple_of_256() {
     assert_eq!(round_mask(0), 0);
     assert_eq!(round_mask(127), 0);
@@ -976,7 +1005,10 @@ fn the_largest_sums_a_budget_allows_combine_exactly_from_windowed_partials() {
     let mut rng = ChaCha20Rng::seed_from_u64(71);
     // L1 = 4 * 8192 = 2^15, so the sums below reach (2^value_bits - 1) * 2^15, the edge of
     // the message bits.
-    for (value_bits, tight) in [(20, true), (1, false)] {
+    // At 8 value bits the bodies' window tops out below the partials', so the phase is read at
+    // the bodies' top.
+    for (value_bits, tight, body_below) in [(20, true, false), (1, false, false), (8, false, true)]
+    {
         let budget = budget(config, value_bits, 4, 8192);
         assert_eq!(budget.message_bits(), value_bits + 15);
         let window = budget.share_window();
@@ -986,6 +1018,14 @@ fn the_largest_sums_a_budget_allows_combine_exactly_from_windowed_partials() {
         );
         let least = budget.delta_bits() + budget.message_bits() + 1;
         assert_eq!(window.top_bit() == least, tight, "{window:?}");
+        let body = budget.body_window();
+        assert!(body.bytes() < 8, "{body:?}");
+        assert_eq!(
+            body.top_bit() < window.top_bit(),
+            body_below,
+            "{body:?}, {window:?}"
+        );
+        assert!(body.top_bit() >= least, "{body:?}");
         let max = budget.max_value();
         let values: Vec<i64> = [max, -max, max - 1, 1 - max, 0, 1, -1]
             .into_iter()
@@ -993,7 +1033,7 @@ fn the_largest_sums_a_budget_allows_combine_exactly_from_windowed_partials() {
             .take(POLYNOMIAL_SIZE + 3)
             .collect();
         let one = key.encrypt(&values, &budget, &mut rng).unwrap();
-        let mut sum = Ciphertext::zero(values.len(), budget.delta_bits());
+        let mut sum = Ciphertext::zero(budget.ciphertext_shape(values.len()));
         for _ in 0..4 {
             sum.add_weighted(&one, 8192).unwrap();
         }
@@ -1010,9 +1050,9 @@ fn the_largest_sums_a_budget_allows_combine_exactly_from_windowed_partials() {
         );
         let mut mixed = partials.clone();
         mixed[1] = keys.shares[2]
-            .partial_decrypt_in(&sum, &quorum, &budget, ShareWindow::TOP_64, &mut rng)
+            .partial_decrypt_in(&sum, &quorum, &budget, Window::TOP_64, &mut rng)
             .unwrap();
-        let wider = ShareWindow::new(window.dropped_bits() - 1, window.bytes() as u8 + 1).unwrap();
+        let wider = Window::new(window.dropped_bits() - 1, window.bytes() as u8 + 1).unwrap();
         mixed[2] = keys.shares[4]
             .partial_decrypt_in(&sum, &quorum, &budget, wider, &mut rng)
             .unwrap();

@@ -1,4 +1,4 @@
-//! Which bits of a partial decryption leave its member.
+//! Which bits of a partial decryption, or of a ciphertext body, leave their author.
 //!
 //! A partial decryption is a 128-bit word per value, but combining needs only a window of it:
 //! - **below**, bits far under Delta only carry smudging, so they are rounded away (their
@@ -10,19 +10,25 @@
 //! The window is a function of what is revealed anyway, so it weakens nothing: a simulator
 //! of the full partial yields the windowed one. What it saves is bytes: at the default plan a
 //! partial is 5 bytes per value instead of 8 (see `Budget::share_window`).
+//!
+//! A ciphertext body is the same kind of word and is kept the same way (`Budget::body_window`):
+//! rounded where Delta leaves room for the rounding of every body summed into an aggregate,
+//! reduced just above the largest phase. Its rounding is public arithmetic on what the
+//! encryptor sends, independent of the key, so it needs no smudging.
 
 use super::HeError;
 
-/// The bits `[dropped_bits, dropped_bits + 8 * bytes)` of each smudged partial word, rounded to
-/// nearest at the bottom. Only [`super::Budget`] chooses one for real use; a partial carries
-/// its window, and a combination refuses one that is not the budget's.
+/// The bits `[dropped_bits, dropped_bits + 8 * bytes)` of a 128-bit word (a smudged partial,
+/// a ciphertext body), rounded to nearest at the bottom. Only [`super::Budget`] chooses one for
+/// real use; partials and ciphertexts carry theirs, and a combination refuses a partial window
+/// that is not the budget's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ShareWindow {
+pub struct Window {
     dropped_bits: u8,
     bytes: u8,
 }
 
-impl ShareWindow {
+impl Window {
     /// Fewest low bits any window drops: combining works on the top 64 bits, where the
     /// ciphertext bodies live.
     pub const MIN_DROPPED_BITS: u8 = 64;
@@ -32,7 +38,7 @@ impl ShareWindow {
     pub fn new(dropped_bits: u8, bytes: u8) -> Result<Self, HeError> {
         if !(1..=8).contains(&bytes) {
             return Err(HeError::Config(format!(
-                "a partial window of {bytes} bytes per value: between 1 and 8"
+                "a window of {bytes} bytes per value: between 1 and 8"
             )));
         }
         if dropped_bits < Self::MIN_DROPPED_BITS
@@ -50,9 +56,9 @@ impl ShareWindow {
         })
     }
 
-    /// The top 64 bits, as every partial was before windows. A combination takes it beside
-    /// the budget's window: it holds every bit of any window, rounded at bit 64, which Delta
-    /// was chosen for.
+    /// The top 64 bits, as every partial and body was before windows. A combination takes it
+    /// beside the budget's window: it holds every bit of any window, rounded at bit 64, which
+    /// Delta was chosen for.
     pub const TOP_64: Self = Self {
         dropped_bits: 64,
         bytes: 8,
@@ -91,6 +97,18 @@ impl ShareWindow {
         kept << (self.dropped_bits - 64)
     }
 
+    /// The kept value of a word in the top 64 bits (a body): the inverse of [`Self::to_top`],
+    /// dropping whatever a sum carried above the top.
+    #[inline]
+    pub(crate) fn of_top(self, top: u64) -> u64 {
+        let kept = top >> (self.dropped_bits - 64);
+        if self.bytes == 8 {
+            kept
+        } else {
+            kept & ((1u64 << (8 * self.bytes)) - 1)
+        }
+    }
+
     /// The value of `bytes` little-endian bytes.
     #[inline]
     pub(crate) fn read(self, bytes: &[u8]) -> u64 {
@@ -114,7 +132,7 @@ mod tests {
 
     #[test]
     fn a_window_keeps_its_bits_rounded_to_nearest_and_reduced() {
-        let window = ShareWindow::new(80, 5).unwrap();
+        let window = Window::new(80, 5).unwrap();
         assert_eq!(window.top_bit(), 120);
         assert_eq!(window.keep(0), 0);
         assert_eq!(window.keep((1u128 << 79) - 1), 0);
@@ -126,9 +144,27 @@ mod tests {
         assert_eq!(window.to_top(window.keep(9u128 << 80)), 9 << 16);
     }
 
+    /// A body is kept in the top 64 bits at its window's place; a sum may carry above the
+    /// top, which reading it back for the wire drops.
+    #[test]
+    fn a_body_in_the_top_64_bits_reads_back_its_kept_value_whatever_a_sum_carried() {
+        let window = Window::new(81, 5).unwrap();
+        for kept in [0u64, 1, 0x12_3456_789a, (1 << 40) - 1] {
+            let top = window.to_top(kept);
+            assert_eq!(top & ((1 << 17) - 1), 0);
+            assert_eq!(window.of_top(top), kept);
+            assert_eq!(window.of_top(top | (1 << 57) | (1 << 63)), kept);
+        }
+        assert_eq!(Window::TOP_64.of_top(u64::MAX), u64::MAX);
+        assert_eq!(
+            window.of_top(window.to_top(window.keep(5u128 << 81) + 3)),
+            8
+        );
+    }
+
     #[test]
     fn a_phase_known_modulo_two_to_the_w_reads_back_signed() {
-        let window = ShareWindow::new(80, 5).unwrap();
+        let window = Window::new(80, 5).unwrap();
         // In the top 64 bits, the window reaches bit 56: a phase of -1 there reads as -1.
         let minus_one = (1u64 << 56) - 1;
         assert_eq!(sign_extend(minus_one, window.top_bit()) as i64, -1);
@@ -139,19 +175,16 @@ mod tests {
         // Bits above the window are unknown and ignored.
         assert_eq!(sign_extend((1 << 60) | 5, window.top_bit()), 5);
         assert_eq!(sign_extend(u64::MAX, window.top_bit()) as i64, -1);
-        assert_eq!(
-            sign_extend(u64::MAX, ShareWindow::TOP_64.top_bit()),
-            u64::MAX
-        );
+        assert_eq!(sign_extend(u64::MAX, Window::TOP_64.top_bit()), u64::MAX);
     }
 
     #[test]
     fn a_window_outside_bits_64_to_128_or_of_no_bytes_is_refused() {
-        assert!(ShareWindow::new(63, 8).is_err());
-        assert!(ShareWindow::new(64, 9).is_err());
-        assert!(ShareWindow::new(80, 0).is_err());
-        assert!(ShareWindow::new(121, 1).is_err());
-        assert!(ShareWindow::new(120, 1).is_ok());
-        assert_eq!(ShareWindow::new(64, 8).unwrap(), ShareWindow::TOP_64);
+        assert!(Window::new(63, 8).is_err());
+        assert!(Window::new(64, 9).is_err());
+        assert!(Window::new(80, 0).is_err());
+        assert!(Window::new(121, 1).is_err());
+        assert!(Window::new(120, 1).is_ok());
+        assert_eq!(Window::new(64, 8).unwrap(), Window::TOP_64);
     }
 }

@@ -16,7 +16,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::policy::AggregateError;
 use crate::audit::entry::Digest;
-use crate::he::{Ciphertext, POLYNOMIAL_SIZE};
+use crate::he::{Ciphertext, CiphertextShape, POLYNOMIAL_SIZE};
 use crate::wire::{self, BoundCiphertext, DecodeLimits, MASK_WIRE_BYTES, WireError};
 
 /// Adds `weight` times one encoded ciphertext into an accumulator of the same shape (borrowed,
@@ -66,18 +66,17 @@ impl<A: BorrowMut<Ciphertext>> TermStream<A> {
             if self.header.len() < wire::ciphertext_header_len() {
                 return Ok(());
             }
-            let (value_count, delta_bits) =
-                wire::decode_ciphertext_header(&self.header, self.limits)
-                    .map_err(|source| self.decode(source))?;
+            let shape = wire::decode_ciphertext_header(&self.header, self.limits)
+                .map_err(|source| self.decode(source))?;
             self.acc
                 .borrow()
-                .check_same_shape(value_count, delta_bits)
+                .check_same_shape(shape)
                 .map_err(|source| AggregateError::Shape {
                     digest: self.digest,
                     source,
                 })?;
-            let masks = value_count.div_ceil(POLYNOMIAL_SIZE) * POLYNOMIAL_SIZE;
-            self.layout = Some((masks, value_count));
+            let masks = shape.values.div_ceil(POLYNOMIAL_SIZE) * POLYNOMIAL_SIZE;
+            self.layout = Some((masks, shape.values));
         }
         let Some((masks, bodies)) = self.layout else {
             unreachable!("the header was read above");
@@ -86,7 +85,7 @@ impl<A: BorrowMut<Ciphertext>> TermStream<A> {
             if self.masks_done < masks {
                 rest = self.take(rest, MASK_WIRE_BYTES, masks, true);
             } else if self.bodies_done < bodies {
-                rest = self.take(rest, 8, bodies, false);
+                rest = self.take(rest, self.body_width(), bodies, false);
             } else {
                 return Err(self.decode(WireError::WrongLength {
                     expected: self.expected_length(),
@@ -108,8 +107,9 @@ impl<A: BorrowMut<Ciphertext>> TermStream<A> {
             .is_some_and(|(masks, bodies)| self.masks_done == masks && self.bodies_done == bodies);
         if !complete {
             let received = self.header.len() as u64
-                + (self.masks_done * MASK_WIRE_BYTES + self.bodies_done * 8 + self.carry.len())
-                    as u64;
+                + (self.masks_done * MASK_WIRE_BYTES
+                    + self.bodies_done * self.body_width()
+                    + self.carry.len()) as u64;
             return Err(self.decode(WireError::WrongLength {
                 expected: self.expected_length(),
                 actual: received,
@@ -124,7 +124,12 @@ impl<A: BorrowMut<Ciphertext>> TermStream<A> {
     }
 
     fn expected_length(&self) -> u64 {
-        wire::ciphertext_encoded_len(self.acc.borrow().value_count()) as u64
+        wire::ciphertext_encoded_len(self.acc.borrow().shape()) as u64
+    }
+
+    /// Bytes of each body: the accumulator's window, which the header matched.
+    fn body_width(&self) -> usize {
+        self.acc.borrow().body_window().bytes()
     }
 
     fn decode<E: std::fmt::Display>(&self, source: WireError) -> AggregateError<E> {
@@ -175,6 +180,7 @@ impl<A: BorrowMut<Ciphertext>> TermStream<A> {
     fn add(&mut self, start: usize, bytes: &[u8], mask: bool) {
         use rayon::prelude::*;
         const BLOCK: usize = 4096;
+        let window = self.acc.borrow().body_window();
         let (masks, bodies) = self.acc.borrow_mut().parts_mut();
         let weight = self.weight;
         if mask {
@@ -185,11 +191,11 @@ impl<A: BorrowMut<Ciphertext>> TermStream<A> {
                 .for_each(|(out, bytes)| wire::add_masks(out, bytes, weight));
             self.masks_done += count;
         } else {
-            let count = bytes.len() / 8;
+            let count = bytes.len() / window.bytes();
             bodies[start..start + count]
                 .par_chunks_mut(BLOCK)
-                .zip(bytes.par_chunks(BLOCK * 8))
-                .for_each(|(out, bytes)| wire::add_bodies(out, bytes, weight));
+                .zip(bytes.par_chunks(BLOCK * window.bytes()))
+                .for_each(|(out, bytes)| wire::add_bodies(out, bytes, weight, window));
             self.bodies_done += count;
         }
     }
@@ -202,14 +208,9 @@ impl<A: BorrowMut<Ciphertext>> TermStream<A> {
 pub struct WholeStream(TermStream<Ciphertext>);
 
 impl WholeStream {
-    /// A ciphertext of `value_count` values at scale 2^`delta_bits` that must hash to `digest`.
-    pub fn new(value_count: usize, delta_bits: u32, digest: Digest, limits: DecodeLimits) -> Self {
-        Self(TermStream::new(
-            Ciphertext::zero(value_count, delta_bits),
-            digest,
-            1,
-            limits,
-        ))
+    /// A ciphertext of this shape that must hash to `digest`.
+    pub fn new(shape: CiphertextShape, digest: Digest, limits: DecodeLimits) -> Self {
+        Self(TermStream::new(Ciphertext::zero(shape), digest, 1, limits))
     }
 
     pub fn push<E: std::fmt::Display>(&mut self, piece: &[u8]) -> Result<(), AggregateError<E>> {
@@ -232,18 +233,40 @@ mod tests {
     use rand_chacha::ChaCha20Rng;
 
     use super::*;
+    use crate::he::Window;
     use crate::wire::{encode_ciphertext, encoded_digest};
 
     type Error = AggregateError<std::convert::Infallible>;
 
+    /// Bodies in bits 81..121, as at `bench he`'s plan.
+    fn shape(values: usize) -> CiphertextShape {
+        shape_in(values, Window::new(81, 5).unwrap())
+    }
+
+    fn shape_in(values: usize, body_window: Window) -> CiphertextShape {
+        CiphertextShape {
+            values,
+            delta_bits: 85,
+            body_window,
+        }
+    }
+
     fn random_ciphertext(rng: &mut ChaCha20Rng, values: usize) -> Ciphertext {
-        let bins = values.div_ceil(POLYNOMIAL_SIZE);
-        // Masks carry their top 120 bits on the wire, as encryption leaves them.
+        random_in(rng, shape(values))
+    }
+
+    fn random_in(rng: &mut ChaCha20Rng, shape: CiphertextShape) -> Ciphertext {
+        let bins = shape.values.div_ceil(POLYNOMIAL_SIZE);
+        // Masks carry their top 120 bits on the wire, bodies their window, as encryption
+        // leaves them.
         let masks = (0..bins * POLYNOMIAL_SIZE)
             .map(|_| rng.r#gen::<u128>() & !0xff)
             .collect();
-        let bodies = (0..values).map(|_| rng.r#gen()).collect();
-        Ciphertext::from_parts(values, 80, masks, bodies).unwrap()
+        let window = shape.body_window;
+        let bodies = (0..shape.values)
+            .map(|_| window.to_top(window.of_top(rng.r#gen())))
+            .collect();
+        Ciphertext::from_parts(shape, masks, bodies).unwrap()
     }
 
     fn streamed(
@@ -270,26 +293,32 @@ mod tests {
     fn pieces_of_any_size_add_exactly_what_the_whole_encoding_adds() {
         let mut rng = ChaCha20Rng::seed_from_u64(7);
         let values = POLYNOMIAL_SIZE + 1234;
-        let base = random_ciphertext(&mut rng, values);
-        let term = random_ciphertext(&mut rng, values);
-        let bytes = encode_ciphertext(&term);
-        let digest = encoded_digest(&bytes).0;
-        let mut whole = base.clone();
-        wire::decode_ciphertext_view(&bytes, DecodeLimits::default())
-            .unwrap()
-            .add_weighted_into(&mut whole, -37)
-            .unwrap();
-        // Piece sizes that split the header, mask coefficients (15 bytes) and bodies (8).
-        for pieces in [
-            vec![bytes.len()],
-            vec![1],
-            vec![7, 16, 3],
-            vec![4096 * 15 + 11],
-            vec![22],
-        ] {
-            let mut acc = base.clone();
-            streamed(&mut acc, &bytes, digest, -37, &pieces).unwrap();
-            assert_eq!(acc, whole, "pieces {pieces:?}");
+        for window in [Window::new(81, 5).unwrap(), Window::TOP_64] {
+            let base = random_in(&mut rng, shape_in(values, window));
+            let term = random_in(&mut rng, shape_in(values, window));
+            let bytes = encode_ciphertext(&term);
+            let digest = encoded_digest(&bytes).0;
+            let mut whole = base.clone();
+            wire::decode_ciphertext_view(&bytes, DecodeLimits::default())
+                .unwrap()
+                .add_weighted_into(&mut whole, -37)
+                .unwrap();
+            // The same sum, word by word: the encoding adds what the ciphertext holds.
+            let mut expected = base.clone();
+            expected.add_weighted(&term, -37).unwrap();
+            assert_eq!(whole, expected);
+            // Piece sizes that split the header, mask coefficients (15 bytes) and bodies.
+            for pieces in [
+                vec![bytes.len()],
+                vec![1],
+                vec![7, 16, 3],
+                vec![4096 * 15 + 11],
+                vec![22],
+            ] {
+                let mut acc = base.clone();
+                streamed(&mut acc, &bytes, digest, -37, &pieces).unwrap();
+                assert_eq!(acc, whole, "{window:?}, pieces {pieces:?}");
+            }
         }
     }
 
@@ -299,7 +328,7 @@ mod tests {
         let model = random_ciphertext(&mut rng, 3000);
         let bytes = encode_ciphertext(&model);
         let digest = encoded_digest(&bytes).0;
-        let mut stream = WholeStream::new(3000, 80, digest, DecodeLimits::default());
+        let mut stream = WholeStream::new(shape(3000), digest, DecodeLimits::default());
         for piece in bytes.chunks(1000) {
             stream.push::<std::convert::Infallible>(piece).unwrap();
         }
@@ -315,7 +344,7 @@ mod tests {
         let digest = encoded_digest(&bytes).0;
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        let mut acc = Ciphertext::zero(100, 80);
+        let mut acc = Ciphertext::zero(shape(100));
         let refused = streamed(&mut acc, &bytes, digest, 1, &[1000]).unwrap_err();
         assert!(matches!(refused, AggregateError::Digest { digest: d } if d == digest));
     }
@@ -326,7 +355,7 @@ mod tests {
         let term = random_ciphertext(&mut rng, 100);
         let bytes = encode_ciphertext(&term);
         let digest = encoded_digest(&bytes).0;
-        let mut acc = Ciphertext::zero(100, 80);
+        let mut acc = Ciphertext::zero(shape(100));
         let short = streamed(&mut acc, &bytes[..bytes.len() - 3], digest, 1, &[64]).unwrap_err();
         assert!(
             matches!(
@@ -340,7 +369,7 @@ mod tests {
         );
         let mut long = bytes.clone();
         long.push(0);
-        let mut acc = Ciphertext::zero(100, 80);
+        let mut acc = Ciphertext::zero(shape(100));
         let long = streamed(&mut acc, &long, digest, 1, &[64]).unwrap_err();
         assert!(
             matches!(
@@ -360,12 +389,15 @@ mod tests {
         let term = random_ciphertext(&mut rng, 100);
         let bytes = encode_ciphertext(&term);
         let digest = encoded_digest(&bytes).0;
-        let mut acc = Ciphertext::zero(101, 80);
         let header = wire::ciphertext_header_len();
-        let mut stream = TermStream::new(&mut acc, digest, 1, DecodeLimits::default());
-        let refused = stream
-            .push::<std::convert::Infallible>(&bytes[..header])
-            .unwrap_err();
-        assert!(matches!(refused, AggregateError::Shape { .. }), "{refused}");
+        // Another length, and the same length with bodies rounded elsewhere.
+        for other in [shape(101), shape_in(100, Window::new(80, 6).unwrap())] {
+            let mut acc = Ciphertext::zero(other);
+            let mut stream = TermStream::new(&mut acc, digest, 1, DecodeLimits::default());
+            let refused = stream
+                .push::<std::convert::Infallible>(&bytes[..header])
+                .unwrap_err();
+            assert!(matches!(refused, AggregateError::Shape { .. }), "{refused}");
+        }
     }
 }

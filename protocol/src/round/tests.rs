@@ -201,10 +201,10 @@ fn plan_digest_covers_every_field_and_the_budget_fits() {
     assert_eq!(RoundPlan::default().sized(), RoundPlan::default());
 }
 
-/// What a partial decryption weighs at the default plan, and at the plan `bench round`
-/// runs (10M values over 2 rounds): the window follows the plan's message bits.
+/// What a partial decryption and a ciphertext body weigh at the default plan, and at the plan
+/// `bench round` runs (10M values over 2 rounds): the windows follow the plan's message bits.
 #[test]
-fn partials_take_5_bytes_a_value_at_the_default_plan_and_over_two_rounds_of_10m() {
+fn partials_take_5_bytes_a_value_and_bodies_7_at_the_default_plan_and_6_over_two_rounds_of_10m() {
     let config = ThresholdConfig::new(5, 3).unwrap();
     let default = RoundPlan::default().budget(config).unwrap();
     assert_eq!(default.message_bits(), 35);
@@ -218,6 +218,10 @@ fn partials_take_5_bytes_a_value_at_the_default_plan_and_over_two_rounds_of_10m(
     let budget = short.budget(config).unwrap();
     assert_eq!(budget.message_bits(), 31);
     assert_eq!(budget.share_window().bytes(), 5);
+    // Bodies carry the rounding of every weighted contribution, so they keep about log2 of
+    // the weights' L1 norm more bits than partials: 7 and 6 bytes instead of 8.
+    assert_eq!(default.body_window().bytes(), 7);
+    assert_eq!(budget.body_window().bytes(), 6);
 }
 
 /// The one rule of who recomputes: every quorum member (it releases on nothing else), every
@@ -658,9 +662,9 @@ fn members_recompute_the_coordinators_aggregate_exactly() {
         let i = digests.iter().position(|x| x == d).ok_or("unknown")?;
         Ok(blobs[i].clone())
     };
-    let mut coordinator = Ciphertext::zero(20, budget.delta_bits());
+    let mut coordinator = Ciphertext::zero(budget.ciphertext_shape(20));
     aggregate(&mut coordinator, &terms, DecodeLimits::default(), read).unwrap();
-    let mut member = Ciphertext::zero(20, budget.delta_bits());
+    let mut member = Ciphertext::zero(budget.ciphertext_shape(20));
     aggregate(&mut member, &terms, DecodeLimits::default(), read).unwrap();
     assert_eq!(ciphertext_digest(&coordinator), ciphertext_digest(&member));
 
@@ -671,7 +675,7 @@ fn members_recompute_the_coordinators_aggregate_exactly() {
         bytes[last] ^= 1;
         Ok(bytes)
     };
-    let mut acc = Ciphertext::zero(20, budget.delta_bits());
+    let mut acc = Ciphertext::zero(budget.ciphertext_shape(20));
     assert!(matches!(
         aggregate(&mut acc, &terms, DecodeLimits::default(), tampered),
         Err(AggregateError::Digest { .. })

@@ -1,10 +1,10 @@
 //! The encoding of a partial decryption: the party, its quorum, the digest of the ciphertext it
-//! decrypts, its window (the bits it keeps of each value: see `he::ShareWindow`) and one
+//! decrypts, its window (the bits it keeps of each value: see `he::Window`) and one
 //! value per ciphertext value in the window's bytes. Its header can be checked alone, so a
 //! member refuses a malformed partial before it commits to combining.
 
 use super::{DecodeLimits, Kind, WireError, WireReader, header};
-use crate::he::{CiphertextDigest, PartialDecryption, ShareWindow};
+use crate::he::{CiphertextDigest, PartialDecryption, Window};
 
 /// Writes each value's low `window.bytes()` bytes, little-endian; the values were reduced to
 /// the window, so nothing is lost.
@@ -34,7 +34,7 @@ pub(crate) fn encode_partial_header(
     party: u8,
     quorum: &[u8],
     ciphertext: &CiphertextDigest,
-    window: ShareWindow,
+    window: Window,
     value_count: usize,
 ) -> Vec<u8> {
     let mut out = header(Kind::PartialDecryption);
@@ -76,7 +76,7 @@ pub struct PartialHeader {
     pub party: u8,
     pub quorum: Vec<u8>,
     pub ciphertext: CiphertextDigest,
-    pub window: ShareWindow,
+    pub window: Window,
     pub value_count: u64,
 }
 
@@ -148,11 +148,11 @@ fn read_partial_header(
         .try_into()
         .expect("32 bytes");
     let window = if kind == Kind::PartialDecryptionTop64 {
-        ShareWindow::TOP_64
+        Window::TOP_64
     } else {
         let dropped_bits = reader.u8("window's dropped bits")?;
         let width = reader.u8("window's bytes per value")?;
-        ShareWindow::new(dropped_bits, width).map_err(|e| WireError::Invalid {
+        Window::new(dropped_bits, width).map_err(|e| WireError::Invalid {
             field: "window",
             reason: e.to_string(),
         })?
