@@ -1,7 +1,7 @@
 //! The encrypted model this member recomputed (or, outside the quorum, fetched) last, kept on
 //! its own disk under its digest.
 //! The next round builds on it (its base), so a member that holds it need not fetch it from
-//! the coordinator again: at 10M values that is 230 MB fewer per member and round, each byte
+//! the coordinator again: at 10M values that is 210 MB fewer per member and round, each byte
 //! of which would otherwise be encrypted, sent and hashed three times.
 //!
 //! This is a cache looked up by digest: which digest a round builds on is decided by the
@@ -144,9 +144,9 @@ pub fn keep_only(dir: &Path, digest: &Digest, bytes: &[u8]) -> std::io::Result<(
 }
 
 /// A ciphertext's encoding kept in a file, with what an upload offers of it: an upload reads
-/// its chunks from the file instead of holding 23 bytes per value in memory. It reads them
-/// through `file`, opened when the encoding was kept, so that a later contribution kept in the
-/// same directory (which removes this file's name) cannot cut the upload short.
+/// its chunks from the file instead of holding its 20 or so bytes per value in memory. It
+/// reads them through `file`, opened when the encoding was kept, so that a later contribution
+/// kept in the same directory (which removes this file's name) cannot cut the upload short.
 #[derive(Debug)]
 pub struct KeptEncoding {
     pub path: PathBuf,

@@ -548,6 +548,26 @@ mod tests {
         );
     }
 
+    /// `bench he`'s plan (5 contributions of weight 1, one round, kappa sized for 10^11
+    /// coordinates): bodies of 2, 4 and 5 bytes for 8, 20 and 32 value bits, so ciphertexts of
+    /// 17, 19 and 20 bytes a value with 15 of mask.
+    #[test]
+    fn bodies_take_2_4_and_5_bytes_at_bench_hes_plan_for_8_20_and_32_value_bits() {
+        for (value_bits, body) in [(8, 2), (20, 4), (32, 5)] {
+            let budget = Budget::compute(BudgetRequest {
+                kappa: kappa_for(100_000_000_000),
+                ..request(value_bits, 5)
+            })
+            .unwrap();
+            assert_eq!(budget.delta_bits(), 85);
+            assert_eq!(
+                budget.body_window().bytes(),
+                body,
+                "{value_bits} value bits"
+            );
+        }
+    }
+
     #[test]
     fn refuses_small_kappa() {
         let mut req = request(20, 5);

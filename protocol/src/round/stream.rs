@@ -1,7 +1,7 @@
 //! One weighted term of an aggregate, added as its encoded bytes arrive.
 //!
 //! A member recomputes every aggregate it decrypts from contributions it fetches; at 10M values
-//! each is 230 MB. Holding each whole before adding it cost a fresh buffer, a scratch file
+//! each is 210 MB. Holding each whole before adding it cost a fresh buffer, a scratch file
 //! written and read back, and a second hash of every byte. [`TermStream`] takes the encoding in
 //! pieces of any size, hashes each piece once and adds it into the accumulator straight away,
 //! so a term costs one pass and no buffer of its size.
