@@ -11,11 +11,7 @@ pub(super) enum RequestRefusal {
     Blob(#[from] BlobError),
     #[error("the contribution is not a ciphertext: {0}")]
     NotACiphertext(#[from] protocol::wire::WireError),
-    #[error(
-        "the contribution holds {} values at 2^{} with bodies in bits {}..{}, the plan {} at 2^{} in bits {}..{}",
-        found.values, found.delta_bits, found.body_window.dropped_bits(), found.body_window.top_bit(),
-        plan.values, plan.delta_bits, plan.body_window.dropped_bits(), plan.body_window.top_bit()
-    )]
+    #[error("the contribution holds {found}, the plan {plan}")]
     Shape {
         found: CiphertextShape,
         plan: CiphertextShape,

@@ -167,10 +167,10 @@ impl Budget {
         let threshold = f64::from(config.threshold());
         let body_rounding = f64::from(params.body_dropped_bits - 1).exp2();
         let share_rounding = f64::from(params.share_dropped_bits - 1).exp2();
-        let total_error = secret_noise_bits.exp2()
-            + l1 * body_rounding
-            + threshold
-                * (f64::from(SMUDGING_SUMMANDS) * f64::from(smudging_bits).exp2() + share_rounding);
+        // One member's smudging: the sum of its uniforms.
+        let smudging = f64::from(SMUDGING_SUMMANDS) * f64::from(smudging_bits).exp2();
+        let total_error =
+            secret_noise_bits.exp2() + l1 * body_rounding + threshold * (smudging + share_rounding);
         // |error| < Delta / 2 with a bit to spare: the partials' window takes half of it (see
         // `share_window`) and the bodies' window part of the rest (see `body_window`), which
         // leaves an eighth of Delta / 2.
@@ -197,9 +197,7 @@ impl Budget {
         let share_window = share_window(delta_bits, message_bits as u32, config.threshold());
         // Everything but the bodies' rounding, with the partials rounded at their window.
         let other_error = secret_noise_bits.exp2()
-            + threshold
-                * (f64::from(SMUDGING_SUMMANDS) * f64::from(smudging_bits).exp2()
-                    + f64::from(u32::from(share_window.dropped_bits()) - 1).exp2());
+            + threshold * (smudging + f64::from(u32::from(share_window.dropped_bits()) - 1).exp2());
         let body_window = body_window(delta_bits, message_bits as u32, l1, other_error);
         Ok(Self {
             request,
@@ -253,15 +251,24 @@ impl Budget {
     /// a wider one) still does, so what was released or recorded before stays combinable.
     pub fn admits(&self, window: Window) -> bool {
         window.dropped_bits() <= self.share_window.dropped_bits()
-            && window.top_bit() >= phase_bits(self.delta_bits, self.message_bits())
+            && window.top_bit() >= self.phase_bits()
     }
 
     /// Whether ciphertext bodies kept in `window` decrypt exactly under this budget: rounded
     /// no higher than the budget's body window, and kept up to the phase's top. All the top 64
-    /// bits (every body before windows) always are.
-    pub fn admits_body(&self, window: Window) -> bool {
-        window.dropped_bits() <= self.body_window.dropped_bits()
-            && window.top_bit() >= phase_bits(self.delta_bits, self.message_bits())
+    /// bits (every body before windows) always are. Encryption and combination both ask here.
+    pub fn check_body(&self, window: Window) -> Result<(), HeError> {
+        if window.dropped_bits() <= self.body_window.dropped_bits()
+            && window.top_bit() >= self.phase_bits()
+        {
+            return Ok(());
+        }
+        Err(HeError::Mismatch(format!(
+            "a ciphertext keeping {window} of its bodies does not decrypt exactly under this \
+             budget, which rounds them at bit {} at most and needs them up to bit {}",
+            self.body_window.dropped_bits(),
+            self.phase_bits()
+        )))
     }
 
     /// log2 of the high-probability bound of one fresh encryption's noise.

@@ -35,6 +35,17 @@ pub struct CiphertextShape {
     pub body_window: Window,
 }
 
+/// "1000 values at 2^80 with bodies in bits 72..120", as errors name a shape.
+impl std::fmt::Display for CiphertextShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} values at 2^{} with bodies in {}",
+            self.values, self.delta_bits, self.body_window
+        )
+    }
+}
+
 impl Budget {
     /// The shape of this budget's ciphertexts of `values` values.
     pub fn ciphertext_shape(&self, values: usize) -> CiphertextShape {
@@ -181,16 +192,7 @@ impl Ciphertext {
         let ours = self.shape();
         if ours != other {
             return Err(HeError::Mismatch(format!(
-                "cannot combine ciphertexts of {} values at 2^{} with bodies in bits {}..{} and \
-                 {} values at 2^{} with bodies in bits {}..{}",
-                ours.values,
-                ours.delta_bits,
-                ours.body_window.dropped_bits(),
-                ours.body_window.top_bit(),
-                other.values,
-                other.delta_bits,
-                other.body_window.dropped_bits(),
-                other.body_window.top_bit(),
+                "cannot combine ciphertexts of {ours} and of {other}"
             )));
         }
         Ok(())
@@ -274,7 +276,7 @@ impl EncryptionKey {
     }
 
     /// [`Self::encrypt`] with bodies kept in `body_window`, any the budget admits
-    /// (`Budget::admits_body`). The key ceremony's validation challenge keeps all the top 64
+    /// (`Budget::check_body`). The key ceremony's validation challenge keeps all the top 64
     /// bits ([`Window::TOP_64`]), as every body was kept before windows, so that transcripts
     /// made before them still verify.
     pub fn encrypt_in<R: RngCore + CryptoRng>(
@@ -284,15 +286,7 @@ impl EncryptionKey {
         body_window: Window,
         rng: &mut R,
     ) -> Result<Ciphertext, HeError> {
-        if !budget.admits_body(body_window) {
-            return Err(HeError::Mismatch(format!(
-                "bodies in bits {}..{} do not decrypt exactly under a budget that keeps bits {}..{}",
-                body_window.dropped_bits(),
-                body_window.top_bit(),
-                budget.body_window().dropped_bits(),
-                budget.body_window().top_bit()
-            )));
-        }
+        budget.check_body(body_window)?;
         let max = budget.max_value();
         if let Some(index) = messages.iter().position(|m| m.unsigned_abs() > max as u64) {
             return Err(HeError::ValueOutOfRange {

@@ -376,17 +376,7 @@ impl Combination {
         }
         // Bodies rounded no higher than the budget rounds them, and kept up to the phase's
         // top: the error and the phase stay within what Delta and the windows were chosen for.
-        let window = target.body_window;
-        if !budget.admits_body(window) {
-            return Err(HeError::Mismatch(format!(
-                "the ciphertext keeps bits {}..{} of its bodies; the budget rounds them at bit {} \
-                 at most and needs them up to bit {}",
-                window.dropped_bits(),
-                window.top_bit(),
-                budget.body_window().dropped_bits(),
-                budget.phase_bits()
-            )));
-        }
+        budget.check_body(target.body_window)?;
         Ok(Self {
             top_bit: target.body_window.top_bit(),
             target,

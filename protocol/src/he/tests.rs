@@ -1048,6 +1048,20 @@ fn the_largest_sums_a_budget_allows_combine_exactly_from_windowed_partials() {
             combine(&sum, &quorum, &partials, &budget).unwrap(),
             expected
         );
+        // The sum as members hold it, decoded from its encoding: its bodies are known only
+        // below their window's top, which is where the phase must be read when that top is
+        // the lowest (the sum above, made in memory with weights that are powers of two,
+        // carries nothing wrong into the bits between the two tops).
+        let decoded = BoundCiphertext::decode(
+            &crate::wire::encode_ciphertext(sum.ciphertext()),
+            DecodeLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(decoded.digest(), sum.digest());
+        assert_eq!(
+            combine(&decoded, &quorum, &partials, &budget).unwrap(),
+            expected
+        );
         let mut mixed = partials.clone();
         mixed[1] = keys.shares[2]
             .partial_decrypt_in(&sum, &quorum, &budget, Window::TOP_64, &mut rng)

@@ -82,12 +82,7 @@ impl Window {
     #[inline]
     pub(crate) fn keep(self, word: u128) -> u64 {
         let d = u32::from(self.dropped_bits);
-        let rounded = (word.wrapping_add(1u128 << (d - 1)) >> d) as u64;
-        if self.bytes == 8 {
-            rounded
-        } else {
-            rounded & ((1u64 << (8 * self.bytes)) - 1)
-        }
+        self.reduce((word.wrapping_add(1u128 << (d - 1)) >> d) as u64)
     }
 
     /// A kept value moved back to the top 64 bits (bit 64 of the word is bit 0 there), where
@@ -101,11 +96,16 @@ impl Window {
     /// dropping whatever a sum carried above the top.
     #[inline]
     pub(crate) fn of_top(self, top: u64) -> u64 {
-        let kept = top >> (self.dropped_bits - 64);
+        self.reduce(top >> (self.dropped_bits - 64))
+    }
+
+    /// A value counted from the window's bottom, reduced modulo 2^(8 * bytes).
+    #[inline]
+    fn reduce(self, value: u64) -> u64 {
         if self.bytes == 8 {
-            kept
+            value
         } else {
-            kept & ((1u64 << (8 * self.bytes)) - 1)
+            value & ((1u64 << (8 * self.bytes)) - 1)
         }
     }
 
@@ -115,6 +115,13 @@ impl Window {
         let mut word = [0u8; 8];
         word[..bytes.len()].copy_from_slice(bytes);
         u64::from_le_bytes(word)
+    }
+}
+
+/// "bits 81..121": what the window keeps of the 128-bit word, as errors name it.
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "bits {}..{}", self.dropped_bits, self.top_bit())
     }
 }
 
