@@ -35,6 +35,11 @@ pub struct HeBenchArgs {
     /// Magnitude of the random test values: |v| < 2^value_bits.
     #[arg(long, default_value_t = 32)]
     value_bits: u32,
+    /// Secrets of the key (1 to 8): a key of k secrets encrypts k * 8192 values under one mask
+    /// polynomial, so ciphertexts carry 15 / k bytes of mask a value instead of 15. Key
+    /// ceremonies and rounds make and take keys of one secret so far.
+    #[arg(long, default_value_t = 1)]
+    secrets: usize,
     /// Smudging margin kappa in bits (default: the smallest that keeps --lifetime-reveals
     /// decrypted coordinates at 40 bits of statistical security).
     #[arg(long)]
@@ -59,6 +64,7 @@ struct HeBenchReport {
     threshold: u8,
     threads: usize,
     repetitions: usize,
+    secrets: usize,
     delta_bits: u32,
     smudging_bits: u32,
     kappa: u32,
@@ -110,6 +116,11 @@ pub fn run_he(args: &HeBenchArgs) -> Result<ExitCode> {
     ensure!(args.values > 0, "--values must be at least 1");
     ensure!(args.repetitions > 0, "--repetitions must be at least 1");
     ensure!(args.threads > 0, "--threads must be at least 1");
+    ensure!(
+        (1..=protocol::he::MAX_SECRETS).contains(&args.secrets),
+        "--secrets must be 1 to {}",
+        protocol::he::MAX_SECRETS
+    );
     let config = ThresholdConfig::new(args.parties, args.threshold)?;
     let budget = Budget::compute(BudgetRequest {
         config,
@@ -131,10 +142,11 @@ pub fn run_he(args: &HeBenchArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "quorate bench he: {} values, {}-of-{}, {} thread(s), median of {} ({}, {})",
+            "quorate bench he: {} values, {}-of-{}, {} secret(s), {} thread(s), median of {} ({}, {})",
             report.values,
             report.threshold,
             report.parties,
+            report.secrets,
             report.threads,
             report.repetitions,
             report.machine,
@@ -193,7 +205,13 @@ fn measure(args: &HeBenchArgs, config: ThresholdConfig, budget: &Budget) -> Resu
         Some(seed) => ChaCha20Rng::seed_from_u64(seed),
         None => ChaCha20Rng::from_entropy(),
     };
-    let steps = time_steps(config, budget, args.values, args.repetitions, &mut rng)?;
+    let steps = time_steps(
+        config,
+        budget,
+        (args.values, args.secrets),
+        args.repetitions,
+        &mut rng,
+    )?;
     Ok(HeBenchReport {
         parameter_set: protocol::he::QUORATE_RLWE128_V1.id,
         values: args.values,
@@ -201,6 +219,7 @@ fn measure(args: &HeBenchArgs, config: ThresholdConfig, budget: &Budget) -> Resu
         threshold: args.threshold,
         threads: args.threads,
         repetitions: args.repetitions,
+        secrets: args.secrets,
         delta_bits: budget.delta_bits(),
         smudging_bits: budget.smudging_bits(),
         kappa: budget.request().kappa,
@@ -241,17 +260,24 @@ pub(crate) struct StepTimes {
     pub mismatches: usize,
 }
 
-/// Encrypts random values within the budget for every party of `config`, aggregates them,
-/// decrypts with the first `t` parties and checks the result, timing each step.
+/// Encrypts random values within the budget for every party of `config` under a key of
+/// `secrets` secrets, aggregates them, decrypts with the first `t` parties and checks the
+/// result, timing each step.
 pub(crate) fn time_steps(
     config: ThresholdConfig,
     budget: &Budget,
-    values: usize,
+    (values, secrets): (usize, usize),
     repetitions: usize,
     rng: &mut ChaCha20Rng,
 ) -> Result<StepTimes> {
-    tracing::info!(values, parties = config.parties(), "generating keys");
-    let (keys, keygen_ms) = time(|| LocalKeySet::generate(&config, &mut *rng));
+    tracing::info!(
+        values,
+        secrets,
+        parties = config.parties(),
+        "generating keys"
+    );
+    let (keys, keygen_ms) =
+        time(|| LocalKeySet::generate_with_secrets(&config, secrets, &mut *rng));
     let keys = keys?;
     let encryption_key = keys.public_key.prepare();
 
@@ -286,7 +312,7 @@ pub(crate) fn time_steps(
         .collect::<Result<Vec<_>, _>>()?;
     let mut aggregate_times = Vec::new();
     let mut memcpy_times = Vec::new();
-    let mut aggregate = Ciphertext::zero(budget.ciphertext_shape(values));
+    let mut aggregate = Ciphertext::zero(budget.ciphertext_shape_under(values, secrets));
     let mut copy = vec![0u8; total_bytes];
     for _ in 0..repetitions {
         let (sum, ms) = time(|| protocol::wire::CiphertextView::weighted_sum(&views));

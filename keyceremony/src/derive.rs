@@ -19,6 +19,11 @@ use crate::message::{Body, Digest, Message};
 /// no share of the rounds' budget.
 pub const VALIDATION_KAPPA: u32 = 60;
 
+/// The secrets of every key a ceremony makes. The scheme takes keys of up to
+/// `protocol::he::MAX_SECRETS`, whose ciphertexts carry a mask coefficient per that many
+/// values; the ceremony's messages, its transcript and the rounds are still for keys of one.
+pub const SECRETS_PER_KEY: usize = 1;
+
 /// Values in the validation challenge.
 pub(crate) const CHALLENGE_VALUES: usize = 16;
 

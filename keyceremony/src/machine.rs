@@ -30,11 +30,11 @@ use zeroize::Zeroizing;
 
 use crate::message::{Body, Digest, Message, Phase};
 
-use crate::derive::hash;
 pub use crate::derive::{
     Challenge, VALIDATION_KAPPA, ceremony_id, mask_seed, seed_commitment, share_commitment,
     t_subsets, transcript_hash, validation_challenge,
 };
+use crate::derive::{SECRETS_PER_KEY, hash};
 
 mod subshares;
 use subshares::{SubshareError, blobs_digest};
@@ -430,7 +430,8 @@ impl Participant {
         }
         self.mask_seed = mask_seed(&self.consortium.digest(), &self.ceremony(), &seeds);
 
-        let secret = SecretContribution::generate(rng);
+        let secret = SecretContribution::generate_with_secrets(SECRETS_PER_KEY, rng)
+            .map_err(|e| self.fail(None, e.to_string()))?;
         let contribution = secret.public_key_contribution(self.me, self.mask_seed, rng);
         let dealing = secret.deal_seeded(&self.config, rng);
         let mut attachments = Vec::new();
@@ -477,7 +478,7 @@ impl Participant {
     fn after_key_reveal(&mut self) -> Result<Vec<Outgoing>, Abort> {
         let mut contributions = Vec::new();
         let mut complaints = Vec::new();
-        let mut builder = KeyShareBuilder::new(self.config, self.me)
+        let mut builder = KeyShareBuilder::with_secrets(self.config, self.me, SECRETS_PER_KEY)
             .map_err(|e| self.fail(None, e.to_string()))?;
         for dealer in 0..self.parties() {
             let (
@@ -514,12 +515,13 @@ impl Participant {
                     "its subshares do not address every other member once",
                 ));
             }
-            let decoded = decode_public_key_contribution(contribution).map_err(|e| {
-                self.fail(
-                    Some(dealer),
-                    format!("an unreadable public-key contribution: {e}"),
-                )
-            })?;
+            let decoded =
+                decode_public_key_contribution(contribution, SECRETS_PER_KEY).map_err(|e| {
+                    self.fail(
+                        Some(dealer),
+                        format!("an unreadable public-key contribution: {e}"),
+                    )
+                })?;
             if decoded.party != dealer || decoded.mask_seed != self.mask_seed {
                 return Err(self.fail(
                     Some(dealer),
@@ -541,7 +543,10 @@ impl Participant {
             };
             match pieces {
                 Ok(pieces) => {
-                    let subshares: Vec<_> = pieces.iter().map(|(u, p)| p.expand(*u)).collect();
+                    let subshares: Vec<_> = pieces
+                        .iter()
+                        .map(|(u, p)| p.expand(*u, SECRETS_PER_KEY))
+                        .collect();
                     builder
                         .add(dealer, &subshares)
                         .map_err(|e| self.fail(Some(dealer), e.to_string()))?;

@@ -211,7 +211,7 @@ pub fn verify(transcript: &Transcript) -> Result<Verified, TranscriptError> {
                 "member {member}'s public-key contribution does not match its commitment"
             )));
         }
-        let decoded = decode_public_key_contribution(contribution)
+        let decoded = decode_public_key_contribution(contribution, crate::derive::SECRETS_PER_KEY)
             .map_err(|e| TranscriptError::Check(format!("member {member}'s contribution: {e}")))?;
         if usize::from(decoded.party) != member || decoded.mask_seed != mask {
             return Err(TranscriptError::Check(format!(

@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 
 use crate::bytes::{ReadError, Reader};
 use crate::he::{
-    HeError, KeyShare, MAX_VALUES, POLYNOMIAL_SIZE, PublicKey, PublicKeyContribution,
+    HeError, KeyShare, MAX_SECRETS, MAX_VALUES, POLYNOMIAL_SIZE, PublicKey, PublicKeyContribution,
     QUORATE_RLWE128_V1, Subset, Subshare, ThresholdConfig,
 };
 
@@ -52,8 +52,11 @@ pub enum Kind {
     PartialDecryptionTop64 = 5,
     /// A partial decryption that names its window.
     PartialDecryption = 6,
-    /// A ciphertext that names its body window.
+    /// A ciphertext that names its body window, under a key of one secret.
     Ciphertext = 7,
+    /// A ciphertext under a key of several secrets: kind 7's header, then the number of
+    /// secrets (2 to `MAX_SECRETS`), which fixes how many masks there are.
+    CiphertextUnderSecrets = 8,
 }
 
 impl Kind {
@@ -66,6 +69,7 @@ impl Kind {
             5 => Kind::PartialDecryptionTop64,
             6 => Kind::PartialDecryption,
             7 => Kind::Ciphertext,
+            8 => Kind::CiphertextUnderSecrets,
             _ => return None,
         })
     }
@@ -222,6 +226,10 @@ impl<'a> WireReader<'a> {
         Ok(kind)
     }
 
+    fn remaining(&self) -> usize {
+        self.inner.remaining()
+    }
+
     /// Requires the rest of the input to be exactly `expected` bytes, checked before the
     /// caller allocates anything of that size.
     fn expect_remaining(&self, expected: u64) -> Result<(), WireError> {
@@ -244,15 +252,41 @@ fn put_u128s(out: &mut Vec<u8>, values: &[u128]) {
     }
 }
 
-fn read_polynomial(
+/// Reads `secrets` polynomials of N coefficients, end to end.
+fn read_polynomials(
     reader: &mut WireReader<'_>,
     field: &'static str,
+    secrets: usize,
 ) -> Result<Vec<u128>, WireError> {
-    let bytes = reader.take(field, POLYNOMIAL_SIZE * 16)?;
+    let bytes = reader.take(field, secrets * POLYNOMIAL_SIZE * 16)?;
     Ok(bytes
         .chunks_exact(16)
         .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
         .collect())
+}
+
+/// The number of secrets of key material whose `per` runs of polynomials, each run after
+/// `fixed` bytes of other fields, fill the `remaining` bytes: the length decides it, so keys
+/// of one secret keep the encoding they always had.
+fn secrets_from_length(remaining: usize, fixed: usize, per: usize) -> Result<usize, WireError> {
+    let run = POLYNOMIAL_SIZE * 16;
+    let invalid = || WireError::Invalid {
+        field: "length",
+        reason: format!(
+            "{remaining} bytes after the header hold no whole number of 1 to {MAX_SECRETS} \
+             secrets"
+        ),
+    };
+    let per = per.max(1);
+    if !remaining.is_multiple_of(per) {
+        return Err(invalid());
+    }
+    let polynomials = (remaining / per).checked_sub(fixed).ok_or_else(invalid)?;
+    let secrets = polynomials / run;
+    if !polynomials.is_multiple_of(run) || !(1..=MAX_SECRETS).contains(&secrets) {
+        return Err(invalid());
+    }
+    Ok(secrets)
 }
 
 pub fn encode_public_key_contribution(contribution: &PublicKeyContribution) -> Vec<u8> {
@@ -263,13 +297,18 @@ pub fn encode_public_key_contribution(contribution: &PublicKeyContribution) -> V
     out
 }
 
-pub fn decode_public_key_contribution(bytes: &[u8]) -> Result<PublicKeyContribution, WireError> {
+/// Decodes a contribution to a key of `secrets` secrets, and refuses one of any other number:
+/// a ceremony fixes the number before anyone contributes.
+pub fn decode_public_key_contribution(
+    bytes: &[u8],
+    secrets: usize,
+) -> Result<PublicKeyContribution, WireError> {
     let mut reader = WireReader::new(bytes);
     reader.header(Kind::PublicKeyContribution)?;
-    reader.expect_remaining(1 + 16 + POLYNOMIAL_SIZE as u64 * 16)?;
+    reader.expect_remaining(1 + 16 + (secrets * POLYNOMIAL_SIZE) as u64 * 16)?;
     let party = reader.u8("party")?;
     let mask_seed = reader.u128("mask seed")?;
-    let body = read_polynomial(&mut reader, "public key body")?;
+    let body = read_polynomials(&mut reader, "public key body", secrets)?;
     reader.finish()?;
     Ok(PublicKeyContribution {
         party,
@@ -288,9 +327,9 @@ pub fn encode_public_key(key: &PublicKey) -> Vec<u8> {
 pub fn decode_public_key(bytes: &[u8]) -> Result<PublicKey, WireError> {
     let mut reader = WireReader::new(bytes);
     reader.header(Kind::PublicKey)?;
-    reader.expect_remaining(16 + POLYNOMIAL_SIZE as u64 * 16)?;
+    let secrets = secrets_from_length(reader.remaining(), 16, 1)?;
     let mask_seed = reader.u128("mask seed")?;
-    let body = read_polynomial(&mut reader, "public key body")?;
+    let body = read_polynomials(&mut reader, "public key body", secrets)?;
     reader.finish()?;
     Ok(PublicKey { mask_seed, body })
 }
@@ -299,7 +338,8 @@ pub fn decode_public_key(bytes: &[u8]) -> Result<PublicKey, WireError> {
 /// allocated once at its final size, so no reallocation leaves share bytes behind.
 pub fn encode_key_share(share: &KeyShare) -> Zeroizing<Vec<u8>> {
     let head = header(Kind::KeyShare);
-    let size = head.len() + 5 + share.subshares().len() * (2 + POLYNOMIAL_SIZE * 16);
+    let size =
+        head.len() + 5 + share.subshares().len() * (2 + share.secrets() * POLYNOMIAL_SIZE * 16);
     let mut out = Zeroizing::new(Vec::with_capacity(size));
     out.extend_from_slice(&head);
     out.push(share.config().parties());
@@ -332,11 +372,11 @@ pub fn decode_key_share(bytes: &[u8]) -> Result<KeyShare, WireError> {
             reason: format!("{count}, but a {threshold}-of-{parties} member holds {expected}"),
         });
     }
-    reader.expect_remaining(u64::from(count) * (2 + POLYNOMIAL_SIZE as u64 * 16))?;
+    let secrets = secrets_from_length(reader.remaining(), 2, usize::from(count))?;
     let mut subshares = Vec::with_capacity(usize::from(count));
     for _ in 0..count {
         let subset = Subset(reader.u16("subset")?);
-        let coefficients = read_polynomial(&mut reader, "subshare")?;
+        let coefficients = read_polynomials(&mut reader, "subshare", secrets)?;
         subshares.push(Subshare::from_coefficients(subset, coefficients)?);
     }
     reader.finish()?;

@@ -81,6 +81,22 @@ fn golden_ciphertext() {
     insta::assert_snapshot!(golden(&samples().ciphertext));
 }
 
+/// Kind 8: a ciphertext under a key of two secrets names them; its one mask polynomial serves
+/// both secrets' bins. The key's public key keeps kind 2, one body per secret.
+#[test]
+fn golden_ciphertext_and_public_key_of_two_secrets() {
+    let mut rng = ChaCha20Rng::seed_from_u64(78);
+    let keys =
+        protocol::he::LocalKeySet::generate_with_secrets(&common::config(), 2, &mut rng).unwrap();
+    let ciphertext = keys
+        .public_key
+        .prepare()
+        .encrypt(&[1, -2, 3, -4, 5], &common::budget(16, 1, 1), &mut rng)
+        .unwrap();
+    insta::assert_snapshot!(golden(&encode_ciphertext(&ciphertext)));
+    insta::assert_snapshot!(golden(&encode_public_key(&keys.public_key)));
+}
+
 #[test]
 fn golden_partial_decryption() {
     insta::assert_snapshot!(golden(&samples().partial));
@@ -91,7 +107,9 @@ fn every_encoding_round_trips() {
     let s = samples();
     let limits = DecodeLimits::default();
     assert_eq!(
-        encode_public_key_contribution(&decode_public_key_contribution(&s.contribution).unwrap()),
+        encode_public_key_contribution(
+            &decode_public_key_contribution(&s.contribution, 1).unwrap()
+        ),
         s.contribution
     );
     assert_eq!(
@@ -126,7 +144,8 @@ fn every_encoding_round_trips() {
 fn decode_all(bytes: &[u8]) -> usize {
     let limits = DecodeLimits::default();
     [
-        decode_public_key_contribution(bytes).is_ok(),
+        decode_public_key_contribution(bytes, 1).is_ok(),
+        decode_public_key_contribution(bytes, 3).is_ok(),
         decode_public_key(bytes).is_ok(),
         decode_key_share(bytes).is_ok(),
         decode_ciphertext(bytes, limits).is_ok(),
@@ -432,6 +451,7 @@ fn every_model_size_a_plan_takes_is_a_ciphertext_the_wire_takes() {
         values: largest as usize,
         delta_bits: 85,
         body_window: protocol::he::Window::TOP_64,
+        secrets: 1,
     };
     let chunks = ciphertext_encoded_len(widest).div_ceil(CHUNK_BYTES) as u64;
     assert!(chunks <= MAX_CHUNKS, "{chunks} chunks");

@@ -121,8 +121,9 @@ impl Costs {
             .build()
             .context("building the one-thread pool for the step times")?;
         let mut rng = ChaCha20Rng::from_entropy();
-        let steps = pool
-            .install(|| crate::bench::time_steps(config, &budget, sampled as usize, 3, &mut rng))?;
+        let steps = pool.install(|| {
+            crate::bench::time_steps(config, &budget, (sampled as usize, 1), 3, &mut rng)
+        })?;
         ensure!(
             steps.mismatches == 0,
             "the sample decryption for the floors was not exact ({} values differ)",

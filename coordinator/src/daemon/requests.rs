@@ -345,6 +345,7 @@ mod tests {
             values: 1000,
             delta_bits: 80,
             body_window: protocol::he::Window::new(72, 6).unwrap(),
+            secrets: 1,
         };
         let bytes = encode_ciphertext(&Ciphertext::zero(plan));
         let header = &bytes[..ciphertext_header_len()];

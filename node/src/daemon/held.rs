@@ -300,6 +300,7 @@ mod tests {
             values,
             delta_bits: 40,
             body_window: protocol::he::Window::new(72, 5).unwrap(),
+            secrets: 1,
         }
     }
 

@@ -2,7 +2,10 @@
 //!
 //! A ciphertext of c values has ceil(c / N) bins; each bin is one mask polynomial of N
 //! coefficients and the bodies of up to N values, like tfhe's `LweCompactCiphertextList`. It
-//! is never expanded (that would take N + 1 words per value). The encryptor rounds mask
+//! is never expanded (that would take N + 1 words per value). Under a key of k secrets, k bins
+//! in a row share one mask polynomial (a group), each bin's bodies under its own secret: the
+//! public key holds k bodies for its one mask, and the encryption multiplies one r by all of
+//! them, so a group is k RLWE samples under the one secret r. The encryptor rounds mask
 //! coefficients to multiples of 2^8 and bodies to the bottom of the budget's body window before
 //! anything leaves it; sums keep those low bits zero, so masks travel as their top 120 bits and
 //! bodies as their window's bytes: 15 + 5 bytes per value at `bench he`'s plan, 15 + 7 at the
@@ -33,6 +36,25 @@ pub struct CiphertextShape {
     pub delta_bits: u32,
     /// The bits of each body that are kept and sent.
     pub body_window: Window,
+    /// The secrets of the key it was made under: each mask polynomial serves that many bins.
+    pub secrets: usize,
+}
+
+impl CiphertextShape {
+    /// Mask polynomials: one per group of `secrets` bins.
+    pub fn mask_count(&self) -> usize {
+        self.values.div_ceil(POLYNOMIAL_SIZE * self.secrets)
+    }
+
+    /// Mask coefficients in all.
+    pub fn mask_words(&self) -> usize {
+        self.mask_count() * POLYNOMIAL_SIZE
+    }
+
+    /// Values per mask polynomial.
+    pub fn group_values(&self) -> usize {
+        POLYNOMIAL_SIZE * self.secrets
+    }
 }
 
 /// "1000 values at 2^80 with bodies in bits 72..120", as errors name a shape.
@@ -42,17 +64,30 @@ impl std::fmt::Display for CiphertextShape {
             f,
             "{} values at 2^{} with bodies in {}",
             self.values, self.delta_bits, self.body_window
-        )
+        )?;
+        if self.secrets > 1 {
+            write!(f, " under {} secrets", self.secrets)?;
+        }
+        Ok(())
     }
 }
 
 impl Budget {
-    /// The shape of this budget's ciphertexts of `values` values.
+    /// The shape of this budget's ciphertexts of `values` values under a key of one secret,
+    /// as every key ceremony makes so far.
     pub fn ciphertext_shape(&self, values: usize) -> CiphertextShape {
+        self.ciphertext_shape_under(values, 1)
+    }
+
+    /// The shape of this budget's ciphertexts of `values` values under a key of `secrets`
+    /// secrets. The noise of each body is that of a key of one secret: the secrets share the
+    /// mask, never an error term.
+    pub fn ciphertext_shape_under(&self, values: usize, secrets: usize) -> CiphertextShape {
         CiphertextShape {
             values,
             delta_bits: self.delta_bits(),
             body_window: self.body_window(),
+            secrets,
         }
     }
 }
@@ -63,7 +98,8 @@ pub struct Ciphertext {
     /// The scale messages were encoded at (m * 2^delta_bits).
     pub(crate) delta_bits: u32,
     pub(crate) body_window: Window,
-    /// One mask polynomial per bin, bins * N coefficients.
+    pub(crate) secrets: usize,
+    /// One mask polynomial per group of `secrets` bins.
     pub(crate) masks: Vec<u128>,
     /// Top 64 bits of each value's body, multiples of the window's bottom. Sums may carry
     /// above the window's top; those bits are never read, encoded or compared.
@@ -116,7 +152,8 @@ impl Ciphertext {
             value_count: shape.values,
             delta_bits: shape.delta_bits,
             body_window: shape.body_window,
-            masks: vec![0; bin_count(shape.values) * POLYNOMIAL_SIZE],
+            secrets: shape.secrets,
+            masks: vec![0; shape.mask_words()],
             bodies: vec![0; shape.values],
         }
     }
@@ -132,12 +169,14 @@ impl Ciphertext {
             values: value_count,
             delta_bits,
             body_window,
+            secrets,
         } = shape;
         debug_assert!(masks.iter().all(|m| *m == round_mask(*m)));
-        if masks.len() != bin_count(value_count) * POLYNOMIAL_SIZE || bodies.len() != value_count {
+        super::keys::check_secrets(secrets)?;
+        if masks.len() != shape.mask_words() || bodies.len() != value_count {
             return Err(HeError::Mismatch(format!(
-                "a ciphertext of {value_count} values needs {} mask and {value_count} body words, got {} and {}",
-                bin_count(value_count) * POLYNOMIAL_SIZE,
+                "a ciphertext of {shape} needs {} mask and {value_count} body words, got {} and {}",
+                shape.mask_words(),
                 masks.len(),
                 bodies.len()
             )));
@@ -151,6 +190,7 @@ impl Ciphertext {
             value_count,
             delta_bits,
             body_window,
+            secrets,
             masks,
             bodies,
         })
@@ -185,7 +225,13 @@ impl Ciphertext {
             values: self.value_count,
             delta_bits: self.delta_bits,
             body_window: self.body_window,
+            secrets: self.secrets,
         }
+    }
+
+    /// The secrets of the key it was made under (see [`CiphertextShape::secrets`]).
+    pub fn secrets(&self) -> usize {
+        self.secrets
     }
 
     pub(crate) fn check_same_shape(&self, other: CiphertextShape) -> Result<(), HeError> {
@@ -256,9 +302,9 @@ impl Ciphertext {
     }
 }
 
-/// Per-bin randomness of an encryption: r (binary, N), mask noise e1 (N) and body noise e2
-/// (one per value in the bin), all mod 2^128.
-pub(crate) struct BinRandomness<'a> {
+/// Per-group randomness of an encryption: r (binary, N), mask noise e1 (N) and body noise e2
+/// (one per value in the group), all mod 2^128.
+pub(crate) struct GroupRandomness<'a> {
     pub binary: &'a [u128],
     pub mask_noise: &'a [u128],
     pub body_noise: &'a [u128],
@@ -297,7 +343,7 @@ impl EncryptionKey {
         }
         let shape = CiphertextShape {
             body_window,
-            ..budget.ciphertext_shape(messages.len())
+            ..budget.ciphertext_shape_under(messages.len(), self.secrets())
         };
         let delta = shape.delta_bits;
         Ok(self.encrypt_with(shape, messages, |m| (*m as i128 as u128) << delta, rng))
@@ -322,7 +368,7 @@ impl EncryptionKey {
                 bits,
             });
         }
-        let shape = budget.ciphertext_shape(model.len());
+        let shape = budget.ciphertext_shape_under(model.len(), self.secrets());
         let delta = shape.delta_bits;
         let mut stream = ChaCha20Rng::from_seed(seed);
         Ok(self.encrypt_with(shape, model, |m| (*m as i128 as u128) << delta, &mut stream))
@@ -337,6 +383,13 @@ impl EncryptionKey {
     /// decryption reveals the collective secret. Knowing the term's randomness costs nothing:
     /// the retry only needs a ciphertext no member has partially decrypted before.
     pub fn rerandomize(&self, ciphertext: &mut Ciphertext, seed: [u8; 32]) -> Result<(), HeError> {
+        if ciphertext.secrets != self.secrets() {
+            return Err(HeError::Mismatch(format!(
+                "a ciphertext of {} cannot be re-randomised under a key of {} secrets",
+                ciphertext.shape(),
+                self.secrets()
+            )));
+        }
         let mut stream = ChaCha20Rng::from_seed(seed);
         let zeros = self.encrypt_with(
             ciphertext.shape(),
@@ -347,7 +400,7 @@ impl EncryptionKey {
         ciphertext.add_assign(&zeros)
     }
 
-    /// Encrypts `encode(message)` for every message, encoding bin by bin so no plaintext
+    /// Encrypts `encode(message)` for every message, encoding group by group so no plaintext
     /// vector of the whole size is ever allocated.
     fn encrypt_with<M: Sync, R: RngCore + CryptoRng>(
         &self,
@@ -357,35 +410,37 @@ impl EncryptionKey {
         rng: &mut R,
     ) -> Ciphertext {
         debug_assert_eq!(shape.values, messages.len());
+        debug_assert_eq!(shape.secrets, self.secrets());
         let window = shape.body_window;
+        let group = shape.group_values();
         let mut ciphertext = Ciphertext::zero(shape);
-        // One independent stream per bin, drawn in order, so the result does not depend on how
-        // many threads run the bins.
-        let mut seeds: Vec<[u8; 32]> = (0..ciphertext.bin_count()).map(|_| rng.r#gen()).collect();
+        // One independent stream per group, drawn in order, so the result does not depend on
+        // how many threads run the groups.
+        let mut seeds: Vec<[u8; 32]> = (0..shape.mask_count()).map(|_| rng.r#gen()).collect();
         let sampler = GaussianSampler::standard();
         ciphertext
             .masks
             .par_chunks_mut(POLYNOMIAL_SIZE)
-            .zip(ciphertext.bodies.par_chunks_mut(POLYNOMIAL_SIZE))
-            .zip(messages.par_chunks(POLYNOMIAL_SIZE))
+            .zip(ciphertext.bodies.par_chunks_mut(group))
+            .zip(messages.par_chunks(group))
             .zip(seeds.par_iter())
             .for_each_init(
-                EncryptScratch::new,
+                || EncryptScratch::new(group),
                 |scratch, (((mask, bodies), messages), seed)| {
-                    let mut bin_rng = ChaCha12Rng::from_seed(*seed);
+                    let mut group_rng = ChaCha12Rng::from_seed(*seed);
                     let len = messages.len();
                     for (plaintext, message) in scratch.plaintexts.iter_mut().zip(messages) {
                         *plaintext = encode(message);
                     }
-                    fill_binary(&mut bin_rng, &mut scratch.binary);
-                    sampler.fill_u128(&mut bin_rng, &mut scratch.mask_noise);
-                    sampler.fill_u128(&mut bin_rng, &mut scratch.body_noise[..len]);
-                    let randomness = BinRandomness {
+                    fill_binary(&mut group_rng, &mut scratch.binary);
+                    sampler.fill_u128(&mut group_rng, &mut scratch.mask_noise);
+                    sampler.fill_u128(&mut group_rng, &mut scratch.body_noise[..len]);
+                    let randomness = GroupRandomness {
                         binary: &scratch.binary,
                         mask_noise: &scratch.mask_noise,
                         body_noise: &scratch.body_noise[..len],
                     };
-                    self.encrypt_bin(
+                    self.encrypt_group(
                         &scratch.plaintexts[..len],
                         &randomness,
                         &mut scratch.work,
@@ -404,13 +459,14 @@ impl EncryptionKey {
         ciphertext
     }
 
-    /// The compact public-key encryption of one bin, as tfhe defines it:
-    /// mask = a * rev(r) + e1 and body[k] = (b * rev(r))[N-1-k] + e2[k] + plaintext[k], with the
-    /// two products done on precomputed transforms of a and b.
-    pub(crate) fn encrypt_bin(
+    /// The compact public-key encryption of one group, as tfhe defines it for one bin:
+    /// mask = a * rev(r) + e1, and for the bin under secret j,
+    /// body[k] = (b_j * rev(r))[N-1-k] + e2[k] + plaintext[k], with the products done on
+    /// precomputed transforms of a and every b_j and one transform of r.
+    pub(crate) fn encrypt_group(
         &self,
         plaintexts: &[u128],
-        randomness: &BinRandomness<'_>,
+        randomness: &GroupRandomness<'_>,
         work: &mut EncryptWork,
         mask_out: &mut [u128],
         body_out: &mut [u128],
@@ -426,22 +482,30 @@ impl EncryptionKey {
         for (mask, noise) in mask_out.iter_mut().zip(randomness.mask_noise) {
             *mask = mask.wrapping_add(*noise);
         }
-        context.binary_product(
-            &self.body_form,
-            &work.binary_form,
-            &mut work.scratch,
-            &mut work.product,
-        );
-        for (k, body) in body_out.iter_mut().enumerate() {
-            *body = work.product[POLYNOMIAL_SIZE - 1 - k]
-                .wrapping_add(randomness.body_noise[k])
-                .wrapping_add(plaintexts[k]);
+        for (((body_form, bodies), plaintexts), noise) in self
+            .body_forms
+            .iter()
+            .zip(body_out.chunks_mut(POLYNOMIAL_SIZE))
+            .zip(plaintexts.chunks(POLYNOMIAL_SIZE))
+            .zip(randomness.body_noise.chunks(POLYNOMIAL_SIZE))
+        {
+            context.binary_product(
+                body_form,
+                &work.binary_form,
+                &mut work.scratch,
+                &mut work.product,
+            );
+            for (k, body) in bodies.iter_mut().enumerate() {
+                *body = work.product[POLYNOMIAL_SIZE - 1 - k]
+                    .wrapping_add(noise[k])
+                    .wrapping_add(plaintexts[k]);
+            }
         }
     }
 }
 
-/// Scratch space of one bin's encryption; it holds the transform of r and b * rev(r), which
-/// would strip the encryption, so it is wiped when dropped.
+/// Scratch space of one group's encryption; it holds the transform of r and b_j * rev(r),
+/// which would strip the encryption, so it is wiped when dropped.
 pub(crate) struct EncryptWork {
     binary_form: super::ntt::BinaryForm,
     scratch: super::ntt::BinaryForm,
@@ -488,13 +552,14 @@ impl Drop for EncryptScratch {
 }
 
 impl EncryptScratch {
-    fn new() -> Self {
+    /// Scratch for groups of `group` values.
+    fn new(group: usize) -> Self {
         Self {
-            plaintexts: vec![0; POLYNOMIAL_SIZE],
+            plaintexts: vec![0; group],
             binary: vec![0; POLYNOMIAL_SIZE],
             mask_noise: vec![0; POLYNOMIAL_SIZE],
-            body_noise: vec![0; POLYNOMIAL_SIZE],
-            full_bodies: vec![0; POLYNOMIAL_SIZE],
+            body_noise: vec![0; group],
+            full_bodies: vec![0; group],
             work: EncryptWork::new(),
         }
     }

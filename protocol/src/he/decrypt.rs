@@ -215,56 +215,96 @@ impl KeyShare {
                 index: index.expect("some mask has low bits set"),
             });
         }
-        let context = NttContext::get();
-        // F_j = sum of the assigned pieces; <mask_k, F_j> = (A * rev(F_j))[N-1-k].
-        let mut reversed_sum = vec![0u128; POLYNOMIAL_SIZE];
-        for subshare in self
-            .subshares
-            .iter()
-            .filter(|s| subsets.contains(&s.subset))
-        {
-            for (acc, value) in reversed_sum
-                .iter_mut()
-                .zip(subshare.coefficients.iter().rev())
-            {
-                *acc = acc.wrapping_add(*value);
-            }
+        if ciphertext.secrets != self.secrets() {
+            return Err(HeError::Mismatch(format!(
+                "a ciphertext of {} cannot be decrypted with party {}'s share of a key of {} \
+                 secrets",
+                ciphertext.shape(),
+                self.party,
+                self.secrets()
+            )));
         }
-        let mut key_form = context.new_full_form();
-        context.full_form(&reversed_sum, &mut key_form);
+        let context = NttContext::get();
+        // For each secret j, F_j = the sum of the assigned pieces of it;
+        // <mask_k, F_j> = (A * rev(F_j))[N-1-k].
+        let mut key_forms = Vec::with_capacity(self.secrets());
+        let mut reversed_sum = vec![0u128; POLYNOMIAL_SIZE];
+        for secret in 0..self.secrets() {
+            reversed_sum.fill(0);
+            let piece = secret * POLYNOMIAL_SIZE..(secret + 1) * POLYNOMIAL_SIZE;
+            for subshare in self
+                .subshares
+                .iter()
+                .filter(|s| subsets.contains(&s.subset))
+            {
+                for (acc, value) in reversed_sum
+                    .iter_mut()
+                    .zip(subshare.coefficients[piece.clone()].iter().rev())
+                {
+                    *acc = acc.wrapping_add(*value);
+                }
+            }
+            let mut key_form = context.new_full_form();
+            context.full_form(&reversed_sum, &mut key_form);
+            key_forms.push(key_form);
+        }
         reversed_sum.zeroize();
 
+        // One smudging stream per bin, drawn in order.
         let mut seeds: Vec<[u8; 32]> = (0..ciphertext.bin_count()).map(|_| rng.r#gen()).collect();
         assert_eq!(
             out.len(),
             ciphertext.value_count * per_value,
             "places for every value"
         );
-        out.par_chunks_mut(POLYNOMIAL_SIZE * per_value)
+        let group = ciphertext.shape().group_values();
+        out.par_chunks_mut(group * per_value)
             .zip(ciphertext.masks.par_chunks(POLYNOMIAL_SIZE))
-            .zip(seeds.par_iter())
+            .zip(seeds.par_chunks(self.secrets()))
             .for_each_init(
                 || PartialScratch::new(context),
-                |scratch, ((out, mask), seed)| {
-                    context.mask_product(mask, &key_form, &mut scratch.form, &mut scratch.product);
-                    let len = out.len() / per_value;
-                    for (k, value) in scratch.values[..len].iter_mut().enumerate() {
-                        *value = scratch.product[POLYNOMIAL_SIZE - 1 - k];
+                |scratch, ((out, mask), seeds)| {
+                    let bins = out.chunks_mut(POLYNOMIAL_SIZE * per_value);
+                    if key_forms.len() == 1 {
+                        context.mask_product(
+                            mask,
+                            &key_forms[0],
+                            &mut scratch.form,
+                            &mut scratch.product,
+                        );
+                    } else {
+                        context.mask_transform(mask, &mut scratch.mask_form);
                     }
-                    let mut bin_rng = ChaCha12Rng::from_seed(*seed);
-                    add_smudging(&mut bin_rng, &mut scratch.values[..len], smudging_bits);
-                    for (places, v) in out.chunks_exact_mut(per_value).zip(&scratch.values) {
-                        store(places, window.keep(*v));
+                    for ((out, key_form), seed) in bins.zip(&key_forms).zip(seeds) {
+                        if key_forms.len() > 1 {
+                            context.transformed_mask_product(
+                                &scratch.mask_form,
+                                key_form,
+                                &mut scratch.form,
+                                &mut scratch.product,
+                            );
+                        }
+                        let len = out.len() / per_value;
+                        for (k, value) in scratch.values[..len].iter_mut().enumerate() {
+                            *value = scratch.product[POLYNOMIAL_SIZE - 1 - k];
+                        }
+                        let mut bin_rng = ChaCha12Rng::from_seed(*seed);
+                        add_smudging(&mut bin_rng, &mut scratch.values[..len], smudging_bits);
+                        for (places, v) in out.chunks_exact_mut(per_value).zip(&scratch.values) {
+                            store(places, window.keep(*v));
+                        }
                     }
                 },
             );
-        key_form.zeroize();
+        key_forms.zeroize();
         seeds.zeroize();
         Ok(())
     }
 }
 
 struct PartialScratch {
+    /// The transform of a mask that several secrets multiply (keys of several secrets only).
+    mask_form: FullForm,
     form: FullForm,
     product: Vec<u128>,
     values: Vec<u128>,
@@ -273,6 +313,7 @@ struct PartialScratch {
 impl PartialScratch {
     fn new(context: &NttContext) -> Self {
         Self {
+            mask_form: context.new_full_form(),
             form: context.new_full_form(),
             product: vec![0; POLYNOMIAL_SIZE],
             values: vec![0; POLYNOMIAL_SIZE],

@@ -12,7 +12,30 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use super::ntt::{BinaryForm, NttContext};
 use super::sampling::{fill_ternary, fill_uniform};
-use super::{HeError, POLYNOMIAL_SIZE, QUORATE_RLWE128_V1, Subset, ThresholdConfig};
+use super::{HeError, MAX_SECRETS, POLYNOMIAL_SIZE, QUORATE_RLWE128_V1, Subset, ThresholdConfig};
+
+/// The number of secrets a key whose polynomials take `coefficients` words in all has: a
+/// whole number from 1 to [`MAX_SECRETS`], or the length is refused, naming `what`.
+pub(crate) fn secrets_of(coefficients: usize, what: &str) -> Result<usize, HeError> {
+    let secrets = coefficients / POLYNOMIAL_SIZE;
+    if !coefficients.is_multiple_of(POLYNOMIAL_SIZE) || !(1..=MAX_SECRETS).contains(&secrets) {
+        return Err(HeError::Mismatch(format!(
+            "{what} has {coefficients} coefficients: a key has 1 to {MAX_SECRETS} secrets of \
+             {POLYNOMIAL_SIZE} each"
+        )));
+    }
+    Ok(secrets)
+}
+
+/// Refuses a number of secrets no key may have.
+pub(crate) fn check_secrets(secrets: usize) -> Result<(), HeError> {
+    if !(1..=MAX_SECRETS).contains(&secrets) {
+        return Err(HeError::Config(format!(
+            "a key has 1 to {MAX_SECRETS} secrets, not {secrets}"
+        )));
+    }
+    Ok(())
+}
 
 /// tfhe's Gaussian is parametrised relative to the modulus (the torus).
 pub(crate) fn tfhe_noise_distribution() -> Gaussian<f64> {
@@ -36,8 +59,9 @@ impl<R: RngCore + CryptoRng> Seeder for RngSeeder<'_, R> {
     }
 }
 
-/// One member's secret s_i: a uniform ternary polynomial. The collective secret is the sum of
-/// all members' contributions, which nobody ever holds.
+/// One member's secrets s_i: uniform ternary polynomials, one for each of the key's secrets,
+/// end to end. Each collective secret is the sum of all members' contributions to it, which
+/// nobody ever holds.
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub struct SecretContribution {
     coefficients: Vec<u128>,
@@ -50,10 +74,26 @@ impl std::fmt::Debug for SecretContribution {
 }
 
 impl SecretContribution {
+    /// A contribution to a key of one secret, as every key ceremony makes so far.
     pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
         let mut coefficients = vec![0u128; POLYNOMIAL_SIZE];
         fill_ternary(rng, &mut coefficients);
         Self { coefficients }
+    }
+
+    /// A contribution to a key of `secrets` secrets (see [`super::MAX_SECRETS`]).
+    pub fn generate_with_secrets<R: RngCore + CryptoRng>(
+        secrets: usize,
+        rng: &mut R,
+    ) -> Result<Self, HeError> {
+        check_secrets(secrets)?;
+        let mut coefficients = vec![0u128; secrets * POLYNOMIAL_SIZE];
+        fill_ternary(rng, &mut coefficients);
+        Ok(Self { coefficients })
+    }
+
+    pub fn secrets(&self) -> usize {
+        self.coefficients.len() / POLYNOMIAL_SIZE
     }
 
     #[cfg(test)]
@@ -61,32 +101,36 @@ impl SecretContribution {
         &self.coefficients
     }
 
-    /// This member's public-key body b_i = a * rev(s_i) + e_i, with the mask a expanded from
-    /// the ceremony's common seed by tfhe, so that the bodies of all members add up to a
-    /// public key for the collective secret.
+    /// This member's public-key bodies b_ij = a * rev(s_ij) + e_ij, one for each secret j,
+    /// all with the one mask a expanded from the ceremony's common seed by tfhe, so that the
+    /// bodies of all members add up to a public key for the collective secrets.
     pub fn public_key_contribution<R: RngCore + CryptoRng>(
         &self,
         party: u8,
         mask_seed: u128,
         rng: &mut R,
     ) -> PublicKeyContribution {
-        let secret = LweSecretKey::from_container(self.coefficients.as_slice());
-        let mut seeded = SeededLweCompactPublicKeyOwned::new(
-            0u128,
-            LweDimension(POLYNOMIAL_SIZE),
-            CompressionSeed::from(Seed(mask_seed)),
-            CiphertextModulus::new_native(),
-        );
-        generate_seeded_lwe_compact_public_key(
-            &secret,
-            &mut seeded,
-            tfhe_noise_distribution(),
-            &mut RngSeeder(rng),
-        );
+        let mut body = Vec::with_capacity(self.coefficients.len());
+        for secret in self.coefficients.chunks(POLYNOMIAL_SIZE) {
+            let secret = LweSecretKey::from_container(secret);
+            let mut seeded = SeededLweCompactPublicKeyOwned::new(
+                0u128,
+                LweDimension(POLYNOMIAL_SIZE),
+                CompressionSeed::from(Seed(mask_seed)),
+                CiphertextModulus::new_native(),
+            );
+            generate_seeded_lwe_compact_public_key(
+                &secret,
+                &mut seeded,
+                tfhe_noise_distribution(),
+                &mut RngSeeder(rng),
+            );
+            body.extend_from_slice(seeded.get_body().as_ref());
+        }
         PublicKeyContribution {
             party,
             mask_seed,
-            body: seeded.get_body().as_ref().to_vec(),
+            body,
         }
     }
 
@@ -101,7 +145,7 @@ impl SecretContribution {
             let coefficients = if index + 1 == subsets.len() {
                 std::mem::take(&mut remainder)
             } else {
-                let mut piece = vec![0u128; POLYNOMIAL_SIZE];
+                let mut piece = vec![0u128; remainder.len()];
                 fill_uniform(rng, &mut piece);
                 for (rest, value) in remainder.iter_mut().zip(&piece) {
                     *rest = rest.wrapping_sub(*value);
@@ -137,12 +181,12 @@ impl std::fmt::Debug for DealtPiece {
 }
 
 impl DealtPiece {
-    /// The polynomial this piece stands for.
-    pub fn expand(&self, subset: Subset) -> Subshare {
+    /// The polynomials this piece stands for, for a key of `secrets` secrets.
+    pub fn expand(&self, subset: Subset, secrets: usize) -> Subshare {
         let coefficients = match self {
             DealtPiece::Seed(seed) => {
                 let mut stream = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::from_seed(*seed);
-                let mut piece = vec![0u128; POLYNOMIAL_SIZE];
+                let mut piece = vec![0u128; secrets * POLYNOMIAL_SIZE];
                 fill_uniform(&mut stream, &mut piece);
                 piece
             }
@@ -188,7 +232,7 @@ impl SecretContribution {
                 pieces.push((*subset, DealtPiece::Full(std::mem::take(&mut remainder))));
             } else {
                 let piece = DealtPiece::Seed(rng.r#gen());
-                let expanded = piece.expand(*subset);
+                let expanded = piece.expand(*subset, self.secrets());
                 for (rest, value) in remainder.iter_mut().zip(expanded.coefficients()) {
                     *rest = rest.wrapping_sub(*value);
                 }
@@ -199,7 +243,8 @@ impl SecretContribution {
     }
 }
 
-/// One additive piece of a member's secret contribution, for the subset `subset`.
+/// One additive piece of a member's secret contribution (all its secrets, end to end), for
+/// the subset `subset`.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct Subshare {
     #[zeroize(skip)]
@@ -215,12 +260,7 @@ impl std::fmt::Debug for Subshare {
 
 impl Subshare {
     pub fn from_coefficients(subset: Subset, coefficients: Vec<u128>) -> Result<Self, HeError> {
-        if coefficients.len() != POLYNOMIAL_SIZE {
-            return Err(HeError::Mismatch(format!(
-                "a subshare has {} coefficients, expected {POLYNOMIAL_SIZE}",
-                coefficients.len()
-            )));
-        }
+        secrets_of(coefficients.len(), "a subshare")?;
         Ok(Self {
             subset,
             coefficients,
@@ -249,7 +289,7 @@ impl Dealing {
     }
 }
 
-/// A member's share of the collective public key.
+/// A member's share of the collective public key: one body of N coefficients per secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublicKeyContribution {
     pub party: u8,
@@ -258,7 +298,7 @@ pub struct PublicKeyContribution {
 }
 
 /// The collective public key: the mask expanded from `mask_seed` and the sum of the members'
-/// bodies.
+/// bodies, one body of N coefficients per secret, end to end.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublicKey {
     pub mask_seed: u128,
@@ -275,7 +315,9 @@ impl PublicKey {
             .first()
             .ok_or_else(|| HeError::Mismatch("no public-key contributions".into()))?;
         let mut seen = 0u16;
-        let mut body = vec![0u128; POLYNOMIAL_SIZE];
+        let length = first.body.len();
+        secrets_of(length, &format!("party {}'s public-key body", first.party))?;
+        let mut body = vec![0u128; length];
         for contribution in contributions {
             config.check_party(contribution.party)?;
             if seen & (1 << contribution.party) != 0 {
@@ -291,11 +333,12 @@ impl PublicKey {
                     contribution.party
                 )));
             }
-            if contribution.body.len() != POLYNOMIAL_SIZE {
+            if contribution.body.len() != length {
                 return Err(HeError::Mismatch(format!(
-                    "party {} sent a body of {} coefficients",
+                    "party {} sent a body of {} coefficients, party {} one of {length}",
                     contribution.party,
-                    contribution.body.len()
+                    contribution.body.len(),
+                    first.party
                 )));
             }
             for (sum, value) in body.iter_mut().zip(&contribution.body) {
@@ -315,6 +358,11 @@ impl PublicKey {
         })
     }
 
+    /// How many secrets the key has: bodies of N coefficients.
+    pub fn secrets(&self) -> usize {
+        self.body.len() / POLYNOMIAL_SIZE
+    }
+
     /// The mask a, expanded from the seed exactly as tfhe expands a seeded compact public key.
     pub fn mask(&self) -> Vec<u128> {
         let seeded = self.as_tfhe_seeded();
@@ -330,7 +378,10 @@ impl PublicKey {
             CompressionSeed::from(Seed(self.mask_seed)),
             CiphertextModulus::new_native(),
         );
-        seeded.get_mut_body().as_mut().copy_from_slice(&self.body);
+        seeded
+            .get_mut_body()
+            .as_mut()
+            .copy_from_slice(&self.body[..POLYNOMIAL_SIZE]);
         seeded
     }
 
@@ -340,7 +391,11 @@ impl PublicKey {
         EncryptionKey {
             public: self.clone(),
             mask_form: context.binary_form(&self.mask()),
-            body_form: context.binary_form(&self.body),
+            body_forms: self
+                .body
+                .chunks(POLYNOMIAL_SIZE)
+                .map(|body| context.binary_form(body))
+                .collect(),
         }
     }
 
@@ -355,7 +410,8 @@ impl PublicKey {
 pub struct EncryptionKey {
     pub(crate) public: PublicKey,
     pub(crate) mask_form: BinaryForm,
-    pub(crate) body_form: BinaryForm,
+    /// One per secret.
+    pub(crate) body_forms: Vec<BinaryForm>,
 }
 
 impl std::fmt::Debug for EncryptionKey {
@@ -375,9 +431,13 @@ impl EncryptionKey {
     pub fn public_key(&self) -> &PublicKey {
         &self.public
     }
+
+    pub fn secrets(&self) -> usize {
+        self.body_forms.len()
+    }
 }
 
-/// A member's share of the collective secret: the sum, over all dealers, of the subshares for
+/// A member's share of the collective secrets: the sum, over all dealers, of the subshares for
 /// every (t-1)-subset the member is not in.
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub struct KeyShare {
@@ -412,6 +472,13 @@ impl KeyShare {
         &self.subshares
     }
 
+    /// How many secrets the key has (every subshare holds one polynomial of each).
+    pub fn secrets(&self) -> usize {
+        self.subshares
+            .first()
+            .map_or(1, |s| s.coefficients.len() / POLYNOMIAL_SIZE)
+    }
+
     /// Rebuilds a share from its parts (as read back from a sealed file), checking that it holds
     /// exactly the subsets its party should.
     pub fn from_parts(
@@ -427,13 +494,15 @@ impl KeyShare {
                 "party {party}'s key share holds subsets {actual:?}, expected {expected:?}"
             )));
         }
-        if subshares
-            .iter()
-            .any(|s| s.coefficients.len() != POLYNOMIAL_SIZE)
-        {
-            return Err(HeError::Mismatch(
-                "a key share subshare has the wrong length".into(),
-            ));
+        let length = subshares
+            .first()
+            .map_or(POLYNOMIAL_SIZE, |s| s.coefficients.len());
+        secrets_of(length, &format!("party {party}'s key share"))?;
+        if let Some(other) = subshares.iter().find(|s| s.coefficients.len() != length) {
+            return Err(HeError::Mismatch(format!(
+                "party {party}'s key share holds subshares of {length} and of {} coefficients",
+                other.coefficients.len()
+            )));
         }
         Ok(Self {
             config,
@@ -462,14 +531,24 @@ impl std::fmt::Debug for KeyShareBuilder {
 }
 
 impl KeyShareBuilder {
+    /// A builder for a share of a key of one secret, as every key ceremony makes so far.
     pub fn new(config: ThresholdConfig, party: u8) -> Result<Self, HeError> {
+        Self::with_secrets(config, party, 1)
+    }
+
+    pub fn with_secrets(
+        config: ThresholdConfig,
+        party: u8,
+        secrets: usize,
+    ) -> Result<Self, HeError> {
         config.check_party(party)?;
+        check_secrets(secrets)?;
         let sums = config
             .subsets_held_by(party)
             .into_iter()
             .map(|subset| Subshare {
                 subset,
-                coefficients: vec![0u128; POLYNOMIAL_SIZE],
+                coefficients: vec![0u128; secrets * POLYNOMIAL_SIZE],
             })
             .collect();
         Ok(Self {
@@ -496,12 +575,11 @@ impl KeyShareBuilder {
                 self.party
             )));
         }
-        if subshares
-            .iter()
-            .any(|s| s.coefficients.len() != POLYNOMIAL_SIZE)
-        {
+        let length = self.sums.first().map_or(0, |s| s.coefficients.len());
+        if let Some(wrong) = subshares.iter().find(|s| s.coefficients.len() != length) {
             return Err(HeError::Mismatch(format!(
-                "dealer {dealer} sent a subshare of the wrong length"
+                "dealer {dealer} sent a subshare of {} coefficients, expected {length}",
+                wrong.coefficients.len()
             )));
         }
         for (sum, subshare) in self.sums.iter_mut().zip(subshares) {
@@ -545,14 +623,24 @@ pub struct LocalKeySet {
 }
 
 impl LocalKeySet {
+    /// Keys of one secret, as every key ceremony makes so far.
     pub fn generate<R: RngCore + CryptoRng>(
         config: &ThresholdConfig,
         rng: &mut R,
     ) -> Result<Self, HeError> {
+        Self::generate_with_secrets(config, 1, rng)
+    }
+
+    pub fn generate_with_secrets<R: RngCore + CryptoRng>(
+        config: &ThresholdConfig,
+        secrets: usize,
+        rng: &mut R,
+    ) -> Result<Self, HeError> {
+        check_secrets(secrets)?;
         let mask_seed: u128 = rng.r#gen();
         let secrets: Vec<SecretContribution> = (0..config.parties())
-            .map(|_| SecretContribution::generate(rng))
-            .collect();
+            .map(|_| SecretContribution::generate_with_secrets(secrets, rng))
+            .collect::<Result<_, _>>()?;
         let contributions: Vec<PublicKeyContribution> = secrets
             .iter()
             .enumerate()
@@ -562,7 +650,7 @@ impl LocalKeySet {
         let dealings: Vec<Dealing> = secrets.iter().map(|s| s.deal(config, rng)).collect();
         let mut shares = Vec::with_capacity(usize::from(config.parties()));
         for party in 0..config.parties() {
-            let mut builder = KeyShareBuilder::new(*config, party)?;
+            let mut builder = KeyShareBuilder::with_secrets(*config, party, public_key.secrets())?;
             for (dealer, dealing) in dealings.iter().enumerate() {
                 builder.add(dealer as u8, &dealing.for_party(party))?;
             }

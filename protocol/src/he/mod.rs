@@ -25,6 +25,8 @@ mod ntt;
 mod params;
 pub mod sampling;
 #[cfg(test)]
+mod several_secrets_tests;
+#[cfg(test)]
 mod tests;
 mod window;
 
@@ -42,7 +44,8 @@ pub use keys::{
     PublicKeyContribution, SecretContribution, SeededDealing, Subshare,
 };
 pub use params::{
-    MAX_PARTIES, POLYNOMIAL_SIZE, ParameterSet, QUORATE_RLWE128_V1, Quorum, Subset, ThresholdConfig,
+    MAX_PARTIES, MAX_SECRETS, POLYNOMIAL_SIZE, ParameterSet, QUORATE_RLWE128_V1, Quorum, Subset,
+    ThresholdConfig,
 };
 pub use window::Window;
 

@@ -142,14 +142,40 @@ impl NttContext {
         scratch: &mut FullForm,
         out: &mut [u128],
     ) {
+        self.mask_transform(mask, scratch);
+        self.finish_product(scratch, fixed, out);
+    }
+
+    /// The transform of a mask (every coefficient a multiple of 2^8), for
+    /// [`Self::transformed_mask_product`]: a mask that several fixed operands multiply is
+    /// transformed once.
+    pub(crate) fn mask_transform(&self, mask: &[u128], out: &mut FullForm) {
+        self.transform::<128>(mask, out);
+    }
+
+    /// [`Self::mask_product`] of a mask given by its transform, which is kept.
+    pub(crate) fn transformed_mask_product(
+        &self,
+        mask: &FullForm,
+        fixed: &FullForm,
+        scratch: &mut FullForm,
+        out: &mut [u128],
+    ) {
+        for (residues, mask) in scratch.0.iter_mut().zip(&mask.0) {
+            residues.copy_from_slice(mask);
+        }
+        self.finish_product(scratch, fixed, out);
+    }
+
+    /// out = the product of the transform in `product` (overwritten) and `fixed`.
+    fn finish_product(&self, product: &mut FullForm, fixed: &FullForm, out: &mut [u128]) {
         let plans = full_plans(&self.full);
-        self.transform::<128>(mask, scratch);
-        for ((plan, product), fixed) in plans.iter().zip(&mut scratch.0).zip(&fixed.0) {
+        for ((plan, product), fixed) in plans.iter().zip(&mut product.0).zip(&fixed.0) {
             plan.mul_assign_normalize(product, fixed);
             plan.inv(product);
         }
         // mask * (share mod 2^120) differs from mask * share by a multiple of 2^8 * 2^120.
-        self.full_crt.reconstruct(&mut scratch.0, out);
+        self.full_crt.reconstruct(&mut product.0, out);
     }
 
     fn transform<const BITS: u32>(&self, poly: &[u128], out: &mut FullForm) {

@@ -6,6 +6,12 @@ use super::HeError;
 /// ciphertext bin carries.
 pub const POLYNOMIAL_SIZE: usize = 8192;
 
+/// Most secrets one key may have. A key of k secrets encrypts k bins of values under one mask
+/// polynomial, each bin's bodies under its own secret, so a ciphertext carries a mask
+/// coefficient per k values instead of one per value (see `Ciphertext`). Eight bring the mask
+/// below 2 bytes a value; more would only save on a model of over 64K values.
+pub const MAX_SECRETS: usize = 8;
+
 /// Largest consortium replicated secret sharing supports: a party holds C(n-1, t-1) subshares,
 /// which is at most 126 at n = 10 but grows exponentially beyond.
 pub const MAX_PARTIES: u8 = 10;

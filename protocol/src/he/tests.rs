@@ -10,7 +10,7 @@ use tfhe::core_crypto::prelude::{
     encrypt_lwe_compact_ciphertext_list_with_compact_public_key,
 };
 
-use super::ciphertext::{BinRandomness, EncryptWork, round_mask};
+use super::ciphertext::{EncryptWork, GroupRandomness, round_mask};
 use super::decrypt::combine_raw;
 use super::keys::{SecretContribution, tfhe_noise_distribution};
 use super::ntt::{FullForm, NttContext};
@@ -156,9 +156,9 @@ fn fast_encryption_equals_tfhe_compact_list_encryption_bit_for_bit() {
     for bin in 0..bins {
         let poly = bin * POLYNOMIAL_SIZE..(bin + 1) * POLYNOMIAL_SIZE;
         let values = poly.start..count.min(poly.end);
-        key.encrypt_bin(
+        key.encrypt_group(
             &plaintexts[values.clone()],
-            &BinRandomness {
+            &GroupRandomness {
                 binary: &reference.binary[poly.clone()],
                 mask_noise: &reference.mask_noise[poly.clone()],
                 body_noise: &reference.body_noise[values.clone()],
@@ -465,9 +465,9 @@ fn measured_ciphertext_noise_stays_under_the_budget_bound() {
         let plaintexts = vec![0u128; POLYNOMIAL_SIZE];
         let mut mask = vec![0u128; POLYNOMIAL_SIZE];
         let mut body = vec![0u128; POLYNOMIAL_SIZE];
-        key.encrypt_bin(
+        key.encrypt_group(
             &plaintexts,
-            &BinRandomness {
+            &GroupRandomness {
                 binary: &binary,
                 mask_noise: &mask_noise,
                 body_noise: &body_noise,
@@ -983,7 +983,7 @@ fn seeded_dealings_share_the_same_secret_as_plain_ones() {
     ));
     let mut sum = vec![0u128; POLYNOMIAL_SIZE];
     for (subset, piece) in &dealing.pieces {
-        for (acc, v) in sum.iter_mut().zip(piece.expand(*subset).coefficients()) {
+        for (acc, v) in sum.iter_mut().zip(piece.expand(*subset, 1).coefficients()) {
             *acc = acc.wrapping_add(*v);
         }
     }

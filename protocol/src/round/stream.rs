@@ -16,7 +16,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::policy::AggregateError;
 use crate::audit::entry::Digest;
-use crate::he::{Ciphertext, CiphertextShape, POLYNOMIAL_SIZE};
+use crate::he::{Ciphertext, CiphertextShape};
 use crate::wire::{self, BoundCiphertext, DecodeLimits, MASK_WIRE_BYTES, WireError};
 
 /// Adds `weight` times one encoded ciphertext into an accumulator of the same shape (borrowed,
@@ -75,7 +75,7 @@ impl<A: BorrowMut<Ciphertext>> TermStream<A> {
                     digest: self.digest,
                     source,
                 })?;
-            let masks = shape.values.div_ceil(POLYNOMIAL_SIZE) * POLYNOMIAL_SIZE;
+            let masks = shape.mask_words();
             self.layout = Some((masks, shape.values));
         }
         let Some((masks, bodies)) = self.layout else {
@@ -233,6 +233,7 @@ mod tests {
     use rand_chacha::ChaCha20Rng;
 
     use super::*;
+    use crate::he::POLYNOMIAL_SIZE;
     use crate::he::Window;
     use crate::wire::{encode_ciphertext, encoded_digest};
 
@@ -248,6 +249,7 @@ mod tests {
             values,
             delta_bits: 85,
             body_window,
+            secrets: 1,
         }
     }
 
@@ -256,7 +258,7 @@ mod tests {
     }
 
     fn random_in(rng: &mut ChaCha20Rng, shape: CiphertextShape) -> Ciphertext {
-        let bins = shape.values.div_ceil(POLYNOMIAL_SIZE);
+        let bins = shape.mask_count();
         // Masks carry their top 120 bits on the wire, bodies their window, as encryption
         // leaves them.
         let masks = (0..bins * POLYNOMIAL_SIZE)

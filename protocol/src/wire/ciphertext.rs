@@ -1,19 +1,30 @@
-//! The encoding of a ciphertext: its shape (value count, message scale, body window), every
-//! mask coefficient's top 120 bits, then every body in its window's bytes. Aggregation reads
+//! The encoding of a ciphertext: its shape (value count, message scale, body window, and the
+//! key's secrets where there are several), every mask coefficient's top 120 bits, then every
+//! body in its window's bytes. Aggregation reads
 //! it in place ([`CiphertextView`]) or piece by piece (`round::TermStream`), with the one
 //! multiply-add per coefficient defined here.
 
 use sha2::{Digest, Sha256};
 
 use super::{DecodeLimits, Kind, MASK_WIRE_BYTES, WireError, WireReader, header, read_value_count};
-use crate::he::{Ciphertext, CiphertextDigest, CiphertextShape, HeError, POLYNOMIAL_SIZE, Window};
+use crate::he::{Ciphertext, CiphertextDigest, CiphertextShape, HeError, MAX_SECRETS, Window};
 
+/// Kind 7 under a key of one secret, as every ciphertext was before keys of several, and
+/// kind 8, which also names the secrets, under one of several.
 fn ciphertext_header(shape: CiphertextShape) -> Vec<u8> {
-    let mut out = header(Kind::Ciphertext);
+    let several = shape.secrets > 1;
+    let mut out = header(if several {
+        Kind::CiphertextUnderSecrets
+    } else {
+        Kind::Ciphertext
+    });
     out.extend_from_slice(&(shape.values as u64).to_le_bytes());
     out.push(shape.delta_bits as u8);
     out.push(shape.body_window.dropped_bits());
     out.push(shape.body_window.bytes() as u8);
+    if several {
+        out.push(shape.secrets as u8);
+    }
     out
 }
 
@@ -91,9 +102,8 @@ pub fn encode_ciphertext(ciphertext: &Ciphertext) -> Vec<u8> {
 
 /// The length of the encoding of a ciphertext of this shape.
 pub fn ciphertext_encoded_len(shape: CiphertextShape) -> usize {
-    let bins = shape.values.div_ceil(POLYNOMIAL_SIZE);
-    ciphertext_header_len()
-        + bins * POLYNOMIAL_SIZE * MASK_WIRE_BYTES
+    ciphertext_header(shape).len()
+        + shape.mask_words() * MASK_WIRE_BYTES
         + shape.values * shape.body_window.bytes()
 }
 
@@ -155,9 +165,18 @@ fn stream_after<E>(
 /// The digest of a ciphertext's masks alone. A partial decryption depends on the masks only
 /// (the bodies never meet the key), so a member's ledger refuses a second release for one mask
 /// digest, whatever the bodies: two partials of one mask would average their smudging down.
+///
+/// Under a key of several secrets the digest also names their number: the same masks with
+/// another number of secrets would be multiplied by other secrets' shares, or by the same ones
+/// for other bins.
 pub fn mask_digest(ciphertext: &Ciphertext) -> [u8; 32] {
     let mut hasher = Sha256::new();
-    hasher.update(b"quorate/ciphertext-masks/v1\0");
+    if ciphertext.secrets() == 1 {
+        hasher.update(b"quorate/ciphertext-masks/v1\0");
+    } else {
+        hasher.update(b"quorate/ciphertext-masks/v2\0");
+        hasher.update([ciphertext.secrets() as u8]);
+    }
     hasher.update((ciphertext.value_count() as u64).to_le_bytes());
     let mut buffer = Vec::with_capacity(64 * 1024);
     for chunk in ciphertext.masks().chunks(4096) {
@@ -250,13 +269,15 @@ pub struct CiphertextView<'a> {
     bodies: &'a [u8],
 }
 
-/// Bytes of a ciphertext's header: the common header, the value count, the message scale and
-/// the body window.
+/// Bytes of the header of a ciphertext under a key of one secret: the common header, the
+/// value count, the message scale and the body window. Under a key of several secrets the
+/// header has one byte more.
 pub fn ciphertext_header_len() -> usize {
     ciphertext_header(CiphertextShape {
         values: 0,
         delta_bits: 1,
         body_window: Window::TOP_64,
+        secrets: 1,
     })
     .len()
 }
@@ -274,7 +295,12 @@ fn read_ciphertext_header(
     reader: &mut WireReader<'_>,
     limits: DecodeLimits,
 ) -> Result<CiphertextShape, WireError> {
-    if reader.header_of(&[Kind::Ciphertext, Kind::CiphertextTop64])? == Kind::CiphertextTop64 {
+    let kind = reader.header_of(&[
+        Kind::Ciphertext,
+        Kind::CiphertextUnderSecrets,
+        Kind::CiphertextTop64,
+    ])?;
+    if kind == Kind::CiphertextTop64 {
         return Err(WireError::Invalid {
             field: "kind",
             reason: "a ciphertext with 64-bit bodies, written before body windows: it adds up \
@@ -296,10 +322,26 @@ fn read_ciphertext_header(
         field: "body window",
         reason: e.to_string(),
     })?;
+    let secrets = if kind == Kind::CiphertextUnderSecrets {
+        let secrets = usize::from(reader.u8("secrets")?);
+        // One secret has its own kind, so that each ciphertext has one encoding.
+        if !(2..=MAX_SECRETS).contains(&secrets) {
+            return Err(WireError::Invalid {
+                field: "secrets",
+                reason: format!(
+                    "{secrets}, but this kind is for keys of 2 to {MAX_SECRETS} secrets"
+                ),
+            });
+        }
+        secrets
+    } else {
+        1
+    };
     Ok(CiphertextShape {
         values: value_count as usize,
         delta_bits,
         body_window,
+        secrets,
     })
 }
 
@@ -309,7 +351,7 @@ pub fn decode_ciphertext_view(
 ) -> Result<CiphertextView<'_>, WireError> {
     let mut reader = WireReader::new(bytes);
     let shape = read_ciphertext_header(&mut reader, limits)?;
-    let mask_bytes = shape.values.div_ceil(POLYNOMIAL_SIZE) * POLYNOMIAL_SIZE * MASK_WIRE_BYTES;
+    let mask_bytes = shape.mask_words() * MASK_WIRE_BYTES;
     let body_bytes = shape.values * shape.body_window.bytes();
     reader.expect_remaining((mask_bytes + body_bytes) as u64)?;
     let masks = reader.take("masks", mask_bytes)?;
