@@ -176,17 +176,21 @@ impl BlobStore {
         term.finish()
     }
 
-    /// The stored ciphertext `digest`, read in pieces and checked against the digest on the way
-    /// (a term of weight 1 onto zero of the shape its header names): the file is never whole in
-    /// memory beside it.
+    /// The stored ciphertext `digest`, under a key of `expected_secrets` secrets, read in
+    /// pieces and checked against the digest on the way (a term of weight 1 onto zero of the
+    /// shape its header names): the file is never whole in memory beside it.
     pub fn read_ciphertext(
         &self,
         digest: &Digest,
+        expected_secrets: usize,
         limits: protocol::wire::DecodeLimits,
     ) -> Result<Ciphertext, protocol::round::policy::AggregateError<BlobError>> {
         use protocol::round::policy::AggregateError;
         let (head, _) = self
-            .head(digest, protocol::wire::ciphertext_header_len())
+            .head(
+                digest,
+                protocol::wire::ciphertext_header_len(expected_secrets),
+            )
             .map_err(|source| AggregateError::Read {
                 digest: *digest,
                 source,
@@ -390,7 +394,7 @@ mod tests {
         // 60 bins: 11 MB, three chunks, the last one partly filled.
         let values = protocol::he::POLYNOMIAL_SIZE * 60;
         let mut bytes = protocol::wire::encode_ciphertext(&Ciphertext::zero(shape(values)));
-        let header = protocol::wire::ciphertext_header_len();
+        let header = protocol::wire::ciphertext_header_len(1);
         for (i, byte) in bytes[header..].iter_mut().enumerate() {
             *byte = (i % 239) as u8;
         }
@@ -416,7 +420,10 @@ mod tests {
             0
         );
         // Read back (a retry re-randomises it): the same ciphertext, checked on the way.
-        assert_eq!(store.read_ciphertext(&digest, limits).unwrap(), ciphertext);
+        assert_eq!(
+            store.read_ciphertext(&digest, 1, limits).unwrap(),
+            ciphertext
+        );
     }
 
     #[test]
@@ -432,14 +439,14 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        let err = store.read_ciphertext(&digest, limits).unwrap_err();
+        let err = store.read_ciphertext(&digest, 1, limits).unwrap_err();
         assert!(
             matches!(err, AggregateError::Digest { digest: d } if d == digest),
             "{err}"
         );
         // Gone altogether: a read error naming it.
         std::fs::remove_file(&path).unwrap();
-        let err = store.read_ciphertext(&digest, limits).unwrap_err();
+        let err = store.read_ciphertext(&digest, 1, limits).unwrap_err();
         assert!(
             matches!(err, AggregateError::Read { digest: d, .. } if d == digest),
             "{err}"
@@ -447,7 +454,7 @@ mod tests {
         // A plan of fewer values refuses the header before anything is allocated.
         let other = store.put_ciphertext(&ciphertext).unwrap();
         let few = protocol::wire::DecodeLimits { max_values: 10 };
-        let err = store.read_ciphertext(&other, few).unwrap_err();
+        let err = store.read_ciphertext(&other, 1, few).unwrap_err();
         assert!(matches!(err, AggregateError::Decode { .. }), "{err}");
     }
 }

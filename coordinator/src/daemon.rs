@@ -301,7 +301,7 @@ pub async fn run(
         limits: DecodeLimits {
             max_values: u64::from(config.plan.values),
         },
-        shape: budget.ciphertext_shape(config.plan.values as usize),
+        shape: budget.ciphertext_shape_under(config.plan.values as usize, public_key.secrets()),
         metrics,
         publish_lock: tokio::sync::Mutex::new(()),
         changed: Notify::new(),

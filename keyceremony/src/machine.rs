@@ -32,7 +32,7 @@ use crate::message::{Body, Digest, Message, Phase};
 
 pub use crate::derive::{
     Challenge, VALIDATION_KAPPA, ceremony_id, mask_seed, seed_commitment, share_commitment,
-    t_subsets, transcript_hash, validation_challenge,
+    t_subsets, transcript_hash, validation_challenges, validation_failures,
 };
 use crate::derive::{SECRETS_PER_KEY, hash};
 
@@ -125,7 +125,8 @@ pub struct Participant {
     public_key: Option<PublicKey>,
     share: Option<KeyShare>,
     transcript_hash: Option<Digest>,
-    challenge: Option<Challenge>,
+    /// One per secret, set before sending validation shares.
+    challenges: Vec<Challenge>,
 }
 
 /// The key reveal prepared at the key commitment: the contribution's encoding, the digests
@@ -187,7 +188,7 @@ impl Participant {
             public_key: None,
             share: None,
             transcript_hash: None,
-            challenge: None,
+            challenges: Vec::new(),
             consortium,
             signing,
         };
@@ -515,8 +516,8 @@ impl Participant {
                     "its subshares do not address every other member once",
                 ));
             }
-            let decoded =
-                decode_public_key_contribution(contribution, SECRETS_PER_KEY).map_err(|e| {
+            let decoded = decode_public_key_contribution(contribution, Some(SECRETS_PER_KEY))
+                .map_err(|e| {
                     self.fail(
                         Some(dealer),
                         format!("an unreadable public-key contribution: {e}"),
@@ -620,9 +621,27 @@ impl Participant {
             }
         }
         let public_key = self.public_key.as_ref().expect("combined before signing");
-        let challenge = validation_challenge(self.config, &mine, public_key)
+        let challenges = validation_challenges(self.config, &mine, public_key)
             .map_err(|e| self.fail(None, e.to_string()))?;
         let share = self.share.as_ref().expect("built before signing");
+        // Every secret validated, or none: a key, share or challenge list of another number
+        // would leave a secret untested.
+        if challenges.len() != SECRETS_PER_KEY || share.secrets() != SECRETS_PER_KEY {
+            return Err(self.fail(
+                None,
+                format!(
+                    "{} validation challenges and a share of {} secrets, for a key of {}",
+                    challenges.len(),
+                    share.secrets(),
+                    SECRETS_PER_KEY
+                ),
+            ));
+        }
+        let shares = (0..share.secrets())
+            .map(|secret| share.secret(secret))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.fail(None, e.to_string()))?;
+        // For each quorum, one partial per secret, in the secrets' order.
         let mut partials = Vec::new();
         for quorum in t_subsets(self.config)
             .into_iter()
@@ -631,12 +650,14 @@ impl Participant {
             let members: Vec<u8> = quorum.members().collect();
             let quorum_set =
                 Quorum::new(&self.config, members).map_err(|e| self.fail(None, e.to_string()))?;
-            let partial = share
-                .partial_decrypt(&challenge.ciphertext, &quorum_set, &challenge.budget, rng)
-                .map_err(|e| self.fail(None, e.to_string()))?;
-            partials.push((quorum.0, encode_partial_decryption(&partial)));
+            for (challenge, share) in challenges.iter().zip(&shares) {
+                let partial = share
+                    .partial_decrypt(&challenge.ciphertext, &quorum_set, &challenge.budget, rng)
+                    .map_err(|e| self.fail(None, e.to_string()))?;
+                partials.push((quorum.0, encode_partial_decryption(&partial)));
+            }
         }
-        self.challenge = Some(challenge);
+        self.challenges = challenges;
         Ok(vec![self.sign(
             self.ceremony(),
             Body::ValidationShares { partials },
@@ -644,13 +665,15 @@ impl Participant {
     }
 
     fn after_validation_shares(&mut self) -> Result<Vec<Outgoing>, Abort> {
-        let challenge = self.challenge.as_ref().expect("set before sending shares");
         let shares: Vec<&Body> = self
             .messages(Phase::ValidationShares)
             .iter()
             .map(|i| &i.message.body)
             .collect();
-        let failures = challenge.failures(self.config, &shares);
+        if self.challenges.len() != SECRETS_PER_KEY {
+            return Err(self.fail(None, "validation shares arrived before the challenges"));
+        }
+        let failures = validation_failures(&self.challenges, self.config, &shares);
         Ok(vec![self.sign(
             self.ceremony(),
             Body::ValidationReport { failures },

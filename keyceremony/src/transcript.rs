@@ -11,7 +11,8 @@ use protocol::wire::{decode_public_key_contribution, encode_public_key};
 use sha2::{Digest as _, Sha256};
 
 use crate::machine::{
-    ceremony_id, mask_seed, seed_commitment, t_subsets, transcript_hash, validation_challenge,
+    ceremony_id, mask_seed, seed_commitment, t_subsets, transcript_hash, validation_challenges,
+    validation_failures,
 };
 use crate::message::{Body, Digest, Message, Phase};
 
@@ -211,7 +212,9 @@ pub fn verify(transcript: &Transcript) -> Result<Verified, TranscriptError> {
                 "member {member}'s public-key contribution does not match its commitment"
             )));
         }
-        let decoded = decode_public_key_contribution(contribution, crate::derive::SECRETS_PER_KEY)
+        // Any number of secrets the scheme allows (transcripts of one secret were made
+        // before keys of several); the public key below refuses members who differ.
+        let decoded = decode_public_key_contribution(contribution, None)
             .map_err(|e| TranscriptError::Check(format!("member {member}'s contribution: {e}")))?;
         if usize::from(decoded.party) != member || decoded.mask_seed != mask {
             return Err(TranscriptError::Check(format!(
@@ -253,9 +256,9 @@ pub fn verify(transcript: &Transcript) -> Result<Verified, TranscriptError> {
         }
     }
     // Validation: recompute the challenge and every t-subset's decryption of it.
-    let challenge = validation_challenge(config, &hash, &public_key)
+    let challenges = validation_challenges(config, &hash, &public_key)
         .map_err(|e| TranscriptError::Check(e.to_string()))?;
-    let failures = challenge.failures(config, &bodies(Phase::ValidationShares));
+    let failures = validation_failures(&challenges, config, &bodies(Phase::ValidationShares));
     if let Some(first) = failures.first() {
         let members: Vec<u8> = protocol::he::Subset(*first).members().collect();
         return Err(TranscriptError::Check(format!(

@@ -367,3 +367,103 @@ fn a_transcript_made_before_body_windows_still_verifies() {
         "7fb2fe8f666ecc56602022374f568aee5fe7c6bbf9f809fb7734529d95b57a18"
     );
 }
+
+/// A key of several secrets is validated secret by secret. A member whose share of the third
+/// secret is wrong (as a dealer could make it, dealing well for the others) fails every
+/// quorum it is in, though the challenge of the first secret alone, all that a challenge
+/// under the whole key would test, decrypts with every quorum.
+#[test]
+fn a_share_wrong_for_one_secret_alone_fails_that_secrets_validation() {
+    use keyceremony::machine::{t_subsets, validation_challenges, validation_failures};
+    use protocol::he::{KeyShare, LocalKeySet, Subshare, ThresholdConfig};
+    use protocol::wire::encode_partial_decryption;
+
+    let config = ThresholdConfig::new(3, 2).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(70);
+    let mut keys = LocalKeySet::generate_with_secrets(&config, 4, &mut rng).unwrap();
+    // Member 1's share of secret 2, off by one in one coefficient.
+    let share = &keys.shares[1];
+    let subshares = share
+        .subshares()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut coefficients = s.coefficients().to_vec();
+            if i == 0 {
+                coefficients[2 * protocol::he::POLYNOMIAL_SIZE + 17] += 1;
+            }
+            Subshare::from_coefficients(s.subset, coefficients).unwrap()
+        })
+        .collect();
+    keys.shares[1] = KeyShare::from_parts(config, 1, subshares).unwrap();
+
+    let transcript = [7u8; 32];
+    let challenges = validation_challenges(config, &transcript, &keys.public_key).unwrap();
+    assert_eq!(challenges.len(), 4);
+    // Each member's validation shares, as the ceremony sends them: for every quorum it is in,
+    // one partial per secret, in order.
+    let bodies: Vec<Body> = (0..3u8)
+        .map(|me| {
+            let share = &keys.shares[usize::from(me)];
+            let mut partials = Vec::new();
+            for quorum in t_subsets(config).into_iter().filter(|q| q.contains(me)) {
+                let quorum_set = Quorum::new(&config, quorum.members().collect()).unwrap();
+                for (secret, challenge) in challenges.iter().enumerate() {
+                    let partial = share
+                        .secret(secret)
+                        .unwrap()
+                        .partial_decrypt(
+                            &challenge.ciphertext,
+                            &quorum_set,
+                            &challenge.budget,
+                            &mut rng,
+                        )
+                        .unwrap();
+                    partials.push((quorum.0, encode_partial_decryption(&partial)));
+                }
+            }
+            Body::ValidationShares { partials }
+        })
+        .collect();
+    let shares: Vec<&Body> = bodies.iter().collect();
+    assert!(challenges[0].failures(config, &shares, 0).is_empty());
+    assert!(challenges[3].failures(config, &shares, 3).is_empty());
+    let with_member_1: Vec<u16> = t_subsets(config)
+        .into_iter()
+        .filter(|q| q.contains(1))
+        .map(|q| q.0)
+        .collect();
+    assert_eq!(challenges[2].failures(config, &shares, 2), with_member_1);
+    assert_eq!(
+        validation_failures(&challenges, config, &shares),
+        with_member_1
+    );
+}
+
+/// Every ceremony's key has `SECRETS_PER_KEY` secrets, so a ciphertext carries a mask
+/// coefficient per that many values: at the default round plan's budget, 3.75 bytes of mask
+/// and 7 of body a value, against 15 and 7 under a key of one secret.
+#[test]
+fn a_ceremonys_key_makes_ciphertexts_of_under_16_bytes_a_value_at_the_default_plan() {
+    use keyceremony::derive::SECRETS_PER_KEY;
+    use protocol::he::ThresholdConfig;
+    use protocol::round::plan::RoundPlan;
+    use protocol::wire::ciphertext_encoded_len;
+
+    let budget = RoundPlan::default()
+        .budget(ThresholdConfig::new(5, 3).unwrap())
+        .unwrap();
+    // A whole number of groups, so that no padding counts.
+    let values = 1 << 20;
+    let per_value = |secrets| {
+        ciphertext_encoded_len(budget.ciphertext_shape_under(values, secrets)) as f64
+            / values as f64
+    };
+    assert_eq!(SECRETS_PER_KEY, 4);
+    assert!(
+        per_value(SECRETS_PER_KEY) <= 10.76,
+        "{}",
+        per_value(SECRETS_PER_KEY)
+    );
+    assert!(per_value(1) >= 22.0, "{}", per_value(1));
+}

@@ -224,9 +224,11 @@ struct Context {
 }
 
 impl Context {
-    /// The shape of every ciphertext of the plan: what each fetched or held one must have.
+    /// The shape of every ciphertext of the plan under the consortium's key: what each
+    /// fetched or held one must have.
     fn shape(&self) -> protocol::he::CiphertextShape {
-        self.budget.ciphertext_shape(self.plan.values as usize)
+        self.budget
+            .ciphertext_shape_under(self.plan.values as usize, self.key.secrets())
     }
 
     fn sent(&self, bytes: usize) {
@@ -337,6 +339,15 @@ pub async fn run(
         .ok_or_else(|| bad(&format!("{} is not a member", setup.identity.name)))?;
     if setup.share.party() != me {
         return Err(bad(&"the key share belongs to another member"));
+    }
+    // Before any release is recorded: a share of another number of secrets would refuse every
+    // ciphertext only after the ledger had used the request up.
+    if setup.share.secrets() != setup.public_key.secrets() {
+        return Err(bad(&format!(
+            "the key share is of a key of {} secrets, the public key has {}",
+            setup.share.secrets(),
+            setup.public_key.secrets()
+        )));
     }
     let budget = setup
         .plan

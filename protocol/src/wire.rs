@@ -297,14 +297,22 @@ pub fn encode_public_key_contribution(contribution: &PublicKeyContribution) -> V
     out
 }
 
-/// Decodes a contribution to a key of `secrets` secrets, and refuses one of any other number:
-/// a ceremony fixes the number before anyone contributes.
+/// Decodes a contribution to a key of `secrets` secrets, and refuses one of any other number
+/// (a ceremony fixes the number before anyone contributes); with `None`, of any number the
+/// scheme allows, read from the length.
 pub fn decode_public_key_contribution(
     bytes: &[u8],
-    secrets: usize,
+    secrets: Option<usize>,
 ) -> Result<PublicKeyContribution, WireError> {
     let mut reader = WireReader::new(bytes);
     reader.header(Kind::PublicKeyContribution)?;
+    let secrets = match secrets {
+        Some(secrets) => {
+            crate::he::check_secrets(secrets)?;
+            secrets
+        }
+        None => secrets_from_length(reader.remaining(), 1 + 16, 1)?,
+    };
     reader.expect_remaining(1 + 16 + (secrets * POLYNOMIAL_SIZE) as u64 * 16)?;
     let party = reader.u8("party")?;
     let mask_seed = reader.u128("mask seed")?;

@@ -105,12 +105,12 @@ impl Costs {
         }
     }
 
-    /// Measures the step times on one thread at the plan's budget, on a model of at most
-    /// `sample` values, scaled to the plan's size, and the loopback rate over `loopback`
-    /// bytes.
+    /// Measures the step times on one thread at the plan's budget under a key of `secrets`
+    /// secrets, on a model of at most `sample` values, scaled to the plan's size, and the
+    /// loopback rate over `loopback` bytes.
     pub fn measure(
         plan: &RoundPlan,
-        config: ThresholdConfig,
+        (config, secrets): (ThresholdConfig, usize),
         sample: u32,
         loopback: u64,
     ) -> Result<Self> {
@@ -122,7 +122,7 @@ impl Costs {
             .context("building the one-thread pool for the step times")?;
         let mut rng = ChaCha20Rng::from_entropy();
         let steps = pool.install(|| {
-            crate::bench::time_steps(config, &budget, (sampled as usize, 1), 3, &mut rng)
+            crate::bench::time_steps(config, &budget, (sampled as usize, secrets), 3, &mut rng)
         })?;
         ensure!(
             steps.mismatches == 0,
@@ -130,7 +130,8 @@ impl Costs {
             steps.mismatches
         );
         // The work is per bin of the ring's N values (a bin is transformed whole, however
-        // full); the encodings carry a whole mask per bin, and partials the plan's window of
+        // full; a mask's transform, once per group of a key's secrets' bins, is the smaller
+        // part); the encodings carry a whole mask per group, and partials the plan's window of
         // bytes per value.
         let bins = |values: u32| values.div_ceil(protocol::he::POLYNOMIAL_SIZE as u32);
         let scale = f64::from(bins(plan.values)) / f64::from(bins(sampled));
@@ -144,7 +145,7 @@ impl Costs {
             partial_decrypt_seconds: seconds(steps.partial_decrypt_ms),
             combine_seconds: seconds(steps.combine_ms),
             ciphertext_bytes: protocol::wire::ciphertext_encoded_len(
-                budget.ciphertext_shape(plan.values as usize),
+                budget.ciphertext_shape_under(plan.values as usize, secrets),
             ) as u64,
             partial_bytes: steps.share_bytes as u64
                 + budget.share_window().bytes() as u64 * extra_values,
@@ -266,7 +267,7 @@ mod tests {
             ..RoundPlan::default()
         };
         let config = ThresholdConfig::new(3, 2).unwrap();
-        let costs = Costs::measure(&plan, config, 10_000, 1 << 20).unwrap();
+        let costs = Costs::measure(&plan, (config, 1), 10_000, 1 << 20).unwrap();
         assert_eq!(costs.sampled_values, 10_000);
         // What the plan's model encodes to, not the sample's: a ciphertext of 20,000 values
         // fills three bins where 10,000 fill two, with the plan's body window; a partial is
@@ -276,7 +277,7 @@ mod tests {
         assert!(body < 8, "{body} bytes a body");
         assert_eq!(
             costs.ciphertext_bytes,
-            protocol::wire::ciphertext_header_len() as u64 + 3 * 8192 * 15 + 20_000 * body
+            protocol::wire::ciphertext_header_len(1) as u64 + 3 * 8192 * 15 + 20_000 * body
         );
         assert_eq!(budget.share_window().bytes(), 5);
         let header = costs.partial_bytes - 5 * 20_000;

@@ -300,7 +300,13 @@ pub fn run_round(args: &RoundBenchArgs) -> Result<ExitCode> {
     }
     eprintln!("  measuring the floors: the loopback rate and each step's time on one thread");
     let config = protocol::he::ThresholdConfig::new(args.institutions, args.threshold)?;
-    let floor_costs = floor::Costs::measure(&plan, config, FLOOR_SAMPLE_VALUES, LOOPBACK_BYTES)?;
+    // The rehearsed ceremony made a key of as many secrets as every ceremony does.
+    let floor_costs = floor::Costs::measure(
+        &plan,
+        (config, keyceremony::derive::SECRETS_PER_KEY),
+        FLOOR_SAMPLE_VALUES,
+        LOOPBACK_BYTES,
+    )?;
     let floors = floor_costs.floors(args.institutions, args.threshold);
     let mut totals: Vec<f64> = rounds.iter().map(|r| r.total_seconds).collect();
     totals.sort_by(f64::total_cmp);

@@ -412,10 +412,19 @@ fn verify_transcript(path: &Path) -> Result<ExitCode> {
                 "  read aloud   {}",
                 fingerprint_words(&verified.fingerprint, 4)
             );
-            println!(
-                "  validation   all {} quorums of {} decrypted the challenge",
-                verified.quorums_validated, verified.threshold
-            );
+            let secrets = verified.public_key.secrets();
+            if secrets == 1 {
+                println!(
+                    "  validation   all {} quorums of {} decrypted the challenge",
+                    verified.quorums_validated, verified.threshold
+                );
+            } else {
+                println!(
+                    "  validation   all {} quorums of {} decrypted the challenge of each of the \
+                     key's {secrets} secrets",
+                    verified.quorums_validated, verified.threshold
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {

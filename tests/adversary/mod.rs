@@ -165,7 +165,8 @@ impl Harness {
             .plan
             .budget(protocol::he::ThresholdConfig::new(5, 3).unwrap())
             .unwrap();
-        let mut acc = Ciphertext::zero(budget.ciphertext_shape(VALUES as usize));
+        let mut acc =
+            Ciphertext::zero(budget.ciphertext_shape_under(VALUES as usize, self.key.secrets()));
         let blobs = self.blobs.lock().unwrap().clone();
         protocol::round::policy::aggregate(&mut acc, terms, DecodeLimits::default(), |d| {
             blobs.get(d).cloned().ok_or("missing")

@@ -26,9 +26,10 @@ pub(super) enum RequestRefusal {
 /// window): its header says so and its length is what that shape takes (the body is read only
 /// when it is aggregated, where every coefficient is decoded and the whole hashed again).
 pub(super) fn check_shape(ctx: &Context, digest: &Digest) -> Result<(), RequestRefusal> {
-    let (header, length) = ctx
-        .blobs
-        .head(digest, protocol::wire::ciphertext_header_len())?;
+    let (header, length) = ctx.blobs.head(
+        digest,
+        protocol::wire::ciphertext_header_len(ctx.shape.secrets),
+    )?;
     shape_of(&header, length, ctx.shape, ctx.limits)
 }
 
@@ -348,7 +349,7 @@ mod tests {
             secrets: 1,
         };
         let bytes = encode_ciphertext(&Ciphertext::zero(plan));
-        let header = &bytes[..ciphertext_header_len()];
+        let header = &bytes[..ciphertext_header_len(1)];
         let length = bytes.len() as u64;
         let limits = DecodeLimits::default();
         assert!(shape_of(header, length, plan, limits).is_ok());
@@ -385,8 +386,64 @@ mod tests {
             Err(RequestRefusal::NotACiphertext(_))
         ));
         assert!(matches!(
-            shape_of(&bytes[1..=ciphertext_header_len()], length, plan, limits),
+            shape_of(&bytes[1..=ciphertext_header_len(1)], length, plan, limits),
             Err(RequestRefusal::NotACiphertext(WireError::BadMagic))
         ));
+    }
+
+    /// Under a key of four secrets the plan's ciphertexts are of kind 8: one of kind 7 is
+    /// refused as another shape, and a plan of one secret refuses one of kind 8, whose header
+    /// it reads one byte short.
+    #[test]
+    fn a_ciphertext_under_another_number_of_secrets_than_the_keys_is_refused() {
+        let one = CiphertextShape {
+            values: 40_000,
+            delta_bits: 80,
+            body_window: protocol::he::Window::new(72, 6).unwrap(),
+            secrets: 1,
+        };
+        let four = CiphertextShape { secrets: 4, ..one };
+        let limits = DecodeLimits::default();
+        let under_one = encode_ciphertext(&Ciphertext::zero(one));
+        let under_four = encode_ciphertext(&Ciphertext::zero(four));
+        let (len_one, len_four) = (under_one.len() as u64, under_four.len() as u64);
+        assert!(
+            shape_of(
+                &under_four[..ciphertext_header_len(4)],
+                len_four,
+                four,
+                limits
+            )
+            .is_ok()
+        );
+        let refused = shape_of(
+            &under_one[..ciphertext_header_len(4)],
+            len_one,
+            four,
+            limits,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(refused, RequestRefusal::Shape { found, .. } if found == one),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("under 4 secrets"), "{refused}");
+        let refused = shape_of(
+            &under_four[..ciphertext_header_len(1)],
+            len_four,
+            one,
+            limits,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                RequestRefusal::NotACiphertext(WireError::Truncated {
+                    field: "secrets",
+                    ..
+                })
+            ),
+            "{refused}"
+        );
     }
 }

@@ -479,7 +479,7 @@ fn rerandomised(
     rng.fill_bytes(seed);
     let mut retried = ctx
         .blobs
-        .read_ciphertext(&closed.digest, ctx.limits)
+        .read_ciphertext(&closed.digest, ctx.shape.secrets, ctx.limits)
         .map_err(|e| CoordinatorError::Round {
             round,
             reason: format!("the stored aggregate: {e}"),

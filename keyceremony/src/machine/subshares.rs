@@ -91,7 +91,10 @@ impl Participant {
             let piece = match r.u8("piece kind")? {
                 0 => DealtPiece::Seed(r.array("seed")?),
                 1 => {
-                    let bytes = r.take("coefficients", protocol::he::POLYNOMIAL_SIZE * 16)?;
+                    let bytes = r.take(
+                        "coefficients",
+                        SECRETS_PER_KEY * protocol::he::POLYNOMIAL_SIZE * 16,
+                    )?;
                     DealtPiece::Full(
                         bytes
                             .chunks_exact(16)

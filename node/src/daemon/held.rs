@@ -384,7 +384,7 @@ mod tests {
         let limits = DecodeLimits::default();
         // A contribution with every byte after the header set: masks and bodies not zero.
         let mut bytes = protocol::wire::encode_ciphertext(&Ciphertext::zero(shape(3)));
-        let header = protocol::wire::ciphertext_header_len();
+        let header = protocol::wire::ciphertext_header_len(1);
         for (i, byte) in bytes[header..].iter_mut().enumerate() {
             *byte = (i as u8).wrapping_mul(37).wrapping_add(11);
         }
@@ -426,7 +426,7 @@ mod tests {
         let mut ciphertext = Ciphertext::zero(shape(values));
         let bytes = {
             let mut bytes = protocol::wire::encode_ciphertext(&ciphertext);
-            let header = protocol::wire::ciphertext_header_len();
+            let header = protocol::wire::ciphertext_header_len(1);
             for (i, byte) in bytes[header..].iter_mut().enumerate() {
                 *byte = (i % 241) as u8;
             }
@@ -460,7 +460,7 @@ mod tests {
             .map(|n| {
                 let values = protocol::he::POLYNOMIAL_SIZE * 8;
                 let mut bytes = protocol::wire::encode_ciphertext(&Ciphertext::zero(shape(values)));
-                let header = protocol::wire::ciphertext_header_len();
+                let header = protocol::wire::ciphertext_header_len(1);
                 for (i, byte) in bytes[header..].iter_mut().enumerate() {
                     *byte = (i % 239) as u8 ^ n;
                 }

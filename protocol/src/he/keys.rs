@@ -27,6 +27,15 @@ pub(crate) fn secrets_of(coefficients: usize, what: &str) -> Result<usize, HeErr
     Ok(secrets)
 }
 
+fn check_secret_index(secret: usize, secrets: usize) -> Result<(), HeError> {
+    if secret >= secrets {
+        return Err(HeError::Config(format!(
+            "secret {secret} of a key of {secrets} secrets"
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses a number of secrets no key may have.
 pub(crate) fn check_secrets(secrets: usize) -> Result<(), HeError> {
     if !(1..=MAX_SECRETS).contains(&secrets) {
@@ -363,6 +372,16 @@ impl PublicKey {
         self.body.len() / POLYNOMIAL_SIZE
     }
 
+    /// The key of secret `secret` alone: the mask and that secret's body. A key ceremony
+    /// validates each secret with it.
+    pub fn secret(&self, secret: usize) -> Result<PublicKey, HeError> {
+        check_secret_index(secret, self.secrets())?;
+        Ok(PublicKey {
+            mask_seed: self.mask_seed,
+            body: self.body[secret * POLYNOMIAL_SIZE..][..POLYNOMIAL_SIZE].to_vec(),
+        })
+    }
+
     /// The mask a, expanded from the seed exactly as tfhe expands a seeded compact public key.
     pub fn mask(&self) -> Vec<u128> {
         let seeded = self.as_tfhe_seeded();
@@ -477,6 +496,24 @@ impl KeyShare {
         self.subshares
             .first()
             .map_or(1, |s| s.coefficients.len() / POLYNOMIAL_SIZE)
+    }
+
+    /// This member's share of secret `secret` alone, a share of [`PublicKey::secret`]'s key.
+    pub fn secret(&self, secret: usize) -> Result<KeyShare, HeError> {
+        check_secret_index(secret, self.secrets())?;
+        Ok(KeyShare {
+            config: self.config,
+            party: self.party,
+            subshares: self
+                .subshares
+                .iter()
+                .map(|s| Subshare {
+                    subset: s.subset,
+                    coefficients: s.coefficients[secret * POLYNOMIAL_SIZE..][..POLYNOMIAL_SIZE]
+                        .to_vec(),
+                })
+                .collect(),
+        })
     }
 
     /// Rebuilds a share from its parts (as read back from a sealed file), checking that it holds

@@ -49,6 +49,8 @@ pub use params::{
 };
 pub use window::Window;
 
+pub(crate) use keys::check_secrets;
+
 /// Everything that can go wrong in the scheme, with the culprit named where there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum HeError {

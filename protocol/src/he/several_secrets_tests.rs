@@ -393,11 +393,11 @@ fn key_material_of_several_secrets_round_trips_and_a_ceremony_refuses_another_nu
     let contribution = members.contributions[1].public_key_contribution(1, 7, &mut rng);
     let bytes = encode_public_key_contribution(&contribution);
     assert_eq!(
-        decode_public_key_contribution(&bytes, 3).unwrap(),
+        decode_public_key_contribution(&bytes, Some(3)).unwrap(),
         contribution
     );
     assert!(matches!(
-        decode_public_key_contribution(&bytes, 1),
+        decode_public_key_contribution(&bytes, Some(1)),
         Err(WireError::WrongLength { .. })
     ));
 

@@ -46,7 +46,7 @@ impl<A: BorrowMut<Ciphertext>> TermStream<A> {
             weight,
             limits,
             hasher: Sha256::new(),
-            header: Vec::with_capacity(wire::ciphertext_header_len()),
+            header: Vec::new(),
             masks_done: 0,
             bodies_done: 0,
             layout: None,
@@ -59,11 +59,12 @@ impl<A: BorrowMut<Ciphertext>> TermStream<A> {
         self.hasher.update(piece);
         let mut rest = piece;
         if self.layout.is_none() {
-            let wanted = wire::ciphertext_header_len() - self.header.len();
+            let header_len = wire::ciphertext_header_len(self.acc.borrow().secrets());
+            let wanted = header_len - self.header.len();
             let (head, tail) = rest.split_at(wanted.min(rest.len()));
             self.header.extend_from_slice(head);
             rest = tail;
-            if self.header.len() < wire::ciphertext_header_len() {
+            if self.header.len() < header_len {
                 return Ok(());
             }
             let shape = wire::decode_ciphertext_header(&self.header, self.limits)
@@ -391,7 +392,7 @@ mod tests {
         let term = random_ciphertext(&mut rng, 100);
         let bytes = encode_ciphertext(&term);
         let digest = encoded_digest(&bytes).0;
-        let header = wire::ciphertext_header_len();
+        let header = wire::ciphertext_header_len(1);
         // Another length, and the same length with bodies rounded elsewhere.
         for other in [shape(101), shape_in(100, Window::new(80, 6).unwrap())] {
             let mut acc = Ciphertext::zero(other);

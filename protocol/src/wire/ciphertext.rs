@@ -222,6 +222,14 @@ impl BoundCiphertext {
     /// way: it is never sent, and transcripts made before windows hold partials bound to that
     /// digest, so they still verify.
     pub fn before_windows(ciphertext: Ciphertext) -> Result<Self, HeError> {
+        // Kind 4 names no number of secrets: only a ciphertext under one has that digest.
+        if ciphertext.secrets() != 1 {
+            return Err(HeError::Mismatch(format!(
+                "only a ciphertext under a key of one secret has a digest from before body \
+                 windows, not one under {}",
+                ciphertext.secrets()
+            )));
+        }
         if ciphertext.body_window() != Window::TOP_64 {
             return Err(HeError::Mismatch(format!(
                 "only a ciphertext with 64-bit bodies has a digest from before body windows, not \
@@ -269,15 +277,16 @@ pub struct CiphertextView<'a> {
     bodies: &'a [u8],
 }
 
-/// Bytes of the header of a ciphertext under a key of one secret: the common header, the
-/// value count, the message scale and the body window. Under a key of several secrets the
-/// header has one byte more.
-pub fn ciphertext_header_len() -> usize {
+/// Bytes of the header of a ciphertext under a key of `secrets` secrets: the common header,
+/// the value count, the message scale and the body window, and under several secrets their
+/// number. Reading this many bytes of a ciphertext under another number is safe: its header
+/// decodes to another shape, or not at all.
+pub fn ciphertext_header_len(secrets: usize) -> usize {
     ciphertext_header(CiphertextShape {
         values: 0,
         delta_bits: 1,
         body_window: Window::TOP_64,
-        secrets: 1,
+        secrets,
     })
     .len()
 }
