@@ -7,9 +7,10 @@
 //! public key holds k bodies for its one mask, and the encryption multiplies one r by all of
 //! them, so a group is k RLWE samples under the one secret r. The encryptor rounds mask
 //! coefficients to multiples of 2^8 and bodies to the bottom of the budget's body window before
-//! anything leaves it; sums keep those low bits zero, so masks travel as their top 120 bits and
-//! bodies as their window's bytes: 15 + 5 bytes per value at `bench he`'s plan, 15 + 7 at the
-//! default round plan, whose 50 rounds of weights multiply every body's rounding.
+//! anything leaves it; sums keep those low bits zero, so masks travel as their top 120 bits,
+//! one coefficient per k values, and bodies as their window's bytes: 15 / k + 5 bytes per
+//! value at `bench he`'s plan, 15 / k + 7 at the default round plan, whose 50 rounds of
+//! weights multiply every body's rounding (k = 4 for every key a ceremony makes).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::{ChaCha12Rng, ChaCha20Rng};
