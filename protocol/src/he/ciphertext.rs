@@ -75,7 +75,7 @@ impl std::fmt::Display for CiphertextShape {
 
 impl Budget {
     /// The shape of this budget's ciphertexts of `values` values under a key of one secret,
-    /// as every key ceremony makes so far.
+    /// as every key was before keys of several secrets.
     pub fn ciphertext_shape(&self, values: usize) -> CiphertextShape {
         self.ciphertext_shape_under(values, 1)
     }

@@ -264,19 +264,21 @@ impl KeyShare {
             .for_each_init(
                 || PartialScratch::new(context),
                 |scratch, ((out, mask), seeds)| {
+                    // The mask is transformed once for its group; every bin but the last
+                    // multiplies a copy of the transform, and the last the transform itself.
+                    context.mask_transform(mask, &mut scratch.mask_form);
+                    let last = out.len().div_ceil(POLYNOMIAL_SIZE * per_value) - 1;
                     let bins = out.chunks_mut(POLYNOMIAL_SIZE * per_value);
-                    if key_forms.len() == 1 {
-                        context.mask_product(
-                            mask,
-                            &key_forms[0],
-                            &mut scratch.form,
-                            &mut scratch.product,
-                        );
-                    } else {
-                        context.mask_transform(mask, &mut scratch.mask_form);
-                    }
-                    for ((out, key_form), seed) in bins.zip(&key_forms).zip(seeds) {
-                        if key_forms.len() > 1 {
+                    for (bin, ((out, key_form), seed)) in
+                        bins.zip(&key_forms).zip(seeds).enumerate()
+                    {
+                        if bin == last {
+                            context.finish_product(
+                                &mut scratch.mask_form,
+                                key_form,
+                                &mut scratch.product,
+                            );
+                        } else {
                             context.transformed_mask_product(
                                 &scratch.mask_form,
                                 key_form,
@@ -303,7 +305,7 @@ impl KeyShare {
 }
 
 struct PartialScratch {
-    /// The transform of a mask that several secrets multiply (keys of several secrets only).
+    /// The transform of the group's mask.
     mask_form: FullForm,
     form: FullForm,
     product: Vec<u128>,

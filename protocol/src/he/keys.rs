@@ -83,7 +83,7 @@ impl std::fmt::Debug for SecretContribution {
 }
 
 impl SecretContribution {
-    /// A contribution to a key of one secret, as every key ceremony makes so far.
+    /// A contribution to a key of one secret, as every key was before keys of several.
     pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
         let mut coefficients = vec![0u128; POLYNOMIAL_SIZE];
         fill_ternary(rng, &mut coefficients);
@@ -568,11 +568,6 @@ impl std::fmt::Debug for KeyShareBuilder {
 }
 
 impl KeyShareBuilder {
-    /// A builder for a share of a key of one secret, as every key ceremony makes so far.
-    pub fn new(config: ThresholdConfig, party: u8) -> Result<Self, HeError> {
-        Self::with_secrets(config, party, 1)
-    }
-
     pub fn with_secrets(
         config: ThresholdConfig,
         party: u8,
@@ -660,7 +655,7 @@ pub struct LocalKeySet {
 }
 
 impl LocalKeySet {
-    /// Keys of one secret, as every key ceremony makes so far.
+    /// Keys of one secret, as every key was before keys of several.
     pub fn generate<R: RngCore + CryptoRng>(
         config: &ThresholdConfig,
         rng: &mut R,

@@ -135,6 +135,7 @@ impl NttContext {
 
     /// out = mask * fixed mod (X^N + 1, 2^128), for a mask whose every coefficient is a
     /// multiple of 2^8 (the caller checks; the low bits would be ignored).
+    #[cfg(test)]
     pub(crate) fn mask_product(
         &self,
         mask: &[u128],
@@ -168,7 +169,12 @@ impl NttContext {
     }
 
     /// out = the product of the transform in `product` (overwritten) and `fixed`.
-    fn finish_product(&self, product: &mut FullForm, fixed: &FullForm, out: &mut [u128]) {
+    pub(crate) fn finish_product(
+        &self,
+        product: &mut FullForm,
+        fixed: &FullForm,
+        out: &mut [u128],
+    ) {
         let plans = full_plans(&self.full);
         for ((plan, product), fixed) in plans.iter().zip(&mut product.0).zip(&fixed.0) {
             plan.mul_assign_normalize(product, fixed);

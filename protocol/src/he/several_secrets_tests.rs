@@ -4,7 +4,6 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use super::decrypt::combine_raw;
 use super::keys::SecretContribution;
 use super::ntt::NttContext;
 use super::*;
@@ -24,6 +23,10 @@ fn budget(config: ThresholdConfig, value_bits: u32, contributions: u32) -> Budge
         rounds: 1,
     })
     .unwrap()
+}
+
+fn seeded(seed: u64) -> ChaCha20Rng {
+    ChaCha20Rng::seed_from_u64(seed)
 }
 
 fn messages(rng: &mut ChaCha20Rng, count: usize, max: i64) -> Vec<i64> {
@@ -208,43 +211,28 @@ fn sums_under_a_key_of_several_secrets_decrypt_exactly_with_every_quorum() {
                 expected,
                 "{secrets} secrets, quorum {members_of_quorum:?}"
             );
-            // A partial computed into its encoding is the same partial.
-            let encoded = members.keys.shares[usize::from(members_of_quorum[0])]
-                .partial_decrypt_encoded(&aggregate, &quorum, &budget, &mut rng)
+            // A partial computed into its encoding is the same partial, for the same
+            // randomness.
+            let share = &members.keys.shares[usize::from(members_of_quorum[0])];
+            let encoded = share
+                .partial_decrypt_encoded(&aggregate, &quorum, &budget, &mut seeded(5))
                 .unwrap();
             let decoded =
                 crate::wire::decode_partial_decryption(&encoded, DecodeLimits::default()).unwrap();
             assert_eq!(decoded.values.len(), count);
+            let apart = share
+                .partial_decrypt(&aggregate, &quorum, &budget, &mut seeded(5))
+                .unwrap();
+            assert_eq!(crate::wire::encode_partial_decryption(&apart), encoded);
         }
 
-        // Two members alone, each with all it holds, get essentially nothing.
-        let held: Vec<Vec<u64>> = [0u8, 1]
-            .iter()
-            .map(|&m| {
-                let share = &members.keys.shares[usize::from(m)];
-                let subsets: Vec<Subset> = share
-                    .subshares()
-                    .iter()
-                    .map(|s| s.subset)
-                    .filter(|u| m == 0 || u.contains(0))
-                    .collect();
-                share
-                    .partial_decrypt_subsets(
-                        aggregate.ciphertext(),
-                        &subsets,
-                        budget.smudging_bits(),
-                        budget.share_window(),
-                        &mut rng,
-                    )
-                    .unwrap()
-            })
-            .collect();
-        let refs: Vec<&[u64]> = held.iter().map(Vec::as_slice).collect();
-        let guess = combine_raw(
+        // Two members alone, with all they hold, get essentially nothing.
+        let guess = tests::coalition_guess(
+            &members.keys.shares,
+            &[0, 1],
             aggregate.ciphertext(),
-            &refs,
-            budget.share_window(),
-            budget.delta_bits(),
+            &budget,
+            &mut rng,
         );
         let right = guess.iter().zip(&expected).filter(|(a, b)| a == b).count();
         assert!(right < count / 1000, "two of four decrypted {right} values");

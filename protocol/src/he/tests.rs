@@ -60,7 +60,7 @@ fn test_keys(config: &ThresholdConfig, seed: u64) -> TestKeys {
     let dealings: Vec<_> = secrets.iter().map(|s| s.deal(config, &mut rng)).collect();
     let shares = (0..config.parties())
         .map(|party| {
-            let mut builder = KeyShareBuilder::new(*config, party).unwrap();
+            let mut builder = KeyShareBuilder::with_secrets(*config, party, 1).unwrap();
             for (dealer, dealing) in dealings.iter().enumerate() {
                 builder
                     .add(dealer as u8, &dealing.for_party(party))
@@ -279,6 +279,46 @@ fn random_messages(rng: &mut ChaCha20Rng, count: usize, max: i64) -> Vec<i64> {
     (0..count).map(|_| rng.gen_range(-max..=max)).collect()
 }
 
+/// What the coalition `members` decrypts of `ciphertext`, doing the best it can with the shares
+/// it holds: each share subset any of them holds is used once, by the first member (in
+/// `members`' order) that holds it.
+pub(super) fn coalition_guess(
+    shares: &[KeyShare],
+    members: &[u8],
+    ciphertext: &Ciphertext,
+    budget: &Budget,
+    rng: &mut ChaCha20Rng,
+) -> Vec<i64> {
+    let partials: Vec<Vec<u64>> = members
+        .iter()
+        .map(|&member| {
+            let share = &shares[usize::from(member)];
+            let assigned: Vec<Subset> = share
+                .subshares()
+                .iter()
+                .map(|s| s.subset)
+                .filter(|u| members.iter().copied().find(|&m| !u.contains(m)) == Some(member))
+                .collect();
+            share
+                .partial_decrypt_subsets(
+                    ciphertext,
+                    &assigned,
+                    budget.smudging_bits(),
+                    budget.share_window(),
+                    rng,
+                )
+                .unwrap()
+        })
+        .collect();
+    let refs: Vec<&[u64]> = partials.iter().map(Vec::as_slice).collect();
+    combine_raw(
+        ciphertext,
+        &refs,
+        budget.share_window(),
+        budget.delta_bits(),
+    )
+}
+
 fn all_subsets_of_size(n: u8, size: usize) -> Vec<Vec<u8>> {
     (0u16..(1 << n))
         .filter(|bits| bits.count_ones() as usize == size)
@@ -343,31 +383,12 @@ fn check_threshold(n: u8, t: u8, seed: u64) {
             "coalition {members:?} must miss exactly its own share"
         );
 
-        let mut shares = Vec::new();
-        for &member in &members {
-            let assigned: Vec<Subset> = held
-                .iter()
-                .copied()
-                .filter(|u| members.iter().copied().find(|&m| !u.contains(m)) == Some(member))
-                .collect();
-            shares.push(
-                keys.shares[usize::from(member)]
-                    .partial_decrypt_subsets(
-                        aggregate.ciphertext(),
-                        &assigned,
-                        budget.smudging_bits(),
-                        budget.share_window(),
-                        &mut rng,
-                    )
-                    .unwrap(),
-            );
-        }
-        let refs: Vec<&[u64]> = shares.iter().map(Vec::as_slice).collect();
-        let guess = combine_raw(
+        let guess = coalition_guess(
+            &keys.shares,
+            &members,
             aggregate.ciphertext(),
-            &refs,
-            budget.share_window(),
-            budget.delta_bits(),
+            &budget,
+            &mut rng,
         );
         let right = guess.iter().zip(&expected).filter(|(a, b)| a == b).count();
         worst = worst.max(right as f64 / count as f64);
