@@ -47,6 +47,7 @@ mod fetch;
 mod held;
 mod incoming;
 mod log;
+mod preload;
 mod report;
 mod step;
 
@@ -208,6 +209,8 @@ struct Context {
     state: Mutex<State>,
     source: Mutex<Box<dyn UpdateSource>>,
     author: tokio::sync::Mutex<()>,
+    /// The held encrypted model read ahead of the next request (see `preload`).
+    preloaded: tokio::sync::Mutex<Option<preload::Preloaded>>,
     done: tokio::sync::Notify,
     stop_after: Option<u64>,
     fault: Option<Fault>,
@@ -465,6 +468,7 @@ pub async fn run(
         }),
         source: Mutex::new(setup.source),
         author: tokio::sync::Mutex::new(()),
+        preloaded: tokio::sync::Mutex::new(None),
         done: tokio::sync::Notify::new(),
         stop_after: setup.stop_after,
         fault: setup.fault,

@@ -4,6 +4,9 @@
 use super::*;
 
 pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), StepError> {
+    // A model read ahead for an earlier round's request that never came: the encryption
+    // needs the memory.
+    preload::forget(ctx).await;
     let worker = ctx.clone();
     let prepared = tokio::task::spawn_blocking(move || -> Result<Prepared, StepError> {
         // Taken out of memory: the rest of the round does not need it.
@@ -77,6 +80,9 @@ pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), Ste
     )
     .await?;
     tracing::info!(round, leaf, bytes = payload.length(), "contribution logged");
+    // While the coordinator sums the round, a member expecting to release reads the model
+    // its recomputation starts from.
+    preload::start(ctx).await;
     Ok(())
 }
 

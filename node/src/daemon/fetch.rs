@@ -165,21 +165,23 @@ pub(super) async fn obtain(
     ctx: &Arc<Context>,
     target: &ReleaseTarget,
 ) -> Result<Option<BoundCiphertext>, RecomputeError> {
-    match target.obtain(ctx.me) {
-        Obtain::Recompute => recompute(ctx, target).await,
-        Obtain::Fetch => match fetch_aggregate(ctx, target).await {
-            // The contributions are there (the quorum fetched them): recomputing is the
-            // stronger check, and costs only time.
-            Err(e) => {
-                tracing::warn!(
-                    request = target.request,
-                    error = %e,
-                    "the aggregate could not be fetched; recomputing it"
-                );
-                recompute(ctx, target).await
-            }
-            fetched => fetched,
-        },
+    if target.obtain(ctx.me) == Obtain::Recompute {
+        return recompute(ctx, target).await;
+    }
+    // Outside the quorum a model read ahead is not needed, and would be held beside the fetch.
+    preload::forget(ctx).await;
+    match fetch_aggregate(ctx, target).await {
+        // The contributions are there (the quorum fetched them): recomputing is the stronger
+        // check, and costs only time.
+        Err(e) => {
+            tracing::warn!(
+                request = target.request,
+                error = %e,
+                "the aggregate could not be fetched; recomputing it"
+            );
+            recompute(ctx, target).await
+        }
+        fetched => fetched,
     }
 }
 
@@ -228,7 +230,11 @@ async fn recompute_once(
     // Only the base is looked up there, a digest this member's verified chain named.
     let mut acc = Ciphertext::zero(ctx.shape());
     if let Some(base) = target.base {
-        acc = match load_held(ctx, base).await? {
+        let preloaded = match preload::take(ctx, base).await {
+            Some(kept) => Some(kept),
+            None => load_held(ctx, base).await?,
+        };
+        acc = match preloaded {
             Some(kept) => kept.into_ciphertext(),
             // The base is a term of weight 1 onto zero.
             None => add_fetched(ctx, acc, &base, 1).await?,

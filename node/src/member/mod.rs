@@ -133,6 +133,19 @@ impl Member {
         self.decryptions.get(&request)
     }
 
+    /// Whether this member expects to be in the quorum of the next request. The coordinator
+    /// names the lowest-indexed `threshold` members that are connected and have not failed
+    /// (`RoundMachine::choose_quorum`), so the latest request's quorum is likely named again,
+    /// and before any request the lowest-indexed members are. A hint for work done ahead of
+    /// the request (the daemon's `preload`), never a decision: whether this member releases
+    /// is judged on the request itself.
+    pub fn expects_to_release(&self) -> bool {
+        match self.decryptions.values().next_back() {
+            Some(latest) => latest.quorum.contains(&self.me),
+            None => self.me < self.membership.threshold,
+        }
+    }
+
     /// The requests of rounds after the one whose model the member holds: once it combines a
     /// decryption it missed, the next may become combinable.
     pub fn later_decryptions(&self) -> Vec<u64> {

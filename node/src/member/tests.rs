@@ -109,6 +109,40 @@ fn an_honest_round_asks_to_contribute_release_send_and_combine_in_log_order() {
     assert!(prepare.unwrap() < combine.unwrap(), "{actions:?}");
 }
 
+#[test]
+fn a_member_expects_to_release_where_the_latest_quorum_named_it_and_before_any_if_among_the_lowest()
+{
+    let mut s = consortium();
+    // Before any request: the lowest-indexed threshold (3) members.
+    let expected: Vec<bool> = (0..5)
+        .map(|me| member(&s, me).expects_to_release())
+        .collect();
+    assert_eq!(expected, [true, true, true, false, false]);
+    // Then whoever the latest request named, round after round.
+    let (close, aggregate) = s.open_and_close(1, &[0, 1, 2, 3, 4]);
+    s.request(1, close, aggregate, &[0, 2, 4], 0);
+    let mut members: Vec<Member> = (0..5).map(|me| member(&s, me)).collect();
+    let expected: Vec<bool> = members
+        .iter_mut()
+        .map(|m| {
+            feed(m, &s, 0);
+            m.expects_to_release()
+        })
+        .collect();
+    assert_eq!(expected, [true, false, true, false, true]);
+    // A retry under another quorum replaces it.
+    let at = s.log.size();
+    s.request(1, close, [7; 32], &[1, 2, 3], 1);
+    let expected: Vec<bool> = members
+        .iter_mut()
+        .map(|m| {
+            feed(m, &s, at);
+            m.expects_to_release()
+        })
+        .collect();
+    assert_eq!(expected, [false, true, true, true, false]);
+}
+
 /// Attack 1 as the member sees it: the chain moved to an aggregate this member never
 /// combined; it sits the round out and says why, and never asks to release for it.
 #[test]
