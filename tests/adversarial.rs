@@ -104,12 +104,10 @@ async fn a_malicious_coordinator_gets_no_share_and_every_attempt_is_logged() {
                                         reason: "unknown".into(),
                                     };
                                 };
-                                let chunks = protocol::round::message::chunk_digests(&bytes);
                                 let start = index as usize * CHUNK_BYTES;
                                 let end = (start + CHUNK_BYTES).min(bytes.len());
                                 Response::Data {
                                     length: bytes.len() as u64,
-                                    chunks,
                                     bytes: bytes[start..end].to_vec(),
                                 }
                             }

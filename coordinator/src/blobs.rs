@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use protocol::audit::entry::Digest;
 use protocol::he::Ciphertext;
-use protocol::round::message::{CHUNK_BYTES, ChunkHasher};
+use protocol::round::message::{CHUNK_BYTES, MAX_CHUNKS};
 use runtime::bulk::BulkWriter;
 use sha2::{Digest as _, Sha256};
 
@@ -68,20 +68,19 @@ impl BlobStore {
             out.finish()
                 .and_then(|file| file.sync_all())
                 .map_err(io(&temp))?;
-            self.write_chunk_digests(&digest, &protocol::round::message::chunk_digests(bytes))?;
             std::fs::rename(&temp, &path).map_err(io(&path))?;
         }
         Ok(digest)
     }
 
     /// Stores the encoding of `ciphertext` under its digest (durably), written as it is encoded
-    /// and hashed whole and in chunks: the encoding is never whole in memory, so an aggregate
+    /// and hashed: the encoding is never whole in memory, so an aggregate
     /// costs one encrypted model, not two.
     pub fn put_ciphertext(&self, ciphertext: &Ciphertext) -> Result<Digest, BlobError> {
         // The digest is known only at the end: written under a temporary name first.
         let temp = self.temp_path("put", &[0; 32]);
         let written = self.write_encoding(ciphertext, &temp);
-        let (digest, chunks) = match written {
+        let digest = match written {
             Ok(written) => written,
             Err(e) => {
                 let _ = std::fs::remove_file(&temp);
@@ -92,34 +91,24 @@ impl BlobStore {
         if path.exists() {
             let _ = std::fs::remove_file(&temp);
         } else {
-            self.write_chunk_digests(&digest, &chunks)?;
             std::fs::rename(&temp, &path).map_err(io(&path))?;
         }
         Ok(digest)
     }
 
-    fn write_encoding(
-        &self,
-        ciphertext: &Ciphertext,
-        temp: &Path,
-    ) -> Result<(Digest, Vec<Digest>), BlobError> {
+    fn write_encoding(&self, ciphertext: &Ciphertext, temp: &Path) -> Result<Digest, BlobError> {
         let file = std::fs::File::create(temp).map_err(io(temp))?;
         let mut out = BulkWriter::new(file);
-        let mut chunks = ChunkHasher::default();
-        let digest = protocol::wire::stream_ciphertext(ciphertext, |piece| {
-            chunks.update(piece);
-            out.write_all(piece)
-        })
-        .map_err(io(temp))?;
+        let digest = protocol::wire::stream_ciphertext(ciphertext, |piece| out.write_all(piece))
+            .map_err(io(temp))?;
         let file = out.finish().map_err(io(temp))?;
         file.sync_all().map_err(io(temp))?;
-        Ok((digest.0, chunks.finish()))
+        Ok(digest.0)
     }
 
     /// Drops a stored blob (one that was refused after upload).
     pub fn remove(&self, digest: &Digest) {
         let _ = std::fs::remove_file(self.path(digest));
-        let _ = std::fs::remove_file(self.dir.join(format!("{}.chunks", hex::encode(digest))));
     }
 
     pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, BlobError> {
@@ -206,17 +195,12 @@ impl BlobStore {
         Ok(ciphertext)
     }
 
-    /// Chunk `index` of a stored blob, with the blob's length and every chunk's digest.
-    pub fn read_chunk(
-        &self,
-        digest: &Digest,
-        index: u32,
-    ) -> Result<(u64, Vec<Digest>, Vec<u8>), BlobError> {
+    /// Chunk `index` of a stored blob, with the blob's length.
+    pub fn read_chunk(&self, digest: &Digest, index: u32) -> Result<(u64, Vec<u8>), BlobError> {
         let path = self.path(digest);
         let file =
             runtime::bulk::open(&path).map_err(|_| BlobError::Missing(hex::encode(digest)))?;
         let length = file.metadata().map_err(io(&path))?.len();
-        let chunks = self.chunk_digests(digest, length)?;
         let start = u64::from(index) * CHUNK_BYTES as u64;
         if start >= length.max(1) {
             return Err(BlobError::Missing(format!(
@@ -226,34 +210,7 @@ impl BlobStore {
         }
         let size = (length - start).min(CHUNK_BYTES as u64) as usize;
         let bytes = runtime::bulk::read_exact_at(&file, start, size).map_err(io(&path))?;
-        Ok((length, chunks, bytes))
-    }
-
-    /// The chunk digests of a stored blob, computed once and kept beside it.
-    fn chunk_digests(&self, digest: &Digest, length: u64) -> Result<Vec<Digest>, BlobError> {
-        let side = self.dir.join(format!("{}.chunks", hex::encode(digest)));
-        if let Ok(bytes) = std::fs::read(&side)
-            && bytes.len() as u64 == length.div_ceil(CHUNK_BYTES as u64) * 32
-        {
-            return Ok(bytes
-                .chunks_exact(32)
-                .map(|c| c.try_into().expect("32 bytes"))
-                .collect());
-        }
-        let bytes = self.read(digest)?;
-        let digests = protocol::round::message::chunk_digests(&bytes);
-        self.write_chunk_digests(digest, &digests)?;
-        Ok(digests)
-    }
-
-    /// Keeps a blob's chunk digests beside it. Concurrent writers use distinct temporary
-    /// names and the same content, so whichever rename lands last is right.
-    fn write_chunk_digests(&self, digest: &Digest, digests: &[Digest]) -> Result<(), BlobError> {
-        let side = self.dir.join(format!("{}.chunks", hex::encode(digest)));
-        let flat: Vec<u8> = digests.iter().flatten().copied().collect();
-        let temp = self.temp_path("chunks", digest);
-        std::fs::write(&temp, &flat).map_err(io(&temp))?;
-        std::fs::rename(&temp, &side).map_err(io(&side))
+        Ok((length, bytes))
     }
 
     fn temp_path(&self, what: &str, digest: &Digest) -> PathBuf {
@@ -266,22 +223,16 @@ impl BlobStore {
         ))
     }
 
-    /// Starts receiving the blob `digest` of `length` bytes in chunks with these digests.
-    pub fn begin_upload(
-        &self,
-        digest: Digest,
-        length: u64,
-        chunks: Vec<Digest>,
-    ) -> Result<Upload, BlobError> {
-        let reason = |reason: String| BlobError::Upload {
-            digest: hex::encode(digest),
-            reason,
-        };
-        if chunks.len() as u64 != length.div_ceil(CHUNK_BYTES as u64) {
-            return Err(reason(format!(
-                "{} chunk digests for {length} bytes",
-                chunks.len()
-            )));
+    /// Starts receiving the blob `digest` of `length` bytes in chunks of [`CHUNK_BYTES`].
+    pub fn begin_upload(&self, digest: Digest, length: u64) -> Result<Upload, BlobError> {
+        let count = length.div_ceil(CHUNK_BYTES as u64);
+        if count == 0 || count > MAX_CHUNKS {
+            return Err(BlobError::Upload {
+                digest: hex::encode(digest),
+                reason: format!(
+                    "{length} bytes: an upload is 1 to {MAX_CHUNKS} chunks of {CHUNK_BYTES} bytes"
+                ),
+            });
         }
         // Its own file: members upload the same server step's ciphertext at once, and each
         // upload lands by an atomic rename of identical bytes.
@@ -290,7 +241,7 @@ impl BlobStore {
         Ok(Upload {
             digest,
             length,
-            chunks,
+            count: count as u32,
             next: 0,
             hasher: Sha256::new(),
             file: BulkWriter::new(file),
@@ -302,19 +253,20 @@ impl BlobStore {
     pub fn finish_upload(&self, upload: Upload) -> Result<Digest, BlobError> {
         let digest = upload.digest;
         upload.file.get_ref().sync_all().map_err(io(&upload.path))?;
-        self.write_chunk_digests(&digest, &upload.chunks)?;
         let target = self.path(&digest);
         std::fs::rename(&upload.path, &target).map_err(io(&target))?;
         Ok(digest)
     }
 }
 
-/// A ciphertext arriving chunk by chunk, in order, each chunk checked on arrival.
+/// A ciphertext arriving chunk by chunk, in order, each chunk's size checked on arrival and the
+/// whole against its digest once the last is in. Nothing is logged or stored under the digest
+/// before that.
 #[derive(Debug)]
 pub struct Upload {
     pub digest: Digest,
     length: u64,
-    chunks: Vec<Digest>,
+    count: u32,
     next: u32,
     hasher: Sha256,
     file: BulkWriter,
@@ -343,17 +295,23 @@ impl Upload {
                 self.next
             )));
         }
-        let expected = self
-            .chunks
-            .get(index as usize)
-            .ok_or_else(|| reason(format!("chunk {index} was not announced")))?;
-        if Sha256::digest(bytes).as_slice() != expected {
-            return Err(reason(format!("chunk {index} does not match its digest")));
+        if index >= self.count {
+            return Err(reason(format!(
+                "chunk {index} arrived, but the offer was of {} chunks",
+                self.count
+            )));
         }
-        let last = index as usize + 1 == self.chunks.len();
-        let full = bytes.len() == CHUNK_BYTES;
-        if !(full || last) {
-            return Err(reason(format!("chunk {index} is short")));
+        let last = index + 1 == self.count;
+        let expected = if last {
+            self.length - u64::from(index) * CHUNK_BYTES as u64
+        } else {
+            CHUNK_BYTES as u64
+        };
+        if bytes.len() as u64 != expected {
+            return Err(reason(format!(
+                "chunk {index} holds {} bytes, not {expected}",
+                bytes.len()
+            )));
         }
         self.file.write_all(bytes).map_err(io(&self.path))?;
         self.hasher.update(bytes);
@@ -403,13 +361,12 @@ mod tests {
         let digest = store.put_ciphertext(&ciphertext).unwrap();
         assert_eq!(digest, Sha256::digest(&bytes).as_slice());
         assert_eq!(store.read(&digest).unwrap(), bytes);
-        let chunks = protocol::round::message::chunk_digests(&bytes);
+        let chunks: Vec<&[u8]> = bytes.chunks(CHUNK_BYTES).collect();
         assert_eq!(chunks.len(), 3);
         for (index, expected) in chunks.iter().enumerate() {
-            let (length, digests, chunk) = store.read_chunk(&digest, index as u32).unwrap();
+            let (length, chunk) = store.read_chunk(&digest, index as u32).unwrap();
             assert_eq!(length, bytes.len() as u64);
-            assert_eq!(digests, chunks);
-            assert_eq!(Sha256::digest(&chunk).as_slice(), expected);
+            assert_eq!(chunk, *expected);
         }
         // Stored again: the same blob, and nothing left in `incoming/`.
         assert_eq!(store.put_ciphertext(&ciphertext).unwrap(), digest);
@@ -424,6 +381,44 @@ mod tests {
             store.read_ciphertext(&digest, 1, limits).unwrap(),
             ciphertext
         );
+    }
+
+    #[test]
+    fn an_upload_takes_chunks_of_the_offered_sizes_in_order_and_lands_only_if_the_whole_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..CHUNK_BYTES + 10).map(|i| (i % 251) as u8).collect();
+        let digest: Digest = Sha256::digest(&bytes).into();
+        let (first, last) = bytes.split_at(CHUNK_BYTES);
+        let mut upload = store.begin_upload(digest, bytes.len() as u64).unwrap();
+        for (index, chunk, why) in [
+            (1, last, "arrived, expected 0"),
+            (0, &first[1..], "holds 4194303 bytes, not 4194304"),
+            (2, last, "arrived, expected 0"),
+        ] {
+            let err = upload.write(index, chunk).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
+        assert!(!upload.write(0, first).unwrap());
+        let err = upload.write(1, &bytes[CHUNK_BYTES - 1..]).unwrap_err();
+        assert!(err.to_string().contains("holds 11 bytes, not 10"), "{err}");
+        assert!(upload.write(1, last).unwrap());
+        assert_eq!(store.finish_upload(upload).unwrap(), digest);
+        assert_eq!(store.read(&digest).unwrap(), bytes);
+        // The same sizes with one byte changed: refused at the end, and nothing stored.
+        let mut other = store.begin_upload([9; 32], bytes.len() as u64).unwrap();
+        other.write(0, first).unwrap();
+        let err = other.write(1, last).unwrap_err();
+        assert!(
+            err.to_string().contains("does not match its digest"),
+            "{err}"
+        );
+        assert!(!store.contains(&[9; 32]));
+        // No chunks, or more than a message stream may carry: refused at the offer.
+        for length in [0, MAX_CHUNKS * CHUNK_BYTES as u64 + 1] {
+            let err = store.begin_upload(digest, length).unwrap_err();
+            assert!(err.to_string().contains("1 to 1024 chunks"), "{err}");
+        }
     }
 
     #[test]

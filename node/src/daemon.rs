@@ -19,9 +19,7 @@ use protocol::audit::note::{COSIGNATURE_V1, Note, NoteSigner, NoteVerifier};
 use protocol::audit::witness::WitnessState;
 use protocol::consortium::Consortium;
 use protocol::he::{Budget, Ciphertext, CombineTarget, EncryptionKey, KeyShare, Quorum};
-use protocol::round::message::{
-    CHUNK_BYTES, MAX_MESSAGE_BYTES, PROTOCOL, Request, Response, chunk_digests,
-};
+use protocol::round::message::{CHUNK_BYTES, MAX_MESSAGE_BYTES, PROTOCOL, Request, Response};
 use protocol::round::policy::{
     HeldModel, Obtain, Refusal, ReleaseTarget, check_combine, check_request,
 };

@@ -16,7 +16,6 @@ fn requests() -> Vec<Request> {
         Request::Offer {
             entry: vec![5; 4],
             length: 70_000,
-            chunks: vec![[6; 32], [7; 32]],
         },
         Request::Chunk {
             ciphertext: [8; 32],
@@ -51,7 +50,6 @@ fn responses() -> Vec<Response> {
         Response::Appended { leaf: 63 },
         Response::Data {
             length: 100,
-            chunks: vec![[14; 32]],
             bytes: vec![15; 3],
         },
         Response::Refused {
@@ -98,12 +96,12 @@ fn every_round_message_starts_with_its_magic_and_version() {
     for request in requests() {
         assert_eq!(
             &request.encode(7)[..5],
-            b"QRND\x01",
+            b"QRND\x02",
             "{}",
             request.kind_name()
         );
     }
     for response in responses() {
-        assert_eq!(&response.encode(7)[..5], b"QRND\x01");
+        assert_eq!(&response.encode(7)[..5], b"QRND\x02");
     }
 }

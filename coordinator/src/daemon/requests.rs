@@ -83,17 +83,13 @@ pub(super) async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Req
         .entry(request.kind_name().to_owned())
         .or_default() += 1;
     match request {
-        Request::Offer {
-            entry,
-            length,
-            chunks,
-        } => {
+        Request::Offer { entry, length } => {
             let entry = match member_entry(&ctx, member, &entry) {
                 Ok(entry) => entry,
                 Err(e) => return refused(e.to_string()),
             };
             if let Body::ServerStep { base, .. } = entry.entry.body {
-                return offer_step(&ctx, member, entry, base, length, chunks);
+                return offer_step(&ctx, member, entry, base, length);
             }
             let Body::Contribution {
                 round,
@@ -119,7 +115,7 @@ pub(super) async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Req
             if let Err(e) = check {
                 return refused(e.to_string());
             }
-            match ctx.blobs.begin_upload(ciphertext, length, chunks) {
+            match ctx.blobs.begin_upload(ciphertext, length) {
                 Ok(upload) => {
                     ctx.lock().uploads.insert(member, (entry, upload));
                     Response::Ok
@@ -264,11 +260,7 @@ pub(super) async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Req
             match tokio::task::spawn_blocking(move || ctx2.blobs.read_chunk(&ciphertext, index))
                 .await
             {
-                Ok(Ok((length, chunks, bytes))) => Response::Data {
-                    length,
-                    chunks: if index == 0 { chunks } else { Vec::new() },
-                    bytes,
-                },
+                Ok(Ok((length, bytes))) => Response::Data { length, bytes },
                 Ok(Err(e)) => refused(e.to_string()),
                 Err(e) => refused(e.to_string()),
             }
@@ -294,7 +286,6 @@ fn offer_step(
     entry: SignedEntry,
     base: Digest,
     length: u64,
-    chunks: Vec<Digest>,
 ) -> Response {
     if ctx.plan.optimizer.is_fedavg() {
         return refused("this plan's optimizer is FedAvg: there are no server steps");
@@ -311,7 +302,7 @@ fn offer_step(
             "a server step's ciphertext is {expected} bytes under this plan, not {length}"
         ));
     }
-    match ctx.blobs.begin_upload(base, length, chunks) {
+    match ctx.blobs.begin_upload(base, length) {
         Ok(upload) => {
             ctx.lock().uploads.insert(member, (entry, upload));
             Response::Ok

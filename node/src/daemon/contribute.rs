@@ -112,13 +112,6 @@ impl Payload<'_> {
         }
     }
 
-    fn chunks(&self) -> Vec<Digest> {
-        match self {
-            Payload::Bytes { bytes, .. } => chunk_digests(bytes),
-            Payload::File(kept) => kept.chunks.clone(),
-        }
-    }
-
     async fn chunk(&self, index: usize) -> Result<Vec<u8>, StepError> {
         match self {
             Payload::Bytes { bytes, .. } => Ok(bytes
@@ -155,7 +148,6 @@ pub(super) async fn upload(
     let offer = Request::Offer {
         entry: entry.leaf().to_vec(),
         length: payload.length(),
-        chunks: payload.chunks(),
     };
     match ctx.handle.call(ctx.coordinator, &offer).await {
         Ok(Response::Ok) => {}

@@ -78,12 +78,6 @@ pub enum StepError {
         length: u64,
         expected: u64,
     },
-    #[error("ciphertext {}: {chunks} chunk digests for {length} bytes", hex::encode(&digest[..8]))]
-    ChunkList {
-        digest: Digest,
-        chunks: usize,
-        length: u64,
-    },
     #[error(
         "ciphertext {}: chunk {index} holds {size} bytes, not {expected}",
         hex::encode(&digest[..8])

@@ -10,7 +10,7 @@ pub(super) async fn fetch_chunk(
     ctx: &Context,
     digest: &Digest,
     index: u32,
-) -> Result<(u64, Vec<Digest>, Vec<u8>), StepError> {
+) -> Result<(u64, Vec<u8>), StepError> {
     let response = ctx
         .handle
         .call(
@@ -22,11 +22,7 @@ pub(super) async fn fetch_chunk(
         )
         .await?;
     match response {
-        Response::Data {
-            length,
-            chunks,
-            bytes,
-        } => Ok((length, chunks, bytes)),
+        Response::Data { length, bytes } => Ok((length, bytes)),
         other => Err(StepError::Unexpected {
             request: format!(
                 "the fetch of chunk {index} of {}",
@@ -54,8 +50,8 @@ pub(super) async fn add_fetched(
         source: Box::new(source),
     };
     let expected_length = protocol::wire::ciphertext_encoded_len(ctx.shape()) as u64;
-    // The first chunk brings the length and every chunk's digest; the rest come pipelined.
-    let (length, chunk_list, first) = fetch_chunk(ctx, digest, 0).await.map_err(fetch_error)?;
+    // The first chunk brings the length; the rest come pipelined.
+    let (length, first) = fetch_chunk(ctx, digest, 0).await.map_err(fetch_error)?;
     if length != expected_length {
         return Err(fetch_error(StepError::CiphertextLength {
             digest: *digest,
@@ -63,16 +59,9 @@ pub(super) async fn add_fetched(
             expected: expected_length,
         }));
     }
-    if chunk_list.len() as u64 != length.div_ceil(CHUNK_BYTES as u64) {
-        return Err(fetch_error(StepError::ChunkList {
-            digest: *digest,
-            chunks: chunk_list.len(),
-            length,
-        }));
-    }
+    let count = length.div_ceil(CHUNK_BYTES as u64) as u32;
     // Each chunk's size is checked as it arrives, the whole's digest once the last is in
-    // (`TermStream::finish`): nothing is used before that, so hashing every chunk on its own
-    // as well would only spend a second pass over every byte.
+    // (`TermStream::finish`): nothing is used before that.
     let check = |index: usize, chunk: &[u8]| -> Result<(), RecomputeError> {
         let expected = (length as usize - index * CHUNK_BYTES).min(CHUNK_BYTES);
         if chunk.len() != expected {
@@ -103,12 +92,12 @@ pub(super) async fn add_fetched(
             .send(first)
             .await
             .map_err(|_| RecomputeError::Interrupted)?;
-        let mut rest = futures::stream::iter(1..chunk_list.len() as u32)
+        let mut rest = futures::stream::iter(1..count)
             .map(|index| fetch_chunk(ctx, digest, index))
             .buffered(FETCH_WINDOW);
         let mut index = 1;
         while let Some(chunk) = rest.next().await {
-            let (_, _, chunk) = chunk.map_err(fetch_error)?;
+            let (_, chunk) = chunk.map_err(fetch_error)?;
             check(index, &chunk)?;
             chunks
                 .send(chunk)

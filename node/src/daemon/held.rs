@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use protocol::audit::entry::Digest;
 use protocol::he::{Ciphertext, CiphertextShape};
-use protocol::round::message::{CHUNK_BYTES, ChunkHasher};
+use protocol::round::message::CHUNK_BYTES;
 use protocol::round::{TermStream, WholeStream};
 use protocol::wire::{BoundCiphertext, DecodeLimits};
 use runtime::bulk::BulkWriter;
@@ -153,7 +153,6 @@ pub struct KeptEncoding {
     pub file: std::sync::Arc<std::fs::File>,
     pub digest: Digest,
     pub length: u64,
-    pub chunks: Vec<Digest>,
 }
 
 /// Chunk `index` of the `length`-byte encoding kept in `file`.
@@ -163,8 +162,8 @@ pub fn read_chunk(file: &std::fs::File, length: u64, index: usize) -> std::io::R
     runtime::bulk::read_exact_at(file, start, end.saturating_sub(start) as usize)
 }
 
-/// Encodes `ciphertext` into `dir`, where it is then the only file, hashing it whole and in
-/// upload chunks on the way: one pass, and the encoding never whole in memory. On a write
+/// Encodes `ciphertext` into `dir`, where it is then the only file, hashing it on the way: one
+/// pass, and the encoding never whole in memory. On a write
 /// error the ciphertext comes back, so that the caller can still upload it from memory.
 pub fn keep_encoding(dir: &Path, ciphertext: Ciphertext) -> Result<KeptEncoding, KeepFailed> {
     let temporary = temporary(dir);
@@ -185,11 +184,9 @@ pub fn keep_encoding(dir: &Path, ciphertext: Ciphertext) -> Result<KeptEncoding,
             });
         }
     };
-    let mut chunks = ChunkHasher::default();
     let mut length = 0u64;
     let mut failure = None;
     let bound = BoundCiphertext::streamed(ciphertext, |piece| {
-        chunks.update(piece);
         length += piece.len() as u64;
         if failure.is_none()
             && let Err(e) = out.write_all(piece)
@@ -221,7 +218,6 @@ pub fn keep_encoding(dir: &Path, ciphertext: Ciphertext) -> Result<KeptEncoding,
         file: std::sync::Arc::new(file),
         digest,
         length,
-        chunks: chunks.finish(),
     })
 }
 
@@ -441,8 +437,7 @@ mod tests {
         let kept = keep_encoding(&contributed, ciphertext).unwrap();
         assert_eq!(kept.digest, protocol::wire::encoded_digest(&bytes).0);
         assert_eq!(kept.length, bytes.len() as u64);
-        assert_eq!(kept.chunks, protocol::round::message::chunk_digests(&bytes));
-        let read: Vec<u8> = (0..kept.chunks.len())
+        let read: Vec<u8> = (0..bytes.len().div_ceil(CHUNK_BYTES))
             .flat_map(|i| read_chunk(&kept.file, kept.length, i).unwrap())
             .collect();
         assert_eq!(read, bytes);
@@ -471,7 +466,7 @@ mod tests {
         let first = keep_encoding(&contributed, encodings[0].0.clone()).unwrap();
         let second = keep_encoding(&contributed, encodings[1].0.clone()).unwrap();
         for (kept, (_, bytes)) in [first, second].iter().zip(&encodings) {
-            let read: Vec<u8> = (0..kept.chunks.len())
+            let read: Vec<u8> = (0..bytes.len().div_ceil(CHUNK_BYTES))
                 .flat_map(|i| read_chunk(&kept.file, kept.length, i).unwrap())
                 .collect();
             assert!(read == *bytes, "an upload reads what was kept");

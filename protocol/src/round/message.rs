@@ -1,8 +1,12 @@
 //! The round protocol's messages: one request type and one response type, each with a
 //! versioned header and the id of the request it belongs to. Ciphertexts and partial
-//! decryptions travel in chunks of at most [`CHUNK_BYTES`], each checked against a digest
-//! announced beforehand, so no message is larger than [`MAX_MESSAGE_BYTES`] and a receiver
-//! never buffers more than one chunk per stream before checking it.
+//! decryptions travel in chunks of at most [`CHUNK_BYTES`], so no message is larger than
+//! [`MAX_MESSAGE_BYTES`]. Each whole is checked against the digest its author signed into the
+//! log, and nothing is used before that check.
+//!
+//! Version 2 dropped the digests of each chunk that offers and fetched data carried: the
+//! uploader chose them, so they could never refuse what the whole digest accepts, and
+//! computing and checking them was a sixth of all hashing in a round (BENCHMARKS.md).
 
 use crate::audit::entry::{Digest, MAX_ENTRY_BYTES};
 use crate::bytes::{ReadError, Reader, Writer};
@@ -12,7 +16,7 @@ use crate::bytes::{ReadError, Reader, Writer};
 pub const PROTOCOL: &str = "/quorate/round/1";
 
 const MAGIC: &[u8; 4] = b"QRND";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// Bytes of ciphertext or partial decryption per chunk.
 pub const CHUNK_BYTES: usize = 4 * 1024 * 1024;
 /// No round message is larger.
@@ -36,13 +40,9 @@ pub enum Request {
     /// Coordinator to member: a checkpoint with a quorum of cosignatures; the member acts on
     /// the entries it covers.
     Act { note: Vec<u8> },
-    /// Member to coordinator: a signed contribution entry, and the chunk digests of the
-    /// ciphertext it names.
-    Offer {
-        entry: Vec<u8>,
-        length: u64,
-        chunks: Vec<Digest>,
-    },
+    /// Member to coordinator: a signed contribution entry, and the length of the ciphertext
+    /// it names.
+    Offer { entry: Vec<u8>, length: u64 },
     /// Member to coordinator: one chunk of an offered ciphertext.
     Chunk {
         ciphertext: Digest,
@@ -89,10 +89,9 @@ pub enum Response {
     Appended {
         leaf: u64,
     },
-    /// A chunk, the total length of the artefact, and the digest of every chunk.
+    /// A chunk, and the total length of the artefact.
     Data {
         length: u64,
-        chunks: Vec<Digest>,
         bytes: Vec<u8>,
     },
     Refused {
@@ -124,13 +123,6 @@ fn blob(w: &mut Writer, bytes: &[u8]) {
     w.u32(bytes.len() as u32).bytes(bytes);
 }
 
-fn digests(w: &mut Writer, list: &[Digest]) {
-    w.u32(list.len() as u32);
-    for d in list {
-        w.bytes(d);
-    }
-}
-
 fn open(bytes: &[u8]) -> Result<(Reader<'_>, u64, u8), MessageError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(MessageError::TooLarge(bytes.len()));
@@ -151,11 +143,6 @@ fn open(bytes: &[u8]) -> Result<(Reader<'_>, u64, u8), MessageError> {
 fn read_blob(r: &mut Reader<'_>, field: &'static str, limit: u64) -> Result<Vec<u8>, ReadError> {
     let len = r.count(field, 4, limit)?;
     Ok(r.take(field, len)?.to_vec())
-}
-
-fn read_digests(r: &mut Reader<'_>, field: &'static str) -> Result<Vec<Digest>, ReadError> {
-    let count = r.count(field, 4, MAX_CHUNKS)?;
-    (0..count).map(|_| r.array(field)).collect()
 }
 
 impl Request {
@@ -193,15 +180,10 @@ impl Request {
                 w = start(id, 2);
                 blob(&mut w, note);
             }
-            Request::Offer {
-                entry,
-                length,
-                chunks,
-            } => {
+            Request::Offer { entry, length } => {
                 w = start(id, 3);
                 blob(&mut w, entry);
                 w.u64(*length);
-                digests(&mut w, chunks);
             }
             Request::Chunk {
                 ciphertext,
@@ -271,7 +253,6 @@ impl Request {
             3 => Request::Offer {
                 entry: read_blob(&mut r, "entry", entry_limit)?,
                 length: r.u64("length")?,
-                chunks: read_digests(&mut r, "chunk digests")?,
             },
             4 => Request::Chunk {
                 ciphertext: r.array("ciphertext")?,
@@ -324,14 +305,9 @@ impl Response {
                 w = start(id, 4);
                 w.u64(*leaf);
             }
-            Response::Data {
-                length,
-                chunks,
-                bytes,
-            } => {
+            Response::Data { length, bytes } => {
                 w = start(id, 5);
                 w.u64(*length);
-                digests(&mut w, chunks);
                 blob(&mut w, bytes);
             }
             Response::Refused { reason } => {
@@ -362,7 +338,6 @@ impl Response {
             },
             5 => Response::Data {
                 length: r.u64("length")?,
-                chunks: read_digests(&mut r, "chunk digests")?,
                 bytes: read_blob(&mut r, "chunk", CHUNK_BYTES as u64)?,
             },
             6 => Response::Refused {
@@ -372,45 +347,5 @@ impl Response {
         };
         r.finish("response")?;
         Ok((id, response))
-    }
-}
-
-/// The digests of each [`CHUNK_BYTES`] chunk of `bytes`.
-pub fn chunk_digests(bytes: &[u8]) -> Vec<Digest> {
-    let mut hasher = ChunkHasher::default();
-    hasher.update(bytes);
-    hasher.finish()
-}
-
-/// [`chunk_digests`] of bytes that arrive in pieces of any size: an upload's chunk list
-/// computed while its encoding is written out, without holding it.
-#[derive(Debug, Default)]
-pub struct ChunkHasher {
-    current: sha2::Sha256,
-    filled: usize,
-    digests: Vec<Digest>,
-}
-
-impl ChunkHasher {
-    pub fn update(&mut self, mut piece: &[u8]) {
-        use sha2::Digest as _;
-        while !piece.is_empty() {
-            let take = (CHUNK_BYTES - self.filled).min(piece.len());
-            self.current.update(&piece[..take]);
-            self.filled += take;
-            piece = &piece[take..];
-            if self.filled == CHUNK_BYTES {
-                self.digests.push(self.current.finalize_reset().into());
-                self.filled = 0;
-            }
-        }
-    }
-
-    pub fn finish(mut self) -> Vec<Digest> {
-        use sha2::Digest as _;
-        if self.filled > 0 {
-            self.digests.push(self.current.finalize().into());
-        }
-        self.digests
     }
 }

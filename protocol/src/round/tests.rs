@@ -880,7 +880,6 @@ fn messages_round_trip_with_their_id_and_refuse_oversize() {
         Request::Offer {
             entry: vec![9; 10],
             length: 12345,
-            chunks: vec![[1; 32], [2; 32]],
         },
         Request::Chunk {
             ciphertext: [3; 32],
@@ -917,7 +916,6 @@ fn messages_round_trip_with_their_id_and_refuse_oversize() {
         Response::Appended { leaf: 12 },
         Response::Data {
             length: 99,
-            chunks: vec![[6; 32]],
             bytes: vec![1; 99],
         },
         Response::Refused {
@@ -945,9 +943,12 @@ fn messages_round_trip_with_their_id_and_refuse_oversize() {
     let at = big.len() - 4;
     big[at..].copy_from_slice(&(CHUNK_BYTES as u32 + 1).to_le_bytes());
     assert!(Request::decode(&big).is_err());
+    // Version 1 carried chunk digests in offers and data: refused, naming the version.
     let mut version = Request::Act { note: vec![] }.encode(1);
-    version[4] = 2;
-    assert_eq!(Request::decode(&version), Err(MessageError::Version(2)));
+    version[4] = 1;
+    assert_eq!(Request::decode(&version), Err(MessageError::Version(1)));
+    version[4] = 3;
+    assert_eq!(Request::decode(&version), Err(MessageError::Version(3)));
 }
 
 #[test]
@@ -1028,27 +1029,4 @@ fn plaintext_fedavg_adds_weighted_encoded_updates_and_decodes_at_the_model_scale
         plan.fedavg_step(&mut model, &[(vec![1.0, 1.0], 0)])
             .is_err()
     );
-}
-
-#[test]
-fn chunk_digests_of_bytes_arriving_in_pieces_are_those_of_the_whole() {
-    use sha2::{Digest as _, Sha256};
-    let bytes: Vec<u8> = (0..2 * CHUNK_BYTES + 1000)
-        .map(|i| (i * 31 % 251) as u8)
-        .collect();
-    let expected: Vec<Digest> = bytes
-        .chunks(CHUNK_BYTES)
-        .map(|c| Sha256::digest(c).into())
-        .collect();
-    assert_eq!(expected.len(), 3);
-    assert_eq!(chunk_digests(&bytes), expected);
-    // Pieces that straddle the chunk boundaries, and one that ends exactly on one.
-    let mut hasher = ChunkHasher::default();
-    let (first, rest) = bytes.split_at(CHUNK_BYTES);
-    hasher.update(first);
-    for piece in rest.chunks(65_536 + 7) {
-        hasher.update(piece);
-    }
-    assert_eq!(hasher.finish(), expected);
-    assert_eq!(ChunkHasher::default().finish(), Vec::<Digest>::new());
 }
