@@ -36,9 +36,9 @@ pub struct HeBenchArgs {
     #[arg(long, default_value_t = 32)]
     value_bits: u32,
     /// Secrets of the key (1 to 8): a key of k secrets encrypts k * 8192 values under one mask
-    /// polynomial, so ciphertexts carry 15 / k bytes of mask a value instead of 15. Key
-    /// ceremonies and rounds make and take keys of one secret so far.
-    #[arg(long, default_value_t = 1)]
+    /// polynomial, so ciphertexts carry 15 / k bytes of mask a value instead of 15. The default
+    /// is what key ceremonies make; rounds take any key's number.
+    #[arg(long, default_value_t = keyceremony::derive::SECRETS_PER_KEY)]
     secrets: usize,
     /// Smudging margin kappa in bits (default: the smallest that keeps --lifetime-reveals
     /// decrypted coordinates at 40 bits of statistical security).
