@@ -43,6 +43,12 @@ impl BlobStore {
         // What a stopped process was receiving is gone with it: its part-files go too.
         let _ = std::fs::remove_dir_all(dir.join("incoming"));
         std::fs::create_dir_all(dir.join("incoming")).map_err(io(dir))?;
+        // Chunk digests kept beside each blob by version 1 of the round messages: unused now.
+        for file in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+            if file.file_name().to_string_lossy().ends_with(".chunks") {
+                let _ = std::fs::remove_file(file.path());
+            }
+        }
         Ok(Self {
             dir: dir.to_owned(),
         })
@@ -322,7 +328,13 @@ impl Upload {
         self.file.flush().map_err(io(&self.path))?;
         let written = self.file.len();
         let digest: Digest = std::mem::take(&mut self.hasher).finalize().into();
-        if written != self.length || digest != self.digest {
+        if written != self.length {
+            return Err(reason(format!(
+                "{written} bytes were written of the {} offered",
+                self.length
+            )));
+        }
+        if digest != self.digest {
             return Err(reason(
                 "the assembled ciphertext does not match its digest".into(),
             ));
@@ -414,6 +426,13 @@ mod tests {
             "{err}"
         );
         assert!(!store.contains(&[9; 32]));
+        // A chunk-digest file a version-1 coordinator kept beside a blob goes when the store
+        // opens; the blob stays.
+        let side = dir.path().join(format!("{}.chunks", hex::encode(digest)));
+        std::fs::write(&side, [0u8; 64]).unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        assert!(!side.exists());
+        assert_eq!(store.read(&digest).unwrap(), bytes);
         // No chunks, or more than a message stream may carry: refused at the offer.
         for length in [0, MAX_CHUNKS * CHUNK_BYTES as u64 + 1] {
             let err = store.begin_upload(digest, length).unwrap_err();

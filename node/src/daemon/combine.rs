@@ -353,6 +353,8 @@ pub(super) async fn combine(
         state.partials.retain(|(r, _), _| *r != request);
         state.member.combined(&state.entries, held)
     };
+    // A model read ahead for this round's request is of no use once the round's is adopted.
+    preload::forget(ctx).await;
     for action in waited {
         carry_out(ctx, action);
     }

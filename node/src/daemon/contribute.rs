@@ -82,7 +82,7 @@ pub(super) async fn contribute(ctx: &Arc<Context>, round: u64) -> Result<(), Ste
     tracing::info!(round, leaf, bytes = payload.length(), "contribution logged");
     // While the coordinator sums the round, a member expecting to release reads the model
     // its recomputation starts from.
-    preload::start(ctx).await;
+    preload::start(ctx, round).await;
     Ok(())
 }
 

@@ -195,7 +195,10 @@ pub(super) fn carry_out(ctx: &Arc<Context>, action: Action) {
         Action::Release { request } => {
             let ctx = ctx.clone();
             tokio::spawn(async move {
-                if let Err(e) = release(&ctx, request).await {
+                let released = release(&ctx, request).await;
+                // Taken by the recomputation, or of no use now.
+                preload::forget(&ctx).await;
+                if let Err(e) = released {
                     tracing::warn!(request, error = %e, "no share released");
                 }
             });

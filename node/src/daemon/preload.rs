@@ -6,7 +6,9 @@
 //! (`Member::expects_to_release`) reads it as soon as its own contribution is logged, and the
 //! recomputation takes it from here. It is the same check as reading it then (the file must
 //! hash to the base the request names, or it is read again or fetched), so nothing is trusted
-//! that was not before; a wrong guess costs one read and the memory until the next request.
+//! that was not before. A wrong guess costs one read and the memory until the request: it is
+//! let go when this member's release for the round ends however it ends, when it turns out to
+//! be outside the quorum, when it adopts a model, and when its next contribution starts.
 
 use super::*;
 
@@ -16,12 +18,14 @@ pub(super) struct Preloaded {
     loading: tokio::task::JoinHandle<Option<BoundCiphertext>>,
 }
 
-/// Starts reading the model this member holds, if it expects to release for the round it
-/// just contributed to and the round builds on an encrypted model (not on zero).
-pub(super) async fn start(ctx: &Arc<Context>) {
+/// Starts reading the model this member holds, if it expects to release for `round`, which
+/// it just contributed to, the round builds on an encrypted model (not on zero), and no
+/// request for the round has come yet (a coordinator that held back the answer to the upload
+/// could otherwise leave a model read after the release that would have used it).
+pub(super) async fn start(ctx: &Arc<Context>, round: u64) {
     let base = {
         let state = ctx.lock();
-        if !state.member.expects_to_release() {
+        if !state.member.expects_to_release() || state.member.requested(round) {
             return;
         }
         state.member.held().base
@@ -44,8 +48,7 @@ pub(super) async fn take(ctx: &Context, base: Digest) -> Option<BoundCiphertext>
     preloaded.loading.await.ok().flatten()
 }
 
-/// Lets go of a model read ahead: this member is not in the request's quorum, or a new
-/// round's encryption is about to need the memory.
+/// Lets go of a model read ahead: see the module's documentation for when.
 pub(super) async fn forget(ctx: &Context) {
     ctx.preloaded.lock().await.take();
 }

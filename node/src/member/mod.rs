@@ -146,6 +146,11 @@ impl Member {
         }
     }
 
+    /// Whether a decryption of `round` was requested already.
+    pub fn requested(&self, round: u64) -> bool {
+        self.decryptions.values().any(|d| d.round == round)
+    }
+
     /// The requests of rounds after the one whose model the member holds: once it combines a
     /// decryption it missed, the next may become combinable.
     pub fn later_decryptions(&self) -> Vec<u64> {

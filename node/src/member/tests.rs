@@ -130,6 +130,8 @@ fn a_member_expects_to_release_where_the_latest_quorum_named_it_and_before_any_i
         })
         .collect();
     assert_eq!(expected, [true, false, true, false, true]);
+    // Reading ahead is for a round whose request has not come yet.
+    assert!(members[0].requested(1) && !members[0].requested(2));
     // A retry under another quorum replaces it.
     let at = s.log.size();
     s.request(1, close, [7; 32], &[1, 2, 3], 1);
