@@ -47,6 +47,7 @@ mod incoming;
 mod log;
 mod preload;
 mod report;
+mod serve;
 mod step;
 
 use combine::*;
@@ -61,6 +62,7 @@ pub use report::RoundReport;
 use report::*;
 use runtime::fault::abort_if;
 pub use runtime::fault::{Fault, Step};
+use serve::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -587,64 +589,6 @@ fn act_on_stored_checkpoint(ctx: &Arc<Context>) {
         && let Err(e) = act(ctx, &note)
     {
         tracing::warn!(error = %e, "the stored final checkpoint was not acted on");
-    }
-}
-
-fn refused(reason: impl Into<String>) -> Response {
-    Response::Refused {
-        reason: reason.into(),
-    }
-}
-
-async fn handle_request(ctx: Arc<Context>, peer: PeerId, request: Request) -> Response {
-    match request {
-        Request::Witness {
-            from,
-            entries,
-            note,
-        } if peer == ctx.coordinator => witness(&ctx, from, entries, &note).await,
-        Request::Finished { last_round } if peer == ctx.coordinator => {
-            tracing::info!(last_round, "the coordinator's run is over");
-            ctx.lock().run_over = Some(last_round);
-            leave_if_run_over(&ctx);
-            Response::Ok
-        }
-        Request::Act { note } if peer == ctx.coordinator => match act(&ctx, &note) {
-            Ok(()) => Response::Ok,
-            Err(e) => {
-                tracing::warn!(error = %e, "checkpoint refused");
-                refused(e.to_string())
-            }
-        },
-        Request::Incident { entry } => match ctx.member_of(&peer) {
-            Some(member) if member != ctx.me => match hear_incident(&ctx, member, &entry) {
-                Ok(()) => Response::Ok,
-                Err(e) => refused(e.to_string()),
-            },
-            _ => refused("incidents are heard from members only"),
-        },
-        Request::Resend { request } => match ctx.member_of(&peer) {
-            Some(member) if member != ctx.me => match resend_partial(&ctx, member, request) {
-                Ok(()) => Response::Ok,
-                Err(e) => refused(e.to_string()),
-            },
-            _ => refused("partial decryptions are sent to members only"),
-        },
-        Request::Partial {
-            request,
-            index,
-            count,
-            bytes,
-        } => match ctx.member_of(&peer) {
-            Some(member) if member != ctx.me => {
-                match receive_partial(&ctx, member, request, index, count, bytes) {
-                    Ok(()) => Response::Ok,
-                    Err(e) => refused(e.to_string()),
-                }
-            }
-            _ => refused("partial decryptions are taken from members only"),
-        },
-        _ => refused("not a request this node serves for this peer"),
     }
 }
 
