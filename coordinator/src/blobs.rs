@@ -415,6 +415,11 @@ mod tests {
         let err = upload.write(1, &bytes[CHUNK_BYTES - 1..]).unwrap_err();
         assert!(err.to_string().contains("holds 11 bytes, not 10"), "{err}");
         assert!(upload.write(1, last).unwrap());
+        let err = upload.write(2, last).unwrap_err();
+        assert!(
+            err.to_string().contains("the offer was of 2 chunks"),
+            "{err}"
+        );
         assert_eq!(store.finish_upload(upload).unwrap(), digest);
         assert_eq!(store.read(&digest).unwrap(), bytes);
         // The same sizes with one byte changed: refused at the end, and nothing stored.

@@ -219,11 +219,11 @@ async fn recompute_once(
     // Only the base is looked up there, a digest this member's verified chain named.
     let mut acc = Ciphertext::zero(ctx.shape());
     if let Some(base) = target.base {
-        let preloaded = match preload::take(ctx, base).await {
-            Some(kept) => Some(kept),
+        let kept = match preload::take(ctx, base).await {
+            read_ahead @ Some(_) => read_ahead,
             None => load_held(ctx, base).await?,
         };
-        acc = match preloaded {
+        acc = match kept {
             Some(kept) => kept.into_ciphertext(),
             // The base is a term of weight 1 onto zero.
             None => add_fetched(ctx, acc, &base, 1).await?,
