@@ -1,7 +1,7 @@
-//! Content-addressed storage for ciphertexts: each is a file named by the SHA-256 of its
-//! bytes, written under a temporary name and renamed into place once complete and checked,
-//! so a crash never leaves a partial blob under a real name. Uploads stream to disk chunk by
-//! chunk; nothing holds a whole contribution in memory.
+//! Content-addressed storage for ciphertexts: each is a file named by its encoding's digest
+//! (`protocol::wire::digest`), written under a temporary name and renamed into place once
+//! complete and checked, so a crash never leaves a partial blob under a real name. Uploads
+//! stream to disk chunk by chunk; nothing holds a whole contribution in memory.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use protocol::audit::entry::Digest;
 use protocol::he::Ciphertext;
 use protocol::round::message::{CHUNK_BYTES, MAX_CHUNKS};
+use protocol::wire::digest::{EncodingHasher, encoding_digest};
 use runtime::bulk::BulkWriter;
-use sha2::{Digest as _, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -64,7 +64,7 @@ impl BlobStore {
 
     /// Stores `bytes` under their digest (durably) and returns it.
     pub fn put(&self, bytes: &[u8]) -> Result<Digest, BlobError> {
-        let digest: Digest = Sha256::digest(bytes).into();
+        let digest: Digest = encoding_digest(bytes);
         let path = self.path(&digest);
         if !path.exists() {
             let temp = self.temp_path("put", &digest);
@@ -249,7 +249,7 @@ impl BlobStore {
             length,
             count: count as u32,
             next: 0,
-            hasher: Sha256::new(),
+            hasher: EncodingHasher::new(),
             file: BulkWriter::new(file),
             path,
         })
@@ -274,7 +274,7 @@ pub struct Upload {
     length: u64,
     count: u32,
     next: u32,
-    hasher: Sha256,
+    hasher: EncodingHasher,
     file: BulkWriter,
     path: PathBuf,
 }
@@ -327,7 +327,7 @@ impl Upload {
         }
         self.file.flush().map_err(io(&self.path))?;
         let written = self.file.len();
-        let digest: Digest = std::mem::take(&mut self.hasher).finalize().into();
+        let digest: Digest = std::mem::take(&mut self.hasher).finalize();
         if written != self.length {
             return Err(reason(format!(
                 "{written} bytes were written of the {} offered",
@@ -371,7 +371,7 @@ mod tests {
         let limits = protocol::wire::DecodeLimits::default();
         let ciphertext = protocol::wire::decode_ciphertext(&bytes, limits).unwrap();
         let digest = store.put_ciphertext(&ciphertext).unwrap();
-        assert_eq!(digest, Sha256::digest(&bytes).as_slice());
+        assert_eq!(digest, protocol::wire::encoded_digest(&bytes).0);
         assert_eq!(store.read(&digest).unwrap(), bytes);
         let chunks: Vec<&[u8]> = bytes.chunks(CHUNK_BYTES).collect();
         assert_eq!(chunks.len(), 3);
@@ -400,7 +400,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
         let bytes: Vec<u8> = (0..CHUNK_BYTES + 10).map(|i| (i % 251) as u8).collect();
-        let digest: Digest = Sha256::digest(&bytes).into();
+        let digest: Digest = encoding_digest(&bytes);
         let (first, last) = bytes.split_at(CHUNK_BYTES);
         let mut upload = store.begin_upload(digest, bytes.len() as u64).unwrap();
         for (index, chunk, why) in [

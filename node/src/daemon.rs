@@ -24,6 +24,7 @@ use protocol::round::policy::{
     HeldModel, Obtain, Refusal, ReleaseTarget, check_combine, check_request,
 };
 use protocol::round::{ModelDigest, RoundPlan, model_digest};
+use protocol::wire::digest::encoding_digest;
 use protocol::wire::{BoundCiphertext, DecodeLimits, encode_ciphertext, encoded_digest};
 use rand::SeedableRng;
 use runtime::clock::now_ms;

@@ -3,9 +3,12 @@
 //! Every encoding starts with the same header: the magic `QRAT`, a format version, a kind byte
 //! and the parameter-set id. Integers are little-endian. Decoders reject an unknown version,
 //! kind or parameter set, check every declared count against a limit and the exact input length
-//! *before* allocating, and reject trailing bytes, so each object has exactly one encoding.
+//! *before* allocating, and reject trailing bytes, so each object has exactly one encoding of
+//! each kind, and is written in one kind only (a ciphertext or partial decryption read from a
+//! kind bound by SHA-256, 6, 7 or 8, is written again as 11, 9 or 10: see [`digest`]).
 
 mod ciphertext;
+pub mod digest;
 mod partial;
 pub use ciphertext::{
     BoundCiphertext, CiphertextView, ciphertext_digest, ciphertext_encoded_len,
@@ -50,13 +53,24 @@ pub enum Kind {
     /// windows: still read (as the window `Window::TOP_64`), so that a ceremony transcript
     /// made before windows still verifies. Never written.
     PartialDecryptionTop64 = 5,
-    /// A partial decryption that names its window.
-    PartialDecryption = 6,
-    /// A ciphertext that names its body window, under a key of one secret.
-    Ciphertext = 7,
-    /// A ciphertext under a key of several secrets: kind 7's header, then the number of
+    /// A partial decryption that names its window, bound by SHA-256 as every partial was
+    /// before kind 11: still read (a partial released before keeps its logged digest), never
+    /// written.
+    PartialDecryptionSha256 = 6,
+    /// A ciphertext that names its body window, under a key of one secret, bound by SHA-256
+    /// as every ciphertext was before kind 9: still read (a model stored or held from then
+    /// keeps its logged digest), never written.
+    CiphertextSha256 = 7,
+    /// Kind 8 is to kind 10 what kind 7 is to kind 9.
+    CiphertextUnderSecretsSha256 = 8,
+    /// A ciphertext that names its body window, under a key of one secret; kind 7's layout,
+    /// bound by BLAKE3 (see [`digest`]).
+    Ciphertext = 9,
+    /// A ciphertext under a key of several secrets: kind 9's header, then the number of
     /// secrets (2 to `MAX_SECRETS`), which fixes how many masks there are.
-    CiphertextUnderSecrets = 8,
+    CiphertextUnderSecrets = 10,
+    /// A partial decryption that names its window; kind 6's layout, bound by BLAKE3.
+    PartialDecryption = 11,
 }
 
 impl Kind {
@@ -67,9 +81,12 @@ impl Kind {
             3 => Kind::KeyShare,
             4 => Kind::CiphertextTop64,
             5 => Kind::PartialDecryptionTop64,
-            6 => Kind::PartialDecryption,
-            7 => Kind::Ciphertext,
-            8 => Kind::CiphertextUnderSecrets,
+            6 => Kind::PartialDecryptionSha256,
+            7 => Kind::CiphertextSha256,
+            8 => Kind::CiphertextUnderSecretsSha256,
+            9 => Kind::Ciphertext,
+            10 => Kind::CiphertextUnderSecrets,
+            11 => Kind::PartialDecryption,
             _ => return None,
         })
     }

@@ -290,10 +290,32 @@ fn a_partial_from_before_windows_reads_as_the_top_64_bits() {
             .eq(widened.iter().copied())
     );
     let again = encode_partial_decryption(&read);
-    assert_eq!(again[5], 6);
+    assert_eq!(again[5], 11);
     assert_eq!(decode_partial_decryption(&again, limits).unwrap(), read);
     old.push(0);
     assert!(decode_partial_header(&old, limits).is_err());
+}
+
+/// Kind 6, the partial every member sent before BLAKE3, still decodes and keeps the SHA-256
+/// digest its member logged; written again, it is kind 11, bound by BLAKE3.
+#[test]
+fn a_partial_written_before_blake3_reads_from_kind_6_keeping_its_sha256_digest() {
+    let s = samples();
+    let limits = DecodeLimits::default();
+    assert_eq!(s.partial[5], 11);
+    assert_eq!(
+        digest::encoding_digest(&s.partial),
+        *blake3::hash(&s.partial).as_bytes()
+    );
+    let mut old = s.partial.clone();
+    old[5] = 6;
+    let read = decode_partial_decryption(&old, limits).unwrap();
+    assert_eq!(read, decode_partial_decryption(&s.partial, limits).unwrap());
+    assert_eq!(
+        digest::encoding_digest(&old),
+        <[u8; 32]>::from(Sha256::digest(&old))
+    );
+    assert_eq!(encode_partial_decryption(&read), s.partial);
 }
 
 #[test]
@@ -502,7 +524,7 @@ proptest! {
 
     #[test]
     fn garbage_after_a_valid_header_never_panics(
-        kind in 1u8..=6,
+        kind in 1u8..=12,
         rest in prop::collection::vec(any::<u8>(), 0..600),
     ) {
         let mut bytes = samples().partial[..25].to_vec();

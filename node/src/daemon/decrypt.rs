@@ -94,7 +94,7 @@ pub(super) async fn release(ctx: &Arc<Context>, request: u64) -> Result<(), Step
             .map(|encoded| (encoded, CombineTarget::from_bound(bound)))
     })
     .await??;
-    let share_digest: Digest = Sha256::digest(&partial).into();
+    let share_digest: Digest = encoding_digest(&partial);
     let partial = Arc::new(partial);
     {
         let mut state = ctx.lock();
@@ -261,7 +261,7 @@ pub(super) fn resend_partial(
         .store
         .released_partial(request)?
         .ok_or(StepError::NothingToResend { request })?;
-    if logged.is_none_or(|share| Sha256::digest(&partial).as_slice() != share) {
+    if logged.is_none_or(|share| encoding_digest(&partial) != share) {
         return Err(StepError::NothingToResend { request });
     }
     if ctx.lock().delivering.contains(&(request, member)) {

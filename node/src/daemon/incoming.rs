@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use protocol::audit::entry::Digest;
 use protocol::round::message::CHUNK_BYTES;
-use sha2::{Digest as _, Sha256};
+use protocol::wire::digest::EncodingHasher;
 
 /// A partial decryption arriving in chunks from another member. Chunks are hashed as they
 /// arrive, so the digest its author logged is checked without hashing the whole partial again
@@ -15,8 +15,8 @@ pub(super) struct Incoming {
     pub(super) received: u32,
     pub(super) count: u32,
     pub(super) bytes: Arc<Vec<u8>>,
-    pub(super) hasher: Sha256,
-    /// SHA-256 of the bytes, once complete.
+    pub(super) hasher: EncodingHasher,
+    /// The digest of the bytes (`protocol::wire::digest`), once complete.
     pub(super) digest: Option<Digest>,
     /// When the latest chunk arrived.
     pub(super) last_chunk: std::time::Instant,
@@ -33,7 +33,7 @@ impl Incoming {
             received: 0,
             count,
             bytes: Arc::new(bytes),
-            hasher: Sha256::new(),
+            hasher: EncodingHasher::new(),
             digest: None,
             last_chunk: std::time::Instant::now(),
         }
@@ -45,7 +45,7 @@ impl Incoming {
             received: 1,
             count: 1,
             bytes,
-            hasher: Sha256::new(),
+            hasher: EncodingHasher::new(),
             digest: Some(digest),
             last_chunk: std::time::Instant::now(),
         }
@@ -58,7 +58,7 @@ impl Incoming {
         self.received += 1;
         self.last_chunk = std::time::Instant::now();
         self.digest = if self.complete() {
-            Some(self.hasher.finalize_reset().into())
+            Some(std::mem::take(&mut self.hasher).finalize())
         } else {
             None
         };
@@ -102,7 +102,7 @@ mod tests {
         }
         assert!(!arriving.stalled(Duration::ZERO), "complete");
         assert_eq!(arriving.bytes.as_slice(), b"partial!");
-        let digest: Digest = Sha256::digest(b"partial!").into();
+        let digest: Digest = protocol::wire::digest::encoding_digest(b"partial!");
         assert_eq!(arriving.digest, Some(digest));
         assert!(!Incoming::whole(Arc::new(vec![1]), digest).stalled(Duration::ZERO));
     }

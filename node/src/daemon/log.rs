@@ -223,7 +223,7 @@ pub(super) fn carry_out(ctx: &Arc<Context>, action: Action) {
             let partial = match held {
                 Some(partial) => Some(partial),
                 None => match ctx.store.released_partial(request) {
-                    Ok(Some(partial)) if Sha256::digest(&partial).as_slice() == share => {
+                    Ok(Some(partial)) if encoding_digest(&partial) == share => {
                         let partial = Arc::new(partial);
                         ctx.lock()
                             .partials

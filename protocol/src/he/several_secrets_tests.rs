@@ -276,7 +276,7 @@ fn a_ciphertext_under_several_secrets_names_them_in_its_header_and_round_trips()
     let values = messages(&mut rng, POLYNOMIAL_SIZE + 10, budget.max_value());
     let ciphertext = key.encrypt(&values, &budget, &mut rng).unwrap();
     let bytes = encode_ciphertext(&ciphertext);
-    assert_eq!(bytes[5], 8, "kind");
+    assert_eq!(bytes[5], 10, "kind");
     let id_len = usize::from(bytes[6]);
     let secrets_at = 7 + id_len + 8 + 3;
     assert_eq!(bytes[secrets_at], 2, "secrets");
@@ -303,6 +303,58 @@ fn a_ciphertext_under_several_secrets_names_them_in_its_header_and_round_trips()
                 }
             ),
             "{wrong}: {err}"
+        );
+    }
+}
+
+/// A model stored or held before kinds 9 and 10 is logged under the SHA-256 of its kind 7 or
+/// 8 encoding: read from those bytes it keeps that digest, and written again it becomes kind 9
+/// or 10, bound by BLAKE3.
+#[test]
+fn a_ciphertext_written_before_blake3_decodes_from_kinds_7_and_8_keeping_its_sha256_digest() {
+    use sha2::Digest as _;
+    let config = ThresholdConfig::new(3, 2).unwrap();
+    let budget = budget(config, 16, 2);
+    for (secrets, kind, before) in [(1, 9u8, 7u8), (2, 10, 8)] {
+        let members = members(&config, secrets, 40 + secrets as u64);
+        let key = members.keys.public_key.prepare();
+        let mut rng = ChaCha20Rng::seed_from_u64(41);
+        let values = messages(&mut rng, POLYNOMIAL_SIZE + 10, budget.max_value());
+        let ciphertext = key.encrypt(&values, &budget, &mut rng).unwrap();
+        let bytes = encode_ciphertext(&ciphertext);
+        assert_eq!(bytes[5], kind, "kind written under {secrets} secret(s)");
+        assert_eq!(
+            crate::wire::encoded_digest(&bytes).0,
+            *blake3::hash(&bytes).as_bytes()
+        );
+
+        let mut old = bytes.clone();
+        old[5] = before;
+        let decoded = decode_ciphertext(&old, DecodeLimits::default()).unwrap();
+        assert_eq!(decoded, ciphertext);
+        let logged: [u8; 32] = sha2::Sha256::digest(&old).into();
+        assert_eq!(
+            BoundCiphertext::decode(&old, DecodeLimits::default())
+                .unwrap()
+                .digest()
+                .0,
+            logged
+        );
+        // Streamed as a stored model is read, it is bound to that same digest.
+        let mut stream =
+            crate::round::WholeStream::new(ciphertext.shape(), logged, DecodeLimits::default());
+        for piece in old.chunks(7000) {
+            stream.push::<std::convert::Infallible>(piece).unwrap();
+        }
+        let bound = stream.finish::<std::convert::Infallible>().unwrap();
+        assert_eq!(
+            (bound.digest().0, bound.ciphertext()),
+            (logged, &ciphertext)
+        );
+        // Written again, it is of the kind written now.
+        assert_eq!(
+            BoundCiphertext::new(decoded).digest(),
+            crate::wire::encoded_digest(&bytes)
         );
     }
 }

@@ -12,11 +12,10 @@
 
 use std::borrow::BorrowMut;
 
-use sha2::{Digest as _, Sha256};
-
 use super::policy::AggregateError;
 use crate::audit::entry::Digest;
 use crate::he::{Ciphertext, CiphertextShape};
+use crate::wire::digest::EncodingHasher;
 use crate::wire::{self, BoundCiphertext, DecodeLimits, MASK_WIRE_BYTES, WireError};
 
 /// Adds `weight` times one encoded ciphertext into an accumulator of the same shape (borrowed,
@@ -27,7 +26,7 @@ pub struct TermStream<A: BorrowMut<Ciphertext>> {
     digest: Digest,
     weight: i64,
     limits: DecodeLimits,
-    hasher: Sha256,
+    hasher: EncodingHasher,
     header: Vec<u8>,
     /// Mask coefficients and bodies added so far; the header sets how many there are.
     masks_done: usize,
@@ -45,7 +44,7 @@ impl<A: BorrowMut<Ciphertext>> TermStream<A> {
             digest,
             weight,
             limits,
-            hasher: Sha256::new(),
+            hasher: EncodingHasher::new(),
             header: Vec::new(),
             masks_done: 0,
             bodies_done: 0,
@@ -116,7 +115,7 @@ impl<A: BorrowMut<Ciphertext>> TermStream<A> {
                 actual: received,
             }));
         }
-        if self.hasher.finalize().as_slice() != self.digest {
+        if self.hasher.finalize() != self.digest {
             return Err(AggregateError::Digest {
                 digest: self.digest,
             });

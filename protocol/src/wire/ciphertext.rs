@@ -6,11 +6,12 @@
 
 use sha2::{Digest, Sha256};
 
+use super::digest::{EncodingHasher, encoding_digest};
 use super::{DecodeLimits, Kind, MASK_WIRE_BYTES, WireError, WireReader, header, read_value_count};
 use crate::he::{Ciphertext, CiphertextDigest, CiphertextShape, HeError, MAX_SECRETS, Window};
 
-/// Kind 7 under a key of one secret, as every ciphertext was before keys of several, and
-/// kind 8, which also names the secrets, under one of several.
+/// Kind 9 under a key of one secret, and kind 10, which also names the secrets, under one of
+/// several (kinds 7 and 8, their layouts bound by SHA-256, are only read).
 fn ciphertext_header(shape: CiphertextShape) -> Vec<u8> {
     let several = shape.secrets > 1;
     let mut out = header(if several {
@@ -141,7 +142,7 @@ fn stream_after<E>(
     ciphertext: &Ciphertext,
     mut emit: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<CiphertextDigest, E> {
-    let mut hasher = Sha256::new();
+    let mut hasher = EncodingHasher::new();
     let mut piece = |bytes: &[u8]| {
         hasher.update(bytes);
         emit(bytes)
@@ -159,7 +160,7 @@ fn stream_after<E>(
         put_bodies(&mut buffer, chunk, shape.body_window);
         piece(&buffer)?;
     }
-    Ok(CiphertextDigest(hasher.finalize().into()))
+    Ok(CiphertextDigest(hasher.finalize()))
 }
 
 /// The digest of a ciphertext's masks alone. A partial decryption depends on the masks only
@@ -187,9 +188,10 @@ pub fn mask_digest(ciphertext: &Ciphertext) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// The digest of an encoded ciphertext (equal to [`ciphertext_digest`] of the decoded one).
+/// The digest of an encoded ciphertext (equal to [`ciphertext_digest`] of the decoded one
+/// where it is of the kind written now): BLAKE3 or, for kinds 7 and 8, SHA-256.
 pub fn encoded_digest(bytes: &[u8]) -> CiphertextDigest {
-    CiphertextDigest(Sha256::digest(bytes).into())
+    CiphertextDigest(encoding_digest(bytes))
 }
 
 /// A ciphertext together with the digest of its encoding, which partial decryptions are bound
@@ -307,6 +309,8 @@ fn read_ciphertext_header(
     let kind = reader.header_of(&[
         Kind::Ciphertext,
         Kind::CiphertextUnderSecrets,
+        Kind::CiphertextSha256,
+        Kind::CiphertextUnderSecretsSha256,
         Kind::CiphertextTop64,
     ])?;
     if kind == Kind::CiphertextTop64 {
@@ -331,21 +335,22 @@ fn read_ciphertext_header(
         field: "body window",
         reason: e.to_string(),
     })?;
-    let secrets = if kind == Kind::CiphertextUnderSecrets {
-        let secrets = usize::from(reader.u8("secrets")?);
-        // One secret has its own kind, so that each ciphertext has one encoding.
-        if !(2..=MAX_SECRETS).contains(&secrets) {
-            return Err(WireError::Invalid {
-                field: "secrets",
-                reason: format!(
-                    "{secrets}, but this kind is for keys of 2 to {MAX_SECRETS} secrets"
-                ),
-            });
-        }
-        secrets
-    } else {
-        1
-    };
+    let secrets =
+        if kind == Kind::CiphertextUnderSecrets || kind == Kind::CiphertextUnderSecretsSha256 {
+            let secrets = usize::from(reader.u8("secrets")?);
+            // One secret has its own kind, so that each ciphertext has one encoding.
+            if !(2..=MAX_SECRETS).contains(&secrets) {
+                return Err(WireError::Invalid {
+                    field: "secrets",
+                    reason: format!(
+                        "{secrets}, but this kind is for keys of 2 to {MAX_SECRETS} secrets"
+                    ),
+                });
+            }
+            secrets
+        } else {
+            1
+        };
     Ok(CiphertextShape {
         values: value_count as usize,
         delta_bits,

@@ -126,7 +126,11 @@ fn read_partial_header(
     limits: DecodeLimits,
 ) -> Result<(PartialHeader, &[u8]), WireError> {
     let mut reader = WireReader::new(bytes);
-    let kind = reader.header_of(&[Kind::PartialDecryption, Kind::PartialDecryptionTop64])?;
+    let kind = reader.header_of(&[
+        Kind::PartialDecryption,
+        Kind::PartialDecryptionSha256,
+        Kind::PartialDecryptionTop64,
+    ])?;
     let party = reader.u8("party")?;
     let quorum_len = reader.u8("quorum size")?;
     if quorum_len > crate::he::MAX_PARTIES {
