@@ -92,6 +92,14 @@ impl Kind {
     }
 }
 
+/// The kind of an encoding (or of its header) if it is one this build reads but no longer
+/// writes (4 to 8: before body windows, or bound by SHA-256 before BLAKE3); `None` for any
+/// other bytes.
+pub fn kind_written_before(encoding: &[u8]) -> Option<u8> {
+    let kind = *encoding.get(MAGIC.len() + 1)?;
+    (encoding.starts_with(&MAGIC) && (4..=8).contains(&kind)).then_some(kind)
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
     #[error("not a Quorate object (bad magic bytes)")]

@@ -11,6 +11,11 @@ pub(super) enum RequestRefusal {
     Blob(#[from] BlobError),
     #[error("the contribution is not a ciphertext: {0}")]
     NotACiphertext(#[from] protocol::wire::WireError),
+    #[error(
+        "the contribution is of kind {0}, which only builds before BLAKE3 digests wrote: \
+         contribute from an upgraded node"
+    )]
+    EarlierKind(u8),
     #[error("the contribution holds {found}, the plan {plan}")]
     Shape {
         found: CiphertextShape,
@@ -40,6 +45,11 @@ fn shape_of(
     limits: DecodeLimits,
 ) -> Result<(), RequestRefusal> {
     let found = protocol::wire::decode_ciphertext_header(header, limits)?;
+    // Read, but never written now: an honest member never uploads one, and a copy of another
+    // member's ciphertext re-encoded in it would have another digest than the original.
+    if let Some(kind) = protocol::wire::kind_written_before(header) {
+        return Err(RequestRefusal::EarlierKind(kind));
+    }
     if found != plan {
         return Err(RequestRefusal::Shape { found, plan });
     }
@@ -380,10 +390,18 @@ mod tests {
             shape_of(&bytes[1..=ciphertext_header_len(1)], length, plan, limits),
             Err(RequestRefusal::NotACiphertext(WireError::BadMagic))
         ));
+        // The same ciphertext in the kind written before BLAKE3 (another digest) is refused.
+        let mut earlier = header.to_vec();
+        earlier[5] = 7;
+        let refused = shape_of(&earlier, length, plan, limits).unwrap_err();
+        assert!(
+            matches!(refused, RequestRefusal::EarlierKind(7)),
+            "{refused}"
+        );
     }
 
-    /// Under a key of four secrets the plan's ciphertexts are of kind 8: one of kind 7 is
-    /// refused as another shape, and a plan of one secret refuses one of kind 8, whose header
+    /// Under a key of four secrets the plan's ciphertexts are of kind 10: one of kind 9 is
+    /// refused as another shape, and a plan of one secret refuses one of kind 10, whose header
     /// it reads one byte short.
     #[test]
     fn a_ciphertext_under_another_number_of_secrets_than_the_keys_is_refused() {

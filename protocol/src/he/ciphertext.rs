@@ -428,6 +428,9 @@ impl EncryptionKey {
             .for_each_init(
                 || EncryptScratch::new(group),
                 |scratch, (((mask, bodies), messages), seed)| {
+                    // ChaCha12, not the smudging's AES streams (`super::keystream`): an
+                    // encryption from a seed (the ceremony's challenge, a server step, a retry)
+                    // must come out the same in every build that checks it.
                     let mut group_rng = ChaCha12Rng::from_seed(*seed);
                     let len = messages.len();
                     for (plaintext, message) in scratch.plaintexts.iter_mut().zip(messages) {

@@ -1,7 +1,6 @@
 //! Threshold decryption: partial decryptions by an agreed quorum, and their combination.
 
 use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha12Rng;
 use rand_core::{CryptoRng, RngCore};
 use rayon::prelude::*;
 use zeroize::Zeroize;
@@ -9,6 +8,7 @@ use zeroize::Zeroize;
 use super::ciphertext::Ciphertext;
 use super::ciphertext::MASK_DROPPED_BITS as MASK_LOW_BITS;
 use super::keys::KeyShare;
+use super::keystream::StreamRng;
 use super::ntt::{FullForm, NttContext};
 use super::sampling::add_smudging;
 use super::{Budget, HeError, POLYNOMIAL_SIZE, Quorum, Subset, Window};
@@ -290,7 +290,7 @@ impl KeyShare {
                         for (k, value) in scratch.values[..len].iter_mut().enumerate() {
                             *value = scratch.product[POLYNOMIAL_SIZE - 1 - k];
                         }
-                        let mut bin_rng = ChaCha12Rng::from_seed(*seed);
+                        let mut bin_rng = StreamRng::from_seed(*seed);
                         add_smudging(&mut bin_rng, &mut scratch.values[..len], smudging_bits);
                         for (places, v) in out.chunks_exact_mut(per_value).zip(&scratch.values) {
                             store(places, window.keep(*v));

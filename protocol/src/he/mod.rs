@@ -21,6 +21,7 @@ mod codec;
 mod crt;
 mod decrypt;
 mod keys;
+mod keystream;
 mod ntt;
 mod params;
 pub mod sampling;
