@@ -73,7 +73,31 @@ pub enum Kind {
     PartialDecryption = 11,
 }
 
+/// Where the kind byte sits in every encoding: after the magic and the format version.
+pub(crate) const KIND_OFFSET: usize = MAGIC.len() + 1;
+
 impl Kind {
+    /// Read for what earlier builds stored, logged or transcribed, and never written now.
+    fn written_before(self) -> bool {
+        matches!(
+            self,
+            Kind::CiphertextTop64
+                | Kind::PartialDecryptionTop64
+                | Kind::PartialDecryptionSha256
+                | Kind::CiphertextSha256
+                | Kind::CiphertextUnderSecretsSha256
+        )
+    }
+
+    /// Ciphertexts and partial decryptions of the kinds written now are bound by BLAKE3
+    /// ([`digest`]); every other encoding by SHA-256.
+    pub(crate) fn bound_by_blake3(self) -> bool {
+        matches!(
+            self,
+            Kind::Ciphertext | Kind::CiphertextUnderSecrets | Kind::PartialDecryption
+        )
+    }
+
     fn from_byte(byte: u8) -> Option<Self> {
         Some(match byte {
             1 => Kind::PublicKeyContribution,
@@ -93,11 +117,12 @@ impl Kind {
 }
 
 /// The kind of an encoding (or of its header) if it is one this build reads but no longer
-/// writes (4 to 8: before body windows, or bound by SHA-256 before BLAKE3); `None` for any
-/// other bytes.
+/// writes (before body windows, or bound by SHA-256 before BLAKE3); `None` for any other
+/// bytes.
 pub fn kind_written_before(encoding: &[u8]) -> Option<u8> {
-    let kind = *encoding.get(MAGIC.len() + 1)?;
-    (encoding.starts_with(&MAGIC) && (4..=8).contains(&kind)).then_some(kind)
+    let byte = *encoding.get(KIND_OFFSET)?;
+    let kind = Kind::from_byte(byte)?;
+    (encoding.starts_with(&MAGIC) && kind.written_before()).then_some(byte)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -17,10 +17,7 @@
 
 use sha2::{Digest as _, Sha256};
 
-use super::{Kind, MAGIC};
-
-/// Where the kind byte sits in every encoding: after the magic and the format version.
-const KIND_OFFSET: usize = MAGIC.len() + 1;
+use super::{KIND_OFFSET, Kind};
 
 /// Hashes an encoding given in pieces of any size; the first `KIND_OFFSET + 1` bytes decide
 /// the hash (see the module's documentation).
@@ -95,12 +92,7 @@ impl EncodingHasher {
 }
 
 fn choose(kind: u8) -> State {
-    let blake3 = [
-        Kind::Ciphertext,
-        Kind::CiphertextUnderSecrets,
-        Kind::PartialDecryption,
-    ];
-    if blake3.iter().any(|bound| *bound as u8 == kind) {
+    if Kind::from_byte(kind).is_some_and(Kind::bound_by_blake3) {
         State::Blake3(Box::default())
     } else {
         State::Sha256(Sha256::new())
@@ -119,7 +111,7 @@ mod tests {
     use super::*;
 
     fn encoding(kind: u8, len: usize) -> Vec<u8> {
-        let mut bytes = MAGIC.to_vec();
+        let mut bytes = super::super::MAGIC.to_vec();
         bytes.push(super::super::FORMAT_VERSION);
         bytes.push(kind);
         bytes.extend((0..len).map(|i| (i * 7 + 3) as u8));
@@ -142,6 +134,22 @@ mod tests {
             encoding_digest(b"QRAT"),
             <[u8; 32]>::from(Sha256::digest(b"QRAT"))
         );
+    }
+
+    #[test]
+    fn kinds_4_to_8_are_the_ones_read_and_no_longer_written() {
+        for kind in 0..=12u8 {
+            let found = super::super::kind_written_before(&encoding(kind, 10));
+            assert_eq!(
+                found,
+                (4..=8).contains(&kind).then_some(kind),
+                "kind {kind}"
+            );
+        }
+        let mut not_ours = encoding(7, 10);
+        not_ours[0] = b'X';
+        assert_eq!(super::super::kind_written_before(&not_ours), None);
+        assert_eq!(super::super::kind_written_before(b"QRAT\x01"), None);
     }
 
     #[test]
