@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, ensure};
 use protocol::he::{
-    Budget, BudgetRequest, Ciphertext, LocalKeySet, Quorum, ThresholdConfig, combine,
+    Budget, BudgetRequest, Ciphertext, Decoding, LocalKeySet, Quorum, ThresholdConfig, combine,
 };
 use protocol::wire::{
     BoundCiphertext, DecodeLimits, decode_ciphertext_view, encode_ciphertext,
@@ -131,6 +131,7 @@ pub fn run_he(args: &HeBenchArgs) -> Result<ExitCode> {
             .kappa
             .unwrap_or_else(|| protocol::he::kappa_for(args.lifetime_reveals)),
         rounds: 1,
+        decoding: Decoding::Absolute,
     })?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)

@@ -3,8 +3,8 @@
 //! commitments, and the validation challenge every t-subset decrypts.
 
 use protocol::he::{
-    Budget, BudgetRequest, KeyShare, PartialDecryption, PublicKey, Quorum, Subset, ThresholdConfig,
-    Window, combine,
+    Budget, BudgetRequest, Decoding, KeyShare, PartialDecryption, PublicKey, Quorum, Subset,
+    ThresholdConfig, Window, combine,
 };
 use protocol::wire::{BoundCiphertext, DecodeLimits, decode_partial_decryption, encode_key_share};
 use rand::{Rng, SeedableRng};
@@ -184,6 +184,7 @@ fn validation_challenge(
         value_bits: 20,
         kappa: VALIDATION_KAPPA,
         rounds: 1,
+        decoding: Decoding::Absolute,
     })?;
     let mut stream = ChaCha20Rng::from_seed(if secret == 0 {
         hash(&[b"quorate/validation-challenge/v1", transcript])

@@ -8,7 +8,7 @@ use keyceremony::machine::{Abort, Incoming, Outcome};
 use keyceremony::message::{Body, Message, Phase};
 use protocol::audit::entry::approval_message;
 use protocol::consortium::Consortium;
-use protocol::he::{Budget, BudgetRequest, Quorum, combine};
+use protocol::he::{Budget, BudgetRequest, Decoding, Quorum, combine};
 use protocol::wire::BoundCiphertext;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -106,6 +106,7 @@ fn an_honest_ceremony_gives_everyone_the_same_key_and_working_shares() {
             value_bits: 30,
             kappa: 40,
             rounds: 1,
+            decoding: Decoding::Absolute,
         })
         .unwrap();
         let mut rng = ChaCha20Rng::seed_from_u64(9);

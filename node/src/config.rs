@@ -281,6 +281,8 @@ mod tests {
                 .unwrap();
         let plan: RoundPlan = coordinator["plan"].clone().try_into().unwrap();
         assert_eq!(plan.digest(), node.plan.digest());
+        // A plan written from the example reads models against the one each round builds on.
+        assert!(plan.relative_decoding && node.plan.relative_decoding);
     }
 
     /// The commented-out alternatives in the example are valid `[source]` tables too.

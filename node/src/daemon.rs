@@ -267,6 +267,30 @@ impl Context {
         Ok((Arc::new(model), held))
     }
 
+    /// The model this member holds, if it is still `expected`, handed to `each` in
+    /// consecutive pieces: whole while it is in memory, else read back from the store a piece
+    /// at a time, so that it is never held whole beside what the caller holds (800 MB at
+    /// 100M values). `false`, with nothing handed, if the member moved on to another model.
+    fn held_model_in_pieces<E: From<StateStoreError>>(
+        &self,
+        expected: &HeldModel,
+        mut each: impl FnMut(&[i64]) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let in_memory = {
+            let state = self.lock();
+            if state.member.held() != expected {
+                return Ok(false);
+            }
+            state.model.clone()
+        };
+        match in_memory {
+            Some(model) => each(&model).map(|()| true),
+            None => self
+                .store
+                .model_in_pieces(u64::from(self.plan.values), expected, each),
+        }
+    }
+
     /// The digest of the model this member holds, without reading it back when its record
     /// names it.
     fn held_model_digest(&self) -> ModelDigest {

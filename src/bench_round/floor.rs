@@ -271,7 +271,8 @@ mod tests {
         assert_eq!(costs.sampled_values, 10_000);
         // What the plan's model encodes to, not the sample's: a ciphertext of 20,000 values
         // fills three bins where 10,000 fill two, with the plan's body window; a partial is
-        // the plan's window (5 bytes a value at 20,000 values over one round) and a header.
+        // the plan's window (4 bytes a value at 20,000 values over one round, read against
+        // the model the round builds on) and a header.
         let budget = plan.budget(config).unwrap();
         let body = budget.body_window().bytes() as u64;
         assert!(body < 8, "{body} bytes a body");
@@ -279,8 +280,8 @@ mod tests {
             costs.ciphertext_bytes,
             protocol::wire::ciphertext_header_len(1) as u64 + 3 * 8192 * 15 + 20_000 * body
         );
-        assert_eq!(budget.share_window().bytes(), 5);
-        let header = costs.partial_bytes - 5 * 20_000;
+        assert_eq!(budget.share_window().bytes(), 4);
+        let header = costs.partial_bytes - 4 * 20_000;
         assert!(header > 0 && header < 200, "{header}");
         assert!(costs.encrypt_seconds > 0.0 && costs.partial_decrypt_seconds > 0.0);
     }

@@ -227,7 +227,7 @@ pub(super) async fn combine(
     // so it combines only a ciphertext it recomputed itself from the model it holds, or, outside
     // the quorum of a first attempt, one that every quorum member logged a release for after
     // recomputing it (`Obtain::Fetch`; `try_combine` comes here only then).
-    let (verdict, released) = {
+    let (verdict, released, held) = {
         let state = ctx.lock();
         let verdict = check_combine(
             &state.entries[..state.acted as usize],
@@ -240,7 +240,7 @@ pub(super) async fn combine(
             .member
             .decryption(request)
             .is_some_and(|d| d.released_by_whole_quorum());
-        (verdict, released)
+        (verdict, released, *state.member.held())
     };
     // Checked here as well as before coming: a fetched ciphertext is adopted on the word of
     // these releases.
@@ -309,7 +309,18 @@ pub(super) async fn combine(
         for partial in &partials {
             combination.subtract_encoded(&protocol::wire::decode_partial_view(partial, limits)?)?;
         }
-        Ok(combination.finish()?)
+        // The model the aggregate builds on (its base, checked above to be the one this member
+        // holds): under relative decoding each value is read against it, a piece at a time.
+        let mut reading = combination.into_reading()?;
+        let read = worker
+            .held_model_in_pieces(&held, |piece| reading.next(piece).map_err(StepError::from))?;
+        if !read {
+            return Err(StepError::ReferenceMoved {
+                request,
+                held: held.round,
+            });
+        }
+        Ok(reading.finish()?)
     })
     .await??;
     if decoded.len() != ctx.plan.values as usize {

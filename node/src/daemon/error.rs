@@ -34,6 +34,11 @@ pub enum StepError {
         found: u64,
     },
     #[error(
+        "request {request} is read against the model of round {held}, which this member no \
+         longer holds: a combination moved it on meanwhile"
+    )]
+    ReferenceMoved { request: u64, held: u64 },
+    #[error(
         "the model saved for request {request} encrypts to another base than the one saved with \
          it: the node store does not match its held model"
     )]

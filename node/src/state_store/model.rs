@@ -4,9 +4,12 @@
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use protocol::round::{HeldModel, ModelDigest, OptimizerState, model_digest};
+use protocol::round::{HeldModel, ModelDigest, ModelHasher, OptimizerState};
 
 use super::{HELD, META, MODEL, OPTIMIZER, StateStore, StateStoreError};
+
+/// Values handed at a time when a model is read in pieces: 8 MB.
+pub const MODEL_PIECE: usize = 1 << 20;
 
 impl StateStore {
     /// Removes what a crash left: half-written files, and a model whose record was never
@@ -99,6 +102,23 @@ impl StateStore {
         digest: &ModelDigest,
         values: u64,
     ) -> Result<Vec<i64>, StateStoreError> {
+        let mut model = Vec::with_capacity(values as usize);
+        self.read_model_file_in_pieces(digest, values, |piece| {
+            model.extend_from_slice(piece);
+            Ok::<_, StateStoreError>(())
+        })?;
+        Ok(model)
+    }
+
+    /// The model of `digest` from its file, handed to `each` in consecutive pieces of at most
+    /// [`MODEL_PIECE`] values; the digest is checked once the last is handed, so an error
+    /// then means the pieces were not the model.
+    fn read_model_file_in_pieces<E: From<StateStoreError>>(
+        &self,
+        digest: &ModelDigest,
+        values: u64,
+        mut each: impl FnMut(&[i64]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let path = self.model_path(digest);
         let io = |source| StateStoreError::ModelFile {
             path: path.display().to_string(),
@@ -109,21 +129,75 @@ impl StateStore {
         if length != values.saturating_mul(8) {
             return Err(io(std::io::Error::other(format!(
                 "it is {length} bytes long, not the plan's {values} values of 8 bytes"
-            ))));
+            )))
+            .into());
         }
         let mut reader = BufReader::with_capacity(1 << 20, file);
-        let mut values = Vec::with_capacity((length / 8) as usize);
-        let mut value = [0u8; 8];
-        for _ in 0..length / 8 {
-            reader.read_exact(&mut value).map_err(io)?;
-            values.push(i64::from_le_bytes(value));
+        let mut hasher = ModelHasher::new(values);
+        let mut bytes = vec![0u8; 8 * MODEL_PIECE];
+        let mut piece = Vec::with_capacity(MODEL_PIECE);
+        let mut left = values as usize;
+        while left > 0 {
+            let count = left.min(MODEL_PIECE);
+            reader.read_exact(&mut bytes[..8 * count]).map_err(io)?;
+            piece.clear();
+            piece.extend(
+                bytes[..8 * count]
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))),
+            );
+            hasher.update(&piece);
+            each(&piece)?;
+            left -= count;
         }
-        if model_digest(&values) != *digest {
+        if hasher.finalize() != *digest {
             return Err(io(std::io::Error::other(
                 "it is not the model its record names (damaged on disk?)",
-            )));
+            ))
+            .into());
         }
-        Ok(values)
+        Ok(())
+    }
+
+    /// The model the record names, if it is `held`'s, handed to `each` in consecutive pieces
+    /// (zeros before the first decryption), without holding it whole: `false`, with nothing
+    /// handed, if the record names another. As for [`Self::model`], its digest is checked,
+    /// once the last piece is handed.
+    pub fn model_in_pieces<E: From<StateStoreError>>(
+        &self,
+        values: u64,
+        held: &HeldModel,
+        mut each: impl FnMut(&[i64]) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let _saving = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        let recorded = self.held()?;
+        if recorded.unwrap_or_else(HeldModel::initial) != *held {
+            return Ok(false);
+        }
+        let legacy = {
+            let tx = self.read()?;
+            let table = tx.open_table(META).map_err(|e| self.err(e))?;
+            table.get(MODEL).map_err(|e| self.err(e))?.is_some()
+        };
+        if recorded.is_none() {
+            let zeros = vec![0; MODEL_PIECE.min(values as usize)];
+            let mut left = values as usize;
+            while left > 0 {
+                let count = left.min(MODEL_PIECE);
+                each(&zeros[..count])?;
+                left -= count;
+            }
+        } else if legacy {
+            // Kept in the store by versions before the model file: read whole, as `model` does.
+            drop(_saving);
+            match self.model(values)? {
+                Some((model, read)) if read == *held => each(&model)?,
+                _ => return Ok(false),
+            }
+        } else {
+            self.read_model_file_in_pieces(&held.model, values, each)?;
+        }
+        Ok(true)
     }
 
     /// Keeps a decrypted model with the record of how it was verified and, under a server
@@ -179,6 +253,7 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::round::model_digest;
 
     fn held(round: u64, model: &[i64]) -> HeldModel {
         HeldModel {
@@ -316,5 +391,44 @@ mod tests {
             .unwrap();
         let tx = store.read().unwrap();
         assert!(tx.open_table(META).unwrap().get(MODEL).unwrap().is_none());
+    }
+
+    /// A member combining under relative decoding reads its model a piece at a time: every
+    /// value in order, zeros before the first decryption, nothing for a model it no longer
+    /// holds, and a damaged file refused once its last piece is read.
+    #[test]
+    fn the_held_model_is_read_in_pieces_in_order_and_only_while_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let values = MODEL_PIECE + 5;
+        let collect = |store: &StateStore, held: &HeldModel| {
+            let mut pieces = Vec::new();
+            store
+                .model_in_pieces(values as u64, held, |piece| {
+                    pieces.push(piece.to_vec());
+                    Ok::<_, StateStoreError>(())
+                })
+                .map(|read| read.then_some(pieces))
+        };
+        let zeros = collect(&store, &HeldModel::initial()).unwrap().unwrap();
+        assert_eq!(
+            zeros.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![MODEL_PIECE, 5]
+        );
+        assert!(zeros.concat().iter().all(|v| *v == 0));
+
+        let model: Vec<i64> = (0..values as i64).map(|i| i * 7 - 3).collect();
+        let record = held(2, &model);
+        store.save_model(&model, &record, None).unwrap();
+        assert_eq!(collect(&store, &record).unwrap().unwrap().concat(), model);
+        assert_eq!(collect(&store, &HeldModel::initial()).unwrap(), None);
+        assert_eq!(collect(&store, &held(3, &model)).unwrap(), None);
+
+        let path = dir.path().join("model").join(hex::encode(record.model));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8 * (values - 1)] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let refused = collect(&store, &record).unwrap_err().to_string();
+        assert!(refused.contains("damaged"), "{refused}");
     }
 }

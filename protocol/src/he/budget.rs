@@ -20,6 +20,11 @@
 //! Delta must exceed twice their sum, and the weighted sum of messages must fit in the signed
 //! range left above Delta.
 //!
+//! Where messages are read against a reference ([`Decoding::Relative`]), partials and bodies
+//! need only the bits of one round's change above Delta, and Delta may be raised by up to two
+//! bits, out of the spare message space, so that partials can be rounded higher (see
+//! `relative_layout`); the smudging does not depend on Delta.
+//!
 //! # Statistical security over the key's life
 //!
 //! A simulator that knows only the decrypted values can produce every honest partial
@@ -73,6 +78,20 @@ pub fn kappa_for(reveals: u64) -> u32 {
 /// keeps every shift and sum below in range.
 pub const MAX_KAPPA: u32 = 80;
 
+/// How a combiner reads each decrypted message from its phase, which decides the bits a
+/// partial decryption and a ciphertext body must keep above Delta.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoding {
+    /// From the phase alone: any message the budget allows (|m| < 2^message_bits), so the
+    /// windows reach above the largest of them.
+    Absolute,
+    /// Relative to a reference every combiner holds, from which each message differs by at
+    /// most `bound` in magnitude: a round's model read against the model the round builds on,
+    /// which every member that combines holds (it recomputed the aggregate from it). The
+    /// windows then reach only above `bound`, one round's change, whatever the rounds summed.
+    Relative { bound: u64 },
+}
+
 /// What a consortium intends to do with one key, to be checked before a ceremony or round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BudgetRequest {
@@ -89,6 +108,8 @@ pub struct BudgetRequest {
     /// Rounds whose contributions accumulate in one ciphertext before it is decrypted (an
     /// encrypted model updated in place for r rounds has r).
     pub rounds: u32,
+    /// How decrypted messages are read (see [`Decoding`]).
+    pub decoding: Decoding,
 }
 
 /// The outcome: where messages sit in the 128-bit word and how much noise each member adds.
@@ -99,6 +120,8 @@ pub struct Budget {
     delta_bits: u32,
     smudging_bits: u32,
     spare_bits: u32,
+    /// Bits of the largest message a combiner must tell apart (see [`Budget::read_bits`]).
+    read_bits: u32,
     share_window: Window,
     body_window: Window,
     fresh_noise_bits: f64,
@@ -121,6 +144,7 @@ impl Budget {
             value_bits,
             kappa,
             rounds,
+            decoding,
         } = request;
         if kappa < params.min_kappa || kappa > MAX_KAPPA {
             return Err(HeError::Budget(format!(
@@ -194,18 +218,34 @@ impl Budget {
                 config.threshold(),
             )));
         }
-        let share_window = share_window(delta_bits, message_bits as u32, config.threshold());
-        // Everything but the bodies' rounding, with the partials rounded at their window.
-        let other_error = secret_noise_bits.exp2()
-            + threshold * (smudging + f64::from(u32::from(share_window.dropped_bits()) - 1).exp2());
-        let body_window = body_window(delta_bits, message_bits as u32, l1, other_error);
+        let message_bits = message_bits as u32;
+        let errors = Errors {
+            secret_noise: secret_noise_bits.exp2(),
+            smudging,
+            threshold,
+            l1,
+        };
+        let layout = match decoding {
+            Decoding::Absolute => {
+                absolute_layout(delta_bits, message_bits, config.threshold(), &errors)
+            }
+            Decoding::Relative { bound } => {
+                if bound == 0 {
+                    return Err(HeError::Budget(
+                        "a relative decoding's bound must be at least 1".into(),
+                    ));
+                }
+                relative_layout(delta_bits, spare as u32, bit_length(bound), &errors)
+            }
+        };
         Ok(Self {
             request,
-            delta_bits,
+            delta_bits: layout.delta_bits,
             smudging_bits,
-            spare_bits: spare as u32,
-            share_window,
-            body_window,
+            spare_bits: spare as u32 - (layout.delta_bits - delta_bits),
+            read_bits: layout.read_bits,
+            share_window: layout.share_window,
+            body_window: layout.body_window,
             fresh_noise_bits,
             ciphertext_noise_bits,
             secret_noise_bits,
@@ -295,9 +335,16 @@ impl Budget {
         r.value_bits + l1.log2().ceil() as u32
     }
 
+    /// Bits of the largest message a combiner must tell apart: the message bits when it reads
+    /// messages from their phase alone, the bit length of the bound when it reads them against
+    /// a reference (see [`Decoding`]).
+    pub fn read_bits(&self) -> u32 {
+        self.read_bits
+    }
+
     /// The bits a combined phase needs: it is known from its residue modulo 2^phase_bits.
     pub fn phase_bits(&self) -> u32 {
-        phase_bits(self.delta_bits, self.message_bits())
+        phase_bits(self.delta_bits, self.read_bits)
     }
 
     /// The smudging's margin over the secret-dependent noise, in bits (at least kappa).
@@ -325,6 +372,116 @@ impl Budget {
             limit as u64
         }
     }
+}
+
+/// The error terms of a decrypted coordinate other than the rounding of partials and bodies.
+struct Errors {
+    /// The bound of the secret-dependent noise.
+    secret_noise: f64,
+    /// One quorum member's smudging, at most.
+    smudging: f64,
+    threshold: f64,
+    /// The L1 norm of every weight applied to the ciphertext.
+    l1: f64,
+}
+
+/// Delta as the budget uses it, and the windows of partials and bodies.
+struct Layout {
+    delta_bits: u32,
+    read_bits: u32,
+    share_window: Window,
+    body_window: Window,
+}
+
+/// The layout of every budget that reads messages from their phase alone, as it was before
+/// relative decoding: Delta as chosen, partials rounded `2 + log2(t)` bits under it. Kept
+/// exactly, so that a key's ciphertexts and partials from before keep their meaning.
+fn absolute_layout(delta_bits: u32, message_bits: u32, threshold: u8, errors: &Errors) -> Layout {
+    let share_window = share_window(delta_bits, message_bits, threshold);
+    let body_window = body_window(
+        delta_bits,
+        message_bits,
+        errors.l1,
+        errors.other_than_bodies(share_window),
+    );
+    Layout {
+        delta_bits,
+        read_bits: message_bits,
+        share_window,
+        body_window,
+    }
+}
+
+/// The layout of a budget that reads messages against a reference, |m - reference| < 2^read_bits.
+///
+/// Partials then need `read_bits + 1` bits above Delta and a few below it, so a byte more or
+/// less turns on one or two bits. For each Delta from the one chosen up to two bits higher (as
+/// far as the message space spares them), partials are rounded as high as the error allows:
+/// t * 2^(d - 1) with every other term, bodies rounded at bit 64 included, within 7/8 of
+/// Delta / 2. Bodies then take the room left (see `body_window`). The layout sending the
+/// fewest bytes of partial and body a value wins, then the one with the fewer bytes of
+/// partial, then the lower Delta. A higher Delta leaves the statistical security alone: the
+/// smudging is set by the noise, not by Delta.
+fn relative_layout(delta_bits: u32, spare_bits: u32, read_bits: u32, errors: &Errors) -> Layout {
+    let mut best: Option<Layout> = None;
+    for delta in delta_bits..=delta_bits + spare_bits.min(2) {
+        let top = phase_bits(delta, read_bits);
+        let room = f64::from(delta - 1).exp2() * 0.875
+            - errors.secret_noise
+            - errors.threshold * errors.smudging
+            - errors.l1 * f64::from(Window::MIN_DROPPED_BITS - 1).exp2();
+        let fits = |d: u32| errors.threshold * f64::from(d - 1).exp2() <= room;
+        let lowest = u32::from(Window::MIN_DROPPED_BITS);
+        if !fits(lowest) {
+            continue;
+        }
+        let mut highest = lowest;
+        while highest < delta && fits(highest + 1) {
+            highest += 1;
+        }
+        // The fewest whole bytes from the highest bottom, then the lowest bottom those bytes
+        // reach to: a lower one only shrinks the rounding, and leaves bodies more room.
+        let bytes = top.saturating_sub(highest).div_ceil(8).clamp(1, 8);
+        let bottom = top.saturating_sub(8 * bytes).max(lowest);
+        let share_window = Window::new(bottom as u8, bytes as u8)
+            .expect("bottom >= 64 and top <= 128 by construction");
+        let body_window = body_window(
+            delta,
+            read_bits,
+            errors.l1,
+            errors.other_than_bodies(share_window),
+        );
+        let layout = Layout {
+            delta_bits: delta,
+            read_bits,
+            share_window,
+            body_window,
+        };
+        let cost = |l: &Layout| {
+            (
+                l.share_window.bytes() + l.body_window.bytes(),
+                l.share_window.bytes(),
+            )
+        };
+        if best.as_ref().is_none_or(|b| cost(&layout) < cost(b)) {
+            best = Some(layout);
+        }
+    }
+    best.expect("the Delta chosen fits partials rounded at bit 64")
+}
+
+impl Errors {
+    /// Everything but the bodies' rounding, with the partials rounded at `share_window`.
+    fn other_than_bodies(&self, share_window: Window) -> f64 {
+        self.secret_noise
+            + self.threshold
+                * (self.smudging + f64::from(u32::from(share_window.dropped_bits()) - 1).exp2())
+    }
+}
+
+/// Bits of `value`: the least b with value < 2^b.
+fn bit_length(value: u64) -> u32 {
+    64 - value.leading_zeros()
 }
 
 /// The window of a partial decryption for a budget of scale 2^delta_bits, messages below
@@ -438,6 +595,7 @@ pub(crate) mod tests_support {
             value_bits: 8,
             kappa: 40,
             rounds: 1,
+            decoding: Decoding::Absolute,
         })
         .expect("a small request fits")
     }
@@ -455,6 +613,7 @@ mod tests {
             value_bits,
             kappa: 40,
             rounds: 1,
+            decoding: Decoding::Absolute,
         }
     }
 
@@ -501,6 +660,7 @@ mod tests {
                                     value_bits,
                                     kappa,
                                     rounds,
+                                    decoding: Decoding::Absolute,
                                 };
                                 let Ok(budget) = Budget::compute(request) else {
                                     continue;
@@ -553,6 +713,80 @@ mod tests {
             narrower_bodies > checked / 2,
             "{narrower_bodies} of {checked}"
         );
+    }
+
+    /// Every relative layout keeps decryption exact and sends no more than the absolute one
+    /// of the same request: every error term, with partials and bodies rounded at their
+    /// windows, within 7/8 of Delta / 2; both windows reaching above one round's largest
+    /// change; Delta raised by at most two bits, and only out of the spare message space.
+    #[test]
+    fn every_relative_layout_stays_exact_and_sends_no_more_than_the_absolute_one() {
+        let (mut checked, mut fewer) = (0, 0);
+        for parties in 2..=10u8 {
+            for threshold in 2..=parties {
+                let config = ThresholdConfig::new(parties, threshold).unwrap();
+                for value_bits in [1, 8, 17, 30, 45] {
+                    for weight in [1, 4105, 1 << 20] {
+                        for kappa in [40, 49, 56, 80] {
+                            for rounds in [1, 2, 50, 1000] {
+                                let bound = ((1u64 << value_bits) - 1).saturating_mul(weight);
+                                let absolute = BudgetRequest {
+                                    config,
+                                    max_contributions: 1,
+                                    weight_bound: weight,
+                                    value_bits,
+                                    kappa,
+                                    rounds,
+                                    decoding: Decoding::Absolute,
+                                };
+                                let Ok(before) = Budget::compute(absolute) else {
+                                    continue;
+                                };
+                                let request = BudgetRequest {
+                                    decoding: Decoding::Relative { bound },
+                                    ..absolute
+                                };
+                                let budget = Budget::compute(request).unwrap();
+                                let delta = budget.delta_bits();
+                                assert!(delta >= before.delta_bits());
+                                assert_eq!(
+                                    delta - before.delta_bits(),
+                                    before.spare_bits() - budget.spare_bits(),
+                                    "{request:?}"
+                                );
+                                assert!(delta - before.delta_bits() <= 2, "{request:?}");
+                                let (share, body) = (budget.share_window(), budget.body_window());
+                                let l1 = weight as f64 * f64::from(rounds);
+                                let error = budget.secret_noise_bits.exp2()
+                                    + f64::from(threshold)
+                                        * (3.0 * f64::from(budget.smudging_bits()).exp2()
+                                            + f64::from(u32::from(share.dropped_bits()) - 1)
+                                                .exp2())
+                                    + l1 * f64::from(u32::from(body.dropped_bits()) - 1).exp2();
+                                assert!(
+                                    error <= 0.875 * f64::from(delta - 1).exp2(),
+                                    "{request:?}: {share:?} {body:?} at Delta 2^{delta}"
+                                );
+                                let top = (delta + 64 - bound.leading_zeros() + 1).min(128);
+                                assert_eq!(budget.phase_bits(), top);
+                                assert!(share.top_bit() >= top && body.top_bit() >= top);
+                                assert!(share.bytes() <= before.share_window().bytes());
+                                assert!(
+                                    share.bytes() + body.bytes()
+                                        <= before.share_window().bytes()
+                                            + before.body_window().bytes(),
+                                    "{request:?}"
+                                );
+                                checked += 1;
+                                fewer += usize::from(share.bytes() < before.share_window().bytes());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked}");
+        assert!(fewer > checked / 4, "{fewer} of {checked}");
     }
 
     /// `bench he`'s plan (5 contributions of weight 1, one round, kappa sized for 10^11

@@ -488,13 +488,96 @@ impl Combination {
     }
 
     /// The decoded messages, once every quorum member's partial was subtracted.
-    pub fn finish(self) -> Result<Vec<i64>, HeError> {
+    ///
+    /// Under a budget of relative decoding ([`super::Decoding::Relative`]) each message is
+    /// read against its `reference` (the model the round builds on; `None` stands for
+    /// zeros): the phase keeps only the bits of the difference, so the result is the message
+    /// only for the reference the budget's bound was counted from. Under absolute decoding
+    /// the reference is not needed and not read.
+    pub fn finish(self, reference: Option<&[i64]>) -> Result<Vec<i64>, HeError> {
+        let mut reading = self.into_reading()?;
+        match reference {
+            Some(reference) => reading.next(reference)?,
+            None => {
+                let rest = reading.phases.len();
+                reading.decode(rest, None);
+            }
+        }
+        reading.finish()
+    }
+
+    /// The combined phases, once every quorum member's partial was subtracted, to be read
+    /// against their reference piece by piece: a member need not hold its model whole beside
+    /// the bodies (800 MB at 100M values).
+    pub fn into_reading(self) -> Result<Reading, HeError> {
         complete(&self.quorum, self.seen)?;
-        Ok(decode_phases(
-            self.target.bodies,
-            self.top_bit,
-            self.target.delta_bits,
-        ))
+        Ok(Reading {
+            relative: matches!(
+                self.budget.request().decoding,
+                super::Decoding::Relative { .. }
+            ),
+            phases: self.target.bodies,
+            top_bit: self.top_bit,
+            delta_bits: self.target.delta_bits,
+            read: 0,
+        })
+    }
+}
+
+/// A combination's phases being read into messages, in order, each against its reference
+/// value (see [`Combination::finish`]).
+pub struct Reading {
+    phases: Vec<u64>,
+    top_bit: u32,
+    delta_bits: u32,
+    relative: bool,
+    /// Values read so far, from the first.
+    read: usize,
+}
+
+impl std::fmt::Debug for Reading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Reading({} of {} values read)",
+            self.read,
+            self.phases.len()
+        )
+    }
+}
+
+impl Reading {
+    /// Reads the next `reference.len()` values against `reference` (under absolute decoding,
+    /// from their phase alone), refusing a piece that would pass the last value.
+    pub fn next(&mut self, reference: &[i64]) -> Result<(), HeError> {
+        let left = self.phases.len() - self.read;
+        if reference.len() > left {
+            return Err(HeError::Mismatch(format!(
+                "a reference of {} more values, where the ciphertext has {left} left",
+                reference.len()
+            )));
+        }
+        self.decode(reference.len(), self.relative.then_some(reference));
+        Ok(())
+    }
+
+    fn decode(&mut self, count: usize, reference: Option<&[i64]>) {
+        let phases = &mut self.phases[self.read..self.read + count];
+        decode_phases(phases, self.top_bit, self.delta_bits, reference);
+        self.read += count;
+    }
+
+    /// The messages, once every value was read.
+    pub fn finish(self) -> Result<Vec<i64>, HeError> {
+        if self.read != self.phases.len() {
+            return Err(HeError::Mismatch(format!(
+                "{} of the ciphertext's {} values were read",
+                self.read,
+                self.phases.len()
+            )));
+        }
+        // Same size and alignment: collects in place, no second buffer.
+        Ok(self.phases.into_iter().map(|p| p as i64).collect())
     }
 }
 
@@ -613,7 +696,7 @@ pub fn combine(
     for partial in partials {
         combination.subtract(partial)?;
     }
-    combination.finish()
+    combination.finish(None)
 }
 
 /// body - sum of shares, then signed rounding by Delta (see `decode_phases`).
@@ -629,7 +712,8 @@ pub(crate) fn combine_raw(
         subtract_share(&mut phases, (share, 1), |v| window.to_top(v[0]));
     }
     let top = window.top_bit().min(ciphertext.body_window.top_bit());
-    decode_phases(phases, top, delta_bits)
+    decode_phases(&mut phases, top, delta_bits, None);
+    phases.into_iter().map(|p| p as i64).collect()
 }
 
 /// Everything lives in the top 64 bits (bodies were rounded there, and a window starts at
@@ -651,14 +735,26 @@ fn subtract_share<T: Sync>(
         });
 }
 
-/// Each phase, known modulo 2^top_bit, read as signed, shifted back up to 128 bits and
-/// rounded by Delta to its signed message, in the phases' own buffer.
-fn decode_phases(mut phases: Vec<u64>, top_bit: u32, delta_bits: u32) -> Vec<i64> {
+/// Each phase, known modulo 2^top_bit, less Delta times its reference, read as signed, shifted
+/// back up to 128 bits, rounded by Delta to its signed message, and the reference added back,
+/// in place (each u64 then holds an i64). Delta exceeds 2^64 (every window starts at bit 64 or
+/// above, and Delta sits above the partials' rounding), so Delta times a reference has
+/// nothing below the top 64 bits.
+fn decode_phases(phases: &mut [u64], top_bit: u32, delta_bits: u32, reference: Option<&[i64]>) {
+    debug_assert!(delta_bits > 64);
     let half = 1u128 << (delta_bits - 1);
-    phases.par_iter_mut().for_each(|p| {
-        let full = u128::from(super::window::sign_extend(*p, top_bit)) << 64;
-        *p = ((full.wrapping_add(half) as i128) >> delta_bits) as i64 as u64;
-    });
-    // Same size and alignment: collects in place, no second buffer.
-    phases.into_iter().map(|p| p as i64).collect()
+    let read = move |phase: u64| -> i64 {
+        let full = u128::from(super::window::sign_extend(phase, top_bit)) << 64;
+        ((full.wrapping_add(half) as i128) >> delta_bits) as i64
+    };
+    match reference {
+        None => phases.par_iter_mut().for_each(|p| *p = read(*p) as u64),
+        Some(reference) => phases
+            .par_iter_mut()
+            .zip(reference.par_iter())
+            .for_each(|(p, &r)| {
+                let shift = ((r as i128 as u128) << delta_bits >> 64) as u64;
+                *p = read(p.wrapping_sub(shift)).wrapping_add(r) as u64;
+            }),
+    }
 }

@@ -24,6 +24,8 @@ mod keys;
 mod keystream;
 mod ntt;
 mod params;
+#[cfg(test)]
+mod relative_tests;
 pub mod sampling;
 #[cfg(test)]
 mod several_secrets_tests;
@@ -32,13 +34,14 @@ mod tests;
 mod window;
 
 pub use budget::{
-    Budget, BudgetRequest, LifetimeLedger, SMUDGING_SUMMANDS, TARGET_SECURITY_BITS, kappa_for,
-    statistical_security_bits,
+    Budget, BudgetRequest, Decoding, LifetimeLedger, SMUDGING_SUMMANDS, TARGET_SECURITY_BITS,
+    kappa_for, statistical_security_bits,
 };
 pub use ciphertext::{Ciphertext, CiphertextShape, MAX_VALUES};
 pub use codec::FixedPointCodec;
 pub use decrypt::{
-    CiphertextDigest, Combination, CombineTarget, PartialDecryption, check_partials, combine,
+    CiphertextDigest, Combination, CombineTarget, PartialDecryption, Reading, check_partials,
+    combine,
 };
 pub use keys::{
     Dealing, DealtPiece, EncryptionKey, KeyShare, KeyShareBuilder, LocalKeySet, PublicKey,

@@ -21,6 +21,7 @@ fn budget(config: ThresholdConfig, value_bits: u32, contributions: u32) -> Budge
         value_bits,
         kappa: 40,
         rounds: 1,
+        decoding: Decoding::Absolute,
     })
     .unwrap()
 }

@@ -90,6 +90,7 @@ fn budget(config: ThresholdConfig, value_bits: u32, contributions: u32, weight: 
         value_bits,
         kappa: 40,
         rounds: 1,
+        decoding: Decoding::Absolute,
     })
     .unwrap()
 }
@@ -749,7 +750,7 @@ fn a_partial_subtracted_from_its_encoding_combines_and_is_refused_as_a_decoded_o
                 .is_err()
         );
     }
-    assert_eq!(combination.finish().unwrap(), messages);
+    assert_eq!(combination.finish(None).unwrap(), messages);
     assert_eq!(
         combine(&ciphertext, &quorum, &partials, &budget).unwrap(),
         messages
@@ -778,7 +779,7 @@ fn a_partial_subtracted_from_its_encoding_combines_and_is_refused_as_a_decoded_o
         two.subtract_encoded(&decode_partial_view(bytes, limits).unwrap())
             .unwrap();
     }
-    assert!(two.finish().is_err());
+    assert!(two.finish(None).is_err());
 }
 
 /// Bodies kept in any window the budget admits combine: all the top 64 bits (as the ceremony's
@@ -848,7 +849,7 @@ fn a_combination_fed_one_partial_at_a_time_refuses_a_bad_one_without_touching_th
         // A second copy of one already subtracted is refused.
         assert!(combination.subtract(&partials[index]).is_err());
     }
-    assert_eq!(combination.finish().unwrap(), messages);
+    assert_eq!(combination.finish(None).unwrap(), messages);
     // The same checks on the headers alone, before anything is committed to combining.
     let headers = |partials: &[PartialDecryption]| -> Vec<PartialHeader> {
         partials
@@ -1106,6 +1107,6 @@ fn the_largest_sums_a_budget_allows_combine_exactly_from_windowed_partials() {
                 .subtract_encoded(&decode_partial_view(bytes, DecodeLimits::default()).unwrap())
                 .unwrap();
         }
-        assert_eq!(combination.finish().unwrap(), expected);
+        assert_eq!(combination.finish(None).unwrap(), expected);
     }
 }

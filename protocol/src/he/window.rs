@@ -9,7 +9,8 @@
 //!
 //! The window is a function of what is revealed anyway, so it weakens nothing: a simulator
 //! of the full partial yields the windowed one. What it saves is bytes: at the default plan a
-//! partial is 5 bytes per value instead of 8 (see `Budget::share_window`).
+//! partial is 4 bytes per value instead of 8, read against the model the round builds on (5
+//! under plans that read models absolutely; see `Budget::share_window` and `he::Decoding`).
 //!
 //! A ciphertext body is the same kind of word and is kept the same way (`Budget::body_window`):
 //! rounded where Delta leaves room for the rounding of every body summed into an aggregate,

@@ -31,7 +31,7 @@ mod tests;
 pub use initial::{InitialModel, InitialModelError, KeptTensor, check_initial_model};
 pub use machine::{CloseDecision, CloseTerms, CoordinatorRound, DecryptionStatus};
 pub use optimizer::{Optimizer, OptimizerState};
-pub use plan::{ModelDigest, RoundPlan, model_digest};
+pub use plan::{ModelDigest, ModelHasher, RoundPlan, model_digest};
 pub use policy::{
     HeldModel, Obtain, Refusal, ReleaseTarget, Term, check_combine, check_contribution,
     check_request,

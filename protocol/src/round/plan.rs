@@ -7,7 +7,7 @@ use super::initial::InitialModel;
 use super::optimizer::{Optimizer, OptimizerState, StepScale};
 use crate::audit::entry::Digest;
 use crate::bytes::Writer;
-use crate::he::{Budget, BudgetRequest, FixedPointCodec, ThresholdConfig};
+use crate::he::{Budget, BudgetRequest, Decoding, FixedPointCodec, ThresholdConfig};
 
 /// The digest of a decoded model, as `decryption result` entries carry it.
 pub type ModelDigest = Digest;
@@ -67,6 +67,12 @@ pub struct RoundPlan {
     /// rest (the pooled feature statistics) take each round's average as it is. Absent: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<u32>,
+    /// Members read each decrypted model against the model the round builds on, which every
+    /// member that combines holds (see [`crate::he::Decoding`]): partial decryptions and
+    /// bodies then keep one round's range of bits, not the whole run's. Plans written before
+    /// it lack it (false), so their keys' ciphertexts and partials keep the layout they had.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relative_decoding: bool,
 }
 
 fn default_sample_ratio() -> u32 {
@@ -89,6 +95,7 @@ impl Default for RoundPlan {
             initial_model: None,
             optimizer: Optimizer::Fedavg,
             parameters: None,
+            relative_decoding: true,
         }
     }
 }
@@ -153,6 +160,13 @@ impl RoundPlan {
             value_bits: codec.value_bits(),
             kappa: u32::from(self.kappa),
             rounds: self.rounds,
+            decoding: if self.relative_decoding {
+                Decoding::Relative {
+                    bound: self.round_bound(config, &codec),
+                }
+            } else {
+                Decoding::Absolute
+            },
         })
         .map_err(|e| plan(e.to_string()))?;
         // Every round reveals the model once per attempt: the key's lifetime must cover that,
@@ -280,6 +294,17 @@ impl RoundPlan {
             as i64
     }
 
+    /// The most one round moves a value of the model: the largest encoded update times the
+    /// round's weights, which sum to the weight bound plus a unit of rounding per member (an
+    /// encryption of zero added for a retry moves nothing). A malformed contribution can move
+    /// it further; its value then wraps within the bound's bits instead of the run's, and is
+    /// as wrong either way.
+    fn round_bound(&self, config: ThresholdConfig, codec: &FixedPointCodec) -> u64 {
+        let weights = u128::from(self.weight_bound()) + u128::from(config.parties());
+        let largest = u128::from(codec.max_encoded().unsigned_abs());
+        (largest * weights).min(u128::from(u64::MAX)) as u64
+    }
+
     /// Bits of scale of the global model's integers.
     pub fn model_scale_bits(&self) -> u32 {
         u32::from(self.fraction_bits) + u32::from(self.weight_bits)
@@ -394,6 +419,10 @@ impl RoundPlan {
                 .bytes(&self.optimizer.encode())
                 .u32(self.optimized_values() as u32);
         }
+        // Likewise only when set.
+        if self.relative_decoding {
+            w.bytes(b"relative-decoding");
+        }
         w.into_bytes()
     }
 
@@ -405,12 +434,40 @@ impl RoundPlan {
 
 /// The digest of a decoded global model (integers at the model's scale), as members log it.
 pub fn model_digest(model: &[i64]) -> ModelDigest {
-    let mut hasher = Sha256::new();
-    hasher.update(b"quorate/model/v1\0");
-    hasher.update((model.len() as u64).to_le_bytes());
+    let mut hasher = ModelHasher::new(model.len() as u64);
     for chunk in model.chunks(8192) {
-        let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
-        hasher.update(&bytes);
+        hasher.update(chunk);
     }
-    hasher.finalize().into()
+    hasher.finalize()
+}
+
+/// [`model_digest`] over a model given in consecutive pieces, for a model read from disk a
+/// piece at a time.
+pub struct ModelHasher(Sha256);
+
+impl std::fmt::Debug for ModelHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ModelHasher")
+    }
+}
+
+impl ModelHasher {
+    /// A model of `values` values in all.
+    pub fn new(values: u64) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"quorate/model/v1\0");
+        hasher.update(values.to_le_bytes());
+        Self(hasher)
+    }
+
+    pub fn update(&mut self, piece: &[i64]) {
+        for chunk in piece.chunks(8192) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+            self.0.update(&bytes);
+        }
+    }
+
+    pub fn finalize(self) -> ModelDigest {
+        self.0.finalize().into()
+    }
 }

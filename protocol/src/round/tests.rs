@@ -132,6 +132,10 @@ fn plan_digest_covers_every_field_and_the_budget_fits() {
             parameters: Some(10),
             ..base.clone()
         },
+        RoundPlan {
+            relative_decoding: false,
+            ..base.clone()
+        },
     ];
     for (i, variant) in variants.iter().enumerate() {
         assert_ne!(variant.digest(), base.digest(), "{variant:?}");
@@ -148,10 +152,20 @@ fn plan_digest_covers_every_field_and_the_budget_fits() {
         .digest(),
         base.digest()
     );
-    // Golden: a plan that pins no initial model keeps the digest it had before plans could.
+    // Golden: a plan that pins no initial model and reads models absolutely keeps the digest
+    // it had before plans could do either.
+    let before = RoundPlan {
+        relative_decoding: false,
+        ..RoundPlan::default()
+    };
+    assert_eq!(
+        hex::encode(before.digest()),
+        "28655e00b999874d7524fe5a0c4ccf4ef713fc0d09996b5105b16032a011d744"
+    );
+    // The default plan reads them relatively: the same bytes followed by "relative-decoding".
     assert_eq!(
         hex::encode(RoundPlan::default().digest()),
-        "28655e00b999874d7524fe5a0c4ccf4ef713fc0d09996b5105b16032a011d744"
+        "3008e65f54d9a369ee08d19d97e8daf25b56db9375c7d40246b09b379a4d0db6"
     );
     let config = ThresholdConfig::new(5, 3).unwrap();
     base.budget(config).unwrap();
@@ -202,26 +216,42 @@ fn plan_digest_covers_every_field_and_the_budget_fits() {
 }
 
 /// What a partial decryption and a ciphertext body weigh at the default plan, and at the plan
-/// `bench round` runs (10M values over 2 rounds): the windows follow the plan's message bits.
+/// `bench round` runs (10M values over 2 rounds). Read against the model each round builds on,
+/// a round's change takes 29 bits whatever the rounds, and partials 4 bytes: Delta goes up two
+/// bits, from the message space the plans spare, so that three partials rounded two bits
+/// under it still decrypt exactly. A plan written before relative decoding keeps its Delta and
+/// its 5 bytes, so that what its key encrypted and released keeps its meaning.
 #[test]
-fn partials_take_5_bytes_a_value_and_bodies_7_at_the_default_plan_and_6_over_two_rounds_of_10m() {
+fn partials_take_4_bytes_a_value_read_against_the_model_and_5_in_plans_written_before() {
     let config = ThresholdConfig::new(5, 3).unwrap();
-    let default = RoundPlan::default().budget(config).unwrap();
-    assert_eq!(default.message_bits(), 35);
-    assert_eq!(default.share_window().bytes(), 5);
     let short = RoundPlan {
         values: 10_000_000,
         rounds: 2,
         ..RoundPlan::default()
     }
     .sized();
-    let budget = short.budget(config).unwrap();
-    assert_eq!(budget.message_bits(), 31);
-    assert_eq!(budget.share_window().bytes(), 5);
-    // Bodies carry the rounding of every weighted contribution, so they keep about log2 of
-    // the weights' L1 norm more bits than partials: 7 and 6 bytes instead of 8.
-    assert_eq!(default.body_window().bytes(), 7);
-    assert_eq!(budget.body_window().bytes(), 6);
+    for (plan, message_bits, delta, body) in [(RoundPlan::default(), 35, 90, 7), (short, 31, 91, 6)]
+    {
+        let budget = plan.budget(config).unwrap();
+        assert_eq!(budget.message_bits(), message_bits);
+        assert_eq!(budget.read_bits(), 29, "{plan:?}");
+        assert_eq!(budget.delta_bits(), delta + 2);
+        assert_eq!(budget.share_window().bytes(), 4);
+        assert_eq!(budget.share_window().dropped_bits(), (delta + 2 - 2) as u8);
+        // Bodies carry the rounding of every weighted contribution, so they keep about log2
+        // of the weights' L1 norm more bits than partials.
+        assert_eq!(budget.body_window().bytes(), body);
+
+        let before = RoundPlan {
+            relative_decoding: false,
+            ..plan
+        };
+        let budget = before.budget(config).unwrap();
+        assert_eq!(budget.read_bits(), message_bits);
+        assert_eq!(budget.delta_bits(), delta);
+        assert_eq!(budget.share_window().bytes(), 5);
+        assert_eq!(budget.body_window().bytes(), body);
+    }
 }
 
 /// The one rule of who recomputes: every quorum member (it releases on nothing else), every
@@ -1029,4 +1059,23 @@ fn plaintext_fedavg_adds_weighted_encoded_updates_and_decodes_at_the_model_scale
         plan.fedavg_step(&mut model, &[(vec![1.0, 1.0], 0)])
             .is_err()
     );
+}
+
+/// A model read back in pieces is checked against the digest of the whole: pieces of any
+/// size hash alike, to the golden sha256("quorate/model/v1\0" || count as u64 || each value as
+/// i64, little-endian).
+#[test]
+fn a_model_hashed_in_pieces_of_any_size_has_its_whole_digest() {
+    assert_eq!(
+        hex::encode(model_digest(&[5, -6, 7])),
+        "d56801516c6659c0e7d25f4ab8997059a15f798185008ba77ad26453fb390ce2"
+    );
+    let model: Vec<i64> = (0..20_000).map(|i| i * i - 7).collect();
+    for piece in [1, 7, 8192, 8193, 20_000] {
+        let mut hasher = ModelHasher::new(model.len() as u64);
+        for chunk in model.chunks(piece) {
+            hasher.update(chunk);
+        }
+        assert_eq!(hasher.finalize(), model_digest(&model), "pieces of {piece}");
+    }
 }

@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use protocol::he::{
-    Budget, BudgetRequest, Ciphertext, LocalKeySet, PartialDecryption, Quorum, ThresholdConfig,
+    Budget, BudgetRequest, Ciphertext, Decoding, LocalKeySet, PartialDecryption, Quorum,
+    ThresholdConfig,
 };
 use protocol::wire::BoundCiphertext;
 use rand::SeedableRng;
@@ -28,6 +29,7 @@ pub fn budget(value_bits: u32, contributions: u32, weight_bound: u64) -> Budget 
         value_bits,
         kappa: 40,
         rounds: 1,
+        decoding: Decoding::Absolute,
     })
     .unwrap()
 }
