@@ -118,6 +118,33 @@ fn a_server_optimizer_steps_every_members_model_alike_and_the_next_round_builds_
     d.invariants_hold(3);
 }
 
+/// Adam at a server rate of 10 moves the model by about 10 a value in its first step, far
+/// beyond what one round's aggregate adds to its base (at most the clip, 1, at scale 2^28):
+/// rounds 2 and 3 decode exactly only when every member reads them against the model it
+/// holds (read against zeros, most values would wrap).
+#[test]
+fn a_model_beyond_one_rounds_range_is_read_against_the_model_each_round_builds_on() {
+    let d = deploy(5, 3, 2_000, 3, 120).with_plan(|plan| {
+        plan.optimizer = protocol::round::Optimizer::named("adam").unwrap();
+        plan.server_rate_millis = 10_000;
+        plan.rounds = 3;
+        *plan = plan.clone().sized();
+    });
+    let budget = d
+        .plan
+        .budget(protocol::he::ThresholdConfig::new(5, 3).unwrap())
+        .unwrap();
+    assert!(d.plan.relative_decoding);
+    assert_eq!(budget.read_bits(), 29);
+    d.run(3, None);
+    let (model, rounds) =
+        node::reference::synthetic_reference(&d.plan, SYNTHETIC_SEED, &d.log()).unwrap();
+    assert_eq!(rounds, vec![1, 2, 3]);
+    let beyond = model.iter().filter(|v| v.unsigned_abs() >> 30 != 0).count();
+    assert!(beyond > 1_000, "{beyond} values beyond one round's range");
+    d.invariants_hold(3);
+}
+
 #[test]
 fn a_member_that_drops_out_mid_round_is_not_waited_for() {
     let d = deploy(5, 3, 3_000, 2, 120);

@@ -134,9 +134,16 @@ pub fn deploy_rehearsed(
 impl Deployment {
     /// The same consortium under a server optimizer (by `--optimizer` name) at this server
     /// rate: every configuration's plan names it.
-    pub fn with_optimizer(mut self, name: &str, server_rate_millis: u32) -> Self {
-        self.plan.optimizer = protocol::round::Optimizer::named(name).expect("an optimizer");
-        self.plan.server_rate_millis = server_rate_millis;
+    pub fn with_optimizer(self, name: &str, server_rate_millis: u32) -> Self {
+        self.with_plan(|plan| {
+            plan.optimizer = protocol::round::Optimizer::named(name).expect("an optimizer");
+            plan.server_rate_millis = server_rate_millis;
+        })
+    }
+
+    /// The plan changed by `edit` in every configuration.
+    pub fn with_plan(mut self, edit: impl FnOnce(&mut RoundPlan)) -> Self {
+        edit(&mut self.plan);
         let plan = toml::Value::try_from(&self.plan).unwrap();
         let mut configs = vec![self.dir.join("coordinator/coordinator.toml")];
         configs.extend(

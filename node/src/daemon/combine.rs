@@ -309,8 +309,13 @@ pub(super) async fn combine(
         for partial in &partials {
             combination.subtract_encoded(&protocol::wire::decode_partial_view(partial, limits)?)?;
         }
+        // Under a plan written before relative decoding, values are read from their phase
+        // alone, and the model is not read back.
+        if worker.budget.request().decoding == protocol::he::Decoding::Absolute {
+            return Ok(combination.finish(None)?);
+        }
         // The model the aggregate builds on (its base, checked above to be the one this member
-        // holds): under relative decoding each value is read against it, a piece at a time.
+        // holds): each value is read against it, a piece at a time.
         let mut reading = combination.into_reading()?;
         let read = worker
             .held_model_in_pieces(&held, |piece| reading.next(piece).map_err(StepError::from))?;

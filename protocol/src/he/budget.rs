@@ -230,10 +230,13 @@ impl Budget {
                 absolute_layout(delta_bits, message_bits, config.threshold(), &errors)
             }
             Decoding::Relative { bound } => {
-                if bound == 0 {
-                    return Err(HeError::Budget(
-                        "a relative decoding's bound must be at least 1".into(),
-                    ));
+                // Within the message bits, the window's top stays at or below bit 128 whatever
+                // Delta the layout takes out of the spare bits.
+                if bound == 0 || bit_length(bound) > message_bits {
+                    return Err(HeError::Budget(format!(
+                        "a relative decoding's bound of {bound} must be at least 1 and take no \
+                         more than the {message_bits} message bits"
+                    )));
                 }
                 relative_layout(delta_bits, spare as u32, bit_length(bound), &errors)
             }
@@ -747,6 +750,15 @@ mod tests {
                                     ..absolute
                                 };
                                 let budget = Budget::compute(request).unwrap();
+                                let beyond = 1u64 << before.message_bits().min(63);
+                                assert!(
+                                    before.message_bits() >= 64
+                                        || Budget::compute(BudgetRequest {
+                                            decoding: Decoding::Relative { bound: beyond },
+                                            ..absolute
+                                        })
+                                        .is_err()
+                                );
                                 let delta = budget.delta_bits();
                                 assert!(delta >= before.delta_bits());
                                 assert_eq!(

@@ -294,13 +294,16 @@ impl RoundPlan {
             as i64
     }
 
-    /// The most one round moves a value of the model: the largest encoded update times the
-    /// round's weights, which sum to the weight bound plus a unit of rounding per member (an
-    /// encryption of zero added for a retry moves nothing). A malformed contribution can move
-    /// it further; its value then wraps within the bound's bits instead of the run's, and is
-    /// as wrong either way.
+    /// The most one round's decryption differs from the model it builds on, per value: the
+    /// largest encoded update times the aggregation weights, which sum to the aggregation
+    /// rate at scale 2^weight_bits plus a unit of rounding per member (an encryption of zero
+    /// added for a retry moves nothing). Under a server optimizer the model then moves by
+    /// its step, which the next round's base holds, so the step's size does not count here.
+    /// A malformed contribution can move a value further; it then wraps within the bound's
+    /// bits instead of the run's, and is as wrong either way.
     fn round_bound(&self, config: ThresholdConfig, codec: &FixedPointCodec) -> u64 {
-        let weights = u128::from(self.weight_bound()) + u128::from(config.parties());
+        let rate = u128::from(self.aggregation_rate_millis());
+        let weights = ((rate << self.weight_bits) / 1000 + 1) + u128::from(config.parties());
         let largest = u128::from(codec.max_encoded().unsigned_abs());
         (largest * weights).min(u128::from(u64::MAX)) as u64
     }
