@@ -23,7 +23,7 @@
 //! Where messages are read against a reference ([`Decoding::Relative`]), partials and bodies
 //! need only the bits of one round's change above Delta, and Delta may be raised by up to two
 //! bits, out of the spare message space, so that partials can be rounded higher (see
-//! `relative_layout`); the smudging does not depend on Delta.
+//! `layout::relative_layout`); the smudging does not depend on Delta.
 //!
 //! # Statistical security over the key's life
 //!
@@ -41,6 +41,7 @@
 //! is why three are summed. The noise bound B itself holds except with probability
 //! 2 m exp(-k^2 / 2) for a tail factor k, which is added. See SECURITY.md for the figures.
 
+use super::layout::{Errors, absolute_layout, bit_length, phase_bits, relative_layout};
 use super::{HeError, POLYNOMIAL_SIZE, ParameterSet, QUORATE_RLWE128_V1, ThresholdConfig, Window};
 
 /// Tail bound factor: a (sub)Gaussian exceeds 11 sigma with probability below 2^-86, so the
@@ -350,6 +351,12 @@ impl Budget {
         phase_bits(self.delta_bits, self.read_bits)
     }
 
+    /// log2 of B, the bound of the secret-dependent noise of any decrypted ciphertext.
+    #[cfg(test)]
+    pub(crate) fn secret_noise_bits(&self) -> f64 {
+        self.secret_noise_bits
+    }
+
     /// The smudging's margin over the secret-dependent noise, in bits (at least kappa).
     pub fn margin_bits(&self) -> f64 {
         f64::from(self.smudging_bits) - self.secret_noise_bits
@@ -375,184 +382,6 @@ impl Budget {
             limit as u64
         }
     }
-}
-
-/// The error terms of a decrypted coordinate other than the rounding of partials and bodies.
-struct Errors {
-    /// The bound of the secret-dependent noise.
-    secret_noise: f64,
-    /// One quorum member's smudging, at most.
-    smudging: f64,
-    threshold: f64,
-    /// The L1 norm of every weight applied to the ciphertext.
-    l1: f64,
-}
-
-/// Delta as the budget uses it, and the windows of partials and bodies.
-struct Layout {
-    delta_bits: u32,
-    read_bits: u32,
-    share_window: Window,
-    body_window: Window,
-}
-
-/// The layout of every budget that reads messages from their phase alone, as it was before
-/// relative decoding: Delta as chosen, partials rounded `2 + log2(t)` bits under it. Kept
-/// exactly, so that a key's ciphertexts and partials from before keep their meaning.
-fn absolute_layout(delta_bits: u32, message_bits: u32, threshold: u8, errors: &Errors) -> Layout {
-    let share_window = share_window(delta_bits, message_bits, threshold);
-    let body_window = body_window(
-        delta_bits,
-        message_bits,
-        errors.l1,
-        errors.other_than_bodies(share_window),
-    );
-    Layout {
-        delta_bits,
-        read_bits: message_bits,
-        share_window,
-        body_window,
-    }
-}
-
-/// The layout of a budget that reads messages against a reference, |m - reference| < 2^read_bits.
-///
-/// Partials then need `read_bits + 1` bits above Delta and a few below it, so a byte more or
-/// less turns on one or two bits. For each Delta from the one chosen up to two bits higher (as
-/// far as the message space spares them), partials are rounded as high as the error allows:
-/// t * 2^(d - 1) with every other term, bodies rounded at bit 64 included, within 7/8 of
-/// Delta / 2. Bodies then take the room left (see `body_window`). The layout sending the
-/// fewest bytes of partial and body a value wins, then the one with the fewer bytes of
-/// partial, then the lower Delta. A higher Delta leaves the statistical security alone: the
-/// smudging is set by the noise, not by Delta.
-fn relative_layout(delta_bits: u32, spare_bits: u32, read_bits: u32, errors: &Errors) -> Layout {
-    let mut best: Option<Layout> = None;
-    for delta in delta_bits..=delta_bits + spare_bits.min(2) {
-        let top = phase_bits(delta, read_bits);
-        let room = f64::from(delta - 1).exp2() * 0.875
-            - errors.secret_noise
-            - errors.threshold * errors.smudging
-            - errors.l1 * f64::from(Window::MIN_DROPPED_BITS - 1).exp2();
-        let fits = |d: u32| errors.threshold * f64::from(d - 1).exp2() <= room;
-        let lowest = u32::from(Window::MIN_DROPPED_BITS);
-        if !fits(lowest) {
-            continue;
-        }
-        let mut highest = lowest;
-        while highest < delta && fits(highest + 1) {
-            highest += 1;
-        }
-        // The fewest whole bytes from the highest bottom, then the lowest bottom those bytes
-        // reach to: a lower one only shrinks the rounding, and leaves bodies more room.
-        let bytes = top.saturating_sub(highest).div_ceil(8).clamp(1, 8);
-        let bottom = top.saturating_sub(8 * bytes).max(lowest);
-        let share_window = Window::new(bottom as u8, bytes as u8)
-            .expect("bottom >= 64 and top <= 128 by construction");
-        let body_window = body_window(
-            delta,
-            read_bits,
-            errors.l1,
-            errors.other_than_bodies(share_window),
-        );
-        let layout = Layout {
-            delta_bits: delta,
-            read_bits,
-            share_window,
-            body_window,
-        };
-        let cost = |l: &Layout| {
-            (
-                l.share_window.bytes() + l.body_window.bytes(),
-                l.share_window.bytes(),
-            )
-        };
-        if best.as_ref().is_none_or(|b| cost(&layout) < cost(b)) {
-            best = Some(layout);
-        }
-    }
-    best.expect("the Delta chosen fits partials rounded at bit 64")
-}
-
-impl Errors {
-    /// Everything but the bodies' rounding, with the partials rounded at `share_window`.
-    fn other_than_bodies(&self, share_window: Window) -> f64 {
-        self.secret_noise
-            + self.threshold
-                * (self.smudging + f64::from(u32::from(share_window.dropped_bits()) - 1).exp2())
-    }
-}
-
-/// Bits of `value`: the least b with value < 2^b.
-fn bit_length(value: u64) -> u32 {
-    64 - value.leading_zeros()
-}
-
-/// The window of a partial decryption for a budget of scale 2^delta_bits, messages below
-/// 2^message_bits in magnitude and quorums of `threshold`.
-///
-/// - **Bottom.** Delta was chosen with the error bounded by 2^(Delta - 2) (to the f64
-///   estimate's precision, about 10^-15), counting partials rounded at bit 64. Dropping d = Delta - 2 - ceil(log2 t) bits instead (never fewer than
-///   64) adds at most t * 2^(d - 1) <= 2^(Delta - 3), so the error stays below
-///   2^(Delta - 2) + 2^(Delta - 3) = 3/4 of Delta / 2 (the bodies' window then takes up to
-///   another eighth, see `body_window`): decryption stays exact, and Delta is the same as
-///   with 64-bit partials.
-/// - **Top.** With |m| <= 2^message_bits - 1 and |e| < Delta / 2, the phase has
-///   |Delta * m + e| < 2^(Delta + message_bits) - Delta / 2, so it is known from its residue
-///   modulo 2^(Delta + message_bits + 1) read as signed (or modulo 2^128, whichever is
-///   smaller).
-///
-/// Between the two, whole bytes: the spare bits of the last byte raise the top, unless it
-/// would pass bit 128, where they lower the bottom instead (which only shrinks the rounding).
-///
-/// The top makes the budget's message bound load-bearing: a sum beyond 2^message_bits, which
-/// decoded correctly below 2^(127 - Delta) when partials kept every top bit, now wraps modulo
-/// 2^(w - Delta). Every flow stays inside it (a server optimizer clamps the model to
-/// `RoundPlan::model_bound`), and an L1 norm counted short would show here first.
-pub(crate) fn share_window(delta_bits: u32, message_bits: u32, threshold: u8) -> Window {
-    let guard = 2 + u32::from(threshold).next_power_of_two().trailing_zeros();
-    let bottom = delta_bits
-        .saturating_sub(guard)
-        .max(u32::from(Window::MIN_DROPPED_BITS));
-    whole_bytes(bottom, phase_bits(delta_bits, message_bits))
-}
-
-/// The window of every ciphertext body under a budget of scale 2^delta_bits, messages below
-/// 2^message_bits, weight L1 norm `l1` and every other error term summed to `other_error`
-/// (secret-dependent noise, smudging, the partials' rounding at their window).
-///
-/// - **Bottom.** Decryption is exact while the error stays below Delta / 2. An aggregate's
-///   bodies carry at most l1 * 2^(d - 1) of rounding when each is rounded at bit d, so d is the
-///   largest with l1 * 2^(d - 1) <= 7/8 Delta / 2 - other_error, and never below 64. The
-///   eighth left over is a margin against a miscounted bound, far above the f64 estimate's
-///   error (about 10^-15). Delta was chosen counting bodies rounded at bit 64 and partials at
-///   theirs, so the error is below 3/4 of Delta / 2 with d = 64, which always fits.
-/// - **Top.** As for partials: the phase is known from its residue modulo
-///   2^(Delta + message_bits + 1), so bodies are sent modulo that, in whole bytes up from
-///   their own bottom (so their top may lie above or below the partials').
-pub(crate) fn body_window(delta_bits: u32, message_bits: u32, l1: f64, other_error: f64) -> Window {
-    let room = f64::from(delta_bits - 1).exp2() * 0.875 - other_error;
-    let fits = |d: u32| l1 * f64::from(d - 1).exp2() <= room;
-    debug_assert!(fits(64), "Delta was chosen with bodies rounded at bit 64");
-    let mut bottom = 64;
-    while bottom < delta_bits && fits(bottom + 1) {
-        bottom += 1;
-    }
-    whole_bytes(bottom, phase_bits(delta_bits, message_bits))
-}
-
-/// Whole bytes from `bottom` up to at least `top`: the spare bits of the last byte raise the
-/// top, unless it would pass bit 128, where they lower the bottom instead (which only shrinks
-/// the rounding).
-fn whole_bytes(bottom: u32, top: u32) -> Window {
-    let bytes = (top.saturating_sub(bottom)).div_ceil(8).clamp(1, 8);
-    let bottom = bottom.min(128 - 8 * bytes);
-    Window::new(bottom as u8, bytes as u8).expect("bottom >= 64 and top <= 128 by construction")
-}
-
-/// The bits a combined phase needs: it is known from its residue modulo 2^phase_bits (see
-/// `share_window`'s top).
-fn phase_bits(delta_bits: u32, message_bits: u32) -> u32 {
-    (delta_bits + message_bits + 1).min(128)
 }
 
 /// Counts what a key has revealed so far and refuses to go past the lifetime limit.
@@ -640,165 +469,6 @@ mod tests {
         assert!(Budget::compute(request(largest, 100)).is_ok());
         let err = Budget::compute(request(largest + 1, 100)).unwrap_err();
         assert!(err.to_string().contains("message bits"), "{err}");
-    }
-
-    /// Every budget's window keeps decryption exact: its rounding stays within what Delta was
-    /// chosen for, and its top above every phase a message of the budget can make.
-    #[test]
-    fn every_window_rounds_within_delta_and_reaches_above_the_largest_phase() {
-        let mut checked = 0;
-        let mut narrower = 0;
-        let mut narrower_bodies = 0;
-        for parties in 2..=10u8 {
-            for threshold in 2..=parties {
-                let config = ThresholdConfig::new(parties, threshold).unwrap();
-                for value_bits in [1, 8, 17, 30, 45, 62] {
-                    for (contributions, weight) in [(1, 1), (5, 1), (1, 4104), (1000, 1 << 20)] {
-                        for kappa in [40, 56, 80] {
-                            for rounds in [1, 50] {
-                                let request = BudgetRequest {
-                                    config,
-                                    max_contributions: contributions,
-                                    weight_bound: weight,
-                                    value_bits,
-                                    kappa,
-                                    rounds,
-                                    decoding: Decoding::Absolute,
-                                };
-                                let Ok(budget) = Budget::compute(request) else {
-                                    continue;
-                                };
-                                let window = budget.share_window();
-                                let dropped = u32::from(window.dropped_bits());
-                                let delta = budget.delta_bits();
-                                let t = u32::from(threshold).next_power_of_two().trailing_zeros();
-                                // t * 2^(dropped - 1) <= 2^(Delta - 3), or the 64 bits Delta
-                                // was chosen with.
-                                assert!(
-                                    dropped == 64 || dropped - 1 + t <= delta - 3,
-                                    "{request:?}: {window:?} at Delta 2^{delta}"
-                                );
-                                assert!(
-                                    window.top_bit()
-                                        >= (delta + budget.message_bits() + 1).min(128),
-                                    "{request:?}: {window:?} at Delta 2^{delta}"
-                                );
-                                // Every error term together, with bodies rounded at their
-                                // window, stays below 7/8 of Delta / 2.
-                                let body = budget.body_window();
-                                let l1 =
-                                    f64::from(contributions) * weight as f64 * f64::from(rounds);
-                                let error = budget.secret_noise_bits.exp2()
-                                    + f64::from(threshold)
-                                        * (3.0 * f64::from(budget.smudging_bits()).exp2()
-                                            + f64::from(dropped - 1).exp2())
-                                    + l1 * f64::from(u32::from(body.dropped_bits()) - 1).exp2();
-                                assert!(
-                                    error <= 0.875 * f64::from(delta - 1).exp2(),
-                                    "{request:?}: {body:?} at Delta 2^{delta}"
-                                );
-                                assert!(
-                                    body.top_bit() >= (delta + budget.message_bits() + 1).min(128),
-                                    "{request:?}: {body:?} at Delta 2^{delta}"
-                                );
-                                checked += 1;
-                                narrower += usize::from(window.bytes() < 8);
-                                narrower_bodies += usize::from(body.bytes() < 8);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        assert!(checked > 1000, "{checked}");
-        assert!(narrower > checked / 2, "{narrower} of {checked}");
-        assert!(
-            narrower_bodies > checked / 2,
-            "{narrower_bodies} of {checked}"
-        );
-    }
-
-    /// Every relative layout keeps decryption exact and sends no more than the absolute one
-    /// of the same request: every error term, with partials and bodies rounded at their
-    /// windows, within 7/8 of Delta / 2; both windows reaching above one round's largest
-    /// change; Delta raised by at most two bits, and only out of the spare message space.
-    #[test]
-    fn every_relative_layout_stays_exact_and_sends_no_more_than_the_absolute_one() {
-        let (mut checked, mut fewer) = (0, 0);
-        for parties in 2..=10u8 {
-            for threshold in 2..=parties {
-                let config = ThresholdConfig::new(parties, threshold).unwrap();
-                for value_bits in [1, 8, 17, 30, 45] {
-                    for weight in [1, 4105, 1 << 20] {
-                        for kappa in [40, 49, 56, 80] {
-                            for rounds in [1, 2, 50, 1000] {
-                                let bound = ((1u64 << value_bits) - 1).saturating_mul(weight);
-                                let absolute = BudgetRequest {
-                                    config,
-                                    max_contributions: 1,
-                                    weight_bound: weight,
-                                    value_bits,
-                                    kappa,
-                                    rounds,
-                                    decoding: Decoding::Absolute,
-                                };
-                                let Ok(before) = Budget::compute(absolute) else {
-                                    continue;
-                                };
-                                let request = BudgetRequest {
-                                    decoding: Decoding::Relative { bound },
-                                    ..absolute
-                                };
-                                let budget = Budget::compute(request).unwrap();
-                                let beyond = 1u64 << before.message_bits().min(63);
-                                assert!(
-                                    before.message_bits() >= 64
-                                        || Budget::compute(BudgetRequest {
-                                            decoding: Decoding::Relative { bound: beyond },
-                                            ..absolute
-                                        })
-                                        .is_err()
-                                );
-                                let delta = budget.delta_bits();
-                                assert!(delta >= before.delta_bits());
-                                assert_eq!(
-                                    delta - before.delta_bits(),
-                                    before.spare_bits() - budget.spare_bits(),
-                                    "{request:?}"
-                                );
-                                assert!(delta - before.delta_bits() <= 2, "{request:?}");
-                                let (share, body) = (budget.share_window(), budget.body_window());
-                                let l1 = weight as f64 * f64::from(rounds);
-                                let error = budget.secret_noise_bits.exp2()
-                                    + f64::from(threshold)
-                                        * (3.0 * f64::from(budget.smudging_bits()).exp2()
-                                            + f64::from(u32::from(share.dropped_bits()) - 1)
-                                                .exp2())
-                                    + l1 * f64::from(u32::from(body.dropped_bits()) - 1).exp2();
-                                assert!(
-                                    error <= 0.875 * f64::from(delta - 1).exp2(),
-                                    "{request:?}: {share:?} {body:?} at Delta 2^{delta}"
-                                );
-                                let top = (delta + 64 - bound.leading_zeros() + 1).min(128);
-                                assert_eq!(budget.phase_bits(), top);
-                                assert!(share.top_bit() >= top && body.top_bit() >= top);
-                                assert!(share.bytes() <= before.share_window().bytes());
-                                assert!(
-                                    share.bytes() + body.bytes()
-                                        <= before.share_window().bytes()
-                                            + before.body_window().bytes(),
-                                    "{request:?}"
-                                );
-                                checked += 1;
-                                fewer += usize::from(share.bytes() < before.share_window().bytes());
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        assert!(checked > 1000, "{checked}");
-        assert!(fewer > checked / 4, "{fewer} of {checked}");
     }
 
     /// `bench he`'s plan (5 contributions of weight 1, one round, kappa sized for 10^11

@@ -18,10 +18,12 @@
 mod budget;
 mod ciphertext;
 mod codec;
+mod combine;
 mod crt;
 mod decrypt;
 mod keys;
 mod keystream;
+mod layout;
 mod ntt;
 mod params;
 #[cfg(test)]
@@ -39,10 +41,8 @@ pub use budget::{
 };
 pub use ciphertext::{Ciphertext, CiphertextShape, MAX_VALUES};
 pub use codec::FixedPointCodec;
-pub use decrypt::{
-    CiphertextDigest, Combination, CombineTarget, PartialDecryption, Reading, check_partials,
-    combine,
-};
+pub use combine::{Combination, CombineTarget, Reading, check_partials, combine};
+pub use decrypt::{CiphertextDigest, PartialDecryption};
 pub use keys::{
     Dealing, DealtPiece, EncryptionKey, KeyShare, KeyShareBuilder, LocalKeySet, PublicKey,
     PublicKeyContribution, SecretContribution, SeededDealing, Subshare,

@@ -11,7 +11,7 @@ use tfhe::core_crypto::prelude::{
 };
 
 use super::ciphertext::{EncryptWork, GroupRandomness, round_mask};
-use super::decrypt::combine_raw;
+use super::combine::combine_raw;
 use super::keys::{SecretContribution, tfhe_noise_distribution};
 use super::ntt::{FullForm, NttContext};
 use super::*;
